@@ -1,0 +1,184 @@
+"""Conversations as trees, and the turns that grow them. No Qt.
+
+Both the CLI and the window drive chat through :class:`ChatService`: it keeps the open
+conversation in memory (so incognito chats work without ever touching the disk), commits
+every message through the store before reporting it as sent, and never deletes a reply:
+regenerating adds a sibling, editing a user message starts a branch.
+"""
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from feedback_store import Conversation, FeedbackStore, Message
+
+from .engine import ChatEngine, EmptyPrompt, GenerationSettings, Reply
+
+DEFAULT_TITLE = "New chat"
+
+
+@dataclass
+class ConversationTree:
+    conversation: Conversation
+    messages: dict[str, Message] = field(default_factory=dict)
+    stored: bool = True  # False until its first message: empty chats are never written
+
+    @property
+    def id(self) -> str:
+        return self.conversation.id
+
+    def children(self, parent_id: str | None) -> list[Message]:
+        kids = [m for m in self.messages.values() if m.parent_id == parent_id]
+        return sorted(kids, key=lambda m: (m.created_wall_ns, m.id))
+
+    def siblings(self, message_id: str) -> list[Message]:
+        return self.children(self.messages[message_id].parent_id)
+
+    def path_to(self, message_id: str | None) -> list[Message]:
+        path = []
+        while message_id is not None:
+            message = self.messages[message_id]
+            path.append(message)
+            message_id = message.parent_id
+        return path[::-1]
+
+    def newest_leaf_under(self, message_id: str) -> str:
+        """Follow the newest child down to a leaf: what 'show this branch' means."""
+        while kids := self.children(message_id):
+            message_id = kids[-1].id
+        return message_id
+
+    def active_path(self) -> list[Message]:
+        leaf = self.conversation.active_leaf_id
+        if leaf not in self.messages:
+            roots = self.children(None)
+            leaf = self.newest_leaf_under(roots[-1].id) if roots else None
+        return self.path_to(leaf)
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings.from_dict(self.conversation.settings)
+
+
+class ChatService:
+    def __init__(self, store: FeedbackStore, engine: ChatEngine):
+        self.store = store
+        self.engine = engine
+
+    # --- conversations ---------------------------------------------------------------
+    def new_conversation(self, title: str = DEFAULT_TITLE, incognito: bool = False,
+                         settings: GenerationSettings | None = None) -> ConversationTree:
+        settings = settings or GenerationSettings.from_dict(self.store.get_setting("generation"))
+        conversation = Conversation(title=title, incognito=incognito, settings=settings.to_dict())
+        if incognito:
+            self.store.create_conversation(conversation)  # registers it as never-write
+        return ConversationTree(conversation, stored=incognito)
+
+    def open(self, conversation_id: str) -> ConversationTree:
+        conversation = self.store.get_conversation(conversation_id)
+        if conversation is None:
+            raise KeyError(f"No conversation with id {conversation_id}.")
+        tree = ConversationTree(conversation)
+        tree.messages = {m.id: m for m in self.store.messages(conversation_id)}
+        return tree
+
+    def rename(self, tree: ConversationTree, title: str) -> None:
+        title = title.strip() or DEFAULT_TITLE
+        tree.conversation.title = title
+        if tree.stored:
+            self.store.rename_conversation(tree.id, title)
+
+    def set_settings(self, tree: ConversationTree, settings: GenerationSettings) -> None:
+        settings.validate()
+        tree.conversation.settings = settings.to_dict()
+        if tree.stored:
+            self.store.update_conversation_settings(tree.id, tree.conversation.settings)
+
+    def delete(self, tree_or_id) -> None:
+        conversation_id = getattr(tree_or_id, "id", tree_or_id)
+        self.store.delete_conversation(conversation_id)
+
+    def switch_to(self, tree: ConversationTree, message_id: str) -> None:
+        """Show the branch that goes through ``message_id``."""
+        leaf = tree.newest_leaf_under(message_id)
+        tree.conversation.active_leaf_id = leaf
+        self.store.set_active_leaf(tree.id, leaf)
+
+    # --- turns -----------------------------------------------------------------------
+    def post_user_message(self, tree: ConversationTree, text: str,
+                          parent_id: str | None = ...) -> Message:
+        """Commit the user's message; only after this returns is it shown as sent.
+
+        The prompt is checked against the context first, so a message that can never
+        fit is refused before anything is stored (the UI keeps it in the input box).
+        """
+        if not text.strip():
+            raise EmptyPrompt()
+        if parent_id is ...:
+            path = tree.active_path()
+            parent_id = path[-1].id if path else None
+        history = self._chat_messages(tree, tree.path_to(parent_id))
+        self.engine.fit_to_context(history + [{"role": "user", "content": text}],
+                                   tree.settings().max_tokens)
+        message = Message(conversation_id=tree.id, role="user", content=text,
+                          parent_id=parent_id)
+        if not tree.stored:
+            if tree.conversation.title == DEFAULT_TITLE:
+                tree.conversation.title = _title_from(text)
+            self.store.create_conversation(tree.conversation)
+            tree.stored = True
+        self.store.add_message(message)
+        tree.messages[message.id] = message
+        tree.conversation.active_leaf_id = message.id
+        if tree.conversation.title == DEFAULT_TITLE:
+            self.rename(tree, _title_from(text))
+        return message
+
+    def generate_reply(self, tree: ConversationTree, user_message_id: str,
+                       on_token: Callable[[str], None] | None = None,
+                       cancel: threading.Event | None = None) -> Message:
+        """Stream a reply to ``user_message_id`` and commit it (a stopped reply too)."""
+        settings = tree.settings()
+        history = self._chat_messages(tree, tree.path_to(user_message_id))
+        reply: Reply = self.engine.generate(history, settings, on_token=on_token, cancel=cancel)
+        message = Message(
+            conversation_id=tree.id, role="assistant", content=reply.text,
+            parent_id=user_message_id, model=reply.model, settings=reply.settings,
+            prompt_tokens=reply.prompt_tokens, tokens=reply.tokens, ttft_s=reply.ttft_s,
+            tokens_per_s=reply.tokens_per_s, finish_reason=reply.finish_reason,
+            dropped_turns=reply.dropped_turns)
+        self.store.add_message(message)
+        tree.messages[message.id] = message
+        tree.conversation.active_leaf_id = message.id
+        return message
+
+    def send(self, tree: ConversationTree, text: str, **stream) -> tuple[Message, Message]:
+        user = self.post_user_message(tree, text)
+        return user, self.generate_reply(tree, user.id, **stream)
+
+    def regenerate(self, tree: ConversationTree, assistant_message_id: str, **stream) -> Message:
+        """A new reply beside the old one; the old one stays as a sibling."""
+        parent = tree.messages[assistant_message_id].parent_id
+        return self.generate_reply(tree, parent, **stream)
+
+    def edit(self, tree: ConversationTree, user_message_id: str, new_text: str,
+             **stream) -> tuple[Message, Message]:
+        """Edit a user message: a new branch from the same parent, then a reply to it."""
+        original = tree.messages[user_message_id]
+        if original.role != "user":
+            raise ValueError("Only your own messages can be edited.")
+        user = self.post_user_message(tree, new_text, parent_id=original.parent_id)
+        return user, self.generate_reply(tree, user.id, **stream)
+
+    def thumb(self, tree: ConversationTree, message_id: str, value: int) -> None:
+        self.store.set_thumb(tree.id, message_id, value)
+
+    @staticmethod
+    def _chat_messages(tree: ConversationTree, path: list[Message]) -> list[dict]:
+        system = tree.settings().system_prompt.strip()
+        turns = [{"role": m.role, "content": m.content} for m in path
+                 if m.role in ("user", "assistant") and m.content]
+        return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def _title_from(text: str, limit: int = 48) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"

@@ -1,0 +1,244 @@
+"""`glance`: the desktop app and its sub-commands. Mirrors the library one to one."""
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+from importlib import metadata
+
+from feedback_store import FeedbackStore, StoreError, glance_home
+
+from . import __version__
+from .engine import EngineError
+from .models import ModelError, default_model_path, inspect_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glance", description="Glance: a private local chat.")
+    parser.add_argument("--model", help="path to a .gguf model (remembered in the model list)")
+    parser.add_argument("--version", action="version", version=f"glance {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = commands.add_parser("chat", help="run one chat turn in the terminal")
+    chat.add_argument("--prompt", required=True)
+    chat.add_argument("--model")
+    chat.add_argument("--conversation", help="continue this conversation id")
+    chat.add_argument("--seed", type=int)
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--json", action="store_true", help="print one JSON object")
+
+    doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database")
+    doctor.add_argument("--json", action="store_true")
+
+    models = commands.add_parser("models", help="list, add or download models")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    model_commands.add_parser("list")
+    add = model_commands.add_parser("add")
+    add.add_argument("path")
+    download = model_commands.add_parser("download", help="download a GGUF from the Hugging Face hub")
+    download.add_argument("repo")
+    download.add_argument("file")
+    download.add_argument("--sha256", help="expected checksum of the file")
+    download.add_argument("--revision", default="main")
+
+    data = commands.add_parser("data", help="see, export or delete what Glance stores")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    status = data_commands.add_parser("status")
+    status.add_argument("--json", action="store_true")
+    export = data_commands.add_parser("export")
+    export.add_argument("directory")
+    delete = data_commands.add_parser("delete")
+    target = delete.add_mutually_exclusive_group(required=True)
+    target.add_argument("--conversation")
+    target.add_argument("--all", action="store_true")
+    delete.add_argument("--yes", action="store_true", help="confirm --all")
+
+    consent = commands.add_parser("consent", help="turn a signal's consent on or off")
+    consent_commands = consent.add_subparsers(dest="consent_command", metavar="ACTION", required=True)
+    set_consent = consent_commands.add_parser("set")
+    set_consent.add_argument("signal")
+    set_consent.add_argument("state", choices=["on", "off"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # whatever Glance writes is the user's alone
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command is None:
+            from .ui.main import run_app
+            return run_app(model_path=args.model)
+        handler = {"chat": cmd_chat, "doctor": cmd_doctor, "models": cmd_models,
+                   "data": cmd_data, "consent": cmd_consent}[args.command]
+        return handler(args) or 0
+    except (StoreError, ModelError, EngineError) as error:
+        print(f"glance: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_chat(args) -> int:
+    from .chat import ChatService
+    from .engine import ChatEngine
+    with FeedbackStore.open() as store:
+        engine = ChatEngine(_resolve_model(store, args.model))
+        try:
+            service = ChatService(store, engine)
+            tree = service.open(args.conversation) if args.conversation else service.new_conversation()
+            settings = tree.settings()
+            for name in ("seed", "max_tokens", "temperature"):
+                if getattr(args, name) is not None:
+                    setattr(settings, name, getattr(args, name))
+            tree.conversation.settings = settings.to_dict()
+            stream_to_terminal = not args.json
+            cancel = threading.Event()
+            on_token = (lambda piece: print(piece, end="", flush=True)) if stream_to_terminal else None
+            try:
+                user, reply = service.send(tree, args.prompt, on_token=on_token, cancel=cancel)
+            except KeyboardInterrupt:
+                cancel.set()
+                raise
+        finally:
+            engine.close()
+    if reply.dropped_turns:
+        print(f"\n(note: {reply.dropped_turns} oldest turns were left out to fit the context)",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "reply": reply.content, "conversation_id": tree.id, "message_id": reply.id,
+            "model": reply.model, "tokens": reply.tokens, "ttft_s": reply.ttft_s,
+            "tokens_per_s": reply.tokens_per_s, "finish_reason": reply.finish_reason,
+            "dropped_turns": reply.dropped_turns}))
+    else:
+        print()
+    return 0
+
+
+def _resolve_model(store: FeedbackStore, path: str | None) -> str:
+    """--model PATH is checked and remembered; otherwise the last used or the default."""
+    if path:
+        info = inspect_model(path)
+        store.remember_model(info)
+        return info["path"]
+    for known in store.models():
+        if os.path.exists(known["path"]):
+            return known["path"]
+    return str(default_model_path())
+
+
+def cmd_doctor(args) -> int:
+    from gaze.camera import camera_status
+    report = {"glance": __version__, "python": platform.python_version(), "versions": {}}
+    for package in ("llama-cpp-python", "duckdb", "duckdb-extension-httpfs", "PySide6-Essentials",
+                    "gguf", "numpy", "keyring", "mediapipe", "torch"):
+        try:
+            report["versions"][package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            report["versions"][package] = None
+    try:
+        report["model"] = {"path": str(default_model_path()), "ok": True}
+        inspect_model(report["model"]["path"])
+    except ModelError as error:
+        report["model"] = {"path": None, "ok": False, "error": str(error)}
+    report["data_dir"] = str(glance_home())
+    report["camera"] = camera_status()
+    try:
+        with FeedbackStore.open() as store:
+            status = store.status()
+            report["database"] = {"ok": True, "encryption": status["encryption"],
+                                  "key_storage": status["key_storage"],
+                                  "schema_version": status["schema_version"],
+                                  "counts": status["counts"]}
+    except StoreError as error:
+        report["database"] = {"ok": False, "error": str(error)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"Glance {report['glance']} on Python {report['python']}")
+        for package, version in report["versions"].items():
+            print(f"  {package:26} {version or 'not installed'}")
+        print(f"Model:    {report['model'].get('path') or report['model'].get('error')}")
+        print(f"Data dir: {report['data_dir']}")
+        camera = report["camera"]
+        print(f"Camera:   {', '.join(camera['devices']) if camera['available'] else 'none found'}")
+        database = report["database"]
+        print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
+                              f"{database['schema_version']}" if database["ok"] else database["error"]))
+    return 0 if report["database"]["ok"] and report["model"]["ok"] else 1
+
+
+def cmd_models(args) -> int:
+    with FeedbackStore.open() as store:
+        if args.models_command == "list":
+            default = str(default_model_path())
+            print(f"* {default} (default)")
+            for model in store.models():
+                print(f"  {model['path']}  [{model['architecture']}, ctx {model['context_length']}, "
+                      f"{model['size_bytes'] / 2**20:.0f} MiB]")
+        elif args.models_command == "add":
+            info = inspect_model(args.path)
+            store.remember_model(info)
+            print(f"Added {info['name']} ({info['path']})")
+        elif args.models_command == "download":
+            from .download import download_model
+            def progress(done, total):
+                if total:
+                    print(f"\r{done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
+            path = download_model(args.repo, args.file, glance_home() / "models",
+                                  revision=args.revision, sha256=args.sha256, progress=progress)
+            print()
+            info = inspect_model(path)
+            store.remember_model(info)
+            print(f"Downloaded {info['name']} to {path}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from feedback_store.privacy import delete_everything, export_all
+    if args.data_command == "delete" and args.all:
+        if not args.yes:
+            print("glance: `data delete --all` destroys every conversation, signal, adapter "
+                  "and the key. Add --yes to confirm.", file=sys.stderr)
+            return 2
+        delete_everything(glance_home())
+        print(f"Deleted everything under {glance_home()}.")
+        return 0
+    with FeedbackStore.open() as store:
+        if args.data_command == "status":
+            status = store.status()
+            if args.json:
+                print(json.dumps(status))
+            else:
+                print(f"Data dir:   {status['data_dir']}")
+                print(f"Encryption: {'on (AES-GCM)' if status['encryption'] else 'off'}; key in "
+                      f"{'the system keyring' if status['key_storage'] == 'keyring' else 'a 0600 key file'}")
+                for signal, decision in status["consents"].items():
+                    state = "not decided" if decision is None else ("on" if decision["on"] else "off")
+                    print(f"Consent {signal:12} {state}")
+                for table, rows in status["counts"].items():
+                    print(f"  {table:18} {rows} rows")
+        elif args.data_command == "export":
+            folder = export_all(store, args.directory)
+            print(f"Exported to {folder}")
+        elif args.data_command == "delete":
+            if store.get_conversation(args.conversation) is None:
+                print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
+                return 2
+            store.delete_conversation(args.conversation)
+            store.compact()
+            print(f"Deleted conversation {args.conversation} and everything derived from it.")
+    return 0
+
+
+def cmd_consent(args) -> int:
+    with FeedbackStore.open() as store:
+        store.set_consent(args.signal, args.state == "on")
+        print(f"Consent for {args.signal}: {args.state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

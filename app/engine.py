@@ -1,0 +1,199 @@
+"""The chat engine: llama-cpp-python with the model's own chat template. No Qt.
+
+One engine holds one loaded model. ``generate`` streams a reply for a list of chat
+messages, calling ``on_token`` for each piece of text and stopping early when
+``cancel`` is set. Before generating, the oldest turns are dropped until the prompt
+fits the context window (the caller shows a note); a single message that cannot fit
+is refused with a clear error instead of a crash.
+"""
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .models import ModelError, default_model_path, inspect_model
+
+DEFAULT_SYSTEM_PROMPT = "You are Glance, a helpful, concise assistant."
+
+
+@dataclass
+class GenerationSettings:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int | None = None  # None: a fresh random seed every reply
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "GenerationSettings":
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+    def validate(self) -> None:
+        if not 0.0 <= self.temperature <= 2.0:
+            raise EngineError("Temperature must be between 0 and 2.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise EngineError("top_p must be greater than 0 and at most 1.")
+        if not 1 <= self.max_tokens <= 32768:
+            raise EngineError("Max tokens must be between 1 and 32768.")
+
+
+@dataclass
+class Reply:
+    text: str
+    model: str
+    tokens: int
+    prompt_tokens: int
+    ttft_s: float | None
+    tokens_per_s: float | None
+    finish_reason: str        # stop | length | cancelled
+    dropped_turns: int = 0    # oldest turns left out to fit the context
+    settings: dict = field(default_factory=dict)
+
+
+class EngineError(Exception):
+    """Generation cannot go ahead; str() says why and what to do."""
+
+
+class EmptyPrompt(EngineError):
+    def __init__(self):
+        super().__init__("The message is empty. Type something to send.")
+
+
+class PromptTooLong(EngineError):
+    def __init__(self, tokens: int, room: int):
+        super().__init__(
+            f"This message is {tokens} tokens long, but the model's context leaves room for "
+            f"{room}. Shorten it, lower 'max tokens', or choose a model with a longer context.")
+        self.tokens, self.room = tokens, room
+
+
+class ChatEngine:
+    def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 2048,
+                 n_threads: int = 2):
+        self.n_ctx = n_ctx
+        # FACTS: llama-cpp's default is cpu_count // 2 = 1 here; 2 threads is 1.6x faster.
+        self.n_threads = n_threads
+        self.llm = None
+        self.model_info: dict | None = None
+        self._formatter = None
+        self._lock = threading.Lock()  # a Llama context is not thread-safe
+        self.load(model_path or default_model_path())
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.model_info["path"]).name if self.model_info else "none"
+
+    def load(self, path: str | os.PathLike) -> dict:
+        """Load a model. On any failure the previous model stays loaded and usable."""
+        info = inspect_model(path)
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        context = min(self.n_ctx, info["context_length"] or self.n_ctx)
+        try:
+            llm = Llama(model_path=info["path"], n_ctx=context, n_threads=self.n_threads,
+                        n_threads_batch=self.n_threads, verbose=False)
+        except Exception as error:
+            raise ModelError(f"llama.cpp could not load {Path(path).name}: {error}. "
+                             "The previous model is still in use.") from error
+        if not info["chat_template"]:
+            raise ModelError(f"{Path(path).name} has no chat template, so Glance cannot "
+                             "format a conversation for it. Choose an instruct/chat model.")
+        # The same formatter llama-cpp builds from the GGUF, so token counts match.
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=info["chat_template"],
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
+        with self._lock:
+            old, self.llm = self.llm, llm
+            self.model_info, self._formatter = info, formatter
+        if old is not None:
+            old.close()
+        return info
+
+    # --- prompt fitting --------------------------------------------------------------
+    def count_prompt_tokens(self, messages: list[dict]) -> int:
+        prompt = self._formatter(messages=messages).prompt
+        return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    def fit_to_context(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int, int]:
+        """Drop the oldest turns until the prompt leaves room for the reply.
+
+        Returns (messages that fit, number of turns dropped, prompt tokens). The system
+        prompt and the newest message are always kept; if they alone do not fit,
+        PromptTooLong is raised.
+        """
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = messages[len(system):]
+        # Keep at least a quarter of the context for the reply, even if max_tokens is larger.
+        reserve = min(max_tokens, self.llm.n_ctx() // 4)
+        room = self.llm.n_ctx() - reserve
+        dropped = 0
+        while True:
+            kept = system + turns[dropped:]
+            tokens = self.count_prompt_tokens(kept)
+            if tokens <= room:
+                return kept, dropped, tokens
+            if dropped >= len(turns) - 1:
+                raise PromptTooLong(tokens, room)
+            dropped += 1
+            # Never start the kept history on an assistant turn.
+            while dropped < len(turns) - 1 and turns[dropped]["role"] == "assistant":
+                dropped += 1
+
+    # --- generation ------------------------------------------------------------------
+    def generate(self, messages: list[dict], settings: GenerationSettings,
+                 on_token: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> Reply:
+        """Stream a reply to ``messages`` (system prompt included by the caller)."""
+        settings.validate()
+        if not messages or not messages[-1]["content"].strip():
+            raise EmptyPrompt()
+        with self._lock:
+            fitted, dropped, prompt_tokens = self.fit_to_context(messages, settings.max_tokens)
+            pieces: list[str] = []
+            finish = "stop"
+            first_at = last_at = None
+            started = time.perf_counter()
+            stream = self.llm.create_chat_completion(
+                messages=fitted, stream=True, temperature=settings.temperature,
+                top_p=settings.top_p, max_tokens=settings.max_tokens,
+                seed=settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little"))
+            try:
+                for chunk in stream:
+                    choice = chunk["choices"][0]
+                    piece = choice["delta"].get("content")
+                    if piece:
+                        last_at = time.perf_counter()
+                        if first_at is None:
+                            first_at = last_at
+                        pieces.append(piece)
+                        if on_token is not None:
+                            on_token(piece)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+            finally:
+                stream.close()
+        tokens = len(pieces)
+        decode_s = (last_at - first_at) if first_at is not None else 0.0
+        return Reply(
+            text="".join(pieces), model=self.model_name, tokens=tokens,
+            prompt_tokens=prompt_tokens,
+            ttft_s=(first_at - started) if first_at is not None else None,
+            tokens_per_s=((tokens - 1) / decode_s) if tokens > 1 and decode_s > 0 else None,
+            finish_reason=finish, dropped_turns=dropped, settings=settings.to_dict())
+
+    def close(self) -> None:
+        with self._lock:
+            if self.llm is not None:
+                self.llm.close()
+                self.llm = None

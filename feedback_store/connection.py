@@ -1,0 +1,63 @@
+"""Open the encrypted DuckDB file, offline, and turn DuckDB's errors into clear ones.
+
+FACTS (measured here): only duckdb 1.5.5 + the httpfs extension from PyPI can write
+encrypted files offline. Extension auto-install/-load must be off first, or DuckDB
+looks up its extension server; temp files must be encrypted too, or spills are plaintext.
+"""
+import re
+from importlib.util import find_spec
+from pathlib import Path
+
+import duckdb
+
+from .errors import DatabaseLocked, StoreError, WrongKey
+
+ATTACH_ALIAS = "glance"
+
+
+def httpfs_extension_path() -> Path:
+    spec = find_spec("duckdb_extension_httpfs")
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError(
+            "The DuckDB httpfs extension package is missing, so the database cannot be "
+            "encrypted. Reinstall Glance (scripts/bootstrap.sh)."
+        )
+    root = Path(spec.submodule_search_locations[0])
+    found = sorted(root.glob(f"extensions/v{duckdb.__version__}/httpfs.duckdb_extension"))
+    if not found:
+        raise StoreError(
+            f"No httpfs extension for duckdb {duckdb.__version__} under {root}; "
+            "duckdb and duckdb-extension-httpfs must both be 1.5.5."
+        )
+    return found[0]
+
+
+def open_encrypted(path: Path, key_hex: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with ``path`` attached (encrypted) and selected."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET autoinstall_known_extensions=false")
+        con.execute("SET autoload_known_extensions=false")
+        con.execute(f"LOAD '{httpfs_extension_path()}'")
+        con.execute("SET temp_file_encryption=true")
+        options = f"ENCRYPTION_KEY '{key_hex}'" + (", READ_ONLY" if read_only else "")
+        con.execute(f"ATTACH '{_quote(path)}' AS {ATTACH_ALIAS} ({options})")
+        con.execute(f"USE {ATTACH_ALIAS}")
+    except duckdb.Error as error:
+        con.close()
+        raise translate(error, path) from error
+    return con
+
+
+def translate(error: Exception, path: Path) -> Exception:
+    text = str(error)
+    if "Wrong encryption key" in text:
+        return WrongKey(path)
+    if "Could not set lock" in text or "Conflicting lock" in text:
+        holder = re.search(r"Conflicting lock is held in (.*?)(?:\.|$)", text)
+        return DatabaseLocked(path, holder.group(1).strip() if holder else "unknown process")
+    return StoreError(f"Could not open the database {path}: {text}")
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "''")

@@ -1,0 +1,62 @@
+"""Errors a user can see. Each message says what happened and what to do."""
+
+
+class StoreError(Exception):
+    """Base class: str(error) is a sentence fit for a dialog or the terminal."""
+
+
+class DatabaseLocked(StoreError):
+    def __init__(self, path, holder: str):
+        super().__init__(
+            f"The Glance database {path} is in use by another process ({holder}). "
+            "Close the other Glance window or command and try again."
+        )
+        self.holder = holder
+
+
+class SchemaTooNew(StoreError):
+    def __init__(self, path, found: int, known: int):
+        super().__init__(
+            f"The database {path} was written by a newer Glance (schema version {found}; "
+            f"this version knows up to {known}). Nothing was changed. "
+            "Update Glance to open it."
+        )
+        self.found, self.known = found, known
+
+
+class WrongKey(StoreError):
+    def __init__(self, path):
+        super().__init__(
+            f"The encryption key does not open {path}. The database was not touched. "
+            "Restore the key that belongs to it (keyring entry or glance.key file), "
+            "or reset with `glance data delete --all --yes` to start empty."
+        )
+
+
+class MissingKey(StoreError):
+    def __init__(self, path):
+        super().__init__(
+            f"The database {path} is encrypted but its key is missing from the keyring "
+            "and from the key file. The database was not touched. Restore the key, "
+            "or reset with `glance data delete --all --yes` to start empty."
+        )
+
+
+class KeyringLocked(StoreError):
+    def __init__(self):
+        super().__init__(
+            "The system keyring is locked, so Glance cannot read its database key. "
+            "Unlock the keyring (log in to your desktop session) and start Glance again."
+        )
+
+
+class DataDirUnwritable(StoreError):
+    def __init__(self, path, reason: str):
+        super().__init__(
+            f"Glance cannot write to its data folder {path} ({reason}). "
+            "Fix its permissions or set GLANCE_HOME to a folder you own."
+        )
+
+
+class ConsentRequired(StoreError):
+    """Raised only where a caller asks for a strict write; samples are counted instead."""

@@ -1,0 +1,99 @@
+"""The single writer: one thread owns the write connection.
+
+Producers never touch DuckDB. Calls that must be durable before the UI moves on
+(messages, consents, deletions) wait for their commit; high-rate samples are queued
+without waiting, buffered, and flushed in one transaction per table at least every
+``flush_interval_s``. The queue is bounded: when it is full a sample batch is refused
+and counted, never silently lost.
+"""
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+
+import duckdb
+
+_STOP = object()
+
+
+class Writer(threading.Thread):
+    def __init__(self, con: duckdb.DuckDBPyConnection, capacity: int = 4096,
+                 flush_interval_s: float = 0.25):
+        super().__init__(name="glance-store-writer", daemon=True)
+        self.con = con
+        self.queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self.flush_interval_s = flush_interval_s
+        self.dropped_full = 0          # sample rows refused because the queue was full
+        self.written = defaultdict(int)  # table -> sample rows written
+        self._buffer: dict[str, tuple[str, list]] = {}
+        self._last_flush = time.monotonic()
+        self.failure: Exception | None = None
+
+    # --- producers -------------------------------------------------------------------
+    def call(self, fn, *args):
+        """Run ``fn(con, *args)`` on the writer thread and wait for its result."""
+        if not self.is_alive():
+            raise RuntimeError("the store is closed")
+        future: Future = Future()
+        self.queue.put((fn, args, future))
+        return future.result()
+
+    def submit_samples(self, table: str, insert_sql: str, rows: list[tuple]) -> bool:
+        try:
+            self.queue.put_nowait(("samples", table, insert_sql, rows))
+            return True
+        except queue.Full:
+            self.dropped_full += len(rows)
+            return False
+
+    def flush(self) -> None:
+        """Wait until every sample submitted so far is committed."""
+        self.call(lambda con: None)
+
+    def close(self) -> None:
+        if self.is_alive():
+            self.queue.put(_STOP)
+            self.join()
+
+    # --- the thread ------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            timeout = max(0.0, self.flush_interval_s - (time.monotonic() - self._last_flush))
+            try:
+                item = self.queue.get(timeout=timeout if self._buffer else None)
+            except queue.Empty:
+                self._flush_samples()
+                continue
+            if item is _STOP:
+                self._flush_samples()
+                return
+            if item[0] == "samples":
+                _, table, sql, rows = item
+                self._buffer.setdefault(table, (sql, []))[1].extend(rows)
+                if time.monotonic() - self._last_flush >= self.flush_interval_s:
+                    self._flush_samples()
+                continue
+            fn, args, future = item
+            # Samples queued before this call are committed first: a call never
+            # overtakes data submitted earlier (deletion relies on it).
+            self._flush_samples()
+            try:
+                future.set_result(fn(self.con, *args))
+            except BaseException as error:  # handed to the caller, who decides
+                future.set_exception(error)
+
+    def _flush_samples(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        buffered, self._buffer = self._buffer, {}
+        for table, (sql, rows) in buffered.items():
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                self.con.executemany(sql, rows)
+                self.con.execute("COMMIT")
+                self.written[table] += len(rows)
+            except duckdb.Error as error:
+                self.con.execute("ROLLBACK")
+                self.failure = error
