@@ -80,6 +80,7 @@ class FeedbackStore:
         self.refused: Counter = Counter()   # reason -> sample rows refused
         self._incognito: set[str] = set()
         self._consents = self._load_consents()
+        self.paused = bool(self.get_setting("paused", False))
         self.closed = False
 
     # --- opening -----------------------------------------------------------------------
@@ -105,6 +106,7 @@ class FeedbackStore:
             raise translate(error, path) from error
         store = cls(data_dir, con, key, capacity)
         store._restrict_file_modes()
+        store.apply_retention()
         return store
 
     def close(self) -> None:
@@ -319,6 +321,9 @@ class FeedbackStore:
         incognito conversation, or when the queue is full. Row order: SAMPLE_COLUMNS."""
         columns = SAMPLE_COLUMNS[table]
         signal = SAMPLE_TABLE_SIGNAL[table]
+        if self.paused:
+            self.refused["paused"] += len(rows)
+            return False
         if not self.consent_on(signal):
             self.refused[f"no_consent:{signal}"] += len(rows)
             return False
@@ -367,6 +372,50 @@ class FeedbackStore:
         self._write("INSERT INTO consents VALUES (?, ?, ?, ?)",
                     (signal, on, at, CONSENT_TEXT_VERSION))
         self._consents[signal] = {"on": on, "at": at, "text_version": CONSENT_TEXT_VERSION}
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause all collection (kept across restarts until resumed)."""
+        self.paused = bool(paused)
+        self.set_setting("paused", self.paused)
+
+    # --- retention -------------------------------------------------------------------
+    DEFAULT_RETENTION_DAYS = 90
+
+    @property
+    def retention_days(self) -> int:
+        return int(self.get_setting("retention_days", self.DEFAULT_RETENTION_DAYS))
+
+    def set_retention_days(self, days: int) -> None:
+        if days < 1:
+            raise StoreError("Retention must be at least one day.")
+        self.set_setting("retention_days", int(days))
+        self.apply_retention()
+
+    def apply_retention(self, now_wall_ns: int | None = None) -> int:
+        """Delete reading signals (samples, shown replies, sessions) older than the
+        retention period. Conversations stay until the user deletes them."""
+        cutoff = (now_wall_ns or time.time_ns()) - self.retention_days * 86_400 * 10**9
+
+        def purge(con):
+            con.execute("BEGIN TRANSACTION")
+            removed = 0
+            for table in ("pointer_samples", "gaze_samples"):
+                removed += con.execute(f"DELETE FROM {table} WHERE wall_ns < ?", [cutoff]).fetchone()[0]
+            con.execute("DELETE FROM shown_replies WHERE shown_wall_ns < ?", [cutoff])
+            con.execute("DELETE FROM app_sessions WHERE started_wall_ns < ?", [cutoff])
+            con.execute("COMMIT")
+            return removed
+        self.last_retention_wall_ns = time.time_ns()
+        return self.writer.call(purge)
+
+    def session_summary(self) -> list[dict]:
+        """Per app session: replies shown and samples per signal (the privacy data view)."""
+        return self._rows(
+            "SELECT s.id, s.started_wall_ns,"
+            " (SELECT count(*) FROM shown_replies r WHERE r.session_id = s.id) AS replies,"
+            " (SELECT count(*) FROM pointer_samples p WHERE p.session_id = s.id) AS pointer,"
+            " (SELECT count(*) FROM gaze_samples g WHERE g.session_id = s.id) AS gaze"
+            " FROM app_sessions s ORDER BY s.started_wall_ns DESC")
 
     # --- models and settings -----------------------------------------------------------------
     def remember_model(self, info: dict) -> None:

@@ -1,0 +1,96 @@
+"""Download a GGUF from the Hugging Face hub: progress, resume, cancel, sha256.
+
+The only network access Glance ever makes, and only when the user starts it. The hub
+address can be changed with GLANCE_HF_ENDPOINT (tests point it at a loopback server).
+No Qt here: the dialog calls this from a worker thread.
+"""
+import hashlib
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+CHUNK_BYTES = 1 << 20
+
+
+class DownloadError(Exception):
+    """The download failed; str() says why. A partial file is kept for resuming."""
+
+
+class DownloadCancelled(DownloadError):
+    def __init__(self):
+        super().__init__("Download cancelled. Start it again to resume where it stopped.")
+
+
+def hub_url(repo: str, filename: str, revision: str = "main") -> str:
+    endpoint = os.environ.get("GLANCE_HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    return (f"{endpoint}/{urllib.parse.quote(repo)}/resolve/{urllib.parse.quote(revision)}/"
+            f"{urllib.parse.quote(filename)}")
+
+
+def download_model(repo: str, filename: str, directory: Path, revision: str = "main",
+                   sha256: str | None = None,
+                   progress: Callable[[int, int | None], None] | None = None,
+                   cancel: threading.Event | None = None) -> Path:
+    if "/" not in repo or not filename.endswith(".gguf"):
+        raise DownloadError("Give a hub repository as owner/name and a file name ending "
+                            "in .gguf, e.g. HuggingFaceTB/SmolLM2-360M-Instruct-GGUF.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / Path(filename).name
+    partial = target.with_name(target.name + ".part")
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(hub_url(repo, filename, revision))
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # the partial file is already complete
+            response = None
+        else:
+            raise DownloadError(f"The hub answered {error.code} for {repo}/{filename}. "
+                                "Check the repository and file name.") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise DownloadError(f"Could not reach the model hub ({getattr(error, 'reason', error)}). "
+                            "Check your connection and try again.") from error
+    if response is not None:
+        with response:
+            if response.status == 200:
+                have = 0  # server ignored the range: start over
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length else None
+            with open(partial, "ab" if have else "wb") as out:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadCancelled()
+                    block = response.read(CHUNK_BYTES)
+                    if not block:
+                        break
+                    out.write(block)
+                    have += len(block)
+                    if progress:
+                        progress(have, total)
+            if total is not None and have < total:
+                raise DownloadError(f"The download stopped at {have} of {total} bytes. "
+                                    "Start it again to resume.")
+    if sha256:
+        digest = _sha256(partial)
+        if digest != sha256.lower():
+            partial.unlink()
+            raise DownloadError(f"Checksum mismatch for {filename}: expected {sha256}, got "
+                                f"{digest}. The file was deleted; download it again.")
+    os.replace(partial, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,237 @@
+"""The conversation on screen: one MessageWidget per message on the active branch."""
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QFont, QTextOption
+from PySide6.QtWidgets import (
+    QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QTextBrowser,
+    QToolButton, QVBoxLayout, QWidget,
+)
+
+from feedback_store import Message
+
+STREAM_RENDER_INTERVAL_MS = 40  # re-render markdown at most 25x/s while streaming
+
+
+class ReplyBrowser(QTextBrowser):
+    """Read-only rich text that grows to fit its document (the chat scrolls, not it)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setOpenExternalLinks(False)
+        self.setOpenLinks(False)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.document().setDocumentMargin(4)
+        self.document().documentLayout().documentSizeChanged.connect(self._fit_height)
+
+    def set_markdown(self, text: str) -> None:
+        self.setMarkdown(text)
+        self._fit_height()
+
+    def _fit_height(self, *_):
+        self.document().setTextWidth(self.viewport().width())
+        height = int(self.document().size().height()) + 2
+        if self.height() != height:
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def sizeHint(self):
+        return QSize(400, self.height())
+
+
+class MessageWidget(QFrame):
+    copy_requested = Signal(str)
+    edit_requested = Signal(str)
+    regenerate_requested = Signal(str)
+    thumb_requested = Signal(str, int)
+    sibling_requested = Signal(str)
+
+    def __init__(self, message: Message, siblings: list[Message], thumb: int = 0, parent=None):
+        super().__init__(parent)
+        self.message = message
+        self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 6)
+
+        header = QHBoxLayout()
+        role = QLabel("Glance" if message.role == "assistant" else "You")
+        bold = QFont(role.font())
+        bold.setBold(True)
+        role.setFont(bold)
+        header.addWidget(role)
+        header.addStretch()
+        if len(siblings) > 1:
+            index = [s.id for s in siblings].index(message.id)
+            previous = QToolButton(text="‹")
+            previous.setEnabled(index > 0)
+            previous.clicked.connect(lambda: self.sibling_requested.emit(siblings[index - 1].id))
+            following = QToolButton(text="›")
+            following.setEnabled(index < len(siblings) - 1)
+            following.clicked.connect(lambda: self.sibling_requested.emit(siblings[index + 1].id))
+            self.sibling_label = QLabel(f"{index + 1}/{len(siblings)}")
+            for widget in (previous, self.sibling_label, following):
+                header.addWidget(widget)
+        layout.addLayout(header)
+
+        self.browser = ReplyBrowser(self)
+        layout.addWidget(self.browser)
+        self.set_text(message.content, final=True)
+
+        actions = QHBoxLayout()
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.clicked.connect(lambda: self.copy_requested.emit(self.message.id))
+        actions.addWidget(self.copy_button)
+        self.thumb_up = self.thumb_down = self.regenerate_button = self.edit_button = None
+        if message.role == "assistant":
+            self.regenerate_button = QPushButton("Regenerate")
+            self.regenerate_button.clicked.connect(
+                lambda: self.regenerate_requested.emit(self.message.id))
+            actions.addWidget(self.regenerate_button)
+            self.thumb_up = QToolButton(text="▲ Good")
+            self.thumb_down = QToolButton(text="▼ Bad")
+            for button, value in ((self.thumb_up, 1), (self.thumb_down, -1)):
+                button.setCheckable(True)
+                button.setToolTip("Good reply" if value > 0 else "Bad reply")
+                button.clicked.connect(lambda checked, v=value: self.thumb_requested.emit(
+                    self.message.id, v if checked else 0))
+                actions.addWidget(button)
+            self.set_thumb(thumb)
+        else:
+            self.edit_button = QPushButton("Edit")
+            self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self.message.id))
+            actions.addWidget(self.edit_button)
+        actions.addStretch()
+        self.meta = QLabel(self._meta_text(message))
+        self.meta.setStyleSheet("color: palette(mid);")
+        actions.addWidget(self.meta)
+        layout.addLayout(actions)
+
+    def set_text(self, text: str, final: bool = False) -> None:
+        if self.message.role == "assistant":
+            shown = text if text or not final else "*(stopped before any text)*"
+            self.browser.set_markdown(shown)
+        else:
+            self.browser.setPlainText(text)
+            self.browser._fit_height()
+
+    def set_thumb(self, value: int) -> None:
+        if self.thumb_up is not None:
+            self.thumb_up.setChecked(value > 0)
+            self.thumb_down.setChecked(value < 0)
+
+    def set_actions_enabled(self, enabled: bool) -> None:
+        for button in (self.regenerate_button, self.edit_button, self.thumb_up, self.thumb_down):
+            if button is not None:
+                button.setEnabled(enabled)
+
+    @staticmethod
+    def _meta_text(message: Message) -> str:
+        if message.role != "assistant" or message.tokens is None:
+            return ""
+        parts = [f"{message.tokens} tokens"]
+        if message.tokens_per_s:
+            parts.append(f"{message.tokens_per_s:.0f} tok/s")
+        if message.ttft_s is not None:
+            parts.append(f"first token {message.ttft_s:.2f} s")
+        if message.finish_reason == "cancelled":
+            parts.append("stopped")
+        elif message.finish_reason == "length":
+            parts.append("hit max tokens")
+        if message.dropped_turns:
+            parts.append(f"{message.dropped_turns} oldest turns left out to fit the context")
+        return " · ".join(parts)
+
+
+class ChatView(QScrollArea):
+    """A scrolling column of MessageWidgets plus, while streaming, a live reply."""
+
+    def __init__(self, probe, parent=None):
+        super().__init__(parent)
+        self.probe = probe
+        self.setWidgetResizable(True)
+        self.container = QWidget()
+        self.column = QVBoxLayout(self.container)
+        self.column.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.column.setSpacing(8)
+        self.setWidget(self.container)
+        self.widgets: list[MessageWidget] = []
+        self.placeholder = QLabel("Ask anything. Everything stays on this computer.")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.column.addWidget(self.placeholder)
+        self.streaming: MessageWidget | None = None
+        self._stream_text = ""
+        self._stream_dirty = False
+        self._render_timer = QTimer(self)
+        self._render_timer.setInterval(STREAM_RENDER_INTERVAL_MS)
+        self._render_timer.timeout.connect(self._render_stream)
+
+    def show_messages(self, path: list[Message], siblings_of, thumbs: dict[str, int]) -> list[MessageWidget]:
+        self.clear()
+        for message in path:
+            if message.role not in ("user", "assistant"):
+                continue
+            self._add(MessageWidget(message, siblings_of(message.id), thumbs.get(message.id, 0)))
+        self.placeholder.setVisible(not self.widgets)
+        QTimer.singleShot(0, self.scroll_to_bottom)
+        return self.widgets
+
+    def append_message(self, message: Message, siblings: list[Message]) -> MessageWidget:
+        widget = MessageWidget(message, siblings)
+        self._add(widget)
+        self.placeholder.hide()
+        QTimer.singleShot(0, self.scroll_to_bottom)
+        return widget
+
+    def _add(self, widget: MessageWidget) -> None:
+        self.column.addWidget(widget)
+        self.widgets.append(widget)
+        if widget.message.role == "assistant":
+            self.probe.register(widget.message.id, widget.browser)
+
+    def clear(self) -> None:
+        self.probe.clear()
+        for widget in self.widgets:
+            widget.setParent(None)
+            widget.deleteLater()
+        self.widgets = []
+        self.streaming = None
+        self.placeholder.show()
+
+    # --- streaming -----------------------------------------------------------------------
+    def begin_stream(self, placeholder: Message) -> MessageWidget:
+        self.streaming = self.append_message(placeholder, [placeholder])
+        self.streaming.set_actions_enabled(False)
+        self._stream_text = ""
+        self._render_timer.start()
+        return self.streaming
+
+    def append_token(self, piece: str) -> None:
+        self._stream_text += piece
+        self._stream_dirty = True
+
+    def _render_stream(self) -> None:
+        if self.streaming is None or not self._stream_dirty:
+            return
+        at_bottom = self.verticalScrollBar().value() >= self.verticalScrollBar().maximum() - 4
+        self.streaming.set_text(self._stream_text)
+        self._stream_dirty = False
+        if at_bottom:
+            self.scroll_to_bottom()
+
+    def end_stream(self) -> None:
+        self._render_timer.stop()
+        if self.streaming is not None:
+            self.probe.unregister(self.streaming.message.id)
+            self.widgets.remove(self.streaming)
+            self.streaming.setParent(None)
+            self.streaming.deleteLater()
+            self.streaming = None
+
+    def scroll_to_bottom(self) -> None:
+        self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())

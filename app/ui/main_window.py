@@ -1,0 +1,437 @@
+"""The main window: conversation list, chat view, input box, model picker, status bar."""
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QApplication, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
+    QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QMenu, QMessageBox, QPlainTextEdit,
+    QPushButton, QSplitter, QToolBar, QVBoxLayout, QWidget,
+)
+
+from feedback_store import FeedbackStore, Message, StoreError, glance_home
+
+from .. import __version__
+from ..chat import ChatService, ConversationTree
+from ..engine import ChatEngine, EngineError
+from ..models import ModelError, default_model_path, inspect_model
+from .chat_view import ChatView
+from .dialogs import DownloadDialog, SettingsDialog
+from .layout_probe import LayoutProbe
+from .workers import GenerationThread
+
+ADD_MODEL = "__add__"
+DOWNLOAD_MODEL = "__download__"
+
+
+class InputBox(QPlainTextEdit):
+    """Enter sends, Shift+Enter starts a new line."""
+    submitted = Signal()
+
+    def keyPressEvent(self, event):
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
+                event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class MainWindow(QMainWindow):
+    reply_finished = Signal(object)   # emitted after a reply is committed and shown
+
+    def __init__(self, store: FeedbackStore, engine: ChatEngine):
+        super().__init__()
+        self.store = store
+        self.engine = engine
+        self.service = ChatService(store, engine)
+        self.probe = LayoutProbe()
+        self.session_id = store.start_session(__version__)
+        self.tree: ConversationTree | None = None
+        self.generation: GenerationThread | None = None
+        self.editing_message_id: str | None = None
+        self._shown_ids: dict[str, str] = {}
+        self.setWindowTitle("Glance")
+        self.resize(1100, 720)
+        self._build()
+        self._refresh_models()
+        self._refresh_conversations()
+        latest = self.store.list_conversations()
+        if latest:
+            self.open_conversation(latest[0].id)
+        else:
+            self.new_chat()
+
+    # --- layout ------------------------------------------------------------------------
+    def _build(self) -> None:
+        toolbar = QToolBar("Main")
+        toolbar.setMovable(False)
+        self.addToolBar(toolbar)
+        new_action = QAction("New chat", self)
+        new_action.triggered.connect(lambda: self.new_chat())
+        toolbar.addAction(new_action)
+        self.incognito_action = QAction("New incognito chat", self)
+        self.incognito_action.setToolTip("A chat whose messages and signals are never written")
+        self.incognito_action.triggered.connect(lambda: self.new_chat(incognito=True))
+        toolbar.addAction(self.incognito_action)
+        toolbar.addSeparator()
+        toolbar.addWidget(QLabel(" Model: "))
+        self.model_picker = QComboBox()
+        self.model_picker.setMinimumWidth(280)
+        self.model_picker.activated.connect(self._on_model_chosen)
+        toolbar.addWidget(self.model_picker)
+        settings_action = QAction("Settings…", self)
+        settings_action.triggered.connect(self.open_settings)
+        toolbar.addAction(settings_action)
+        self.privacy_action = QAction("Privacy…", self)
+        self.privacy_action.triggered.connect(self.open_privacy)
+        toolbar.addAction(self.privacy_action)
+
+        sidebar = QWidget()
+        side = QVBoxLayout(sidebar)
+        side.setContentsMargins(4, 4, 4, 4)
+        self.search = QLineEdit(placeholderText="Search conversations")
+        self.search.textChanged.connect(lambda _: self._refresh_conversations())
+        side.addWidget(self.search)
+        self.conversation_list = QListWidget()
+        self.conversation_list.itemActivated.connect(
+            lambda item: self.open_conversation(item.data(Qt.ItemDataRole.UserRole)))
+        self.conversation_list.itemClicked.connect(
+            lambda item: self.open_conversation(item.data(Qt.ItemDataRole.UserRole)))
+        self.conversation_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.conversation_list.customContextMenuRequested.connect(self._conversation_menu)
+        side.addWidget(self.conversation_list)
+
+        main = QWidget()
+        column = QVBoxLayout(main)
+        column.setContentsMargins(4, 4, 4, 4)
+        self.banner = QLabel("")
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("background: #fff4cc; color: #4d3b00; padding: 4px;")
+        self.banner.hide()
+        column.addWidget(self.banner)
+        self.chat_view = ChatView(self.probe)
+        column.addWidget(self.chat_view, 1)
+        row = QHBoxLayout()
+        self.input = InputBox()
+        self.input.setPlaceholderText("Message Glance (Enter to send, Shift+Enter for a new line)")
+        self.input.setFixedHeight(80)
+        self.input.submitted.connect(self.send)
+        row.addWidget(self.input, 1)
+        self.send_button = QPushButton("Send")
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.setEnabled(False)
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.stop_button)
+        row.addLayout(buttons)
+        column.addLayout(row)
+
+        splitter = QSplitter()
+        splitter.addWidget(sidebar)
+        splitter.addWidget(main)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([260, 840])
+        self.setCentralWidget(splitter)
+
+        self.model_label = QLabel()
+        self.speed_label = QLabel()
+        self.collection_label = QLabel()
+        self.statusBar().addWidget(self.model_label)
+        self.statusBar().addWidget(self.speed_label)
+        self.statusBar().addPermanentWidget(self.collection_label)
+
+        QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.stop)
+
+    # --- conversations -------------------------------------------------------------------
+    def _refresh_conversations(self) -> None:
+        self.conversation_list.clear()
+        for conversation in self.store.list_conversations(self.search.text().strip() or None):
+            item = QListWidgetItem(conversation.title)
+            item.setData(Qt.ItemDataRole.UserRole, conversation.id)
+            item.setToolTip(time.strftime("%Y-%m-%d %H:%M",
+                                          time.localtime(conversation.updated_wall_ns / 1e9)))
+            self.conversation_list.addItem(item)
+            if self.tree is not None and conversation.id == self.tree.id:
+                item.setSelected(True)
+
+    def new_chat(self, incognito: bool = False) -> None:
+        if self.is_generating():
+            return
+        self.tree = self.service.new_conversation(incognito=incognito)
+        self.editing_message_id = None
+        self._show_tree()
+
+    def open_conversation(self, conversation_id: str) -> None:
+        if self.is_generating() or (self.tree is not None and self.tree.id == conversation_id):
+            return
+        try:
+            self.tree = self.service.open(conversation_id)
+        except KeyError as error:
+            self._error(str(error))
+            return
+        self.editing_message_id = None
+        self._show_tree()
+
+    def _conversation_menu(self, point) -> None:
+        item = self.conversation_list.itemAt(point)
+        if item is None:
+            return
+        conversation_id = item.data(Qt.ItemDataRole.UserRole)
+        menu = QMenu(self)
+        menu.addAction("Rename…", lambda: self.rename_conversation(conversation_id))
+        menu.addAction("Delete…", lambda: self.delete_conversation(conversation_id))
+        menu.exec(self.conversation_list.mapToGlobal(point))
+
+    def rename_conversation(self, conversation_id: str, title: str | None = None) -> None:
+        tree = self.tree if self.tree and self.tree.id == conversation_id else self.service.open(conversation_id)
+        if title is None:
+            title, ok = QInputDialog.getText(self, "Rename", "Title", text=tree.conversation.title)
+            if not ok:
+                return
+        self.service.rename(tree, title)
+        self._refresh_conversations()
+
+    def delete_conversation(self, conversation_id: str, confirm: bool = True) -> None:
+        if self.is_generating():
+            return
+        if confirm and QMessageBox.question(
+                self, "Delete conversation",
+                "Delete this conversation and everything recorded while reading it? "
+                "This cannot be undone.") != QMessageBox.StandardButton.Yes:
+            return
+        self.service.delete(conversation_id)
+        self.store.compact()
+        if self.tree is not None and self.tree.id == conversation_id:
+            self.new_chat()
+        self._refresh_conversations()
+
+    # --- showing -------------------------------------------------------------------------
+    def _show_tree(self) -> None:
+        self._mark_hidden()
+        tree = self.tree
+        thumbs = self.store.thumbs(tree.id) if tree.stored and not tree.conversation.incognito else {}
+        widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs)
+        for widget in widgets:
+            widget.copy_requested.connect(self.copy_message)
+            widget.edit_requested.connect(self.begin_edit)
+            widget.regenerate_requested.connect(self.regenerate)
+            widget.thumb_requested.connect(self.thumb)
+            widget.sibling_requested.connect(self.switch_branch)
+        if tree.conversation.incognito:
+            self.banner.setText("Incognito chat: nothing from it is written to disk; it is gone "
+                                "when you close it or open another chat.")
+            self.banner.show()
+        else:
+            self.banner.hide()
+        self.setWindowTitle(f"Glance — {tree.conversation.title}")
+        self._refresh_conversations()
+        QTimer.singleShot(0, self._record_shown)
+
+    def _record_shown(self) -> None:
+        """Remember each visible reply's text and on-screen layout (samples refer to it)."""
+        if self.tree is None or self.tree.conversation.incognito or not self.tree.stored:
+            return
+        for widget in self.chat_view.widgets:
+            message = widget.message
+            if message.role != "assistant" or message.id in self._shown_ids:
+                continue
+            if message.id not in self.tree.messages:
+                continue
+            browser = widget.browser
+            origin = browser.viewport().mapToGlobal(browser.viewport().rect().topLeft())
+            shown_id = self.store.record_shown_reply(
+                session_id=self.session_id, message_id=message.id, conversation_id=self.tree.id,
+                geometry=(origin.x(), origin.y(), browser.width(), browser.height()),
+                device_pixel_ratio=browser.devicePixelRatioF(),
+                rendered_text=browser.document().toPlainText(),
+                layout=self.probe.line_boxes(message.id))
+            if shown_id:
+                self._shown_ids[message.id] = shown_id
+
+    def _mark_hidden(self) -> None:
+        for shown_id in self._shown_ids.values():
+            self.store.mark_reply_hidden(shown_id)
+        self._shown_ids.clear()
+
+    # --- turns ---------------------------------------------------------------------------
+    def is_generating(self) -> bool:
+        return self.generation is not None and self.generation.isRunning()
+
+    def send(self) -> None:
+        if self.is_generating():
+            return
+        text = self.input.toPlainText()
+        try:
+            if self.editing_message_id is not None:
+                original = self.tree.messages[self.editing_message_id]
+                user = self.service.post_user_message(self.tree, text, parent_id=original.parent_id)
+            else:
+                user = self.service.post_user_message(self.tree, text)
+        except (EngineError, StoreError) as error:
+            self._error(str(error))  # the text stays in the box: nothing is lost
+            return
+        # Committed: only now is the message shown as sent.
+        self.input.clear()
+        self.editing_message_id = None
+        self._show_tree()
+        self._start_generation(lambda **stream: self.service.generate_reply(self.tree, user.id, **stream))
+
+    def regenerate(self, assistant_message_id: str) -> None:
+        if self.is_generating():
+            return
+        parent = self.tree.messages[assistant_message_id].parent_id
+        # Show the branch up to the user message while the new sibling streams.
+        self.tree.conversation.active_leaf_id = parent
+        self._show_tree()
+        self._start_generation(lambda **stream: self.service.regenerate(
+            self.tree, assistant_message_id, **stream))
+
+    def begin_edit(self, user_message_id: str) -> None:
+        if self.is_generating():
+            return
+        self.editing_message_id = user_message_id
+        self.input.setPlainText(self.tree.messages[user_message_id].content)
+        self.input.setFocus()
+        self.banner.setText("Editing a message: sending creates a new branch; the original "
+                            "stays (switch with ‹ ›).")
+        self.banner.show()
+
+    def _start_generation(self, job) -> None:
+        placeholder = Message(conversation_id=self.tree.id, role="assistant", content="")
+        self.chat_view.begin_stream(placeholder)
+        self.generation = GenerationThread(job, self)
+        self.generation.token.connect(self.chat_view.append_token)
+        self.generation.done.connect(self._on_reply)
+        self.generation.failed.connect(self._on_generation_failed)
+        self._set_busy(True)
+        self.generation.start()
+
+    def stop(self) -> None:
+        if self.is_generating():
+            self.generation.stop()
+
+    def _on_reply(self, message: Message) -> None:
+        self.generation.wait()
+        self.chat_view.end_stream()
+        self._set_busy(False)
+        self._show_tree()
+        if message.tokens_per_s:
+            self.speed_label.setText(f"{message.tokens_per_s:.0f} tok/s · first token "
+                                     f"{message.ttft_s:.2f} s")
+        if message.dropped_turns:
+            self.statusBar().showMessage(
+                f"{message.dropped_turns} oldest turns were left out to fit the context.", 8000)
+        self.reply_finished.emit(message)
+
+    def _on_generation_failed(self, text: str) -> None:
+        self.generation.wait()
+        self.chat_view.end_stream()
+        self._set_busy(False)
+        self._show_tree()
+        self._error(text)
+        self.reply_finished.emit(None)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.send_button.setEnabled(not busy)
+        self.stop_button.setEnabled(busy)
+        self.model_picker.setEnabled(not busy)
+        for widget in self.chat_view.widgets:
+            widget.set_actions_enabled(not busy)
+
+    def copy_message(self, message_id: str) -> None:
+        QApplication.clipboard().setText(self.tree.messages[message_id].content)
+        self.statusBar().showMessage("Copied.", 2000)
+
+    def thumb(self, message_id: str, value: int) -> None:
+        self.service.thumb(self.tree, message_id, value)
+        for widget in self.chat_view.widgets:
+            if widget.message.id == message_id:
+                widget.set_thumb(value)
+
+    def switch_branch(self, message_id: str) -> None:
+        if self.is_generating():
+            return
+        self.service.switch_to(self.tree, message_id)
+        self._show_tree()
+
+    # --- models and settings ------------------------------------------------------------
+    def _refresh_models(self) -> None:
+        self.model_picker.clear()
+        default = str(default_model_path())
+        paths = [default] + [m["path"] for m in self.store.models() if m["path"] != default]
+        for path in paths:
+            label = Path(path).name + ("  (default)" if path == default else "")
+            self.model_picker.addItem(label, path)
+        self.model_picker.addItem("Add a model file…", ADD_MODEL)
+        self.model_picker.addItem("Download from Hugging Face…", DOWNLOAD_MODEL)
+        current = self.engine.model_info["path"] if self.engine.model_info else default
+        index = self.model_picker.findData(current)
+        self.model_picker.setCurrentIndex(max(index, 0))
+        info = self.engine.model_info or {}
+        self.model_label.setText(f"Model: {info.get('name', 'none')} · context {self.engine.llm.n_ctx()}")
+
+    def _on_model_chosen(self, index: int) -> None:
+        choice = self.model_picker.itemData(index)
+        if choice == ADD_MODEL:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a GGUF model", str(Path.home()),
+                                                  "GGUF models (*.gguf);;All files (*)")
+            if path:
+                self.switch_model(path)
+            else:
+                self._refresh_models()
+        elif choice == DOWNLOAD_MODEL:
+            dialog = DownloadDialog(glance_home() / "models", self)
+            if dialog.exec() and dialog.path:
+                self.switch_model(str(dialog.path))
+            else:
+                self._refresh_models()
+        else:
+            self.switch_model(choice)
+
+    def switch_model(self, path: str) -> bool:
+        """Load ``path``; on any error say why and keep the previous model."""
+        if self.is_generating():
+            return False
+        try:
+            info = inspect_model(path)
+            self.engine.load(path)
+            self.store.remember_model(info)
+            ok = True
+        except (ModelError, StoreError) as error:
+            self._error(str(error))
+            ok = False
+        self._refresh_models()
+        return ok
+
+    def open_settings(self) -> None:
+        dialog = SettingsDialog(self.tree.settings(), self)
+        if dialog.exec():
+            try:
+                settings = dialog.settings()
+                self.service.set_settings(self.tree, settings)
+                self.store.set_setting("generation", settings.to_dict())
+            except EngineError as error:
+                self._error(str(error))
+
+    def open_privacy(self) -> None:
+        from .privacy import PrivacyPanel
+        PrivacyPanel(self.store, self).exec()
+        self._refresh_conversations()
+
+    # --- misc ----------------------------------------------------------------------------
+    def _error(self, text: str) -> None:
+        self.last_error = text
+        self.statusBar().showMessage(text, 15000)
+        if QApplication.platformName() != "offscreen" or getattr(self, "modal_errors", False):
+            QMessageBox.warning(self, "Glance", text)
+
+    def closeEvent(self, event) -> None:
+        if self.is_generating():
+            self.generation.stop()
+            self.generation.wait()
+        self._mark_hidden()
+        super().closeEvent(event)

@@ -1,0 +1,220 @@
+"""First-run consent and the privacy panel. The store enforces; these only ask and show."""
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox, QDialog, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton,
+    QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
+)
+
+from feedback_store import SIGNALS, StoreError
+from feedback_store.privacy import export_all
+
+CONSENT_INTRO = (
+    "<h2>Before you start: what Glance may record</h2>"
+    "<p>Glance can learn which answers help you from <b>how you read them</b>. That only "
+    "happens if you say yes below. Everything is <b>off</b> until you turn it on, and you can "
+    "change your mind at any time under <i>Privacy…</i>.</p>"
+    "<p><b>Nothing leaves this computer.</b> Glance makes no network connections (the only "
+    "exception is a model download you start yourself). Everything is kept in an encrypted "
+    "database in your data folder, readable only by your user account.</p>")
+
+SIGNAL_TEXT = {
+    "pointer": ("Mouse &amp; interaction signals",
+                "Where the pointer is over a reply (screen coordinates and the word under it), "
+                "scrolling, which text you select (positions, not a copy), and the timing of "
+                "your typing, never which keys. Kept 90 days by default."),
+    "gaze": ("Webcam gaze",
+             "Where on the screen your eyes look while a reply is shown, computed on this "
+             "computer from the webcam. <b>No image or video is ever stored</b>, only the "
+             "computed points. A red dot shows whenever the camera is on."),
+    "personalise": ("Personalise the model at night",
+                    "Use your conversations and the signals above to train a small add-on "
+                    "(a LoRA adapter) to the local model overnight, so answers suit you better. "
+                    "Training runs on this computer; the adapter never leaves it."),
+}
+
+
+def _signal_box(signal: str, checked: bool) -> QCheckBox:
+    title, _ = SIGNAL_TEXT[signal]
+    box = QCheckBox(title.replace("&amp;", "&&"))
+    box.setChecked(checked)
+    box.setObjectName(f"consent_{signal}")
+    return box
+
+
+def _signal_explanation(signal: str) -> QLabel:
+    label = QLabel(SIGNAL_TEXT[signal][1])
+    label.setWordWrap(True)
+    label.setIndent(24)
+    return label
+
+
+class ConsentDialog(QDialog):
+    """Cannot be dismissed without a choice: no close button, Esc does nothing."""
+
+    def __init__(self, store, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.setWindowTitle("Glance — your choices")
+        self.setWindowFlags(Qt.WindowType.Dialog | Qt.WindowType.CustomizeWindowHint
+                            | Qt.WindowType.WindowTitleHint)
+        self.setModal(True)
+        layout = QVBoxLayout(self)
+        intro = QLabel(CONSENT_INTRO)
+        intro.setWordWrap(True)
+        intro.setTextFormat(Qt.TextFormat.RichText)
+        layout.addWidget(intro)
+        current = store.consents()
+        self.boxes = {}
+        for signal in SIGNALS:
+            decision = current.get(signal)
+            box = _signal_box(signal, bool(decision and decision["on"]))
+            self.boxes[signal] = box
+            layout.addWidget(box)
+            layout.addWidget(_signal_explanation(signal))
+        note = QLabel("Conversation text is stored (encrypted) so your chats are there next "
+                      "time; any chat can be made incognito, deleted, or exported.")
+        note.setWordWrap(True)
+        layout.addWidget(note)
+        row = QHBoxLayout()
+        self.decline_button = QPushButton("Keep everything off")
+        self.save_button = QPushButton("Save my choices")
+        self.save_button.setDefault(True)
+        row.addStretch()
+        row.addWidget(self.decline_button)
+        row.addWidget(self.save_button)
+        layout.addLayout(row)
+        self.decline_button.clicked.connect(self.decline_all)
+        self.save_button.clicked.connect(self.save)
+        self.setMinimumWidth(620)
+
+    def save(self) -> None:
+        for signal, box in self.boxes.items():
+            self.store.set_consent(signal, box.isChecked())
+        self.accept()
+
+    def decline_all(self) -> None:
+        for box in self.boxes.values():
+            box.setChecked(False)
+        self.save()
+
+    def reject(self) -> None:  # Esc / window close: a choice is required
+        pass
+
+
+class PrivacyPanel(QDialog):
+    def __init__(self, store, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.setWindowTitle("Privacy")
+        self.setMinimumWidth(680)
+        layout = QVBoxLayout(self)
+
+        consents = QGroupBox("What Glance may record")
+        box_layout = QVBoxLayout(consents)
+        self.boxes = {}
+        current = store.consents()
+        for signal in SIGNALS:
+            box = _signal_box(signal, store.consent_on(signal))
+            box.toggled.connect(lambda on, s=signal: self.store.set_consent(s, on))
+            self.boxes[signal] = box
+            box_layout.addWidget(box)
+            box_layout.addWidget(_signal_explanation(signal))
+        self.pause_box = QCheckBox("Pause all collection (Ctrl+Shift+P)")
+        self.pause_box.setChecked(store.paused)
+        self.pause_box.toggled.connect(store.set_paused)
+        box_layout.addWidget(self.pause_box)
+        layout.addWidget(consents)
+
+        storage = QGroupBox("Where it is kept")
+        storage_layout = QVBoxLayout(storage)
+        status = store.status()
+        lines = [f"Folder: {status['data_dir']} (only your account can read it)",
+                 "Encrypted with AES-GCM (DuckDB); the key is "
+                 + ("in your system keyring." if status["key_storage"] == "keyring" else
+                    "in a key file readable only by you, because this system has no keyring.")]
+        for text in lines:
+            label = QLabel(text)
+            label.setWordWrap(True)
+            storage_layout.addWidget(label)
+        if status["key_storage"] == "file":
+            warning = QLabel("⚠ No system keyring was found: the key sits next to the database "
+                             "in glance.key (mode 0600). Anyone who can read your files can "
+                             "read the database. Install a keyring (e.g. GNOME Keyring) for "
+                             "better protection.")
+            warning.setObjectName("keyFileWarning")
+            warning.setWordWrap(True)
+            warning.setStyleSheet("color: #8a4b00;")
+            storage_layout.addWidget(warning)
+        network = QLabel("No network: Glance opens no connections. The webcam library is "
+                         "pinned to MediaPipe 0.10.21 on purpose: newer releases send usage "
+                         "metrics to Google.")
+        network.setWordWrap(True)
+        storage_layout.addWidget(network)
+        retention = QHBoxLayout()
+        retention.addWidget(QLabel("Keep reading signals for"))
+        self.retention = QSpinBox(minimum=1, maximum=3650, value=store.retention_days)
+        self.retention.setSuffix(" days")
+        self.retention.valueChanged.connect(store.set_retention_days)
+        retention.addWidget(self.retention)
+        retention.addStretch()
+        storage_layout.addLayout(retention)
+        layout.addWidget(storage)
+
+        data = QGroupBox("Your data")
+        data_layout = QVBoxLayout(data)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Session started", "Replies shown",
+                                              "Pointer samples", "Gaze samples"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        data_layout.addWidget(self.table)
+        self._fill_sessions()
+        buttons = QHBoxLayout()
+        export = QPushButton("Export all my data…")
+        export.clicked.connect(self.export)
+        delete_all = QPushButton("Delete everything…")
+        delete_all.setObjectName("deleteEverything")
+        delete_all.clicked.connect(self.delete_everything)
+        buttons.addWidget(export)
+        buttons.addStretch()
+        buttons.addWidget(delete_all)
+        data_layout.addLayout(buttons)
+        data_layout.addWidget(QLabel("To delete one conversation, right-click it in the list."))
+        layout.addWidget(data)
+        close = QPushButton("Close")
+        close.clicked.connect(self.accept)
+        layout.addWidget(close, alignment=Qt.AlignmentFlag.AlignRight)
+        self.deleted_everything = False
+
+    def _fill_sessions(self) -> None:
+        import time
+        rows = self.store.session_summary()
+        self.table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_wall_ns"] / 1e9))
+            for column, value in enumerate((started, row["replies"], row["pointer"], row["gaze"])):
+                self.table.setItem(index, column, QTableWidgetItem(str(value)))
+
+    def export(self, directory: str | None = None) -> None:
+        directory = directory or QFileDialog.getExistingDirectory(self, "Export to folder")
+        if not directory:
+            return
+        try:
+            folder = export_all(self.store, directory)
+        except StoreError as error:
+            QMessageBox.warning(self, "Export failed", str(error))
+            return
+        QMessageBox.information(self, "Exported", f"Your data is in {folder}.")
+
+    def delete_everything(self) -> None:
+        if QMessageBox.question(
+                self, "Delete everything",
+                "Delete every conversation, every recorded signal, trained adapters and the "
+                "encryption key? Glance will close. This cannot be undone.") \
+                != QMessageBox.StandardButton.Yes:
+            return
+        from PySide6.QtWidgets import QApplication
+        from feedback_store.privacy import delete_everything
+        delete_everything(self.store.data_dir, self.store)
+        self.deleted_everything = True
+        self.accept()
+        QApplication.instance().quit()

@@ -1,0 +1,52 @@
+"""Run slow core calls off the UI thread and report back through Qt signals."""
+import threading
+from typing import Callable
+
+from PySide6.QtCore import QThread, Signal
+
+
+class GenerationThread(QThread):
+    """Runs ``job(on_token=..., cancel=...)`` (a ChatService call) on its own thread.
+
+    Tokens arrive in the UI thread as queued ``token`` signals; ``stop()`` sets the
+    cancel event the engine checks after every token.
+    """
+    token = Signal(str)
+    done = Signal(object)     # the committed Message (or tuple of messages)
+    failed = Signal(str)
+
+    def __init__(self, job: Callable, parent=None):
+        super().__init__(parent)
+        self.job = job
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        try:
+            result = self.job(on_token=self.token.emit, cancel=self.cancel)
+        except Exception as error:  # shown to the user; nothing is lost (see ChatService)
+            self.failed.emit(str(error))
+        else:
+            self.done.emit(result)
+
+    def stop(self) -> None:
+        self.cancel.set()
+
+
+class CallThread(QThread):
+    """Runs ``fn(*args)`` off the UI thread (downloads, exports)."""
+    done = Signal(object)
+    failed = Signal(str)
+    progress = Signal(object, object)
+
+    def __init__(self, fn: Callable, *args, parent=None, **kwargs):
+        super().__init__(parent)
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except Exception as error:
+            self.failed.emit(str(error))
+        else:
+            self.done.emit(result)
