@@ -92,6 +92,9 @@ class ChatEngine:
     def load(self, path: str | os.PathLike) -> dict:
         """Load a model. On any failure the previous model stays loaded and usable."""
         info = inspect_model(path)
+        if not info["chat_template"]:
+            raise ModelError(f"{Path(path).name} has no chat template, so Glance cannot "
+                             "format a conversation for it. Choose an instruct/chat model.")
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         context = min(self.n_ctx, info["context_length"] or self.n_ctx)
@@ -101,9 +104,6 @@ class ChatEngine:
         except Exception as error:
             raise ModelError(f"llama.cpp could not load {Path(path).name}: {error}. "
                              "The previous model is still in use.") from error
-        if not info["chat_template"]:
-            raise ModelError(f"{Path(path).name} has no chat template, so Glance cannot "
-                             "format a conversation for it. Choose an instruct/chat model.")
         # The same formatter llama-cpp builds from the GGUF, so token counts match.
         eos, bos = llm.token_eos(), llm.token_bos()
         formatter = Jinja2ChatFormatter(
@@ -161,6 +161,11 @@ class ChatEngine:
             finish = "stop"
             first_at = last_at = None
             started = time.perf_counter()
+            if settings.seed is not None:
+                # Reusing a cached prompt prefix changes the float rounding of the logits
+                # (batch vs single-token evaluation), so a fixed seed would not give the
+                # same reply twice. Evaluate the whole prompt afresh when asked for one.
+                self.llm.reset()
             stream = self.llm.create_chat_completion(
                 messages=fitted, stream=True, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_tokens,

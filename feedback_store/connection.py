@@ -54,7 +54,7 @@ def translate(error: Exception, path: Path) -> Exception:
     if "Wrong encryption key" in text:
         return WrongKey(path)
     if "Could not set lock" in text or "Conflicting lock" in text:
-        holder = re.search(r"Conflicting lock is held in (.*?)(?:\.|$)", text)
+        holder = re.search(r"Conflicting lock is held in (.+?\(PID \d+\))", text)
         return DatabaseLocked(path, holder.group(1).strip() if holder else "unknown process")
     return StoreError(f"Could not open the database {path}: {text}")
 

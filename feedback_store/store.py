@@ -79,6 +79,7 @@ class FeedbackStore:
         self.writer.start()
         self.refused: Counter = Counter()   # reason -> sample rows refused
         self._incognito: set[str] = set()
+        self._deleted: set[str] = set()   # samples still in flight for these are refused
         self._consents = self._load_consents()
         self.paused = bool(self.get_setting("paused", False))
         self.closed = False
@@ -227,6 +228,7 @@ class FeedbackStore:
     def delete_conversation(self, conversation_id: str) -> None:
         """Delete a conversation and everything derived from it, in one transaction."""
         self._incognito.discard(conversation_id)
+        self._deleted.add(conversation_id)
 
         def delete(con):
             con.execute("BEGIN TRANSACTION")
@@ -327,12 +329,13 @@ class FeedbackStore:
         if not self.consent_on(signal):
             self.refused[f"no_consent:{signal}"] += len(rows)
             return False
-        if self._incognito:
+        if self._incognito or self._deleted:
             index = columns.index("conversation_id")
-            kept = [row for row in rows if row[index] not in self._incognito]
-            if len(kept) != len(rows):
-                self.refused["incognito"] += len(rows) - len(kept)
-            rows = kept
+            for reason, ids in (("incognito", self._incognito), ("deleted", self._deleted)):
+                kept = [row for row in rows if row[index] not in ids]
+                if len(kept) != len(rows):
+                    self.refused[reason] += len(rows) - len(kept)
+                rows = kept
         if not rows:
             return False
         sql = (f"INSERT INTO {table} ({', '.join(columns)}) "

@@ -144,6 +144,9 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.collection_label)
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
+        pause = QShortcut(QKeySequence("Ctrl+Shift+P"), self, activated=self.toggle_pause)
+        pause.setContext(Qt.ShortcutContext.ApplicationShortcut)
+        self._update_collection_indicator()
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.stop)
 
     # --- conversations -------------------------------------------------------------------
@@ -229,6 +232,7 @@ class MainWindow(QMainWindow):
             self.banner.hide()
         self.setWindowTitle(f"Glance — {tree.conversation.title}")
         self._refresh_conversations()
+        self._update_collection_indicator()
         QTimer.singleShot(0, self._record_shown)
 
     def _record_shown(self) -> None:
@@ -419,8 +423,29 @@ class MainWindow(QMainWindow):
 
     def open_privacy(self) -> None:
         from .privacy import PrivacyPanel
-        PrivacyPanel(self.store, self).exec()
-        self._refresh_conversations()
+        panel = PrivacyPanel(self.store, self)
+        panel.exec()
+        if not panel.deleted_everything:
+            self._refresh_conversations()
+            self._update_collection_indicator()
+
+    def toggle_pause(self) -> None:
+        self.store.set_paused(not self.store.paused)
+        self._update_collection_indicator()
+        self.statusBar().showMessage(
+            "All collection paused." if self.store.paused else "Collection resumed.", 4000)
+
+    def _update_collection_indicator(self) -> None:
+        """Say plainly what is being recorded right now (pointer/camera capture plug in here)."""
+        active = [name for name, signal in (("mouse", "pointer"), ("camera", "gaze"))
+                  if self.store.consent_on(signal)]
+        if self.store.paused:
+            text = "Recording paused"
+        elif active and not (self.tree and self.tree.conversation.incognito):
+            text = "Recording: " + ", ".join(active)
+        else:
+            text = "Not recording"
+        self.collection_label.setText(text)
 
     # --- misc ----------------------------------------------------------------------------
     def _error(self, text: str) -> None:

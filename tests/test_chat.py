@@ -1,0 +1,89 @@
+"""Conversations, branches and persistence through ChatService, real model and store."""
+from app.chat import ChatService
+from feedback_store import FeedbackStore
+from conftest import files_contain, quick_settings
+
+
+def new_tree(service):
+    tree = service.new_conversation()
+    service.set_settings(tree, quick_settings())
+    return tree
+
+
+def test_send_commits_both_messages(service, store):
+    tree = new_tree(service)
+    user, reply = service.send(tree, "Hello there")
+    stored = {m.id: m for m in store.messages(tree.id)}
+    assert stored[user.id].content == "Hello there"
+    assert stored[reply.id].parent_id == user.id
+    assert stored[reply.id].tokens == reply.tokens and stored[reply.id].ttft_s > 0
+    assert store.get_conversation(tree.id).title == "Hello there"
+
+
+def test_empty_conversation_is_not_written(service, store):
+    new_tree(service)
+    assert store.list_conversations() == []
+
+
+def test_regenerate_keeps_the_old_reply_as_sibling(service, store):
+    tree = new_tree(service)
+    _, first = service.send(tree, "Give me a word.")
+    second = service.regenerate(tree, first.id)
+    assert second.parent_id == first.parent_id
+    siblings = tree.siblings(second.id)
+    assert [m.id for m in siblings] == [first.id, second.id]
+    assert {m.id for m in store.messages(tree.id)} >= {first.id, second.id}
+    assert tree.active_path()[-1].id == second.id
+    service.switch_to(tree, first.id)
+    assert tree.active_path()[-1].id == first.id
+
+
+def test_edit_creates_a_branch(service, store):
+    tree = new_tree(service)
+    user1, reply1 = service.send(tree, "What is a cat?")
+    user2, reply2 = service.send(tree, "And a dog?")
+    edited, reply3 = service.edit(tree, user2.id, "And a horse?")
+    assert edited.parent_id == user2.parent_id == reply1.id
+    assert [m.content for m in tree.active_path()][:3] == ["What is a cat?", reply1.content, "And a horse?"]
+    # The original branch is still there.
+    assert tree.messages[user2.id].content == "And a dog?"
+    assert len(store.messages(tree.id)) == 6
+
+
+def test_restart_restores_conversations_and_branch(service, store, engine, home):
+    tree = new_tree(service)
+    _, first = service.send(tree, "Count to three.")
+    second = service.regenerate(tree, first.id)
+    service.switch_to(tree, first.id)
+    store.close()
+    with FeedbackStore.open(home) as reopened:
+        again = ChatService(reopened, engine).open(tree.id)
+        assert [c.id for c in reopened.list_conversations()] == [tree.id]
+        assert again.active_path()[-1].id == first.id
+        assert len(again.siblings(second.id)) == 2
+        assert again.settings().max_tokens == quick_settings().max_tokens
+
+
+def test_incognito_chat_writes_nothing(service, store, home):
+    tree = service.new_conversation(incognito=True)
+    service.set_settings(tree, quick_settings())
+    user, reply = service.send(tree, "INCOGNITO-MARKER-42 what is tea?")
+    assert reply.content and tree.active_path()[-1].id == reply.id
+    store.flush()
+    assert store.list_conversations() == []
+    assert store.counts()["messages"] == 0
+    store.close()
+    from feedback_store.connection import open_encrypted
+    from feedback_store.keys import load_or_create_key
+    key = load_or_create_key(home, home / "glance.db")
+    con = open_encrypted(home / "glance.db", key.hex, read_only=True)
+    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    con.close()
+    assert files_contain(home, b"INCOGNITO-MARKER-42") == []
+
+
+def test_search_finds_titles_and_message_text(service, store):
+    tree = new_tree(service)
+    service.send(tree, "Tell me about zebras")
+    assert [c.id for c in store.list_conversations("ZEBRA")] == [tree.id]
+    assert store.list_conversations("giraffe") == []

@@ -1,0 +1,57 @@
+"""Model files: the embedded default and every way a file can be wrong."""
+import os
+
+import pytest
+
+from app.engine import ChatEngine
+from app.models import ModelError, default_model_path, inspect_model
+
+
+def test_default_model_is_found_without_download():
+    info = inspect_model(default_model_path())
+    assert info["architecture"] == "llama"
+    assert info["context_length"] == 8192
+    assert "im_start" in info["chat_template"]
+    assert info["size_bytes"] > 50_000_000
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        inspect_model(tmp_path / "nope.gguf")
+
+
+def test_not_a_gguf(tmp_path):
+    fake = tmp_path / "notes.gguf"
+    fake.write_text("hello, I am a text file")
+    with pytest.raises(ModelError, match="not a GGUF"):
+        inspect_model(fake)
+
+
+def test_truncated_gguf(tmp_path):
+    source = default_model_path()
+    cut = tmp_path / "cut.gguf"
+    with open(source, "rb") as handle:
+        cut.write_bytes(handle.read(os.path.getsize(source) // 2))
+    with pytest.raises(ModelError, match="truncated|damaged"):
+        inspect_model(cut)
+
+
+def test_model_too_large_for_memory(tmp_path):
+    huge = tmp_path / "huge.gguf"
+    with open(huge, "wb") as handle:
+        handle.write(b"GGUF")
+        handle.truncate(512 * 2**30)  # sparse: 512 GiB on paper, nothing on disk
+    with pytest.raises(ModelError, match="memory"):
+        inspect_model(huge)
+
+
+def test_failed_load_keeps_the_previous_model(engine, tmp_path):
+    before = engine.model_info["path"]
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(ModelError):
+        engine.load(bad)
+    assert engine.model_info["path"] == before
+    from conftest import quick_settings
+    reply = engine.generate([{"role": "user", "content": "Hi"}], quick_settings())
+    assert reply.text

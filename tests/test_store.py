@@ -1,0 +1,132 @@
+"""feedback_store against a real encrypted DuckDB file."""
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from feedback_store import (
+    Conversation, DataDirUnwritable, DatabaseLocked, FeedbackStore, Message, SchemaTooNew,
+)
+from feedback_store.connection import open_encrypted
+from feedback_store.keys import load_or_create_key
+
+
+def sample_row(conversation_id, i=0, kind="move"):
+    return ("session", "shown", conversation_id, time.monotonic_ns(), time.time_ns(), kind,
+            float(i), 2.0, i, "qt")
+
+
+def test_messages_are_committed_and_reopen(home):
+    store = FeedbackStore.open(home)
+    conversation = store.create_conversation(Conversation(title="first"))
+    message = store.add_message(Message(conversation_id=conversation.id, role="user", content="hello"))
+    store.close()
+    with FeedbackStore.open(home) as reopened:
+        assert [m.content for m in reopened.messages(conversation.id)] == ["hello"]
+        assert reopened.get_conversation(conversation.id).active_leaf_id == message.id
+
+
+def test_data_dir_and_files_are_private(store, home):
+    store.add_message(Message(conversation_id="c", role="user", content="x"))
+    store.flush()
+    assert (home.stat().st_mode & 0o777) == 0o700
+    for path in home.iterdir():
+        assert (path.stat().st_mode & 0o777) == 0o600, path
+
+
+def test_schema_from_a_newer_version_is_refused_untouched(home):
+    store = FeedbackStore.open(home)
+    store._write("INSERT INTO schema_migrations VALUES (999, 0)")
+    store.close()
+    database = home / "glance.db"
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    with pytest.raises(SchemaTooNew) as raised:
+        FeedbackStore.open(home)
+    assert "newer Glance" in str(raised.value) and "999" in str(raised.value)
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+    assert not (home / "glance.db.wal").exists()
+
+
+def test_database_locked_by_another_process_names_it(home):
+    FeedbackStore.open(home).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from feedback_store import FeedbackStore
+            store = FeedbackStore.open({str(home)!r})
+            print("open", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DatabaseLocked) as raised:
+            FeedbackStore.open(home)
+        assert f"PID {holder.pid}" in str(raised.value)
+        assert "another process" in str(raised.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataDirUnwritable) as raised:
+        FeedbackStore.open(blocker / "glance")
+    assert "GLANCE_HOME" in str(raised.value)
+
+
+def test_samples_are_flushed_without_being_asked(store):
+    store.set_consent("pointer", True)
+    assert store.submit_samples("pointer_samples", [sample_row("c", i) for i in range(50)])
+    # No explicit flush: the writer flushes on its own timer (at least once a second).
+    deadline = time.monotonic() + 10
+    while store.counts()["pointer_samples"] < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.counts()["pointer_samples"] == 50
+
+
+def test_full_queue_refuses_and_counts(home):
+    store = FeedbackStore.open(home, capacity=2)
+    store.set_consent("pointer", True)
+    gate = threading.Event()
+    # Block the writer so the queue fills up.
+    blocker = threading.Thread(target=lambda: store.writer.call(lambda con: gate.wait()))
+    blocker.start()
+    time.sleep(0.2)
+    accepted = sum(store.submit_samples("pointer_samples", [sample_row("c", i)]) for i in range(10))
+    gate.set()
+    blocker.join()
+    store.flush()
+    assert accepted == 2
+    assert store.writer.dropped_full == 8
+    assert store.counts()["pointer_samples"] == 2
+    assert store.status()["dropped_queue_full"] == 8
+    store.close()
+
+
+def test_keyring_is_used_when_it_works(home, monkeypatch):
+    import keyring
+    from conftest import MemoryKeyring
+    backend = MemoryKeyring()
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    try:
+        with FeedbackStore.open(home) as store:
+            assert store.status()["key_storage"] == "keyring"
+        assert not (home / "glance.key").exists()
+        assert len(next(iter(backend.secrets.values()))) == 64  # 256 bits, hex
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_key_file_fallback_is_0600(store, home):
+    assert store.status()["key_storage"] == "file"
+    key_file = home / "glance.key"
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    assert len(key_file.read_text().strip()) == 64
