@@ -1,0 +1,86 @@
+"""The `glance` command line, run as a real subprocess."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from feedback_store import FeedbackStore
+from conftest import ROOT, run_glance
+
+
+def test_chat_json_then_continue(home):
+    first = run_glance("chat", "--prompt", "Hello!", "--seed", "1", "--max-tokens", "16",
+                       "--json", home=home)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert {"reply", "conversation_id", "message_id", "model", "tokens", "ttft_s",
+            "tokens_per_s"} <= set(result)
+    assert result["reply"] and result["tokens"] > 0
+    second = run_glance("chat", "--prompt", "And again?", "--conversation",
+                        result["conversation_id"], "--max-tokens", "8", "--json", home=home)
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again["conversation_id"] == result["conversation_id"]
+    with FeedbackStore.open(home) as store:
+        messages = store.messages(result["conversation_id"])
+        assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+        by_id = {m.id: m for m in messages}
+        assert by_id[again["message_id"]].parent_id in by_id
+
+
+def test_empty_prompt_is_refused(home):
+    result = run_glance("chat", "--prompt", "   ", home=home)
+    assert result.returncode == 2
+    assert "empty" in result.stderr
+    with FeedbackStore.open(home) as store:
+        assert store.counts()["messages"] == 0
+
+
+def test_bad_model_is_a_clear_error(home, tmp_path):
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("nope")
+    result = run_glance("chat", "--prompt", "hi", "--model", str(fake), home=home)
+    assert result.returncode == 2
+    assert "not a GGUF" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_doctor_json(home):
+    result = run_glance("doctor", "--json", home=home)
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(result.stdout)
+    assert report["versions"]["llama-cpp-python"] == "0.3.36"
+    assert report["model"]["ok"] and report["model"]["path"].endswith(".gguf")
+    assert report["data_dir"] == str(home)
+    assert report["database"]["ok"] and report["database"]["encryption"] is True
+    assert "available" in report["camera"]
+
+
+def test_sigkill_mid_stream_keeps_every_committed_message(home):
+    first = run_glance("chat", "--prompt", "Remember the word PELICAN.", "--max-tokens", "8",
+                       "--json", home=home)
+    conversation = json.loads(first.stdout.strip().splitlines()[-1])["conversation_id"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "chat", "--conversation", conversation, "--prompt",
+         "Now write a very long essay about the sea.", "--max-tokens", "2000",
+         "--temperature", "1.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        env=dict(os.environ, GLANCE_HOME=str(home)))
+    # Wait until tokens are streaming, then kill without any chance to clean up.
+    os.set_blocking(process.stdout.fileno(), False)
+    received = b""
+    deadline = time.monotonic() + 120
+    while len(received) < 20 and time.monotonic() < deadline and process.poll() is None:
+        received += process.stdout.read() or b""
+        time.sleep(0.01)
+    assert len(received) >= 20, "the reply never started streaming"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with FeedbackStore.open(home) as store:
+        messages = store.messages(conversation)
+        contents = [m.content for m in messages]
+        assert contents[0] == "Remember the word PELICAN."
+        assert contents[2] == "Now write a very long essay about the sea."
+        assert len(messages) == 3  # the killed reply was never committed, nothing else lost
+        assert store.get_conversation(conversation).active_leaf_id == messages[2].id

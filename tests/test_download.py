@@ -1,0 +1,89 @@
+"""Model download against a loopback HTTP server that behaves like the hub (Range, 404)."""
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+from app.download import DownloadCancelled, DownloadError, download_model
+from app.models import default_model_path, inspect_model
+
+pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    requests: list = []
+
+    def do_GET(self):
+        self.requests.append((self.path, self.headers.get("Range")))
+        if not self.path.endswith("/resolve/main/model.gguf"):
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        body = self.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for offset in range(0, len(body), 1 << 20):
+                self.wfile.write(body[offset:offset + (1 << 20)])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    HubHandler.payload = default_model_path().read_bytes()
+    HubHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield HubHandler
+    server.shutdown()
+
+
+def test_download_with_progress_and_checksum(hub, tmp_path):
+    expected = hashlib.sha256(hub.payload).hexdigest()
+    seen = []
+    path = download_model("owner/repo", "model.gguf", tmp_path, sha256=expected,
+                          progress=lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == hub.payload
+    assert seen[-1] == (len(hub.payload), len(hub.payload))
+    assert inspect_model(path)["architecture"] == "llama"
+
+
+def test_cancel_then_resume(hub, tmp_path):
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done >= 10 * 2**20:
+            cancel.set()
+    with pytest.raises(DownloadCancelled):
+        download_model("owner/repo", "model.gguf", tmp_path, progress=progress, cancel=cancel)
+    partial = tmp_path / "model.gguf.part"
+    kept = partial.stat().st_size
+    assert 0 < kept < len(hub.payload)
+    path = download_model("owner/repo", "model.gguf", tmp_path)
+    assert hub.requests[-1][1] == f"bytes={kept}-"
+    assert path.read_bytes() == hub.payload
+    assert not partial.exists()
+
+
+def test_checksum_mismatch_deletes_the_file(hub, tmp_path):
+    with pytest.raises(DownloadError, match="Checksum mismatch"):
+        download_model("owner/repo", "model.gguf", tmp_path, sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_on_the_hub(hub, tmp_path):
+    with pytest.raises(DownloadError, match="404"):
+        download_model("owner/repo", "other.gguf", tmp_path)

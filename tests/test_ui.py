@@ -1,0 +1,192 @@
+"""The real window (offscreen Qt) on the real model and store, driven like a user would."""
+import pytest
+from PySide6.QtCore import QPoint, Qt
+
+from app.ui.main_window import MainWindow
+from conftest import quick_settings
+
+REPLY_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def window(qtbot, store, engine):
+    store.set_setting("generation", quick_settings().to_dict())
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    yield window
+    window.close()
+
+
+def send_by_keyboard(qtbot, window, text):
+    window.input.setFocus()
+    qtbot.keyClicks(window.input, text)
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    return blocker.args[0]
+
+
+def widget_for(window, message_id):
+    return next(w for w in window.chat_view.widgets if w.message.id == message_id)
+
+
+def test_streamed_turn_from_input_box_to_database(qtbot, window, store):
+    tokens = []
+    original = window.chat_view.append_token
+
+    def spy(piece):
+        tokens.append(piece)
+        original(piece)
+    window.chat_view.append_token = spy
+    reply = send_by_keyboard(qtbot, window, "What is the sun?")
+    assert reply is not None and reply.content
+    assert len(tokens) == reply.tokens > 1 and "".join(tokens) == reply.content
+    stored = store.messages(window.tree.id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[0].content == "What is the sun?"
+    assert window.input.toPlainText() == ""
+    shown = [w.message.id for w in window.chat_view.widgets]
+    assert shown == [stored[0].id, stored[1].id]
+    assert "tok/s" in window.speed_label.text()
+    assert window.conversation_list.count() == 1
+
+
+def test_shift_enter_is_a_newline_and_empty_enter_sends_nothing(qtbot, window, store):
+    window.input.setFocus()
+    qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    assert "empty" in window.last_error
+    qtbot.keyClicks(window.input, "line one")
+    qtbot.keyClick(window.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(window.input, "line two")
+    assert window.input.toPlainText() == "line one\nline two"
+    assert store.counts()["messages"] == 0
+
+
+def test_escape_stops_mid_stream(qtbot, window, store):
+    window.tree.conversation.settings = quick_settings(max_tokens=400).to_dict()
+    window.input.setPlainText("Write a very long story about a ship.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        window.send()
+        qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    reply = blocker.args[0]
+    assert reply.finish_reason == "cancelled"
+    assert reply.tokens < 400
+    assert store.messages(window.tree.id)[-1].finish_reason == "cancelled"
+    assert "stopped" in widget_for(window, reply.id).meta.text()
+
+
+def test_regenerate_keeps_sibling_and_edit_branches(qtbot, window, store):
+    first = send_by_keyboard(qtbot, window, "Name a fruit.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        qtbot.mouseClick(widget_for(window, first.id).regenerate_button, Qt.MouseButton.LeftButton)
+    second = blocker.args[0]
+    assert second.parent_id == first.parent_id and second.id != first.id
+    assert widget_for(window, second.id).sibling_label.text() == "2/2"
+    assert {first.id, second.id} <= {m.id for m in store.messages(window.tree.id)}
+
+    user = window.tree.messages[first.parent_id]
+    qtbot.mouseClick(widget_for(window, user.id).edit_button, Qt.MouseButton.LeftButton)
+    assert window.input.toPlainText() == "Name a fruit."
+    window.input.selectAll()
+    qtbot.keyClicks(window.input, "Name a vegetable.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        qtbot.keyClick(window.input, Qt.Key.Key_Return)
+    path = window.tree.active_path()
+    assert path[0].content == "Name a vegetable." and path[0].parent_id is None
+    assert widget_for(window, path[0].id).sibling_label.text() == "2/2"
+    assert len(store.messages(window.tree.id)) == 5  # 2 users, 3 replies: nothing deleted
+
+
+def test_thumbs_are_stored(qtbot, window, store):
+    reply = send_by_keyboard(qtbot, window, "Say yes.")
+    qtbot.mouseClick(widget_for(window, reply.id).thumb_up, Qt.MouseButton.LeftButton)
+    assert store.thumbs(window.tree.id) == {reply.id: 1}
+    qtbot.mouseClick(widget_for(window, reply.id).thumb_down, Qt.MouseButton.LeftButton)
+    assert store.thumbs(window.tree.id) == {reply.id: -1}
+    assert widget_for(window, reply.id).thumb_up.isChecked() is False
+
+
+def test_restart_restores_the_conversation(qtbot, store, engine):
+    store.set_setting("generation", quick_settings().to_dict())
+    first = MainWindow(store, engine)
+    qtbot.addWidget(first)
+    first.show()
+    reply = send_by_keyboard(qtbot, first, "Remember me.")
+    conversation_id = first.tree.id
+    first.close()
+    second = MainWindow(store, engine)
+    qtbot.addWidget(second)
+    second.show()
+    assert second.tree.id == conversation_id
+    assert [w.message.id for w in second.chat_view.widgets][-1] == reply.id
+    assert second.conversation_list.item(0).text() == "Remember me."
+    second.close()
+
+
+def test_layout_probe_maps_screen_points_to_words(qtbot, window, store):
+    reply = send_by_keyboard(qtbot, window, "Describe a forest in two sentences.")
+    qtbot.wait(50)
+    browser = window.probe.browser(reply.id)
+    text = browser.document().toPlainText()
+    boxes = window.probe.line_boxes(reply.id)
+    assert boxes[0]["start"] == 0 and boxes[-1]["end"] <= len(text)
+    # Walk along the first line: every hit names the character under the point.
+    first = boxes[0]
+    for fraction in (0.05, 0.3, 0.6, 0.9):
+        x = int(first["x"] + first["w"] * fraction)
+        y = int(first["y"] + first["h"] / 2)
+        hit = window.probe.hit(x, y)
+        assert hit.message_id == reply.id and hit.line == 0
+        assert first["start"] <= hit.offset < first["end"]
+        if hit.word:
+            assert hit.word in text
+            assert text[hit.offset] in hit.word
+    # Right of the line's end: over the reply, not over text.
+    beyond = window.probe.hit(int(first["x"] + first["w"] + 30), int(first["y"] + first["h"] / 2))
+    assert beyond is not None and beyond.offset is None
+    # Far outside any reply.
+    corner = window.mapToGlobal(QPoint(2, 2))
+    assert window.probe.hit(corner.x(), corner.y()) is None
+    # What was on screen is stored, with the same text offsets refer to.
+    store.flush()
+    rows = store._rows("SELECT rendered_text, layout FROM shown_replies WHERE message_id = ?", (reply.id,))
+    assert rows and rows[0]["rendered_text"] == text
+
+
+def test_bad_model_keeps_the_previous_one(qtbot, window, tmp_path):
+    before = window.engine.model_info["path"]
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a model at all")
+    assert window.switch_model(str(bad)) is False
+    assert "not a GGUF" in window.last_error
+    assert window.engine.model_info["path"] == before
+    assert window.model_picker.currentData() == before
+    reply = send_by_keyboard(qtbot, window, "Still there?")
+    assert reply.content
+
+
+def test_prompt_longer_than_context_keeps_the_text(qtbot, window, store):
+    long_text = "word " * 4000
+    window.input.setPlainText(long_text)
+    window.send()
+    assert "context" in window.last_error
+    assert window.input.toPlainText() == long_text
+    assert store.counts()["messages"] == 0
+
+
+def test_new_chat_rename_search_delete(qtbot, window, store):
+    send_by_keyboard(qtbot, window, "About apples")
+    apples = window.tree.id
+    qtbot.keyClick(window, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
+    assert window.tree.id != apples and window.chat_view.widgets == []
+    send_by_keyboard(qtbot, window, "About pears")
+    window.rename_conversation(apples, "Fruit talk")
+    assert store.get_conversation(apples).title == "Fruit talk"
+    window.search.setText("apples")
+    assert [window.conversation_list.item(i).text() for i in range(window.conversation_list.count())] == ["Fruit talk"]
+    window.search.setText("")
+    window.delete_conversation(apples, confirm=False)
+    assert store.get_conversation(apples) is None
+    assert store.list_conversations("apples") == []
