@@ -1,0 +1,279 @@
+"""Consent, incognito, encryption, deletion, export and no-network, enforced by the store."""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import duckdb
+import keyring
+import keyring.errors
+import pytest
+
+from feedback_store import (
+    CONSENT_TEXT_VERSION, FeedbackStore, KeyringLocked, MissingKey, StoreError, WrongKey,
+)
+from feedback_store.connection import open_encrypted
+from feedback_store.keys import load_or_create_key
+from feedback_store.privacy import export_all
+from conftest import ROOT, MemoryKeyring, files_contain, quick_settings, run_glance
+
+
+def rows(conversation_id, n, start=0, wall_ns=None):
+    return [("s", "r", conversation_id, time.monotonic_ns(), wall_ns or time.time_ns(), "move",
+             float(i), 1.0, i, "qt") for i in range(start, start + n)]
+
+
+def decrypted_copy(home, target):
+    """Every row of the database, decrypted into a plain file (for looking inside)."""
+    key = load_or_create_key(home, home / "glance.db")
+    con = open_encrypted(home / "glance.db", key.hex, read_only=True)
+    con.execute("SET force_compression='uncompressed'")
+    con.execute(f"ATTACH '{target}' AS plain")
+    con.execute("COPY FROM DATABASE glance TO plain")
+    con.execute("DETACH plain")
+    con.close()
+    return target.read_bytes()
+
+
+def test_no_network_in_tests():
+    from pytest_socket import SocketBlockedError
+    with pytest.raises(SocketBlockedError):
+        socket.create_connection(("192.0.2.1", 9))
+    with pytest.raises(SocketBlockedError):
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+def test_samples_need_consent_and_are_counted_by_reason(store):
+    assert store.submit_samples("pointer_samples", rows("c1", 5)) is False
+    assert store.submit_samples("gaze_samples", [r + (0.9,) for r in rows("c1", 3)]) is False
+    store.set_consent("pointer", True)
+    assert store.submit_samples("pointer_samples", rows("c1", 4))
+    store.set_paused(True)
+    assert store.submit_samples("pointer_samples", rows("c1", 2)) is False
+    store.set_paused(False)
+    store.set_consent("pointer", False)
+    assert store.submit_samples("pointer_samples", rows("c1", 1)) is False
+    store.flush()
+    assert store.counts()["pointer_samples"] == 4
+    assert store.counts()["gaze_samples"] == 0
+    assert store.refused == {"no_consent:pointer": 6, "no_consent:gaze": 3, "paused": 2}
+
+
+def test_incognito_samples_and_messages_are_refused(service, store):
+    store.set_consent("pointer", True)
+    tree = service.new_conversation(incognito=True)
+    assert store.submit_samples("pointer_samples", rows(tree.id, 7) + rows("other", 2))
+    store.flush()
+    assert store.counts()["pointer_samples"] == 2
+    assert store.refused["incognito"] == 7
+    assert store.record_shown_reply(session_id=None, message_id="m", conversation_id=tree.id,
+                                    geometry=(0, 0, 1, 1), device_pixel_ratio=1.0,
+                                    rendered_text="x", layout=[]) is None
+
+
+def test_decisions_carry_time_and_text_version_and_expire_with_the_text(home):
+    with FeedbackStore.open(home) as store:
+        assert store.consent_needed()
+        for signal in ("pointer", "gaze", "personalise"):
+            store.set_consent(signal, signal == "pointer")
+        assert not store.consent_needed()
+        decision = store.consents()["pointer"]
+        assert decision["on"] and decision["text_version"] == CONSENT_TEXT_VERSION
+        assert abs(decision["at"] - time.time_ns()) < 60 * 10**9
+        # A decision made under an older consent text no longer counts.
+        store._write("INSERT INTO consents VALUES ('pointer', true, ?, ?)",
+                     (time.time_ns(), CONSENT_TEXT_VERSION - 1))
+    with FeedbackStore.open(home) as store:
+        assert store.consent_needed()
+        assert not store.consent_on("pointer")
+
+
+def test_marker_is_not_in_any_raw_file(service, store, home):
+    tree = service.new_conversation()
+    service.set_settings(tree, quick_settings())
+    service.send(tree, "MARKER-PLAINTEXT-7731 please repeat MARKER-PLAINTEXT-7731")
+    store.flush()
+    assert files_contain(home, b"MARKER-PLAINTEXT-7731") == []  # while open (WAL)
+    store.close()
+    assert files_contain(home, b"MARKER-PLAINTEXT-7731") == []
+    # Control: the same look finds the marker once the rows are decrypted.
+    assert b"MARKER-PLAINTEXT-7731" in decrypted_copy(home, home.parent / "plain.db")
+
+
+def test_deleting_a_conversation_leaves_no_trace_after_compaction(service, store, home):
+    doomed = service.new_conversation()
+    service.set_settings(doomed, quick_settings())
+    service.send(doomed, "DOOMED-MARKER-5521 tell me a secret")
+    kept = service.new_conversation()
+    service.set_settings(kept, quick_settings())
+    service.send(kept, "KEPT-MARKER-1234 hello")
+    store.set_consent("pointer", True)
+    store.submit_samples("pointer_samples", rows(doomed.id, 100) + rows(kept.id, 10))
+    store.flush()
+    store.delete_conversation(doomed.id)
+    store.compact()
+    assert store.counts()["pointer_samples"] == 10
+    store.close()
+    plain = decrypted_copy(home, home.parent / "plain.db")
+    assert b"DOOMED-MARKER-5521" not in plain
+    assert b"KEPT-MARKER-1234" in plain  # control: the look can see markers
+    assert files_contain(home, b"DOOMED-MARKER-5521") == []
+
+
+def test_deleting_while_samples_stream_in_loses_nothing_else(store):
+    store.set_consent("pointer", True)
+    accepted = {"doomed": 0, "kept": 0}
+    stop = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            for conversation in ("doomed", "kept"):
+                if store.submit_samples("pointer_samples", rows(conversation, 10, start=i)):
+                    accepted[conversation] += 10
+            i += 10
+            time.sleep(0.001)
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.3)
+    store.delete_conversation("doomed")
+    time.sleep(0.3)
+    stop.set()
+    producer.join()
+    store.flush()
+    counted = {
+        r["conversation_id"]: r["n"] for r in
+        store._rows("SELECT conversation_id, count(*) AS n FROM pointer_samples GROUP BY ALL")}
+    assert "doomed" not in counted
+    assert counted["kept"] == accepted["kept"] > 0
+    assert store.refused["deleted"] > 0
+
+
+def test_wrong_key_is_refused_and_database_untouched(home):
+    FeedbackStore.open(home).close()
+    database = home / "glance.db"
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    (home / "glance.key").write_text("00" * 32)
+    with pytest.raises(WrongKey, match="does not open"):
+        FeedbackStore.open(home)
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+
+
+def test_missing_key_is_refused_never_replaced(home):
+    FeedbackStore.open(home).close()
+    database = home / "glance.db"
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    (home / "glance.key").unlink()
+    with pytest.raises(MissingKey, match="reset"):
+        FeedbackStore.open(home)
+    assert not (home / "glance.key").exists()
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+
+
+def test_locked_keyring_is_a_clear_error(home):
+    class LockedKeyring(MemoryKeyring):
+        def get_password(self, service, username):
+            raise keyring.errors.KeyringLocked("locked")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(LockedKeyring())
+    try:
+        with pytest.raises(KeyringLocked, match="Unlock"):
+            FeedbackStore.open(home)
+        assert not (home / "glance.db").exists()
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_export_writes_parquet_and_manifest(service, store, tmp_path):
+    tree = service.new_conversation()
+    service.set_settings(tree, quick_settings())
+    service.send(tree, "export me")
+    folder = export_all(store, tmp_path / "out")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tables"]["messages"]["rows"] == 2
+    contents = duckdb.sql(f"SELECT content FROM '{folder / 'messages.parquet'}' ORDER BY created_wall_ns").fetchall()
+    assert contents[0][0] == "export me"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".glance-export")]
+
+
+def test_export_to_unwritable_folder_leaves_nothing(store, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="Cannot export"):
+        export_all(store, blocker / "inside")
+
+
+def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
+    with FeedbackStore.open(home) as store:
+        store.set_consent("pointer", True)
+        store.submit_samples("pointer_samples", rows("c", 20000))
+    destination = tmp_path / "full"
+    destination.mkdir()
+    # RLIMIT_FSIZE makes every write past 64 KiB fail with EFBIG, as a full disk would.
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from feedback_store import FeedbackStore, StoreError
+        from feedback_store.privacy import export_all
+        store = FeedbackStore.open({str(home)!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+        try:
+            export_all(store, {str(destination)!r})
+        except StoreError as error:
+            print("REFUSED", error)
+        import os; os._exit(0)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert "REFUSED" in result.stdout, result.stdout + result.stderr
+    assert "nothing was left" in result.stdout
+    assert list(destination.iterdir()) == []
+
+
+def test_retention_removes_old_signals_only(service, store):
+    store.set_consent("pointer", True)
+    old = time.time_ns() - 100 * 86_400 * 10**9
+    store.submit_samples("pointer_samples", rows("c", 5, wall_ns=old) + rows("c", 3))
+    tree = service.new_conversation()
+    service.set_settings(tree, quick_settings())
+    service.send(tree, "keep my chat")
+    store.flush()
+    assert store.retention_days == 90
+    assert store.apply_retention() == 5
+    assert store.counts()["pointer_samples"] == 3
+    assert store.counts()["messages"] == 2
+    store.set_retention_days(1)
+    assert store.retention_days == 1
+
+
+def test_cli_data_and_consent_commands(home, tmp_path):
+    assert run_glance("consent", "set", "pointer", "on", home=home).returncode == 0
+    bad = run_glance("consent", "set", "telepathy", "on", home=home)
+    assert bad.returncode == 2 and "Unknown signal" in bad.stderr
+    chat = run_glance("chat", "--prompt", "CLI-MARKER-889 hi", "--max-tokens", "8", "--json", home=home)
+    conversation = json.loads(chat.stdout.strip().splitlines()[-1])["conversation_id"]
+    status = json.loads(run_glance("data", "status", "--json", home=home).stdout)
+    assert {"encryption", "key_storage", "consents", "counts", "bytes", "data_dir"} <= set(status)
+    assert status["encryption"] is True and status["key_storage"] == "file"
+    assert status["consents"]["pointer"]["on"] is True
+    assert status["consents"]["pointer"]["text_version"] == CONSENT_TEXT_VERSION
+    assert status["consents"]["gaze"] is None
+    assert status["counts"]["messages"] == 2 and "glance.db" in status["bytes"]
+    exported = run_glance("data", "export", str(tmp_path / "export"), home=home)
+    assert exported.returncode == 0 and (tmp_path / "export").exists()
+    deleted = run_glance("data", "delete", "--conversation", conversation, home=home)
+    assert deleted.returncode == 0, deleted.stderr
+    assert files_contain(home, b"CLI-MARKER-889") == []
+    assert json.loads(run_glance("data", "status", "--json", home=home).stdout)["counts"]["messages"] == 0
+    refused = run_glance("data", "delete", "--all", home=home)
+    assert refused.returncode == 2 and (home / "glance.db").exists()
+    (home / "adapters").mkdir()
+    (home / "adapters" / "lora.gguf").write_bytes(b"x")
+    wiped = run_glance("data", "delete", "--all", "--yes", home=home)
+    assert wiped.returncode == 0
+    assert list(home.iterdir()) == []
