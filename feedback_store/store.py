@@ -23,11 +23,14 @@ from .writer import Writer
 
 DATABASE_FILE = "glance.db"
 
+_POINTER_COLUMNS = (("session_id", "VARCHAR"), ("shown_reply_id", "VARCHAR"),
+                    ("conversation_id", "VARCHAR"), ("mono_ns", "BIGINT"), ("wall_ns", "BIGINT"),
+                    ("kind", "VARCHAR"), ("x", "DOUBLE"), ("y", "DOUBLE"),
+                    ("text_offset", "INTEGER"), ("source", "VARCHAR"))
+# Column order of the tuples submit_samples takes, with their SQL types.
 SAMPLE_COLUMNS = {
-    "pointer_samples": ("session_id", "shown_reply_id", "conversation_id", "mono_ns",
-                        "wall_ns", "kind", "x", "y", "text_offset", "source"),
-    "gaze_samples": ("session_id", "shown_reply_id", "conversation_id", "mono_ns",
-                     "wall_ns", "kind", "x", "y", "text_offset", "source", "confidence"),
+    "pointer_samples": _POINTER_COLUMNS,
+    "gaze_samples": _POINTER_COLUMNS + (("confidence", "DOUBLE"),),
 }
 
 
@@ -330,7 +333,7 @@ class FeedbackStore:
             self.refused[f"no_consent:{signal}"] += len(rows)
             return False
         if self._incognito or self._deleted:
-            index = columns.index("conversation_id")
+            index = [name for name, _ in columns].index("conversation_id")
             for reason, ids in (("incognito", self._incognito), ("deleted", self._deleted)):
                 kept = [row for row in rows if row[index] not in ids]
                 if len(kept) != len(rows):
@@ -338,9 +341,7 @@ class FeedbackStore:
                 rows = kept
         if not rows:
             return False
-        sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
-               f"VALUES ({', '.join('?' for _ in columns)})")
-        return self.writer.submit_samples(table, sql, rows)
+        return self.writer.submit_samples(table, columns, rows)
 
     def flush(self) -> None:
         self.writer.flush()

@@ -13,8 +13,36 @@ from collections import defaultdict
 from concurrent.futures import Future
 
 import duckdb
+import numpy as np
 
 _STOP = object()
+_INT_NULL = np.iinfo(np.int64).min
+
+
+def columnar_insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[tuple[str, str], ...],
+                    rows: list[tuple]) -> None:
+    """Insert rows as typed numpy columns: DuckDB scans them ~1000x faster than
+    executemany (which commits per row) or object arrays (analysed value by value).
+    NULLs travel as sentinels ('' / int64 min / NaN) and are restored in SQL."""
+    values = list(zip(*rows))
+    batch, select = {}, []
+    for index, (name, sql_type) in enumerate(columns):
+        column = values[index]
+        if sql_type == "VARCHAR":
+            batch[name] = np.array(["" if v is None else str(v) for v in column], dtype=str)
+            select.append(f"nullif({name}, '')")
+        elif sql_type == "DOUBLE":
+            batch[name] = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
+            select.append(f"if(isnan({name}), NULL, {name})")
+        else:  # BIGINT / INTEGER
+            batch[name] = np.array([_INT_NULL if v is None else v for v in column], dtype=np.int64)
+            select.append(f"nullif({name}, {_INT_NULL})")
+    con.register("sample_batch", batch)
+    try:
+        con.execute(f"INSERT INTO {table} ({', '.join(n for n, _ in columns)}) "
+                    f"SELECT {', '.join(select)} FROM sample_batch")
+    finally:
+        con.unregister("sample_batch")
 
 
 class Writer(threading.Thread):
@@ -39,9 +67,9 @@ class Writer(threading.Thread):
         self.queue.put((fn, args, future))
         return future.result()
 
-    def submit_samples(self, table: str, insert_sql: str, rows: list[tuple]) -> bool:
+    def submit_samples(self, table: str, columns: tuple, rows: list[tuple]) -> bool:
         try:
-            self.queue.put_nowait(("samples", table, insert_sql, rows))
+            self.queue.put_nowait(("samples", table, columns, rows))
             return True
         except queue.Full:
             self.dropped_full += len(rows)
@@ -69,8 +97,8 @@ class Writer(threading.Thread):
                 self._flush_samples()
                 return
             if item[0] == "samples":
-                _, table, sql, rows = item
-                self._buffer.setdefault(table, (sql, []))[1].extend(rows)
+                _, table, columns, rows = item
+                self._buffer.setdefault(table, (columns, []))[1].extend(rows)
                 if time.monotonic() - self._last_flush >= self.flush_interval_s:
                     self._flush_samples()
                 continue
@@ -88,12 +116,9 @@ class Writer(threading.Thread):
         if not self._buffer:
             return
         buffered, self._buffer = self._buffer, {}
-        for table, (sql, rows) in buffered.items():
+        for table, (columns, rows) in buffered.items():
             try:
-                self.con.execute("BEGIN TRANSACTION")
-                self.con.executemany(sql, rows)
-                self.con.execute("COMMIT")
+                columnar_insert(self.con, table, columns, rows)
                 self.written[table] += len(rows)
             except duckdb.Error as error:
-                self.con.execute("ROLLBACK")
                 self.failure = error

@@ -130,3 +130,18 @@ def test_key_file_fallback_is_0600(store, home):
     key_file = home / "glance.key"
     assert (key_file.stat().st_mode & 0o777) == 0o600
     assert len(key_file.read_text().strip()) == 64
+
+
+def test_sample_columns_keep_nulls_and_values(store):
+    store.set_consent("gaze", True)
+    store.submit_samples("gaze_samples", [
+        (None, None, "c", 5, 6, "raw", None, 2.5, None, "webcam", None),
+        ("s", "r", "c", 7, 8, "fixation", 1.25, -3.0, 42, "webcam", 0.75)])
+    store.flush()
+    got = store._rows("SELECT session_id, shown_reply_id, mono_ns, x, y, text_offset, confidence "
+                      "FROM gaze_samples ORDER BY mono_ns")
+    assert got == [
+        {"session_id": None, "shown_reply_id": None, "mono_ns": 5, "x": None, "y": 2.5,
+         "text_offset": None, "confidence": None},
+        {"session_id": "s", "shown_reply_id": "r", "mono_ns": 7, "x": 1.25, "y": -3.0,
+         "text_offset": 42, "confidence": 0.75}]
