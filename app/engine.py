@@ -156,11 +156,12 @@ class ChatEngine:
         if not messages or not messages[-1]["content"].strip():
             raise EmptyPrompt()
         with self._lock:
+            # The clock starts before prompt fitting: its cost is part of the user's wait.
+            started = time.perf_counter()
             fitted, dropped, prompt_tokens = self.fit_to_context(messages, settings.max_tokens)
             pieces: list[str] = []
             finish = "stop"
             first_at = last_at = None
-            started = time.perf_counter()
             if settings.seed is not None:
                 # Reusing a cached prompt prefix changes the float rounding of the logits
                 # (batch vs single-token evaluation), so a fixed seed would not give the

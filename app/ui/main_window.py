@@ -51,6 +51,7 @@ class MainWindow(QMainWindow):
         self.generation: GenerationThread | None = None
         self.editing_message_id: str | None = None
         self._shown_ids: dict[str, str] = {}
+        self.collectors: dict[str, object] = {}  # signal -> running capture (later issues)
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
@@ -436,9 +437,10 @@ class MainWindow(QMainWindow):
             "All collection paused." if self.store.paused else "Collection resumed.", 4000)
 
     def _update_collection_indicator(self) -> None:
-        """Say plainly what is being recorded right now (pointer/camera capture plug in here)."""
+        """Say plainly what is being recorded right now: only collectors that are really
+        running count (pointer and camera capture register in self.collectors)."""
         active = [name for name, signal in (("mouse", "pointer"), ("camera", "gaze"))
-                  if self.store.consent_on(signal)]
+                  if self.collectors.get(signal) and self.store.consent_on(signal)]
         if self.store.paused:
             text = "Recording paused"
         elif active and not (self.tree and self.tree.conversation.incognito):

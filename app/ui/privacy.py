@@ -12,7 +12,7 @@ CONSENT_INTRO = (
     "<h2>Before you start: what Glance may record</h2>"
     "<p>Glance can learn which answers help you from <b>how you read them</b>. That only "
     "happens if you say yes below. Everything is <b>off</b> until you turn it on, and you can "
-    "change your mind at any time under <i>Privacy…</i>.</p>"
+    "change your mind at any time under <i>Privacy</i> in the toolbar.</p>"
     "<p><b>Nothing leaves this computer.</b> Glance makes no network connections (the only "
     "exception is a model download you start yourself). Everything is kept in an encrypted "
     "database in your data folder, readable only by your user account.</p>")
@@ -106,7 +106,7 @@ class PrivacyPanel(QDialog):
         super().__init__(parent)
         self.store = store
         self.setWindowTitle("Privacy")
-        self.setMinimumWidth(680)
+        self.setMinimumSize(760, 860)
         layout = QVBoxLayout(self)
 
         consents = QGroupBox("What Glance may record")

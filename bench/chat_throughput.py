@@ -1,0 +1,130 @@
+"""Glance's chat engine vs raw llama-cpp-python on the same GGUF, prompt, seed and threads.
+
+Runs alternate (raw, glance, raw, glance, ...) so drift on a shared machine hits both
+sides alike; medians are reported. Then the real window (offscreen) streams a reply while
+a 5 ms QTimer records the largest gap between its ticks: how long the UI thread was busy.
+
+    .venv/bin/python bench/chat_throughput.py --json
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPT = "Explain in detail how a bicycle works, part by part."
+SYSTEM = "You are a helpful assistant."
+
+
+def raw_run(llm, settings) -> tuple[float, float, int]:
+    """The plain llama-cpp-python way: stream a chat completion and time it."""
+    llm.reset()  # Glance evaluates the prompt afresh when a seed is fixed; so does this side
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    for chunk in llm.create_chat_completion(
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
+            stream=True, temperature=settings.temperature, top_p=settings.top_p,
+            max_tokens=settings.max_tokens, seed=settings.seed):
+        if chunk["choices"][0]["delta"].get("content"):
+            last = time.perf_counter()
+            first = first or last
+            tokens += 1
+    return first - started, (tokens - 1) / (last - first), tokens
+
+
+def glance_run(engine, settings) -> tuple[float, float, int]:
+    reply = engine.generate([{"role": "system", "content": SYSTEM},
+                             {"role": "user", "content": PROMPT}], settings)
+    return reply.ttft_s, reply.tokens_per_s, reply.tokens
+
+
+def ui_max_gap_ms(engine, max_tokens: int) -> float:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-")
+    os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.engine import GenerationSettings
+    from app.ui.main_window import MainWindow
+    from feedback_store import FeedbackStore
+    app = QApplication.instance() or QApplication([])
+    store = FeedbackStore.open()
+    store.set_setting("generation", GenerationSettings(seed=1, max_tokens=max_tokens).to_dict())
+    window = MainWindow(store, engine)
+    window.show()
+    gaps, clock = [], QElapsedTimer()
+    ticker = QTimer()
+    ticker.setInterval(5)
+
+    def tick():
+        if clock.isValid():
+            gaps.append(clock.nsecsElapsed() / 1e6)
+        clock.restart()
+    ticker.timeout.connect(tick)
+    window.reply_finished.connect(lambda _: app.quit())
+    window.input.setPlainText(PROMPT)
+    ticker.start()
+    window.send()
+    app.exec()
+    ticker.stop()
+    window.close()
+    store.close()
+    return max(gaps) if gaps else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+
+    from app.engine import ChatEngine, GenerationSettings
+    from app.models import default_model_path
+    model = default_model_path()
+    settings = GenerationSettings(system_prompt=SYSTEM, temperature=0.7, top_p=0.95,
+                                  max_tokens=args.max_tokens, seed=1234)
+    engine = ChatEngine(model, n_ctx=2048, n_threads=2)
+    raw = Llama(model_path=str(model), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
+    raw_run(raw, settings)          # warm both (page cache, allocations)
+    glance_run(engine, settings)
+    results = {"raw": [], "glance": []}
+    for _ in range(args.runs):
+        results["raw"].append(raw_run(raw, settings))
+        results["glance"].append(glance_run(engine, settings))
+    raw.close()
+
+    def median(side, index):
+        return statistics.median(r[index] for r in results[side])
+    report = {
+        "model": model.name,
+        "runs": args.runs,
+        "glance_tokens_per_s": median("glance", 1),
+        "raw_tokens_per_s": median("raw", 1),
+        "glance_ttft_s": median("glance", 0),
+        "raw_ttft_s": median("raw", 0),
+        "tokens_per_reply": {"glance": median("glance", 2), "raw": median("raw", 2)},
+    }
+    report["throughput_ratio"] = report["glance_tokens_per_s"] / report["raw_tokens_per_s"]
+    report["ttft_ratio"] = report["glance_ttft_s"] / report["raw_ttft_s"]
+    report["ui_max_gap_ms"] = ui_max_gap_ms(engine, args.max_tokens)
+    engine.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:22} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

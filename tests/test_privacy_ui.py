@@ -1,0 +1,94 @@
+"""The consent dialog and privacy panel, as real Qt dialogs driven by pytest-qt."""
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
+
+from app.ui.main_window import MainWindow
+from app.ui.privacy import ConsentDialog, PrivacyPanel
+from feedback_store import CONSENT_TEXT_VERSION, SIGNALS
+from conftest import quick_settings
+
+
+def test_consent_dialog_needs_a_choice_and_defaults_off(qtbot, store):
+    dialog = ConsentDialog(store)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert all(not box.isChecked() for box in dialog.boxes.values())
+    qtbot.keyClick(dialog, Qt.Key.Key_Escape)
+    dialog.close()
+    assert dialog.isVisible()  # neither Esc nor closing passes it
+    assert store.consent_needed()
+    assert not dialog.windowFlags() & Qt.WindowType.WindowCloseButtonHint
+    dialog.boxes["pointer"].setChecked(True)
+    qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    assert not dialog.isVisible()
+    consents = store.consents()
+    assert consents["pointer"]["on"] is True
+    assert consents["gaze"]["on"] is False and consents["personalise"]["on"] is False
+    assert all(consents[s]["text_version"] == CONSENT_TEXT_VERSION for s in SIGNALS)
+    assert not store.consent_needed()
+
+
+def test_keep_everything_off_is_a_choice_too(qtbot, store):
+    dialog = ConsentDialog(store)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.boxes["gaze"].setChecked(True)
+    qtbot.mouseClick(dialog.decline_button, Qt.MouseButton.LeftButton)
+    assert not store.consent_needed()
+    assert not any(store.consent_on(s) for s in SIGNALS)
+
+
+def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_path):
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.boxes["gaze"].setChecked(True)
+    assert store.consent_on("gaze")
+    panel.boxes["gaze"].setChecked(False)
+    assert not store.consent_on("gaze")
+    panel.pause_box.setChecked(True)
+    assert store.paused
+    panel.retention.setValue(30)
+    assert store.retention_days == 30
+    assert panel.findChildren(object, "keyFileWarning"), "the key-file warning must be shown"
+
+
+def test_pause_shortcut_in_the_window(qtbot, store, engine):
+    store.set_setting("generation", quick_settings().to_dict())
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    assert window.collection_label.text() == "Not recording"
+    # The offscreen platform never activates windows by itself; a desktop does.
+    QApplication.setActiveWindow(window)
+    window.input.setFocus()
+    qtbot.keyClick(window.input, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert store.paused and window.collection_label.text() == "Recording paused"
+    window.toggle_pause()
+    assert not store.paused
+
+
+def test_data_view_counts_samples_per_session(qtbot, store):
+    session = store.start_session("test")
+    store.set_consent("pointer", True)
+    store.submit_samples("pointer_samples", [(session, "r", "c", i, i, "move", 1.0, 1.0, None, "qt")
+                                             for i in range(12)])
+    store.flush()
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    assert panel.table.rowCount() == 1
+    assert panel.table.item(0, 2).text() == "12"
+    assert panel.table.item(0, 3).text() == "0"
+
+
+def test_panel_export(qtbot, store, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+    shown = []
+    monkeypatch.setattr(QMessageBox, "information", lambda *a: shown.append(a[2]))
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    panel.export(str(tmp_path / "mine"))
+    exported = list((tmp_path / "mine").iterdir())
+    assert len(exported) == 1 and (exported[0] / "manifest.json").exists()
+    assert str(exported[0]) in shown[0]
