@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command is None:
+            if sys.platform.startswith("linux") and not (
+                    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                    or os.environ.get("QT_QPA_PLATFORM")):
+                print("glance: no display found (DISPLAY is not set), so the window cannot "
+                      "open. Run it in a desktop session, or use `glance chat --prompt ...`.",
+                      file=sys.stderr)
+                return 2
             from .ui.main import run_app
             return run_app(model_path=args.model)
         handler = {"chat": cmd_chat, "doctor": cmd_doctor, "models": cmd_models,

@@ -81,7 +81,7 @@ def ui_max_gap_ms(engine, max_tokens: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
