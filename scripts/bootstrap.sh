@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Qt's xcb platform plugin needs these; Xvfb + xdotool let tests drive a real X server.
+# Qt's xcb platform plugin needs these; Xvfb + xdotool let tests drive a real X server;
+# strace lets a test prove that native code (DuckDB, llama.cpp) opens no network socket.
 DEBIAN_PACKAGES=(xvfb xdotool libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
-                 libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core)
+                 libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core
+                 strace)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do

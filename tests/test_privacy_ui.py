@@ -92,3 +92,17 @@ def test_panel_export(qtbot, store, tmp_path, monkeypatch):
     exported = list((tmp_path / "mine").iterdir())
     assert len(exported) == 1 and (exported[0] / "manifest.json").exists()
     assert str(exported[0]) in shown[0]
+
+
+def test_camera_red_dot_follows_the_running_camera(qtbot, store, engine):
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    window.show()
+    assert not window.camera_dot.isVisible()
+    store.set_consent("gaze", True)
+    window.set_collector("gaze", object())  # a running camera registers itself
+    assert window.camera_dot.isVisible()
+    assert window.collection_label.text() == "Recording: camera"
+    window.set_collector("gaze", None)
+    assert not window.camera_dot.isVisible()
+    assert window.collection_label.text() == "Not recording"

@@ -3,7 +3,7 @@ import sys
 
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from feedback_store import FeedbackStore, StoreError
+from feedback_store import FeedbackStore, MissingKey, StoreError, WrongKey
 
 from ..engine import ChatEngine
 from ..models import ModelError
@@ -14,6 +14,11 @@ def run_app(model_path: str | None = None) -> int:
     app.setApplicationName("Glance")
     try:
         store = FeedbackStore.open()
+    except (WrongKey, MissingKey) as error:
+        if _offer_reset(str(error)):
+            store = FeedbackStore.open()
+        else:
+            return 2
     except StoreError as error:
         QMessageBox.critical(None, "Glance cannot open its database", str(error))
         return 2
@@ -30,6 +35,23 @@ def run_app(model_path: str | None = None) -> int:
         return code
     finally:
         store.close()
+
+
+def _offer_reset(message: str) -> bool:
+    """The key does not open the database: quit (to restore the key) or start empty."""
+    box = QMessageBox(QMessageBox.Icon.Critical, "Glance cannot unlock its database",
+                      message + "\n\nIf you have a backup of the key, quit and restore it. "
+                      "Resetting deletes the database and starts empty.")
+    quit_button = box.addButton("Quit (restore the key)", QMessageBox.ButtonRole.RejectRole)
+    reset_button = box.addButton("Reset: delete all data", QMessageBox.ButtonRole.DestructiveRole)
+    box.setDefaultButton(quit_button)
+    box.exec()
+    if box.clickedButton() is not reset_button:
+        return False
+    from feedback_store import glance_home
+    from feedback_store.privacy import delete_everything
+    delete_everything(glance_home())
+    return True
 
 
 def _load_engine(store: FeedbackStore, model_path: str | None) -> ChatEngine:

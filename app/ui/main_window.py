@@ -3,11 +3,11 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence, QShortcut
+from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QApplication, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
     QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QMenu, QMessageBox, QPlainTextEdit,
-    QPushButton, QSplitter, QToolBar, QVBoxLayout, QWidget,
+    QPushButton, QSplitter, QSystemTrayIcon, QToolBar, QVBoxLayout, QWidget,
 )
 
 from feedback_store import FeedbackStore, Message, StoreError, glance_home
@@ -23,6 +23,19 @@ from .workers import GenerationThread
 
 ADD_MODEL = "__add__"
 DOWNLOAD_MODEL = "__download__"
+
+
+def _dot_icon(colour: str | None) -> QIcon:
+    """The tray icon: a grey disc, or a red one while the camera is on."""
+    pixmap = QPixmap(32, 32)
+    pixmap.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(pixmap)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setBrush(QColor(colour or "#5a6b7d"))
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.drawEllipse(4, 4, 24, 24)
+    painter.end()
+    return QIcon(pixmap)
 
 
 class InputBox(QPlainTextEdit):
@@ -140,9 +153,26 @@ class MainWindow(QMainWindow):
         self.model_label = QLabel()
         self.speed_label = QLabel()
         self.collection_label = QLabel()
+        # Red dot whenever the camera is in use: in the window and in the tray.
+        self.camera_dot = QLabel("● camera on")
+        self.camera_dot.setStyleSheet("color: #d00000; font-weight: bold;")
+        self.camera_dot.setToolTip("The webcam is being used to compute gaze points; "
+                                   "no image is stored.")
+        self.camera_dot.hide()
         self.statusBar().addWidget(self.model_label)
         self.statusBar().addWidget(self.speed_label)
+        self.statusBar().addPermanentWidget(self.camera_dot)
         self.statusBar().addPermanentWidget(self.collection_label)
+        self.tray = None
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.tray = QSystemTrayIcon(_dot_icon(None), self)
+            self.tray.setToolTip("Glance")
+            self.tray.show()
+        # Retention is enforced at start (FeedbackStore.open) and then daily.
+        self.retention_timer = QTimer(self)
+        self.retention_timer.setInterval(24 * 3600 * 1000)
+        self.retention_timer.timeout.connect(self.store.apply_retention)
+        self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
         pause = QShortcut(QKeySequence("Ctrl+Shift+P"), self, activated=self.toggle_pause)
@@ -441,6 +471,12 @@ class MainWindow(QMainWindow):
         running count (pointer and camera capture register in self.collectors)."""
         active = [name for name, signal in (("mouse", "pointer"), ("camera", "gaze"))
                   if self.collectors.get(signal) and self.store.consent_on(signal)]
+        camera_on = bool(self.collectors.get("gaze")) and self.store.consent_on("gaze") \
+            and not self.store.paused
+        self.camera_dot.setVisible(camera_on)
+        if self.tray is not None:
+            self.tray.setIcon(_dot_icon("#d00000" if camera_on else None))
+            self.tray.setToolTip("Glance — camera on" if camera_on else "Glance")
         if self.store.paused:
             text = "Recording paused"
         elif active and not (self.tree and self.tree.conversation.incognito):
@@ -448,6 +484,14 @@ class MainWindow(QMainWindow):
         else:
             text = "Not recording"
         self.collection_label.setText(text)
+
+    def set_collector(self, signal: str, collector) -> None:
+        """Capture components (pointer, camera) register here while they run."""
+        if collector is None:
+            self.collectors.pop(signal, None)
+        else:
+            self.collectors[signal] = collector
+        self._update_collection_indicator()
 
     # --- misc ----------------------------------------------------------------------------
     def _error(self, text: str) -> None:
