@@ -69,6 +69,19 @@ def service(store, engine):
     return ChatService(store, engine)
 
 
+@pytest.fixture
+def window(qtbot, store, engine):
+    """The real main window on the real model and store, shown offscreen."""
+    from app.ui.main_window import MainWindow
+    store.set_setting("generation", quick_settings().to_dict())
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    yield window
+    window.close()
+
+
 def quick_settings(**overrides):
     from app.engine import GenerationSettings
     values = {"seed": 7, "max_tokens": 24, "temperature": 0.7}

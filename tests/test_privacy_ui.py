@@ -53,12 +53,7 @@ def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_pat
     assert panel.findChildren(object, "keyFileWarning"), "the key-file warning must be shown"
 
 
-def test_pause_shortcut_in_the_window(qtbot, store, engine):
-    store.set_setting("generation", quick_settings().to_dict())
-    window = MainWindow(store, engine)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
+def test_pause_shortcut_in_the_window(qtbot, store, window):
     assert window.collection_label.text() == "Not recording"
     # The offscreen platform never activates windows by itself; a desktop does.
     QApplication.setActiveWindow(window)
@@ -94,10 +89,7 @@ def test_panel_export(qtbot, store, tmp_path, monkeypatch):
     assert str(exported[0]) in shown[0]
 
 
-def test_camera_red_dot_follows_the_running_camera(qtbot, store, engine):
-    window = MainWindow(store, engine)
-    qtbot.addWidget(window)
-    window.show()
+def test_camera_red_dot_follows_the_running_camera(qtbot, store, window):
     assert not window.camera_dot.isVisible()
     store.set_consent("gaze", True)
     window.set_collector("gaze", object())  # a running camera registers itself

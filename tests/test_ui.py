@@ -8,17 +8,6 @@ from conftest import quick_settings
 REPLY_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture
-def window(qtbot, store, engine):
-    store.set_setting("generation", quick_settings().to_dict())
-    window = MainWindow(store, engine)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    yield window
-    window.close()
-
-
 def send_by_keyboard(qtbot, window, text):
     window.input.setFocus()
     qtbot.keyClicks(window.input, text)
