@@ -1,0 +1,73 @@
+"""Starting the app the way `glance` does: consent first, then the window; and the
+download dialog driven against a loopback hub."""
+import hashlib
+
+import pytest
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from app.ui.main import run_app
+from app.ui.main_window import MainWindow
+from app.ui.privacy import ConsentDialog
+from feedback_store import FeedbackStore
+
+
+def test_first_start_asks_consent_then_opens_the_window(qtbot, home):
+    seen = []
+
+    def answer_consent():
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, ConsentDialog):
+            QTimer.singleShot(50, answer_consent)
+            return
+        seen.append("consent")
+        dialog.boxes["pointer"].setChecked(True)
+        dialog.save_button.click()
+        QTimer.singleShot(50, close_window)
+
+    def close_window():
+        windows = [w for w in QApplication.topLevelWidgets()
+                   if isinstance(w, MainWindow) and w.isVisible()]
+        if not windows:
+            QTimer.singleShot(50, close_window)
+            return
+        seen.append(windows[0].model_picker.currentText())
+        windows[0].close()
+    QTimer.singleShot(0, answer_consent)
+    assert run_app() == 0
+    assert seen == ["consent", "SmolLM2-135M-Instruct.Q4_1.gguf  (default)"]
+    with FeedbackStore.open(home) as store:
+        assert store.consent_on("pointer") and not store.consent_on("gaze")
+        assert not store.consent_needed()
+        assert store.counts()["app_sessions"] == 1
+
+
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_download_dialog_fetches_and_verifies(qtbot, tmp_path, monkeypatch):
+    from test_download import HubHandler  # the same loopback hub
+    import http.server
+    import threading
+    from app.models import default_model_path
+    from app.ui.dialogs import DownloadDialog
+    HubHandler.payload = default_model_path().read_bytes()
+    HubHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    try:
+        dialog = DownloadDialog(tmp_path)
+        qtbot.addWidget(dialog)
+        dialog.repo.setText("owner/repo")
+        dialog.file.setText("model.gguf")
+        dialog.sha256.setText("f" * 64)
+        dialog.start_button.click()
+        qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=60_000)
+        assert "Checksum mismatch" in dialog.status.text()
+        dialog.sha256.setText(hashlib.sha256(HubHandler.payload).hexdigest())
+        with qtbot.waitSignal(dialog.accepted, timeout=60_000):
+            dialog.start_button.click()
+        assert dialog.path.read_bytes() == HubHandler.payload
+        assert dialog.progress.value() == dialog.progress.maximum()
+    finally:
+        server.shutdown()
