@@ -106,7 +106,7 @@ class PrivacyPanel(QDialog):
         super().__init__(parent)
         self.store = store
         self.setWindowTitle("Privacy")
-        self.setMinimumSize(760, 860)
+        self.setMinimumSize(760, 720)
         layout = QVBoxLayout(self)
 
         consents = QGroupBox("What Glance may record")
@@ -166,6 +166,8 @@ class PrivacyPanel(QDialog):
         self.table.setHorizontalHeaderLabels(["Session started", "Replies shown",
                                               "Pointer samples", "Gaze samples"])
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().hide()
+        self.table.setMaximumHeight(150)
         data_layout.addWidget(self.table)
         self._fill_sessions()
         buttons = QHBoxLayout()
