@@ -464,4 +464,5 @@ class FeedbackStore:
             "schema_version": migrations.LATEST_VERSION,
             "refused": dict(self.refused),
             "dropped_queue_full": self.writer.dropped_full,
+            "writer_error": str(self.writer.failure) if self.writer.failure else None,
         }

@@ -57,6 +57,9 @@ def test_escape_stops_mid_stream(qtbot, window, store):
     window.input.setPlainText("Write a very long story about a ship.")
     with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
         window.send()
+        # Shown as sent only once committed: the row is there before any reply token.
+        assert [m.content for m in store.messages(window.tree.id)] == ["Write a very long story about a ship."]
+        assert window.chat_view.widgets[0].message.role == "user"
         qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
         qtbot.keyClick(window, Qt.Key.Key_Escape)
     reply = blocker.args[0]
