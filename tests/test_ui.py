@@ -87,6 +87,10 @@ def test_regenerate_keeps_sibling_and_edit_branches(qtbot, window, store):
         qtbot.keyClick(window.input, Qt.Key.Key_Return)
     path = window.tree.active_path()
     assert path[0].content == "Name a vegetable." and path[0].parent_id is None
+    # Esc leaves editing mode without sending anything.
+    qtbot.mouseClick(widget_for(window, path[0].id).edit_button, Qt.MouseButton.LeftButton)
+    window.stop()
+    assert window.editing_message_id is None and window.input.toPlainText() == ""
     assert widget_for(window, path[0].id).sibling_label.text() == "2/2"
     assert len(store.messages(window.tree.id)) == 5  # 2 users, 3 replies: nothing deleted
 

@@ -332,7 +332,7 @@ class MainWindow(QMainWindow):
         self.input.setPlainText(self.tree.messages[user_message_id].content)
         self.input.setFocus()
         self.banner.setText("Editing a message: sending creates a new branch; the original "
-                            "stays (switch with ‹ ›).")
+                            "stays (switch with ‹ ›). Esc cancels.")
         self.banner.show()
 
     def _start_generation(self, job) -> None:
@@ -346,8 +346,13 @@ class MainWindow(QMainWindow):
         self.generation.start()
 
     def stop(self) -> None:
+        """Esc: stop the reply being written, or else leave editing mode."""
         if self.is_generating():
             self.generation.stop()
+        elif self.editing_message_id is not None:
+            self.editing_message_id = None
+            self.input.clear()
+            self.banner.hide()
 
     def _on_reply(self, message: Message) -> None:
         self.generation.wait()
