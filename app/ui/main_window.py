@@ -75,6 +75,7 @@ class MainWindow(QMainWindow):
             self.open_conversation(latest[0].id)
         else:
             self.new_chat()
+        self.input.setFocus()
 
     # --- layout ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -175,6 +176,7 @@ class MainWindow(QMainWindow):
         self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
+        QShortcut(QKeySequence.StandardKey.Quit, self, activated=self.close)
         pause = QShortcut(QKeySequence("Ctrl+Shift+P"), self, activated=self.toggle_pause)
         pause.setContext(Qt.ShortcutContext.ApplicationShortcut)
         self._update_collection_indicator()
