@@ -1,8 +1,8 @@
 """Glance's chat engine vs raw llama-cpp-python on the same GGUF, prompt, seed and threads.
 
-Runs alternate (raw, glance, raw, glance, ...) so drift on a shared machine hits both
-sides alike; medians are reported: tokens/s from 15 long replies, time to first token
-from 40 one-token replies (fresh prompt evaluation each, as a fixed seed implies). Then the real window (offscreen) streams a reply while
+Runs alternate in ABBA order (raw, glance, glance, raw, ...) so drift on a shared machine hits both
+sides alike; medians are reported: tokens/s from 25 long replies, time to first token
+from 60 one-token replies (fresh prompt evaluation each, as a fixed seed implies). Then the real window (offscreen) streams a reply while
 a 5 ms QTimer records the largest gap between its ticks: how long the UI thread was busy.
 
     .venv/bin/python bench/chat_throughput.py --json
@@ -82,9 +82,9 @@ def ui_max_gap_ms(engine, max_tokens: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--max-tokens", type=int, default=160)
-    parser.add_argument("--ttft-runs", type=int, default=40,
+    parser.add_argument("--ttft-runs", type=int, default=60,
                         help="extra alternating 1-token runs: TTFT is ~0.15 s and noisy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -101,17 +101,19 @@ def main() -> int:
     raw_run(raw, settings)          # warm both (page cache, allocations)
     glance_run(engine, settings)
     results = {"raw": [], "glance": []}
-    for _ in range(args.runs):
-        results["raw"].append(raw_run(raw, settings))
-        results["glance"].append(glance_run(engine, settings))
-    # Time to first token from many short runs: each is cheap, and the median of 40
+    def alternate(count, run_settings, into, pick=lambda r: r):
+        # ABBA order (raw, glance, glance, raw, ...) cancels "who ran just before" effects.
+        for index in range(count):
+            sides = (("raw", raw_run, raw), ("glance", glance_run, engine))
+            for side, run, target in (sides if index % 2 == 0 else sides[::-1]):
+                into[side].append(pick(run(target, run_settings)))
+    alternate(args.runs, settings, results)
+    # Time to first token from many short runs: each is cheap, and the median of 60
     # per side is far steadier than that of the 15 long runs above.
     first_token = GenerationSettings(system_prompt=SYSTEM, temperature=0.7, top_p=0.95,
                                      max_tokens=1, seed=1234)
     ttft = {"raw": [], "glance": []}
-    for _ in range(args.ttft_runs):
-        ttft["raw"].append(raw_run(raw, first_token)[0])
-        ttft["glance"].append(glance_run(engine, first_token)[0])
+    alternate(args.ttft_runs, first_token, ttft, pick=lambda r: r[0])
     raw.close()
 
     def median(side, index):
