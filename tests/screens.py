@@ -46,11 +46,10 @@ def main(out: Path) -> int:
     window.resize(1200, 760)
     window.show()
     window.input.setPlainText("Show me a Python function that adds two numbers, in a code block.")
-    done = []
-    window.reply_finished.connect(done.append)
+    waiting = QEventLoop()
+    window.reply_finished.connect(lambda _: waiting.quit())
     window.send()
-    while not done:
-        app.processEvents()
+    waiting.exec()  # sleeps until the reply is committed (no busy loop stealing a core)
     window.input.setPlainText("Thanks! And in one sentence, why do tests matter?")
     grab(window, "main_window.png")
 

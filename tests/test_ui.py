@@ -186,3 +186,26 @@ def test_new_chat_rename_search_delete(qtbot, window, store):
     window.delete_conversation(apples, confirm=False)
     assert store.get_conversation(apples) is None
     assert store.list_conversations("apples") == []
+
+
+def test_markdown_code_blocks_are_rendered_as_code(qtbot, window):
+    from PySide6.QtGui import QTextFormat
+    from app.ui.chat_view import CODE_BACKGROUND, ReplyBrowser
+    browser = ReplyBrowser()
+    qtbot.addWidget(browser)
+    browser.set_markdown("Here:\n\n```python\ndef f():\n    return 1\n```\n\nDone **now**.")
+    blocks = []
+    block = browser.document().begin()
+    while block.isValid():
+        blocks.append(block)
+        block = block.next()
+    code = [b for b in blocks if b.blockFormat().hasProperty(QTextFormat.Property.BlockCodeFence)]
+    assert [b.text() for b in code] == ["def f():", "    return 1"]
+    assert all(b.blockFormat().background().color() == CODE_BACKGROUND for b in code)
+    from PySide6.QtGui import QFontInfo
+
+    def monospaced(block):
+        return QFontInfo(block.begin().fragment().charFormat().font()).fixedPitch()
+    assert all(monospaced(b) for b in code)
+    assert not monospaced(blocks[0])
+    assert browser.document().toPlainText().endswith("Done now.")

@@ -1,6 +1,6 @@
 """The conversation on screen: one MessageWidget per message on the active branch."""
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QFont, QTextOption
+from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCursor, QTextFormat, QTextOption
 from PySide6.QtWidgets import (
     QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QTextBrowser,
     QToolButton, QVBoxLayout, QWidget,
@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (
 from feedback_store import Message
 
 STREAM_RENDER_INTERVAL_MS = 40  # re-render markdown at most 25x/s while streaming
+CODE_BACKGROUND = QColor("#f0f2f5")
 
 
 class ReplyBrowser(QTextBrowser):
@@ -28,7 +29,20 @@ class ReplyBrowser(QTextBrowser):
 
     def set_markdown(self, text: str) -> None:
         self.setMarkdown(text)
+        self._shade_code_blocks()
         self._fit_height()
+
+    def _shade_code_blocks(self) -> None:
+        """Fenced code gets a tinted background, as in every chat app (Qt's markdown
+        import marks the blocks but does not colour them)."""
+        block = self.document().begin()
+        while block.isValid():
+            if block.blockFormat().hasProperty(QTextFormat.Property.BlockCodeFence):
+                cursor = QTextCursor(block)
+                shaded = QTextBlockFormat()
+                shaded.setBackground(CODE_BACKGROUND)
+                cursor.mergeBlockFormat(shaded)
+            block = block.next()
 
     def _fit_height(self, *_):
         self.document().setTextWidth(self.viewport().width())
