@@ -32,6 +32,8 @@ SAMPLE_COLUMNS = {
     "pointer_samples": _POINTER_COLUMNS,
     "gaze_samples": _POINTER_COLUMNS + (("confidence", "DOUBLE"),),
 }
+_CONVERSATION_INDEX = 2  # position of conversation_id in every sample tuple
+assert all(c[_CONVERSATION_INDEX][0] == "conversation_id" for c in SAMPLE_COLUMNS.values())
 
 
 def new_id() -> str:
@@ -228,8 +230,9 @@ class FeedbackStore:
         row["settings"] = json.loads(row["settings"] or "{}")
         return Conversation(**row)
 
-    def delete_conversation(self, conversation_id: str) -> None:
-        """Delete a conversation and everything derived from it, in one transaction."""
+    def delete_conversation(self, conversation_id: str, compact: bool = True) -> None:
+        """Delete a conversation and everything derived from it, in one transaction, then
+        (unless told not to) rewrite the file so no freed block still holds its text."""
         self._incognito.discard(conversation_id)
         self._deleted.add(conversation_id)
 
@@ -245,6 +248,8 @@ class FeedbackStore:
                 con.execute("ROLLBACK")
                 raise
         self.writer.call(delete)
+        if compact:
+            self.compact()
 
     # --- messages ------------------------------------------------------------------------
     def add_message(self, message: Message) -> Message:
@@ -333,9 +338,8 @@ class FeedbackStore:
             self.refused[f"no_consent:{signal}"] += len(rows)
             return False
         if self._incognito or self._deleted:
-            index = [name for name, _ in columns].index("conversation_id")
             for reason, ids in (("incognito", self._incognito), ("deleted", self._deleted)):
-                kept = [row for row in rows if row[index] not in ids]
+                kept = [row for row in rows if row[_CONVERSATION_INDEX] not in ids]
                 if len(kept) != len(rows):
                     self.refused[reason] += len(rows) - len(kept)
                 rows = kept
@@ -409,7 +413,6 @@ class FeedbackStore:
             con.execute("DELETE FROM app_sessions WHERE started_wall_ns < ?", [cutoff])
             con.execute("COMMIT")
             return removed
-        self.last_retention_wall_ns = time.time_ns()
         return self.writer.call(purge)
 
     def session_summary(self) -> list[dict]:
