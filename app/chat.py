@@ -159,13 +159,17 @@ class ChatService:
         parent = tree.messages[assistant_message_id].parent_id
         return self.generate_reply(tree, parent, **stream)
 
-    def edit(self, tree: ConversationTree, user_message_id: str, new_text: str,
-             **stream) -> tuple[Message, Message]:
-        """Edit a user message: a new branch from the same parent, then a reply to it."""
+    def post_edit(self, tree: ConversationTree, user_message_id: str, new_text: str) -> Message:
+        """Commit an edited user message: a new branch beside the original."""
         original = tree.messages[user_message_id]
         if original.role != "user":
             raise ValueError("Only your own messages can be edited.")
-        user = self.post_user_message(tree, new_text, parent_id=original.parent_id)
+        return self.post_user_message(tree, new_text, parent_id=original.parent_id)
+
+    def edit(self, tree: ConversationTree, user_message_id: str, new_text: str,
+             **stream) -> tuple[Message, Message]:
+        """Edit a user message, then reply to the new branch."""
+        user = self.post_edit(tree, user_message_id, new_text)
         return user, self.generate_reply(tree, user.id, **stream)
 
     def thumb(self, tree: ConversationTree, message_id: str, value: int) -> None:

@@ -209,3 +209,16 @@ def test_markdown_code_blocks_are_rendered_as_code(qtbot, window):
     assert all(monospaced(b) for b in code)
     assert not monospaced(blocks[0])
     assert browser.document().toPlainText().endswith("Done now.")
+
+
+def test_a_reply_still_on_screen_is_recorded_once(qtbot, window, store):
+    first = send_by_keyboard(qtbot, window, "Say one.")
+    send_by_keyboard(qtbot, window, "Say two.")
+    qtbot.wait(50)
+    store.flush()
+    rows = store._rows("SELECT hidden_mono_ns FROM shown_replies WHERE message_id = ?", (first.id,))
+    assert len(rows) == 1 and rows[0]["hidden_mono_ns"] is None
+    window.new_chat()  # it leaves the screen now
+    store.flush()
+    rows = store._rows("SELECT hidden_mono_ns FROM shown_replies WHERE message_id = ?", (first.id,))
+    assert len(rows) == 1 and rows[0]["hidden_mono_ns"] is not None

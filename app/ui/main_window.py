@@ -240,15 +240,14 @@ class MainWindow(QMainWindow):
                 "This cannot be undone.") != QMessageBox.StandardButton.Yes:
             return
         self.service.delete(conversation_id)
-        self.store.compact()
         if self.tree is not None and self.tree.id == conversation_id:
             self.new_chat()
         self._refresh_conversations()
 
     # --- showing -------------------------------------------------------------------------
     def _show_tree(self) -> None:
-        self._mark_hidden()
         tree = self.tree
+        self._mark_hidden(keep={m.id for m in tree.active_path()})
         thumbs = self.store.thumbs(tree.id) if tree.stored and not tree.conversation.incognito else {}
         widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs)
         for widget in widgets:
@@ -289,10 +288,11 @@ class MainWindow(QMainWindow):
             if shown_id:
                 self._shown_ids[message.id] = shown_id
 
-    def _mark_hidden(self) -> None:
-        for shown_id in self._shown_ids.values():
-            self.store.mark_reply_hidden(shown_id)
-        self._shown_ids.clear()
+    def _mark_hidden(self, keep: set[str] = frozenset()) -> None:
+        """Replies that left the screen get their hidden time; those still shown keep
+        their record (re-rendering the column is not a new showing)."""
+        for message_id in [m for m in self._shown_ids if m not in keep]:
+            self.store.mark_reply_hidden(self._shown_ids.pop(message_id))
 
     # --- turns ---------------------------------------------------------------------------
     def is_generating(self) -> bool:
@@ -304,8 +304,7 @@ class MainWindow(QMainWindow):
         text = self.input.toPlainText()
         try:
             if self.editing_message_id is not None:
-                original = self.tree.messages[self.editing_message_id]
-                user = self.service.post_user_message(self.tree, text, parent_id=original.parent_id)
+                user = self.service.post_edit(self.tree, self.editing_message_id, text)
             else:
                 user = self.service.post_user_message(self.tree, text)
         except (EngineError, StoreError) as error:
