@@ -11,7 +11,7 @@ from feedback_store import FeedbackStore, StoreError, glance_home
 
 from . import __version__
 from .engine import EngineError
-from .models import ModelError, default_model_path, inspect_model
+from .models import ModelError, choose_model, default_model_path, inspect_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +91,7 @@ def cmd_chat(args) -> int:
     from .chat import ChatService
     from .engine import ChatEngine
     with FeedbackStore.open() as store:
-        engine = ChatEngine(_resolve_model(store, args.model))
+        engine = ChatEngine(choose_model(store, args.model))
         try:
             service = ChatService(store, engine)
             tree = service.open(args.conversation) if args.conversation else service.new_conversation()
@@ -122,18 +122,6 @@ def cmd_chat(args) -> int:
     else:
         print()
     return 0
-
-
-def _resolve_model(store: FeedbackStore, path: str | None) -> str:
-    """--model PATH is checked and remembered; otherwise the last used or the default."""
-    if path:
-        info = inspect_model(path)
-        store.remember_model(info)
-        return info["path"]
-    for known in store.models():
-        if os.path.exists(known["path"]):
-            return known["path"]
-    return str(default_model_path())
 
 
 def cmd_doctor(args) -> int:
@@ -235,7 +223,6 @@ def cmd_data(args) -> int:
                 print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
                 return 2
             store.delete_conversation(args.conversation)
-            store.compact()
             print(f"Deleted conversation {args.conversation} and everything derived from it.")
     return 0
 

@@ -35,6 +35,19 @@ def default_model_path() -> Path:
     return path
 
 
+def choose_model(store, path: str | os.PathLike | None = None) -> str:
+    """The model to start with: ``path`` (checked and remembered in the store's model
+    list), else the most recently used model that still exists, else the default."""
+    if path:
+        info = inspect_model(path)
+        store.remember_model(info)
+        return info["path"]
+    for known in store.models():
+        if os.path.exists(known["path"]):
+            return known["path"]
+    return str(default_model_path())
+
+
 def available_memory_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as handle:

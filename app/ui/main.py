@@ -6,7 +6,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from feedback_store import FeedbackStore, MissingKey, StoreError, WrongKey
 
 from ..engine import ChatEngine
-from ..models import ModelError
+from ..models import ModelError, choose_model
 
 
 def run_app(model_path: str | None = None) -> int:
@@ -56,9 +56,8 @@ def _offer_reset(message: str) -> bool:
 
 def _load_engine(store: FeedbackStore, model_path: str | None) -> ChatEngine:
     """The requested model, else the last used one, else the embedded default."""
-    from ..cli import _resolve_model
     try:
-        return ChatEngine(_resolve_model(store, model_path))
+        return ChatEngine(choose_model(store, model_path))
     except ModelError as error:
         QMessageBox.warning(None, "Glance", f"{error}\n\nStarting with the default model instead.")
         return ChatEngine()

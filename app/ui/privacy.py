@@ -112,7 +112,6 @@ class PrivacyPanel(QDialog):
         consents = QGroupBox("What Glance may record")
         box_layout = QVBoxLayout(consents)
         self.boxes = {}
-        current = store.consents()
         for signal in SIGNALS:
             box = _signal_box(signal, store.consent_on(signal))
             box.toggled.connect(lambda on, s=signal: self.store.set_consent(s, on))
