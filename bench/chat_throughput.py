@@ -57,7 +57,7 @@ def ui_max_gap_ms(engine, max_tokens: int) -> float:
     from feedback_store import FeedbackStore
     app = QApplication.instance() or QApplication([])
     store = FeedbackStore.open()
-    store.set_setting("generation", GenerationSettings(seed=1, max_tokens=max_tokens).to_dict())
+    store.settings.set("generation", GenerationSettings(seed=1, max_tokens=max_tokens).to_dict())
     window = MainWindow(store, engine)
     window.show()
     gaps, clock = [], QElapsedTimer()

@@ -6,14 +6,17 @@ enforced here rather than in the UI. No Qt in this package.
 """
 from .errors import (
     StoreError, DatabaseLocked, SchemaTooNew, WrongKey, MissingKey, KeyringLocked,
-    DataDirUnwritable, ConsentRequired,
+    DataDirUnwritable, ConsentRequired, UnknownConversation,
 )
 from .paths import glance_home
-from .store import FeedbackStore, Message, Conversation
-from .consent import SIGNALS, CONSENT_TEXT_VERSION
+from .samples import GazeSample, MalformedSample, PointerSample
+from .signals import CONSENT_TEXT_VERSION, SIGNALS, Signal
+from . import tables
+from .store import Conversation, FeedbackStore, Message
 
 __all__ = [
-    "FeedbackStore", "Message", "Conversation", "glance_home", "SIGNALS",
-    "CONSENT_TEXT_VERSION", "StoreError", "DatabaseLocked", "SchemaTooNew", "WrongKey",
-    "MissingKey", "KeyringLocked", "DataDirUnwritable", "ConsentRequired",
+    "FeedbackStore", "Message", "Conversation", "glance_home", "SIGNALS", "Signal",
+    "CONSENT_TEXT_VERSION", "PointerSample", "GazeSample", "MalformedSample", "StoreError",
+    "DatabaseLocked", "SchemaTooNew", "WrongKey", "MissingKey", "KeyringLocked",
+    "DataDirUnwritable", "ConsentRequired", "UnknownConversation",
 ]

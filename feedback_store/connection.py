@@ -38,10 +38,12 @@ def open_encrypted(path: Path, key_hex: str, read_only: bool = False) -> duckdb.
     try:
         con.execute("SET autoinstall_known_extensions=false")
         con.execute("SET autoload_known_extensions=false")
-        con.execute(f"LOAD '{httpfs_extension_path()}'")
+        con.execute(f"LOAD '{quote(httpfs_extension_path())}'")
         con.execute("SET temp_file_encryption=true")
+        # Spill files stay in the private data folder (DuckDB's default is ./.tmp).
+        con.execute(f"SET temp_directory='{quote(Path(path).parent / 'tmp')}'")
         options = f"ENCRYPTION_KEY '{key_hex}'" + (", READ_ONLY" if read_only else "")
-        con.execute(f"ATTACH '{_quote(path)}' AS {ATTACH_ALIAS} ({options})")
+        con.execute(f"ATTACH '{quote(path)}' AS {ATTACH_ALIAS} ({options})")
         con.execute(f"USE {ATTACH_ALIAS}")
     except duckdb.Error as error:
         con.close()
@@ -59,5 +61,6 @@ def translate(error: Exception, path: Path) -> Exception:
     return StoreError(f"Could not open the database {path}: {text}")
 
 
-def _quote(path: Path) -> str:
+def quote(path) -> str:
+    """A path inside a single-quoted SQL string literal."""
     return str(path).replace("'", "''")

@@ -60,3 +60,10 @@ class DataDirUnwritable(StoreError):
 
 class ConsentRequired(StoreError):
     """Raised only where a caller asks for a strict write; samples are counted instead."""
+
+
+class UnknownConversation(StoreError):
+    def __init__(self, conversation_id: str):
+        super().__init__(f"No conversation with id {conversation_id!r}. "
+                         "List the ids with `glance conversations`.")
+        self.conversation_id = conversation_id

@@ -3,6 +3,11 @@
 Headless Linux has no keyring backend; ``keyrings.alt`` would silently keep secrets as
 base64, so we never depend on it. Without a working keyring the key goes to
 ``<data dir>/glance.key`` (mode 0600) and the privacy panel says so.
+
+Key rotation (crypto-erase after a deletion) uses a *staged* next key kept beside the
+key in force (``glance.key.next`` or a second keyring entry) while the database is
+rewritten under it. Whatever point a crash interrupts, the database opens with one of
+the two, and the open promotes or discards the staged key (see compaction.py).
 """
 import os
 import secrets
@@ -16,6 +21,7 @@ from .errors import KeyringLocked, MissingKey
 
 KEYRING_SERVICE = "Glance"
 KEY_FILE_NAME = "glance.key"
+NEXT_KEY_FILE_NAME = "glance.key.next"
 
 
 @dataclass(frozen=True)
@@ -24,29 +30,72 @@ class DatabaseKey:
     storage: str  # "keyring" or "file"
 
 
-def _keyring_user(data_dir: Path) -> str:
+def _keyring_user(data_dir: Path, staged: bool = False) -> str:
     # One key per data folder, so GLANCE_HOME sandboxes never share a key.
-    return f"database-key:{data_dir}"
+    return f"database-key{'-next' if staged else ''}:{data_dir}"
 
 
-def _read_keyring(data_dir: Path) -> str | None:
+def _read_keyring(data_dir: Path, staged: bool = False) -> str | None:
     try:
-        return keyring.get_password(KEYRING_SERVICE, _keyring_user(data_dir))
+        return keyring.get_password(KEYRING_SERVICE, _keyring_user(data_dir, staged))
     except keyring.errors.KeyringLocked as error:
         raise KeyringLocked() from error
     except keyring.errors.KeyringError:
         return None  # no backend: fall back to the file
 
 
-def _write_keyring(data_dir: Path, value: str) -> bool:
+def _write_keyring(data_dir: Path, value: str, staged: bool = False) -> bool:
     """Store the key; True only if reading it back gives the same value."""
+    user = _keyring_user(data_dir, staged)
     try:
-        keyring.set_password(KEYRING_SERVICE, _keyring_user(data_dir), value)
-        return keyring.get_password(KEYRING_SERVICE, _keyring_user(data_dir)) == value
+        keyring.set_password(KEYRING_SERVICE, user, value)
+        return keyring.get_password(KEYRING_SERVICE, user) == value
     except keyring.errors.KeyringLocked as error:
         raise KeyringLocked() from error
     except keyring.errors.KeyringError:
         return False
+
+
+def _delete_keyring(data_dir: Path, staged: bool = False) -> None:
+    try:
+        keyring.delete_password(KEYRING_SERVICE, _keyring_user(data_dir, staged))
+    except keyring.errors.KeyringError:
+        pass
+
+
+def _write_file_durably(path: Path, value: str) -> None:
+    """Write a 0600 file and fsync it and its folder, so a crash cannot lose it."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _shred_file(path: Path) -> None:
+    """Overwrite a key file in place before it is replaced or removed. Best effort: on
+    journaling or copy-on-write file systems and SSDs the old bytes may survive."""
+    try:
+        size = path.stat().st_size
+        with open(path, "r+b") as handle:
+            # Random hex of the same shape: a half-finished rotation then reads as a
+            # wrong key (and recovery tries the staged one), never as garbage.
+            handle.write(secrets.token_hex(max(size, 64) // 2 + 1).encode()[:max(size, 64)])
+            handle.flush()
+            os.fsync(handle.fileno())
+    except FileNotFoundError:
+        pass
 
 
 def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
@@ -65,13 +114,59 @@ def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(fresh)
+        handle.flush()
+        os.fsync(handle.fileno())
     return DatabaseKey(fresh, "file")
+
+
+# --- rotation ---------------------------------------------------------------------------
+def stage_next_key(data_dir: Path, storage: str) -> DatabaseKey:
+    """Create the key the rewritten database will use, durably, beside the current one."""
+    fresh = secrets.token_hex(32)
+    if storage == "keyring" and _write_keyring(data_dir, fresh, staged=True):
+        return DatabaseKey(fresh, "keyring")
+    _write_file_durably(data_dir / NEXT_KEY_FILE_NAME, fresh)
+    return DatabaseKey(fresh, "file")
+
+
+def staged_key(data_dir: Path) -> DatabaseKey | None:
+    path = data_dir / NEXT_KEY_FILE_NAME
+    if path.exists():
+        return DatabaseKey(path.read_text().strip(), "file")
+    stored = _read_keyring(data_dir, staged=True)
+    return DatabaseKey(stored, "keyring") if stored else None
+
+
+def promote_staged_key(data_dir: Path, staged: DatabaseKey) -> DatabaseKey:
+    """The staged key becomes the key in force and the old key is destroyed: blocks of
+    the old file that survive anywhere can no longer be decrypted."""
+    key_file = data_dir / KEY_FILE_NAME
+    if staged.storage == "keyring":
+        if not _write_keyring(data_dir, staged.hex):
+            raise KeyringLocked()
+        _shred_file(key_file)
+        key_file.unlink(missing_ok=True)
+        _delete_keyring(data_dir, staged=True)
+        return DatabaseKey(staged.hex, "keyring")
+    _shred_file(key_file)
+    os.replace(data_dir / NEXT_KEY_FILE_NAME, key_file)
+    _fsync_dir(data_dir)
+    _delete_keyring(data_dir)  # a key file now rules; never leave an older keyring copy
+    return DatabaseKey(staged.hex, "file")
+
+
+def discard_staged_key(data_dir: Path) -> None:
+    path = data_dir / NEXT_KEY_FILE_NAME
+    if path.exists():
+        _shred_file(path)
+        path.unlink()
+    _delete_keyring(data_dir, staged=True)
 
 
 def forget_key(data_dir: Path) -> None:
     """Remove the key from wherever it is kept (used by 'delete everything')."""
-    (data_dir / KEY_FILE_NAME).unlink(missing_ok=True)
-    try:
-        keyring.delete_password(KEYRING_SERVICE, _keyring_user(data_dir))
-    except keyring.errors.KeyringError:
-        pass
+    for name in (KEY_FILE_NAME, NEXT_KEY_FILE_NAME):
+        _shred_file(data_dir / name)
+        (data_dir / name).unlink(missing_ok=True)
+    _delete_keyring(data_dir)
+    _delete_keyring(data_dir, staged=True)

@@ -7,14 +7,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import tables
+from .connection import quote
 from .errors import StoreError
 from .keys import forget_key
 
-EXPORT_TABLES = ("conversations", "messages", "app_sessions", "shown_replies", "feedback",
-                 "pointer_samples", "gaze_samples", "consents", "models", "app_settings")
 
-
-def export_all(store, destination: str | os.PathLike) -> Path:
+def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
     """Write every table as Parquet plus manifest.json into a new folder under
     ``destination``. Written to a hidden temporary folder first and renamed at the end,
     so a failure (unwritable, disk full) leaves no partial export behind."""
@@ -28,15 +27,20 @@ def export_all(store, destination: str | os.PathLike) -> Path:
     final = destination / time.strftime("glance-export-%Y%m%d-%H%M%S")
     try:
         store.flush()
-        cursor = store._cursor()
         manifest = {"format": "glance-export", "version": 1, "created": time.time_ns(),
-                    "schema_version": store.status()["schema_version"], "tables": {}}
-        for table in EXPORT_TABLES:
-            target = staging / f"{table}.parquet"
-            cursor.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet)")
-            rows = cursor.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            manifest["tables"][table] = {"file": target.name, "rows": rows,
-                                         "sha256": _sha256(target)}
+                    "schema_version": store.schema_version(), "tables": {}}
+        exported = tables.exported_tables()
+        for index, table in enumerate(exported):
+            target = staging / f"{table.name}.parquet"
+            with store.reading():
+                cursor = store._cursor()
+                cursor.execute(f"COPY (SELECT * FROM {table.name}) TO '{quote(target)}' "
+                               "(FORMAT parquet)")
+                rows = cursor.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]
+            manifest["tables"][table.name] = {"file": target.name, "rows": rows,
+                                              "sha256": _sha256(target)}
+            if progress is not None:
+                progress(index + 1, len(exported))
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if final.exists():
             final = final.with_name(final.name + f"-{os.getpid()}")

@@ -5,18 +5,30 @@ Producers never touch DuckDB. Calls that must be durable before the UI moves on
 without waiting, buffered, and flushed in one transaction per table at least every
 ``flush_interval_s``. The queue is bounded: when it is full a sample batch is refused
 and counted, never silently lost.
+
+The thread cannot die: whatever a batch or a call raises is caught, counted and kept in
+``failures``/``last_failure``; a call's exception goes back to its caller. A caller never
+waits forever: if the thread is gone, ``call`` raises instead of blocking.
 """
 import queue
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import Future
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 
 import duckdb
 import numpy as np
 
+from .errors import StoreError
+
 _STOP = object()
 _INT_NULL = np.iinfo(np.int64).min
+
+
+class WriterStopped(StoreError):
+    def __init__(self):
+        super().__init__("The database writer has stopped (the store was closed). "
+                         "Restart Glance; nothing already saved is lost.")
 
 
 def columnar_insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[tuple[str, str], ...],
@@ -52,20 +64,37 @@ class Writer(threading.Thread):
         self.con = con
         self.queue: queue.Queue = queue.Queue(maxsize=capacity)
         self.flush_interval_s = flush_interval_s
-        self.dropped_full = 0          # sample rows refused because the queue was full
+        self.dropped_full = 0            # sample rows refused because the queue was full
         self.written = defaultdict(int)  # table -> sample rows written
-        self._buffer: dict[str, tuple[str, list]] = {}
+        self.failed_rows = defaultdict(int)  # table -> sample rows that could not be written
+        self.failures = 0                # batches or posted jobs that raised
+        self.last_failure: str | None = None
+        self.on_flush = None             # optional fn(con) run after each sample flush
+        self._buffer: dict[str, tuple[tuple, list[list[tuple]]]] = {}
         self._last_flush = time.monotonic()
-        self.failure: Exception | None = None
+        self._stopping = False
 
     # --- producers -------------------------------------------------------------------
     def call(self, fn, *args):
         """Run ``fn(con, *args)`` on the writer thread and wait for its result."""
-        if not self.is_alive():
-            raise RuntimeError("the store is closed")
+        if not self.is_alive() or self._stopping:
+            raise WriterStopped()
         future: Future = Future()
         self.queue.put((fn, args, future))
-        return future.result()
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except FutureTimeout:
+                if not self.is_alive():
+                    raise WriterStopped() from None
+
+    def post(self, fn, *args) -> bool:
+        """Queue ``fn(con, *args)`` without waiting; False if the queue is full."""
+        try:
+            self.queue.put_nowait((fn, args, None))
+            return True
+        except queue.Full:
+            return False
 
     def submit_samples(self, table: str, columns: tuple, rows: list[tuple]) -> bool:
         try:
@@ -81,6 +110,7 @@ class Writer(threading.Thread):
 
     def close(self) -> None:
         if self.is_alive():
+            self._stopping = True
             self.queue.put(_STOP)
             self.join()
 
@@ -96,29 +126,60 @@ class Writer(threading.Thread):
             if item is _STOP:
                 self._flush_samples()
                 return
-            if item[0] == "samples":
-                _, table, columns, rows = item
-                self._buffer.setdefault(table, (columns, []))[1].extend(rows)
-                if time.monotonic() - self._last_flush >= self.flush_interval_s:
-                    self._flush_samples()
-                continue
-            fn, args, future = item
-            # Samples queued before this call are committed first: a call never
-            # overtakes data submitted earlier (deletion relies on it).
-            self._flush_samples()
             try:
-                future.set_result(fn(self.con, *args))
-            except BaseException as error:  # handed to the caller, who decides
-                future.set_exception(error)
+                self._handle(item)
+            except BaseException as error:  # noqa: BLE001 - the writer must outlive any item
+                self._record_failure(error)
+
+    def _handle(self, item) -> None:
+        if item[0] == "samples":
+            _, table, columns, rows = item
+            self._buffer.setdefault(table, (columns, []))[1].append(rows)
+            if time.monotonic() - self._last_flush >= self.flush_interval_s:
+                self._flush_samples()
+            return
+        fn, args, future = item
+        # Samples queued before this call are committed first: a call never
+        # overtakes data submitted earlier (deletion relies on it).
+        self._flush_samples()
+        if future is None:
+            fn(self.con, *args)
+            return
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(self.con, *args))
+        except BaseException as error:  # handed to the caller, who decides
+            future.set_exception(error)
 
     def _flush_samples(self) -> None:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
         buffered, self._buffer = self._buffer, {}
-        for table, (columns, rows) in buffered.items():
+        for table, (columns, chunks) in buffered.items():
             try:
-                columnar_insert(self.con, table, columns, rows)
-                self.written[table] += len(rows)
-            except duckdb.Error as error:
-                self.failure = error
+                columnar_insert(self.con, table, columns, [r for chunk in chunks for r in chunk])
+                self.written[table] += sum(len(chunk) for chunk in chunks)
+            except BaseException as error:  # noqa: BLE001
+                # One bad submission must not cost the others: retry chunk by chunk.
+                self._record_failure(error)
+                for chunk in chunks:
+                    try:
+                        columnar_insert(self.con, table, columns, chunk)
+                        self.written[table] += len(chunk)
+                    except BaseException:  # noqa: BLE001
+                        self.failed_rows[table] += len(chunk)
+        if self.on_flush is not None:
+            try:
+                self.on_flush(self.con)
+            except BaseException as error:  # noqa: BLE001
+                self._record_failure(error)
+
+    def _record_failure(self, error: BaseException) -> None:
+        self.failures += 1
+        self.last_failure = f"{type(error).__name__}: {error}"
+        try:  # a failed statement can leave a transaction open; never keep it
+            self.con.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - there was no transaction
+            pass

@@ -73,7 +73,7 @@ def service(store, engine):
 def window(qtbot, store, engine):
     """The real main window on the real model and store, shown offscreen."""
     from app.ui.main_window import MainWindow
-    store.set_setting("generation", quick_settings().to_dict())
+    store.settings.set("generation", quick_settings().to_dict())
     window = MainWindow(store, engine)
     qtbot.addWidget(window)
     window.show()

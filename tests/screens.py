@@ -18,7 +18,7 @@ def main(out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     store = FeedbackStore.open()
     engine = ChatEngine()
-    store.set_setting("generation", GenerationSettings(seed=3, max_tokens=120).to_dict())
+    store.settings.set("generation", GenerationSettings(seed=3, max_tokens=120).to_dict())
 
     def grab(widget, name):
         widget.raise_()

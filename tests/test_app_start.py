@@ -37,8 +37,8 @@ def test_first_start_asks_consent_then_opens_the_window(qtbot, home):
     assert run_app() == 0
     assert seen == ["consent", "SmolLM2-135M-Instruct.Q4_1.gguf  (default)"]
     with FeedbackStore.open(home) as store:
-        assert store.consent_on("pointer") and not store.consent_on("gaze")
-        assert not store.consent_needed()
+        assert store.consent.is_on("pointer") and not store.consent.is_on("gaze")
+        assert not store.consent.needed()
         assert store.counts()["app_sessions"] == 1
 
 

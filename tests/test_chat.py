@@ -13,16 +13,16 @@ def new_tree(service):
 def test_send_commits_both_messages(service, store):
     tree = new_tree(service)
     user, reply = service.send(tree, "Hello there")
-    stored = {m.id: m for m in store.messages(tree.id)}
+    stored = {m.id: m for m in store.conversations.messages(tree.id)}
     assert stored[user.id].content == "Hello there"
     assert stored[reply.id].parent_id == user.id
     assert stored[reply.id].tokens == reply.tokens and stored[reply.id].ttft_s > 0
-    assert store.get_conversation(tree.id).title == "Hello there"
+    assert store.conversations.get(tree.id).title == "Hello there"
 
 
 def test_empty_conversation_is_not_written(service, store):
     new_tree(service)
-    assert store.list_conversations() == []
+    assert store.conversations.list() == []
 
 
 def test_regenerate_keeps_the_old_reply_as_sibling(service, store):
@@ -32,7 +32,7 @@ def test_regenerate_keeps_the_old_reply_as_sibling(service, store):
     assert second.parent_id == first.parent_id
     siblings = tree.siblings(second.id)
     assert [m.id for m in siblings] == [first.id, second.id]
-    assert {m.id for m in store.messages(tree.id)} >= {first.id, second.id}
+    assert {m.id for m in store.conversations.messages(tree.id)} >= {first.id, second.id}
     assert tree.active_path()[-1].id == second.id
     service.switch_to(tree, first.id)
     assert tree.active_path()[-1].id == first.id
@@ -47,7 +47,7 @@ def test_edit_creates_a_branch(service, store):
     assert [m.content for m in tree.active_path()][:3] == ["What is a cat?", reply1.content, "And a horse?"]
     # The original branch is still there.
     assert tree.messages[user2.id].content == "And a dog?"
-    assert len(store.messages(tree.id)) == 6
+    assert len(store.conversations.messages(tree.id)) == 6
 
 
 def test_restart_restores_conversations_and_branch(service, store, engine, home):
@@ -58,7 +58,7 @@ def test_restart_restores_conversations_and_branch(service, store, engine, home)
     store.close()
     with FeedbackStore.open(home) as reopened:
         again = ChatService(reopened, engine).open(tree.id)
-        assert [c.id for c in reopened.list_conversations()] == [tree.id]
+        assert [c.id for c in reopened.conversations.list()] == [tree.id]
         assert again.active_path()[-1].id == first.id
         assert len(again.siblings(second.id)) == 2
         assert again.settings().max_tokens == quick_settings().max_tokens
@@ -70,7 +70,7 @@ def test_incognito_chat_writes_nothing(service, store, home):
     user, reply = service.send(tree, "INCOGNITO-MARKER-42 what is tea?")
     assert reply.content and tree.active_path()[-1].id == reply.id
     store.flush()
-    assert store.list_conversations() == []
+    assert store.conversations.list() == []
     assert store.counts()["messages"] == 0
     store.close()
     from feedback_store.connection import open_encrypted
@@ -85,5 +85,5 @@ def test_incognito_chat_writes_nothing(service, store, home):
 def test_search_finds_titles_and_message_text(service, store):
     tree = new_tree(service)
     service.send(tree, "Tell me about zebras")
-    assert [c.id for c in store.list_conversations("ZEBRA")] == [tree.id]
-    assert store.list_conversations("giraffe") == []
+    assert [c.id for c in store.conversations.list("ZEBRA")] == [tree.id]
+    assert store.conversations.list("giraffe") == []

@@ -24,7 +24,7 @@ def test_chat_json_then_continue(home):
     again = json.loads(second.stdout.strip().splitlines()[-1])
     assert again["conversation_id"] == result["conversation_id"]
     with FeedbackStore.open(home) as store:
-        messages = store.messages(result["conversation_id"])
+        messages = store.conversations.messages(result["conversation_id"])
         assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
         by_id = {m.id: m for m in messages}
         assert by_id[again["message_id"]].parent_id in by_id
@@ -78,9 +78,9 @@ def test_sigkill_mid_stream_keeps_every_committed_message(home):
     process.send_signal(signal.SIGKILL)
     process.wait()
     with FeedbackStore.open(home) as store:
-        messages = store.messages(conversation)
+        messages = store.conversations.messages(conversation)
         contents = [m.content for m in messages]
         assert contents[0] == "Remember the word PELICAN."
         assert contents[2] == "Now write a very long essay about the sea."
         assert len(messages) == 3  # the killed reply was never committed, nothing else lost
-        assert store.get_conversation(conversation).active_leaf_id == messages[2].id
+        assert store.conversations.get(conversation).active_leaf_id == messages[2].id

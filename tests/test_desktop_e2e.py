@@ -54,10 +54,10 @@ def test_first_run_chat_with_the_keyboard(xvfb_display, home):
             app.wait()
     assert app.returncode == 0, app.stderr[-2000:]
     with FeedbackStore.open(home) as store:
-        assert not store.consent_needed()
-        assert not any(store.consent_on(s) for s in ("pointer", "gaze", "personalise"))
-        (conversation,) = store.list_conversations()
-        user, reply = store.messages(conversation.id)
+        assert not store.consent.needed()
+        assert not any(store.consent.is_on(s) for s in ("pointer", "gaze", "personalise"))
+        (conversation,) = store.conversations.list()
+        user, reply = store.conversations.messages(conversation.id)
         assert user.content == "What colour is the sky?"
         assert conversation.title == "What colour is the sky?"
         # Quitting mid-reply stops it and keeps what was written; nothing is half-stored.

@@ -15,7 +15,7 @@ import keyring.errors
 import pytest
 
 from feedback_store import (
-    CONSENT_TEXT_VERSION, FeedbackStore, KeyringLocked, MissingKey, StoreError, WrongKey,
+    CONSENT_TEXT_VERSION, GazeSample, PointerSample, FeedbackStore, KeyringLocked, MissingKey, StoreError, WrongKey,
 )
 from feedback_store.connection import open_encrypted
 from feedback_store.keys import load_or_create_key
@@ -24,8 +24,12 @@ from conftest import ROOT, MemoryKeyring, files_contain, quick_settings, run_gla
 
 
 def rows(conversation_id, n, start=0, wall_ns=None):
-    return [("s", "r", conversation_id, time.monotonic_ns(), wall_ns or time.time_ns(), "move",
-             float(i), 1.0, i, "qt") for i in range(start, start + n)]
+    return [PointerSample("s", "r", conversation_id, time.monotonic_ns(), wall_ns or time.time_ns(),
+                          "move", float(i), 1.0, i, "qt") for i in range(start, start + n)]
+
+
+def gaze_rows(conversation_id, n):
+    return [GazeSample(*row[:9], source="webcam", confidence=0.9) for row in rows(conversation_id, n)]
 
 
 def decrypted_copy(home, target):
@@ -49,48 +53,48 @@ def test_no_network_in_tests():
 
 
 def test_samples_need_consent_and_are_counted_by_reason(store):
-    assert store.submit_samples("pointer_samples", rows("c1", 5)) is False
-    assert store.submit_samples("gaze_samples", [r + (0.9,) for r in rows("c1", 3)]) is False
-    store.set_consent("pointer", True)
-    assert store.submit_samples("pointer_samples", rows("c1", 4))
-    store.set_paused(True)
-    assert store.submit_samples("pointer_samples", rows("c1", 2)) is False
-    store.set_paused(False)
-    store.set_consent("pointer", False)
-    assert store.submit_samples("pointer_samples", rows("c1", 1)) is False
+    assert store.samples.submit(rows("c1", 5)) is False
+    assert store.samples.submit(gaze_rows("c1", 3)) is False
+    store.consent.set("pointer", True)
+    assert store.samples.submit(rows("c1", 4))
+    store.consent.set_paused(True)
+    assert store.samples.submit(rows("c1", 2)) is False
+    store.consent.set_paused(False)
+    store.consent.set("pointer", False)
+    assert store.samples.submit(rows("c1", 1)) is False
     store.flush()
     assert store.counts()["pointer_samples"] == 4
     assert store.counts()["gaze_samples"] == 0
-    assert store.refused == {"no_consent:pointer": 6, "no_consent:gaze": 3, "paused": 2}
+    assert store.consent.refused == {"no_consent:pointer": 6, "no_consent:gaze": 3, "paused": 2}
 
 
 def test_incognito_samples_and_messages_are_refused(service, store):
-    store.set_consent("pointer", True)
+    store.consent.set("pointer", True)
     tree = service.new_conversation(incognito=True)
-    assert store.submit_samples("pointer_samples", rows(tree.id, 7) + rows("other", 2))
+    assert store.samples.submit(rows(tree.id, 7) + rows("other", 2))
     store.flush()
     assert store.counts()["pointer_samples"] == 2
-    assert store.refused["incognito"] == 7
-    assert store.record_shown_reply(session_id=None, message_id="m", conversation_id=tree.id,
+    assert store.consent.refused["incognito"] == 7
+    assert store.samples.record_shown_reply(session_id=None, message_id="m", conversation_id=tree.id,
                                     geometry=(0, 0, 1, 1), device_pixel_ratio=1.0,
                                     rendered_text="x", layout=[]) is None
 
 
 def test_decisions_carry_time_and_text_version_and_expire_with_the_text(home):
     with FeedbackStore.open(home) as store:
-        assert store.consent_needed()
+        assert store.consent.needed()
         for signal in ("pointer", "gaze", "personalise"):
-            store.set_consent(signal, signal == "pointer")
-        assert not store.consent_needed()
-        decision = store.consents()["pointer"]
+            store.consent.set(signal, signal == "pointer")
+        assert not store.consent.needed()
+        decision = store.consent.decisions()["pointer"]
         assert decision["on"] and decision["text_version"] == CONSENT_TEXT_VERSION
         assert abs(decision["at"] - time.time_ns()) < 60 * 10**9
         # A decision made under an older consent text no longer counts.
         store._write("INSERT INTO consents VALUES ('pointer', true, ?, ?)",
                      (time.time_ns(), CONSENT_TEXT_VERSION - 1))
     with FeedbackStore.open(home) as store:
-        assert store.consent_needed()
-        assert not store.consent_on("pointer")
+        assert store.consent.needed()
+        assert not store.consent.is_on("pointer")
 
 
 def test_marker_is_not_in_any_raw_file(service, store, home):
@@ -112,8 +116,8 @@ def test_deleting_a_conversation_leaves_no_trace_after_compaction(service, store
     kept = service.new_conversation()
     service.set_settings(kept, quick_settings())
     service.send(kept, "KEPT-MARKER-1234 hello")
-    store.set_consent("pointer", True)
-    store.submit_samples("pointer_samples", rows(doomed.id, 100) + rows(kept.id, 10))
+    store.consent.set("pointer", True)
+    store.samples.submit(rows(doomed.id, 100) + rows(kept.id, 10))
     store.flush()
     store.delete_conversation(doomed.id)  # deletes, then rewrites the file
     assert store.counts()["pointer_samples"] == 10
@@ -125,7 +129,7 @@ def test_deleting_a_conversation_leaves_no_trace_after_compaction(service, store
 
 
 def test_deleting_while_samples_stream_in_loses_nothing_else(store):
-    store.set_consent("pointer", True)
+    store.consent.set("pointer", True)
     accepted = {"doomed": 0, "kept": 0}
     stop = threading.Event()
 
@@ -133,7 +137,7 @@ def test_deleting_while_samples_stream_in_loses_nothing_else(store):
         i = 0
         while not stop.is_set():
             for conversation in ("doomed", "kept"):
-                if store.submit_samples("pointer_samples", rows(conversation, 10, start=i)):
+                if store.samples.submit(rows(conversation, 10, start=i)):
                     accepted[conversation] += 10
             i += 10
             time.sleep(0.001)
@@ -150,7 +154,7 @@ def test_deleting_while_samples_stream_in_loses_nothing_else(store):
         store._rows("SELECT conversation_id, count(*) AS n FROM pointer_samples GROUP BY ALL")}
     assert "doomed" not in counted
     assert counted["kept"] == accepted["kept"] > 0
-    assert store.refused["deleted"] > 0
+    assert store.consent.refused["deleted"] > 0
 
 
 def test_wrong_key_is_refused_and_database_untouched(home):
@@ -209,8 +213,8 @@ def test_export_to_unwritable_folder_leaves_nothing(store, tmp_path):
 
 def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
     with FeedbackStore.open(home) as store:
-        store.set_consent("pointer", True)
-        store.submit_samples("pointer_samples", rows("c", 20000))
+        store.consent.set("pointer", True)
+        store.samples.submit(rows("c", 20000))
     destination = tmp_path / "full"
     destination.mkdir()
     # RLIMIT_FSIZE makes every write past 64 KiB fail with EFBIG, as a full disk would.
@@ -235,19 +239,19 @@ def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
 
 
 def test_retention_removes_old_signals_only(service, store):
-    store.set_consent("pointer", True)
+    store.consent.set("pointer", True)
     old = time.time_ns() - 100 * 86_400 * 10**9
-    store.submit_samples("pointer_samples", rows("c", 5, wall_ns=old) + rows("c", 3))
+    store.samples.submit(rows("c", 5, wall_ns=old) + rows("c", 3))
     tree = service.new_conversation()
     service.set_settings(tree, quick_settings())
     service.send(tree, "keep my chat")
     store.flush()
-    assert store.retention_days == 90
+    assert store.settings.retention_days == 90
     assert store.apply_retention() == 5
     assert store.counts()["pointer_samples"] == 3
     assert store.counts()["messages"] == 2
-    store.set_retention_days(1)
-    assert store.retention_days == 1
+    store.settings.set_retention_days(1)
+    assert store.settings.retention_days == 1
 
 
 def test_cli_data_and_consent_commands(home, tmp_path):

@@ -4,7 +4,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.ui.main_window import MainWindow
 from app.ui.privacy import ConsentDialog, PrivacyPanel
-from feedback_store import CONSENT_TEXT_VERSION, SIGNALS
+from feedback_store import CONSENT_TEXT_VERSION, SIGNALS, PointerSample
 from conftest import quick_settings
 
 
@@ -16,16 +16,16 @@ def test_consent_dialog_needs_a_choice_and_defaults_off(qtbot, store):
     qtbot.keyClick(dialog, Qt.Key.Key_Escape)
     dialog.close()
     assert dialog.isVisible()  # neither Esc nor closing passes it
-    assert store.consent_needed()
+    assert store.consent.needed()
     assert not dialog.windowFlags() & Qt.WindowType.WindowCloseButtonHint
     dialog.boxes["pointer"].setChecked(True)
     qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
     assert not dialog.isVisible()
-    consents = store.consents()
+    consents = store.consent.decisions()
     assert consents["pointer"]["on"] is True
     assert consents["gaze"]["on"] is False and consents["personalise"]["on"] is False
     assert all(consents[s]["text_version"] == CONSENT_TEXT_VERSION for s in SIGNALS)
-    assert not store.consent_needed()
+    assert not store.consent.needed()
 
 
 def test_keep_everything_off_is_a_choice_too(qtbot, store):
@@ -34,8 +34,8 @@ def test_keep_everything_off_is_a_choice_too(qtbot, store):
     dialog.show()
     dialog.boxes["gaze"].setChecked(True)
     qtbot.mouseClick(dialog.decline_button, Qt.MouseButton.LeftButton)
-    assert not store.consent_needed()
-    assert not any(store.consent_on(s) for s in SIGNALS)
+    assert not store.consent.needed()
+    assert not any(store.consent.is_on(s) for s in SIGNALS)
 
 
 def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_path):
@@ -43,13 +43,13 @@ def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_pat
     qtbot.addWidget(panel)
     panel.show()
     panel.boxes["gaze"].setChecked(True)
-    assert store.consent_on("gaze")
+    assert store.consent.is_on("gaze")
     panel.boxes["gaze"].setChecked(False)
-    assert not store.consent_on("gaze")
+    assert not store.consent.is_on("gaze")
     panel.pause_box.setChecked(True)
-    assert store.paused
+    assert store.consent.paused
     panel.retention.setValue(30)
-    assert store.retention_days == 30
+    assert store.settings.retention_days == 30
     assert panel.findChildren(object, "keyFileWarning"), "the key-file warning must be shown"
 
 
@@ -59,16 +59,16 @@ def test_pause_shortcut_in_the_window(qtbot, store, window):
     QApplication.setActiveWindow(window)
     window.input.setFocus()
     qtbot.keyClick(window.input, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
-    assert store.paused and window.collection_label.text() == "Recording paused"
+    assert store.consent.paused and window.collection_label.text() == "Recording paused"
     window.toggle_pause()
-    assert not store.paused
+    assert not store.consent.paused
 
 
 def test_data_view_counts_samples_per_session(qtbot, store):
-    session = store.start_session("test")
-    store.set_consent("pointer", True)
-    store.submit_samples("pointer_samples", [(session, "r", "c", i, i, "move", 1.0, 1.0, None, "qt")
-                                             for i in range(12)])
+    session = store.samples.start_session("test")
+    store.consent.set("pointer", True)
+    store.samples.submit([PointerSample(session, "r", "c", i, i, "move", 1.0, 1.0, None, "qt")
+                          for i in range(12)])
     store.flush()
     panel = PrivacyPanel(store)
     qtbot.addWidget(panel)
@@ -91,7 +91,7 @@ def test_panel_export(qtbot, store, tmp_path, monkeypatch):
 
 def test_camera_red_dot_follows_the_running_camera(qtbot, store, window):
     assert not window.camera_dot.isVisible()
-    store.set_consent("gaze", True)
+    store.consent.set("gaze", True)
     window.set_collector("gaze", object())  # a running camera registers itself
     assert window.camera_dot.isVisible()
     assert window.collection_label.text() == "Recording: camera"

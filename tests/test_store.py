@@ -10,29 +10,30 @@ import time
 import pytest
 
 from feedback_store import (
-    Conversation, DataDirUnwritable, DatabaseLocked, FeedbackStore, Message, SchemaTooNew,
+    Conversation, DataDirUnwritable, DatabaseLocked, FeedbackStore, GazeSample, Message,
+    PointerSample, SchemaTooNew,
 )
 from feedback_store.connection import open_encrypted
 from feedback_store.keys import load_or_create_key
 
 
 def sample_row(conversation_id, i=0, kind="move"):
-    return ("session", "shown", conversation_id, time.monotonic_ns(), time.time_ns(), kind,
-            float(i), 2.0, i, "qt")
+    return PointerSample("session", "shown", conversation_id, time.monotonic_ns(), time.time_ns(),
+                         kind, float(i), 2.0, i, "qt")
 
 
 def test_messages_are_committed_and_reopen(home):
     store = FeedbackStore.open(home)
-    conversation = store.create_conversation(Conversation(title="first"))
-    message = store.add_message(Message(conversation_id=conversation.id, role="user", content="hello"))
+    conversation = store.conversations.create(Conversation(title="first"))
+    message = store.conversations.add_message(Message(conversation_id=conversation.id, role="user", content="hello"))
     store.close()
     with FeedbackStore.open(home) as reopened:
-        assert [m.content for m in reopened.messages(conversation.id)] == ["hello"]
-        assert reopened.get_conversation(conversation.id).active_leaf_id == message.id
+        assert [m.content for m in reopened.conversations.messages(conversation.id)] == ["hello"]
+        assert reopened.conversations.get(conversation.id).active_leaf_id == message.id
 
 
 def test_data_dir_and_files_are_private(store, home):
-    store.add_message(Message(conversation_id="c", role="user", content="x"))
+    store.conversations.add_message(Message(conversation_id="c", role="user", content="x"))
     store.flush()
     assert (home.stat().st_mode & 0o777) == 0o700
     for path in home.iterdir():
@@ -82,8 +83,8 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_samples_are_flushed_without_being_asked(store):
-    store.set_consent("pointer", True)
-    assert store.submit_samples("pointer_samples", [sample_row("c", i) for i in range(50)])
+    store.consent.set("pointer", True)
+    assert store.samples.submit([sample_row("c", i) for i in range(50)])
     # No explicit flush: the writer flushes on its own timer (at least once a second).
     deadline = time.monotonic() + 10
     while store.counts()["pointer_samples"] < 50 and time.monotonic() < deadline:
@@ -93,13 +94,13 @@ def test_samples_are_flushed_without_being_asked(store):
 
 def test_full_queue_refuses_and_counts(home):
     store = FeedbackStore.open(home, capacity=2)
-    store.set_consent("pointer", True)
+    store.consent.set("pointer", True)
     gate = threading.Event()
     # Block the writer so the queue fills up.
     blocker = threading.Thread(target=lambda: store.writer.call(lambda con: gate.wait()))
     blocker.start()
     time.sleep(0.2)
-    accepted = sum(store.submit_samples("pointer_samples", [sample_row("c", i)]) for i in range(10))
+    accepted = sum(store.samples.submit([sample_row("c", i)]) for i in range(10))
     gate.set()
     blocker.join()
     store.flush()
@@ -133,10 +134,10 @@ def test_key_file_fallback_is_0600(store, home):
 
 
 def test_sample_columns_keep_nulls_and_values(store):
-    store.set_consent("gaze", True)
-    store.submit_samples("gaze_samples", [
-        (None, None, "c", 5, 6, "raw", None, 2.5, None, "webcam", None),
-        ("s", "r", "c", 7, 8, "fixation", 1.25, -3.0, 42, "webcam", 0.75)])
+    store.consent.set("gaze", True)
+    store.samples.submit([
+        GazeSample(None, None, "c", 5, 6, "raw", None, 2.5, None, "webcam", None),
+        GazeSample("s", "r", "c", 7, 8, "fixation", 1.25, -3.0, 42, "webcam", confidence=0.75)])
     store.flush()
     got = store._rows("SELECT session_id, shown_reply_id, mono_ns, x, y, text_offset, confidence "
                       "FROM gaze_samples ORDER BY mono_ns")

@@ -31,7 +31,7 @@ def test_streamed_turn_from_input_box_to_database(qtbot, window, store):
     reply = send_by_keyboard(qtbot, window, "What is the sun?")
     assert reply is not None and reply.content
     assert len(tokens) == reply.tokens > 1 and "".join(tokens) == reply.content
-    stored = store.messages(window.tree.id)
+    stored = store.conversations.messages(window.tree.id)
     assert [m.role for m in stored] == ["user", "assistant"]
     assert stored[0].content == "What is the sun?"
     assert window.input.toPlainText() == ""
@@ -58,14 +58,14 @@ def test_escape_stops_mid_stream(qtbot, window, store):
     with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
         window.send()
         # Shown as sent only once committed: the row is there before any reply token.
-        assert [m.content for m in store.messages(window.tree.id)] == ["Write a very long story about a ship."]
+        assert [m.content for m in store.conversations.messages(window.tree.id)] == ["Write a very long story about a ship."]
         assert window.chat_view.widgets[0].message.role == "user"
         qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
         qtbot.keyClick(window, Qt.Key.Key_Escape)
     reply = blocker.args[0]
     assert reply.finish_reason == "cancelled"
     assert reply.tokens < 400
-    assert store.messages(window.tree.id)[-1].finish_reason == "cancelled"
+    assert store.conversations.messages(window.tree.id)[-1].finish_reason == "cancelled"
     assert "stopped" in widget_for(window, reply.id).meta.text()
 
 
@@ -76,7 +76,7 @@ def test_regenerate_keeps_sibling_and_edit_branches(qtbot, window, store):
     second = blocker.args[0]
     assert second.parent_id == first.parent_id and second.id != first.id
     assert widget_for(window, second.id).sibling_label.text() == "2/2"
-    assert {first.id, second.id} <= {m.id for m in store.messages(window.tree.id)}
+    assert {first.id, second.id} <= {m.id for m in store.conversations.messages(window.tree.id)}
 
     user = window.tree.messages[first.parent_id]
     qtbot.mouseClick(widget_for(window, user.id).edit_button, Qt.MouseButton.LeftButton)
@@ -92,20 +92,20 @@ def test_regenerate_keeps_sibling_and_edit_branches(qtbot, window, store):
     window.stop()
     assert window.editing_message_id is None and window.input.toPlainText() == ""
     assert widget_for(window, path[0].id).sibling_label.text() == "2/2"
-    assert len(store.messages(window.tree.id)) == 5  # 2 users, 3 replies: nothing deleted
+    assert len(store.conversations.messages(window.tree.id)) == 5  # 2 users, 3 replies: nothing deleted
 
 
 def test_thumbs_are_stored(qtbot, window, store):
     reply = send_by_keyboard(qtbot, window, "Say yes.")
     qtbot.mouseClick(widget_for(window, reply.id).thumb_up, Qt.MouseButton.LeftButton)
-    assert store.thumbs(window.tree.id) == {reply.id: 1}
+    assert store.conversations.thumbs(window.tree.id) == {reply.id: 1}
     qtbot.mouseClick(widget_for(window, reply.id).thumb_down, Qt.MouseButton.LeftButton)
-    assert store.thumbs(window.tree.id) == {reply.id: -1}
+    assert store.conversations.thumbs(window.tree.id) == {reply.id: -1}
     assert widget_for(window, reply.id).thumb_up.isChecked() is False
 
 
 def test_restart_restores_the_conversation(qtbot, store, engine):
-    store.set_setting("generation", quick_settings().to_dict())
+    store.settings.set("generation", quick_settings().to_dict())
     first = MainWindow(store, engine)
     qtbot.addWidget(first)
     first.show()
@@ -179,13 +179,13 @@ def test_new_chat_rename_search_delete(qtbot, window, store):
     assert window.tree.id != apples and window.chat_view.widgets == []
     send_by_keyboard(qtbot, window, "About pears")
     window.rename_conversation(apples, "Fruit talk")
-    assert store.get_conversation(apples).title == "Fruit talk"
+    assert store.conversations.get(apples).title == "Fruit talk"
     window.search.setText("apples")
     assert [window.conversation_list.item(i).text() for i in range(window.conversation_list.count())] == ["Fruit talk"]
     window.search.setText("")
     window.delete_conversation(apples, confirm=False)
-    assert store.get_conversation(apples) is None
-    assert store.list_conversations("apples") == []
+    assert store.conversations.get(apples) is None
+    assert store.conversations.list("apples") == []
 
 
 def test_markdown_code_blocks_are_rendered_as_code(qtbot, window):

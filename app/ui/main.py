@@ -23,7 +23,7 @@ def run_app(model_path: str | None = None) -> int:
         QMessageBox.critical(None, "Glance cannot open its database", str(error))
         return 2
     try:
-        if store.consent_needed():
+        if store.consent.needed():
             from .privacy import ConsentDialog
             ConsentDialog(store).exec()
         engine = _load_engine(store, model_path)

@@ -59,7 +59,7 @@ class MainWindow(QMainWindow):
         self.engine = engine
         self.service = ChatService(store, engine)
         self.probe = LayoutProbe()
-        self.session_id = store.start_session(__version__)
+        self.session_id = store.samples.start_session(__version__)
         self.tree: ConversationTree | None = None
         self.generation: GenerationThread | None = None
         self.editing_message_id: str | None = None
@@ -70,7 +70,7 @@ class MainWindow(QMainWindow):
         self._build()
         self._refresh_models()
         self._refresh_conversations()
-        latest = self.store.list_conversations()
+        latest = self.store.conversations.list()
         if latest:
             self.open_conversation(latest[0].id)
         else:
@@ -172,7 +172,7 @@ class MainWindow(QMainWindow):
         # Retention is enforced at start (FeedbackStore.open) and then daily.
         self.retention_timer = QTimer(self)
         self.retention_timer.setInterval(24 * 3600 * 1000)
-        self.retention_timer.timeout.connect(self.store.apply_retention)
+        self.retention_timer.timeout.connect(lambda: self.store.apply_retention(wait=False))
         self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
@@ -185,7 +185,7 @@ class MainWindow(QMainWindow):
     # --- conversations -------------------------------------------------------------------
     def _refresh_conversations(self) -> None:
         self.conversation_list.clear()
-        for conversation in self.store.list_conversations(self.search.text().strip() or None):
+        for conversation in self.store.conversations.list(self.search.text().strip() or None):
             item = QListWidgetItem(conversation.title)
             item.setData(Qt.ItemDataRole.UserRole, conversation.id)
             item.setToolTip(time.strftime("%Y-%m-%d %H:%M",
@@ -206,7 +206,7 @@ class MainWindow(QMainWindow):
             return
         try:
             self.tree = self.service.open(conversation_id)
-        except KeyError as error:
+        except StoreError as error:
             self._error(str(error))
             return
         self.editing_message_id = None
@@ -248,7 +248,7 @@ class MainWindow(QMainWindow):
     def _show_tree(self) -> None:
         tree = self.tree
         self._mark_hidden(keep={m.id for m in tree.active_path()})
-        thumbs = self.store.thumbs(tree.id) if tree.stored and not tree.conversation.incognito else {}
+        thumbs = self.store.conversations.thumbs(tree.id) if tree.stored and not tree.conversation.incognito else {}
         widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs)
         for widget in widgets:
             widget.copy_requested.connect(self.copy_message)
@@ -279,12 +279,12 @@ class MainWindow(QMainWindow):
                 continue
             browser = widget.browser
             origin = browser.viewport().mapToGlobal(browser.viewport().rect().topLeft())
-            shown_id = self.store.record_shown_reply(
+            shown_id = self.store.samples.record_shown_reply(
                 session_id=self.session_id, message_id=message.id, conversation_id=self.tree.id,
                 geometry=(origin.x(), origin.y(), browser.width(), browser.height()),
                 device_pixel_ratio=browser.devicePixelRatioF(),
                 rendered_text=browser.document().toPlainText(),
-                layout=self.probe.line_boxes(message.id))
+                layout=self.probe.line_boxes(message.id), wait=False)
             if shown_id:
                 self._shown_ids[message.id] = shown_id
 
@@ -292,7 +292,7 @@ class MainWindow(QMainWindow):
         """Replies that left the screen get their hidden time; those still shown keep
         their record (re-rendering the column is not a new showing)."""
         for message_id in [m for m in self._shown_ids if m not in keep]:
-            self.store.mark_reply_hidden(self._shown_ids.pop(message_id))
+            self.store.samples.mark_reply_hidden(self._shown_ids.pop(message_id))
 
     # --- turns ---------------------------------------------------------------------------
     def is_generating(self) -> bool:
@@ -403,7 +403,7 @@ class MainWindow(QMainWindow):
     def _refresh_models(self) -> None:
         self.model_picker.clear()
         default = str(default_model_path())
-        paths = [default] + [m["path"] for m in self.store.models() if m["path"] != default]
+        paths = [default] + [m["path"] for m in self.store.models.list() if m["path"] != default]
         for path in paths:
             label = Path(path).name + ("  (default)" if path == default else "")
             self.model_picker.addItem(label, path)
@@ -440,7 +440,7 @@ class MainWindow(QMainWindow):
         try:
             info = inspect_model(path)
             self.engine.load(path)
-            self.store.remember_model(info)
+            self.store.models.remember(info)
             ok = True
         except (ModelError, StoreError) as error:
             self._error(str(error))
@@ -454,7 +454,7 @@ class MainWindow(QMainWindow):
             try:
                 settings = dialog.settings()
                 self.service.set_settings(self.tree, settings)
-                self.store.set_setting("generation", settings.to_dict())
+                self.store.settings.set("generation", settings.to_dict())
             except EngineError as error:
                 self._error(str(error))
 
@@ -467,23 +467,23 @@ class MainWindow(QMainWindow):
             self._update_collection_indicator()
 
     def toggle_pause(self) -> None:
-        self.store.set_paused(not self.store.paused)
+        self.store.consent.set_paused(not self.store.consent.paused)
         self._update_collection_indicator()
         self.statusBar().showMessage(
-            "All collection paused." if self.store.paused else "Collection resumed.", 4000)
+            "All collection paused." if self.store.consent.paused else "Collection resumed.", 4000)
 
     def _update_collection_indicator(self) -> None:
         """Say plainly what is being recorded right now: only collectors that are really
         running count (pointer and camera capture register in self.collectors)."""
         active = [name for name, signal in (("mouse", "pointer"), ("camera", "gaze"))
-                  if self.collectors.get(signal) and self.store.consent_on(signal)]
-        camera_on = bool(self.collectors.get("gaze")) and self.store.consent_on("gaze") \
-            and not self.store.paused
+                  if self.collectors.get(signal) and self.store.consent.is_on(signal)]
+        camera_on = bool(self.collectors.get("gaze")) and self.store.consent.is_on("gaze") \
+            and not self.store.consent.paused
         self.camera_dot.setVisible(camera_on)
         if self.tray is not None:
             self.tray.setIcon(_dot_icon("#d00000" if camera_on else None))
             self.tray.setToolTip("Glance — camera on" if camera_on else "Glance")
-        if self.store.paused:
+        if self.store.consent.paused:
             text = "Recording paused"
         elif active and not (self.tree and self.tree.conversation.incognito):
             text = "Recording: " + ", ".join(active)

@@ -17,32 +17,15 @@ CONSENT_INTRO = (
     "exception is a model download you start yourself). Everything is kept in an encrypted "
     "database in your data folder, readable only by your user account.</p>")
 
-SIGNAL_TEXT = {
-    "pointer": ("Mouse &amp; interaction signals",
-                "Where the pointer is over a reply (screen coordinates and the word under it), "
-                "scrolling, which text you select (positions, not a copy), and the timing of "
-                "your typing, never which keys. Kept 90 days by default."),
-    "gaze": ("Webcam gaze",
-             "Where on the screen your eyes look while a reply is shown, computed on this "
-             "computer from the webcam. <b>No image or video is ever stored</b>, only the "
-             "computed points. A red dot shows whenever the camera is on."),
-    "personalise": ("Personalise the model at night",
-                    "Use your conversations and the signals above to train a small add-on "
-                    "(a LoRA adapter) to the local model overnight, so answers suit you better. "
-                    "Training runs on this computer; the adapter never leaves it."),
-}
-
-
 def _signal_box(signal: str, checked: bool) -> QCheckBox:
-    title, _ = SIGNAL_TEXT[signal]
-    box = QCheckBox(title.replace("&amp;", "&&"))
+    box = QCheckBox(SIGNALS[signal].title.replace("&", "&&"))
     box.setChecked(checked)
     box.setObjectName(f"consent_{signal}")
     return box
 
 
 def _signal_explanation(signal: str) -> QLabel:
-    label = QLabel(SIGNAL_TEXT[signal][1])
+    label = QLabel(SIGNALS[signal].consent_text)
     label.setWordWrap(True)
     label.setIndent(24)
     return label
@@ -63,7 +46,7 @@ class ConsentDialog(QDialog):
         intro.setWordWrap(True)
         intro.setTextFormat(Qt.TextFormat.RichText)
         layout.addWidget(intro)
-        current = store.consents()
+        current = store.consent.decisions()
         self.boxes = {}
         for signal in SIGNALS:
             decision = current.get(signal)
@@ -89,7 +72,7 @@ class ConsentDialog(QDialog):
 
     def save(self) -> None:
         for signal, box in self.boxes.items():
-            self.store.set_consent(signal, box.isChecked())
+            self.store.consent.set(signal, box.isChecked())
         self.accept()
 
     def decline_all(self) -> None:
@@ -113,14 +96,14 @@ class PrivacyPanel(QDialog):
         box_layout = QVBoxLayout(consents)
         self.boxes = {}
         for signal in SIGNALS:
-            box = _signal_box(signal, store.consent_on(signal))
-            box.toggled.connect(lambda on, s=signal: self.store.set_consent(s, on))
+            box = _signal_box(signal, store.consent.is_on(signal))
+            box.toggled.connect(lambda on, s=signal: self.store.consent.set(s, on))
             self.boxes[signal] = box
             box_layout.addWidget(box)
             box_layout.addWidget(_signal_explanation(signal))
         self.pause_box = QCheckBox("Pause all collection (Ctrl+Shift+P)")
-        self.pause_box.setChecked(store.paused)
-        self.pause_box.toggled.connect(store.set_paused)
+        self.pause_box.setChecked(store.consent.paused)
+        self.pause_box.toggled.connect(store.consent.set_paused)
         box_layout.addWidget(self.pause_box)
         layout.addWidget(consents)
 
@@ -151,9 +134,9 @@ class PrivacyPanel(QDialog):
         storage_layout.addWidget(network)
         retention = QHBoxLayout()
         retention.addWidget(QLabel("Keep reading signals for"))
-        self.retention = QSpinBox(minimum=1, maximum=3650, value=store.retention_days)
+        self.retention = QSpinBox(minimum=1, maximum=3650, value=store.settings.retention_days)
         self.retention.setSuffix(" days")
-        self.retention.valueChanged.connect(store.set_retention_days)
+        self.retention.valueChanged.connect(self._set_retention)
         retention.addWidget(self.retention)
         retention.addStretch()
         storage_layout.addLayout(retention)
@@ -186,9 +169,13 @@ class PrivacyPanel(QDialog):
         layout.addWidget(close, alignment=Qt.AlignmentFlag.AlignRight)
         self.deleted_everything = False
 
+    def _set_retention(self, days: int) -> None:
+        self.store.settings.set_retention_days(days)
+        self.store.apply_retention(wait=False)  # runs on the writer; the panel never waits
+
     def _fill_sessions(self) -> None:
         import time
-        rows = self.store.session_summary()
+        rows = self.store.samples.session_summary()
         self.table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_wall_ns"] / 1e9))

@@ -1,0 +1,96 @@
+"""Compaction with crypto-erase: after a deletion the database is rewritten into a fresh
+file under a NEW key, and the old key is destroyed.
+
+DuckDB reuses freed blocks but does not wipe them, and copies of old blocks can outlive
+any overwrite (SSD remapping, backups, journaling). Re-encrypting under a new key and
+destroying the old one makes every such leftover undecryptable.
+
+The steps, in order, each safe to be killed after:
+  stage_key    a new key is written durably beside the key in force
+  write_fresh  every live row is copied into glance.compact.db under the new key
+  detach_old   the old file is checkpointed and closed
+  swap_file    glance.compact.db atomically replaces glance.db (fsynced)
+  promote_key  the new key becomes the key in force; the old key is overwritten
+  reattach     the store reopens the fresh file
+
+``recover`` runs before every open and settles whatever a crash left: before the swap
+the old file and old key are in force (the staged key and half-written copy are
+discarded); after it the staged key opens the file and is promoted.
+"""
+import os
+from pathlib import Path
+
+from .connection import quote
+from .errors import StoreError, WrongKey
+from .keys import (DatabaseKey, discard_staged_key, promote_staged_key, stage_next_key,
+                   staged_key)
+
+FRESH_FILE = "glance.compact.db"
+STEPS = ("stage_key", "write_fresh", "detach_old", "swap_file", "promote_key", "reattach")
+
+
+def _after_step(name: str) -> None:
+    """Fault-injection point: tests replace this to kill the process after a step."""
+
+
+def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> DatabaseKey:
+    """Run on the writer thread (``con`` is the write connection, ``alias`` attached)."""
+    fresh = data_dir / FRESH_FILE
+    fresh.unlink(missing_ok=True)
+    con.execute("CHECKPOINT")
+    new_key = stage_next_key(data_dir, key.storage)
+    _after_step("stage_key")
+
+    con.execute(f"ATTACH '{quote(fresh)}' AS glance_fresh (ENCRYPTION_KEY '{new_key.hex}')")
+    con.execute(f"COPY FROM DATABASE {alias} TO glance_fresh")
+    con.execute("DETACH glance_fresh")
+    _fsync(fresh)
+    _after_step("write_fresh")
+
+    con.execute("USE memory")
+    con.execute(f"DETACH {alias}")
+    _after_step("detach_old")
+
+    os.replace(fresh, path)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
+    _fsync(data_dir)
+    _after_step("swap_file")
+
+    in_force = promote_staged_key(data_dir, new_key)
+    _after_step("promote_key")
+
+    con.execute(f"ATTACH '{quote(path)}' AS {alias} (ENCRYPTION_KEY '{in_force.hex}')")
+    con.execute(f"USE {alias}")
+    _after_step("reattach")
+    return in_force
+
+
+def recover(data_dir: Path, path: Path, key: DatabaseKey, try_open) -> DatabaseKey:
+    """Settle an interrupted compaction before the store opens. ``try_open(key_hex)``
+    opens and closes the database, raising WrongKey when the key does not fit."""
+    (data_dir / FRESH_FILE).unlink(missing_ok=True)
+    staged = staged_key(data_dir)
+    if staged is None:
+        return key
+    try:
+        try_open(key.hex)
+    except WrongKey:
+        # Killed after the swap, before the promotion: the staged key is in force.
+        try:
+            try_open(staged.hex)
+        except WrongKey:
+            raise StoreError(
+                f"Neither the key in force nor the staged key opens {path}. The files were "
+                "not touched. Restore the key from a backup, or reset with "
+                "`glance data delete --all --yes`.") from None
+        return promote_staged_key(data_dir, staged)
+    discard_staged_key(data_dir)   # killed before the swap: the old file stands
+    return key
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

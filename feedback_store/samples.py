@@ -1,0 +1,170 @@
+"""High-rate samples as named tuples: cheap to build on a capture thread, and their
+field order is the column order of their table (one declaration, no positions).
+
+Times: ``mono_ns`` (time.monotonic_ns) for ordering and durations, ``wall_ns`` for people.
+"""
+import json
+import math
+import time
+from typing import NamedTuple
+
+from .signals import SAMPLE_TABLE_SIGNAL
+
+
+class PointerSample(NamedTuple):
+    session_id: str | None
+    shown_reply_id: str | None
+    conversation_id: str | None
+    mono_ns: int
+    wall_ns: int
+    kind: str                    # move | click | scroll | select | copy | key_timing
+    x: float | None = None       # screen coordinates, logical pixels
+    y: float | None = None
+    text_offset: int | None = None  # char offset in the reply's rendered text; None = not over text
+    source: str = "qt"           # pynput | qt
+    word_index: int | None = None
+    line: int | None = None
+
+
+class GazeSample(NamedTuple):
+    session_id: str | None
+    shown_reply_id: str | None
+    conversation_id: str | None
+    mono_ns: int
+    wall_ns: int
+    kind: str                    # raw | fixation
+    x: float | None = None
+    y: float | None = None
+    text_offset: int | None = None
+    source: str = "webcam"
+    word_index: int | None = None
+    line: int | None = None
+    confidence: float | None = None
+
+
+SAMPLE_TYPES = {"pointer_samples": PointerSample, "gaze_samples": GazeSample}
+TABLE_OF = {cls: table for table, cls in SAMPLE_TYPES.items()}
+
+_SQL_TYPES = {str: "VARCHAR", int: "BIGINT", float: "DOUBLE"}
+
+
+def _sql_type(annotation) -> str:
+    for python_type, sql in _SQL_TYPES.items():
+        if annotation is python_type or python_type in getattr(annotation, "__args__", ()):
+            return sql
+    raise TypeError(f"no SQL type for {annotation!r}")
+
+
+# table -> ((column, SQL type), ...) in tuple order, derived from the annotations.
+SAMPLE_COLUMNS = {
+    table: tuple((name, _sql_type(cls.__annotations__[name])) for name in cls._fields)
+    for table, cls in SAMPLE_TYPES.items()
+}
+
+
+class MalformedSample(ValueError):
+    pass
+
+
+def check(sample) -> None:
+    """Refuse a sample that could not be stored, before it reaches the writer, so one
+    bad row never costs the rows queued beside it."""
+    if type(sample) not in TABLE_OF:
+        raise MalformedSample(f"not a sample: {type(sample).__name__}")
+    for (name, sql), value in zip(SAMPLE_COLUMNS[TABLE_OF[type(sample)]], sample):
+        if value is None:
+            continue
+        if sql == "VARCHAR" and not isinstance(value, str):
+            raise MalformedSample(f"{name} must be text, got {value!r}")
+        if sql == "BIGINT" and (isinstance(value, bool) or not isinstance(value, int)
+                                or not -2**63 < value < 2**63):
+            raise MalformedSample(f"{name} must be a 64-bit integer, got {value!r}")
+        if sql == "DOUBLE" and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                or math.isinf(value)):
+            raise MalformedSample(f"{name} must be a finite number, got {value!r}")
+    if sample.mono_ns is None or sample.wall_ns is None or sample.kind is None:
+        raise MalformedSample("mono_ns, wall_ns and kind are required")
+
+
+class SampleManager:
+    """``store.samples``: app sessions, replies as shown on screen, and the sample
+    stream. Consent, pause, incognito and deletion are enforced here, at the door."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def start_session(self, app_version: str, screen: dict | None = None) -> str:
+        from .conversations import new_id
+        session_id = new_id()
+        self.store._write("INSERT INTO app_sessions VALUES (?, ?, ?, ?, ?)",
+                          (session_id, time.time_ns(), time.monotonic_ns(), app_version,
+                           json.dumps(screen or {})))
+        return session_id
+
+    def record_shown_reply(self, *, session_id: str | None, message_id: str,
+                           conversation_id: str, geometry: tuple[int, int, int, int],
+                           device_pixel_ratio: float, rendered_text: str,
+                           layout: list[dict], wait: bool = True) -> str | None:
+        """Remember what a reply looked like on screen; samples refer to the returned id.
+        ``wait=False`` queues the row (the window never waits on the store); samples
+        submitted after it are written after it."""
+        from .conversations import new_id
+        if self.store.conversations.is_incognito(conversation_id):
+            return None
+        shown_id = new_id()
+        x, y, width, height = geometry
+        row = (shown_id, session_id, message_id, conversation_id, time.time_ns(),
+               time.monotonic_ns(), x, y, width, height, device_pixel_ratio, rendered_text,
+               json.dumps(layout))
+        sql = "INSERT INTO shown_replies VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
+        if wait:
+            self.store._write(sql, row)
+        else:
+            self.store._post(sql, row)
+        return shown_id
+
+    def mark_reply_hidden(self, shown_reply_id: str) -> None:
+        self.store._post("UPDATE shown_replies SET hidden_mono_ns = ? WHERE id = ?",
+                         (time.monotonic_ns(), shown_reply_id))
+
+    def submit(self, samples: list) -> bool:
+        """Queue samples of one type without waiting. Refused (and counted by reason)
+        without consent, while paused, from an incognito or deleted conversation, or
+        when the queue is full. A malformed sample raises MalformedSample."""
+        if not samples:
+            return False
+        table = TABLE_OF.get(type(samples[0]))
+        for sample in samples:
+            check(sample)
+            if TABLE_OF[type(sample)] != table:
+                raise MalformedSample("one call takes samples of one kind")
+        consent = self.store.consent
+        signal = SAMPLE_TABLE_SIGNAL[table]
+        if consent.paused:
+            consent.count_refused("paused", len(samples))
+            return False
+        if not consent.is_on(signal):
+            consent.count_refused(f"no_consent:{signal}", len(samples))
+            return False
+        for reason, ids in (("incognito", self.store.conversations._incognito),
+                            ("deleted", self.store.conversations._deleted)):
+            if ids:
+                kept = [s for s in samples if s.conversation_id not in ids]
+                if len(kept) != len(samples):
+                    consent.count_refused(reason, len(samples) - len(kept))
+                samples = kept
+        if not samples:
+            return False
+        if self.store.writer.submit_samples(table, SAMPLE_COLUMNS[table], samples):
+            return True
+        consent.count_refused("queue_full", len(samples))
+        return False
+
+    def session_summary(self) -> list[dict]:
+        """Per app session: replies shown and samples per signal (the privacy data view)."""
+        return self.store._rows(
+            "SELECT s.id, s.started_wall_ns,"
+            " (SELECT count(*) FROM shown_replies r WHERE r.session_id = s.id) AS replies,"
+            " (SELECT count(*) FROM pointer_samples p WHERE p.session_id = s.id) AS pointer,"
+            " (SELECT count(*) FROM gaze_samples g WHERE g.session_id = s.id) AS gaze"
+            " FROM app_sessions s ORDER BY s.started_wall_ns DESC")

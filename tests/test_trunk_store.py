@@ -1,0 +1,188 @@
+"""The store's trunk guarantees: the table registry covers the schema, the writer
+survives bad input, status reads the truth, compaction rotates the key and survives a
+kill after every step, paths with quotes work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from feedback_store import (FeedbackStore, GazeSample, MalformedSample, Message, PointerSample,
+                            Conversation, tables)
+from feedback_store.compaction import STEPS
+from conftest import ROOT, run_glance
+
+
+def pointer(conversation_id="c", i=0, **fields):
+    return PointerSample("s", "r", conversation_id, time.monotonic_ns(), time.time_ns(), "move",
+                         float(i), 1.0, i, "qt", **fields)
+
+
+def schema_tables(store) -> set[str]:
+    return {row["table_name"] for row in store._rows(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'glance'")}
+
+
+def test_every_table_in_the_schema_is_declared_once(store):
+    declared = [t.name for t in tables.TABLES]
+    assert len(declared) == len(set(declared))
+    assert schema_tables(store) == set(declared)
+    # Conversation-scoped tables really carry the column deletion uses.
+    for table in tables.in_scope("conversation"):
+        columns = {row["column_name"] for row in store._rows(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+            (table.name,))}
+        assert ("id" if table.name == "conversations" else table.key_column) in columns
+    for table in tables.expiring_tables():
+        columns = {row["column_name"] for row in store._rows(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+            (table.name,))}
+        assert table.expires_on in columns
+
+
+def test_delete_counts_and_export_follow_the_registry(store, tmp_path):
+    """A conversation's rows in every conversation-scoped table go with it."""
+    store.consent.set("pointer", True)
+    store.consent.set("gaze", True)
+    for name in ("doomed", "kept"):
+        store.conversations.create(Conversation(title=name, id=name))
+        store.conversations.add_message(Message(conversation_id=name, role="user", content="x"))
+        store.conversations.set_thumb(name, "m", 1)
+        store.samples.record_shown_reply(session_id="s", message_id="m", conversation_id=name,
+                                         geometry=(0, 0, 1, 1), device_pixel_ratio=1.0,
+                                         rendered_text="t", layout=[])
+        store.samples.submit([pointer(name, i) for i in range(3)])
+        store.samples.submit([GazeSample("s", "r", name, 1, 2, "raw", 1.0, 2.0)])
+    store.flush()
+    store.delete_conversation("doomed", compact=False)
+    for table in tables.in_scope("conversation"):
+        column = "id" if table.name == "conversations" else table.key_column
+        left = store._rows(f"SELECT {column} AS c FROM {table.name}")
+        assert left and {row["c"] for row in left} == {"kept"}, table.name
+    assert set(store.counts()) == {t.name for t in tables.counted_tables()}
+    from feedback_store.privacy import export_all
+    folder = export_all(store, tmp_path / "export")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["tables"]) == {t.name for t in tables.exported_tables()}
+
+
+def test_a_malformed_row_is_refused_and_the_writer_keeps_going(store):
+    store.consent.set("pointer", True)
+    with pytest.raises(MalformedSample):
+        store.samples.submit([pointer(), pointer()._replace(x="not a number")])
+    # A job that raises inside the writer thread (not a DuckDB error) is counted...
+    store.writer.post(lambda con: 1 / 0)
+    # ...and a batch the database rejects costs only itself, not the rows beside it.
+    bad = pointer("c", 99)._replace(mono_ns=2**70)  # overflows BIGINT at insert
+    store.writer.submit_samples("pointer_samples", store_columns(), [bad])
+    store.samples.submit([pointer("c", i) for i in range(5)])
+    store.conversations.create(Conversation(title="after", id="after"))
+    store.conversations.add_message(Message(conversation_id="after", role="user", content="ok"))
+    store.flush()
+    assert store.writer.is_alive()
+    assert [m.content for m in store.conversations.messages("after")] == ["ok"]
+    assert store.counts()["pointer_samples"] == 5
+    status = store.status()
+    assert status["writer_failures"] >= 2
+    assert "OverflowError" in status["writer_error"]   # the last of the two failures
+    assert store.writer.failed_rows["pointer_samples"] == 1
+    with pytest.raises(MalformedSample):   # the front door catches that one too
+        store.samples.submit([bad])
+
+
+def store_columns():
+    from feedback_store.samples import SAMPLE_COLUMNS
+    return SAMPLE_COLUMNS["pointer_samples"]
+
+
+def test_a_call_on_a_stopped_writer_raises_instead_of_waiting(home):
+    from feedback_store.writer import WriterStopped
+    store = FeedbackStore.open(home)
+    store.writer.close()
+    with pytest.raises(WriterStopped):
+        store.conversations.create(Conversation(title="late"))
+    store._con.close()
+
+
+def test_status_reads_encryption_and_schema_version_from_the_file(store):
+    status = store.status()
+    assert status["encryption"] is True
+    from feedback_store import migrations
+    assert status["schema_version"] == migrations.LATEST_VERSION
+    row = store._rows("SELECT max(version) AS v FROM schema_migrations")[0]
+    assert status["schema_version"] == row["v"]
+
+
+def test_refusals_persist_and_another_process_sees_them(home):
+    with FeedbackStore.open(home) as store:
+        store.consent.set("pointer", False)
+        store.consent.set_paused(False)
+        assert store.samples.submit([pointer() for _ in range(7)]) is False
+        store.conversations._incognito.add("secret")
+        store.consent.set("pointer", True)
+        store.samples.submit([pointer("secret") for _ in range(3)])
+    status = json.loads(run_glance("data", "status", "--json", home=home).stdout)
+    assert status["refused"] == {"no_consent:pointer": 7, "incognito": 3}
+
+
+def test_a_data_folder_with_an_apostrophe_works(tmp_path):
+    home = tmp_path / "Ann's data"
+    with FeedbackStore.open(home) as store:
+        store.conversations.create(Conversation(title="quoted", id="q"))
+        store.delete_conversation("q")          # compaction attaches a path
+        from feedback_store.privacy import export_all
+        export_all(store, tmp_path / "O'Brien export")
+    with FeedbackStore.open(home) as store:
+        assert store.conversations.list() == []
+
+
+def test_compaction_rotates_the_key_and_destroys_the_old_one(home):
+    with FeedbackStore.open(home) as store:
+        store.conversations.create(Conversation(title="x", id="x"))
+        old_key = (home / "glance.key").read_text()
+        store.delete_conversation("x")
+        new_key = (home / "glance.key").read_text()
+        assert new_key != old_key
+        assert not (home / "glance.key.next").exists()
+        store.conversations.create(Conversation(title="after compaction", id="y"))
+    from feedback_store.connection import open_encrypted
+    from feedback_store.errors import WrongKey
+    with pytest.raises(WrongKey):
+        open_encrypted(home / "glance.db", old_key, read_only=True)
+    with FeedbackStore.open(home) as store:
+        assert [c.id for c in store.conversations.list()] == ["y"]
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from feedback_store import FeedbackStore, compaction
+    step = sys.argv[2]
+    def after(name):
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    compaction._after_step = after
+    store = FeedbackStore.open(sys.argv[1])
+    store.delete_conversation("doomed")
+""")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_kill_after_any_compaction_step_leaves_a_database_that_opens(home, step):
+    with FeedbackStore.open(home) as store:
+        for name in ("doomed", "kept"):
+            store.conversations.create(Conversation(title=name, id=name))
+            store.conversations.add_message(Message(conversation_id=name, role="user",
+                                                    content=f"{name} text"))
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(home), step], cwd=ROOT,
+                            env=dict(os.environ), capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    with FeedbackStore.open(home) as store:
+        ids = {c.id for c in store.conversations.list()}
+        assert "kept" in ids and "doomed" not in ids   # the delete committed before compaction
+        assert [m.content for m in store.conversations.messages("kept")] == ["kept text"]
+    assert not (home / "glance.key.next").exists()
+    assert not (home / "glance.compact.db").exists()
