@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from feedback_store import Conversation, FeedbackStore, Message
+from feedback_store import Conversation, FeedbackStore, Message, UnknownConversation
 
 from .engine import ChatEngine, EmptyPrompt, GenerationSettings, Reply
 
@@ -66,31 +66,31 @@ class ChatService:
     # --- conversations ---------------------------------------------------------------
     def new_conversation(self, title: str = DEFAULT_TITLE, incognito: bool = False,
                          settings: GenerationSettings | None = None) -> ConversationTree:
-        settings = settings or GenerationSettings.from_dict(self.store.get_setting("generation"))
+        settings = settings or GenerationSettings.from_dict(self.store.settings.get("generation"))
         conversation = Conversation(title=title, incognito=incognito, settings=settings.to_dict())
         if incognito:
-            self.store.create_conversation(conversation)  # registers it as never-write
+            self.store.conversations.create(conversation)  # registers it as never-write
         return ConversationTree(conversation, stored=incognito)
 
     def open(self, conversation_id: str) -> ConversationTree:
-        conversation = self.store.get_conversation(conversation_id)
+        conversation = self.store.conversations.get(conversation_id)
         if conversation is None:
-            raise KeyError(f"No conversation with id {conversation_id}.")
+            raise UnknownConversation(conversation_id)
         tree = ConversationTree(conversation)
-        tree.messages = {m.id: m for m in self.store.messages(conversation_id)}
+        tree.messages = {m.id: m for m in self.store.conversations.messages(conversation_id)}
         return tree
 
     def rename(self, tree: ConversationTree, title: str) -> None:
         title = title.strip() or DEFAULT_TITLE
         tree.conversation.title = title
         if tree.stored:
-            self.store.rename_conversation(tree.id, title)
+            self.store.conversations.rename(tree.id, title)
 
     def set_settings(self, tree: ConversationTree, settings: GenerationSettings) -> None:
         settings.validate()
         tree.conversation.settings = settings.to_dict()
         if tree.stored:
-            self.store.update_conversation_settings(tree.id, tree.conversation.settings)
+            self.store.conversations.update_settings(tree.id, tree.conversation.settings)
 
     def delete(self, tree_or_id) -> None:
         conversation_id = getattr(tree_or_id, "id", tree_or_id)
@@ -100,7 +100,7 @@ class ChatService:
         """Show the branch that goes through ``message_id``."""
         leaf = tree.newest_leaf_under(message_id)
         tree.conversation.active_leaf_id = leaf
-        self.store.set_active_leaf(tree.id, leaf)
+        self.store.conversations.set_active_leaf(tree.id, leaf)
 
     # --- turns -----------------------------------------------------------------------
     def post_user_message(self, tree: ConversationTree, text: str,
@@ -112,6 +112,7 @@ class ChatService:
         """
         if not text.strip():
             raise EmptyPrompt()
+        tree.settings().validate()   # bad settings are refused before anything is stored
         if parent_id is ...:
             path = tree.active_path()
             parent_id = path[-1].id if path else None
@@ -123,9 +124,9 @@ class ChatService:
         if not tree.stored:
             if tree.conversation.title == DEFAULT_TITLE:
                 tree.conversation.title = _title_from(text)
-            self.store.create_conversation(tree.conversation)
+            self.store.conversations.create(tree.conversation)
             tree.stored = True
-        self.store.add_message(message)
+        self.store.conversations.add_message(message)
         tree.messages[message.id] = message
         tree.conversation.active_leaf_id = message.id
         if tree.conversation.title == DEFAULT_TITLE:
@@ -145,7 +146,7 @@ class ChatService:
             prompt_tokens=reply.prompt_tokens, tokens=reply.tokens, ttft_s=reply.ttft_s,
             tokens_per_s=reply.tokens_per_s, finish_reason=reply.finish_reason,
             dropped_turns=reply.dropped_turns)
-        self.store.add_message(message)
+        self.store.conversations.add_message(message)
         tree.messages[message.id] = message
         tree.conversation.active_leaf_id = message.id
         return message
@@ -173,7 +174,7 @@ class ChatService:
         return user, self.generate_reply(tree, user.id, **stream)
 
     def thumb(self, tree: ConversationTree, message_id: str, value: int) -> None:
-        self.store.set_thumb(tree.id, message_id, value)
+        self.store.conversations.set_thumb(tree.id, message_id, value)
 
     @staticmethod
     def _chat_messages(tree: ConversationTree, path: list[Message]) -> list[dict]:

@@ -7,11 +7,33 @@ import sys
 import threading
 from importlib import metadata
 
-from feedback_store import FeedbackStore, StoreError, glance_home
+from feedback_store import SIGNALS, FeedbackStore, StoreError, UnknownConversation, glance_home
 
 from . import __version__
-from .engine import EngineError
+from .engine import EmptyPrompt, EngineError
 from .models import ModelError, choose_model, default_model_path, inspect_model
+
+
+def _number(kind, low, high, what):
+    """An argparse type that refuses values outside [low, high] with a clear message,
+    before any command runs (so nothing is written for a bad argument)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, not {text}")
+        return value
+    return parse
+
+
+def _text(what):
+    def parse(text):
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{what} must not be empty")
+        return text
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,11 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="run one chat turn in the terminal")
     chat.add_argument("--prompt", required=True)
     chat.add_argument("--model")
-    chat.add_argument("--conversation", help="continue this conversation id")
-    chat.add_argument("--seed", type=int)
-    chat.add_argument("--max-tokens", type=int)
-    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--conversation", type=_text("--conversation"),
+                      help="continue this conversation id (see `glance conversations`)")
+    chat.add_argument("--seed", type=_number(int, 0, 2**32 - 1, "--seed"))
+    chat.add_argument("--max-tokens", type=_number(int, 1, 32768, "--max-tokens"))
+    chat.add_argument("--temperature", type=_number(float, 0.0, 2.0, "--temperature"))
+    chat.add_argument("--top-p", type=_number(float, 0.01, 1.0, "--top-p"))
     chat.add_argument("--json", action="store_true", help="print one JSON object")
+
+    conversations = commands.add_parser("conversations", help="list conversations and their ids")
+    conversations.add_argument("--search", help="only those whose title or text contains this")
+    conversations.add_argument("--json", action="store_true")
 
     doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database")
     doctor.add_argument("--json", action="store_true")
@@ -36,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     model_commands.add_parser("list")
     add = model_commands.add_parser("add")
-    add.add_argument("path")
+    add.add_argument("path", type=_text("the model path"))
     download = model_commands.add_parser("download", help="download a GGUF from the Hugging Face hub")
-    download.add_argument("repo")
-    download.add_argument("file")
+    download.add_argument("repo", type=_text("the repository"))
+    download.add_argument("file", type=_text("the file name"))
     download.add_argument("--sha256", help="expected checksum of the file")
     download.add_argument("--revision", default="main")
 
@@ -48,17 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = data_commands.add_parser("status")
     status.add_argument("--json", action="store_true")
     export = data_commands.add_parser("export")
-    export.add_argument("directory")
+    export.add_argument("directory", type=_text("the export folder"))
     delete = data_commands.add_parser("delete")
     target = delete.add_mutually_exclusive_group(required=True)
-    target.add_argument("--conversation")
+    target.add_argument("--conversation", type=_text("--conversation"))
     target.add_argument("--all", action="store_true")
     delete.add_argument("--yes", action="store_true", help="confirm --all")
 
     consent = commands.add_parser("consent", help="turn a signal's consent on or off")
     consent_commands = consent.add_subparsers(dest="consent_command", metavar="ACTION", required=True)
     set_consent = consent_commands.add_parser("set")
-    set_consent.add_argument("signal")
+    set_consent.add_argument("signal", choices=list(SIGNALS))
     set_consent.add_argument("state", choices=["on", "off"])
     return parser
 
@@ -77,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             from .ui.main import run_app
             return run_app(model_path=args.model)
-        handler = {"chat": cmd_chat, "doctor": cmd_doctor, "models": cmd_models,
+        handler = {"chat": cmd_chat, "conversations": cmd_conversations, "doctor": cmd_doctor, "models": cmd_models,
                    "data": cmd_data, "consent": cmd_consent}[args.command]
         return handler(args) or 0
     except (StoreError, ModelError, EngineError) as error:
@@ -90,15 +118,22 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_chat(args) -> int:
     from .chat import ChatService
     from .engine import ChatEngine
+    if not args.prompt.strip():
+        raise EmptyPrompt()
     with FeedbackStore.open() as store:
+        # Everything the user typed is checked before the model loads or a row is written.
+        known = store.conversations.get(args.conversation) if args.conversation else None
+        if args.conversation and known is None:
+            raise UnknownConversation(args.conversation)
         engine = ChatEngine(choose_model(store, args.model))
         try:
             service = ChatService(store, engine)
             tree = service.open(args.conversation) if args.conversation else service.new_conversation()
             settings = tree.settings()
-            for name in ("seed", "max_tokens", "temperature"):
+            for name in ("seed", "max_tokens", "temperature", "top_p"):
                 if getattr(args, name) is not None:
                     setattr(settings, name, getattr(args, name))
+            settings.validate()
             tree.conversation.settings = settings.to_dict()
             stream_to_terminal = not args.json
             cancel = threading.Event()
@@ -121,6 +156,19 @@ def cmd_chat(args) -> int:
             "dropped_turns": reply.dropped_turns}))
     else:
         print()
+    return 0
+
+
+def cmd_conversations(args) -> int:
+    with FeedbackStore.open() as store:
+        found = store.conversations.list(args.search)
+    if args.json:
+        print(json.dumps([{"id": c.id, "title": c.title, "updated_wall_ns": c.updated_wall_ns}
+                          for c in found]))
+    elif not found:
+        print("No conversations yet." if not args.search else "No conversation matches.")
+    for conversation in [] if args.json else found:
+        print(f"{conversation.id}  {conversation.title}")
     return 0
 
 
@@ -170,12 +218,12 @@ def cmd_models(args) -> int:
         if args.models_command == "list":
             default = str(default_model_path())
             print(f"* {default} (default)")
-            for model in store.models():
+            for model in store.models.list():
                 print(f"  {model['path']}  [{model['architecture']}, ctx {model['context_length']}, "
                       f"{model['size_bytes'] / 2**20:.0f} MiB]")
         elif args.models_command == "add":
             info = inspect_model(args.path)
-            store.remember_model(info)
+            store.models.remember(info)
             print(f"Added {info['name']} ({info['path']})")
         elif args.models_command == "download":
             from .download import download_model
@@ -186,7 +234,7 @@ def cmd_models(args) -> int:
                                   revision=args.revision, sha256=args.sha256, progress=progress)
             print()
             info = inspect_model(path)
-            store.remember_model(info)
+            store.models.remember(info)
             print(f"Downloaded {info['name']} to {path}")
     return 0
 
@@ -219,7 +267,7 @@ def cmd_data(args) -> int:
             folder = export_all(store, args.directory)
             print(f"Exported to {folder}")
         elif args.data_command == "delete":
-            if store.get_conversation(args.conversation) is None:
+            if store.conversations.get(args.conversation) is None:
                 print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
                 return 2
             store.delete_conversation(args.conversation)
@@ -229,7 +277,7 @@ def cmd_data(args) -> int:
 
 def cmd_consent(args) -> int:
     with FeedbackStore.open() as store:
-        store.set_consent(args.signal, args.state == "on")
+        store.consent.set(args.signal, args.state == "on")
         print(f"Consent for {args.signal}: {args.state}")
     return 0
 

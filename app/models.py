@@ -40,9 +40,9 @@ def choose_model(store, path: str | os.PathLike | None = None) -> str:
     list), else the most recently used model that still exists, else the default."""
     if path:
         info = inspect_model(path)
-        store.remember_model(info)
+        store.models.remember(info)
         return info["path"]
-    for known in store.models():
+    for known in store.models.list():
         if os.path.exists(known["path"]):
             return known["path"]
     return str(default_model_path())

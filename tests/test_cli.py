@@ -84,3 +84,39 @@ def test_sigkill_mid_stream_keeps_every_committed_message(home):
         assert contents[2] == "Now write a very long essay about the sea."
         assert len(messages) == 3  # the killed reply was never committed, nothing else lost
         assert store.conversations.get(conversation).active_leaf_id == messages[2].id
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(home):
+    """Every refused argument: a clear message, exit 2, no traceback, nothing stored."""
+    assert run_glance("consent", "set", "pointer", "off", home=home).returncode == 0
+    with FeedbackStore.open(home) as store:
+        before = store.counts()
+    cases = [
+        (["chat", "--prompt", "hi", "--conversation", "NO-SUCH-ID"], "glance conversations"),
+        (["chat", "--prompt", "hi", "--max-tokens", "0"], "--max-tokens must be between"),
+        (["chat", "--prompt", "hi", "--temperature", "9"], "--temperature must be between"),
+        (["chat", "--prompt", "hi", "--temperature", "warm"], "must be a number"),
+        (["chat", "--prompt", "hi", "--seed", "-3"], "--seed must be between"),
+        (["chat", "--prompt", "hi", "--top-p", "0"], "--top-p must be between"),
+        (["chat", "--prompt", "  "], "empty"),
+        (["chat", "--prompt", "hi", "--model", "/no/such/model.gguf"], "not found"),
+        (["consent", "set", "telepathy", "on"], "invalid choice"),
+        (["data", "delete", "--conversation", "NO-SUCH-ID"], "no conversation"),
+        (["data", "delete", "--all"], "--yes"),
+        (["models", "add", "/no/such/model.gguf"], "not found"),
+    ]
+    for args, message in cases:
+        result = run_glance(*args, home=home)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message.lower() in result.stderr.lower(), (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+    with FeedbackStore.open(home) as store:
+        assert store.counts() == before
+
+
+def test_conversations_lists_ids(home):
+    chat = run_glance("chat", "--prompt", "list me", "--max-tokens", "2", "--json", home=home)
+    conversation = json.loads(chat.stdout.strip().splitlines()[-1])["conversation_id"]
+    listed = run_glance("conversations", "--json", home=home)
+    assert [c["id"] for c in json.loads(listed.stdout)] == [conversation]
+    assert conversation in run_glance("conversations", home=home).stdout
