@@ -80,6 +80,14 @@ class ChatService:
         tree.messages = {m.id: m for m in self.store.conversations.messages(conversation_id)}
         return tree
 
+    def conversations(self, search: str | None = None) -> list[Conversation]:
+        return self.store.conversations.list(search)
+
+    def thumbs(self, tree: ConversationTree) -> dict[str, int]:
+        if not tree.stored or tree.conversation.incognito:
+            return {}
+        return self.store.conversations.thumbs(tree.id)
+
     def rename(self, tree: ConversationTree, title: str) -> None:
         title = title.strip() or DEFAULT_TITLE
         tree.conversation.title = title

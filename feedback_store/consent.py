@@ -47,7 +47,9 @@ class ConsentManager:
         if signal not in SIGNALS:
             raise StoreError(f"Unknown signal {signal!r}; choose one of: {', '.join(SIGNALS)}.")
         at = time.time_ns()
-        self.store._write("INSERT INTO consents VALUES (?, ?, ?, ?)",
+        # Queued: enforcement reads the in-memory decision, and samples accepted after
+        # it reach the writer after this row, so no sample is stored before its consent.
+        self.store._post("INSERT INTO consents VALUES (?, ?, ?, ?)",
                           (signal, bool(on), at, CONSENT_TEXT_VERSION))
         self._decisions[signal] = {"on": bool(on), "at": at, "text_version": CONSENT_TEXT_VERSION}
 

@@ -96,7 +96,7 @@ class SampleManager:
     def start_session(self, app_version: str, screen: dict | None = None) -> str:
         from .conversations import new_id
         session_id = new_id()
-        self.store._write("INSERT INTO app_sessions VALUES (?, ?, ?, ?, ?)",
+        self.store._post("INSERT INTO app_sessions VALUES (?, ?, ?, ?, ?)",
                           (session_id, time.time_ns(), time.monotonic_ns(), app_version,
                            json.dumps(screen or {})))
         return session_id

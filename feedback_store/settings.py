@@ -10,16 +10,21 @@ DEFAULT_RETENTION_DAYS = 90
 
 
 class SettingsManager:
+    """Read once at open, then served from memory; a change is queued to the writer, so
+    setting a value never makes the caller wait and reading it back is immediate."""
+
     def __init__(self, store):
         self.store = store
+        self._values = {row["key"]: json.loads(row["value"])
+                        for row in store._rows("SELECT key, value FROM app_settings")}
 
     def get(self, key: str, default=None):
-        rows = self.store._rows("SELECT value FROM app_settings WHERE key = ?", (key,))
-        return json.loads(rows[0]["value"]) if rows else default
+        return self._values.get(key, default)
 
     def set(self, key: str, value) -> None:
-        self.store._write("INSERT OR REPLACE INTO app_settings VALUES (?, ?)",
-                          (key, json.dumps(value)))
+        encoded = json.dumps(value)
+        self._values[key] = json.loads(encoded)
+        self.store._post("INSERT OR REPLACE INTO app_settings VALUES (?, ?)", (key, encoded))
 
     @property
     def retention_days(self) -> int:

@@ -160,9 +160,8 @@ class FeedbackStore:
         self.writer.call(lambda con: con.execute(sql, list(params)))
 
     def _post(self, sql: str, params=()) -> None:
-        """Queue a write without waiting (the UI thread's writes)."""
-        if not self.writer.post(lambda con: con.execute(sql, list(params))):
-            self.consent.count_refused("queue_full", 1)
+        """Queue a write without waiting for it (the UI thread's writes)."""
+        self.writer.post(lambda con: con.execute(sql, list(params)))
 
     def flush(self) -> None:
         self.writer.flush()

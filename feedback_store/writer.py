@@ -88,13 +88,13 @@ class Writer(threading.Thread):
                 if not self.is_alive():
                     raise WriterStopped() from None
 
-    def post(self, fn, *args) -> bool:
-        """Queue ``fn(con, *args)`` without waiting; False if the queue is full."""
-        try:
-            self.queue.put_nowait((fn, args, None))
-            return True
-        except queue.Full:
-            return False
+    def post(self, fn, *args) -> None:
+        """Queue ``fn(con, *args)`` without waiting for it to run. Never dropped: when the
+        queue is full (the writer far behind) this waits for room rather than lose a
+        consent or a thumb."""
+        if not self.is_alive() or self._stopping:
+            raise WriterStopped()
+        self.queue.put((fn, args, None))
 
     def submit_samples(self, table: str, columns: tuple, rows: list[tuple]) -> bool:
         try:

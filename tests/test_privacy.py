@@ -257,7 +257,7 @@ def test_retention_removes_old_signals_only(service, store):
 def test_cli_data_and_consent_commands(home, tmp_path):
     assert run_glance("consent", "set", "pointer", "on", home=home).returncode == 0
     bad = run_glance("consent", "set", "telepathy", "on", home=home)
-    assert bad.returncode == 2 and "Unknown signal" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
     chat = run_glance("chat", "--prompt", "CLI-MARKER-889 hi", "--max-tokens", "8", "--json", home=home)
     conversation = json.loads(chat.stdout.strip().splitlines()[-1])["conversation_id"]
     status = json.loads(run_glance("data", "status", "--json", home=home).stdout)

@@ -83,7 +83,8 @@ def test_panel_export(qtbot, store, tmp_path, monkeypatch):
     monkeypatch.setattr(QMessageBox, "information", lambda *a: shown.append(a[2]))
     panel = PrivacyPanel(store)
     qtbot.addWidget(panel)
-    panel.export(str(tmp_path / "mine"))
+    with qtbot.waitSignal(panel.export_finished, timeout=60_000):
+        panel.export(str(tmp_path / "mine"))   # runs off the UI thread
     exported = list((tmp_path / "mine").iterdir())
     assert len(exported) == 1 and (exported[0] / "manifest.json").exists()
     assert str(exported[0]) in shown[0]

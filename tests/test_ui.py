@@ -56,10 +56,11 @@ def test_escape_stops_mid_stream(qtbot, window, store):
     window.tree.conversation.settings = quick_settings(max_tokens=400).to_dict()
     window.input.setPlainText("Write a very long story about a ship.")
     with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
-        window.send()
-        # Shown as sent only once committed: the row is there before any reply token.
-        assert [m.content for m in store.conversations.messages(window.tree.id)] == ["Write a very long story about a ship."]
+        window.send()   # commits on the generation thread; the window does not wait
+        qtbot.waitUntil(lambda: bool(window.chat_view.widgets), timeout=REPLY_TIMEOUT_MS)
+        # Shown as sent only once committed: the row is there when the message shows.
         assert window.chat_view.widgets[0].message.role == "user"
+        assert [m.content for m in store.conversations.messages(window.tree.id)] == ["Write a very long story about a ship."]
         qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
         qtbot.keyClick(window, Qt.Key.Key_Escape)
     reply = blocker.args[0]
@@ -166,7 +167,8 @@ def test_bad_model_keeps_the_previous_one(qtbot, window, tmp_path):
 def test_prompt_longer_than_context_keeps_the_text(qtbot, window, store):
     long_text = "word " * 4000
     window.input.setPlainText(long_text)
-    window.send()
+    with qtbot.waitSignal(window.reply_finished, timeout=60_000):
+        window.send()   # checked and refused on the generation thread
     assert "context" in window.last_error
     assert window.input.toPlainText() == long_text
     assert store.counts()["messages"] == 0
@@ -183,7 +185,9 @@ def test_new_chat_rename_search_delete(qtbot, window, store):
     window.search.setText("apples")
     assert [window.conversation_list.item(i).text() for i in range(window.conversation_list.count())] == ["Fruit talk"]
     window.search.setText("")
-    window.delete_conversation(apples, confirm=False)
+    with qtbot.waitSignal(window.store_job_finished, timeout=60_000) as deleted:
+        window.delete_conversation(apples, confirm=False)   # runs off the UI thread
+    assert deleted.args == [None]
     assert store.conversations.get(apples) is None
     assert store.conversations.list("apples") == []
 

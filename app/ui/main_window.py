@@ -12,14 +12,14 @@ from PySide6.QtWidgets import (
 
 from feedback_store import FeedbackStore, Message, StoreError, glance_home
 
-from .. import __version__
 from ..chat import ChatService, ConversationTree
-from ..engine import ChatEngine, EngineError
+from ..engine import ChatEngine, EmptyPrompt, EngineError
 from ..models import ModelError, default_model_path, inspect_model
 from .chat_view import ChatView
 from .dialogs import DownloadDialog, SettingsDialog
 from .layout_probe import LayoutProbe
-from .workers import GenerationThread
+from ..session import AppSession, ReplyOnScreen
+from .workers import CallThread, GenerationThread
 
 ADD_MODEL = "__add__"
 DOWNLOAD_MODEL = "__download__"
@@ -52,25 +52,24 @@ class InputBox(QPlainTextEdit):
 
 class MainWindow(QMainWindow):
     reply_finished = Signal(object)   # emitted after a reply is committed and shown
+    store_job_finished = Signal(object)  # None, or the error text
 
     def __init__(self, store: FeedbackStore, engine: ChatEngine):
         super().__init__()
-        self.store = store
         self.engine = engine
         self.service = ChatService(store, engine)
+        self.session = AppSession(store)
         self.probe = LayoutProbe()
-        self.session_id = store.samples.start_session(__version__)
         self.tree: ConversationTree | None = None
         self.generation: GenerationThread | None = None
+        self.store_job: CallThread | None = None   # delete / export running off the UI thread
         self.editing_message_id: str | None = None
-        self._shown_ids: dict[str, str] = {}
-        self.collectors: dict[str, object] = {}  # signal -> running capture (later issues)
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
         self._refresh_models()
         self._refresh_conversations()
-        latest = self.store.conversations.list()
+        latest = self.service.conversations()
         if latest:
             self.open_conversation(latest[0].id)
         else:
@@ -172,7 +171,7 @@ class MainWindow(QMainWindow):
         # Retention is enforced at start (FeedbackStore.open) and then daily.
         self.retention_timer = QTimer(self)
         self.retention_timer.setInterval(24 * 3600 * 1000)
-        self.retention_timer.timeout.connect(lambda: self.store.apply_retention(wait=False))
+        self.retention_timer.timeout.connect(self.session.apply_retention)
         self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
@@ -185,7 +184,7 @@ class MainWindow(QMainWindow):
     # --- conversations -------------------------------------------------------------------
     def _refresh_conversations(self) -> None:
         self.conversation_list.clear()
-        for conversation in self.store.conversations.list(self.search.text().strip() or None):
+        for conversation in self.service.conversations(self.search.text().strip() or None):
             item = QListWidgetItem(conversation.title)
             item.setData(Qt.ItemDataRole.UserRole, conversation.id)
             item.setToolTip(time.strftime("%Y-%m-%d %H:%M",
@@ -222,7 +221,17 @@ class MainWindow(QMainWindow):
         menu.addAction("Delete…", lambda: self.delete_conversation(conversation_id))
         menu.exec(self.conversation_list.mapToGlobal(point))
 
+    def _store_free(self) -> bool:
+        """While a delete or export runs, writes would wait for it: say so instead."""
+        if self.is_store_busy():
+            self.statusBar().showMessage("One moment: Glance is still finishing a delete or "
+                                         "export. Try again when it is done.", 5000)
+            return False
+        return True
+
     def rename_conversation(self, conversation_id: str, title: str | None = None) -> None:
+        if not self._store_free():
+            return
         tree = self.tree if self.tree and self.tree.id == conversation_id else self.service.open(conversation_id)
         if title is None:
             title, ok = QInputDialog.getText(self, "Rename", "Title", text=tree.conversation.title)
@@ -232,23 +241,56 @@ class MainWindow(QMainWindow):
         self._refresh_conversations()
 
     def delete_conversation(self, conversation_id: str, confirm: bool = True) -> None:
-        if self.is_generating():
+        """Delete, then rewrite the file under a new key: seconds for a big conversation,
+        so it runs off the UI thread while the window stays usable."""
+        if self.is_generating() or self.is_store_busy():
             return
         if confirm and QMessageBox.question(
                 self, "Delete conversation",
                 "Delete this conversation and everything recorded while reading it? "
                 "This cannot be undone.") != QMessageBox.StandardButton.Yes:
             return
-        self.service.delete(conversation_id)
         if self.tree is not None and self.tree.id == conversation_id:
             self.new_chat()
+        self._run_store_job("Deleting the conversation and rewriting the database…",
+                            self.session.delete_conversation, conversation_id,
+                            done_text="Conversation deleted; no trace of it remains.")
+
+    def export_data(self, directory: str) -> None:
+        self._run_store_job("Exporting your data…", self.session.export, directory,
+                            done_text="Exported to {}.")
+
+    def is_store_busy(self) -> bool:
+        return self.store_job is not None and self.store_job.isRunning()
+
+    def _run_store_job(self, busy_text: str, fn, *args, done_text: str) -> None:
+        job = CallThread(fn, *args, parent=self)
+        if "progress" in fn.__code__.co_varnames:
+            job.kwargs["progress"] = job.progress.emit
+            job.progress.connect(lambda done, total: self.statusBar().showMessage(
+                f"{busy_text} {done}/{total}"))
+        job.done.connect(lambda result: self._store_job_finished(done_text.format(result)))
+        job.failed.connect(lambda text: self._store_job_finished(None, text))
+        self.store_job = job
+        self.statusBar().showMessage(busy_text)
+        self.conversation_list.setEnabled(False)
+        job.start()
+
+    def _store_job_finished(self, text: str | None, error: str | None = None) -> None:
+        self.store_job.wait()
+        self.conversation_list.setEnabled(True)
         self._refresh_conversations()
+        if error:
+            self._error(error)
+        else:
+            self.statusBar().showMessage(text, 6000)
+        self.store_job_finished.emit(error)
 
     # --- showing -------------------------------------------------------------------------
     def _show_tree(self) -> None:
         tree = self.tree
         self._mark_hidden(keep={m.id for m in tree.active_path()})
-        thumbs = self.store.conversations.thumbs(tree.id) if tree.stored and not tree.conversation.incognito else {}
+        thumbs = self.service.thumbs(tree)
         widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs)
         for widget in widgets:
             widget.copy_requested.connect(self.copy_message)
@@ -273,48 +315,51 @@ class MainWindow(QMainWindow):
             return
         for widget in self.chat_view.widgets:
             message = widget.message
-            if message.role != "assistant" or message.id in self._shown_ids:
-                continue
-            if message.id not in self.tree.messages:
+            if message.role != "assistant" or message.id not in self.tree.messages:
                 continue
             browser = widget.browser
             origin = browser.viewport().mapToGlobal(browser.viewport().rect().topLeft())
-            shown_id = self.store.samples.record_shown_reply(
-                session_id=self.session_id, message_id=message.id, conversation_id=self.tree.id,
+            self.session.reply_shown(ReplyOnScreen(
+                message_id=message.id, conversation_id=self.tree.id,
                 geometry=(origin.x(), origin.y(), browser.width(), browser.height()),
                 device_pixel_ratio=browser.devicePixelRatioF(),
                 rendered_text=browser.document().toPlainText(),
-                layout=self.probe.line_boxes(message.id), wait=False)
-            if shown_id:
-                self._shown_ids[message.id] = shown_id
+                line_boxes=self.probe.line_boxes(message.id)))
 
     def _mark_hidden(self, keep: set[str] = frozenset()) -> None:
-        """Replies that left the screen get their hidden time; those still shown keep
-        their record (re-rendering the column is not a new showing)."""
-        for message_id in [m for m in self._shown_ids if m not in keep]:
-            self.store.samples.mark_reply_hidden(self._shown_ids.pop(message_id))
+        self.session.replies_hidden(keep)
 
     # --- turns ---------------------------------------------------------------------------
     def is_generating(self) -> bool:
         return self.generation is not None and self.generation.isRunning()
 
     def send(self) -> None:
+        """Commit the message on the generation thread (the window never waits on the
+        store), show it as sent only once committed, then stream the reply."""
         if self.is_generating():
             return
         text = self.input.toPlainText()
-        try:
-            if self.editing_message_id is not None:
-                user = self.service.post_edit(self.tree, self.editing_message_id, text)
-            else:
-                user = self.service.post_user_message(self.tree, text)
-        except (EngineError, StoreError) as error:
-            self._error(str(error))  # the text stays in the box: nothing is lost
+        if not text.strip():
+            self._error(EmptyPrompt().args[0])
             return
+        tree, editing = self.tree, self.editing_message_id
+
+        def post_then_reply(**stream):
+            if editing is not None:
+                user = self.service.post_edit(tree, editing, text)
+            else:
+                user = self.service.post_user_message(tree, text)
+            self.generation.posted.emit(user)
+            return self.service.generate_reply(tree, user.id, **stream)
+        self._start_generation(post_then_reply, placeholder_now=False)
+
+    def _on_posted(self, _user: Message) -> None:
         # Committed: only now is the message shown as sent.
         self.input.clear()
         self.editing_message_id = None
         self._show_tree()
-        self._start_generation(lambda **stream: self.service.generate_reply(self.tree, user.id, **stream))
+        self.chat_view.begin_stream(Message(conversation_id=self.tree.id, role="assistant",
+                                            content=""))
 
     def regenerate(self, assistant_message_id: str) -> None:
         if self.is_generating():
@@ -336,10 +381,12 @@ class MainWindow(QMainWindow):
                             "stays (switch with ‹ ›). Esc cancels.")
         self.banner.show()
 
-    def _start_generation(self, job) -> None:
-        placeholder = Message(conversation_id=self.tree.id, role="assistant", content="")
-        self.chat_view.begin_stream(placeholder)
+    def _start_generation(self, job, placeholder_now: bool = True) -> None:
+        if placeholder_now:
+            self.chat_view.begin_stream(Message(conversation_id=self.tree.id, role="assistant",
+                                                content=""))
         self.generation = GenerationThread(job, self)
+        self.generation.posted.connect(self._on_posted)
         self.generation.token.connect(self.chat_view.append_token)
         self.generation.done.connect(self._on_reply)
         self.generation.failed.connect(self._on_generation_failed)
@@ -388,13 +435,16 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Copied.", 2000)
 
     def thumb(self, message_id: str, value: int) -> None:
-        self.service.thumb(self.tree, message_id, value)
+        if not self._store_free():
+            value = self.service.thumbs(self.tree).get(message_id, 0)   # undo the click
+        else:
+            self.service.thumb(self.tree, message_id, value)
         for widget in self.chat_view.widgets:
             if widget.message.id == message_id:
                 widget.set_thumb(value)
 
     def switch_branch(self, message_id: str) -> None:
-        if self.is_generating():
+        if self.is_generating() or not self._store_free():
             return
         self.service.switch_to(self.tree, message_id)
         self._show_tree()
@@ -403,7 +453,7 @@ class MainWindow(QMainWindow):
     def _refresh_models(self) -> None:
         self.model_picker.clear()
         default = str(default_model_path())
-        paths = [default] + [m["path"] for m in self.store.models.list() if m["path"] != default]
+        paths = [default] + [m["path"] for m in self.session.known_models() if m["path"] != default]
         for path in paths:
             label = Path(path).name + ("  (default)" if path == default else "")
             self.model_picker.addItem(label, path)
@@ -440,7 +490,7 @@ class MainWindow(QMainWindow):
         try:
             info = inspect_model(path)
             self.engine.load(path)
-            self.store.models.remember(info)
+            self.session.remember_model(info)
             ok = True
         except (ModelError, StoreError) as error:
             self._error(str(error))
@@ -449,54 +499,44 @@ class MainWindow(QMainWindow):
         return ok
 
     def open_settings(self) -> None:
+        if not self._store_free():
+            return
         dialog = SettingsDialog(self.tree.settings(), self)
         if dialog.exec():
             try:
                 settings = dialog.settings()
                 self.service.set_settings(self.tree, settings)
-                self.store.settings.set("generation", settings.to_dict())
+                self.session.remember_default_settings(settings.to_dict())
             except EngineError as error:
                 self._error(str(error))
 
     def open_privacy(self) -> None:
         from .privacy import PrivacyPanel
-        panel = PrivacyPanel(self.store, self)
+        panel = PrivacyPanel(self.session.store, self)
         panel.exec()
         if not panel.deleted_everything:
             self._refresh_conversations()
             self._update_collection_indicator()
 
     def toggle_pause(self) -> None:
-        self.store.consent.set_paused(not self.store.consent.paused)
+        paused = self.session.toggle_pause()
         self._update_collection_indicator()
-        self.statusBar().showMessage(
-            "All collection paused." if self.store.consent.paused else "Collection resumed.", 4000)
+        self.statusBar().showMessage("All collection paused." if paused else "Collection resumed.",
+                                     4000)
 
     def _update_collection_indicator(self) -> None:
-        """Say plainly what is being recorded right now: only collectors that are really
-        running count (pointer and camera capture register in self.collectors)."""
-        active = [name for name, signal in (("mouse", "pointer"), ("camera", "gaze"))
-                  if self.collectors.get(signal) and self.store.consent.is_on(signal)]
-        camera_on = bool(self.collectors.get("gaze")) and self.store.consent.is_on("gaze") \
-            and not self.store.consent.paused
-        self.camera_dot.setVisible(camera_on)
+        """Say plainly what is being recorded right now (policy in app.session)."""
+        state = self.session.recording_state(
+            incognito=bool(self.tree and self.tree.conversation.incognito))
+        self.camera_dot.setVisible(state.camera_on)
         if self.tray is not None:
-            self.tray.setIcon(_dot_icon("#d00000" if camera_on else None))
-            self.tray.setToolTip("Glance — camera on" if camera_on else "Glance")
-        if self.store.consent.paused:
-            text = "Recording paused"
-        elif active and not (self.tree and self.tree.conversation.incognito):
-            text = "Recording: " + ", ".join(active)
-        else:
-            text = "Not recording"
-        self.collection_label.setText(text)
+            self.tray.setIcon(_dot_icon("#d00000" if state.camera_on else None))
+            self.tray.setToolTip("Glance — camera on" if state.camera_on else "Glance")
+        self.collection_label.setText(state.text)
 
     def set_collector(self, signal: str, collector) -> None:
         """Capture components (pointer, camera) register here while they run."""
-        if collector is None:
-            self.collectors.pop(signal, None)
-        else:
-            self.collectors[signal] = collector
+        self.session.set_collector(signal, collector)
         self._update_collection_indicator()
 
     # --- misc ----------------------------------------------------------------------------

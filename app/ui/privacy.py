@@ -1,12 +1,14 @@
 """First-run consent and the privacy panel. The store enforces; these only ask and show."""
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QDialog, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton,
     QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
 )
 
-from feedback_store import SIGNALS, StoreError
+from feedback_store import SIGNALS
 from feedback_store.privacy import export_all
+
+from .workers import CallThread
 
 CONSENT_INTRO = (
     "<h2>Before you start: what Glance may record</h2>"
@@ -85,9 +87,12 @@ class ConsentDialog(QDialog):
 
 
 class PrivacyPanel(QDialog):
+    export_finished = Signal(object)   # the export folder, or None when it failed
+
     def __init__(self, store, parent=None):
         super().__init__(parent)
         self.store = store
+        self.export_job: CallThread | None = None
         self.setWindowTitle("Privacy")
         self.setMinimumSize(760, 720)
         layout = QVBoxLayout(self)
@@ -153,12 +158,14 @@ class PrivacyPanel(QDialog):
         data_layout.addWidget(self.table)
         self._fill_sessions()
         buttons = QHBoxLayout()
-        export = QPushButton("Export all my data…")
-        export.clicked.connect(self.export)
+        export = self.export_button = QPushButton("Export all my data…")
+        export.clicked.connect(lambda: self.export())
+        self.export_status = QLabel("")
         delete_all = QPushButton("Delete everything…")
         delete_all.setObjectName("deleteEverything")
         delete_all.clicked.connect(self.delete_everything)
         buttons.addWidget(export)
+        buttons.addWidget(self.export_status)
         buttons.addStretch()
         buttons.addWidget(delete_all)
         data_layout.addLayout(buttons)
@@ -183,15 +190,34 @@ class PrivacyPanel(QDialog):
                 self.table.setItem(index, column, QTableWidgetItem(str(value)))
 
     def export(self, directory: str | None = None) -> None:
+        """Runs off the UI thread (a big database takes seconds), with progress."""
         directory = directory or QFileDialog.getExistingDirectory(self, "Export to folder")
-        if not directory:
+        if not directory or (self.export_job is not None and self.export_job.isRunning()):
             return
-        try:
-            folder = export_all(self.store, directory)
-        except StoreError as error:
-            QMessageBox.warning(self, "Export failed", str(error))
-            return
+        job = CallThread(export_all, self.store, directory, parent=self)
+        job.kwargs["progress"] = job.progress.emit
+        job.progress.connect(lambda done, total: self.export_status.setText(
+            f"Exporting… {done} of {total} tables"))
+        job.done.connect(self._export_done)
+        job.failed.connect(self._export_failed)
+        self.export_job = job
+        self.export_button.setEnabled(False)
+        self.export_status.setText("Exporting…")
+        job.start()
+
+    def _export_done(self, folder) -> None:
+        self.export_job.wait()
+        self.export_button.setEnabled(True)
+        self.export_status.setText("")
+        self.export_finished.emit(str(folder))
         QMessageBox.information(self, "Exported", f"Your data is in {folder}.")
+
+    def _export_failed(self, text: str) -> None:
+        self.export_job.wait()
+        self.export_button.setEnabled(True)
+        self.export_status.setText("")
+        self.export_finished.emit(None)
+        QMessageBox.warning(self, "Export failed", text)
 
     def delete_everything(self) -> None:
         if QMessageBox.question(

@@ -12,6 +12,7 @@ class GenerationThread(QThread):
     cancel event the engine checks after every token.
     """
     token = Signal(str)
+    posted = Signal(object)   # the user's message, once committed (before the reply)
     done = Signal(object)     # the committed Message (or tuple of messages)
     failed = Signal(str)
 
