@@ -226,12 +226,16 @@ def cmd_models(args) -> int:
             store.models.remember(info)
             print(f"Added {info['name']} ({info['path']})")
         elif args.models_command == "download":
-            from .download import download_model
+            from .download import DownloadError, download_model
             def progress(done, total):
                 if total:
                     print(f"\r{done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
-            path = download_model(args.repo, args.file, glance_home() / "models",
-                                  revision=args.revision, sha256=args.sha256, progress=progress)
+            try:
+                path = download_model(args.repo, args.file, glance_home() / "models",
+                                      revision=args.revision, sha256=args.sha256, progress=progress)
+            except DownloadError as error:  # unreachable hub, 404, short body, checksum
+                print(f"\nglance: {error}", file=sys.stderr)
+                return 2
             print()
             info = inspect_model(path)
             store.models.remember(info)

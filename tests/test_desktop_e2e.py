@@ -9,10 +9,15 @@ import time
 import pytest
 
 from feedback_store import FeedbackStore
-from conftest import ROOT
+from conftest import ROOT, require
 
-pytestmark = [pytest.mark.xvfb,
-              pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is missing")]
+pytestmark = pytest.mark.xvfb
+
+
+@pytest.fixture(autouse=True)
+def _needs_xdotool():
+    require(shutil.which("xdotool") is not None,
+            "xdotool is missing (scripts/bootstrap.sh installs it)")
 
 
 def xdotool(display, *args):
