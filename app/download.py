@@ -5,6 +5,7 @@ address can be changed with GLANCE_HF_ENDPOINT (tests point it at a loopback ser
 No Qt here: the dialog calls this from a worker thread.
 """
 import hashlib
+import http.client
 import os
 import threading
 import urllib.error
@@ -50,7 +51,13 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     try:
         response = urllib.request.urlopen(request, timeout=30)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and have:  # the partial file is already complete
+        if error.code == 416 and have:
+            # Nothing left past our bytes. Complete only if the hub's size (Content-Range
+            # "bytes */SIZE") is exactly what we hold; else the file changed: start over.
+            if error.headers.get("Content-Range", "").strip() != f"bytes */{have}":
+                partial.unlink()
+                return download_model(repo, filename, directory, revision, sha256,
+                                      progress, cancel)
             response = None
         else:
             raise DownloadError(f"The hub answered {error.code} for {repo}/{filename}. "
@@ -68,7 +75,11 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
                 while True:
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled()
-                    block = response.read(CHUNK_BYTES)
+                    try:
+                        block = response.read(CHUNK_BYTES)
+                    except (OSError, http.client.HTTPException) as error:  # reset, timeout
+                        raise DownloadError(f"The download was interrupted at {have} bytes "
+                                            f"({error}). Start it again to resume.") from error
                     if not block:
                         break
                     out.write(block)

@@ -1,0 +1,211 @@
+"""`glance models list | add | download`, run as the real command, with the download
+against a loopback HTTP server that misbehaves the ways real servers and networks do."""
+import hashlib
+import http.server
+import shutil
+import socket
+import struct
+import threading
+
+import pytest
+
+from app.models import default_model_path
+from conftest import run_glance
+
+pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
+
+
+class Hub(http.server.BaseHTTPRequestHandler):
+    """Serves one file at /owner/repo/resolve/main/model.gguf.
+
+    mode: "ok" (honours Range, 416 past the end with Content-Range */size),
+    "ignore-range" (always 200 with the whole file), "short" (promises the whole file,
+    sends half, closes), "reset" (sends half, then resets the connection)."""
+    payload = b""
+    mode = "ok"
+    requests: list = []
+
+    def do_GET(self):
+        self.requests.append((self.path, self.headers.get("Range")))
+        if self.path != "/owner/repo/resolve/main/model.gguf":
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range") and self.mode != "ignore-range":
+            start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+            if start >= len(self.payload):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(self.payload)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range",
+                             f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
+        else:
+            self.send_response(200)
+        body = self.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.mode in ("short", "reset"):
+            body = body[: len(body) // 2]
+        try:
+            self.wfile.write(body)
+            self.wfile.flush()
+            if self.mode == "reset":
+                # An abortive close (linger 0): the client gets a reset, not an end of
+                # stream. rfile holds a reference to the socket: close it first.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.rfile.close()
+                self.connection.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def model_bytes():
+    return default_model_path().read_bytes()
+
+
+@pytest.fixture
+def hub(monkeypatch, model_bytes):
+    Hub.payload, Hub.mode, Hub.requests = model_bytes, "ok", []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield Hub
+    server.shutdown()
+    server.server_close()
+
+
+def listed(home) -> list[str]:
+    """The lines of `glance models list` after the default model."""
+    result = run_glance("models", "list", home=home)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"* {default_model_path()} (default)"
+    return lines[1:]
+
+
+def download(home, *extra):
+    return run_glance("models", "download", "owner/repo", "model.gguf", *extra, home=home,
+                      timeout=300)
+
+
+def assert_clean_failure(result, *phrases):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+# --- list and add ---------------------------------------------------------------------------
+def test_list_add_and_refuse(home, tmp_path):
+    assert listed(home) == []
+    copy = tmp_path / "my model.gguf"
+    shutil.copyfile(default_model_path(), copy)
+    added = run_glance("models", "add", str(copy), home=home)
+    assert added.returncode == 0, added.stderr
+    assert str(copy) in added.stdout
+    size_mib = round(copy.stat().st_size / 2**20)
+    assert listed(home) == [f"  {copy}  [llama, ctx 8192, {size_mib} MiB]"]
+
+    notes = tmp_path / "notes.gguf"
+    notes.write_text("not a model")
+    assert_clean_failure(run_glance("models", "add", str(notes), home=home), "not a GGUF")
+    assert_clean_failure(run_glance("models", "add", str(tmp_path / "gone.gguf"), home=home),
+                         "not found")
+    assert listed(home) == [f"  {copy}  [llama, ctx 8192, {size_mib} MiB]"]
+
+
+# --- download -------------------------------------------------------------------------------
+def test_download_remembers_the_model(hub, home):
+    result = download(home, "--sha256", hashlib.sha256(hub.payload).hexdigest())
+    assert result.returncode == 0, result.stderr
+    target = home / "models" / "model.gguf"
+    assert target.read_bytes() == hub.payload
+    assert f"to {target}" in result.stdout
+    assert len(listed(home)) == 1 and str(target) in listed(home)[0]
+
+
+def test_416_for_a_partial_that_is_already_complete(hub, home):
+    """Killed after the last byte, before the rename: the hub answers 416 to the resume
+    and the file is finished without downloading it again."""
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "model.gguf.part").write_bytes(hub.payload)
+    result = download(home, "--sha256", hashlib.sha256(hub.payload).hexdigest())
+    assert result.returncode == 0, result.stderr
+    assert hub.requests == [("/owner/repo/resolve/main/model.gguf", f"bytes={len(hub.payload)}-")]
+    assert (home / "models" / "model.gguf").read_bytes() == hub.payload
+    assert not (home / "models" / "model.gguf.part").exists()
+
+
+def test_416_for_a_partial_longer_than_the_file_starts_over(hub, home):
+    """The file on the hub changed (now shorter than what we hold): 416 does not mean
+    complete, and the stale bytes must not become the model."""
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "model.gguf.part").write_bytes(hub.payload + b"stale tail" * 100)
+    result = download(home)
+    assert result.returncode == 0, result.stderr
+    assert (home / "models" / "model.gguf").read_bytes() == hub.payload
+    assert hub.requests[-1][1] is None  # started over from byte 0
+
+
+def test_a_server_that_ignores_range_restarts_cleanly(hub, home):
+    hub.mode = "ignore-range"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "model.gguf.part").write_bytes(b"X" * 5000)  # not the file's start
+    result = download(home, "--sha256", hashlib.sha256(hub.payload).hexdigest())
+    assert result.returncode == 0, result.stderr
+    assert hub.requests[0][1] == "bytes=5000-"
+    assert (home / "models" / "model.gguf").read_bytes() == hub.payload
+
+
+@pytest.mark.parametrize("mode", ["short", "reset"])
+def test_a_cut_download_is_kept_for_resume_then_resumed(hub, home, mode):
+    hub.mode = mode
+    result = download(home)
+    assert_clean_failure(result, "Start it again to resume")
+    partial = home / "models" / "model.gguf.part"
+    kept = partial.stat().st_size if partial.exists() else 0
+    # A reset may discard bytes the client had not read yet; what is kept is the start.
+    assert (0 if mode == "reset" else 1) <= kept < len(hub.payload)
+    assert not partial.exists() or partial.read_bytes() == hub.payload[:kept]
+    assert not (home / "models" / "model.gguf").exists()
+    assert listed(home) == []
+
+    hub.mode = "ok"
+    result = download(home, "--sha256", hashlib.sha256(hub.payload).hexdigest())
+    assert result.returncode == 0, result.stderr
+    assert hub.requests[-1][1] == (f"bytes={kept}-" if kept else None)
+    assert (home / "models" / "model.gguf").read_bytes() == hub.payload
+
+
+def test_unreachable_hub(home, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert_clean_failure(download(home), "Could not reach the model hub")
+    assert listed(home) == []
+
+
+def test_missing_file_and_bad_checksum(hub, home):
+    result = run_glance("models", "download", "owner/repo", "other.gguf", home=home)
+    assert_clean_failure(result, "404")
+    assert_clean_failure(download(home, "--sha256", "0" * 64), "Checksum mismatch")
+    assert not list((home / "models").iterdir())
+    assert listed(home) == []
+
+
+def test_a_downloaded_file_that_is_not_gguf_is_refused(hub, home):
+    hub.payload = b"<!doctype html><title>Sign in to continue</title>" * 50
+    result = download(home)
+    assert_clean_failure(result, "not a GGUF")
+    assert listed(home) == []
