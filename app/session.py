@@ -54,6 +54,18 @@ class AppSession:
             self._shown[reply.message_id] = shown_id
         return shown_id
 
+    def reply_moved(self, reply: ReplyOnScreen) -> None:
+        shown_id = self._shown.get(reply.message_id)
+        if shown_id:
+            self.store.samples.update_shown_geometry(shown_id, reply.geometry, reply.line_boxes)
+
+    def shown_ids(self) -> dict[str, str]:
+        return dict(self._shown)
+
+    def record(self, rows: list) -> bool:
+        """Viewport events and reply actions (consent is enforced by the store)."""
+        return self.store.samples.submit(rows)
+
     def replies_hidden(self, keep: set[str] = frozenset()) -> list[str]:
         """Replies that left the screen get their hidden time; returns their message ids."""
         gone = [m for m in self._shown if m not in keep]

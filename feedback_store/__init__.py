@@ -9,14 +9,14 @@ from .errors import (
     DataDirUnwritable, ConsentRequired, UnknownConversation,
 )
 from .paths import glance_home
-from .samples import GazeSample, MalformedSample, PointerSample
+from .samples import GazeSample, MalformedSample, PointerSample, ReplyAction, ViewportEvent
 from .signals import CONSENT_TEXT_VERSION, SIGNALS, Signal
 from . import tables
 from .store import Conversation, FeedbackStore, Message
 
 __all__ = [
     "FeedbackStore", "Message", "Conversation", "glance_home", "SIGNALS", "Signal",
-    "CONSENT_TEXT_VERSION", "PointerSample", "GazeSample", "MalformedSample", "StoreError",
+    "CONSENT_TEXT_VERSION", "PointerSample", "GazeSample", "ViewportEvent", "ReplyAction", "MalformedSample", "StoreError",
     "DatabaseLocked", "SchemaTooNew", "WrongKey", "MissingKey", "KeyringLocked",
     "DataDirUnwritable", "ConsentRequired", "UnknownConversation",
 ]

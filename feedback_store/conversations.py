@@ -139,8 +139,30 @@ class ConversationManager:
         if value not in (-1, 0, 1):
             raise ValueError("a thumb is -1, 0 or +1")
         if not self.is_incognito(conversation_id):
-            self.store._write("INSERT INTO feedback VALUES (?, ?, ?, 'thumb', ?, ?)",
+            self.store._write("INSERT INTO feedback (id, message_id, conversation_id, kind, value, wall_ns) VALUES (?, ?, ?, 'thumb', ?, ?)",
                               (new_id(), message_id, conversation_id, value, time.time_ns()))
+
+    def record_pick(self, conversation_id: str, left_id: str, right_id: str, value: int,
+                    picked_mono_ns: int | None = None) -> str | None:
+        """An explicit side-by-side choice: +1 left preferred, -1 right, 0 a tie."""
+        if value not in (-1, 0, 1):
+            raise ValueError("a pick is +1 (left), -1 (right) or 0 (tie)")
+        if self.is_incognito(conversation_id):
+            return None
+        pick_id = new_id()
+        self.store._write(
+            "INSERT INTO feedback (id, message_id, conversation_id, kind, value, wall_ns, "
+            "other_message_id, picked_mono_ns) VALUES (?, ?, ?, 'pick', ?, ?, ?, ?)",
+            (pick_id, left_id, conversation_id, value, time.time_ns(), right_id,
+             picked_mono_ns or time.monotonic_ns()))
+        return pick_id
+
+    def picks(self, conversation_id: str | None = None) -> list[dict]:
+        where = "kind = 'pick'" + (" AND conversation_id = ?" if conversation_id else "")
+        return self.store._rows(
+            "SELECT id, conversation_id, message_id AS left_id, other_message_id AS right_id, "
+            f"value, wall_ns, picked_mono_ns FROM feedback WHERE {where} ORDER BY wall_ns",
+            (conversation_id,) if conversation_id else ())
 
     def thumbs(self, conversation_id: str) -> dict[str, int]:
         rows = self.store._rows(

@@ -24,6 +24,10 @@ class PointerSample(NamedTuple):
     source: str = "qt"           # pynput | qt
     word_index: int | None = None
     line: int | None = None
+    button: str | None = None    # clicks: left | right | middle
+    dx: float | None = None      # scroll steps
+    dy: float | None = None
+    window_visible: bool | None = None  # False while the window is minimised or hidden
 
 
 class GazeSample(NamedTuple):
@@ -42,10 +46,42 @@ class GazeSample(NamedTuple):
     confidence: float | None = None
 
 
-SAMPLE_TYPES = {"pointer_samples": PointerSample, "gaze_samples": GazeSample}
+class ViewportEvent(NamedTuple):
+    """Which visual lines of a reply are on screen, from this moment on."""
+    session_id: str | None
+    shown_reply_id: str | None
+    conversation_id: str | None
+    mono_ns: int
+    wall_ns: int
+    kind: str        # layout | scroll | resize | move | minimized | restored | focus | blur | idle | active
+    first_line: int | None = None   # None: no line of it visible
+    last_line: int | None = None
+    origin_x: float | None = None
+    origin_y: float | None = None
+    window_visible: bool | None = None
+
+
+class ReplyAction(NamedTuple):
+    """Something the user did around a reply; offsets only, never text or keys."""
+    session_id: str | None
+    shown_reply_id: str | None
+    conversation_id: str | None
+    message_id: str | None
+    mono_ns: int
+    wall_ns: int
+    kind: str        # select | copy | stop | regenerate | edit | thumb | sibling | compare
+                     # | pick | first_keystroke | typing
+    start_offset: int | None = None
+    end_offset: int | None = None
+    value: float | None = None
+    duration_ms: float | None = None
+
+
+SAMPLE_TYPES = {"pointer_samples": PointerSample, "gaze_samples": GazeSample,
+                "viewport_events": ViewportEvent, "reply_actions": ReplyAction}
 TABLE_OF = {cls: table for table, cls in SAMPLE_TYPES.items()}
 
-_SQL_TYPES = {str: "VARCHAR", int: "BIGINT", float: "DOUBLE"}
+_SQL_TYPES = {str: "VARCHAR", bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE"}
 
 
 def _sql_type(annotation) -> str:
@@ -74,6 +110,8 @@ def check(sample) -> None:
     for (name, sql), value in zip(SAMPLE_COLUMNS[TABLE_OF[type(sample)]], sample):
         if value is None:
             continue
+        if sql == "BOOLEAN" and not isinstance(value, bool):
+            raise MalformedSample(f"{name} must be true or false, got {value!r}")
         if sql == "VARCHAR" and not isinstance(value, str):
             raise MalformedSample(f"{name} must be text, got {value!r}")
         if sql == "BIGINT" and (isinstance(value, bool) or not isinstance(value, int)
@@ -122,6 +160,15 @@ class SampleManager:
         else:
             self.store._post(sql, row)
         return shown_id
+
+    def update_shown_geometry(self, shown_reply_id: str, geometry: tuple[int, int, int, int],
+                              layout: list[dict]) -> None:
+        """The reply moved (scroll, resize, window move): keep its latest place. Each
+        move is also a viewport event, so positions over time are never lost."""
+        x, y, width, height = geometry
+        self.store._post("UPDATE shown_replies SET screen_x = ?, screen_y = ?, width = ?, "
+                         "height = ?, layout = ? WHERE id = ?",
+                         (x, y, width, height, json.dumps(layout), shown_reply_id))
 
     def mark_reply_hidden(self, shown_reply_id: str) -> None:
         self.store._post("UPDATE shown_replies SET hidden_mono_ns = ? WHERE id = ?",

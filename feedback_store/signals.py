@@ -24,7 +24,7 @@ SIGNALS: dict[str, Signal] = {s.key: s for s in (
            "Where the pointer is over a reply (screen coordinates and the word under it), "
            "scrolling, which text you select (positions, not a copy), and the timing of "
            "your typing, never which keys. Kept 90 days by default.",
-           ("pointer_samples",), "mouse"),
+           ("pointer_samples", "viewport_events", "reply_actions"), "mouse"),
     Signal("gaze", "Webcam gaze",
            "Where on the screen your eyes look while a reply is shown, computed on this "
            "computer from the webcam. <b>No image or video is ever stored</b>, only the "

@@ -38,6 +38,8 @@ TABLES: tuple[Table, ...] = (
     Table("shown_replies", "conversation", "samples", expires_on="shown_wall_ns"),
     Table("pointer_samples", "conversation", "samples", expires_on="wall_ns"),
     Table("gaze_samples", "conversation", "samples", expires_on="wall_ns"),
+    Table("viewport_events", "conversation", "samples", expires_on="wall_ns"),
+    Table("reply_actions", "conversation", "samples", expires_on="wall_ns"),
     Table("app_sessions", "session", "samples", expires_on="started_wall_ns"),
     Table("consents", "global", "consent"),
     Table("models", "global", "models"),

@@ -43,6 +43,9 @@ def columnar_insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[t
         if sql_type == "VARCHAR":
             batch[name] = np.array(["" if v is None else str(v) for v in column], dtype=str)
             select.append(f"nullif({name}, '')")
+        elif sql_type == "BOOLEAN":
+            batch[name] = np.array([-1 if v is None else int(v) for v in column], dtype=np.int8)
+            select.append(f"nullif({name}, -1)::BOOLEAN")
         elif sql_type == "DOUBLE":
             batch[name] = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
             select.append(f"if(isnan({name}), NULL, {name})")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from feedback_store import (FeedbackStore, GazeSample, MalformedSample, Message, PointerSample,
-                            Conversation, tables)
+from feedback_store import (Conversation, FeedbackStore, GazeSample, MalformedSample, Message,
+                            PointerSample, ReplyAction, ViewportEvent, tables)
 from feedback_store.compaction import STEPS
 from conftest import ROOT, run_glance
 
@@ -57,6 +57,8 @@ def test_delete_counts_and_export_follow_the_registry(store, tmp_path):
                                          rendered_text="t", layout=[])
         store.samples.submit([pointer(name, i) for i in range(3)])
         store.samples.submit([GazeSample("s", "r", name, 1, 2, "raw", 1.0, 2.0)])
+        store.samples.submit([ViewportEvent("s", "r", name, 1, 2, "scroll", 0, 3)])
+        store.samples.submit([ReplyAction("s", "r", name, "m", 1, 2, "copy", 0, 5)])
     store.flush()
     store.delete_conversation("doomed", compact=False)
     for table in tables.in_scope("conversation"):

@@ -1,17 +1,19 @@
-"""What text is under a screen point? The mapping pointer and gaze samples go through.
+"""Measures where each rendered reply's characters are, and publishes it as a GUI-free
+:class:`feedback_store.layout.LayoutSnapshot` that pointer and gaze capture map against
+on their own threads.
 
-Every rendered reply registers its QTextBrowser here. ``hit(x, y)`` takes global screen
-coordinates (logical pixels) and answers which reply, which character offset (into the
-reply's rendered plain text, i.e. ``document().toPlainText()``), which word and which
-visual line is there, or that the point is over a reply but not over its text.
-``line_boxes`` snapshots a reply's lines (offsets + screen rectangles) so later code can
-map stored samples to words without Qt.
+Every rendered reply registers its QTextBrowser here. A reply's text geometry is measured
+once per rendering (document revision and width); scrolling or moving the window only
+re-places it. ``hit(x, y)`` answers for one global point through the same snapshot
+mapping the capture threads use, so the window and the recorder never disagree.
 """
 from dataclasses import dataclass
 
-from PySide6.QtCore import QPoint, QPointF
-from PySide6.QtGui import QTextCursor, QTextLine
-from PySide6.QtWidgets import QTextBrowser
+import numpy as np
+from PySide6.QtCore import QPoint, QRect
+from PySide6.QtWidgets import QTextBrowser, QWidget
+
+from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
 
 
 @dataclass(frozen=True)
@@ -22,94 +24,122 @@ class TextHit:
     line: int | None     # visual line within the reply, from 0
 
 
+def _cursor_x(line, position: int) -> float:
+    value = line.cursorToX(position)
+    return float(value[0] if isinstance(value, tuple) else value)
+
+
+def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
+    """The reply's lines and characters in its viewport's pixels."""
+    document = browser.document()
+    layout = document.documentLayout()
+    text = document.toPlainText()
+    scroll_x = browser.horizontalScrollBar().value()
+    scroll_y = browser.verticalScrollBar().value()
+    starts, ends, xs, tops, heights, widths = [], [], [], [], [], []
+    char_x = np.zeros(len(text), dtype=np.float64)
+    block = document.begin()
+    while block.isValid():
+        rect = layout.blockBoundingRect(block)
+        text_layout = block.layout()
+        for index in range(text_layout.lineCount()):
+            line = text_layout.lineAt(index)
+            start = block.position() + line.textStart()
+            end = start + line.textLength()
+            starts.append(start)
+            ends.append(end)
+            xs.append(rect.left() + line.x() - scroll_x)
+            tops.append(rect.top() + line.y() - scroll_y)
+            heights.append(line.height())
+            widths.append(line.naturalTextWidth())
+            for position in range(start, min(end, len(text))):
+                char_x[position] = rect.left() - scroll_x + _cursor_x(
+                    line, position - block.position())
+        block = block.next()
+    return ReplyGeometry(
+        message_id=message_id, text=text,
+        line_start=np.asarray(starts, np.int32), line_end=np.asarray(ends, np.int32),
+        line_x=np.asarray(xs, np.float64), line_top=np.asarray(tops, np.float64),
+        line_height=np.asarray(heights, np.float64), line_width=np.asarray(widths, np.float64),
+        char_x=char_x)
+
+
+def _global_rect(widget: QWidget) -> QRect:
+    return QRect(widget.mapToGlobal(QPoint(0, 0)), widget.size())
+
+
 class LayoutProbe:
     def __init__(self):
         self._views: dict[str, QTextBrowser] = {}
+        self._measured: dict[str, tuple[tuple, ReplyGeometry]] = {}
 
     def register(self, message_id: str, browser: QTextBrowser) -> None:
         self._views[message_id] = browser
 
     def unregister(self, message_id: str) -> None:
         self._views.pop(message_id, None)
+        self._measured.pop(message_id, None)
 
     def clear(self) -> None:
         self._views.clear()
+        self._measured.clear()
 
     def browser(self, message_id: str) -> QTextBrowser | None:
         return self._views.get(message_id)
 
-    # --- point -> text ---------------------------------------------------------------
-    def hit(self, global_x: int, global_y: int) -> TextHit | None:
+    def message_ids(self) -> list[str]:
+        return list(self._views)
+
+    def geometry(self, message_id: str) -> ReplyGeometry:
+        browser = self._views[message_id]
+        key = (browser.document().revision(), browser.viewport().width(),
+               browser.verticalScrollBar().value())
+        cached = self._measured.get(message_id)
+        if cached is None or cached[0] != key:
+            cached = (key, measure(message_id, browser))
+            self._measured[message_id] = cached
+        return cached[1]
+
+    # --- snapshot ----------------------------------------------------------------------
+    def snapshot(self, ids: dict[str, tuple[str | None, str | None]] | None = None,
+                 clip_to: QWidget | None = None) -> LayoutSnapshot:
+        """Every visible registered reply, placed on screen. ``ids`` maps a message id to
+        its (shown reply id, conversation id); ``clip_to`` is the scrolling viewport that
+        hides the parts of replies scrolled out of view."""
+        placed = []
+        window_visible = True
         for message_id, browser in self._views.items():
             if not browser.isVisible():
                 continue
+            window = browser.window()
+            window_visible = window.isVisible() and not window.isMinimized()
             viewport = browser.viewport()
-            local = viewport.mapFromGlobal(QPoint(int(global_x), int(global_y)))
-            if not viewport.rect().contains(local):
-                continue
-            # Viewport -> document coordinates (replies are not scrolled, but be exact).
-            doc_point = QPointF(local.x() + browser.horizontalScrollBar().value(),
-                                local.y() + browser.verticalScrollBar().value())
-            offset, line = self._char_at(browser, doc_point)
-            word = self._word_at(browser, offset) if offset is not None else None
-            return TextHit(message_id, offset, word, line)
-        return None
+            area = _global_rect(viewport)
+            if clip_to is not None:
+                area = area.intersected(_global_rect(clip_to))
+            origin = viewport.mapToGlobal(QPoint(0, 0))
+            shown_id, conversation_id = (ids or {}).get(message_id, (None, None))
+            placed.append(PlacedReply(
+                geometry=self.geometry(message_id), shown_reply_id=shown_id,
+                conversation_id=conversation_id, origin=(float(origin.x()), float(origin.y())),
+                clip=(float(area.left()), float(area.top()), float(area.left() + area.width()),
+                      float(area.top() + area.height())) if not area.isEmpty() else (0, 0, 0, 0)))
+        return LayoutSnapshot(tuple(placed), window_visible=window_visible)
 
-    @staticmethod
-    def _char_at(browser: QTextBrowser, point: QPointF) -> tuple[int | None, int | None]:
-        document = browser.document()
-        layout = document.documentLayout()
-        block = document.begin()
-        lines_before = 0
-        while block.isValid():
-            rect = layout.blockBoundingRect(block)
-            text_layout = block.layout()
-            if rect.top() <= point.y() < rect.bottom():
-                for index in range(text_layout.lineCount()):
-                    line = text_layout.lineAt(index)
-                    top = rect.top() + line.y()
-                    if top <= point.y() < top + line.height():
-                        x = point.x() - rect.left()
-                        if not (line.x() <= x < line.x() + line.naturalTextWidth()):
-                            return None, lines_before + index
-                        in_block = line.xToCursor(x, QTextLine.CursorPosition.CursorOnCharacter)
-                        return block.position() + in_block, lines_before + index
-                return None, None
-            lines_before += text_layout.lineCount()
-            block = block.next()
-        return None, None
+    # --- one point, for the window ---------------------------------------------------------
+    def hit(self, global_x: int, global_y: int) -> TextHit | None:
+        snapshot = self.snapshot()
+        placed, offset, word, line = snapshot.map_one(global_x, global_y)
+        if placed is None:
+            return None
+        geometry = placed.geometry
+        text = None
+        if word >= 0:
+            text = geometry.text[geometry.word_start[word]:geometry.word_end[word]]
+        return TextHit(geometry.message_id, offset if offset >= 0 else None, text,
+                       line if line >= 0 else None)
 
-    @staticmethod
-    def _word_at(browser: QTextBrowser, offset: int) -> str | None:
-        cursor = QTextCursor(browser.document())
-        cursor.setPosition(offset)
-        cursor.movePosition(QTextCursor.MoveOperation.Right, QTextCursor.MoveMode.KeepAnchor)
-        if not cursor.selectedText().strip():
-            return None  # a space or line end, not a word
-        cursor.setPosition(offset)
-        cursor.select(QTextCursor.SelectionType.WordUnderCursor)
-        return cursor.selectedText() or None
-
-    # --- snapshot ----------------------------------------------------------------------
     def line_boxes(self, message_id: str) -> list[dict]:
         """Each visual line: offsets [start, end) and its rectangle in screen pixels."""
-        browser = self._views[message_id]
-        document = browser.document()
-        layout = document.documentLayout()
-        origin = browser.viewport().mapToGlobal(QPoint(0, 0))
-        boxes = []
-        block = document.begin()
-        while block.isValid():
-            rect = layout.blockBoundingRect(block)
-            text_layout = block.layout()
-            for index in range(text_layout.lineCount()):
-                line = text_layout.lineAt(index)
-                boxes.append({
-                    "line": len(boxes),
-                    "start": block.position() + line.textStart(),
-                    "end": block.position() + line.textStart() + line.textLength(),
-                    "x": origin.x() + rect.left() + line.x(),
-                    "y": origin.y() + rect.top() + line.y(),
-                    "w": line.naturalTextWidth(), "h": line.height()})
-            block = block.next()
-        return boxes
+        origin = self._views[message_id].viewport().mapToGlobal(QPoint(0, 0))
+        return self.geometry(message_id).line_boxes(origin.x(), origin.y())

@@ -19,6 +19,7 @@ from .chat_view import ChatView
 from .dialogs import DownloadDialog, SettingsDialog
 from .layout_probe import LayoutProbe
 from ..session import AppSession, ReplyOnScreen
+from .capture import CaptureController
 from .workers import CallThread, GenerationThread
 
 ADD_MODEL = "__add__"
@@ -67,6 +68,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
+        self.capture = CaptureController(self)
+        self.capture.sync()
         self._refresh_models()
         self._refresh_conversations()
         latest = self.service.conversations()
@@ -167,6 +170,10 @@ class MainWindow(QMainWindow):
         if QSystemTrayIcon.isSystemTrayAvailable():
             self.tray = QSystemTrayIcon(_dot_icon(None), self)
             self.tray.setToolTip("Glance")
+            tray_menu = QMenu(self)
+            self.tray_pause = tray_menu.addAction("Pause all", self.toggle_pause)
+            tray_menu.addAction("Show Glance", self.showNormal)
+            self.tray.setContextMenu(tray_menu)
             self.tray.show()
         # Retention is enforced at start (FeedbackStore.open) and then daily.
         self.retention_timer = QTimer(self)
@@ -176,8 +183,9 @@ class MainWindow(QMainWindow):
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
         QShortcut(QKeySequence.StandardKey.Quit, self, activated=self.close)
-        pause = QShortcut(QKeySequence("Ctrl+Shift+P"), self, activated=self.toggle_pause)
-        pause.setContext(Qt.ShortcutContext.ApplicationShortcut)
+        self.pause_shortcut = QShortcut(QKeySequence("Ctrl+Shift+P"), self,
+                                        activated=self.toggle_pause)
+        self.pause_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
         self._update_collection_indicator()
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.stop)
 
@@ -298,6 +306,8 @@ class MainWindow(QMainWindow):
             widget.regenerate_requested.connect(self.regenerate)
             widget.thumb_requested.connect(self.thumb)
             widget.sibling_requested.connect(self.switch_branch)
+            if widget.message.role == "assistant":
+                self.capture.watch_browser(widget.message.id, widget.browser)
         if tree.conversation.incognito:
             self.banner.setText("Incognito chat: nothing from it is written to disk; it is gone "
                                 "when you close it or open another chat.")
@@ -307,24 +317,25 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Glance — {tree.conversation.title}")
         self._refresh_conversations()
         self._update_collection_indicator()
-        QTimer.singleShot(0, self._record_shown)
+        # Replies are recorded as shown once the window is exposed and the layout has
+        # settled (CaptureController.publish), never from a half-laid-out column.
+        self.capture.layout_changed("layout")
 
-    def _record_shown(self) -> None:
+    def record_shown_replies(self, snapshot) -> None:
         """Remember each visible reply's text and on-screen layout (samples refer to it)."""
         if self.tree is None or self.tree.conversation.incognito or not self.tree.stored:
             return
-        for widget in self.chat_view.widgets:
-            message = widget.message
-            if message.role != "assistant" or message.id not in self.tree.messages:
-                continue
-            browser = widget.browser
-            origin = browser.viewport().mapToGlobal(browser.viewport().rect().topLeft())
+        for placed in snapshot.replies:
+            geometry = placed.geometry
+            if geometry.message_id not in self.tree.messages:
+                continue   # still streaming: recorded when committed
+            browser = self.probe.browser(geometry.message_id)
             self.session.reply_shown(ReplyOnScreen(
-                message_id=message.id, conversation_id=self.tree.id,
-                geometry=(origin.x(), origin.y(), browser.width(), browser.height()),
-                device_pixel_ratio=browser.devicePixelRatioF(),
-                rendered_text=browser.document().toPlainText(),
-                line_boxes=self.probe.line_boxes(message.id)))
+                message_id=geometry.message_id, conversation_id=self.tree.id,
+                geometry=(int(placed.origin[0]), int(placed.origin[1]), browser.width(),
+                          browser.height()),
+                device_pixel_ratio=browser.devicePixelRatioF(), rendered_text=geometry.text,
+                line_boxes=geometry.line_boxes(*placed.origin)))
 
     def _mark_hidden(self, keep: set[str] = frozenset()) -> None:
         self.session.replies_hidden(keep)
@@ -351,6 +362,7 @@ class MainWindow(QMainWindow):
                 user = self.service.post_user_message(tree, text)
             self.generation.posted.emit(user)
             return self.service.generate_reply(tree, user.id, **stream)
+        self.capture.message_sent()
         self._start_generation(post_then_reply, placeholder_now=False)
 
     def _on_posted(self, _user: Message) -> None:
@@ -364,6 +376,7 @@ class MainWindow(QMainWindow):
     def regenerate(self, assistant_message_id: str) -> None:
         if self.is_generating():
             return
+        self.capture.action("regenerate", assistant_message_id)
         parent = self.tree.messages[assistant_message_id].parent_id
         # Show the branch up to the user message while the new sibling streams.
         self.tree.conversation.active_leaf_id = parent
@@ -374,6 +387,7 @@ class MainWindow(QMainWindow):
     def begin_edit(self, user_message_id: str) -> None:
         if self.is_generating():
             return
+        self.capture.action("edit", user_message_id)
         self.editing_message_id = user_message_id
         self.input.setPlainText(self.tree.messages[user_message_id].content)
         self.input.setFocus()
@@ -396,6 +410,7 @@ class MainWindow(QMainWindow):
     def stop(self) -> None:
         """Esc: stop the reply being written, or else leave editing mode."""
         if self.is_generating():
+            self.capture.action("stop", None)
             self.generation.stop()
         elif self.editing_message_id is not None:
             self.editing_message_id = None
@@ -407,6 +422,7 @@ class MainWindow(QMainWindow):
         self.chat_view.end_stream()
         self._set_busy(False)
         self._show_tree()
+        self.capture.reply_finished()
         if message.tokens_per_s:
             self.speed_label.setText(f"{message.tokens_per_s:.0f} tok/s · first token "
                                      f"{message.ttft_s:.2f} s")
@@ -431,7 +447,9 @@ class MainWindow(QMainWindow):
             widget.set_actions_enabled(not busy)
 
     def copy_message(self, message_id: str) -> None:
-        QApplication.clipboard().setText(self.tree.messages[message_id].content)
+        content = self.tree.messages[message_id].content
+        QApplication.clipboard().setText(content)
+        self.capture.action("copy", message_id, 0, len(content))
         self.statusBar().showMessage("Copied.", 2000)
 
     def thumb(self, message_id: str, value: int) -> None:
@@ -439,6 +457,7 @@ class MainWindow(QMainWindow):
             value = self.service.thumbs(self.tree).get(message_id, 0)   # undo the click
         else:
             self.service.thumb(self.tree, message_id, value)
+            self.capture.action("thumb", message_id, value=value)
         for widget in self.chat_view.widgets:
             if widget.message.id == message_id:
                 widget.set_thumb(value)
@@ -446,6 +465,7 @@ class MainWindow(QMainWindow):
     def switch_branch(self, message_id: str) -> None:
         if self.is_generating() or not self._store_free():
             return
+        self.capture.action("sibling", message_id)
         self.service.switch_to(self.tree, message_id)
         self._show_tree()
 
@@ -512,14 +532,18 @@ class MainWindow(QMainWindow):
 
     def open_privacy(self) -> None:
         from .privacy import PrivacyPanel
-        panel = PrivacyPanel(self.session.store, self)
+        panel = PrivacyPanel(self.session.store, self, capture_note=self.capture.describe())
         panel.exec()
         if not panel.deleted_everything:
             self._refresh_conversations()
+            self.capture.sync()
             self._update_collection_indicator()
 
     def toggle_pause(self) -> None:
         paused = self.session.toggle_pause()
+        self.capture.sync()
+        if self.tray is not None:
+            self.tray_pause.setText("Resume collection" if paused else "Pause all")
         self._update_collection_indicator()
         self.statusBar().showMessage("All collection paused." if paused else "Collection resumed.",
                                      4000)
@@ -550,5 +574,6 @@ class MainWindow(QMainWindow):
         if self.is_generating():
             self.generation.stop()
             self.generation.wait()
+        self.capture.shutdown()
         self._mark_hidden()
         super().closeEvent(event)

@@ -89,7 +89,7 @@ class ConsentDialog(QDialog):
 class PrivacyPanel(QDialog):
     export_finished = Signal(object)   # the export folder, or None when it failed
 
-    def __init__(self, store, parent=None):
+    def __init__(self, store, parent=None, capture_note: str | None = None):
         super().__init__(parent)
         self.store = store
         self.export_job: CallThread | None = None
@@ -106,7 +106,13 @@ class PrivacyPanel(QDialog):
             self.boxes[signal] = box
             box_layout.addWidget(box)
             box_layout.addWidget(_signal_explanation(signal))
-        self.pause_box = QCheckBox("Pause all collection (Ctrl+Shift+P)")
+        if capture_note:
+            note = QLabel(capture_note)
+            note.setObjectName("captureNote")
+            note.setWordWrap(True)
+            box_layout.addWidget(note)
+        self.pause_box = QCheckBox("Pause all collection (Ctrl+Shift+P, anywhere while "
+                                   "Glance records the pointer; also in the tray menu)")
         self.pause_box.setChecked(store.consent.paused)
         self.pause_box.toggled.connect(store.consent.set_paused)
         box_layout.addWidget(self.pause_box)
@@ -127,7 +133,11 @@ class PrivacyPanel(QDialog):
             warning = QLabel("⚠ No system keyring was found: the key sits next to the database "
                              "in glance.key (mode 0600). Anyone who can read your files can "
                              "read the database. Install a keyring (e.g. GNOME Keyring) for "
-                             "better protection.")
+                             "better protection. Deleting a conversation re-encrypts the "
+                             "database under a new key and destroys the old one "
+                             "(crypto-erase); with a key file that is only as strong as the "
+                             "deletion of the old file on your disk (SSDs and backups may "
+                             "keep copies).")
             warning.setObjectName("keyFileWarning")
             warning.setWordWrap(True)
             warning.setStyleSheet("color: #8a4b00;")

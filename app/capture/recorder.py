@@ -1,0 +1,128 @@
+"""The pointer recorder: device-rate events in, mapped samples out, at most 120 moves a
+second, every click and scroll kept.
+
+Any thread may call :meth:`PointerRecorder.event` (pynput's listener thread, the Qt event
+filter on the UI thread, a gaze thread): the call maps the point against the current
+:class:`LayoutSnapshot` (replaced whole by the UI thread when the layout changes) and
+appends to a buffer. A flusher thread hands the buffer to the store every
+``flush_interval_s``; the store's writer never blocks the caller, and consent, pause and
+incognito are enforced by the store at the door.
+
+Coalescing: a move closer than 1/120 s to the last stored move is held back, and replaced
+by newer moves, until either the interval has passed (then the newest is stored) or a
+click or scroll arrives (then it is stored first, so a click's position is exact).
+"""
+import threading
+import time
+
+from feedback_store import PointerSample
+from feedback_store.layout import LayoutSnapshot
+
+MAX_MOVE_RATE_HZ = 120
+
+
+class PointerRecorder:
+    def __init__(self, store, session_id: str | None, flush_interval_s: float = 0.1,
+                 max_move_rate_hz: float = MAX_MOVE_RATE_HZ):
+        self.store = store
+        self.session_id = session_id
+        self.snapshot = LayoutSnapshot()
+        self.min_move_gap_ns = int(1e9 / max_move_rate_hz)
+        self.flush_interval_s = flush_interval_s
+        self._lock = threading.Lock()
+        self._buffer: list[PointerSample] = []
+        self._pending_move: PointerSample | None = None
+        self._last_move_ns = -(1 << 62)
+        self.received = 0        # raw events in
+        self.coalesced = 0       # moves replaced by a newer one within 1/120 s
+        self.submitted = 0       # samples handed to the store
+        self.refused = 0         # samples the store refused (no consent, paused, ...)
+        self.last_event_mono_ns = time.monotonic_ns()   # for idle detection
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- producers -------------------------------------------------------------------
+    def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
+        self.snapshot = snapshot  # one reference swap: readers see the old or the new
+
+    def event(self, kind: str, x: float, y: float, source: str, mono_ns: int | None = None,
+              wall_ns: int | None = None, button: str | None = None,
+              dx: float | None = None, dy: float | None = None) -> None:
+        mono_ns = time.monotonic_ns() if mono_ns is None else mono_ns
+        wall_ns = time.time_ns() if wall_ns is None else wall_ns
+        sample = self._map(kind, x, y, source, mono_ns, wall_ns, button, dx, dy)
+        with self._lock:
+            self.received += 1
+            self.last_event_mono_ns = mono_ns
+            if kind == "move":
+                if mono_ns - self._last_move_ns >= self.min_move_gap_ns:
+                    self._pending_move = None
+                    self._last_move_ns = mono_ns
+                    self._buffer.append(sample)
+                else:
+                    if self._pending_move is not None:
+                        self.coalesced += 1
+                    self._pending_move = sample
+                return
+            self._release_pending()
+            self._buffer.append(sample)
+
+    def _release_pending(self) -> None:
+        if self._pending_move is not None:
+            self._buffer.append(self._pending_move)
+            self._last_move_ns = self._pending_move.mono_ns
+            self._pending_move = None
+
+    def _map(self, kind, x, y, source, mono_ns, wall_ns, button, dx, dy) -> PointerSample:
+        snapshot = self.snapshot
+        placed, offset, word, line = snapshot.map_one(x, y)
+        return PointerSample(
+            self.session_id, placed.shown_reply_id if placed else None,
+            placed.conversation_id if placed else None, mono_ns, wall_ns, kind,
+            float(x), float(y), offset if offset >= 0 else None, source,
+            word if word >= 0 else None, line if line >= 0 else None, button,
+            None if dx is None else float(dx), None if dy is None else float(dy),
+            snapshot.window_visible)
+
+    # --- draining --------------------------------------------------------------------
+    def take(self) -> list[PointerSample]:
+        """Everything ready to store (a held-back move too, once its interval is over)."""
+        with self._lock:
+            if self._pending_move is not None and \
+                    time.monotonic_ns() - self._last_move_ns >= self.min_move_gap_ns:
+                self._release_pending()
+            batch, self._buffer = self._buffer, []
+        return batch
+
+    def flush(self) -> int:
+        batch = self.take()
+        if not batch:
+            return 0
+        if self.store.samples.submit(batch):
+            self.submitted += len(batch)
+        else:
+            self.refused += len(batch)
+        return len(batch)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="glance-pointer-flush",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+        with self._lock:
+            self._release_pending()
+        self.flush()
+
+    def stop(self) -> None:
+        """Stop the flusher after storing everything received so far."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None

@@ -1,0 +1,272 @@
+"""Interaction capture in the window: keeps the layout snapshot current, runs the pointer
+recorder with a global hook (or Qt events where there is none), and records what is on
+screen and what the user does around each reply.
+
+GUI-free parts live in app/capture (recorder, hooks) and app/session (bookkeeping); this
+module only listens to Qt and forwards. Nothing runs without the pointer consent: the
+controller starts and stops with it (and with pause), and the store refuses anything
+that slips through.
+"""
+import time
+
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QApplication
+
+from feedback_store import ReplyAction, ViewportEvent
+
+from ..capture.hooks import GlobalPauseHotkey, GlobalPointerHook, global_hooks_available
+from ..capture.recorder import PointerRecorder
+from ..session import ReplyOnScreen
+
+SETTLE_MS = 40          # layout changes are published once they stop for this long
+IDLE_AFTER_S = 60.0     # no input for this long: the reader is away (or the screen locked)
+_QT_BUTTONS = {Qt.MouseButton.LeftButton: "left", Qt.MouseButton.RightButton: "right",
+               Qt.MouseButton.MiddleButton: "middle"}
+
+
+class CaptureController(QObject):
+    pause_requested = Signal()        # the global hotkey, delivered on the UI thread
+    snapshot_published = Signal(object)
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.window = window
+        self.session = window.session
+        self.recorder = PointerRecorder(window.session.store, window.session.id)
+        self.global_ok, self.global_why = global_hooks_available()
+        self.hook: GlobalPointerHook | None = None
+        self.hotkey: GlobalPauseHotkey | None = None
+        self.qt_fallback = False
+        self.running = False
+        self._visible: dict[str, tuple | None] = {}   # message id -> last visible lines
+        self._reason = "layout"
+        self._last_input = time.monotonic()
+        self._idle = False
+        self._reply_finished_mono: float | None = None
+        self._first_key_mono: float | None = None
+        self._last_qt_event = None
+        self.settle = QTimer(self, singleShot=True, interval=SETTLE_MS)
+        self.settle.timeout.connect(self.publish)
+        self.idle_timer = QTimer(self, interval=5000)
+        self.idle_timer.timeout.connect(self._check_idle)
+        self.pause_requested.connect(window.toggle_pause)
+        window.installEventFilter(self)
+        window.chat_view.verticalScrollBar().valueChanged.connect(
+            lambda _: self.layout_changed("scroll"))
+        window.chat_view.viewport().setMouseTracking(True)
+        QGuiApplication.instance().applicationStateChanged.connect(self._app_state)
+        window.input.textChanged.connect(self._typed)
+
+    # --- start / stop with consent --------------------------------------------------------
+    def sync(self) -> None:
+        """Run exactly when the pointer signal may be recorded."""
+        consent = self.session.store.consent
+        wanted = consent.is_on("pointer") and not consent.paused
+        if wanted and not self.running:
+            self.start()
+        elif not wanted and self.running:
+            self.stop()
+        if self.global_ok and self.hotkey is None and self.running:
+            self._start_hotkey()
+
+    def start(self) -> None:
+        self.recorder.start()
+        if self.global_ok:
+            try:
+                self.hook = GlobalPointerHook(self.recorder.event)
+                self.hook.start()
+            except Exception as error:  # noqa: BLE001 - fall back, and say why
+                self.hook = None
+                self.global_ok, self.global_why = False, f"Global pointer hook failed: {error}"
+        if self.hook is None:
+            self.qt_fallback = True
+            QApplication.instance().installEventFilter(self)
+        self.running = True
+        self.idle_timer.start()
+        self.window.set_collector("pointer", self)
+        self.layout_changed("layout")
+
+    def _start_hotkey(self) -> None:
+        try:
+            self.hotkey = GlobalPauseHotkey(self.pause_requested.emit)
+            self.hotkey.start()
+            self.window.pause_shortcut.setEnabled(False)   # one press, one toggle
+        except Exception:  # noqa: BLE001 - the in-window shortcut still works
+            self.hotkey = None
+
+    def stop(self) -> None:
+        if self.hook is not None:
+            self.hook.stop()
+            self.hook = None
+        if self.qt_fallback:
+            QApplication.instance().removeEventFilter(self)
+            self.qt_fallback = False
+        self.idle_timer.stop()
+        self.recorder.stop()
+        self.running = False
+        self.window.set_collector("pointer", None)
+
+    def shutdown(self) -> None:
+        self.stop()
+        if self.hotkey is not None:
+            self.hotkey.stop()
+            self.hotkey = None
+
+    def describe(self) -> str:
+        """For the privacy panel: how the pointer is captured here."""
+        if self.global_ok:
+            return "Pointer: captured system-wide while a reply is on screen (X11 hook)."
+        return "Pointer: " + self.global_why
+
+    # --- layout ------------------------------------------------------------------------
+    def layout_changed(self, reason: str = "layout") -> None:
+        if self._reason == "layout" or reason != "layout":
+            self._reason = reason
+        self.settle.start()
+
+    def publish(self) -> None:
+        """Measure (once settled and exposed), hand the snapshot to the recorder, record
+        newly shown replies and their moves, and write viewport events for changes."""
+        window = self.window
+        handle = window.windowHandle()
+        exposed = bool(handle and handle.isExposed()) and window.isVisible()
+        reason, self._reason = self._reason, "layout"
+        tree = window.tree
+        if tree is None:
+            return
+        conversation_id = tree.id
+        snapshot = window.probe.snapshot(clip_to=window.chat_view.viewport())
+        if exposed and not window.isMinimized():
+            window.record_shown_replies(snapshot)
+        ids = {m: (self.session.shown_id(m), conversation_id) for m in window.probe.message_ids()}
+        snapshot = window.probe.snapshot(ids, clip_to=window.chat_view.viewport())
+        self.recorder.set_snapshot(snapshot)
+        self.snapshot_published.emit(snapshot)
+        if not self.running:
+            return
+        now_mono, now_wall = time.monotonic_ns(), time.time_ns()
+        events = []
+        for placed in snapshot.replies:
+            message_id = placed.geometry.message_id
+            lines = placed.visible_lines() if snapshot.window_visible else None
+            if reason in ("scroll", "layout") and self._visible.get(message_id, "?") == lines:
+                continue
+            self._visible[message_id] = lines
+            events.append(ViewportEvent(
+                self.session.id, placed.shown_reply_id, conversation_id, now_mono, now_wall,
+                reason, lines[0] if lines else None, lines[1] if lines else None,
+                placed.origin[0], placed.origin[1], snapshot.window_visible))
+            if placed.shown_reply_id and reason in ("move", "resize", "scroll"):
+                geometry = placed.geometry
+                self.session.reply_moved(ReplyOnScreen(
+                    message_id, conversation_id,
+                    (int(placed.origin[0]), int(placed.origin[1]),
+                     int(placed.clip[2] - placed.clip[0]), int(geometry.line_top[-1]
+                                                               + geometry.line_height[-1])
+                     if geometry.n_lines else 0),
+                    1.0, geometry.text, geometry.line_boxes(*placed.origin)))
+        if events:
+            self.session.record(events)
+
+    def _window_state(self, kind: str) -> None:
+        if self.running:
+            self._reason = kind
+            self.publish()
+
+    def _app_state(self, state) -> None:
+        self._window_state("focus" if state == Qt.ApplicationState.ApplicationActive else "blur")
+
+    def _check_idle(self) -> None:
+        last = max(self._last_input, self.recorder.last_event_mono_ns / 1e9)
+        idle = time.monotonic() - last > IDLE_AFTER_S
+        if idle != self._idle:
+            self._idle = idle
+            self._window_state("idle" if idle else "active")
+
+    # --- actions around a reply ---------------------------------------------------------
+    def action(self, kind: str, message_id: str | None, start: int | None = None,
+               end: int | None = None, value: float | None = None,
+               duration_ms: float | None = None) -> None:
+        tree = self.window.tree
+        if not self.running or tree is None:
+            return
+        self.session.record([ReplyAction(
+            self.session.id, self.session.shown_id(message_id) if message_id else None, tree.id,
+            message_id, time.monotonic_ns(), time.time_ns(), kind, start, end, value,
+            duration_ms)])
+
+    def reply_finished(self) -> None:
+        self._reply_finished_mono = time.monotonic()
+        self._first_key_mono = None
+
+    def _typed(self) -> None:
+        """Timing of the next message only: when typing began, never what was typed."""
+        if self._first_key_mono is None and self.window.input.toPlainText():
+            self._first_key_mono = time.monotonic()
+            if self._reply_finished_mono is not None:
+                last = self._last_reply_id()
+                self.action("first_keystroke", last,
+                            value=(self._first_key_mono - self._reply_finished_mono) * 1000)
+
+    def message_sent(self) -> None:
+        if self._first_key_mono is not None:
+            self.action("typing", self._last_reply_id(),
+                        duration_ms=(time.monotonic() - self._first_key_mono) * 1000)
+        self._first_key_mono = None
+        self._reply_finished_mono = None
+
+    def _last_reply_id(self) -> str | None:
+        tree = self.window.tree
+        path = tree.active_path() if tree else []
+        replies = [m.id for m in path if m.role == "assistant"]
+        return replies[-1] if replies else None
+
+    def watch_browser(self, message_id: str, browser) -> None:
+        """Selections and copies inside a reply: offsets only, never the text."""
+        browser.viewport().setMouseTracking(True)
+        browser.installEventFilter(self)
+        browser.selectionChanged.connect(lambda: self._selection(message_id, browser))
+
+    def _selection(self, message_id: str, browser) -> None:
+        cursor = browser.textCursor()
+        if cursor.hasSelection():
+            self.action("select", message_id, cursor.selectionStart(), cursor.selectionEnd())
+
+    # --- Qt events ---------------------------------------------------------------------
+    def eventFilter(self, watched, event) -> bool:
+        kind = event.type()
+        if watched is self.window:
+            if kind in (QEvent.Type.Move, QEvent.Type.Resize):
+                self.layout_changed("move" if kind == QEvent.Type.Move else "resize")
+            elif kind == QEvent.Type.WindowStateChange:
+                self._window_state("minimized" if self.window.isMinimized() else "restored")
+            elif kind in (QEvent.Type.Hide, QEvent.Type.Show):
+                self._window_state("hidden" if kind == QEvent.Type.Hide else "restored")
+            return False
+        if kind == QEvent.Type.KeyPress and event.matches(QKeySequence.StandardKey.Copy):
+            for message_id in self.window.probe.message_ids():
+                browser = self.window.probe.browser(message_id)
+                if browser is watched and browser.textCursor().hasSelection():
+                    cursor = browser.textCursor()
+                    self.action("copy", message_id, cursor.selectionStart(), cursor.selectionEnd())
+            return False
+        if kind in (QEvent.Type.MouseMove, QEvent.Type.MouseButtonPress, QEvent.Type.Wheel):
+            self._last_input = time.monotonic()
+            if self.qt_fallback and hasattr(event, "globalPosition"):
+                point = event.globalPosition()
+                # An event a child ignores is delivered again to its parent: count it once.
+                key = (kind, event.timestamp(), point.x(), point.y())
+                if key == self._last_qt_event:
+                    return False
+                self._last_qt_event = key
+                if kind == QEvent.Type.MouseMove:
+                    self.recorder.event("move", point.x(), point.y(), "qt")
+                elif kind == QEvent.Type.MouseButtonPress:
+                    self.recorder.event("click", point.x(), point.y(), "qt",
+                                        button=_QT_BUTTONS.get(event.button(), "other"))
+                else:
+                    delta = event.angleDelta()
+                    self.recorder.event("scroll", point.x(), point.y(), "qt",
+                                        dx=delta.x() / 120, dy=delta.y() / 120)
+        return False

@@ -1,0 +1,128 @@
+"""Where each reply's characters are on screen, as plain arrays: the one mapping from a
+screen point to (shown reply, character offset, word, visual line) that pointer and
+gaze samples both go through. No Qt: the window measures the layout (app/ui/layout_probe)
+and hands over a snapshot; capture threads map points against it without touching Qt.
+
+A reply's text geometry (:class:`ReplyGeometry`) is measured once per rendering, relative
+to the reply's own text area; scrolling and moving the window only change its
+``origin`` and ``clip`` (:class:`PlacedReply`), so a scroll costs one small object.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import words
+
+
+@dataclass(frozen=True, eq=False)
+class ReplyGeometry:
+    """One rendering of a reply, in its text area's own pixels (0, 0 = top-left)."""
+    message_id: str
+    text: str
+    line_start: np.ndarray   # int32 [n_lines] first char offset of each visual line
+    line_end: np.ndarray     # int32 [n_lines] one past the last char of each line
+    line_x: np.ndarray       # float64 [n_lines] left edge of the line's text
+    line_top: np.ndarray     # float64 [n_lines]
+    line_height: np.ndarray  # float64 [n_lines]
+    line_width: np.ndarray   # float64 [n_lines] natural text width
+    char_x: np.ndarray       # float64 [len(text)] left edge of each char (same frame)
+    word_start: np.ndarray = field(init=False)
+    word_end: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        starts, ends = words.word_spans(self.text)
+        object.__setattr__(self, "word_start", starts)
+        object.__setattr__(self, "word_end", ends)
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.line_start)
+
+    def line_boxes(self, origin_x: float = 0.0, origin_y: float = 0.0) -> list[dict]:
+        """Each visual line as a dict (offsets [start, end) and its screen rectangle)."""
+        return [{"line": i, "start": int(self.line_start[i]), "end": int(self.line_end[i]),
+                 "x": float(origin_x + self.line_x[i]), "y": float(origin_y + self.line_top[i]),
+                 "w": float(self.line_width[i]), "h": float(self.line_height[i])}
+                for i in range(self.n_lines)]
+
+    def visible_lines(self, clip_top: float, clip_bottom: float) -> tuple[int, int] | None:
+        """First and last visual line that overlap [clip_top, clip_bottom) (local px)."""
+        bottoms = self.line_top + self.line_height
+        seen = np.flatnonzero((bottoms > clip_top) & (self.line_top < clip_bottom))
+        return (int(seen[0]), int(seen[-1])) if len(seen) else None
+
+
+@dataclass(frozen=True, eq=False)
+class PlacedReply:
+    """A reply geometry placed on screen: its text area's top-left in screen pixels and
+    the part of that area that is visible (screen rectangle x0, y0, x1, y1)."""
+    geometry: ReplyGeometry
+    shown_reply_id: str | None
+    conversation_id: str | None
+    origin: tuple[float, float]
+    clip: tuple[float, float, float, float]
+
+    def visible_lines(self) -> tuple[int, int] | None:
+        return self.geometry.visible_lines(self.clip[1] - self.origin[1],
+                                           self.clip[3] - self.origin[1])
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """Arrays, one entry per point: index into the snapshot's replies (-1 = over no
+    reply), character offset, word index and visual line (-1 = not over text)."""
+    reply: np.ndarray
+    offset: np.ndarray
+    word: np.ndarray
+    line: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class LayoutSnapshot:
+    replies: tuple[PlacedReply, ...] = ()
+    window_visible: bool = True
+
+    def map(self, xs, ys) -> Mapped:
+        xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))
+        ys = np.atleast_1d(np.asarray(ys, dtype=np.float64))
+        n = len(xs)
+        reply = np.full(n, -1, np.int32)
+        offset = np.full(n, -1, np.int32)
+        line = np.full(n, -1, np.int32)
+        word = np.full(n, -1, np.int32)
+        if not self.window_visible:
+            return Mapped(reply, offset, word, line)
+        for index, placed in enumerate(self.replies):
+            x0, y0, x1, y1 = placed.clip
+            inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1) & (reply == -1)
+            if not inside.any():
+                continue
+            reply[inside] = index
+            geometry = placed.geometry
+            if geometry.n_lines == 0:
+                continue
+            local_x = xs[inside] - placed.origin[0]
+            local_y = ys[inside] - placed.origin[1]
+            found = np.searchsorted(geometry.line_top, local_y, side="right") - 1
+            ok = found >= 0
+            ok[ok] &= local_y[ok] < geometry.line_top[found[ok]] + geometry.line_height[found[ok]]
+            line_of = np.where(ok, found, -1)
+            hit_offset = np.full(len(local_x), -1, np.int32)
+            for position in np.flatnonzero(ok):
+                i = line_of[position]
+                start, end = geometry.line_start[i], geometry.line_end[i]
+                x = local_x[position]
+                if end <= start or not (geometry.line_x[i] <= x < geometry.line_x[i] + geometry.line_width[i]):
+                    continue
+                within = np.searchsorted(geometry.char_x[start:end], x, side="right") - 1
+                hit_offset[position] = start + max(int(within), 0)
+            offset[inside] = hit_offset
+            line[inside] = line_of
+            word[inside] = words.word_index(hit_offset, geometry.word_start, geometry.word_end)
+        return Mapped(reply, offset, word, line)
+
+    def map_one(self, x: float, y: float) -> tuple[PlacedReply | None, int, int, int]:
+        mapped = self.map([x], [y])
+        index = int(mapped.reply[0])
+        placed = self.replies[index] if index >= 0 else None
+        return placed, int(mapped.offset[0]), int(mapped.word[0]), int(mapped.line[0])

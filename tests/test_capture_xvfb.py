@@ -1,0 +1,203 @@
+"""Interaction capture with the real pointer on a real X server: the Glance window runs in
+its own process (tests/capture_session.py) and xdotool moves, clicks and scrolls."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, require
+from feedback_store import FeedbackStore
+
+pytestmark = [pytest.mark.xvfb, pytest.mark.timeout(600)]
+
+
+class Session:
+    def __init__(self, display, home, tmp_path, *args):
+        require(shutil.which("xdotool") is not None, "xdotool is missing (bootstrap installs it)")
+        self.display, self.dir = display, tmp_path / "capture"
+        self.dir.mkdir()
+        self.count = 0
+        env = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb", GLANCE_HOME=str(home),
+                   GLANCE_CAPTURE_DIR=str(self.dir))
+        self.process = subprocess.Popen([sys.executable, "tests/capture_session.py", *args],
+                                        cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.ready = self.wait_file("ready.json")
+
+    def wait_file(self, name, timeout=180):
+        path = self.dir / name
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the window process ended: {self.process.stdout.read()}")
+            assert time.monotonic() < deadline, f"no {name} from the window process"
+            time.sleep(0.05)
+        return json.loads(path.read_text())
+
+    def command(self, do, **data):
+        path = self.dir / f"cmd-{self.count}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"do": do, **data}))
+        temporary.rename(path)
+        answer = self.wait_file(f"done-{self.count}.json")
+        self.count += 1
+        return answer
+
+    def xdotool(self, *args):
+        subprocess.run(["xdotool", *map(str, args)], check=True, timeout=30,
+                       env=dict(os.environ, DISPLAY=self.display))
+
+    def point_at(self, word):
+        return int((word["x0"] + word["x1"]) / 2), int((word["y0"] + word["y1"]) / 2)
+
+    def quit(self):
+        self.command("quit")
+        self.process.wait(timeout=60)
+
+
+def long_words(ready, n=6):
+    words = [w for w in ready["words"] if len(w["text"]) >= 4 and w["x1"] - w["x0"] > 20]
+    step = max(1, len(words) // n)
+    return words[::step][:n]
+
+
+def test_the_real_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_path):
+    session = Session(xvfb_display, home, tmp_path)
+    ready = session.ready
+    assert ready["global_hooks"] is True
+    assert ready["indicator"] == "Recording: mouse"
+    targets = long_words(ready)
+    assert len(targets) >= 3, ready["text"]
+    for word in targets:
+        x, y = session.point_at(word)
+        session.xdotool("mousemove", "--sync", x, y)
+        time.sleep(0.15)
+    clicked = targets[1]
+    session.xdotool("mousemove", "--sync", *session.point_at(clicked))
+    session.xdotool("click", "1")
+    time.sleep(1.0)   # so the double click below is not read as a triple click
+    session.xdotool("click", "--repeat", "2", "--delay", "60", "1")   # double click selects a word
+    time.sleep(0.2)
+    session.xdotool("key", "ctrl+c")
+    session.xdotool("mousemove", "--sync", *ready["chat_view"])
+    session.xdotool("click", "5")                                       # wheel down
+    time.sleep(0.3)
+    flushed = session.command("flush")["pointer_samples"]
+    assert flushed > 0
+    session.quit()
+
+    with FeedbackStore.open(home) as store:
+        moves = store._rows("SELECT x, y, text_offset, word_index, line, shown_reply_id, source "
+                            "FROM pointer_samples WHERE kind = 'move' ORDER BY mono_ns")
+        clicks = store._rows("SELECT text_offset, word_index, button FROM pointer_samples "
+                             "WHERE kind = 'click'")
+        scrolls = store._rows("SELECT dy, source FROM pointer_samples WHERE kind = 'scroll'")
+        actions = store._rows("SELECT kind, start_offset, end_offset FROM reply_actions "
+                              "ORDER BY mono_ns")
+    assert {m["source"] for m in moves} == {"pynput"}
+    for word in targets:
+        x, y = session.point_at(word)
+        here = [m for m in moves if abs(m["x"] - x) < 1 and abs(m["y"] - y) < 1]
+        assert here, f"no sample at {word['text']!r}"
+        sample = here[-1]
+        assert sample["shown_reply_id"] == ready["shown_reply_id"]
+        assert abs(sample["word_index"] - word["word"]) <= 1, (word, sample)
+        assert sample["line"] == word["line"]
+        assert word["start"] - 1 <= sample["text_offset"] <= word["end"]
+    assert len(clicks) >= 3 and all(c["button"] == "left" for c in clicks)
+    assert all(abs(c["word_index"] - clicked["word"]) <= 1 for c in clicks)
+    assert scrolls and scrolls[0]["dy"] < 0
+    selected = [a for a in actions if a["kind"] == "select"]
+    copied = [a for a in actions if a["kind"] == "copy"]
+    assert selected and (selected[-1]["start_offset"], selected[-1]["end_offset"]) == \
+        (clicked["start"], clicked["end"])
+    assert copied and (copied[-1]["start_offset"], copied[-1]["end_offset"]) == \
+        (clicked["start"], clicked["end"])
+
+
+def test_stored_line_boxes_hold_the_ink_of_the_screenshot(xvfb_display, home, tmp_path):
+    from PySide6.QtGui import QImage
+    session = Session(xvfb_display, home, tmp_path)
+    shot = tmp_path / "screen.png"
+    stored = session.command("screenshot", path=str(shot),
+                             message_id=session.ready["message_id"])["stored_layout"]
+    session.quit()
+    image = QImage(str(shot))
+    pixels = _lightness(image)
+    assert stored, "no line boxes were stored"
+    for box in stored:
+        x0, y0 = int(box["x"]), int(box["y"])
+        x1, y1 = int(box["x"] + box["w"]), int(box["y"] + box["h"])
+        region = pixels[y0:y1, x0:x1]
+        assert region.size and (region < 128).any(), f"line box {box} holds no ink"
+    last = stored[-1]
+    band = pixels[int(last["y"] + last["h"]) + 1:int(last["y"] + last["h"]) + 4,
+                  int(last["x"]):int(last["x"] + last["w"])]
+    assert band.size and not (band < 128).any(), "ink below the last stored line"
+
+
+def _lightness(image):
+    from PySide6.QtGui import QImage
+    image = image.convertToFormat(QImage.Format.Format_Grayscale8)
+    width, height = image.width(), image.height()
+    data = np.frombuffer(image.constBits(), dtype=np.uint8,
+                         count=image.bytesPerLine() * height)
+    return data.reshape(height, image.bytesPerLine())[:, :width]
+
+
+def test_without_consent_nothing_is_stored(xvfb_display, home, tmp_path):
+    session = Session(xvfb_display, home, tmp_path, "--pointer", "off")
+    assert session.ready["indicator"] == "Not recording"
+    for word in long_words(session.ready, 3):
+        session.xdotool("mousemove", "--sync", *session.point_at(word))
+    session.command("flush")
+    session.quit()
+    with FeedbackStore.open(home) as store:
+        counts = store.counts()
+    assert counts["pointer_samples"] == counts["viewport_events"] == counts["reply_actions"] == 0
+
+
+def test_minimised_samples_say_so_and_viewport_events_follow(xvfb_display, home, tmp_path):
+    session = Session(xvfb_display, home, tmp_path, "--max-tokens", "200", "--height", "330",
+                      "--prompt", "Write a long story about a lighthouse keeper.")
+    session.xdotool("mousemove", "--sync", *session.ready["chat_view"])
+    for button in (5, 5, 5, 4):   # wheel down three steps, then up one: the long reply scrolls
+        session.xdotool("click", button)
+        time.sleep(0.2)
+    session.command("minimize")
+    time.sleep(0.5)
+    session.xdotool("mousemove", "--sync", 300, 300)
+    session.xdotool("mousemove", "--sync", 320, 310)
+    time.sleep(0.3)
+    session.command("flush")
+    session.command("restore")
+    session.quit()
+    with FeedbackStore.open(home) as store:
+        events = store._rows("SELECT kind, first_line, last_line, window_visible "
+                             "FROM viewport_events ORDER BY mono_ns")
+        hidden = store._rows("SELECT text_offset FROM pointer_samples "
+                             "WHERE window_visible = false AND kind = 'move'")
+    scrolled = [(e["first_line"], e["last_line"]) for e in events if e["kind"] == "scroll"]
+    assert len(set(scrolled)) >= 2, events      # the visible line range changed
+    assert any(e["kind"] == "minimized" and e["window_visible"] is False for e in events)
+    assert hidden and all(h["text_offset"] is None for h in hidden)
+
+
+def test_samples_flushed_before_a_kill_survive(xvfb_display, home, tmp_path):
+    session = Session(xvfb_display, home, tmp_path)
+    for word in long_words(session.ready):
+        session.xdotool("mousemove", "--sync", *session.point_at(word))
+        time.sleep(0.05)
+    flushed = session.command("flush")["pointer_samples"]
+    assert flushed > 0
+    session.process.send_signal(signal.SIGKILL)
+    session.process.wait(timeout=30)
+    with FeedbackStore.open(home) as store:
+        assert store.counts()["pointer_samples"] >= flushed
