@@ -1,0 +1,90 @@
+"""Capture without a screen: the layout mapping and the pointer recorder, on a real store."""
+import numpy as np
+
+from app.capture.recorder import PointerRecorder
+from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
+
+TEXT = "Hello brave world\nsecond line here"
+
+
+def geometry() -> ReplyGeometry:
+    """Two lines of 10-pixel-wide characters, 20 px high, text area at (100, 200)."""
+    first, second = TEXT.index("\n"), len(TEXT)
+    char_x = np.zeros(len(TEXT))
+    char_x[:first + 1] = np.arange(first + 1) * 10.0
+    char_x[first + 1:] = np.arange(second - first - 1) * 10.0
+    return ReplyGeometry(
+        message_id="m", text=TEXT, line_start=np.array([0, first + 1], np.int32),
+        line_end=np.array([first, second], np.int32), line_x=np.array([0.0, 0.0]),
+        line_top=np.array([0.0, 20.0]), line_height=np.array([20.0, 20.0]),
+        line_width=np.array([first * 10.0, (second - first - 1) * 10.0]), char_x=char_x)
+
+
+def snapshot(visible=True, clip=(100, 200, 400, 240)) -> LayoutSnapshot:
+    return LayoutSnapshot((PlacedReply(geometry(), "shown-1", "conv-1", (100.0, 200.0), clip),),
+                          window_visible=visible)
+
+
+def test_points_map_to_offset_word_and_line():
+    mapped = snapshot().map([105, 165, 125, 100 + 10 * 9 + 5, 500, 100 + 175, 115],
+                            [210, 210, 230, 230, 210, 210, 241])
+    # 'H' of Hello; x=165 is char 6, 'b' of brave; on line 2, char 2 ('c' of second) and
+    # char 9 ('n' of line)
+    assert mapped.offset[:4].tolist() == [0, 6, TEXT.index("\n") + 1 + 2,
+                                          TEXT.index("\n") + 1 + 9]
+    assert mapped.word[:4].tolist() == [0, 1, 3, 4]          # Hello, brave, second, line
+    assert mapped.line[:4].tolist() == [0, 0, 1, 1]
+    assert mapped.reply[4] == -1 and mapped.offset[4] == -1   # outside the reply
+    assert mapped.reply[5] == 0 and mapped.offset[5] == -1    # right of the first line's text
+    assert mapped.reply[6] == -1                               # below the clip
+
+
+def test_scrolled_out_and_hidden_replies_map_to_nothing():
+    clipped = snapshot(clip=(100, 220, 400, 240))               # first line scrolled away
+    assert clipped.map([105], [210]).reply.tolist() == [-1]
+    assert clipped.replies[0].visible_lines() == (1, 1)
+    hidden = snapshot(visible=False)
+    assert hidden.map([105], [210]).offset.tolist() == [-1]
+
+
+def test_moves_coalesce_to_120_hz_and_clicks_and_scrolls_are_never_dropped(store):
+    store.consent.set("pointer", True)
+    recorder = PointerRecorder(store, "session")
+    recorder.set_snapshot(snapshot())
+    start = 1_000_000_000
+    clicks = scrolls = 0
+    for i in range(1000):                         # one second of a 1000 Hz mouse
+        t = start + i * 1_000_000
+        recorder.event("move", 105 + (i % 50), 210, "test", mono_ns=t, wall_ns=t)
+        if i % 97 == 0:
+            recorder.event("click", 165, 210, "test", mono_ns=t, wall_ns=t, button="left")
+            clicks += 1
+        if i % 131 == 0:
+            recorder.event("scroll", 165, 210, "test", mono_ns=t, wall_ns=t, dy=-1)
+            scrolls += 1
+    recorder.flush()
+    store.flush()
+    rows = store._rows("SELECT kind, mono_ns, text_offset, word_index, shown_reply_id "
+                       "FROM pointer_samples ORDER BY mono_ns, kind")
+    moves = [r for r in rows if r["kind"] == "move"]
+    assert sum(r["kind"] == "click" for r in rows) == clicks
+    assert sum(r["kind"] == "scroll" for r in rows) == scrolls
+    gaps = np.diff([r["mono_ns"] for r in moves])
+    # Moves at most 120 a second, except one kept right before a click or scroll so the
+    # click's position is exact: such a move can follow another sooner.
+    assert len(moves) <= 120 + clicks + scrolls + 1
+    assert len(moves) >= 100
+    assert (gaps >= 1e9 / 120).sum() >= len(moves) - clicks - scrolls - 2
+    click = next(r for r in rows if r["kind"] == "click")
+    assert click["text_offset"] == 6 and click["word_index"] == 1
+    assert click["shown_reply_id"] == "shown-1"
+    assert recorder.received == 1000 + clicks + scrolls
+
+
+def test_without_consent_the_recorder_stores_nothing(store):
+    recorder = PointerRecorder(store, "session")
+    recorder.event("click", 105, 210, "test", button="left")
+    recorder.flush()
+    store.flush()
+    assert store.counts()["pointer_samples"] == 0
+    assert recorder.refused == 1 and store.consent.refused["no_consent:pointer"] == 1
