@@ -126,6 +126,8 @@ def cmd_chat(args) -> int:
         if args.conversation and known is None:
             raise UnknownConversation(args.conversation)
         engine = ChatEngine(choose_model(store, args.model))
+        if args.model:
+            store.models.remember(engine.model_info)  # only once it has loaded
         try:
             service = ChatService(store, engine)
             tree = service.open(args.conversation) if args.conversation else service.new_conversation()

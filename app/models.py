@@ -36,12 +36,11 @@ def default_model_path() -> Path:
 
 
 def choose_model(store, path: str | os.PathLike | None = None) -> str:
-    """The model to start with: ``path`` (checked and remembered in the store's model
-    list), else the most recently used model that still exists, else the default."""
+    """The model to start with: ``path`` (checked), else the most recently used model
+    that still exists, else the default. The caller remembers ``path`` in the model list
+    once llama.cpp has loaded it: a file it refuses must not become the next choice."""
     if path:
-        info = inspect_model(path)
-        store.models.remember(info)
-        return info["path"]
+        return inspect_model(path)["path"]
     for known in store.models.list():
         if os.path.exists(known["path"]):
             return known["path"]

@@ -57,7 +57,10 @@ def _offer_reset(message: str) -> bool:
 def _load_engine(store: FeedbackStore, model_path: str | None) -> ChatEngine:
     """The requested model, else the last used one, else the embedded default."""
     try:
-        return ChatEngine(choose_model(store, model_path))
+        engine = ChatEngine(choose_model(store, model_path))
     except ModelError as error:
         QMessageBox.warning(None, "Glance", f"{error}\n\nStarting with the default model instead.")
         return ChatEngine()
+    if model_path:
+        store.models.remember(engine.model_info)  # only once it has loaded
+    return engine
