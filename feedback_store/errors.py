@@ -33,6 +33,19 @@ class WrongKey(StoreError):
         )
 
 
+class DamagedKey(WrongKey):
+    """The key file holds something that is not a key (Glance writes 64 hex digits)."""
+
+    def __init__(self, key_file, path):
+        StoreError.__init__(
+            self,
+            f"The key file {key_file} is damaged: it does not hold a database key (64 "
+            f"hexadecimal digits). Neither it nor the database {path} was touched. Restore "
+            "the key file from a backup, or reset with `glance data delete --all --yes` to "
+            "start empty."
+        )
+
+
 class MissingKey(StoreError):
     def __init__(self, path):
         super().__init__(

@@ -10,6 +10,7 @@ rewritten under it. Whatever point a crash interrupts, the database opens with o
 the two, and the open promotes or discards the staged key (see compaction.py).
 """
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import keyring
 import keyring.errors
 
-from .errors import KeyringLocked, MissingKey
+from .errors import DamagedKey, KeyringLocked, MissingKey
 
 KEYRING_SERVICE = "Glance"
 KEY_FILE_NAME = "glance.key"
@@ -101,7 +102,11 @@ def _shred_file(path: Path) -> None:
 def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     key_file = data_dir / KEY_FILE_NAME
     if key_file.exists():
-        return DatabaseKey(key_file.read_text().strip(), "file")
+        # Checked before use: anything else would reach DuckDB's ATTACH as SQL text.
+        text = key_file.read_bytes().strip()
+        if not re.fullmatch(rb"[0-9a-f]{64}", text):
+            raise DamagedKey(key_file, database_file)
+        return DatabaseKey(text.decode(), "file")
     stored = _read_keyring(data_dir)
     if stored:
         return DatabaseKey(stored, "keyring")

@@ -7,9 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
+
 from . import tables
-from .connection import quote
-from .errors import StoreError
+from .connection import quote, translate
+from .errors import DatabaseLocked, StoreError
 from .keys import forget_key
 
 
@@ -61,12 +63,33 @@ def delete_everything(data_dir: Path, store=None) -> None:
     data_dir = Path(data_dir)
     if not data_dir.exists():
         return
+    _refuse_if_in_use(data_dir / "glance.db")
     for child in data_dir.iterdir():
         if child.is_dir():
             shutil.rmtree(child)
         else:
             child.unlink()
     forget_key(data_dir)
+
+
+def _refuse_if_in_use(path: Path) -> None:
+    """Another process (the running app, a command) has the database open: deleting the
+    files under it would leave it writing into unlinked files and creating new ones
+    beside a deleted key, i.e. half-deleted. Refuse, naming it; nothing is deleted.
+    Needs no key: DuckDB checks the file lock before the encryption."""
+    if not path.exists():
+        return
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET autoinstall_known_extensions=false")
+        con.execute("SET autoload_known_extensions=false")
+        con.execute(f"ATTACH '{quote(path)}' AS in_use_probe (READ_ONLY)")
+    except duckdb.Error as error:
+        refusal = translate(error, path)
+        if isinstance(refusal, DatabaseLocked):
+            raise refusal from None
+    finally:
+        con.close()
 
 
 def _sha256(path: Path) -> str:
