@@ -181,6 +181,12 @@ class ChatService:
         user = self.post_edit(tree, user_message_id, new_text)
         return user, self.generate_reply(tree, user.id, **stream)
 
+    def record_pick(self, tree: ConversationTree, left_id: str, right_id: str, value: int) -> None:
+        """An explicit side-by-side choice between two replies to the same prompt."""
+        if tree.messages[left_id].parent_id != tree.messages[right_id].parent_id:
+            raise ValueError("a pick compares two replies to the same message")
+        self.store.conversations.record_pick(tree.id, left_id, right_id, value)
+
     def thumb(self, tree: ConversationTree, message_id: str, value: int) -> None:
         self.store.conversations.set_thumb(tree.id, message_id, value)
 

@@ -3,6 +3,7 @@
     store.conversations  conversations, messages, thumbs
     store.samples        app sessions, shown replies, the sample stream
     store.consent        decisions, pause, refusal counters
+    store.traces         reading traces read back as numpy arrays
     store.settings       app settings;  store.models  the model list
 
 Reads use a cursor per thread; every write goes through the single :class:`Writer`.
@@ -23,6 +24,7 @@ from .keys import DatabaseKey, load_or_create_key
 from .paths import ensure_private_dir, glance_home
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
+from .traces import TraceReader
 from .writer import Writer
 
 DATABASE_FILE = "glance.db"
@@ -78,6 +80,7 @@ class FeedbackStore:
         self.conversations = ConversationManager(self)
         self.samples = SampleManager(self)
         self.consent = ConsentManager(self)
+        self.traces = TraceReader(self)
         self.writer.on_flush = self.consent.persist_refusals
         self.writer.start()
         self.closed = False

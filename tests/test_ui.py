@@ -226,3 +226,41 @@ def test_a_reply_still_on_screen_is_recorded_once(qtbot, window, store):
     store.flush()
     rows = store._rows("SELECT hidden_mono_ns FROM shown_replies WHERE message_id = ?", (first.id,))
     assert len(rows) == 1 and rows[0]["hidden_mono_ns"] is not None
+
+
+def test_compare_side_by_side_pick_with_the_keyboard_and_read_both_traces(qtbot, window, store):
+    """Compare writes a second reply beside the first; Alt+2 picks the right one, which
+    continues the conversation; the pick is explicit pairwise feedback and the reading of
+    both columns comes back as one PairTrace with the pick's time."""
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    original = send_by_keyboard(qtbot, window, "Name a colour.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        widget_for(window, original.id).compare_button.click()
+    second = blocker.args[0]
+    assert window.comparing == (original.id, second.id)
+    pair = window.chat_view.pair
+    assert [side.message.id for side in pair.sides] == [original.id, second.id]
+    # Once the two columns are laid out, the capture publishes their geometry.
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=5000):
+        pass
+    shown = {m: window.session.shown_id(m) for m in (original.id, second.id)}
+    assert all(shown.values())
+    for side in pair.sides:   # the pointer reads both columns, through the real layout
+        box = window.probe.line_boxes(side.message.id)[0]
+        for fraction in (0.2, 0.5, 0.8):
+            window.capture.recorder.event("click", box["x"] + box["w"] * fraction,
+                                          box["y"] + box["h"] / 2, "test", button="left")
+    window.capture.recorder.flush()
+    qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)
+    assert window.comparing is None and window.chat_view.pair is None
+    assert window.tree.active_path()[-1].id == second.id
+    store.flush()
+    picks = store.conversations.picks(window.tree.id)
+    assert [(p["left_id"], p["right_id"], p["value"]) for p in picks] == [(original.id, second.id, -1)]
+    trace = store.traces.for_pick(picks[0]["id"])
+    assert (trace.a.shown_reply_id, trace.b.shown_reply_id) == (shown[original.id], shown[second.id])
+    assert len(trace.a) == 3 and len(trace.b) == 3
+    assert (trace.a.offset >= 0).all() and (trace.b.offset >= 0).all()
+    assert (trace.a.line == 0).all() and (trace.b.line == 0).all()
+    assert trace.pick_t_ms > max(trace.a.t_ms.max(), trace.b.t_ms.max())

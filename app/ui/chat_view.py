@@ -62,6 +62,7 @@ class MessageWidget(QFrame):
     copy_requested = Signal(str)
     edit_requested = Signal(str)
     regenerate_requested = Signal(str)
+    compare_requested = Signal(str)
     thumb_requested = Signal(str, int)
     sibling_requested = Signal(str)
 
@@ -102,11 +103,18 @@ class MessageWidget(QFrame):
         self.copy_button.clicked.connect(lambda: self.copy_requested.emit(self.message.id))
         actions.addWidget(self.copy_button)
         self.thumb_up = self.thumb_down = self.regenerate_button = self.edit_button = None
+        self.compare_button = None
         if message.role == "assistant":
             self.regenerate_button = QPushButton("Regenerate")
             self.regenerate_button.clicked.connect(
                 lambda: self.regenerate_requested.emit(self.message.id))
             actions.addWidget(self.regenerate_button)
+            self.compare_button = QPushButton("Compare")
+            self.compare_button.setToolTip("Write a second reply beside this one and pick the "
+                                           "better (or call it a tie)")
+            self.compare_button.clicked.connect(
+                lambda: self.compare_requested.emit(self.message.id))
+            actions.addWidget(self.compare_button)
             self.thumb_up = QToolButton(text="▲ Good")
             self.thumb_down = QToolButton(text="▼ Bad")
             for button, value in ((self.thumb_up, 1), (self.thumb_down, -1)):
@@ -140,7 +148,8 @@ class MessageWidget(QFrame):
             self.thumb_down.setChecked(value < 0)
 
     def set_actions_enabled(self, enabled: bool) -> None:
-        for button in (self.regenerate_button, self.edit_button, self.thumb_up, self.thumb_down):
+        for button in (self.regenerate_button, self.compare_button, self.edit_button,
+                       self.thumb_up, self.thumb_down):
             if button is not None:
                 button.setEnabled(enabled)
 
@@ -162,6 +171,39 @@ class MessageWidget(QFrame):
         return " · ".join(parts)
 
 
+class ComparePair(QFrame):
+    """Two replies to one prompt side by side, and the pick: left, tie or right."""
+    picked = Signal(int)   # +1 left, 0 tie, -1 right
+
+    def __init__(self, left: Message, right: Message, parent=None):
+        super().__init__(parent)
+        self.setObjectName("comparePair")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        title = QLabel("Which reply is better? Read both, then pick "
+                       "(Alt+1 left, Alt+0 tie, Alt+2 right).")
+        title.setWordWrap(True)
+        layout.addWidget(title)
+        columns = QHBoxLayout()
+        self.sides = [MessageWidget(left, [left]), MessageWidget(right, [right])]
+        for side in self.sides:
+            # Only Copy in a column: the other actions (and the speed line) would make
+            # each column wider than half the view.
+            for widget in (side.regenerate_button, side.compare_button, side.thumb_up,
+                           side.thumb_down, side.meta):
+                widget.hide()
+            columns.addWidget(side, 1)
+        layout.addLayout(columns)
+        buttons = QHBoxLayout()
+        self.left_button = QPushButton("◀ Left is better")
+        self.tie_button = QPushButton("About the same")
+        self.right_button = QPushButton("Right is better ▶")
+        for button, value in ((self.left_button, 1), (self.tie_button, 0), (self.right_button, -1)):
+            button.clicked.connect(lambda _=False, v=value: self.picked.emit(v))
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+
+
 class ChatView(QScrollArea):
     """A scrolling column of MessageWidgets plus, while streaming, a live reply."""
 
@@ -169,6 +211,8 @@ class ChatView(QScrollArea):
         super().__init__(parent)
         self.probe = probe
         self.setWidgetResizable(True)
+        # Replies wrap to the view's width; nothing is ever scrolled sideways.
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.container = QWidget()
         self.column = QVBoxLayout(self.container)
         self.column.setAlignment(Qt.AlignmentFlag.AlignTop)
@@ -179,18 +223,31 @@ class ChatView(QScrollArea):
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.column.addWidget(self.placeholder)
         self.streaming: MessageWidget | None = None
+        self.pair: ComparePair | None = None
         self._stream_text = ""
         self._stream_dirty = False
         self._render_timer = QTimer(self)
         self._render_timer.setInterval(STREAM_RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_stream)
 
-    def show_messages(self, path: list[Message], siblings_of, thumbs: dict[str, int]) -> list[MessageWidget]:
+    def show_messages(self, path: list[Message], siblings_of, thumbs: dict[str, int],
+                      compare: tuple[Message, Message] | None = None) -> list[MessageWidget]:
+        """The active branch; with ``compare``, its last reply is shown as two columns
+        (left, right) to pick from."""
         self.clear()
         for message in path:
             if message.role not in ("user", "assistant"):
                 continue
+            if compare and message.id in (compare[0].id, compare[1].id):
+                continue
             self._add(MessageWidget(message, siblings_of(message.id), thumbs.get(message.id, 0)))
+        self.pair = None
+        if compare:
+            self.pair = ComparePair(*compare)
+            self.column.addWidget(self.pair)
+            for widget in self.pair.sides:
+                self.widgets.append(widget)
+                self.probe.register(widget.message.id, widget.browser)
         self.placeholder.setVisible(not self.widgets)
         QTimer.singleShot(0, self.scroll_to_bottom)
         return self.widgets
@@ -210,6 +267,10 @@ class ChatView(QScrollArea):
 
     def clear(self) -> None:
         self.probe.clear()
+        if getattr(self, "pair", None) is not None:
+            self.pair.setParent(None)
+            self.pair.deleteLater()
+            self.pair = None
         for widget in self.widgets:
             widget.setParent(None)
             widget.deleteLater()

@@ -65,6 +65,8 @@ class MainWindow(QMainWindow):
         self.generation: GenerationThread | None = None
         self.store_job: CallThread | None = None   # delete / export running off the UI thread
         self.editing_message_id: str | None = None
+        self.comparing: tuple[str, str] | None = None   # (left, right) awaiting a pick
+        self._compare_original: str | None = None
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
@@ -188,6 +190,8 @@ class MainWindow(QMainWindow):
         self.pause_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
         self._update_collection_indicator()
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.stop)
+        for keys, value in (("Alt+1", 1), ("Alt+0", 0), ("Alt+2", -1)):
+            QShortcut(QKeySequence(keys), self, activated=lambda v=value: self.pick(v))
 
     # --- conversations -------------------------------------------------------------------
     def _refresh_conversations(self) -> None:
@@ -299,11 +303,17 @@ class MainWindow(QMainWindow):
         tree = self.tree
         self._mark_hidden(keep={m.id for m in tree.active_path()})
         thumbs = self.service.thumbs(tree)
-        widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs)
+        compare = None
+        if self.comparing and all(m in tree.messages for m in self.comparing):
+            compare = tuple(tree.messages[m] for m in self.comparing)
+        widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare)
+        if self.chat_view.pair is not None:
+            self.chat_view.pair.picked.connect(self.pick)
         for widget in widgets:
             widget.copy_requested.connect(self.copy_message)
             widget.edit_requested.connect(self.begin_edit)
             widget.regenerate_requested.connect(self.regenerate)
+            widget.compare_requested.connect(self.compare)
             widget.thumb_requested.connect(self.thumb)
             widget.sibling_requested.connect(self.switch_branch)
             if widget.message.role == "assistant":
@@ -384,6 +394,29 @@ class MainWindow(QMainWindow):
         self._start_generation(lambda **stream: self.service.regenerate(
             self.tree, assistant_message_id, **stream))
 
+    def compare(self, assistant_message_id: str) -> None:
+        """A second reply to the same prompt, then both side by side until a pick."""
+        if self.is_generating() or self.comparing:
+            return
+        self.capture.action("compare", assistant_message_id)
+        self._compare_original = assistant_message_id
+        self._start_generation(lambda **stream: self.service.regenerate(
+            self.tree, assistant_message_id, **stream))
+
+    def pick(self, value: int) -> None:
+        """Explicit pairwise feedback: +1 left, -1 right, 0 tie. The kept reply (left on
+        a tie) continues the conversation."""
+        if not self.comparing or self.is_generating():
+            return
+        left, right = self.comparing
+        self.service.record_pick(self.tree, left, right, value)
+        self.capture.action("pick", right if value < 0 else left, value=value)
+        self.comparing = None
+        self.service.switch_to(self.tree, right if value < 0 else left)
+        self._show_tree()
+        self.statusBar().showMessage({1: "Kept the left reply.", -1: "Kept the right reply.",
+                                      0: "A tie: kept the left reply."}[value], 4000)
+
     def begin_edit(self, user_message_id: str) -> None:
         if self.is_generating():
             return
@@ -421,6 +454,9 @@ class MainWindow(QMainWindow):
         self.generation.wait()
         self.chat_view.end_stream()
         self._set_busy(False)
+        if self._compare_original is not None and message is not None:
+            self.comparing = (self._compare_original, message.id)
+        self._compare_original = None
         self._show_tree()
         self.capture.reply_finished()
         if message.tokens_per_s:
@@ -432,6 +468,7 @@ class MainWindow(QMainWindow):
         self.reply_finished.emit(message)
 
     def _on_generation_failed(self, text: str) -> None:
+        self._compare_original = None
         self.generation.wait()
         self.chat_view.end_stream()
         self._set_busy(False)
