@@ -1,0 +1,173 @@
+"""Reading traces: what one person did over one shown reply, as numpy arrays.
+
+A :class:`ReadingTrace` is the common currency between capture (live pointer and gaze
+samples read back from the store), imported research data (IFLLM) and the reward
+model's features (``align/features.py``): the features never ask where a trace came
+from, only which fields are ``missing`` or ``estimated``. A :class:`PairTrace` holds the
+two replies of a side-by-side comparison on one clock, with the time of the pick.
+
+No Qt and no DuckDB here; word and line indices come from :mod:`feedback_store.words`,
+the one tokenizer live and imported data share.
+
+Conventions
+- ``t_ms``: milliseconds since the reply was shown (float64, sorted ascending). For a
+  pair, both traces use the same zero (when the pair appeared).
+- ``x``, ``y``: float64, NaN when the sample has no position over this reply. The frame
+  is the producer's (screen pixels live, box-relative pixels for IFLLM); features use
+  positions only for distances, never across frames.
+- ``offset``: int32 character offset into ``text``; -1 = not over a character.
+- ``word``, ``line``: int32 derived from ``offset`` (-1 with it); see ``words.py``.
+- ``source``: uint8, :data:`MOUSE` (0, any pointer) or :data:`GAZE` (1).
+- ``visible``: bool, whether the sample's point of the reply was on screen; True when
+  unknown (then ``"visible"`` is in ``missing``).
+- ``confidence``: float32 per sample, NaN when unknown (gaze quality; 1.0 for pointer).
+- ``missing``: names of fields the producer did not measure (their arrays hold the
+  "unknown" value); ``estimated``: fields derived approximately (e.g. ``line`` from a
+  fixed-width wrap instead of the real layout).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import words
+
+MOUSE = 0
+GAZE = 1
+ORIGINS = ("live", "imported")
+
+_ARRAYS = {  # name -> dtype, in the order they are stored
+    "t_ms": np.float64, "x": np.float64, "y": np.float64, "offset": np.int32,
+    "word": np.int32, "line": np.int32, "source": np.uint8, "visible": np.bool_,
+    "confidence": np.float32,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class ReadingTrace:
+    t_ms: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    offset: np.ndarray
+    word: np.ndarray
+    line: np.ndarray
+    source: np.ndarray
+    visible: np.ndarray
+    confidence: np.ndarray
+    text: str
+    line_starts: np.ndarray
+    origin: str
+    missing: frozenset = field(default_factory=frozenset)
+    estimated: frozenset = field(default_factory=frozenset)
+    user_id: str | None = None
+    shown_reply_id: str | None = None
+    shown_for_ms: float = float("nan")  # how long the reply was on screen, NaN = unknown
+
+    def __post_init__(self):
+        n = len(self.t_ms)
+        for name, dtype in _ARRAYS.items():
+            array = getattr(self, name)
+            if array.dtype != dtype or array.shape != (n,):
+                raise ValueError(f"ReadingTrace.{name} must be {np.dtype(dtype).name}[{n}], "
+                                 f"got {array.dtype}{list(array.shape)}")
+        if self.origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {ORIGINS}, not {self.origin!r}")
+        if n > 1 and np.any(np.diff(self.t_ms) < 0):
+            raise ValueError("ReadingTrace.t_ms must be sorted")
+
+    # --- construction --------------------------------------------------------------
+    @classmethod
+    def build(cls, *, t_ms, offset, text: str, line_starts=None, x=None, y=None, source=None,
+              visible=None, confidence=None, origin: str = "live", user_id=None,
+              shown_reply_id=None, shown_for_ms: float = float("nan"),
+              chars_per_line: int | None = None, missing=(), estimated=(),
+              snap: str = "none") -> "ReadingTrace":
+        """A trace from raw columns: sorts by time, clears offsets outside the text,
+        fills ``word`` with the shared tokenizer and ``line`` from ``line_starts`` (or,
+        without them, from a greedy wrap at ``chars_per_line`` — then ``line`` is
+        marked estimated). Omitted optional columns become "unknown" and are listed in
+        ``missing``."""
+        t_ms = np.asarray(t_ms, dtype=np.float64)
+        n = len(t_ms)
+        missing, estimated = set(missing), set(estimated)
+
+        def column(values, dtype, unknown, name):
+            if values is None:
+                missing.add(name)
+                return np.full(n, unknown, dtype=dtype)
+            return np.asarray(values, dtype=dtype).reshape(n)
+
+        offset = np.asarray(offset, dtype=np.int64).reshape(n)
+        offset = np.where((offset >= 0) & (offset < len(text or "")), offset, -1).astype(np.int32)
+        x = column(x, np.float64, np.nan, "x")
+        y = column(y, np.float64, np.nan, "y")
+        source = column(source, np.uint8, MOUSE, "source")
+        visible = column(visible, np.bool_, True, "visible")
+        confidence = column(confidence, np.float32, np.nan, "confidence")
+        if line_starts is None:
+            if chars_per_line is None:
+                raise ValueError("give line_starts (the layout) or chars_per_line (a wrap)")
+            line_starts = words.wrap_line_starts(text, chars_per_line)
+            estimated.add("line")
+        line_starts = np.asarray(line_starts, dtype=np.int32)
+        order = np.argsort(t_ms, kind="stable")
+        starts, ends = words.word_spans(text)
+        offset = offset[order]
+        return cls(
+            t_ms=t_ms[order], x=x[order], y=y[order], offset=offset,
+            word=words.word_index(offset, starts, ends, snap=snap),
+            line=words.line_index(offset, line_starts),
+            source=source[order], visible=visible[order], confidence=confidence[order],
+            text=text or "", line_starts=line_starts, origin=origin,
+            missing=frozenset(missing), estimated=frozenset(estimated), user_id=user_id,
+            shown_reply_id=shown_reply_id, shown_for_ms=float(shown_for_ms))
+
+    @classmethod
+    def empty(cls, text: str, line_starts, **kwargs) -> "ReadingTrace":
+        return cls.build(t_ms=np.zeros(0), offset=np.zeros(0, np.int32), text=text,
+                         line_starts=line_starts, **kwargs)
+
+    # --- views ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.t_ms)
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.line_starts)
+
+    @property
+    def n_words(self) -> int:
+        return len(words.word_spans(self.text)[0])
+
+    def select(self, mask) -> "ReadingTrace":
+        """The same trace restricted to the samples where ``mask`` is True."""
+        mask = np.asarray(mask, dtype=bool)
+        arrays = {name: getattr(self, name)[mask] for name in _ARRAYS}
+        return ReadingTrace(**arrays, text=self.text, line_starts=self.line_starts,
+                            origin=self.origin, missing=self.missing, estimated=self.estimated,
+                            user_id=self.user_id, shown_reply_id=self.shown_reply_id,
+                            shown_for_ms=self.shown_for_ms)
+
+    def of_source(self, source: int) -> "ReadingTrace":
+        return self.select(self.source == source)
+
+    def before(self, t_ms: float) -> "ReadingTrace":
+        """Samples strictly before ``t_ms`` (everything when ``t_ms`` is NaN)."""
+        if np.isnan(t_ms):
+            return self
+        return self.select(self.t_ms < t_ms)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in _ARRAYS}
+
+
+@dataclass(frozen=True, eq=False)
+class PairTrace:
+    """Two replies shown side by side (``a`` left / first, ``b`` right / second) on one
+    clock: both traces' ``t_ms`` count from when the pair appeared. ``pick_t_ms`` is when
+    the user chose (NaN when unknown or not chosen)."""
+    a: ReadingTrace
+    b: ReadingTrace
+    pick_t_ms: float = float("nan")
+
+    def sides(self) -> tuple[ReadingTrace, ReadingTrace]:
+        return self.a, self.b
