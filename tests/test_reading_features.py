@@ -1,0 +1,207 @@
+"""The shared tokenizer, the reading-trace types and the reading features, on synthetic
+traces whose answers are known by construction (no data files, no Qt, no database)."""
+import math
+
+import numpy as np
+import pytest
+
+from align import features as F
+from feedback_store import words
+from feedback_store.trace import GAZE, MOUSE, PairTrace, ReadingTrace
+
+# Six visual lines of exactly ten characters each ("line0 aaa ", ...).
+TEXT = "".join(f"line{i} {chr(97 + i) * 3} " for i in range(6))
+STARTS = np.arange(0, 60, 10, dtype=np.int32)
+
+
+def trace_over_lines(lines, per_line=3, step_ms=100.0, source=MOUSE, text=TEXT, starts=STARTS):
+    """Samples every ``step_ms`` ms, ``per_line`` of them on the first character of each
+    listed line in turn."""
+    offsets = np.repeat([int(starts[line]) for line in lines], per_line)
+    t = np.arange(len(offsets)) * step_ms
+    return ReadingTrace.build(t_ms=t, offset=offsets, text=text, line_starts=starts,
+                              x=np.full(len(t), 10.0), y=np.full(len(t), 5.0),
+                              source=np.full(len(t), source), origin="live")
+
+
+# --- tokenizer ------------------------------------------------------------------------
+def test_words_keep_apostrophes_and_hyphens_inside_words():
+    text = "Jude Law’s over-the-top role, isn't it? 3.5 **bold**"
+    starts, ends = words.word_spans(text)
+    assert [text[a:b] for a, b in zip(starts, ends)] == [
+        "Jude", "Law’s", "over-the-top", "role", "isn't", "it", "3", "5", "bold"]
+
+
+def test_offset_to_word_is_vectorised_and_whitespace_is_minus_one():
+    text = "ab cd, ef"
+    starts, ends = words.word_spans(text)
+    offsets = np.array([0, 1, 2, 3, 5, 6, 7, 8, -1, 99])
+    assert words.word_index(offsets, starts, ends).tolist() == [0, 0, -1, 1, -1, -1, 2, 2, -1, -1]
+    assert words.word_index(offsets, starts, ends, snap="preceding")[[2, 4, 5]].tolist() == [0, 1, 1]
+
+
+def test_wrap_breaks_after_spaces_and_at_newlines():
+    text = "aaa bbb ccc ddd\nee ff"
+    assert words.wrap_line_starts(text, 8).tolist() == [0, 8, 16]
+    assert words.line_index([0, 7, 8, 15, 16, 20, -1], [0, 8, 16]).tolist() == [0, 0, 1, 1, 2, 2, -1]
+    assert words.wrap_line_starts("abcdefghij", 4).tolist() == [0, 4, 8]  # a long word is cut
+
+
+# --- trace types -------------------------------------------------------------------------
+def test_trace_build_sorts_fills_words_lines_and_marks_missing():
+    trace = ReadingTrace.build(t_ms=[200.0, 100.0, 300.0], offset=[11, 0, 500], text=TEXT,
+                               line_starts=STARTS, origin="imported", user_id="w1")
+    assert trace.t_ms.tolist() == [100.0, 200.0, 300.0]
+    assert trace.offset.tolist() == [0, 11, -1]         # past the text → not over text
+    assert trace.line.tolist() == [0, 1, -1]
+    assert trace.word.tolist() == [0, 2, -1]            # "line0", "line1"
+    assert {"x", "y", "visible", "source", "confidence"} <= trace.missing
+    assert trace.visible.all() and np.isnan(trace.x).all()
+
+
+def test_trace_without_layout_wraps_and_says_line_is_estimated():
+    trace = ReadingTrace.build(t_ms=[0.0], offset=[12], text="aaa bbb ccc ddd", chars_per_line=8,
+                               origin="imported")
+    assert trace.line.tolist() == [1] and "line" in trace.estimated
+
+
+def test_trace_refuses_wrong_types():
+    good = trace_over_lines([0, 1])
+    with pytest.raises(ValueError):
+        ReadingTrace(**{**good.arrays(), "t_ms": good.t_ms.astype(np.float32)}, text=TEXT,
+                     line_starts=STARTS, origin="live")
+    with pytest.raises(ValueError):
+        ReadingTrace(**good.arrays(), text=TEXT, line_starts=STARTS, origin="somewhere")
+
+
+# --- reading order -------------------------------------------------------------------------
+def test_reading_lines_1_to_5_then_back_to_2_is_one_regression():
+    trace = trace_over_lines([0, 1, 2, 3, 4, 1])
+    f = F.reading_features(trace, MOUSE)
+    assert f["regressions"] == 1
+    assert f["coverage_lines"] == pytest.approx(5 / 6)
+    assert f["first_pass_ms"] == pytest.approx(15 * 100.0)     # five lines × three samples
+    assert f["first_pass_coverage"] == pytest.approx(5 / 6)
+    assert f["furthest"] == pytest.approx(4 / 5)
+    assert f["revisits"] == 1 and f["skipped_lines"] == 0
+    assert f["dwell_ms"] == pytest.approx(18 * 100.0)
+    # first pass spans five 10-character lines in 1.5 s
+    assert f["first_pass_cps"] == pytest.approx(50 / 1.5)
+
+
+def test_rereading_after_the_jump_back_is_still_one_regression():
+    assert F.reading_features(trace_over_lines([0, 1, 2, 3, 4, 1, 2, 3]), MOUSE)["regressions"] == 1
+    assert F.reading_features(trace_over_lines([0, 1, 2, 1, 2, 1]), MOUSE)["regressions"] == 2
+
+
+def test_skipped_lines_and_mean_position():
+    f = F.reading_features(trace_over_lines([0, 2, 5]), MOUSE)
+    assert f["skipped_lines"] == 3            # lines 1, 3, 4 lie above the furthest (5)
+    assert f["regressions"] == 0 and f["furthest"] == 1.0
+    assert f["mean_position"] == pytest.approx((0 + 2 / 5 + 1) / 3)
+
+
+def test_short_visits_are_dropped_with_min_visit():
+    # one stray sample on line 0 in the middle of line 3 reading: jitter, not a regression
+    lines = [1, 2, 3, 0, 3, 4]
+    per = [3, 3, 3, 1, 3, 3]
+    offsets = np.concatenate([[int(STARTS[l])] * n for l, n in zip(lines, per)])
+    trace = ReadingTrace.build(t_ms=np.arange(len(offsets)) * 100.0, offset=offsets, text=TEXT,
+                               line_starts=STARTS, origin="live")
+    assert F.reading_features(trace, MOUSE)["regressions"] == 1
+    assert F.reading_features(trace, MOUSE, min_visit_ms=150)["regressions"] == 0
+
+
+def test_durations_are_capped_and_off_text_time_is_not_dwell():
+    offsets = [0, 0, -1, -1, 10]
+    t = [0.0, 100.0, 200.0, 5000.0, 5100.0]     # a 4.8 s gap counts as CAP_MS
+    trace = ReadingTrace.build(t_ms=t, offset=offsets, text=TEXT, line_starts=STARTS,
+                               x=[1, 1, 2, 2, 3], y=[1, 1, 1, 1, 1], origin="live")
+    f = F.reading_features(trace, MOUSE)
+    assert f["dwell_ms"] == pytest.approx(100 + 100 + 100)   # last sample: median gap
+    assert f["hover_ms"] == pytest.approx(100 + 100 + 100 + F.CAP_MS + 100)
+    assert f["path_px"] == pytest.approx(2.0)
+    assert math.isnan(f["focused_ms"])   # visibility not measured: focused time unknown
+    trace2 = ReadingTrace.build(t_ms=t, offset=offsets, text=TEXT, line_starts=STARTS,
+                                visible=[True, False, True, True, True], origin="live")
+    assert F.reading_features(trace2, MOUSE)["focused_ms"] == pytest.approx(100.0 + 100.0)
+
+
+def test_empty_trace_gives_nan_not_zero():
+    f = F.reading_features(ReadingTrace.empty(TEXT, STARTS), GAZE)
+    assert f["dwell_ms"] == 0 and math.isnan(f["coverage_lines"]) and math.isnan(f["regressions"])
+
+
+# --- pairs -------------------------------------------------------------------------------
+def test_decision_phase_last_side_switches_and_recent_share():
+    a = ReadingTrace.build(t_ms=np.arange(0, 3000, 100.0), offset=np.zeros(30, int), text=TEXT,
+                           line_starts=STARTS, origin="live")
+    b_t = np.arange(3000, 4000, 100.0)
+    b = ReadingTrace.build(t_ms=b_t, offset=np.zeros(len(b_t), int), text=TEXT,
+                           line_starts=STARTS, origin="live")
+    f = F.decision_features(PairTrace(a, b, pick_t_ms=5000.0), MOUSE)
+    assert f["last_side"] == -1 and f["first_side"] == 1 and f["switches"] == 1
+    # last 5 s before the last sample (3.9 s): a had 3.0 s, b 1.0 s
+    assert f["share_last_5s"] == pytest.approx(0.75 - 0.5, abs=0.03)
+    swapped = F.decision_features(PairTrace(b, a, pick_t_ms=5000.0), MOUSE)
+    assert swapped["switches"] == f["switches"]       # the one symmetric value
+    assert all(swapped[k] == pytest.approx(-v) for k, v in f.items() if k != "switches")
+
+
+def test_samples_after_the_pick_are_ignored():
+    a = trace_over_lines([0, 1])
+    b = ReadingTrace.build(t_ms=[10_000.0], offset=[0], text=TEXT, line_starts=STARTS, origin="live")
+    assert F.decision_features(PairTrace(a, b, pick_t_ms=1000.0), MOUSE)["last_side"] == 1
+
+
+def test_pair_difference_and_share_are_antisymmetric():
+    a, b = {"dwell_ms": 1000.0, "x": 2.0}, {"dwell_ms": 100.0, "x": 5.0}
+    d = F.pair_difference(a, b, log_keys={"dwell_ms"})
+    assert d["x"] == -3.0 and d["dwell_ms"] == pytest.approx(math.log1p(1000) - math.log1p(100))
+    assert F.share(3, 1) == pytest.approx(0.25) and F.share(1, 3) == pytest.approx(-0.25)
+    assert F.share(0, 0) == 0.0
+
+
+def test_interactions_are_nan_when_not_measured():
+    f = F.interaction_features({"copied": 1, "thumb": -1})
+    assert f["copied"] == 1.0 and f["thumb"] == -1.0 and math.isnan(f["scroll_depth"])
+
+
+# --- per-user normalisation without look-ahead ---------------------------------------------
+def test_running_normalisation_uses_only_earlier_rows_of_the_same_user():
+    values = np.array([10.0, 10.0, 0.0, 10.0, 1000.0])
+    users = np.array(["u", "u", "v", "u", "u"])
+    order = np.array([1, 2, 1, 3, 4])
+    out = F.running_normalise(values, users, order, prior=0.0)
+    # first row of each user: nothing earlier → centred on 0 (the prior mean)
+    assert out[0] == 10.0 and out[2] == 0.0
+    assert out[1] == 0.0 and out[3] == 0.0
+    # a later huge value does not change earlier rows (no look-ahead)
+    changed = F.running_normalise(np.where(values == 1000, 5.0, values), users, order, prior=0.0)
+    assert changed[:4].tolist() == out[:4].tolist()
+
+
+def test_running_percentile_is_half_without_history_and_scale_free():
+    users, order = np.array(["u"] * 4), np.arange(4)
+    p = F.running_percentile(np.array([5.0, 1.0, 9.0, 5.0]), users, order, prior=0.0)
+    assert p[0] == 0.5
+    assert p[1] == 0.0 and p[2] == 1.0 and p[3] == pytest.approx(0.5)
+    assert np.allclose(F.running_percentile(np.array([5.0, 1.0, 9.0, 5.0]) * 1000, users, order, 0.0), p,
+                       equal_nan=True)
+
+
+# --- text ---------------------------------------------------------------------------------
+def test_text_features_count_structure():
+    text = "# Title\n\nIntro sentence. Another one!\n- item 1\n- item 2\n\n```\ncode\n```\nSee 42."
+    f = F.text_features(text, query="what is the title")
+    assert f["list_items"] == 2 and f["code_blocks"] == 1 and f["headings"] >= 1
+    assert f["numbers"] == 3 and f["query_overlap"] == 1.0
+    assert f["chars_log"] == pytest.approx(math.log1p(len(text)))
+
+
+def test_expected_reading_residual_removes_what_length_predicts():
+    rng = np.random.default_rng(0)
+    length = rng.uniform(3, 8, 200)
+    observed = 1.0 + 0.9 * length + rng.normal(0, 0.01, 200)
+    model = F.ExpectedReading(ridge=1e-6).fit(length[:, None], observed)
+    assert np.abs(model.residual(length[:, None], observed)).max() < 0.05
