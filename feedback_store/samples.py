@@ -180,11 +180,13 @@ class SampleManager:
         when the queue is full. A malformed sample raises MalformedSample."""
         if not samples:
             return False
-        table = TABLE_OF.get(type(samples[0]))
-        for sample in samples:
-            check(sample)
-            if TABLE_OF[type(sample)] != table:
-                raise MalformedSample("one call takes samples of one kind")
+        kind = type(samples[0])
+        table = TABLE_OF.get(kind)
+        if table is None or any(type(sample) is not kind for sample in samples):
+            raise MalformedSample("submit takes a list of samples of one kind "
+                                  "(PointerSample, GazeSample, ViewportEvent or ReplyAction)")
+        # Field values are checked by the writer only if the batch fails to insert (see
+        # Writer._flush_samples): checking every field here would cost more than storing.
         consent = self.store.consent
         signal = SAMPLE_TABLE_SIGNAL[table]
         if consent.paused:

@@ -60,6 +60,15 @@ def columnar_insert(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[t
         con.unregister("sample_batch")
 
 
+def _valid(row) -> bool:
+    from .samples import MalformedSample, check
+    try:
+        check(row)
+        return True
+    except MalformedSample:
+        return False
+
+
 class Writer(threading.Thread):
     def __init__(self, con: duckdb.DuckDBPyConnection, capacity: int = 4096,
                  flush_interval_s: float = 0.25):
@@ -76,6 +85,9 @@ class Writer(threading.Thread):
         self._buffer: dict[str, tuple[tuple, list[list[tuple]]]] = {}
         self._last_flush = time.monotonic()
         self._stopping = False
+        self.max_queued_rows = 500_000     # ≈ 10 s at 50 k samples/s; ≈ 150 MB at most
+        self._queued_rows = 0
+        self._rows_lock = threading.Lock()
 
     # --- producers -------------------------------------------------------------------
     def call(self, fn, *args):
@@ -100,10 +112,19 @@ class Writer(threading.Thread):
         self.queue.put((fn, args, None))
 
     def submit_samples(self, table: str, columns: tuple, rows: list[tuple]) -> bool:
+        """Queue rows without waiting. Memory is bounded in rows, not only in queue items:
+        past ``max_queued_rows`` waiting to be written, a batch is refused and counted."""
+        with self._rows_lock:
+            if self._queued_rows + len(rows) > self.max_queued_rows:
+                self.dropped_full += len(rows)
+                return False
+            self._queued_rows += len(rows)
         try:
             self.queue.put_nowait(("samples", table, columns, rows))
             return True
         except queue.Full:
+            with self._rows_lock:
+                self._queued_rows -= len(rows)
             self.dropped_full += len(rows)
             return False
 
@@ -160,19 +181,26 @@ class Writer(threading.Thread):
         if not self._buffer:
             return
         buffered, self._buffer = self._buffer, {}
+        with self._rows_lock:
+            self._queued_rows -= sum(len(c) for _, chunks in buffered.values() for c in chunks)
         for table, (columns, chunks) in buffered.items():
             try:
                 columnar_insert(self.con, table, columns, [r for chunk in chunks for r in chunk])
                 self.written[table] += sum(len(chunk) for chunk in chunks)
             except BaseException as error:  # noqa: BLE001
-                # One bad submission must not cost the others: retry chunk by chunk.
+                # One bad row must not cost the others: keep the rows that pass the
+                # field check, count the rest.
                 self._record_failure(error)
-                for chunk in chunks:
+                rows = [r for chunk in chunks for r in chunk]
+                good = [r for r in rows if _valid(r)]
+                self.failed_rows[table] += len(rows) - len(good)
+                if good:
                     try:
-                        columnar_insert(self.con, table, columns, chunk)
-                        self.written[table] += len(chunk)
-                    except BaseException:  # noqa: BLE001
-                        self.failed_rows[table] += len(chunk)
+                        columnar_insert(self.con, table, columns, good)
+                        self.written[table] += len(good)
+                    except BaseException as second:  # noqa: BLE001
+                        self._record_failure(second)
+                        self.failed_rows[table] += len(good)
         if self.on_flush is not None:
             try:
                 self.on_flush(self.con)

@@ -88,3 +88,14 @@ def test_without_consent_the_recorder_stores_nothing(store):
     store.flush()
     assert store.counts()["pointer_samples"] == 0
     assert recorder.refused == 1 and store.consent.refused["no_consent:pointer"] == 1
+
+
+def test_one_point_and_many_points_map_the_same():
+    snap = snapshot(clip=(100, 200, 400, 240))
+    rng = np.random.default_rng(1)
+    xs, ys = rng.uniform(80, 420, 2000), rng.uniform(190, 250, 2000)
+    many = snap.map(xs, ys)
+    for i in range(len(xs)):
+        placed, offset, word, line = snap.map_one(xs[i], ys[i])
+        assert (0 if placed else -1) == many.reply[i]
+        assert (offset, word, line) == (many.offset[i], many.word[i], many.line[i]) or placed is None
