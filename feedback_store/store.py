@@ -106,9 +106,12 @@ class FeedbackStore:
                 probe.close()
             if found > migrations.LATEST_VERSION:
                 raise SchemaTooNew(path, found, migrations.LATEST_VERSION)
+        created = not path.exists()
         con = open_encrypted(path, key.hex)
         try:
             migrations.migrate(con)
+            if created:
+                compaction.rewrite_second_header(con, ATTACH_ALIAS)
         except Exception as error:
             con.close()
             raise translate(error, path) from error

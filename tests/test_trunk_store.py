@@ -187,3 +187,21 @@ def test_a_kill_after_any_compaction_step_leaves_a_database_that_opens(home, ste
         assert [m.content for m in store.conversations.messages("kept")] == ["kept text"]
     assert not (home / "glance.key.next").exists()
     assert not (home / "glance.compact.db").exists()
+
+
+def test_no_fragment_of_the_key_stays_in_a_new_or_compacted_file(home):
+    """DuckDB 1.5.5 leaves 4 characters of the key string in a new file's second header
+    (tests/test_block_audit.py shows it); the store rewrites that header."""
+    from feedback_store import audit
+
+    def leaks():
+        key = (home / "glance.key").read_text().strip()
+        fragments = {key[i:i + 4].encode() for i in range(len(key) - 3)}
+        return [(offset, pad) for offset, pad in audit.unauthenticated_bytes(home / "glance.db")
+                if pad in fragments]
+    FeedbackStore.open(home).close()
+    assert leaks() == []
+    with FeedbackStore.open(home) as store:
+        store.conversations.create(Conversation(title="x", id="x"))
+        store.delete_conversation("x")
+    assert leaks() == []
