@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .connection import quote
 from .errors import StoreError, WrongKey
-from .keys import (DatabaseKey, discard_staged_key, promote_staged_key, stage_next_key,
-                   staged_key)
+from .keys import (DatabaseKey, discard_staged_key, fsync_path, promote_staged_key,
+                   stage_next_key, staged_key)
 
 FRESH_FILE = "glance.compact.db"
 STEPS = ("stage_key", "write_fresh", "detach_old", "swap_file", "promote_key", "reattach")
@@ -45,7 +45,7 @@ def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> Da
     con.execute(f"COPY FROM DATABASE {alias} TO glance_fresh")
     rewrite_second_header(con, "glance_fresh")
     con.execute("DETACH glance_fresh")
-    _fsync(fresh)
+    fsync_path(fresh)
     _after_step("write_fresh")
 
     con.execute("USE memory")
@@ -54,7 +54,7 @@ def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> Da
 
     os.replace(fresh, path)
     path.with_name(path.name + ".wal").unlink(missing_ok=True)
-    _fsync(data_dir)
+    fsync_path(data_dir)
     _after_step("swap_file")
 
     in_force = promote_staged_key(data_dir, new_key)
@@ -98,11 +98,3 @@ def recover(data_dir: Path, path: Path, key: DatabaseKey, try_open) -> DatabaseK
         return promote_staged_key(data_dir, staged)
     discard_staged_key(data_dir)   # killed before the swap: the old file stands
     return key
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

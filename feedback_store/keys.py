@@ -73,11 +73,12 @@ def _write_file_durably(path: Path, value: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -155,7 +156,7 @@ def promote_staged_key(data_dir: Path, staged: DatabaseKey) -> DatabaseKey:
         return DatabaseKey(staged.hex, "keyring")
     _shred_file(key_file)
     os.replace(data_dir / NEXT_KEY_FILE_NAME, key_file)
-    _fsync_dir(data_dir)
+    fsync_path(data_dir)
     _delete_keyring(data_dir)  # a key file now rules; never leave an older keyring copy
     return DatabaseKey(staged.hex, "file")
 
