@@ -1,0 +1,148 @@
+"""Cold start: nothing heavy is imported until a feature needs it, the GGUF header is read
+without the gguf package, and the app's ready hook (used by bench/startup.py) works."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from app.models import ModelError, default_model_path, inspect_model
+from conftest import ROOT, run_glance
+
+# Each costs from a few hundred ms to seconds to import, and none is needed to chat.
+HEAVY = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "mediapipe",
+         "cv2", "sklearn", "skimage", "scipy", "jax", "matplotlib", "gguf"]
+
+PROBE = textwrap.dedent("""
+    import json, sys
+    import app.cli, app.ui.main, app.ui.main_window
+    from app.models import default_model_path, inspect_model
+    inspect_model(default_model_path())  # the header reader must not need gguf
+    for name in sys.argv[2:]:
+        __import__(name)  # only the control passes names here
+    heavy = json.loads(sys.argv[1])
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+""")
+
+
+def heavy_modules_after_start(*extra_imports: str) -> list[str]:
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY), *extra_imports],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cli_and_window_import_nothing_heavy():
+    assert heavy_modules_after_start() == []
+
+
+def test_the_import_probe_sees_a_heavy_import():
+    # The control: were a start-up module to import gguf, the probe would report it.
+    pytest.importorskip("gguf")
+    assert "gguf" in heavy_modules_after_start("gguf")
+
+
+def test_embedded_model_header():
+    info = inspect_model(default_model_path())
+    assert info["architecture"] == "llama"
+    assert info["context_length"] == 8192
+    assert "im_start" in info["chat_template"]
+    assert info["name"]
+
+
+def test_half_a_model_is_refused(tmp_path):
+    source = default_model_path()
+    cut = tmp_path / "half.gguf"
+    with open(source, "rb") as handle:
+        cut.write_bytes(handle.read(os.path.getsize(source) // 2))
+    with pytest.raises(ModelError, match="truncated"):
+        inspect_model(cut)
+
+
+def test_a_file_cut_after_it_was_inspected_is_refused(tmp_path):
+    """The header is cached per (path, size, mtime): a changed file is read again."""
+    copy = tmp_path / "model.gguf"
+    copy.write_bytes(default_model_path().read_bytes())
+    assert inspect_model(copy)["architecture"] == "llama"
+    with open(copy, "r+b") as handle:
+        handle.truncate(os.path.getsize(copy) - 1000)
+    with pytest.raises(ModelError, match="truncated"):
+        inspect_model(copy)
+
+
+def test_damaged_headers_are_refused(tmp_path):
+    header = default_model_path().read_bytes()[:4096]
+    cases = {
+        "version": header[:4] + (99).to_bytes(4, "little") + header[8:],
+        "kv_count": header[:16] + (2**62).to_bytes(8, "little") + header[24:],
+        "cut_in_header": header[:2000],
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(data)
+        with pytest.raises(ModelError, match="damaged or truncated"):
+            inspect_model(path)
+
+
+def test_reader_matches_gguf_on_the_embedded_model():
+    gguf = pytest.importorskip("gguf")
+    from app.models import _read_header
+    path = default_model_path()
+    reader = gguf.GGUFReader(path)
+    fields = reader.fields
+    architecture = fields["general.architecture"].contents()
+    header = _read_header.__wrapped__(str(path.resolve()), 0, 0)
+    assert header.architecture == architecture
+    assert header.name == fields["general.name"].contents()
+    assert header.context_length == fields[f"{architecture}.context_length"].contents()
+    assert header.chat_template == fields["tokenizer.chat_template"].contents()
+    assert header.expected_end == max(t.data_offset + t.n_bytes for t in reader.tensors)
+
+
+def test_reader_matches_gguf_on_odd_layouts(tmp_path):
+    """Custom alignment, every scalar type, string/number/nested arrays, f16 tensors."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from app.models import _read_header
+    for alignment in (None, 1, 64):
+        path = tmp_path / f"odd-{alignment}.gguf"
+        writer = gguf.GGUFWriter(str(path), arch="qwen2")
+        if alignment:
+            writer.add_custom_alignment(alignment)
+        writer.add_name("odd")
+        writer.add_context_length(4096)
+        writer.add_bool("x.bool", True)
+        writer.add_float32("x.float", 0.5)
+        writer.add_int8("x.int8", -3)
+        writer.add_uint64("x.uint64", 2**40)
+        writer.add_array("x.numbers", [1, 2, 3])
+        writer.add_array("x.strings", ["a", "bé", ""])
+        writer.add_array("x.nested", [[1, 2], [3]])
+        writer.add_chat_template("{{ messages }}")
+        writer.add_tensor("a", np.ones((3, 5), dtype=np.float32))
+        writer.add_tensor("b", np.ones((7,), dtype=np.float16))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        reader = gguf.GGUFReader(path)
+        header = _read_header.__wrapped__(str(path), 0, 0)
+        assert (header.architecture, header.name, header.context_length, header.chat_template) \
+            == ("qwen2", "odd", 4096, "{{ messages }}")
+        assert header.expected_end == max(t.data_offset + t.n_bytes for t in reader.tensors)
+
+
+def test_app_reports_ready_and_quits(tmp_path):
+    """The hook bench/startup.py times: printed once the window is usable, then quit."""
+    home = tmp_path / "home"
+    for signal in ("pointer", "gaze", "personalise"):  # no consent dialog to wait on
+        assert run_glance("consent", "set", signal, "off", home=home).returncode == 0
+    env = dict(os.environ, GLANCE_HOME=str(home), QT_QPA_PLATFORM="offscreen",
+               GLANCE_PRINT_READY="1", GLANCE_QUIT_WHEN_READY="1")
+    done = subprocess.run([sys.executable, "-m", "app.cli"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines().count("glance-ready") == 1
