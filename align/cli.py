@@ -28,19 +28,59 @@ def cmd_reward_train(args) -> int:
     _single_threaded()
     from .train import TASKS, train_ifllm
 
-    if not args.ifllm:
-        print("align reward train: no training data. The user's consented reading data "
-              "arrives with the capture milestone; for now give --ifllm DIR (research data "
-              "as the prior).", file=sys.stderr)
+    if not args.ifllm and not args.research:
+        print("align reward train: no training data. Training on the user's own consented "
+              "reading is not wired yet; give --ifllm DIR (a research folder) or --research "
+              "(the research data imported into the store with align import-ifllm).",
+              file=sys.stderr)
         return 2
     tasks = TASKS if args.task == "both" else (args.task,)
-    written = train_ifllm(args.ifllm, args.out or _default_model_dir(), tasks, args.features)
+    out = args.out or _default_model_dir()
+    if args.research:
+        from feedback_store import FeedbackStore
+        from .research import read_research
+        from .train import train_data
+        with FeedbackStore.open() as store:
+            data = read_research(store)
+        written = train_data(data, out, tasks, args.features, source="research")
+    else:
+        written = train_ifllm(args.ifllm, out, tasks, args.features)
     if args.json:
         print(json.dumps(written))
     else:
         for task, info in written.items():
             print(f"{task}: {info['path']} ({info['train_rows']} examples from "
                   f"{info['train_users']} users, {info['columns']} columns, C={info['C']})")
+    return 0
+
+
+def cmd_import_ifllm(args) -> int:
+    from feedback_store import FeedbackStore, StoreError
+    from .research import ResearchSchemaMissing, import_ifllm, remove_research
+
+    if not args.remove and not args.directory:
+        print("align import-ifllm: give DIR (or --remove)", file=sys.stderr)
+        return 2
+    progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        with FeedbackStore.open() as store:
+            if args.remove:
+                result = remove_research(store, args.directory)
+            else:
+                result = import_ifllm(store, args.directory, progress=progress)
+    except (StoreError, ResearchSchemaMissing, ValueError) as error:
+        print(f"align import-ifllm: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    elif args.remove:
+        print("removed: " + ", ".join(f"{t} {n}" for t, n in result["removed"].items()))
+    else:
+        print(f"imported {args.directory} as {result['import_id']} in {result['seconds']} s"
+              + (" (replacing the previous import of the same data)" if result["replaced_previous_import"] else ""))
+        for part in ("read", "repaired", "dropped"):
+            print(f"{part}: " + ", ".join(f"{k} {v}" for k, v in result[part].items()))
+        print("written: " + ", ".join(f"{t} {n}" for t, n in result["written"].items()))
     return 0
 
 
@@ -87,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     reward_commands = reward.add_subparsers(dest="reward_command", metavar="SUBCOMMAND")
     train = reward_commands.add_parser("train", help="fit and save reward models")
     train.add_argument("--ifllm", metavar="DIR", help="IFLLM-format folder (research prior)")
+    train.add_argument("--research", action="store_true",
+                       help="train on the research data imported into the store (never by default)")
     train.add_argument("--task", choices=("pairwise", "pointwise", "both"), default="both")
     train.add_argument("--features", choices=("text", "implicit", "text_implicit"),
                        default="text_implicit")
@@ -101,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--folds", type=int, default=5)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_reward_evaluate)
+
+    research = commands.add_parser("import-ifllm", help="import an IFLLM folder as research data")
+    research.add_argument("directory", nargs="?", metavar="DIR")
+    research.add_argument("--remove", action="store_true",
+                          help="remove imported research data (all of it, or DIR's)")
+    research.add_argument("--json", action="store_true")
+    research.set_defaults(func=cmd_import_ifllm)
 
     subset = commands.add_parser("ifllm-subset", help="copy some workers of an IFLLM folder")
     subset.add_argument("source")

@@ -58,7 +58,7 @@ from feedback_store.trace import GAZE, MOUSE, PairTrace, ReadingTrace
 from feedback_store.words import wrap_line_starts
 
 FILES = ("queries.parquet", "samples.parquet", "tasks.parquet", "workers.parquet")
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 HOUR_MS = 3_600_000
 SHIFTS_H = tuple(range(-12, 13))
 # Median of the per-box estimates on the shared development folder is ~120; a round
@@ -98,6 +98,7 @@ class Turn:
     adjustment: int
     traces: tuple[ReadingTrace, ...]  # one per response
     page: ReadingTrace               # abs_* samples in page coordinates (no text)
+    models: tuple = ()               # the study's LLM name per response
 
     @property
     def task(self) -> str:
@@ -214,7 +215,7 @@ def _read(directory: Path) -> IfllmData:
     rows = con.execute(f"""
         select user_id, task_id, query_ID, coalesce(user_query, ''), coalesce(llm_response_1, ''),
                llm_response_2, likert_1, likert_2, preference, coalesce(adjustment, 0),
-               epoch_ms(try_strptime(query_timestamp, '%Y-%m-%d %H:%M:%S'))
+               epoch_ms(try_strptime(query_timestamp, '%Y-%m-%d %H:%M:%S')), llm_name_1, llm_name_2
         from {queries_file} order by user_id, task_id, query_ID""").fetchall()
     report["read"]["queries"] = len(rows)
     tasks: dict[tuple, list] = {}
@@ -518,7 +519,8 @@ def _build_turns(task: dict) -> list[Turn]:
             clock_shift_h=int(task["shift_h"]),
             preference=float("nan") if row[8] is None else float(row[8]),
             likert=tuple(float("nan") if v is None else float(v) for v in row[6:6 + len(task["responses"][t])]),
-            adjustment=int(row[9]), traces=tuple(traces), page=page))
+            adjustment=int(row[9]), traces=tuple(traces), page=page,
+            models=tuple(row[11:11 + len(task["responses"][t])])))
     return turns
 
 
@@ -540,7 +542,7 @@ def _save_cache(path: Path, data: IfllmData) -> None:
     for turn in data.turns:
         entry = {k: getattr(turn, k) for k in (
             "user_id", "task_id", "index", "query_id", "query", "responses", "shown_epoch_ms",
-            "end_epoch_ms", "clock_shift_h", "preference", "likert", "adjustment")}
+            "end_epoch_ms", "clock_shift_h", "preference", "likert", "adjustment", "models")}
         entry["line_starts"] = [tr.line_starts.tolist() for tr in turn.traces]
         meta.append(entry)
         traces.extend(turn.traces)
@@ -564,6 +566,7 @@ def _load_cache(path: Path, directory: Path) -> IfllmData:
         line_starts = entry.pop("line_starts")
         entry["responses"] = tuple(entry["responses"])
         entry["likert"] = tuple(entry["likert"])
+        entry["models"] = tuple(entry.get("models", ()))
         duration = entry["end_epoch_ms"] - entry["shown_epoch_ms"]
         traces = []
         for s, text in enumerate(entry["responses"]):

@@ -39,7 +39,11 @@ def train_table(table: Table, task: str, feature_set: str = "text_implicit", see
 def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implicit") -> dict:
     from .ifllm import read_ifllm
 
-    data = read_ifllm(directory)
+    return train_data(read_ifllm(directory), out_dir, tasks, feature_set, source="ifllm")
+
+
+def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
+               source: str = "ifllm") -> dict:
     out_dir = Path(out_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     written = {}
@@ -47,7 +51,7 @@ def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implic
         table = pairwise_table(data.pairwise_turns()) if task == "pairwise" \
             else pointwise_table(data.pointwise_pairs())
         model = train_table(table, task, feature_set)
-        model.info.update({"source": "ifllm", "data": str(directory), "version": stamp})
+        model.info.update({"source": source, "data": str(data.directory), "version": stamp})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
                          "C": model.info.get("C")}

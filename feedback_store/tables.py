@@ -44,6 +44,14 @@ TABLES: tuple[Table, ...] = (
     Table("consents", "global", "consent"),
     Table("models", "global", "models"),
     Table("app_settings", "global", "settings"),
+    # Imported research data (migration 0003, written by align/research.py): public
+    # study data, not the user's, so not exported.
+    Table("research_imports", "research", "research", exported=False),
+    Table("research_conversations", "research", "research", exported=False),
+    Table("research_turns", "research", "research", exported=False),
+    Table("research_shown_replies", "research", "research", exported=False),
+    Table("research_samples", "research", "research", exported=False),
+    Table("research_feedback", "research", "research", exported=False),
     Table("refusals", "internal", "consent"),
     Table("schema_migrations", "internal", "migrations", exported=False),
 )

@@ -1,0 +1,88 @@
+"""`align import-ifllm`: research data in the encrypted store, in its own scope.
+
+A small IFLLM folder built from the real study files (two workers: pairwise and
+pointwise turns, one with a 4-hour clock skew) is imported into a real store."""
+import json
+
+import numpy as np
+import pytest
+
+from test_reward import IFLLM, require_ifllm
+
+WORKERS = ["worker_a2b63b0c", "worker_129661d9"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    require_ifllm()
+    from align.ifllm import write_subset
+    path = tmp_path_factory.mktemp("research") / "ifllm"
+    write_subset(IFLLM, path, WORKERS)
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def research_counts(store) -> dict:
+    return {k: v for k, v in store.counts().items() if k.startswith("research_")}
+
+
+def test_import_is_complete_idempotent_and_reads_back_exactly(store, folder, cache):
+    from align.ifllm import read_ifllm
+    from align.research import import_ifllm, read_research
+    data = read_ifllm(folder)
+    report = import_ifllm(store, folder)
+    counts = research_counts(store)
+    assert counts["research_turns"] == len(data.turns) == report["read"]["turns"]
+    assert counts["research_samples"] == sum(len(tr) for t in data.turns for tr in (*t.traces, t.page))
+    assert counts["research_shown_replies"] == sum(len(t.traces) + 1 for t in data.turns)
+    assert counts["research_imports"] == 1 and report["replaced_previous_import"] is False
+    assert report["repaired"]["task_clock_shift_-4h"] >= 1
+
+    again = import_ifllm(store, folder)               # same data again: replaced, not doubled
+    assert again["replaced_previous_import"] is True and research_counts(store) == counts
+
+    back = {t.query_id: t for t in read_research(store).turns}
+    for turn in data.turns:
+        other = back[turn.query_id]
+        assert (other.pair_label, other.better_than_previous) == (turn.pair_label, turn.better_than_previous)
+        assert other.responses == turn.responses and other.models == turn.models
+        for a, b in zip((*turn.traces, turn.page), (*other.traces, other.page)):
+            for name, array in a.arrays().items():
+                assert np.array_equal(array, getattr(b, name), equal_nan=array.dtype.kind == "f"), name
+            assert b.origin == "imported" and b.estimated == a.estimated
+
+
+def test_research_scope_survives_retention_and_conversation_deletion(store, folder, cache):
+    from align.research import import_ifllm, remove_research
+    from feedback_store import Conversation, Message
+    import_ifllm(store, folder)
+    before = research_counts(store)
+    store.conversations.create(Conversation(title="mine", id="mine"))
+    store.conversations.add_message(Message(conversation_id="mine", role="user", content="x"))
+    store.apply_retention(now_wall_ns=2**62)           # far future: every signal expires
+    store.delete_conversation("mine", compact=False)
+    assert research_counts(store) == before
+
+    store.conversations.create(Conversation(title="kept", id="kept"))
+    removed = remove_research(store)
+    assert removed["removed"]["research_samples"] == before["research_samples"]
+    assert set(research_counts(store).values()) == {0}
+    assert store.counts()["conversations"] == 1        # the user's data is untouched
+
+
+def test_cli_imports_and_removes(home, folder, cache, capsys):
+    from align.cli import main
+    from feedback_store import FeedbackStore
+    assert main(["import-ifllm", str(folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["written"]["research_turns"] == result["read"]["turns"]
+    assert {"read", "repaired", "dropped"} <= set(result)
+    with FeedbackStore.open(home) as store:
+        assert research_counts(store)["research_imports"] == 1
+    assert main(["import-ifllm", "--remove", "--json"]) == 0
+    with FeedbackStore.open(home) as store:
+        assert set(research_counts(store).values()) == {0}
