@@ -1,8 +1,19 @@
-"""Is there a camera? Answered without opening it (opening turns its light on)."""
+"""The camera: presence (for `glance doctor`) and a capture thread on cv2.VideoCapture.
+
+A source is a device index (``0``), a device path (``/dev/video0``) or a video file
+(replay and tests: a file behaves like a camera). Frames live in memory only: the grabber
+keeps the newest frame for the processing thread and drops it once taken; nothing is
+written anywhere. cv2 is imported when a capture is opened, never at module import.
+"""
 import glob
+import os
+import threading
+import time
+from dataclasses import dataclass
 
 
 def camera_status() -> dict:
+    """Is there a camera? Answered without opening it (opening turns its light on)."""
     devices = sorted(glob.glob("/dev/video*"))
     try:
         import cv2  # noqa: F401  (installed with the gaze extra)
@@ -10,3 +21,208 @@ def camera_status() -> dict:
     except ImportError:
         opencv = False
     return {"available": bool(devices), "devices": devices, "opencv_installed": opencv}
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: int | str = 0
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    realtime: bool = True     # files: pace at their frame rate (a camera paces itself)
+    loop: bool = False        # files: start again at the end
+    retry_s: float = 2.0      # wait before reopening a missing or failed camera
+
+    @property
+    def is_file(self) -> bool:
+        return isinstance(self.source, str) and not self.source.startswith("/dev/video") \
+            and not self.source.isdigit()
+
+    @property
+    def device_path(self) -> str | None:
+        if isinstance(self.source, int):
+            return f"/dev/video{self.source}"
+        if isinstance(self.source, str) and self.source.isdigit():
+            return f"/dev/video{self.source}"
+        if isinstance(self.source, str) and self.source.startswith("/dev/video"):
+            return self.source
+        return None
+
+    def describe(self) -> str:
+        return f"video file {self.source}" if self.is_file else f"camera {self.source}"
+
+
+@dataclass(frozen=True)
+class CameraState:
+    state: str          # 'opening' | 'ok' | 'no_camera' | 'camera_busy' | 'ended'
+    message: str
+
+
+NO_CAMERA = ("No camera was found. Plug in a webcam (or check that it is enabled); "
+             "gaze resumes by itself when it appears. Glance works without it.")
+UNPLUGGED = ("The camera stopped sending pictures (unplugged?). Plug it back in; gaze "
+             "resumes by itself.")
+BUSY = ("The camera is in use by another program (a video call?) or not allowed. Close "
+        "that program; gaze resumes by itself.")
+
+
+def _open(config: CameraConfig):
+    import cv2
+    src = config.source
+    if isinstance(src, str) and src.isdigit():
+        src = int(src)
+    if config.is_file:
+        cap = cv2.VideoCapture(src)
+    else:
+        cap = cv2.VideoCapture(src, cv2.CAP_V4L2) if os.name == "posix" else cv2.VideoCapture(src)
+        if cap.isOpened():
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+            cap.set(cv2.CAP_PROP_FPS, config.fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    return cap
+
+
+class FrameGrabber:
+    """Reads frames on its own thread and hands over only the newest one.
+
+    ``take(timeout)`` returns ``(frame, mono_ns, wall_ns)`` or None. For a file source
+    with ``realtime=False`` no frame is ever dropped (the grabber waits until the previous
+    one was taken), so tests see every frame. A camera that cannot be opened is retried
+    every ``retry_s`` seconds; one that stops delivering is released and retried.
+    """
+
+    def __init__(self, config: CameraConfig):
+        self.config = config
+        self.state = CameraState("opening", "Opening the camera…")
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.fps = 0.0
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._item = None
+        self._thread = threading.Thread(target=self._run, name="gaze-grabber", daemon=True)
+
+    # -- control -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Ask the thread to end and wait up to ``timeout``; True if it ended. (A camera
+        read that hangs in the driver cannot be interrupted; the thread is a daemon and
+        releases the camera when the read returns.)"""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def take(self, timeout: float = 0.2):
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    # -- thread ------------------------------------------------------------------------
+    def _set(self, state: str, message: str) -> None:
+        self.state = CameraState(state, message)
+
+    def _missing_state(self) -> None:
+        path = self.config.device_path
+        if self.config.is_file:
+            self._set("no_camera", f"The video file {self.config.source} cannot be read.")
+        elif path is not None and not os.path.exists(path):
+            self._set("no_camera", NO_CAMERA)
+        else:
+            self._set("camera_busy", BUSY)
+
+    def _publish(self, frame, mono_ns: int, wall_ns: int) -> None:
+        with self._cond:
+            if not self.config.realtime and self.config.is_file:
+                while self._item is not None and not self._stop.is_set():
+                    self._cond.wait(0.1)
+            if self._item is not None:
+                self.frames_dropped += 1
+            self._item = (frame, mono_ns, wall_ns)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            import cv2
+        except ImportError:
+            self._set("no_camera", "OpenCV is not installed (pip install 'glance[gaze]'), "
+                                   "so gaze is off. Glance works without it.")
+            return
+        cap = None
+        fails = 0
+        started = None
+        period = 1.0 / self.config.fps
+        window = []
+        try:
+            while not self._stop.is_set():
+                if cap is None:
+                    if self.config.device_path and not os.path.exists(self.config.device_path):
+                        self._missing_state()
+                        self._stop.wait(self.config.retry_s)
+                        continue
+                    if self.config.is_file and not os.path.exists(str(self.config.source)):
+                        self._set("no_camera", f"The video file {self.config.source} does "
+                                               "not exist (yet); waiting for it.")
+                        self._stop.wait(self.config.retry_s)
+                        continue
+                    cap = _open(self.config)
+                    if not cap.isOpened():
+                        cap.release()
+                        cap = None
+                        self._missing_state()
+                        self._stop.wait(self.config.retry_s)
+                        continue
+                    if self.config.is_file:
+                        rate = cap.get(cv2.CAP_PROP_FPS)
+                        period = 1.0 / rate if rate and rate > 1 else 1.0 / self.config.fps
+                    fails, started, index = 0, time.monotonic(), 0
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    fails += 1
+                    if self.config.is_file and self.frames_read > 0:
+                        if self.config.loop:
+                            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                            continue
+                        self._set("ended", "The video has ended.")
+                        return
+                    if fails >= 15 or self.config.is_file:
+                        cap.release()
+                        cap = None
+                        if self.frames_read > 0:
+                            self._set("no_camera", UNPLUGGED)
+                        else:
+                            self._missing_state()
+                        self._stop.wait(self.config.retry_s)
+                    else:
+                        self._stop.wait(0.05)
+                    continue
+                fails = 0
+                mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
+                self.frames_read += 1
+                if self.state.state != "ok":
+                    self._set("ok", "The camera is working.")
+                window = (window + [mono_ns])[-31:]
+                if len(window) > 1:
+                    self.fps = (len(window) - 1) / ((window[-1] - window[0]) / 1e9)
+                self._publish(frame, mono_ns, wall_ns)
+                del frame
+                if self.config.is_file and self.config.realtime:
+                    index += 1
+                    delay = started + index * period - time.monotonic()
+                    if delay > 0:
+                        self._stop.wait(delay)
+        finally:
+            if cap is not None:
+                cap.release()
