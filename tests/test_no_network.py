@@ -142,7 +142,9 @@ def all_leaf_commands() -> list[tuple]:
 
 
 # One or more valid invocations (arguments after the program) per leaf command.
-# {conversation}: a stored conversation id; {model}: a GGUF; {export}: an empty folder.
+# {conversation}: a stored conversation id; {model}: a GGUF; {export}, {out}, {subset}:
+# folders to write; {ifllm}: a small IFLLM folder cut from ../shared/ifllm; {worker}: one
+# of its workers.
 INVOCATIONS = {
     # Without a display the window cannot open and glance says so (exit 2); the window
     # itself is traced in test_desktop_session_opens_no_network.
@@ -165,6 +167,12 @@ INVOCATIONS = {
     ("glance", "consent", "set"): [["consent", "set", "pointer", "on"],
                                    ["consent", "set", "gaze", "off"]],
     ("align",): [[], ["--help"]],
+    ("align", "reward"): [["reward"]],
+    ("align", "reward", "train"): [["reward", "train", "--ifllm", "{ifllm}", "--out", "{out}",
+                                    "--json"]],
+    ("align", "reward", "evaluate"): [["reward", "evaluate", "--ifllm", "{ifllm}", "--seeds", "1",
+                                       "--folds", "2", "--json"]],
+    ("align", "ifllm-subset"): [["ifllm-subset", "{ifllm}", "{subset}", "--workers", "{worker}"]],
 }
 # Exit codes other than 0 that are the right answer for a valid invocation.
 # Keyed by (command, index of the invocation).
@@ -180,14 +188,18 @@ def test_every_table_entry_is_a_real_command():
 def test_a_new_command_without_an_invocation_is_caught():
     """The enumeration sees sub-commands added later, and they have no entry."""
     from align.cli import build_parser
+
+    def missing(parser):
+        return {leaf for leaf in leaf_commands(parser, ("align",)) if leaf not in INVOCATIONS}
     parser = build_parser()
+    before = missing(parser)
     group = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     nightly = group.add_parser("nightly")
     nightly.add_subparsers(dest="what", required=True).add_parser("train")
     leaves = leaf_commands(parser, ("align",))
     assert ("align", "nightly", "train") in leaves
     assert ("align", "nightly") not in leaves  # its sub-command is required
-    assert [leaf for leaf in leaves if leaf not in INVOCATIONS] == [("align", "nightly", "train")]
+    assert missing(parser) - before == {("align", "nightly", "train")}
 
 
 @pytest.fixture
@@ -202,6 +214,21 @@ def seeded_home(home):
     return home, conversation.id
 
 
+IFLLM = ROOT.parent / "shared" / "ifllm"
+# Four of the workers tests/test_reward.py reads: both tasks, read in a second.
+IFLLM_WORKERS = ["worker_1a68b95d", "worker_129661d9", "worker_a2b63b0c", "worker_01e1127e"]
+
+
+@pytest.fixture(scope="module")
+def ifllm_small(tmp_path_factory):
+    require((IFLLM / "samples.parquet").exists(),
+            f"IFLLM study data not found at {IFLLM} (see ../shared/ifllm/README.md)")
+    from align.ifllm import write_subset
+    target = tmp_path_factory.mktemp("ifllm") / "small"
+    write_subset(IFLLM, target, IFLLM_WORKERS)
+    return target
+
+
 @pytest.fixture
 def closed_loopback_port():
     """A port on 127.0.0.1 that nothing listens on: the download's 'unreachable hub'."""
@@ -214,7 +241,8 @@ def closed_loopback_port():
 @pytest.mark.allow_hosts(["127.0.0.1"])
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("command", all_leaf_commands(), ids=" ".join)
-def test_cli_command_opens_no_network(command, seeded_home, closed_loopback_port, tmp_path):
+def test_cli_command_opens_no_network(command, seeded_home, closed_loopback_port, tmp_path,
+                                      request):
     assert command in INVOCATIONS, (
         f"`{' '.join(command)}` is a command with no invocation in INVOCATIONS "
         f"({__file__}): add a valid one so its network use is traced")
@@ -222,8 +250,12 @@ def test_cli_command_opens_no_network(command, seeded_home, closed_loopback_port
     home, conversation_id = seeded_home
     program = programs()[command[0]][1]
     values = {"conversation": conversation_id, "model": str(default_model_path()),
-              "export": str(tmp_path / "export")}
-    env = clean_env(home, GLANCE_HF_ENDPOINT=f"http://127.0.0.1:{closed_loopback_port}")
+              "export": str(tmp_path / "export"), "out": str(tmp_path / "out"),
+              "subset": str(tmp_path / "subset"), "worker": IFLLM_WORKERS[0]}
+    if any("{ifllm}" in a for arguments in INVOCATIONS[command] for a in arguments):
+        values["ifllm"] = str(request.getfixturevalue("ifllm_small"))
+    env = clean_env(home, GLANCE_HF_ENDPOINT=f"http://127.0.0.1:{closed_loopback_port}",
+                    GLANCE_CACHE_DIR=str(tmp_path / "cache"))
     for index, arguments in enumerate(INVOCATIONS[command]):
         argv = [a.format(**values) for a in arguments]
         result, lines = traced(program + argv, env, tmp_path, f"strace-{index}.txt")
