@@ -4,13 +4,14 @@ study files (../shared/ifllm): a few workers' rows copied into temporary Parquet
 Skips with a clear message when the study data is absent, except on CI (CI=true), where
 that is a set-up failure."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 IFLLM = ROOT.parent / "shared" / "ifllm"
@@ -23,12 +24,8 @@ HOLDOUT_WORKERS = ["worker_5b0f819d", "worker_6db95eee"]
 
 
 def require_ifllm() -> None:
-    if (IFLLM / "samples.parquet").exists():
-        return
-    message = f"IFLLM study data not found at {IFLLM} (see ../shared/ifllm/README.md)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true, so this is a failure, not a skip: {message}", pytrace=False)
-    pytest.skip(message)
+    require((IFLLM / "samples.parquet").exists(),
+            f"IFLLM study data not found at {IFLLM} (see ../shared/ifllm/README.md)")
 
 
 @pytest.fixture(scope="module")
