@@ -144,8 +144,15 @@ class ChatService:
     def generate_reply(self, tree: ConversationTree, user_message_id: str,
                        on_token: Callable[[str], None] | None = None,
                        cancel: threading.Event | None = None) -> Message:
-        """Stream a reply to ``user_message_id`` and commit it (a stopped reply too)."""
+        """Stream a reply to ``user_message_id`` and commit it (a stopped reply too).
+
+        With a fixed seed, the k-th reply to the same message uses seed + k: the first
+        reply is reproducible, and a regenerated or compared reply is a new one rather
+        than a copy of its sibling."""
         settings = tree.settings()
+        if settings.seed is not None:
+            earlier = sum(m.role == "assistant" for m in tree.children(user_message_id))
+            settings.seed = (settings.seed + earlier) % 2**32
         history = self._chat_messages(tree, tree.path_to(user_message_id))
         reply: Reply = self.engine.generate(history, settings, on_token=on_token, cancel=cancel)
         message = Message(

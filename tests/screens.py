@@ -53,11 +53,20 @@ def main(out: Path) -> int:
     window.input.setPlainText("Thanks! And in one sentence, why do tests matter?")
     grab(window, "main_window.png")
 
-    panel = PrivacyPanel(store, window)
+    panel = PrivacyPanel(store, window, capture_note=window.capture.describe())
     panel.move(60, 20)
     panel.show()
     grab(panel, "privacy_panel.png")
     panel.close()
+
+    # Compare: a second reply beside the first, waiting for a pick.
+    reply = [w for w in window.chat_view.widgets if w.message.role == "assistant"][-1]
+    waiting = QEventLoop()
+    window.reply_finished.connect(lambda _: waiting.quit())
+    reply.compare_button.click()
+    waiting.exec()
+    window.input.clear()
+    grab(window, "compare.png")
     window.close()
     engine.close()
     store.close()

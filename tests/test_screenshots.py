@@ -25,7 +25,7 @@ def test_screenshots_on_a_real_x_server(xvfb_display, home):
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "screens.py"), str(ARTIFACTS)],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("main_window.png", "consent_dialog.png", "privacy_panel.png"):
+    for name in ("main_window.png", "consent_dialog.png", "privacy_panel.png", "compare.png"):
         path = ARTIFACTS / name
         assert path.exists(), name
         image = QImage(str(path))

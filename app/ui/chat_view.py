@@ -192,7 +192,7 @@ class ComparePair(QFrame):
             for widget in (side.regenerate_button, side.compare_button, side.thumb_up,
                            side.thumb_down, side.meta):
                 widget.hide()
-            columns.addWidget(side, 1)
+            columns.addWidget(side, 1, Qt.AlignmentFlag.AlignTop)
         layout.addLayout(columns)
         buttons = QHBoxLayout()
         self.left_button = QPushButton("◀ Left is better")
