@@ -199,6 +199,15 @@ class GazeTracker:
                 hint = MESSAGES["farther"]
         return Health("ok", MESSAGES["ok"], drift=drift, hint=hint, fps=fps)
 
+    @property
+    def camera_state(self) -> str:
+        """'opening' | 'ok' | 'no_camera' | 'camera_busy' | 'ended' (the grabber's view)."""
+        return self._grabber.state.state if self._grabber is not None else "no_camera"
+
+    @property
+    def face_in_view(self) -> bool:
+        return self.frames > 0 and self._no_face_run == 0
+
     def cursor(self) -> tuple[float, float] | None:
         """The smoothed point for drawing (None until there is one)."""
         return self._cursor

@@ -1,0 +1,590 @@
+"""Gaze in the window: the full-screen calibration (animated targets, then validation
+with the figures and advice), and :func:`attach_gaze`, which gives the main window a
+"Gaze…" toolbar button, a status-bar indicator and a :class:`GazeController` that owns
+the tracker.
+
+The camera is used only with the gaze consent on and collection not paused; it is
+started when the user asks (or at launch when a valid calibration is already saved for
+this user, camera and screen layout). No camera → a plain message, gaze off, the app
+carries on. ``GLANCE_CAMERA`` picks the camera: a device index, /dev/videoN, or a video
+file (replay).
+"""
+import getpass
+import os
+import time
+
+from PySide6.QtCore import QEvent, QObject, QPointF, QRect, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QColor, QFont, QPainter, QPen
+from PySide6.QtWidgets import (
+    QApplication, QHBoxLayout, QLabel, QMenu, QMessageBox, QPushButton, QSpinBox, QToolBar,
+    QToolButton, QVBoxLayout, QWidget,
+)
+
+from gaze import calibration as cal
+from gaze.geometry import ScreenGeometry
+from gaze.points import GazePoint, Health
+from gaze.tracker import GazeTracker
+
+from .workers import CallThread
+
+TIPS = ("<ul><li>Sit about an arm's length from the screen, facing it.</li>"
+        "<li>Light your face from the front; avoid a bright window behind you.</li>"
+        "<li>Glasses: tilt the screen or lamp so no reflection covers your eyes.</li>"
+        "<li>Follow each dot with your eyes and keep your head still while it shrinks.</li>"
+        "</ul>")
+MODEL_NAMES = {"ridge": "ridge", "kernel": "kernel ridge", "mlp": "small MLP"}
+SHORT = {"ok": "on", "no_camera": "no camera", "face_lost": "face not seen",
+         "several_faces": "several faces", "camera_busy": "camera busy",
+         "not_calibrated": "not calibrated"}
+
+
+# --- screens ---------------------------------------------------------------------------------
+def screen_geometry(qscreen, distance_mm: float = 600.0) -> ScreenGeometry:
+    """Logical pixels and logical pixels per millimetre of a QScreen."""
+    g = qscreen.geometry()
+    dpi = qscreen.physicalDotsPerInch() / max(1.0, qscreen.devicePixelRatio())
+    if not 50 <= dpi <= 400:          # virtual screens report nonsense; assume 96 dpi
+        dpi = 96.0
+    return ScreenGeometry(g.width(), g.height(), dpi / 25.4, distance_mm, g.x(), g.y())
+
+
+def screen_layout() -> list[dict]:
+    """All screens (position, size, pixel ratio): calibrations are kept per layout."""
+    return [{"x": s.geometry().x(), "y": s.geometry().y(), "w": s.geometry().width(),
+             "h": s.geometry().height(), "dpr": s.devicePixelRatio()}
+            for s in QApplication.screens()]
+
+
+# --- the calibration screen ------------------------------------------------------------------------
+class CalibrationScreen(QWidget):
+    """Full screen: intro → targets (each glides to its place, then shrinks while the
+    frames are recorded) → fitting → 4 validation targets → result with accuracy and
+    precision in pixels and degrees, the model comparison, and advice when it is not
+    good enough. Emits ``finished(Calibration or None)``."""
+    finished = Signal(object)
+
+    def __init__(self, tracker, qscreen, kind: str = "9", distance_mm: float = 600.0,
+                 dwell_s: float = cal.DWELL_S, move_s: float = 0.35,
+                 settle_s: float = cal.SETTLE_S, threshold_deg: float = cal.DEFAULT_THRESHOLD_DEG,
+                 kinds=("ridge", "kernel", "mlp")):
+        super().__init__(None)
+        self.tracker = tracker
+        self.qscreen = qscreen
+        self.kind, self.distance_mm = kind, distance_mm
+        self.dwell_s, self.move_s, self.settle_s = dwell_s, move_s, settle_s
+        self.threshold_deg, self.kinds = threshold_deg, kinds
+        self.setWindowTitle("Glance — gaze calibration")
+        self.setWindowFlags(Qt.WindowType.Window | Qt.WindowType.FramelessWindowHint
+                            | Qt.WindowType.WindowStaysOnTopHint)
+        self.setGeometry(qscreen.geometry())
+        self.setStyleSheet("background: #202124; color: #e8eaed;")
+        self.state = "intro"
+        self.result: cal.Calibration | None = None
+        self.report: cal.ValidationReport | None = None
+        self.error: str | None = None
+        self.recorder: cal.CalibrationRecorder | None = None
+        self._targets: list[tuple[float, float]] = []
+        self._phase = "calibration"
+        self._index = -1
+        self._t0 = 0.0
+        self._from = self._to = (0.0, 0.0)
+        self._fit_thread = None
+        self._build()
+        self._timer = QTimer(self)
+        self._timer.setInterval(16)
+        self._timer.timeout.connect(self._tick)
+        self._status_timer = QTimer(self)
+        self._status_timer.setInterval(250)
+        self._status_timer.timeout.connect(self._show_face_status)
+        self._status_timer.start()
+        tracker.add_frame_listener(self._on_frame)
+
+    # --- widgets --------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.panel = QWidget(self)
+        box = QVBoxLayout(self.panel)
+        self.title = QLabel("<h1>Gaze calibration</h1>")
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        self.text.setTextFormat(Qt.TextFormat.RichText)
+        self.face_status = QLabel()
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Your eyes are about"))
+        self.distance = QSpinBox()
+        self.distance.setRange(30, 120)
+        self.distance.setValue(int(round(self.distance_mm / 10)))
+        self.distance.setSuffix(" cm")
+        row.addWidget(self.distance)
+        row.addWidget(QLabel("from the screen."))
+        row.addStretch(1)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start (9 points)")
+        self.start_button.clicked.connect(lambda: self.begin("9"))
+        self.quick_button = QPushButton("Quick (5 points)")
+        self.quick_button.clicked.connect(lambda: self.begin("5"))
+        self.done_button = QPushButton("Use gaze")
+        self.done_button.clicked.connect(self._accept)
+        self.retry_button = QPushButton("Try again")
+        self.retry_button.clicked.connect(lambda: self.begin(self.kind))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        for b in (self.start_button, self.quick_button, self.done_button, self.retry_button,
+                  self.cancel_button):
+            b.setStyleSheet("background: #3c4043; padding: 8px 16px;")
+            buttons.addWidget(b)
+        for w in (self.title, self.text, self.face_status):
+            box.addWidget(w)
+        box.addLayout(row)
+        box.addLayout(buttons)
+        self.panel.setFixedWidth(min(760, self.width() - 40))
+        self._show_intro()
+
+    def _place_panel(self) -> None:
+        self.panel.adjustSize()
+        self.panel.move((self.width() - self.panel.width()) // 2,
+                        (self.height() - self.panel.height()) // 2)
+
+    def _show_intro(self) -> None:
+        self.state = "intro"
+        self.text.setText("<p>Look at each dot until it disappears: first 9 (or 5) places "
+                          "to learn how your eyes look, then 4 more to check how accurate "
+                          "it is. About 15 seconds.</p>" + TIPS)
+        self._buttons(start=True)
+        self.panel.show()
+        self._place_panel()
+
+    def _buttons(self, start=False, done=False, retry=False) -> None:
+        self.start_button.setVisible(start)
+        self.quick_button.setVisible(start or retry)
+        self.done_button.setVisible(done)
+        self.retry_button.setVisible(retry)
+        self.distance.setEnabled(start or retry)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.panel.setFixedWidth(min(760, max(200, self.width() - 40)))
+        self._place_panel()
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_Escape:
+            self.cancel()
+        elif event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space) \
+                and self.state in ("intro", "result"):
+            if self.done_button.isVisible():
+                self._accept()
+            else:
+                self.begin(self.kind)
+        else:
+            super().keyPressEvent(event)
+
+    def _show_face_status(self) -> None:
+        h = self.tracker.health()
+        if h.state in ("ok", "not_calibrated") and self.tracker.frames:
+            text = "✓ Your face is in view." if self.tracker.face_in_view \
+                else "✗ " + h.message
+        else:
+            text = ("✗ " if h.state != "ok" else "") + h.message
+        self.face_status.setText(text)
+
+    # --- the run ---------------------------------------------------------------------------------
+    @property
+    def geometry_(self) -> ScreenGeometry:
+        return screen_geometry(self.qscreen, self.distance.value() * 10.0)
+
+    def begin(self, kind: str) -> None:
+        self.kind = kind
+        self.recorder = cal.CalibrationRecorder(self.geometry_, kind, settle_s=self.settle_s)
+        self.result = self.report = self.error = None
+        self.panel.hide()
+        self.state = "targets"
+        self._phase = "calibration"
+        self._targets = self.recorder.calibration_targets
+        self._index = -1
+        centre = self.geometry_.relative(0.5, 0.5)
+        self._to = centre
+        self.setCursor(Qt.CursorShape.BlankCursor)
+        self._next_target()
+        self._timer.start()
+
+    def current_target(self) -> tuple[str, int, tuple[float, float]] | None:
+        """(phase, index, global point) while a target is being recorded, else None."""
+        phase, index, targets = self._phase, self._index, self._targets
+        if self.state != "targets" or not 0 <= index < len(targets):
+            return None
+        if time.monotonic() - self._t0 < self.move_s:
+            return None
+        return phase, index, targets[index]
+
+    def _next_target(self) -> None:
+        self._index += 1
+        if self._index >= len(self._targets):
+            self.recorder.show_target(None)
+            if self._phase == "calibration":
+                self._fit()
+            else:
+                self._validate()
+            return
+        self._from, self._to = self._to, self._targets[self._index]
+        self._t0 = time.monotonic()
+        self.recorder.show_target(None)
+        self._arrived = False
+
+    def _tick(self) -> None:
+        if self.state != "targets":
+            self._timer.stop()
+            return
+        t = time.monotonic() - self._t0
+        if not self._arrived and t >= self.move_s:
+            self._arrived = True
+            self.recorder.show_target(self._index, self._phase, at=self._t0 + self.move_s)
+        if t >= self.move_s + self.dwell_s:
+            self._next_target()
+        self.update()
+
+    def _on_frame(self, landmarks, width, height, blink, t_s) -> None:
+        rec = self.recorder
+        if rec is not None:
+            rec.add_frame(landmarks, width, height, blink, at=t_s)
+
+    def _fit(self) -> None:
+        self.state = "fitting"
+        self.unsetCursor()
+        self.text.setText("<p>Computing…</p>")
+        self._buttons()
+        self.panel.show()
+        self._place_panel()
+        self._fit_thread = CallThread(self.recorder.fit, kinds=self.kinds,
+                                      threshold_deg=self.threshold_deg)
+        self._fit_thread.done.connect(self._fitted)
+        self._fit_thread.failed.connect(self._failed)
+        self._fit_thread.start()
+
+    def _fitted(self, calibration) -> None:
+        self.result = calibration
+        self.panel.hide()
+        self.state = "targets"
+        self._phase = "validation"
+        self._targets = self.recorder.validation_targets
+        self._index = -1
+        self.setCursor(Qt.CursorShape.BlankCursor)
+        self._next_target()
+        self._timer.start()
+
+    def _failed(self, message: str) -> None:
+        self.error = message
+        self._show_result()
+
+    def _validate(self) -> None:
+        try:
+            self.report = self.recorder.validate(self.result)
+        except cal.CalibrationError as error:
+            self.error = str(error)
+        self._show_result()
+
+    def _show_result(self) -> None:
+        self.state = "result"
+        self.unsetCursor()
+        self.update()
+        if self.error:
+            self.text.setText(f"<p><b>Calibration did not work.</b> {self.error}</p>" + TIPS)
+            self._buttons(retry=True)
+        else:
+            r = self.report
+            comp = self.result.comparison
+            models = ", ".join(f"{MODEL_NAMES[k]} {comp[k]['cv_error_deg']:.2f}°"
+                               for k in ("ridge", "kernel", "mlp") if k in comp)
+            lines = [f"<p style='font-size:18pt'><b>Accuracy {r.accuracy_deg:.1f}°</b> "
+                     f"({r.accuracy_px:.0f} px) · precision {r.precision_deg:.2f}° "
+                     f"({r.precision_px:.0f} px)</p>",
+                     f"<p>{r.summary()}</p>",
+                     f"<p style='color:#9aa0a6'>Models on the same calibration "
+                     f"(leave-one-target-out error): {models}; using "
+                     f"{MODEL_NAMES[comp['chosen']]}.</p>"]
+            if r.advice:
+                lines.append("<p>What may help:</p><ul>" + "".join(
+                    f"<li>{a}</li>" for a in r.advice) + "</ul>")
+            self.text.setText("".join(lines))
+            self._buttons(done=r.passed, retry=True)
+        self.panel.show()
+        self._place_panel()
+
+    def _accept(self) -> None:
+        self._close(self.result if self.result is not None and self.result.enabled else None)
+
+    def cancel(self) -> None:
+        self._close(None)
+
+    def _close(self, result) -> None:
+        self._timer.stop()
+        self._status_timer.stop()
+        self.tracker.remove_frame_listener(self._on_frame)
+        if self._fit_thread is not None:
+            self._fit_thread.wait(10_000)
+        self.close()
+        self.finished.emit(result)
+
+    # --- drawing -------------------------------------------------------------------------------
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#202124"))
+        if self.state != "targets" or self._index < 0:
+            p.end()
+            return
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        t = time.monotonic() - self._t0
+        origin = self.geometry().topLeft()
+        if t < self.move_s:
+            a = t / self.move_s
+            a = a * a * (3 - 2 * a)                      # ease in and out
+            x = self._from[0] + a * (self._to[0] - self._from[0])
+            y = self._from[1] + a * (self._to[1] - self._from[1])
+            radius = 22.0
+        else:
+            x, y = self._to
+            radius = 22.0 - 16.0 * min(1.0, (t - self.move_s) / self.dwell_s)
+        centre = QPointF(x - origin.x(), y - origin.y())
+        p.setPen(QPen(QColor("#8ab4f8"), 2))
+        p.setBrush(QColor(138, 180, 248, 90))
+        p.drawEllipse(centre, radius, radius)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(QColor("#ffffff"))
+        p.drawEllipse(centre, 3.0, 3.0)
+        p.setPen(QColor("#9aa0a6"))
+        p.setFont(QFont(p.font().family(), 10))
+        total = len(self._targets)
+        label = "Calibrating" if self._phase == "calibration" else "Checking"
+        p.drawText(QRect(0, self.height() - 40, self.width(), 30),
+                   Qt.AlignmentFlag.AlignCenter, f"{label}: {self._index + 1} of {total}")
+        p.end()
+
+
+# --- the controller the window holds --------------------------------------------------------------
+class GazeController(QObject):
+    """Owns the tracker for the window: consent, pause, calibration, status bar, clicks.
+
+    Other parts of the app receive gaze with :meth:`add_point_listener` (called on the
+    tracker's thread with every GazePoint: map it and store it there) or the ``point``
+    signal (queued to the UI thread: for drawing)."""
+    point = Signal(object)
+    cursor = Signal(float, float)
+    health_changed = Signal(object)
+
+    def __init__(self, window, source=None, data_dir=None):
+        super().__init__(window)
+        from feedback_store.paths import glance_home
+        self.window = window
+        env = os.environ.get("GLANCE_CAMERA")
+        source = source if source is not None else (env if env else 0)
+        if isinstance(source, str) and source.isdigit():
+            source = int(source)
+        self.source = source
+        self.data_dir = data_dir or glance_home()
+        self.tracker: GazeTracker | None = None
+        self.overlay = None
+        self.screen_widget: CalibrationScreen | None = None
+        self._listeners = []
+        self._last_health: Health | None = None
+        self._last_click = None
+        self.calibration = cal.load(self.calibration_file())
+
+        self.label = QLabel("Gaze: off")
+        self.label.setObjectName("gaze_status")
+        window.statusBar().addPermanentWidget(self.label)
+        self.menu = QMenu(window)
+        self.menu.addAction("Calibrate (9 points)…", lambda: self.calibrate("9"))
+        self.menu.addAction("Quick calibration (5 points)…", lambda: self.calibrate("5"))
+        self.overlay_action = self.menu.addAction("Show debug overlay")
+        self.overlay_action.setCheckable(True)
+        self.overlay_action.toggled.connect(self.show_overlay)
+        self.menu.addSeparator()
+        self.off_action = self.menu.addAction("Turn gaze off", self.stop)
+        self.action = QAction("Gaze…", window)
+        self.action.setToolTip("Webcam gaze: calibrate, show the overlay, turn it off")
+        self.action.setMenu(self.menu)
+        self.action.triggered.connect(self.activate)
+        toolbars = window.findChildren(QToolBar)
+        if toolbars:
+            toolbars[0].addAction(self.action)
+            button = toolbars[0].widgetForAction(self.action)
+            if isinstance(button, QToolButton):
+                button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        self._timer = QTimer(self)
+        self._timer.setInterval(500)
+        self._timer.timeout.connect(self._poll)
+        self._timer.start()
+        QApplication.instance().installEventFilter(self)
+        QApplication.instance().aboutToQuit.connect(self.stop)
+        if self._allowed() and self.calibration is not None and self.calibration.enabled:
+            QTimer.singleShot(1500, self.start)     # after the window is up
+
+    # --- files and consent ---------------------------------------------------------------------
+    def calibration_file(self):
+        return cal.calibration_path(self.data_dir, getpass.getuser(), str(self.source),
+                                    screen_layout())
+
+    def _store(self):
+        return self.window.session.store
+
+    def _allowed(self) -> bool:
+        consent = self._store().consent
+        return consent.is_on("gaze") and not consent.paused
+
+    # --- running ---------------------------------------------------------------------------------
+    def add_point_listener(self, fn) -> None:
+        """``fn(GazePoint)`` on the tracker's thread for every point and fixation."""
+        self._listeners.append(fn)
+
+    def _on_point(self, point: GazePoint) -> None:      # tracker thread
+        for fn in list(self._listeners):
+            fn(point)
+        self.point.emit(point)
+
+    def _on_cursor(self, x: float, y: float) -> None:   # tracker thread
+        self.cursor.emit(x, y)
+
+    def start(self) -> bool:
+        if not self._allowed():
+            return False
+        if self.tracker is None or not self.tracker.running:
+            self.tracker = GazeTracker(self.source, self.calibration, self._on_point,
+                                       on_cursor=self._on_cursor)
+            self.tracker.start()
+        self._poll()
+        return True
+
+    def stop(self) -> None:
+        if self.tracker is not None:
+            self.tracker.stop()
+            self.tracker = None
+        self.window.set_collector("gaze", None)
+        self.label.setText("Gaze: off")
+        self.label.setToolTip("")
+
+    def health(self) -> Health | None:
+        return self.tracker.health() if self.tracker is not None else None
+
+    def activate(self) -> None:
+        """The toolbar button: ask for consent if needed, start, calibrate if needed."""
+        consent = self._store().consent
+        if not consent.is_on("gaze"):
+            box = QMessageBox(QMessageBox.Icon.Information, "Glance — gaze",
+                              "Webcam gaze is off. Turn it on under Privacy… (only computed "
+                              "gaze points are kept, never images), then choose Gaze… again.",
+                              QMessageBox.StandardButton.Close, self.window)
+            privacy = box.addButton("Open Privacy…", QMessageBox.ButtonRole.AcceptRole)
+            if QApplication.platformName() == "offscreen":
+                self.window.statusBar().showMessage(box.text(), 15000)
+                return
+            box.exec()
+            if box.clickedButton() is privacy:
+                self.window.open_privacy()
+            return
+        if consent.paused:
+            self.window.statusBar().showMessage(
+                "Collection is paused (Ctrl+Shift+P to resume); gaze stays off.", 8000)
+            return
+        self.start()
+        self._continue_activate(time.monotonic() + 5.0)
+
+    def _continue_activate(self, deadline: float) -> None:
+        """Once the camera has answered (opened, missing or busy): calibrate if needed."""
+        if self.tracker is None:
+            return
+        h = self.tracker.health()
+        if self.tracker.camera_state == "opening" and time.monotonic() < deadline:
+            QTimer.singleShot(100, lambda: self._continue_activate(deadline))
+            return
+        if h.state in ("no_camera", "camera_busy"):
+            self.window.statusBar().showMessage(h.message, 15000)
+            self._poll()
+            return
+        if self.calibration is None or not self.calibration.enabled:
+            self.calibrate("9")
+        else:
+            self.menu.popup(self.window.mapToGlobal(self.window.rect().center()))
+
+    def calibrate(self, kind: str = "9", **screen_kw) -> CalibrationScreen | None:
+        if not self.start():
+            self.activate()
+            return None
+        if self.screen_widget is not None:
+            return self.screen_widget
+        qscreen = self.window.screen() or QApplication.primaryScreen()
+        distance = 600.0
+        if self.calibration is not None:
+            distance = self.calibration.mapper.screen.distance_mm
+        self.screen_widget = CalibrationScreen(self.tracker, qscreen, kind, distance, **screen_kw)
+        self.screen_widget.finished.connect(self._calibrated)
+        self.screen_widget.showFullScreen()
+        self.screen_widget.activateWindow()
+        return self.screen_widget
+
+    def _calibrated(self, result) -> None:
+        self.screen_widget = None
+        if result is None:
+            self._poll()
+            return
+        self.calibration = result
+        cal.save(result, self.calibration_file())
+        if self.tracker is not None:
+            self.tracker.set_calibration(result)
+        self.window.statusBar().showMessage(result.validation.summary(), 10000)
+        self._poll()
+
+    def show_overlay(self, on: bool) -> None:
+        from .gaze_overlay import GazeOverlay
+        if on and self.overlay is None:
+            qscreen = self.window.screen() or QApplication.primaryScreen()
+            ppd = screen_geometry(qscreen).px_per_degree
+            self.overlay = GazeOverlay(QRect(qscreen.geometry()), ppd)
+            self.point.connect(self.overlay.add_point)
+            self.cursor.connect(self.overlay.set_cursor)
+            self.overlay.show()
+        elif not on and self.overlay is not None:
+            self.point.disconnect(self.overlay.add_point)
+            self.cursor.disconnect(self.overlay.set_cursor)
+            self.overlay.close()
+            self.overlay = None
+
+    # --- status, pause, clicks -------------------------------------------------------------------
+    def _poll(self) -> None:
+        if self.tracker is not None and not self._allowed():
+            self.stop()                 # consent withdrawn or paused: the camera goes off
+            return
+        if self.tracker is None:
+            return
+        h = self.tracker.health()
+        # The red camera dot means the camera is really open, not merely wanted.
+        camera_open = self.tracker.camera_state == "ok"
+        if camera_open != (self.window.session.collectors.get("gaze") is not None):
+            self.window.set_collector("gaze", self.tracker if camera_open else None)
+        text = "Gaze: " + SHORT.get(h.state, h.state)
+        if h.drift:
+            text += " (drifted)"
+        self.label.setText(text)
+        self.label.setToolTip(h.message + (" " + h.hint if h.hint else ""))
+        last = self._last_health
+        if last is None or (last.state, last.drift, last.hint) != (h.state, h.drift, h.hint):
+            self._last_health = h
+            if h.state != "ok" or h.hint:
+                self.window.statusBar().showMessage(h.hint or h.message, 15000)
+            self.health_changed.emit(h)
+
+    def eventFilter(self, obj, event) -> bool:
+        """Clicks anywhere in the app become background calibration points (a press is
+        seen once per object it passes through: count it once, by its timestamp)."""
+        if event.type() == QEvent.Type.Close and obj is self.window:
+            self.stop()                          # the window is closing: camera off
+        elif event.type() == QEvent.Type.MouseButtonPress and self.tracker is not None:
+            key = (event.timestamp(), event.globalPosition().x(), event.globalPosition().y())
+            if key != self._last_click:
+                self._last_click = key
+                self.tracker.click(key[1], key[2])
+        return False
+
+
+def attach_gaze(window, source=None, data_dir=None) -> GazeController:
+    """Give ``window`` (the MainWindow) its "Gaze…" toolbar button and status indicator.
+    Cheap: nothing is imported from OpenCV or MediaPipe and the camera stays off until
+    gaze is allowed and asked for (or already calibrated)."""
+    return GazeController(window, source, data_dir)

@@ -1,0 +1,223 @@
+"""Gaze in the window (offscreen Qt): the Gaze… button without a camera, the calibration
+screen run to its result (advice when it fails, gaze on when it passes), the debug
+overlay, and points reaching the app's listeners."""
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import ARTIFACTS, require
+from PySide6.QtCore import QRect
+from PySide6.QtWidgets import QApplication, QToolBar
+
+from gaze.points import GazePoint
+
+
+def _have_vision() -> bool:
+    try:
+        import cv2  # noqa: F401
+        import mediapipe  # noqa: F401
+        import skimage  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _gaze_button(window):
+    return [a for tb in window.findChildren(QToolBar) for a in tb.actions()
+            if a.text() == "Gaze…"]
+
+
+def test_gaze_button_without_a_camera_says_so_and_the_app_keeps_running(qtbot, window,
+                                                                          tmp_path):
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    controller = attach_gaze(window, source=99, data_dir=tmp_path)
+    assert len(_gaze_button(window)) == 1
+    # Without the gaze consent the camera stays off and the user is told where to turn it on.
+    window.session.store.consent.set("gaze", False)
+    controller.action.trigger()
+    assert controller.tracker is None
+    assert "Privacy" in window.statusBar().currentMessage()
+    window.session.store.consent.set("gaze", True)
+    controller.action.trigger()
+    qtbot.waitUntil(lambda: controller.label.text() == "Gaze: no camera", timeout=30_000)
+    assert "No camera was found" in window.statusBar().currentMessage()
+    assert controller.screen_widget is None                 # no calibration without a camera
+    assert not window.camera_dot.isVisibleTo(window)        # the red dot: camera not open
+    window.input.setPlainText("still works")
+    assert window.input.toPlainText() == "still works" and window.isVisible()
+    controller.stop()
+    assert controller.label.text() == "Gaze: off"
+
+
+class SimulatedCamera:
+    """Stands in for the webcam and the person: a thread that, 30 times a second, renders
+    face-mesh landmarks of a simulated user (gaze.simulate) looking at the target the
+    calibration screen shows, and hands them to the frame listeners like GazeTracker."""
+
+    def __init__(self, screen_fn, noise=1.0, seed=0):
+        from gaze import simulate as S
+        self.S = S
+        self.face = S.face_in_mm(S.astronaut_face())
+        self.rng = np.random.default_rng(seed)
+        self.user = S.SimUser.random(self.rng, self.face)
+        self.screen_fn = screen_fn
+        self.noise = noise
+        self.listeners = []
+        self.frames = 0
+        self.face_in_view = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def health(self):
+        from gaze.points import Health
+        return Health("not_calibrated", "Simulated camera.")
+
+    def add_frame_listener(self, fn):
+        self.listeners.append(fn)
+
+    def remove_frame_listener(self, fn):
+        self.listeners.remove(fn)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self):
+        from gaze.synthetic import rotation_matrix
+        looking = None
+        while not self._stop.wait(1 / 30):
+            widget = self.screen_fn()
+            target = widget.current_target() if widget is not None else None
+            if target is not None:
+                looking = target[2]
+            if looking is None or widget is None:
+                continue
+            scene = self.S.Scene(widget.geometry_)
+            r = rotation_matrix(*np.radians(self.rng.normal(0, 0.3, 3)))
+            t = np.array([0.0, 90.0, widget.geometry_.distance_mm]) + self.rng.normal(0, 1, 3)
+            lm = scene.landmarks(self.user, r, t, looking, self.rng, self.noise, 0.2)
+            self.frames += 1
+            for fn in list(self.listeners):
+                fn(lm, scene.width, scene.height, False, time.monotonic())
+
+
+def test_calibration_screen_passes_with_a_simulated_user(qtbot):
+    require(_have_vision(), "MediaPipe and scikit-image are needed for the simulated face")
+    from app.ui.gaze_calibration import CalibrationScreen
+    holder = {}
+    camera = SimulatedCamera(lambda: holder.get("w"))
+    widget = CalibrationScreen(camera, QApplication.primaryScreen(), "9", dwell_s=0.9,
+                               move_s=0.15, settle_s=0.3, kinds=("ridge", "kernel"))
+    holder["w"] = widget
+    qtbot.addWidget(widget)
+    widget.showFullScreen()
+    camera.start()
+    try:
+        results = []
+        widget.finished.connect(results.append)
+        widget.begin("9")
+        qtbot.waitUntil(lambda: widget.state == "result", timeout=120_000)
+        assert widget.error is None, widget.error
+        report = widget.report
+        assert report.passed and report.accuracy_deg < 2.5, report
+        text = widget.text.text()
+        assert f"Accuracy {report.accuracy_deg:.1f}°" in text and " px)" in text
+        assert "kernel ridge" in text and "leave-one-target-out" in text
+        assert widget.done_button.isVisibleTo(widget)
+        ARTIFACTS.mkdir(exist_ok=True)
+        widget.grab().save(str(ARTIFACTS / "gaze_calibration_passed.png"))
+        widget.done_button.click()
+        assert len(results) == 1 and results[0] is widget.result and results[0].enabled
+    finally:
+        camera.stop()
+
+
+def test_calibration_that_fails_explains_and_offers_a_retry(qtbot, tmp_path):
+    """A real replay: the astronaut photograph never moves her eyes, so whatever the
+    targets, the estimate cannot follow: validation fails, advice is shown, gaze stays off."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui.gaze_calibration import CalibrationScreen
+    from gaze import synthetic
+    from gaze.tracker import GazeTracker
+    path = synthetic.write_video(tmp_path / "still.avi", [],
+                                 frames=[synthetic.base_frame()] * 30)
+    tracker = GazeTracker(path, None, realtime=True, loop=True)
+    tracker.start()
+    try:
+        widget = CalibrationScreen(tracker, QApplication.primaryScreen(), "5", dwell_s=0.7,
+                                   move_s=0.1, settle_s=0.25, kinds=("ridge",))
+        qtbot.addWidget(widget)
+        widget.showFullScreen()
+        qtbot.waitUntil(lambda: "face is in view" in widget.face_status.text(), timeout=60_000)
+        results = []
+        widget.finished.connect(results.append)
+        widget.begin("5")
+        qtbot.waitUntil(lambda: widget.state == "result", timeout=120_000)
+        assert widget.error is None, widget.error
+        assert not widget.report.passed
+        text = widget.text.text()
+        assert "Accuracy" in text and "gaze stays off" in text and "What may help" in text
+        assert widget.retry_button.isVisibleTo(widget)
+        assert not widget.done_button.isVisibleTo(widget)
+        ARTIFACTS.mkdir(exist_ok=True)
+        widget.grab().save(str(ARTIFACTS / "gaze_calibration_failed.png"))
+        widget.cancel()
+        assert results == [None]
+    finally:
+        assert tracker.stop()
+
+
+def test_overlay_draws_the_point_fixations_and_a_heatmap(qtbot):
+    from app.ui.gaze_overlay import GazeOverlay
+    overlay = GazeOverlay(QRect(0, 0, 800, 600), px_per_degree=38.0)
+    qtbot.addWidget(overlay)
+    for i in range(3):
+        overlay.add_point(GazePoint(i, i, 200.0, 150.0, "fixation", 1.0, 300.0))
+    overlay.add_point(GazePoint(5, 5, 600.0, 150.0, "fixation", 1.0, 120.0))
+    for i in range(10):
+        overlay.add_point(GazePoint(i, i, 400.0 + i, 400.0, "raw", 1.0))
+    overlay.set_cursor(410.0, 405.0)
+    image = overlay.grab().toImage()
+    assert image.pixelColor(200, 150).alpha() > 0          # heat at the long fixations
+    assert image.pixelColor(760, 560).alpha() == 0         # nothing where nobody looked
+    hot, warm = overlay.heat[150 // 12, 200 // 12], overlay.heat[150 // 12, 600 // 12]
+    assert hot > 3 * warm > 0                              # weighted by duration
+    red = image.pixelColor(410, 405)
+    assert red.red() > 150 and red.green() < 120           # the live cursor
+    ARTIFACTS.mkdir(exist_ok=True)
+    image.save(str(ARTIFACTS / "gaze_overlay.png"))
+    overlay.clear()
+    assert overlay.heat.max() == 0
+
+
+def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, window, tmp_path):
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui import gaze_calibration as gc
+    from gaze import calibration as C
+    from gaze import synthetic
+    from test_gaze_video import still_calibration
+    base = synthetic.base_frame()
+    path = synthetic.write_video(tmp_path / "still.avi", [], frames=[base] * 40)
+    window.session.store.consent.set("gaze", True)
+    controller = gc.attach_gaze(window, source=path, data_dir=tmp_path)
+    calibration = still_calibration(path)
+    C.save(calibration, controller.calibration_file())
+    controller.calibration = C.load(controller.calibration_file())
+    received = []
+    controller.add_point_listener(received.append)
+    controller.overlay_action.setChecked(True)
+    assert controller.start()
+    qtbot.waitUntil(lambda: any(p.kind == "fixation" for p in received), timeout=60_000)
+    raw = [p for p in received if p.kind == "raw"]
+    assert raw and all(isinstance(p, GazePoint) for p in raw)
+    qtbot.waitUntil(lambda: len(controller.overlay.raw) > 0, timeout=10_000)
+    assert len(controller.overlay.fixations) >= 1
+    controller.overlay_action.setChecked(False)
+    controller.stop()
+    assert controller.tracker is None
