@@ -104,7 +104,8 @@ def test_strace_sees_internet_sockets_and_not_local_ipc(home, tmp_path):
     assert result.returncode == 0, result.stderr
     flagged = [line for line in lines if is_network(line)]
     assert any("socket(AF_INET, SOCK_DGRAM" in line for line in flagged)
-    assert any(line.split(" ", 1)[1].startswith("sendto(") and "<UDP:" in line for line in flagged)
+    # (strace puts the pid first only while it traces more than one process)
+    assert any(re.match(r"(\d+ +)?sendto\(\d+<UDP:", line) for line in flagged)
     assert any("connect(" in line and 'inet_addr("127.0.0.1")' in line for line in flagged)
     # The socketpair traffic is in the trace, and is not counted as network.
     local = [line for line in lines if "UNIX-STREAM" in line]
@@ -173,6 +174,8 @@ INVOCATIONS = {
     ("align", "reward", "evaluate"): [["reward", "evaluate", "--ifllm", "{ifllm}", "--seeds", "1",
                                        "--folds", "2", "--json"]],
     ("align", "ifllm-subset"): [["ifllm-subset", "{ifllm}", "{subset}", "--workers", "{worker}"]],
+    ("align", "import-ifllm"): [["import-ifllm", "{ifllm}", "--json"],
+                                ["import-ifllm", "{ifllm}", "--remove"]],
 }
 # Exit codes other than 0 that are the right answer for a valid invocation.
 # Keyed by (command, index of the invocation).
