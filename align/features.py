@@ -86,9 +86,7 @@ def first_pass_end(visit_lines) -> int:
 def reading_features(trace: ReadingTrace, source: int, min_visit_ms: float = 0.0,
                      cap_ms: float = CAP_MS, before_ms: float = NAN) -> dict[str, float]:
     """Reading-order features of one source (MOUSE or GAZE) over one reply."""
-    tr = trace.of_source(source).before(before_ms)
-    if source == GAZE:  # WebGazer's own validation said the estimate was off
-        tr = tr.select(~(tr.confidence == 0))
+    tr = trace.select(_usable(trace, source, before_ms))
     duration = sample_durations(tr.t_ms, cap_ms)
     on_text = tr.offset >= 0
     on_box = ~np.isnan(tr.x) | on_text
@@ -140,6 +138,17 @@ def reading_features(trace: ReadingTrace, source: int, min_visit_ms: float = 0.0
     })
     out.update(pointer_features(tr))
     return out
+
+
+def _usable(trace: ReadingTrace, source: int, before_ms: float = NAN) -> np.ndarray:
+    """Samples of one source before a time; gaze samples the tracker itself flagged as
+    invalid (confidence 0, e.g. WebGazer's failed validation) are left out."""
+    mask = trace.source == source
+    if before_ms == before_ms:  # not NaN
+        mask &= trace.t_ms < before_ms
+    if source == GAZE:
+        mask &= ~(trace.confidence == 0)
+    return mask
 
 
 def _chars_spanned(lines, line_starts, text_length: int) -> int:
@@ -196,9 +205,7 @@ def decision_features(pair: PairTrace, source: int, last_s: tuple = (5.0, 15.0),
     visit of at least ``compare_ms`` (where the user settled)."""
     parts = []
     for sign, trace in ((1, pair.a), (-1, pair.b)):
-        tr = trace.of_source(source).before(pair.pick_t_ms)
-        if source == GAZE:
-            tr = tr.select(~(tr.confidence == 0))
+        tr = trace.select(_usable(trace, source, pair.pick_t_ms))
         duration = sample_durations(tr.t_ms, cap_ms)
         over = (tr.offset >= 0) | ~np.isnan(tr.x)
         parts.append((tr.t_ms[over], duration[over], np.full(over.sum(), sign)))
@@ -336,6 +343,7 @@ _BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 _CODE_BLOCK = re.compile(r"```")
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_DIGIT = re.compile(r"\d")
 _URL = re.compile(r"https?://|www\.")
 _HEDGES = re.compile(r"\b(?:may|might|could|perhaps|possibly|generally|typically|often|"
                      r"however|although|depends?)\b", re.I)
@@ -382,7 +390,7 @@ def text_features(text: str, query: str = "") -> dict[str, float]:
         "bold": float(len(_BOLD.findall(text))),
         "code_blocks": float(len(_CODE_BLOCK.findall(text)) // 2),
         "inline_code": float(len(_INLINE_CODE.findall(text))),
-        "digits_share": sum(ch.isdigit() for ch in text) / chars,
+        "digits_share": len(_DIGIT.findall(text)) / chars,
         "numbers": float(len(_NUMBER.findall(text))),
         "urls": float(len(_URL.findall(text))),
         "questions": float(text.count("?")),

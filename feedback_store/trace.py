@@ -141,11 +141,14 @@ class ReadingTrace:
     def select(self, mask) -> "ReadingTrace":
         """The same trace restricted to the samples where ``mask`` is True."""
         mask = np.asarray(mask, dtype=bool)
-        arrays = {name: getattr(self, name)[mask] for name in _ARRAYS}
-        return ReadingTrace(**arrays, text=self.text, line_starts=self.line_starts,
-                            origin=self.origin, missing=self.missing, estimated=self.estimated,
-                            user_id=self.user_id, shown_reply_id=self.shown_reply_id,
-                            shown_for_ms=self.shown_for_ms)
+        # A subset of a valid trace is valid: skip the checks (features select often).
+        subset = object.__new__(ReadingTrace)
+        for name in _ARRAYS:
+            object.__setattr__(subset, name, getattr(self, name)[mask])
+        for name in ("text", "line_starts", "origin", "missing", "estimated", "user_id",
+                     "shown_reply_id", "shown_for_ms"):
+            object.__setattr__(subset, name, getattr(self, name))
+        return subset
 
     def of_source(self, source: int) -> "ReadingTrace":
         return self.select(self.source == source)

@@ -19,6 +19,7 @@ Definitions (chosen once, used everywhere):
   offset → line is the last line start ≤ offset. Live traces take line starts from the
   rendered layout; imported traces without a layout use :func:`wrap_line_starts`.
 """
+import functools
 import re
 
 import numpy as np
@@ -26,13 +27,19 @@ import numpy as np
 WORD_PATTERN = re.compile(r"\w+(?:['’\-]\w+)*")
 
 
+@functools.lru_cache(maxsize=512)
 def word_spans(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Start (inclusive) and end (exclusive) character offsets of every word, int32."""
+    """Start (inclusive) and end (exclusive) character offsets of every word, int32.
+    Cached per text (a reply is tokenised once however many traces and features ask);
+    the arrays are read-only."""
     starts, ends = [], []
     for match in WORD_PATTERN.finditer(text or ""):
         starts.append(match.start())
         ends.append(match.end())
-    return np.asarray(starts, dtype=np.int32), np.asarray(ends, dtype=np.int32)
+    starts, ends = np.asarray(starts, dtype=np.int32), np.asarray(ends, dtype=np.int32)
+    starts.flags.writeable = False
+    ends.flags.writeable = False
+    return starts, ends
 
 
 def words(text: str) -> list[str]:
