@@ -25,6 +25,7 @@ from .paths import ensure_private_dir, glance_home
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
 from .traces import TraceReader
+from .training import TrainingManager
 from .writer import Writer
 
 DATABASE_FILE = "glance.db"
@@ -81,6 +82,7 @@ class FeedbackStore:
         self.samples = SampleManager(self)
         self.consent = ConsentManager(self)
         self.traces = TraceReader(self)
+        self.training = TrainingManager(self)
         self.writer.on_flush = self.consent.persist_refusals
         self.writer.start()
         self.closed = False

@@ -40,6 +40,11 @@ TABLES: tuple[Table, ...] = (
     Table("gaze_samples", "conversation", "samples", expires_on="wall_ns"),
     Table("viewport_events", "conversation", "samples", expires_on="wall_ns"),
     Table("reply_actions", "conversation", "samples", expires_on="wall_ns"),
+    # Nightly training (migration 0004, store.training): the pairs a run used go with
+    # their conversation; runs and adapter versions are global history.
+    Table("training_pairs", "conversation", "training"),
+    Table("training_runs", "global", "training"),
+    Table("adapter_versions", "global", "training"),
     Table("app_sessions", "session", "samples", expires_on="started_wall_ns"),
     Table("consents", "global", "consent"),
     Table("models", "global", "models"),

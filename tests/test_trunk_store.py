@@ -59,6 +59,9 @@ def test_delete_counts_and_export_follow_the_registry(store, tmp_path):
         store.samples.submit([GazeSample("s", "r", name, 1, 2, "raw", 1.0, 2.0)])
         store.samples.submit([ViewportEvent("s", "r", name, 1, 2, "scroll", 0, 3)])
         store.samples.submit([ReplyAction("s", "r", name, "m", 1, 2, "copy", 0, 5)])
+        store.training.finish_run(f"run-{name}", {"status": "published", "pairs_used": [{
+            "conversation_id": name, "chosen_message_id": "m", "rejected_message_id": "n",
+            "source": "thumbs", "epsilon": 0.1, "split": "train"}]})
     store.flush()
     store.delete_conversation("doomed", compact=False)
     for table in tables.in_scope("conversation"):

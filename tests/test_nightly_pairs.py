@@ -1,0 +1,213 @@
+"""Pairs for nightly DPO from a real store: every source puts the reply the label prefers
+on the chosen side, consent periods and imported data are respected, conflicts and
+duplicates are settled, and the length bias is reported."""
+import time
+
+import pytest
+
+from align.pairs import Judgement, PairConfig, build_pairs, fingerprint
+from feedback_store import Conversation, Message
+
+
+def add(store, conversation_id, role, content, parent=None):
+    message = Message(conversation_id=conversation_id, role=role, content=content, parent_id=parent)
+    time.sleep(0.002)   # distinct creation times: siblings are ordered by them
+    return store.conversations.add_message(message)
+
+
+def conversation(store, title="chat"):
+    return store.conversations.create(Conversation(title=title, settings={"system_prompt": "Be brief."}))
+
+
+def by_ids(pairs):
+    return {(p.chosen_id, p.rejected_id): p for p in pairs}
+
+
+@pytest.fixture
+def consenting(store):
+    store.consent.set("personalise", True)
+    time.sleep(0.002)
+    return store
+
+
+def test_every_source_puts_the_preferred_reply_on_the_chosen_side(consenting):
+    store = consenting
+    c = conversation(store)
+    # Compare: two replies side by side; the right one is picked (-1), then a second
+    # comparison where the left one is picked (+1).
+    q1 = add(store, c.id, "user", "Explain DNS.")
+    left = add(store, c.id, "assistant", "LEFT reply about DNS", q1.id)
+    right = add(store, c.id, "assistant", "RIGHT reply about DNS", q1.id)
+    store.conversations.record_pick(c.id, left.id, right.id, -1)
+    q2 = add(store, c.id, "user", "Explain TCP.", right.id)
+    left2 = add(store, c.id, "assistant", "LEFT reply about TCP", q2.id)
+    right2 = add(store, c.id, "assistant", "RIGHT reply about TCP", q2.id)
+    store.conversations.record_pick(c.id, left2.id, right2.id, +1)
+    # Thumbs: ▲ on the second of two siblings, ▼ on the first.
+    q3 = add(store, c.id, "user", "Explain UDP.", left2.id)
+    bad = add(store, c.id, "assistant", "thumbed down", q3.id)
+    good = add(store, c.id, "assistant", "thumbed up", q3.id)
+    store.conversations.set_thumb(c.id, good.id, 1)
+    store.conversations.set_thumb(c.id, bad.id, -1)
+    # Regenerate chain: two replies regenerated away from, the third one continued.
+    q4 = add(store, c.id, "user", "Explain HTTP.", good.id)
+    away1 = add(store, c.id, "assistant", "first try", q4.id)
+    away2 = add(store, c.id, "assistant", "second try", q4.id)
+    kept = add(store, c.id, "assistant", "third try, kept", q4.id)
+    add(store, c.id, "user", "Thanks, and HTTPS?", kept.id)
+
+    pairs, report = build_pairs(store.training.rows())
+    found = by_ids(pairs)
+    assert found[(right.id, left.id)].source == "pick"
+    assert found[(right.id, left.id)].chosen == "RIGHT reply about DNS"
+    assert found[(right.id, left.id)].rejected == "LEFT reply about DNS"
+    assert found[(left2.id, right2.id)].chosen == "LEFT reply about TCP"
+    assert found[(good.id, bad.id)].source == "thumbs"
+    assert found[(good.id, bad.id)].chosen == "thumbed up"
+    assert found[(kept.id, away1.id)].source == "regenerate"
+    assert found[(kept.id, away2.id)].rejected == "second try"
+    # Nothing ever comes out the other way round.
+    assert not {(r, c_) for c_, r in found} & set(found)
+    assert len(pairs) == 5 and report.by_source == {"pick": 2, "thumbs": 1, "regenerate": 2}
+    # ε: explicit small, inferred larger but capped.
+    config = PairConfig()
+    assert found[(good.id, bad.id)].epsilon == config.epsilon_thumbs
+    assert found[(kept.id, away1.id)].epsilon == config.epsilon_regenerate <= 0.45
+    # The prompt is the conversation up to the user turn both replies answer.
+    prompt = found[(good.id, bad.id)].prompt
+    assert prompt[0] == {"role": "system", "content": "Be brief."}
+    assert prompt[-1] == {"role": "user", "content": "Explain UDP."}
+    assert [m["content"] for m in prompt[1:]] == ["Explain DNS.", "RIGHT reply about DNS",
+                                                  "Explain TCP.", "LEFT reply about TCP",
+                                                  "Explain UDP."]
+
+
+def test_reward_model_labels_unlabelled_siblings_with_its_confidence(consenting):
+    store = consenting
+    c = conversation(store)
+    q = add(store, c.id, "user", "Name a colour.")
+    a = add(store, c.id, "assistant", "Blue, the colour of a clear sky.", q.id)
+    b = add(store, c.id, "assistant", "Blue.", q.id)
+    d = add(store, c.id, "assistant", "Gray.", q.id)
+
+    def judge(x, y):   # prefers the longer reply; unsure between equal lengths
+        if len(x["content"]) == len(y["content"]):
+            return Judgement(0.5)
+        return Judgement(0.9 if len(x["content"]) > len(y["content"]) else 0.2)
+
+    pairs, report = build_pairs(store.training.rows(), PairConfig(), judge=judge)
+    found = by_ids(pairs)
+    assert set(found) == {(a.id, b.id), (a.id, d.id)}
+    assert found[(a.id, b.id)].epsilon == pytest.approx(0.1)
+    assert found[(a.id, d.id)].epsilon == pytest.approx(0.1)
+    assert report.skipped["reward_unsure"] == 1
+    # The length report sees that every chosen reply is the longer one.
+    assert report.length_bias["reward"]["chosen_longer_share"] == 1.0
+    # A very unsure model never gets an ε above the cap.
+    pairs, _ = build_pairs(store.training.rows(), PairConfig(min_reward_confidence=0.5),
+                           judge=lambda x, y: Judgement(0.52))
+    assert pairs and max(p.epsilon for p in pairs) <= 0.45
+
+
+def test_an_explicit_label_beats_a_disagreeing_inferred_one_and_equals_cancel(consenting):
+    store = consenting
+    c = conversation(store)
+    q = add(store, c.id, "user", "Hello?")
+    first = add(store, c.id, "assistant", "first", q.id)
+    second = add(store, c.id, "assistant", "second", q.id)
+    add(store, c.id, "user", "go on", second.id)         # regenerate says second ≻ first
+    store.conversations.set_thumb(c.id, first.id, 1)      # thumbs say first ≻ second
+    store.conversations.set_thumb(c.id, second.id, -1)
+    pairs, report = build_pairs(store.training.rows())
+    assert [(p.chosen_id, p.source) for p in pairs] == [(first.id, "thumbs")]
+    assert report.conflicts == 1
+    # Two picks the other way round: the later one stands.
+    store.conversations.record_pick(c.id, first.id, second.id, +1)
+    store.conversations.record_pick(c.id, first.id, second.id, -1)
+    pairs, _ = build_pairs(store.training.rows())
+    assert [(p.chosen_id, p.source) for p in pairs] == [(second.id, "pick")]
+
+
+def test_only_what_was_written_while_personalisation_was_on(store):
+    c = conversation(store)
+    q = add(store, c.id, "user", "Before consent")
+    x = add(store, c.id, "assistant", "x", q.id)
+    y = add(store, c.id, "assistant", "y", q.id)
+    store.conversations.set_thumb(c.id, x.id, 1)
+    store.conversations.set_thumb(c.id, y.id, -1)
+    assert store.training.rows()["messages"] == []          # consent never given
+    store.consent.set("personalise", True)
+    time.sleep(0.002)
+    assert build_pairs(store.training.rows())[0] == []      # written before it: not used
+    q2 = add(store, c.id, "user", "After consent", y.id)
+    a = add(store, c.id, "assistant", "a", q2.id)
+    b = add(store, c.id, "assistant", "b", q2.id)
+    store.conversations.set_thumb(c.id, a.id, 1)
+    store.conversations.set_thumb(c.id, b.id, -1)
+    pairs, report = build_pairs(store.training.rows())
+    # The earlier turns were written without consent, so the context is incomplete.
+    assert pairs == [] and report.skipped["context_not_available"] == 1
+    c2 = conversation(store, "new")
+    q3 = add(store, c2.id, "user", "Fresh start")
+    a3 = add(store, c2.id, "assistant", "good", q3.id)
+    b3 = add(store, c2.id, "assistant", "bad", q3.id)
+    store.conversations.set_thumb(c2.id, a3.id, 1)
+    store.conversations.set_thumb(c2.id, b3.id, -1)
+    assert [p.chosen_id for p in build_pairs(store.training.rows())[0]] == [a3.id]
+    store.consent.set("personalise", False)
+    time.sleep(0.002)
+    assert store.training.rows()["messages"] == []          # off now: nothing at all
+
+
+def test_incognito_chats_never_reach_the_pairs(consenting):
+    store = consenting
+    secret = store.conversations.create(Conversation(title="secret", incognito=True))
+    q = add(store, secret.id, "user", "private")
+    a = add(store, secret.id, "assistant", "one", q.id)
+    b = add(store, secret.id, "assistant", "two", q.id)
+    store.conversations.set_thumb(secret.id, a.id, 1)
+    store.conversations.set_thumb(secret.id, b.id, -1)
+    rows = store.training.rows()
+    assert rows["messages"] == [] and build_pairs(rows)[0] == []
+
+
+def test_imported_research_picks_only_when_asked(consenting):
+    store = consenting
+    if not store._rows("SELECT 1 FROM information_schema.tables WHERE table_name = 'research_feedback'"):
+        pytest.skip("this schema has no research tables yet")
+
+    def insert(con):
+        con.execute("INSERT INTO research_turns (import_id, id, conversation_id, user_id, query, turn_index)"
+                    " VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'Which is better?', 0)")
+        for side, text in ((1, "LEFT study answer"), (2, "RIGHT study answer")):
+            con.execute("INSERT INTO research_shown_replies (import_id, id, turn_id, conversation_id,"
+                        " user_id, side, rendered_text) VALUES ('imp', ?, 't1', 'ifllm:w/1', 'w', ?, ?)",
+                        [f"t1:{side}", side, text])
+        con.execute("INSERT INTO research_feedback (import_id, turn_id, conversation_id, user_id, kind,"
+                    " side, value) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'preference', NULL, 2)")
+    store.writer.call(insert)
+    assert build_pairs(store.training.rows())[0] == []
+    pairs, report = build_pairs(store.training.rows(include_imported=True),
+                                PairConfig(include_imported=True))
+    assert [(p.chosen, p.rejected, p.source) for p in pairs] == [
+        ("RIGHT study answer", "LEFT study answer", "imported")]
+
+
+def test_duplicates_max_pairs_and_fingerprint(consenting):
+    store = consenting
+    c = conversation(store)
+    ids = []
+    for i in range(3):
+        q = add(store, c.id, "user", f"question {i}")
+        good = add(store, c.id, "assistant", "same good text", q.id)
+        bad = add(store, c.id, "assistant", "same bad text", q.id)
+        store.conversations.set_thumb(c.id, good.id, 1)
+        store.conversations.set_thumb(c.id, bad.id, -1)
+        ids.append(good.id)
+    pairs, report = build_pairs(store.training.rows())
+    assert len(pairs) == 3            # same replies, different prompts: distinct pairs
+    first = fingerprint(pairs)
+    assert fingerprint(build_pairs(store.training.rows())[0]) == first
+    pairs, report = build_pairs(store.training.rows(), PairConfig(max_pairs=2))
+    assert len(pairs) == 2 and report.dropped_over_max == 1
+    assert fingerprint(pairs) != first
