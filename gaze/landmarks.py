@@ -10,6 +10,25 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# A NormalizedLandmarkList serialised (proto2, x/y/z set, nothing else): per landmark
+# tag 0x0a, length 15, then 0x0d x, 0x15 y, 0x1d z as little-endian float32.
+_WIRE = np.dtype([("tag", "u1"), ("len", "u1"), ("tx", "u1"), ("x", "<f4"), ("ty", "u1"),
+                  ("y", "<f4"), ("tz", "u1"), ("z", "<f4")])
+
+
+def landmarks_array(landmark_list) -> np.ndarray:
+    """(n, 3) float64 from a NormalizedLandmarkList: parsed from its serialised bytes
+    with numpy (≈ 0.05 ms; the attribute-by-attribute way costs ≈ 1 ms a frame), falling
+    back to attributes if the bytes are not laid out as expected."""
+    data = landmark_list.SerializeToString()
+    if len(data) % _WIRE.itemsize == 0:
+        rec = np.frombuffer(data, dtype=_WIRE)
+        if (rec["tag"] == 0x0A).all() and (rec["len"] == 15).all() and (rec["tx"] == 0x0D).all() \
+                and (rec["ty"] == 0x15).all() and (rec["tz"] == 0x1D).all():
+            return np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float64)
+    return np.array([(p.x, p.y, p.z) for p in landmark_list.landmark], dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class FaceResult:
     landmarks: np.ndarray | None   # (478, 3) pixels (x·W, y·H, z·W) of the first face
@@ -47,7 +66,7 @@ class FaceMesh:
         faces = result.multi_face_landmarks or []
         if not faces:
             return FaceResult(None, 0, w, h)
-        lm = np.array([(p.x, p.y, p.z) for p in faces[0].landmark], dtype=np.float64)
+        lm = landmarks_array(faces[0])
         if lm.shape[0] < 478:          # refine_landmarks off or an unexpected model
             return FaceResult(None, 0, w, h)
         lm *= (w, h, w)

@@ -171,11 +171,11 @@ def default_screen() -> ScreenGeometry:
     return ScreenGeometry.from_dpi(1920, 1080, 92.0, distance_mm=600.0)
 
 
-def run_calibration(scene: Scene, user: SimUser, rng: np.random.Generator, kind: str = "9",
-                    noise: float = 1.0, fps: float = 30.0, base_t=(0.0, 90.0, 600.0),
-                    kinds=("ridge", "kernel", "mlp"), design=None, mode="geometric"):
-    """Calibrate the simulated user through the real :class:`CalibrationRecorder`
-    (settling time, blink-free frames, outlier rejection, model choice)."""
+def record_session(scene: Scene, user: SimUser, rng: np.random.Generator, kind: str = "9",
+                   noise: float = 1.0, fps: float = 30.0, base_t=(0.0, 90.0, 600.0)):
+    """Show the calibration and validation targets to the simulated user and record the
+    landmarks through the real :class:`CalibrationRecorder` (which then does the settling
+    time, blink-free frames, outlier rejection and model choice)."""
     from .calibration import DWELL_S, CalibrationRecorder
     rec = CalibrationRecorder(scene.screen, kind)
     path = HeadPath(np.asarray(base_t, float))
@@ -191,16 +191,26 @@ def run_calibration(scene: Scene, user: SimUser, rng: np.random.Generator, kind:
                 lm = scene.landmarks(user, r, t, target, rng, noise, gaze_jitter_deg=0.2)
                 rec.add_frame(lm, scene.width, scene.height, at=clock + k / fps)
             clock += DWELL_S
+    return rec
+
+
+def run_calibration(scene: Scene, user: SimUser, rng: np.random.Generator, kind: str = "9",
+                    noise: float = 1.0, kinds=("ridge", "kernel", "mlp"), design=None,
+                    mode: str = "geometric"):
+    """Record, fit and validate: returns (calibration, validation report)."""
+    rec = record_session(scene, user, rng, kind, noise)
     calibration = rec.fit(kinds=kinds, mode=mode, design=design)
-    report = rec.validate(calibration)
-    return calibration, report
+    return calibration, rec.validate(calibration)
 
 
 def moved_head_trials(scene: Scene, user: SimUser, calibration, rng: np.random.Generator,
                       n: int = 60, noise: float = 1.0, base_t=(0.0, 90.0, 600.0),
-                      shift_mm=(60.0, 40.0, 100.0), turn_deg=(10.0, 8.0, 5.0)) -> np.ndarray:
+                      shift_mm=(60.0, 40.0, 100.0), turn_deg=(10.0, 8.0, 5.0),
+                      frames: int = 1) -> np.ndarray:
     """Errors (degrees) at random screen points with the head moved and turned away from
-    its calibration pose by up to ``shift_mm`` / ``turn_deg`` (uniform, per axis)."""
+    its calibration pose by up to ``shift_mm`` / ``turn_deg`` (uniform, per axis). With
+    ``frames`` > 1, each trial is that many frames (a fixation of frames/30 s) and the
+    error is that of their mean estimate."""
     errors = []
     base_t = np.asarray(base_t, float)
     for _ in range(n):
@@ -208,8 +218,10 @@ def moved_head_trials(scene: Scene, user: SimUser, calibration, rng: np.random.G
         ang = np.radians(rng.uniform(-1, 1, 3) * turn_deg)
         r = rotation_matrix(*ang)
         target = scene.screen.relative(*rng.uniform(0.05, 0.95, 2))
-        lm = scene.landmarks(user, r, t, target, rng, noise, gaze_jitter_deg=0.2)
-        f = F.extract(lm, calibration.reference, scene.width, scene.height).vector
-        p = calibration.mapper.predict(f[None])[0]
-        errors.append(scene.error_deg(user, r, t, p, target))
+        est = []
+        for _ in range(frames):
+            lm = scene.landmarks(user, r, t, target, rng, noise, gaze_jitter_deg=0.2)
+            f = F.extract(lm, calibration.reference, scene.width, scene.height).vector
+            est.append(calibration.mapper.predict(f[None])[0])
+        errors.append(scene.error_deg(user, r, t, np.mean(est, axis=0), target))
     return np.array(errors)

@@ -66,7 +66,7 @@ class GazeTracker:
                  width: int = 640, height: int = 480, fps: float = 30.0,
                  realtime: bool = True, loop: bool = False,
                  on_cursor: Callable[[float, float], None] | None = None,
-                 faces_check_s: float = 1.0, fixation_radius_deg: float = 1.25,
+                 faces_check_s: float = 2.0, fixation_radius_deg: float = 1.25,
                  min_fixation_ms: float = 100.0, retry_s: float = 2.0):
         self.config = CameraConfig(source, width, height, fps, realtime, loop, retry_s)
         self.on_point = on_point

@@ -276,3 +276,25 @@ def test_importing_gaze_loads_neither_opencv_nor_mediapipe():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "light", out.stderr
+
+
+def test_landmarks_read_from_bytes_equal_the_attribute_way(vision):
+    """The fast path (numpy over the serialised landmark list) gives exactly MediaPipe's
+    numbers, and a list laid out differently falls back to reading attributes."""
+    import cv2
+    import mediapipe as mp
+    from mediapipe.framework.formats import landmark_pb2
+
+    from gaze import synthetic
+    from gaze.landmarks import landmarks_array
+    rgb = cv2.cvtColor(synthetic.base_frame(), cv2.COLOR_BGR2RGB)
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as m:
+        found = m.process(rgb).multi_face_landmarks[0]
+    slow = np.array([(p.x, p.y, p.z) for p in found.landmark])
+    assert slow.shape == (478, 3) and np.array_equal(landmarks_array(found), slow)
+    odd = landmark_pb2.NormalizedLandmarkList()
+    a = odd.landmark.add()
+    a.x, a.y, a.z, a.visibility = 0.5, 0.25, 0.0, 0.9
+    b = odd.landmark.add()
+    b.x, b.y, b.z = 0.125, 0.75, -0.5
+    assert np.array_equal(landmarks_array(odd), [[0.5, 0.25, 0.0], [0.125, 0.75, -0.5]])

@@ -369,8 +369,9 @@ class GazeController(QObject):
     cursor = Signal(float, float)
     health_changed = Signal(object)
 
-    def __init__(self, window, source=None, data_dir=None):
+    def __init__(self, window, source=None, data_dir=None, tracker_kw: dict | None = None):
         super().__init__(window)
+        self.tracker_kw = dict(tracker_kw or {})
         from feedback_store.paths import glance_home
         self.window = window
         env = os.environ.get("GLANCE_CAMERA")
@@ -447,7 +448,7 @@ class GazeController(QObject):
             return False
         if self.tracker is None or not self.tracker.running:
             self.tracker = GazeTracker(self.source, self.calibration, self._on_point,
-                                       on_cursor=self._on_cursor)
+                                       on_cursor=self._on_cursor, **self.tracker_kw)
             self.tracker.start()
         self._poll()
         return True
@@ -583,8 +584,8 @@ class GazeController(QObject):
         return False
 
 
-def attach_gaze(window, source=None, data_dir=None) -> GazeController:
+def attach_gaze(window, source=None, data_dir=None, tracker_kw=None) -> GazeController:
     """Give ``window`` (the MainWindow) its "Gaze…" toolbar button and status indicator.
     Cheap: nothing is imported from OpenCV or MediaPipe and the camera stays off until
     gaze is allowed and asked for (or already calibrated)."""
-    return GazeController(window, source, data_dir)
+    return GazeController(window, source, data_dir, tracker_kw)
