@@ -96,6 +96,7 @@ def main() -> int:
     args = parser.parse_args()
     python = sys.executable
     model = model_path()
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="glance-startup-") as scratch:
         env = dict(os.environ)
@@ -146,6 +147,10 @@ def main() -> int:
         "app_rss_mb": max(app_rss),
         "rss_source": "ru_maxrss of each child from os.wait4, largest over timed runs",
         "bytecode_cache": not args.no_bytecode_cache,
+        # The machine is shared: a 1-minute load above the core count means the medians
+        # measure contention as much as Glance.
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
         "cli_runs_s": times["cli"],
         "raw_runs_s": times["raw"],
         "window_runs_s": ready,
