@@ -44,6 +44,7 @@ class GazeSample(NamedTuple):
     word_index: int | None = None
     line: int | None = None
     confidence: float | None = None
+    duration_ms: float | None = None   # fixations: how long the eyes stayed
 
 
 class ViewportEvent(NamedTuple):

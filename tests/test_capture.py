@@ -99,3 +99,30 @@ def test_one_point_and_many_points_map_the_same():
         placed, offset, word, line = snap.map_one(xs[i], ys[i])
         assert (0 if placed else -1) == many.reply[i]
         assert (offset, word, line) == (many.offset[i], many.word[i], many.line[i]) or placed is None
+
+
+def test_gaze_points_and_fixations_are_mapped_and_stored_with_consent_only(store):
+    from app.capture.recorder import GazeRecorder
+    from gaze.points import GazePoint
+    recorder = GazeRecorder(store, "session")
+    recorder.set_snapshot(snapshot())
+    points = [GazePoint(i * 33_000_000, i * 33_000_000, 165.0, 210.0, "raw", 0.9)
+              for i in range(1, 4)]
+    fixation = GazePoint(4 * 33_000_000, 4 * 33_000_000, 125.0, 230.0, "fixation", 0.8, 120.0)
+    for point in points + [fixation]:
+        recorder.point(point)
+    recorder.stop()                  # the flusher started itself; stop stores the rest
+    store.flush()
+    assert store.counts()["gaze_samples"] == 0          # no gaze consent: refused
+    assert store.consent.refused["no_consent:gaze"] == 4
+    store.consent.set("gaze", True)
+    for point in points + [fixation]:
+        recorder.point(point)
+    recorder.stop()
+    store.flush()
+    rows = store._rows("SELECT kind, text_offset, word_index, line, confidence, duration_ms, "
+                       "shown_reply_id FROM gaze_samples ORDER BY mono_ns")
+    assert [r["kind"] for r in rows] == ["raw", "raw", "raw", "fixation"]
+    assert rows[0]["word_index"] == 1 and rows[0]["text_offset"] == 6     # 'b' of brave
+    assert rows[-1]["line"] == 1 and rows[-1]["duration_ms"] == 120.0
+    assert {r["shown_reply_id"] for r in rows} == {"shown-1"}

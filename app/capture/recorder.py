@@ -1,5 +1,7 @@
-"""The pointer recorder: device-rate events in, mapped samples out, at most 120 moves a
-second, every click and scroll kept.
+"""The recorders: device-rate events in, mapped samples out, batched into the store.
+
+PointerRecorder: at most 120 moves a second, every click and scroll kept.
+GazeRecorder: every gaze point and fixation the tracker reports (≈ 30 a second).
 
 Any thread may call :meth:`PointerRecorder.event` (pynput's listener thread, the Qt event
 filter on the UI thread, a gaze thread): the call maps the point against the current
@@ -15,35 +17,102 @@ click or scroll arrives (then it is stored first, so a click's position is exact
 import threading
 import time
 
-from feedback_store import PointerSample
+from feedback_store import GazeSample, PointerSample
 from feedback_store.layout import LayoutSnapshot
 
 MAX_MOVE_RATE_HZ = 120
 
 
-class PointerRecorder:
-    def __init__(self, store, session_id: str | None, flush_interval_s: float = 0.1,
-                 max_move_rate_hz: float = MAX_MOVE_RATE_HZ):
+class BatchingRecorder:
+    """A buffer of mapped samples and the thread that hands it to the store."""
+
+    def __init__(self, store, session_id: str | None, flush_interval_s: float = 0.1):
         self.store = store
         self.session_id = session_id
         self.snapshot = LayoutSnapshot()
-        self.min_move_gap_ns = int(1e9 / max_move_rate_hz)
         self.flush_interval_s = flush_interval_s
         self._lock = threading.Lock()
-        self._buffer: list[PointerSample] = []
-        self._pending_move: PointerSample | None = None
-        self._last_move_ns = -(1 << 62)
-        self.received = 0        # raw events in
-        self.coalesced = 0       # moves replaced by a newer one within 1/120 s
+        self._buffer: list = []
+        self.received = 0        # events in
         self.submitted = 0       # samples handed to the store
         self.refused = 0         # samples the store refused (no consent, paused, ...)
-        self.last_event_mono_ns = time.monotonic_ns()   # for idle detection
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # --- producers -------------------------------------------------------------------
     def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
         self.snapshot = snapshot  # one reference swap: readers see the old or the new
+
+    def take(self) -> list:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        return batch
+
+    def flush(self) -> int:
+        batch = self.take()
+        if not batch:
+            return 0
+        if self.store.samples.submit(batch):
+            self.submitted += len(batch)
+        else:
+            self.refused += len(batch)
+        return len(batch)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"glance-{type(self).__name__}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+        self._final_take()
+        self.flush()
+
+    def _final_take(self) -> None:
+        """Subclasses release anything held back before the last flush."""
+
+    def stop(self) -> None:
+        """Stop the flusher after storing everything received so far."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None
+
+
+class GazeRecorder(BatchingRecorder):
+    """``point(GazePoint)`` from the tracker's thread: mapped like the pointer, stored
+    at the camera's rate (no coalescing: fixations and raw points are both kept)."""
+
+    def point(self, point) -> None:
+        placed, offset, word, line = self.snapshot.map_one(point.x, point.y)
+        sample = GazeSample(
+            self.session_id, placed.shown_reply_id if placed else None,
+            placed.conversation_id if placed else None, point.mono_ns, point.wall_ns,
+            point.kind, float(point.x), float(point.y), offset if offset >= 0 else None,
+            "webcam", word if word >= 0 else None, line if line >= 0 else None,
+            float(point.confidence), point.duration_ms)
+        with self._lock:
+            self.received += 1
+            self._buffer.append(sample)
+        if self._thread is None:
+            self.start()
+
+
+class PointerRecorder(BatchingRecorder):
+    def __init__(self, store, session_id: str | None, flush_interval_s: float = 0.1,
+                 max_move_rate_hz: float = MAX_MOVE_RATE_HZ):
+        super().__init__(store, session_id, flush_interval_s)
+        self.min_move_gap_ns = int(1e9 / max_move_rate_hz)
+        self._pending_move: PointerSample | None = None
+        self._last_move_ns = -(1 << 62)
+        self.coalesced = 0       # moves replaced by a newer one within 1/120 s
+        self.last_event_mono_ns = time.monotonic_ns()   # for idle detection
+
+    # --- producers -------------------------------------------------------------------
 
     def event(self, kind: str, x: float, y: float, source: str, mono_ns: int | None = None,
               wall_ns: int | None = None, button: str | None = None,
@@ -94,35 +163,6 @@ class PointerRecorder:
             batch, self._buffer = self._buffer, []
         return batch
 
-    def flush(self) -> int:
-        batch = self.take()
-        if not batch:
-            return 0
-        if self.store.samples.submit(batch):
-            self.submitted += len(batch)
-        else:
-            self.refused += len(batch)
-        return len(batch)
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="glance-pointer-flush",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
-            self.flush()
+    def _final_take(self) -> None:
         with self._lock:
             self._release_pending()
-        self.flush()
-
-    def stop(self) -> None:
-        """Stop the flusher after storing everything received so far."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._thread = None

@@ -34,6 +34,7 @@ class CaptureController(QObject):
         self.window = window
         self.session = window.session
         self.recorder = PointerRecorder(window.session.store, window.session.id)
+        self.recorders = [self.recorder]   # every recorder that maps against the layout
         self.global_ok, self.global_why = global_hooks_available()
         self.hook: GlobalPointerHook | None = None
         self.hotkey: GlobalPauseHotkey | None = None
@@ -57,6 +58,11 @@ class CaptureController(QObject):
         window.chat_view.viewport().setMouseTracking(True)
         QGuiApplication.instance().applicationStateChanged.connect(self._app_state)
         window.input.textChanged.connect(self._typed)
+
+    def add_recorder(self, recorder) -> None:
+        """Another source (gaze) that maps its points against the same snapshot."""
+        self.recorders.append(recorder)
+        recorder.set_snapshot(self.recorder.snapshot)
 
     # --- start / stop with consent --------------------------------------------------------
     def sync(self) -> None:
@@ -141,7 +147,8 @@ class CaptureController(QObject):
             window.record_shown_replies(snapshot)
         ids = {m: (self.session.shown_id(m), conversation_id) for m in window.probe.message_ids()}
         snapshot = window.probe.snapshot(ids, clip_to=window.chat_view.viewport())
-        self.recorder.set_snapshot(snapshot)
+        for recorder in self.recorders:
+            recorder.set_snapshot(snapshot)
         self.snapshot_published.emit(snapshot)
         if not self.running:
             return

@@ -19,7 +19,9 @@ from .chat_view import ChatView
 from .dialogs import DownloadDialog, SettingsDialog
 from .layout_probe import LayoutProbe
 from ..session import AppSession, ReplyOnScreen
+from ..capture.recorder import GazeRecorder
 from .capture import CaptureController
+from .gaze_calibration import attach_gaze
 from .workers import CallThread, GenerationThread
 
 ADD_MODEL = "__add__"
@@ -72,6 +74,12 @@ class MainWindow(QMainWindow):
         self._build()
         self.capture = CaptureController(self)
         self.capture.sync()
+        # Gaze: the "Gaze…" button and the tracker (camera off until allowed and asked);
+        # its points go through the same layout snapshot as the pointer.
+        self.gaze_recorder = GazeRecorder(store, self.session.id)
+        self.capture.add_recorder(self.gaze_recorder)
+        self.gaze = attach_gaze(self)
+        self.gaze.add_point_listener(self.gaze_recorder.point)
         self._refresh_models()
         self._refresh_conversations()
         latest = self.service.conversations()
@@ -612,5 +620,7 @@ class MainWindow(QMainWindow):
             self.generation.stop()
             self.generation.wait()
         self.capture.shutdown()
+        self.gaze.stop()
+        self.gaze_recorder.stop()
         self._mark_hidden()
         super().closeEvent(event)

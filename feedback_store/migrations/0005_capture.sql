@@ -41,3 +41,5 @@ ALTER TABLE pointer_samples ADD COLUMN button VARCHAR;
 ALTER TABLE pointer_samples ADD COLUMN dx DOUBLE;
 ALTER TABLE pointer_samples ADD COLUMN dy DOUBLE;
 ALTER TABLE pointer_samples ADD COLUMN window_visible BOOLEAN;
+-- Fixations carry their duration.
+ALTER TABLE gaze_samples ADD COLUMN duration_ms DOUBLE;
