@@ -310,14 +310,16 @@ def fixation_quality() -> dict:
     from gaze.synthetic import reading_scanpath
     ppd = 38.0
     out = {}
-    for noise in (0.3, 0.4, 0.5):
+    for noise in (0.3, 0.5, 0.75):
+        radius = min(2.0, max(1.25, 2.3 * noise))     # as GazeTracker.fixation_radius
         idt, vt = [], []
         for seed in range(6):
             path = reading_scanpath(np.random.default_rng(seed), ppd, noise_deg=noise)
-            idt.append(fx.match(fx.detect(path.t_ns, path.x, path.y, ppd, radius_deg=1.25),
+            idt.append(fx.match(fx.detect(path.t_ns, path.x, path.y, ppd, radius_deg=radius),
                                 path.fixations, ppd))
             vt.append(fx.match(ivt(path.t_ns, path.x, path.y, ppd), path.fixations, ppd))
         out[f"noise_{noise}deg"] = {
+            "radius_deg": radius,
             "idt_precision": float(np.mean([p for p, _ in idt])),
             "idt_recall": float(np.mean([r for _, r in idt])),
             "ivt_precision": float(np.mean([p for p, _ in vt])),

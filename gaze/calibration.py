@@ -5,26 +5,31 @@ scikit-learn (the ``align`` extra) when it is installed; the fitted MLP, like th
 and kernel ridge models, predicts with plain numpy, so a saved calibration never needs
 scikit-learn.
 
-The mapping (see docs/gaze.md for the reasoning):
+The mapping (see docs/gaze.md for the reasoning), :class:`GazeMapper`:
 
-1. Inputs are the head-frame eye features and the head rotation from
-   :mod:`gaze.features`, divided by fixed physical scales (not by the spread of the
-   calibration data, so a column that hardly varied during calibration — roll, say —
-   is not blown up).
-2. A regression (ridge, kernel ridge or MLP, chosen by leave-one-target-out error) gives
-   the point looked at *as if the head were at its calibration distance*.
-3. Distance: with the camera in the screen plane, gaze angles measured from the camera's
-   view of the face map to the screen in proportion to the eye's distance, so the point
-   is scaled about the camera's position by 1/scale (scale = how much bigger the face
-   is than at calibration). Sideways head movement needs no term of its own: the mesh
-   sees a face that moved sideways as turned by the viewing angle, and that apparent turn
-   cancels the movement to first order.
+1. The regression's inputs are the eye features in the head frame (iris offsets and
+   upper-lid heights from :mod:`gaze.features`), divided by fixed physical scales (not
+   by the spread of the calibration data, so a column that hardly varied is not blown
+   up), plus squares and a product of the mean iris offsets.
+2. The regression (ridge, kernel ridge or MLP, chosen by leave-one-target-out error)
+   gives the eye's direction *in the head*: two angles. Its training targets are the
+   directions from the eye to each calibration target, turned into the head frame by
+   the head rotation measured on that frame.
+3. Geometry does the rest: the head rotation turns the direction into the camera's
+   frame and the ray from an eye at the viewing distance (``distance_mm`` / scale)
+   meets the screen plane, where the camera sits. So head turns and distance changes
+   after calibration need no learning. Sideways head movement needs no term of its
+   own: the mesh sees a face that moved sideways as turned by the viewing angle, and
+   with the camera in the screen plane that apparent turn cancels the movement to first
+   order.
 4. An affine correction fitted to recent clicks (background points with expiry,
    :class:`ClickRecalibrator`) is applied last.
+
+``mode="direct"`` (one regression from eye features and head angles straight to pixels,
+as face-mesh + ridge trackers do) is kept for comparison.
 """
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FEATURE_NAMES, FrameFeatures, HeadReference, extract
+from .features import FEATURE_NAMES, HeadReference, extract
 from .geometry import ScreenGeometry
 
 # Inputs of the regression and their physical scales (iris offsets in inter-ocular
@@ -723,8 +728,3 @@ class ClickRecalibrator:
         self.points.clear()
         self.recent_errors_deg.clear()
         self.affine = Affine()
-
-
-def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
-    c = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))

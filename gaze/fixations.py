@@ -6,9 +6,10 @@ invent saccades. This is a dispersion detector (I-DT family) that works online:
 * A fixation grows while each new sample lies within ``radius_deg`` of the running
   centroid of the fixation so far.
 * One sample outside is held back: if the next sample is back inside, the held one was
-  noise and is dropped; if the next one is outside too, the eyes have moved: the
-  fixation closes at its last inside sample and a new one starts (with the held sample
-  if the two outside samples are close to each other).
+  noise and is dropped. If the next one is outside too and near the held one (within
+  ``agree`` × the radius), the eyes have moved: the fixation closes at its last inside
+  sample and a new one starts with those two. Two outside samples far apart from each
+  other (noise, or samples in flight during the saccade) keep waiting for agreement.
 * A gap in the samples (blink, face lost) longer than ``max_gap_ms`` closes it.
 * It counts only if it lasts ``min_duration_ms`` (≥ 100 ms; a sample stands for one
   sample interval, so three 30 Hz samples make 100 ms).
@@ -51,9 +52,11 @@ class Saccade:
 
 
 class FixationDetector:
-    def __init__(self, px_per_degree: float, radius_deg: float = 1.0,
-                 min_duration_ms: float = 100.0, max_gap_ms: float = 150.0):
+    def __init__(self, px_per_degree: float, radius_deg: float = 1.25,
+                 min_duration_ms: float = 100.0, max_gap_ms: float = 150.0,
+                 agree: float = 1.5):
         self.radius_px = radius_deg * px_per_degree
+        self.agree = agree
         self.min_ns = int(min_duration_ms * 1e6)
         self.max_gap_ns = int(max_gap_ms * 1e6)
         self._interval_ns = int(1e9 / 30)       # estimated sample interval
@@ -115,10 +118,13 @@ class FixationDetector:
         if self._held is None:
             self._held = sample
             return done
-        held, self._held = self._held, None
+        held = self._held
+        if np.hypot(sample[2] - held[2], sample[3] - held[3]) > self.agree * self.radius_px:
+            self._held = sample          # two outside samples that disagree: keep waiting
+            return done
+        self._held = None                # two outside samples that agree: the eyes moved
         done = self._close()
-        close = np.hypot(sample[2] - held[2], sample[3] - held[3]) <= self.radius_px
-        self._reset([held, sample] if close else [sample])
+        self._reset([held, sample])
         return done
 
     def flush(self) -> Fixation | None:

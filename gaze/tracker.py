@@ -110,11 +110,20 @@ class GazeTracker:
                 screen = calibration.mapper.screen
                 self.recalibrator = ClickRecalibrator(screen)
                 self.fixation_detector = FixationDetector(
-                    screen.px_per_degree, self.fixation_radius_deg, self.min_fixation_ms)
+                    screen.px_per_degree, self.fixation_radius(calibration),
+                    self.min_fixation_ms)
             else:
                 self.recalibrator = None
                 self.fixation_detector = None
             self._filter = PointFilter()
+
+    def fixation_radius(self, calibration: Calibration) -> float:
+        """The fixation radius grows with the noise this user's validation measured:
+        ≈ 2.3 SDs per axis (SD ≈ RMS sample-to-sample / 2), within [configured, 2°]."""
+        v = calibration.validation
+        if v is None or not np.isfinite(v.precision_deg):
+            return self.fixation_radius_deg
+        return float(min(2.0, max(self.fixation_radius_deg, 2.3 * v.precision_deg / 2)))
 
     def add_frame_listener(self, fn: Callable) -> None:
         """``fn(landmarks | None, width, height, blink, mono_s)`` on the processing thread

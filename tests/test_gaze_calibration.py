@@ -242,3 +242,22 @@ def test_the_real_recorder_calibrates_a_simulated_user():
     moved_direct = S.moved_head_trials(scene, user, direct, rng, n=40, noise=1.0)
     assert moved.mean() < 2.0, moved.mean()
     assert moved_direct.mean() > 1.5 * moved.mean(), (moved.mean(), moved_direct.mean())
+
+
+def test_fixation_radius_follows_the_measured_precision():
+    """A user whose validation showed noisier samples gets a wider fixation radius
+    (≈ 2.3 SDs per axis), never below the configured radius or above 2°."""
+    from gaze.features import HeadReference
+    from gaze.tracker import GazeTracker
+    reference = HeadReference(np.zeros((37, 3)), 70.0)
+    tracker = GazeTracker(99, None, fixation_radius_deg=1.25)
+
+    def with_precision(deg):
+        report = C.ValidationReport(40.0, 1.0, deg * 38, deg, deg * 30, [1.0] * 4, 80, 4.0,
+                                    True, [])
+        return C.Calibration(true_mapper(), reference, validation=report)
+    assert tracker.fixation_radius(with_precision(0.4)) == 1.25
+    assert tracker.fixation_radius(with_precision(1.5)) == pytest.approx(1.725)
+    assert tracker.fixation_radius(with_precision(4.0)) == 2.0
+    tracker.set_calibration(with_precision(1.5))
+    assert tracker.fixation_detector.radius_px == pytest.approx(1.725 * SCREEN.px_per_degree)

@@ -1,12 +1,10 @@
 """Gaze in the window (offscreen Qt): the Gaze… button without a camera, the calibration
 screen run to its result (advice when it fails, gaze on when it passes), the debug
 overlay, and points reaching the app's listeners."""
-import os
 import threading
 import time
 
 import numpy as np
-import pytest
 from conftest import ARTIFACTS, require
 from PySide6.QtCore import QRect
 from PySide6.QtWidgets import QApplication, QToolBar
