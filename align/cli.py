@@ -158,12 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     subset.add_argument("--workers-file", help='JSON with "workers" or one id per line')
     subset.add_argument("--exclude", action="store_true", help="copy everyone except them")
     subset.set_defaults(func=cmd_ifllm_subset)
+    from . import nightly_cli
+    nightly_cli.register(parser, commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import nightly_cli
+    if nightly_cli.wants_nightly(args):
+        return nightly_cli.run_nightly_command(args)
     if args.command is None:
         parser.print_help()
         return 0

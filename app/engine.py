@@ -83,6 +83,13 @@ class ChatEngine:
         self.model_info: dict | None = None
         self._formatter = None
         self._lock = threading.Lock()  # a Llama context is not thread-safe
+        # The personal LoRA adapter (align --nightly publishes it): checked before every
+        # reply, so a newly published version is used without a restart.
+        self.adapters_dir: Path | None = None    # <data dir>/adapters; None: never use one
+        self.adapter_enabled = True              # False: chat with the base model
+        self.adapter_version: str | None = None  # the version in use (None: base model)
+        self.adapter_error: str | None = None
+        self._adapter = None                     # (llama.cpp handle, file) while attached
         self.load(model_path or default_model_path())
 
     @property
@@ -113,6 +120,7 @@ class ChatEngine:
         with self._lock:
             old, self.llm = self.llm, llm
             self.model_info, self._formatter = info, formatter
+            self._adapter, self.adapter_version = None, None  # freed with the old model
         if old is not None:
             old.close()
         return info
@@ -158,6 +166,7 @@ class ChatEngine:
         with self._lock:
             # The clock starts before prompt fitting: its cost is part of the user's wait.
             started = time.perf_counter()
+            self._sync_adapter()
             fitted, dropped, prompt_tokens = self.fit_to_context(messages, settings.max_tokens)
             pieces: list[str] = []
             finish = "stop"
@@ -197,6 +206,45 @@ class ChatEngine:
             ttft_s=(first_at - started) if first_at is not None else None,
             tokens_per_s=((tokens - 1) / decode_s) if tokens > 1 and decode_s > 0 else None,
             finish_reason=finish, dropped_turns=dropped, settings=settings.to_dict())
+
+    # --- the personal adapter ---------------------------------------------------------
+    def use_adapters(self, directory: str | os.PathLike | None) -> None:
+        """Use the active published adapter under ``directory`` (from the next reply)."""
+        self.adapters_dir = Path(directory) if directory else None
+
+    def set_adapter_enabled(self, enabled: bool) -> None:
+        """False: the next replies come from the base model (the adapter stays published)."""
+        self.adapter_enabled = bool(enabled)
+
+    def _sync_adapter(self) -> None:
+        """Attach the adapter that should be in use, if it is not already (lock held)."""
+        import ctypes
+        import llama_cpp
+        from align.adapters import active_adapter
+        info = None
+        if self.adapters_dir is not None and self.adapter_enabled:
+            info = active_adapter(self.adapters_dir, self.model_info["path"])
+        wanted = info["path"] if info else None
+        if wanted == (self._adapter[1] if self._adapter else None):
+            return
+        handle = None
+        if wanted is not None:
+            handle = llama_cpp.llama_adapter_lora_init(self.llm._model.model, wanted.encode())
+            if not handle:
+                self.adapter_error = f"llama.cpp could not load the adapter {wanted}; using the base model."
+                wanted, info = None, None
+        ctx = self.llm._ctx.ctx
+        if handle:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
+            llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+            self.adapter_error = None
+        else:
+            llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        if self._adapter is not None:
+            llama_cpp.llama_adapter_lora_free(self._adapter[0])
+        self._adapter = (handle, wanted) if handle else None
+        self.adapter_version = info["version"] if info else None
+        self.llm.reset()   # cached prompt states were computed with the other weights
 
     def close(self) -> None:
         with self._lock:

@@ -167,7 +167,7 @@ INVOCATIONS = {
                                    ["data", "delete", "--all", "--yes"]],
     ("glance", "consent", "set"): [["consent", "set", "pointer", "on"],
                                    ["consent", "set", "gaze", "off"]],
-    ("align",): [[], ["--help"]],
+    ("align",): [[], ["--help"], ["--nightly", "--json"]],
     ("align", "reward"): [["reward"]],
     ("align", "reward", "train"): [["reward", "train", "--ifllm", "{ifllm}", "--out", "{out}",
                                     "--json"]],
@@ -176,6 +176,11 @@ INVOCATIONS = {
     ("align", "ifllm-subset"): [["ifllm-subset", "{ifllm}", "{subset}", "--workers", "{worker}"]],
     ("align", "import-ifllm"): [["import-ifllm", "{ifllm}", "--json"],
                                 ["import-ifllm", "{ifllm}", "--remove"]],
+    ("align", "status"): [["status"], ["status", "--json"]],
+    ("align", "adapters"): [["adapters"]],
+    ("align", "adapters", "list"): [["adapters", "list", "--json"]],
+    ("align", "rollback"): [["rollback", "--json"]],
+    ("align", "schedule"): [["schedule", "status", "--json"]],
 }
 # Exit codes other than 0 that are the right answer for a valid invocation.
 # Keyed by (command, index of the invocation).

@@ -1,0 +1,231 @@
+"""Stage 5: adapter versions under ``<data dir>/adapters/`` — publish, list, roll back.
+
+    adapters/
+      v0007/adapter.gguf       what llama.cpp loads
+      v0007/peft/              the same adapter for transformers (parity checks, retraining)
+      v0007/manifest.json      base model, pairs, gate report, creation time
+      active.json              {"version": "v0007", "counter": 7}   (null version = base)
+
+Publishing is atomic at each step: the version is assembled in a hidden staging folder,
+renamed into place in one step, and only then ``active.json`` is replaced (written to a
+temporary file, fsynced, renamed). A reader — the chat engine checks ``active.json``
+before every reply — sees the old adapter or the new one, never half of one. Only the
+newest :attr:`AdapterConfig.keep` versions are kept (never the active one). The engine
+uses an adapter only with the base model it was trained on (name and size match).
+
+No torch and no database here: the app imports this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIVE_FILE = "active.json"
+GGUF_NAME = "adapter.gguf"
+
+
+@dataclass
+class AdapterConfig:
+    root: Path                 # <data dir>/adapters
+    keep: int = 5
+
+
+def adapters_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "adapters"
+
+
+def base_identity(model_path: str | os.PathLike) -> dict:
+    path = Path(model_path)
+    return {"name": path.name, "size": path.stat().st_size}
+
+
+# --- reading ---------------------------------------------------------------------------------
+def read_active(root: Path) -> dict:
+    try:
+        return json.loads((Path(root) / ACTIVE_FILE).read_text())
+    except (OSError, ValueError):
+        return {"version": None, "counter": 0}
+
+
+def manifest(root: Path, version: str) -> dict | None:
+    try:
+        return json.loads((Path(root) / version / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def versions(root: Path) -> list[str]:
+    """Published versions on disk, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir()
+             if p.is_dir() and p.name.startswith("v") and (p / GGUF_NAME).exists()
+             and (p / "manifest.json").exists()]
+    return sorted(found, key=lambda name: int(name[1:]) if name[1:].isdigit() else -1)
+
+
+def list_versions(root: Path) -> list[dict]:
+    active = read_active(root).get("version")
+    out = []
+    for version in versions(root):
+        info = manifest(root, version) or {}
+        out.append({"version": version, "active": version == active,
+                    "created_wall_ns": info.get("created_wall_ns"), "base": info.get("base"),
+                    "pairs": info.get("pairs"), "run_id": info.get("run_id"),
+                    "gate": info.get("gate"), "path": str(Path(root) / version / GGUF_NAME)})
+    return out
+
+
+def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> dict | None:
+    """The active version's manifest plus ``path`` (its GGUF), or None for the base.
+    With ``model_path``, None also when the adapter was trained on another model."""
+    version = read_active(root).get("version")
+    if not version:
+        return None
+    info = manifest(root, version)
+    path = Path(root) / version / GGUF_NAME
+    if info is None or not path.exists():
+        return None
+    if model_path is not None:
+        try:
+            if info.get("base") != base_identity(model_path):
+                return None
+        except OSError:
+            return None
+    return dict(info, version=version, path=str(path))
+
+
+# --- writing ---------------------------------------------------------------------------------
+def _write_active(root: Path, state: dict) -> None:
+    root = Path(root)
+    temporary = root / f".{ACTIVE_FILE}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(dict(state, updated_wall_ns=time.time_ns()), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, root / ACTIVE_FILE)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info: dict) -> str:
+    """Install a new version and make it the active one; returns its name."""
+    root = Path(config.root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = read_active(root)
+    existing = [int(v[1:]) for v in versions(root) if v[1:].isdigit()]
+    number = max([int(state.get("counter") or 0), *existing]) + 1
+    version = f"v{number:04d}"
+    staging = root / f".staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(mode=0o700)
+    try:
+        shutil.copyfile(gguf_path, staging / GGUF_NAME)
+        if peft_dir is not None and Path(peft_dir).is_dir():
+            shutil.copytree(peft_dir, staging / "peft")
+        (staging / "manifest.json").write_text(json.dumps(
+            dict(info, version=version, created_wall_ns=info.get("created_wall_ns") or time.time_ns()),
+            indent=2, default=str))
+        for child in staging.rglob("*"):
+            os.chmod(child, 0o600 if child.is_file() else 0o700)
+            if child.is_file():
+                with open(child, "rb") as handle:
+                    os.fsync(handle.fileno())
+        os.rename(staging, root / version)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _write_active(root, {"version": version, "counter": number})
+    prune(config)
+    return version
+
+
+def set_active(config: AdapterConfig, version: str | None) -> None:
+    root = Path(config.root)
+    if version is not None and version not in versions(root):
+        raise KeyError(f"No adapter version {version!r}; `align adapters list` shows them.")
+    state = read_active(root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_active(root, {"version": version, "counter": state.get("counter", 0)})
+
+
+def rollback(config: AdapterConfig) -> str | None:
+    """Make the version before the active one active (the base model when there is
+    none); returns the version now active (None = base)."""
+    root = Path(config.root)
+    current = read_active(root).get("version")
+    if current is None:
+        raise ValueError("No adapter is active: Glance already answers with the base model.")
+    older = [v for v in versions(root) if _number(v) < _number(current)]
+    target = older[-1] if older else None
+    set_active(config, target)
+    return target
+
+
+def retire(config: AdapterConfig, version: str) -> str | None:
+    """Delete a version (e.g. it learned from a conversation since deleted). If it was
+    active, the newest older version takes over (or the base). Returns the active one."""
+    root = Path(config.root)
+    state = read_active(root)
+    active = state.get("version")
+    if active == version:
+        older = [v for v in versions(root) if _number(v) < _number(version)]
+        active = older[-1] if older else None
+        _write_active(root, {"version": active, "counter": state.get("counter", 0)})
+    shutil.rmtree(root / version, ignore_errors=True)
+    _fsync_dir(root)
+    return active
+
+
+def prune(config: AdapterConfig) -> list[str]:
+    root = Path(config.root)
+    active = read_active(root).get("version")
+    removed = []
+    kept = versions(root)
+    while len(kept) > config.keep:
+        victim = next((v for v in kept if v != active), None)
+        if victim is None:
+            break
+        shutil.rmtree(root / victim, ignore_errors=True)
+        kept.remove(victim)
+        removed.append(victim)
+    for stale in root.glob(".staging-*"):
+        if time.time() - stale.stat().st_mtime > 3600:   # a publish that died half-way
+            shutil.rmtree(stale, ignore_errors=True)
+    return removed
+
+
+def _number(version: str) -> int:
+    return int(version[1:]) if version and version[1:].isdigit() else -1
+
+
+def retire_stale(store, root: Path) -> list[str]:
+    """Retire every published version that learned from a conversation deleted since
+    (the deletion removed that conversation's training_pairs rows): its files are
+    deleted and its row marked. Returns the versions retired."""
+    stale = store.training.stale_adapter_versions()
+    config = AdapterConfig(Path(root))
+    for version in stale:
+        retire(config, version)
+        store.training.set_adapter_status(
+            version, "retired", "it learned from a conversation that has since been deleted")
+    return stale

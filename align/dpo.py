@@ -1,0 +1,551 @@
+"""Stage 2b: LoRA DPO on the pairs, with trl, politely, on the user's own computer.
+
+    result = train_dpo(pairs, checkpoint_dir, work_dir, DPOSettings())
+
+The loss, per pair i with label-flip probability ε_i (robust DPO, Chowdhury et al. 2024,
+plus an NLL term on the chosen reply as in the IFLLM paper and RPO):
+
+    h_i    = [log π(c_i) − log π_ref(c_i)] − [log π(r_i) − log π_ref(r_i)]
+    dpo_i  = [(1 − ε_i)·(−log σ(β h_i)) − ε_i·(−log σ(−β h_i))] / (1 − 2 ε_i)
+    nll_i  = −log π(c_i) / |c_i|                      (mean over the chosen tokens)
+    loss   = mean_i [dpo_i + λ·(1 − 2 ε_i)·nll_i]
+
+trl's ``label_smoothing`` is one ε per run; here each pair brings its own (explicit
+labels small, inferred ones up to 0.45). The NLL term is scaled by (1 − 2ε) so a coin-flip
+label teaches nothing about what to imitate.
+
+Speed on a CPU (the same trl Trainer loop, optimiser and checkpoints; only the forward
+differs from a plain DPOTrainer):
+- LoRA sits on the top ``lora_top_fraction`` of the decoder layers. The layers below are
+  frozen *and* unadapted, so their output — the "trunk" — is the same for the policy and
+  the reference: it is computed once per sequence without gradients (and kept across
+  epochs within ``trunk_cache_mb``), then the top layers run twice (policy with
+  gradients, reference with the adapter off).
+- The reference log-probabilities of a pair are computed once and reused every epoch.
+- The LM head (49 k × 576 for SmolLM2) runs only on completion positions, in chunks,
+  never on prompt or padding positions; batches group pairs of similar length.
+
+Plus the job's manners: lowest CPU and I/O priority, a single-instance lock, an optional
+skip on battery, checkpoints every few steps so a killed run resumes, a progress bar on
+a terminal.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LM_HEAD_CHUNK = 1024
+
+
+@dataclass
+class DPOSettings:
+    beta: float = 0.1
+    nll_weight: float = 0.2           # λ
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_top_fraction: float = 0.5    # LoRA on the top half of the layers (1.0 = all)
+    target_modules: tuple = TARGET_MODULES
+    learning_rate: float = 1e-4
+    epochs: int = 2
+    batch_pairs: int = 4
+    max_prompt_tokens: int = 256      # older prompt tokens are cut (the newest turn stays)
+    max_completion_tokens: int = 256  # longer replies are trained on their beginning
+    seed: int = 0
+    checkpoints: int = 4              # how many times per run the state is saved (resume)
+    device: str = "auto"              # auto | cpu | cuda | mps
+    threads: int | None = None        # torch CPU threads (default: all cores)
+    trunk_cache_mb: int = 1024
+    progress: bool | None = None      # progress bar (None: when stderr is a terminal)
+    split_trunk: bool = True          # False: full forward twice, like a plain DPOTrainer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    resumed_from_step: int
+    tokens: int                       # non-padding tokens through the model, all epochs
+    train_seconds: float
+    tokens_per_s: float
+    loss: float | None
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["adapter_dir"] = str(self.adapter_dir)
+        return data
+
+
+def pick_device(setting: str = "auto") -> str:
+    import torch
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+# --- tokenising ------------------------------------------------------------------------------
+def tokenize_pair(pair, tokenizer, settings: DPOSettings) -> dict:
+    """prompt_ids / chosen_ids / rejected_ids with the model's own chat template. The
+    completion is what follows the rendered prompt (end-of-turn token included)."""
+    prompt = list(pair.prompt)
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = _ids(tokenizer, prompt_text)
+    full = [_ids(tokenizer, tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": reply}], tokenize=False))
+        for reply in (pair.chosen, pair.rejected)]
+    # The completion starts where prompt and prompt+reply stop agreeing (a token can
+    # merge across the boundary); both replies share that prompt.
+    start = min(_common_prefix(prompt_ids, ids) for ids in full)
+    chosen, rejected = (ids[start:][: settings.max_completion_tokens] for ids in full)
+    prompt_ids = prompt_ids[:start][-settings.max_prompt_tokens:]   # keep the newest tokens
+    return {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
+            "epsilon": float(pair.epsilon),
+            "length": len(prompt_ids) + max(len(chosen), len(rejected))}
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def collate(examples: list[dict], pad_id: int) -> dict:
+    """[chosen rows; rejected rows], right-padded, with a completion mask."""
+    import torch
+    rows, masks = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for ex in examples:
+            rows.append(list(ex["prompt_ids"]) + list(ex[side]))
+            masks.append([0] * len(ex["prompt_ids"]) + [1] * len(ex[side]))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    completion = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, mask) in enumerate(zip(rows, masks)):
+        ids[i, :len(row)] = torch.tensor(row)
+        attention[i, :len(row)] = 1
+        completion[i, :len(row)] = torch.tensor(mask)
+    batch = {"input_ids": ids, "attention_mask": attention, "completion_mask": completion,
+             "epsilon": torch.tensor([float(ex["epsilon"]) for ex in examples]),
+             "index": torch.tensor([int(ex.get("index", -1)) for ex in examples])}
+    return batch
+
+
+# --- log-probabilities -----------------------------------------------------------------------
+def decoder_of(model):
+    """The transformer stack (``model.model`` of a *ForCausalLM), under PEFT or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+@contextlib.contextmanager
+def only_layers(decoder, start: int, stop: int, final_norm: bool):
+    """Run ``decoder`` over layers[start:stop] only (the model's own forward, so its
+    masks and rotary embeddings are built exactly as usual)."""
+    import torch.nn as nn
+    layers, norm = decoder.layers, decoder.norm
+    layer_types = getattr(decoder.config, "layer_types", None)
+    decoder.layers = nn.ModuleList(list(layers)[start:stop])
+    if not final_norm:
+        decoder.norm = nn.Identity()
+    if layer_types is not None:
+        decoder.config.layer_types = list(layer_types)[start:stop]
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, norm
+        if layer_types is not None:
+            decoder.config.layer_types = layer_types
+
+
+def completion_logps(model, hidden, input_ids, completion_mask, grad: bool):
+    """Per-sequence sum of log p(token) over completion tokens, and the number of them.
+    The LM head runs on completion positions only, ``LM_HEAD_CHUNK`` rows at a time
+    (recomputed in the backward pass rather than kept: 49 k logits per token add up)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    config = base.config.get_text_config()
+    softcap = getattr(config, "final_logit_softcapping", None)
+    targets = completion_mask[:, 1:].bool()
+    rows, cols = targets.nonzero(as_tuple=True)
+    states = hidden[:, :-1][rows, cols]
+    labels = input_ids[:, 1:][rows, cols]
+
+    def chunk_logps(h, y):
+        logits = head(h).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    pieces = []
+    for start in range(0, len(labels), LM_HEAD_CHUNK):
+        h, y = states[start:start + LM_HEAD_CHUNK], labels[start:start + LM_HEAD_CHUNK]
+        pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if grad
+                      else chunk_logps(h, y))
+    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
+    sums = hidden.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
+    counts = targets.sum(dim=1)
+    return sums, counts
+
+
+class Scorer:
+    """Sequence log-probabilities of a (PEFT) model, with and without its adapter,
+    sharing the frozen trunk below the first adapted layer."""
+
+    def __init__(self, model, split: int, cache_mb: int = 0):
+        self.model = model
+        self.split = split
+        self.cache_bytes = cache_mb * 2**20
+        self._trunk_cache: dict = {}
+        self._ref_cache: dict = {}
+        self._cached_bytes = 0
+
+    def _trunk(self, ids, attention, keys):
+        import torch
+        lengths = attention.sum(dim=1).tolist()
+        if keys is not None and all(k in self._trunk_cache for k in keys):
+            width = ids.shape[1]
+            rows = [torch.nn.functional.pad(self._trunk_cache[k], (0, 0, 0, width - self._trunk_cache[k].shape[0]))
+                    for k in keys]
+            return torch.stack(rows)
+        decoder = decoder_of(self.model)
+        with torch.no_grad(), only_layers(decoder, 0, self.split, final_norm=False):
+            trunk = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+        if keys is not None:
+            for key, row, n in zip(keys, trunk, lengths):
+                size = row[:n].numel() * row.element_size()
+                if self._cached_bytes + size <= self.cache_bytes:
+                    self._trunk_cache[key] = row[:n].clone()
+                    self._cached_bytes += size
+        return trunk
+
+    def _hidden(self, ids, attention, trunk):
+        decoder = decoder_of(self.model)
+        if trunk is None:
+            return decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+        with only_layers(decoder, self.split, len(decoder.layers), final_norm=True):
+            return decoder(inputs_embeds=trunk, attention_mask=attention, use_cache=False).last_hidden_state
+
+    def logps(self, batch, keys=None, policy_grad: bool = True):
+        """(policy sums, reference sums, completion token counts) for every row."""
+        import torch
+        ids, attention, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        trunk = self._trunk(ids, attention, keys) if self.split > 0 else None
+        grad_context = contextlib.nullcontext() if policy_grad else torch.no_grad()
+        with grad_context:
+            hidden = self._hidden(ids, attention, trunk)
+            policy, counts = completion_logps(self.model, hidden, ids, completion, grad=policy_grad)
+        if keys is not None and all(k in self._ref_cache for k in keys):
+            reference = torch.tensor([self._ref_cache[k] for k in keys], dtype=policy.dtype,
+                                     device=policy.device)
+        else:
+            with torch.no_grad(), self.adapter_off():
+                hidden = self._hidden(ids, attention, trunk)
+                reference, _ = completion_logps(self.model, hidden, ids, completion, grad=False)
+            if keys is not None:
+                self._ref_cache.update(zip(keys, reference.tolist()))
+        return policy, reference, counts
+
+    def adapter_off(self):
+        return self.model.disable_adapter() if hasattr(self.model, "disable_adapter") \
+            else contextlib.nullcontext()
+
+
+def robust_dpo_loss(h, epsilon, beta: float):
+    """Per-pair robust DPO loss for margins ``h`` and flip probabilities ``epsilon``."""
+    import torch.nn.functional as F
+    clean = -(1 - epsilon) * F.logsigmoid(beta * h)
+    flipped = -epsilon * F.logsigmoid(-beta * h)
+    return (clean - flipped) / (1 - 2 * epsilon)
+
+
+def pair_loss(policy, reference, counts, epsilon, beta: float, nll_weight: float):
+    """The loss above from per-row sums laid out [chosen; rejected]."""
+    n = epsilon.shape[0]
+    policy_c, policy_r = policy[:n], policy[n:]
+    ref_c, ref_r = reference[:n], reference[n:]
+    h = (policy_c - ref_c) - (policy_r - ref_r)
+    dpo = robust_dpo_loss(h, epsilon, beta)
+    nll = -policy_c / counts[:n].clamp(min=1)
+    loss = (dpo + nll_weight * (1 - 2 * epsilon) * nll).mean()
+    return loss, {"h": h.detach(), "dpo": dpo.detach(), "nll": nll.detach()}
+
+
+# --- the trainer -----------------------------------------------------------------------------
+def _trainer_class():
+    from trl import DPOTrainer
+
+    class GlanceDPOTrainer(DPOTrainer):
+        """trl's DPOTrainer (loop, optimiser, checkpoints, logging) with the loss above."""
+
+        glance_settings: DPOSettings
+        scorer: Scorer
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset          # tokenised by tokenize_pair already
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "epsilon",
+                                           "index", "length"]
+
+        def _compute_loss(self, model, inputs, return_outputs=False):
+            import torch
+            settings = self.glance_settings
+            mode = "train" if self.model.training else "eval"
+            index = inputs["index"].tolist()
+            keys = [(i, "c") for i in index] + [(i, "r") for i in index] if min(index) >= 0 else None
+            policy, reference, counts = self.scorer.logps(inputs, keys=keys,
+                                                          policy_grad=torch.is_grad_enabled())
+            loss, parts = pair_loss(policy, reference, counts, inputs["epsilon"].to(policy.dtype),
+                                    settings.beta, settings.nll_weight)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            metrics = self._metrics[mode]
+            metrics["num_tokens"] = [self._total_train_tokens]
+            metrics["rewards/margins"].append(float(settings.beta * parts["h"].mean()))
+            metrics["rewards/accuracies"].append(float((parts["h"] > 0).float().mean()))
+            metrics["loss/dpo"].append(float(parts["dpo"].mean()))
+            metrics["loss/nll"].append(float(parts["nll"].mean()))
+            return (loss, None) if return_outputs else loss
+
+    return GlanceDPOTrainer
+
+
+def load_policy(checkpoint_dir: Path, settings: DPOSettings, device: str):
+    """The base model from its HF checkpoint, its tokenizer, and the LoRA config."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32).to(device)
+    layers = model.config.get_text_config().num_hidden_layers
+    first = layers - max(1, round(layers * settings.lora_top_fraction))
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(settings.target_modules), bias="none",
+                      task_type="CAUSAL_LM", layers_to_transform=list(range(first, layers)))
+    return model, tokenizer, lora, first
+
+
+def make_trainer(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSettings,
+                 callbacks=()):
+    """A ready GlanceDPOTrainer on ``pairs`` (not started)."""
+    import torch
+    import transformers
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    transformers.logging.set_verbosity_error()
+    device = pick_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model, tokenizer, lora, first = load_policy(Path(checkpoint_dir), settings, device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples = [dict(tokenize_pair(pair, tokenizer, settings), index=i) for i, pair in enumerate(pairs)]
+    steps_per_epoch = math.ceil(len(examples) / settings.batch_pairs)
+    total_steps = steps_per_epoch * settings.epochs
+    progress = sys.stderr.isatty() if settings.progress is None else settings.progress
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    args = DPOConfig(
+        output_dir=str(Path(work_dir) / "trainer"), per_device_train_batch_size=settings.batch_pairs,
+        num_train_epochs=settings.epochs, learning_rate=settings.learning_rate, beta=settings.beta,
+        loss_type=["robust"], max_length=None, seed=settings.seed,
+        use_cpu=device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
+        report_to=[], logging_steps=max(1, steps_per_epoch), disable_tqdm=not progress,
+        save_strategy="steps", save_steps=max(1, math.ceil(total_steps / max(1, settings.checkpoints))),
+        save_total_limit=1, save_only_model=False, train_sampling_strategy="group_by_length",
+        length_column_name="length", dataloader_num_workers=0, remove_unused_columns=True)
+    pad_id = tokenizer.pad_token_id
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        data_collator=lambda batch: collate(batch, pad_id), peft_config=lora,
+        callbacks=list(callbacks))
+    trainer.glance_settings = settings
+    split = first if settings.split_trunk else 0
+    trainer.scorer = Scorer(trainer.model, split, settings.trunk_cache_mb if split else 0)
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)   # logs go to the result, not to stdout
+    return trainer
+
+
+def train_dpo(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSettings | None = None,
+              callbacks=(), log=print) -> TrainResult:
+    """Train a LoRA adapter on ``pairs``; resume from the newest checkpoint under
+    ``work_dir`` if a previous run on the same work dir was interrupted."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    settings = settings or DPOSettings()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    trainer = make_trainer(pairs, checkpoint_dir, work_dir, settings, callbacks)
+    resume = get_last_checkpoint(str(work_dir / "trainer")) if (work_dir / "trainer").exists() else None
+    resumed_from = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    if resume:
+        log(f"Resuming the interrupted training from step {resumed_from}.")
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    adapter_dir = work_dir / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    tokens = trainer._total_train_tokens
+    result = TrainResult(
+        adapter_dir=adapter_dir, steps=trainer.state.global_step, resumed_from_step=resumed_from,
+        tokens=tokens, train_seconds=seconds, tokens_per_s=tokens / seconds if seconds else 0.0,
+        loss=float(output.training_loss) if output.training_loss is not None else None,
+        metrics={"log": history, "split_layer": trainer.scorer.split})
+    (work_dir / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
+
+
+# --- running politely -------------------------------------------------------------------------
+IOPRIO_CLASS_IDLE = 3
+IOPRIO_CLASS_SHIFT = 13
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "arm64": 30, "i386": 289, "armv7l": 314}
+
+
+def lower_priority() -> dict:
+    """Lowest CPU priority (nice 19, and SCHED_IDLE where there is one) and idle I/O
+    class, for this process and the threads it starts afterwards. Returns what was set."""
+    done = {}
+    try:
+        done["nice"] = os.nice(19 - os.nice(0))
+    except OSError:
+        pass
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            done["sched"] = "idle"
+        except OSError:
+            pass
+    number = _IOPRIO_SET.get(platform.machine())
+    if sys.platform.startswith("linux") and number:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            # ioprio_set(IOPRIO_WHO_PROCESS=1, pid 0 = this process, class idle)
+            if libc.syscall(number, 1, 0, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT) == 0:
+                done["ioprio"] = "idle"
+        except OSError:
+            pass
+    return done
+
+
+def on_battery(supplies: Path = Path("/sys/class/power_supply")) -> bool:
+    """True when running on battery (Linux sysfs, macOS pmset); False when unknown."""
+    supplies = Path(supplies)
+    if supplies.is_dir():
+        mains = [p for p in supplies.iterdir() if (p / "type").exists()
+                 and (p / "type").read_text().strip() in ("Mains", "USB")]
+        batteries = [p for p in supplies.iterdir() if (p / "type").exists()
+                     and (p / "type").read_text().strip() == "Battery"]
+        if not batteries:
+            return False
+        if any((p / "online").exists() and (p / "online").read_text().strip() == "1" for p in mains):
+            return False
+        return any((p / "status").exists() and (p / "status").read_text().strip() == "Discharging"
+                   for p in batteries)
+    if sys.platform == "darwin" and supplies == Path("/sys/class/power_supply"):
+        import subprocess
+        try:
+            out = subprocess.run(["pmset", "-g", "batt"], capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return "Battery Power" in out
+    return False
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class TrainingLock:
+    """One nightly job at a time per data folder (fcntl lock, released by the OS if the
+    process dies)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = None
+
+    def acquire(self) -> "TrainingLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise AlreadyRunning(f"Another nightly training is running ({holder}); "
+                                 "this one stops here. Try again when it has finished.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()}")
+        handle.flush()
+        os.chmod(self.path, 0o600)
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def load_scorer(checkpoint_dir: Path, adapter_dir: Path, settings: DPOSettings | None = None):
+    """(Scorer, tokenizer) for a saved PEFT adapter on its base checkpoint (the gate
+    and the tests use it; training builds its own)."""
+    import torch
+    import transformers
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    settings = settings or DPOSettings()
+    device = pick_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32).to(device)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    layers = model.peft_config["default"].layers_to_transform
+    first = min(layers) if layers and settings.split_trunk else 0
+    return Scorer(model, first), tokenizer

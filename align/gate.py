@@ -1,0 +1,249 @@
+"""Stage 4: the gate — publish an adapter only if it is better and stays within limits.
+
+    train, heldout = split_by_conversation(pairs, GateConfig())
+    report = evaluate(scorer, tokenizer, heldout, base_gguf, adapter_gguf, prompts, config)
+    publish, reasons = decide(report, config)
+
+1. **Better, on conversations it never trained on.** Pairs are split by conversation
+   (a stable hash of its id, so a conversation stays on the same side night after
+   night). On the held-out pairs, the adapter's implicit reward
+   ``h = [log π(c) − log π_ref(c)] − [log π(r) − log π_ref(r)]`` should favour the chosen
+   reply: *implicit-reward accuracy* is the share of pairs with h > 0; the base has
+   h = 0 everywhere (accuracy ½), so the paired test is an exact one-sided sign test of
+   h > 0 against h < 0. Reported beside it: how often the policy and the base each give
+   the chosen reply the higher per-token log-probability, with McNemar's exact test.
+   The adapter passes when implicit-reward accuracy > ½, the mean h > 0 and the policy's
+   accuracy is at least the base's (and, if ``max_p_value`` is set, p ≤ it: with a few
+   held-out pairs significance is out of reach, so by default it is reported, not
+   required).
+2. **Within limits, on fresh samples from the real thing.** The exported GGUF adapter on
+   the user's own base model in llama.cpp samples replies to held-out prompts (the same
+   seeds for adapter and base). KL(π ‖ π_ref) per token is estimated on the adapter's
+   samples (log π − log π_ref of each sampled token), and the mean reply length of the
+   adapter's samples is compared with the base's: inferred labels tend to reward length.
+   Limits: KL ≤ ``max_kl_per_token`` nats per token, length ratio within
+   [1 / ``max_length_ratio``, ``max_length_ratio``].
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class GateConfig:
+    heldout_fraction: float = 0.25
+    min_heldout_pairs: int = 1
+    max_p_value: float | None = None      # None: the sign test is reported, not required
+    max_kl_per_token: float = 0.35        # nats per sampled token
+    max_length_ratio: float = 1.5         # adapter / base mean sampled length, either way
+    samples: int = 6                      # fresh replies per model
+    sample_tokens: int = 128
+    temperature: float = 1.0              # KL is estimated on the adapter's own distribution
+    seed: int = 0
+    threads: int = 2
+    batch_pairs: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- split ---------------------------------------------------------------------------------
+def _bucket(conversation_id: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{conversation_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_by_conversation(pairs, config: GateConfig | None = None):
+    """(train, heldout): whole conversations on one side. With two or more
+    conversations at least one is held out and at least one trained on."""
+    config = config or GateConfig()
+    conversations = sorted({p.conversation_id for p in pairs},
+                           key=lambda c: _bucket(c, config.seed))
+    held = {c for c in conversations if _bucket(c, config.seed) < config.heldout_fraction}
+    if len(conversations) >= 2:
+        if not held:
+            held = {conversations[0]}
+        if len(held) == len(conversations):
+            held.discard(conversations[-1])
+    train = [p for p in pairs if p.conversation_id not in held]
+    heldout = [p for p in pairs if p.conversation_id in held]
+    return train, heldout
+
+
+# --- 1. implicit reward on held-out pairs -----------------------------------------------------
+def heldout_margins(scorer, tokenizer, pairs, dpo_settings, batch_pairs: int = 4) -> dict:
+    """Per pair: h, and the policy's and the base's per-token log-prob margins."""
+    import torch
+    from .dpo import collate, tokenize_pair
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = [tokenize_pair(p, tokenizer, dpo_settings) for p in pairs]
+    h, policy_margin, base_margin = [], [], []
+    for start in range(0, len(examples), batch_pairs):
+        chunk = examples[start:start + batch_pairs]
+        batch = collate(chunk, pad)
+        with torch.no_grad():
+            policy, reference, counts = scorer.logps(batch, keys=None, policy_grad=False)
+        n = len(chunk)
+        counts = counts.clamp(min=1).to(policy.dtype)
+        pc, pr, rc, rr = policy[:n], policy[n:], reference[:n], reference[n:]
+        h += ((pc - rc) - (pr - rr)).tolist()
+        policy_margin += (pc / counts[:n] - pr / counts[n:]).tolist()
+        base_margin += (rc / counts[:n] - rr / counts[n:]).tolist()
+    return {"h": h, "policy_margin": policy_margin, "base_margin": base_margin}
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact binomial p of at least ``wins`` successes in wins + losses."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
+
+
+def implicit_reward_report(margins: dict) -> dict:
+    h = np.asarray(margins["h"], dtype=np.float64)
+    policy = np.asarray(margins["policy_margin"]) > 0
+    base = np.asarray(margins["base_margin"]) > 0
+    wins, losses = int((h > 0).sum()), int((h < 0).sum())
+    # McNemar: pairs only the policy gets right vs only the base
+    only_policy, only_base = int((policy & ~base).sum()), int((base & ~policy).sum())
+    n = len(h)
+    return {
+        "heldout_pairs": n,
+        "implicit_reward_accuracy": (wins + 0.5 * (n - wins - losses)) / n if n else None,
+        "base_implicit_reward_accuracy": 0.5,
+        "mean_h": float(h.mean()) if n else None,
+        "sign_test_p": sign_test_p(wins, losses),
+        "policy_accuracy": float(policy.mean()) if n else None,
+        "base_accuracy": float(base.mean()) if n else None,
+        "mcnemar": {"only_policy": only_policy, "only_base": only_base,
+                    "p": sign_test_p(only_policy, only_base)},
+    }
+
+
+# --- 2. KL and length drift of fresh samples ------------------------------------------------
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max()
+    return logits - top - np.log(np.exp(logits - top).sum())
+
+
+def _last_logits(llm) -> np.ndarray:
+    import numpy.ctypeslib as ctypeslib
+    return np.array(ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)))
+
+
+def _sample(llm, prompt, max_tokens, temperature, rng, judge=None):
+    """Sample a reply token by token from ``llm``. With ``judge`` (another Llama) the
+    same tokens are fed to it in lockstep; returns (tokens, Σ log p_llm − log p_judge)."""
+    import llama_cpp
+    models = [llm] + ([judge] if judge is not None else [])
+    for model in models:
+        model.reset()
+        model.eval(prompt)
+    tokens, log_ratio = [], 0.0
+    for _ in range(max_tokens):
+        logp = _log_softmax(_last_logits(llm))
+        probs = np.exp(_log_softmax(logp / temperature))
+        token = int(rng.choice(len(probs), p=probs / probs.sum()))
+        if judge is not None:
+            log_ratio += float(logp[token] - _log_softmax(_last_logits(judge))[token])
+        tokens.append(token)
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            break
+        for model in models:
+            model.eval([token])
+    return tokens, log_ratio
+
+
+def prompt_tokens(llm, messages: list[dict]) -> list[int]:
+    """The model's own chat template, as the app renders it (llama.cpp's formatter)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        text = "\n".join(m["content"] for m in messages) + "\n"
+        return llm.tokenize(text.encode(), add_bos=True, special=True)
+    eos, bos = llm.token_eos(), llm.token_bos()
+    formatter = Jinja2ChatFormatter(
+        template=template, eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
+    text = formatter(messages=messages).prompt
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def sample_drift(base_gguf: Path, adapter_gguf: Path, prompts: list, config: GateConfig) -> dict:
+    """KL per token and length ratio on fresh samples (llama.cpp, the published files)."""
+    from llama_cpp import Llama
+
+    common = dict(n_ctx=2048, n_threads=config.threads, n_threads_batch=config.threads,
+                  verbose=False, seed=config.seed)
+    base = Llama(str(base_gguf), **common)
+    policy = Llama(str(base_gguf), lora_path=str(adapter_gguf), **common)
+    try:
+        kl_sum, kl_tokens, policy_lengths, base_lengths = 0.0, 0, [], []
+        room = 2048 - config.sample_tokens - 8
+        for i, messages in enumerate(prompts[: config.samples]):
+            tokens_in = prompt_tokens(base, list(messages))[-room:]
+            # KL(π ‖ π_ref) on the adapter's own samples, scored by the base in lockstep
+            sampled, log_ratio = _sample(policy, tokens_in, config.sample_tokens,
+                                         config.temperature, np.random.default_rng(config.seed + i),
+                                         judge=base)
+            kl_sum += log_ratio
+            kl_tokens += len(sampled)
+            policy_lengths.append(len(sampled))
+            base_lengths.append(len(_sample(base, tokens_in, config.sample_tokens, config.temperature,
+                                            np.random.default_rng(config.seed + i))[0]))
+    finally:
+        policy.close()
+        base.close()
+    mean_policy = float(np.mean(policy_lengths)) if policy_lengths else 0.0
+    mean_base = float(np.mean(base_lengths)) if base_lengths else 0.0
+    return {"samples": len(policy_lengths), "kl_per_token": kl_sum / kl_tokens if kl_tokens else 0.0,
+            "mean_tokens_adapter": mean_policy, "mean_tokens_base": mean_base,
+            "length_ratio": mean_policy / mean_base if mean_base else 1.0,
+            "capped_share_adapter": float(np.mean([n >= config.sample_tokens for n in policy_lengths]))
+            if policy_lengths else 0.0}
+
+
+# --- the decision -----------------------------------------------------------------------------
+def evaluate(scorer, tokenizer, heldout, base_gguf, adapter_gguf, prompts, dpo_settings,
+             config: GateConfig | None = None) -> dict:
+    config = config or GateConfig()
+    report = {"config": config.to_dict()}
+    if heldout:
+        report["reward"] = implicit_reward_report(
+            heldout_margins(scorer, tokenizer, heldout, dpo_settings, config.batch_pairs))
+    report["drift"] = sample_drift(base_gguf, adapter_gguf, prompts, config)
+    report["publish"], report["reasons"] = decide(report, config)
+    return report
+
+
+def decide(report: dict, config: GateConfig) -> tuple[bool, list[str]]:
+    reasons = []
+    reward = report.get("reward")
+    if not reward or reward["heldout_pairs"] < config.min_heldout_pairs:
+        reasons.append("not enough held-out pairs to tell whether the adapter is better "
+                       "(pairs from at least two conversations are needed)")
+    else:
+        if not reward["implicit_reward_accuracy"] > 0.5 or not reward["mean_h"] > 0:
+            reasons.append(f"not better on held-out conversations (implicit-reward accuracy "
+                           f"{reward['implicit_reward_accuracy']:.2f}, mean margin {reward['mean_h']:+.3f})")
+        elif reward["policy_accuracy"] < reward["base_accuracy"]:
+            reasons.append(f"prefers the chosen replies less often than the base "
+                           f"({reward['policy_accuracy']:.2f} < {reward['base_accuracy']:.2f})")
+        if config.max_p_value is not None and reward["sign_test_p"] > config.max_p_value:
+            reasons.append(f"improvement not significant (p = {reward['sign_test_p']:.3f})")
+    drift = report.get("drift") or {}
+    if drift.get("kl_per_token", 0.0) > config.max_kl_per_token:
+        reasons.append(f"drifts too far from the base model (KL {drift['kl_per_token']:.3f} > "
+                       f"{config.max_kl_per_token} nats per token)")
+    ratio = drift.get("length_ratio", 1.0)
+    if not 1 / config.max_length_ratio <= ratio <= config.max_length_ratio:
+        reasons.append(f"changes reply length too much (×{ratio:.2f}; limit ×{config.max_length_ratio})")
+    return not reasons, reasons

@@ -1,0 +1,413 @@
+"""The whole nightly run: rows → pairs → DPO → GGUF adapter → gate → publish → record.
+
+    result = run_nightly(NightlyConfig(data_dir=glance_home()))
+
+Where the rows come from depends on who has the database (DuckDB allows one process):
+- **the app is open**: it serves ``<data dir>/nightly.sock``; the job asks it for an
+  encrypted snapshot of the consented rows and, at the end, hands it the outcome to
+  record. The job never opens the database.
+- **the app is closed**: the job opens the store itself, twice and briefly — to read the
+  rows and mark the run started (about a second), and to record the outcome. Training
+  (minutes) happens with the database closed.
+- **the app starts while the job holds it**: the app waits with a message
+  (``app.training_link.open_store_waiting``); the job, finding the database taken when it
+  wants to record, finds the app's socket and records through it. Every step retries
+  until ``wait_for_store_s``, so no outcome is lost and no lock error reaches anyone.
+
+Every run is recorded in the store (``training_runs``), whatever its outcome. Nothing new
+to learn (no pairs, or the same pairs as the last run) ends with status ``nothing_new``
+and exit code 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import adapters as adapter_files
+from .gate import GateConfig, split_by_conversation
+from .ipc import AppClient
+from .pairs import PairConfig, build_pairs, fingerprint
+
+LOCK_FILE = Path("training") / "nightly.lock"
+WORK = Path("training") / "work"
+
+
+@dataclass
+class NightlyConfig:
+    data_dir: Path
+    include_imported: bool = False
+    max_pairs: int | None = None
+    skip_on_battery: bool = False
+    skip_if_active_s: float | None = None   # skip when the app saw the user this recently
+    lower_priority: bool = True
+    wait_for_store_s: float = 600.0
+    keep_versions: int = 5
+    checkpoint_cache: Path | None = None    # default <data dir>/cache/hf (GLANCE_CHECKPOINT_CACHE)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    dpo: "object" = None                    # DPOSettings (default when None)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+SETTINGS_FILE = Path("training") / "settings.json"
+
+
+def load_settings(config: NightlyConfig) -> NightlyConfig:
+    """Optional overrides in ``<data dir>/training/settings.json``: {"dpo": {...DPOSettings},
+    "gate": {...GateConfig}, "pairs": {...PairConfig}, "nightly": {...NightlyConfig}}."""
+    from .dpo import DPOSettings
+    path = Path(config.data_dir) / SETTINGS_FILE
+    overrides = json.loads(path.read_text()) if path.exists() else {}
+    dpo = config.dpo or DPOSettings()
+    for name, target in (("dpo", dpo), ("gate", config.gate), ("pairs", config.pairs),
+                         ("nightly", config)):
+        for key, value in (overrides.get(name) or {}).items():
+            if not hasattr(target, key):
+                raise ValueError(f"{path}: unknown {name} setting {key!r}")
+            setattr(target, key, tuple(value) if isinstance(getattr(target, key), tuple) else value)
+    config.dpo = dpo
+    return config
+
+
+def _while_holding_store(stage: str) -> None:
+    """Fault-injection point: tests replace it to keep the job inside the store."""
+
+
+# --- where the rows come from and where the outcome goes --------------------------------------
+class _Direct:
+    """The app is closed: open the store for a moment, each time."""
+    via = "direct"
+
+    def __init__(self, data_dir: Path, log):
+        self.data_dir, self.log = data_dir, log
+
+    def _open(self):
+        from feedback_store import FeedbackStore
+        return FeedbackStore.open(self.data_dir)
+
+    def begin(self, run_id: str, include_imported: bool) -> dict:
+        from app.models import choose_model
+        store = self._open()
+        try:
+            _while_holding_store("begin")
+            retired = adapter_files.retire_stale(store, adapter_files.adapters_dir(self.data_dir))
+            rows = store.training.rows(include_imported=include_imported)
+            model = choose_model(store)
+            last = store.training.last_fingerprint()
+            store.training.begin_run(run_id, "direct", Path(model).name)
+        finally:
+            store.close()
+        return {"rows": rows, "model": model, "last_fingerprint": last, "retired": retired}
+
+    def finish(self, run_id: str, outcome: dict) -> None:
+        store = self._open()
+        try:
+            _while_holding_store("finish")
+            store.training.finish_run(run_id, outcome)
+        finally:
+            store.close()
+
+    def existing(self, ids) -> set:
+        store = self._open()
+        try:
+            return store.training.existing_conversations(ids)
+        finally:
+            store.close()
+
+
+class _App:
+    """The app is open: ask it over the socket."""
+    via = "app"
+
+    def __init__(self, client: AppClient):
+        self.client = client
+
+    def begin(self, run_id: str, include_imported: bool) -> dict:
+        from feedback_store.training import read_snapshot
+        answer = self.client.request("snapshot", run_id=run_id, include_imported=include_imported)
+        path = Path(answer["path"])
+        try:
+            rows = read_snapshot(path, answer["key"])
+        finally:
+            path.unlink(missing_ok=True)
+        return {"rows": rows, "model": answer["model"], "last_fingerprint": answer["last_fingerprint"],
+                "retired": answer.get("retired") or [], "idle_s": self.client.hello.get("idle_s")}
+
+    def finish(self, run_id: str, outcome: dict) -> None:
+        self.client.request("finish", run_id=run_id, outcome=outcome)
+
+    def existing(self, ids) -> set:
+        return set(self.client.request("existing", ids=list(ids))["ids"])
+
+
+def _with_store(data_dir: Path, action, wait_s: float, log):
+    """Run ``action(source)`` on whichever side has the database: the app if it
+    answers, else the store opened directly; retry while neither is possible."""
+    from feedback_store import DatabaseLocked
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        client = AppClient.find(data_dir)
+        try:
+            if client is not None:
+                return action(_App(client))
+            return action(_Direct(data_dir, log))
+        except (DatabaseLocked, ConnectionError, FileNotFoundError, TimeoutError) as error:
+            if time.monotonic() > deadline:
+                raise
+            if not told:
+                log(f"Waiting for the database ({error}); retrying…")
+                told = True
+            time.sleep(1.0)
+
+
+# --- the run -------------------------------------------------------------------------------------
+def run_nightly(config: NightlyConfig, log=None) -> dict:
+    from .dpo import AlreadyRunning, TrainingLock, lower_priority, on_battery
+    from feedback_store.training import new_run_id
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    data_dir = Path(config.data_dir)
+    started, clock = time.time_ns(), time.perf_counter()
+    result = {"run_id": new_run_id(), "status": None, "pairs": {}, "trained": False,
+              "adapter": None, "published": False, "eval": None, "seconds": 0.0, "timings": {}}
+    try:
+        lock = TrainingLock(data_dir / LOCK_FILE).acquire()
+    except AlreadyRunning as error:
+        return dict(result, status="skipped", message=str(error), seconds=0.0, recorded=False)
+    try:
+        try:
+            config = load_settings(config)
+            if config.lower_priority:
+                result["priority"] = lower_priority()
+            if config.skip_on_battery and on_battery():
+                return _record(config, result, started, clock, log, status="skipped",
+                               message="On battery: the nightly training waits for mains power.")
+            return _run(config, config.dpo, result, started, clock, log)
+        except Exception as error:  # noqa: BLE001 - every run is recorded, failures too
+            message = f"The nightly training failed: {type(error).__name__}: {error}"
+            try:
+                return _record(config, result, started, clock, log, status="failed",
+                               message=message)
+            except Exception as again:  # noqa: BLE001
+                return dict(result, status="failed", message=f"{message} (not recorded: {again})",
+                            recorded=False)
+    finally:
+        lock.release()
+
+
+def _step(result, name, clock_at):
+    result["timings"][name] = round(time.perf_counter() - clock_at, 2)
+    return time.perf_counter()
+
+
+def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, log) -> dict:
+    data_dir = Path(config.data_dir)
+    run_id = result["run_id"]
+    at = time.perf_counter()
+    source = _with_store(data_dir, lambda s: dict(s.begin(run_id, config.include_imported), via=s.via),
+                         config.wait_for_store_s, log)
+    result["via"] = source["via"]
+    result["retired"] = source["retired"]
+    at = _step(result, "read", at)
+    if config.skip_if_active_s is not None and source["via"] == "app":
+        idle = source.get("idle_s")
+        if idle is not None and idle < config.skip_if_active_s:
+            return _record(config, result, started, clock, log, status="skipped",
+                           message=f"You used Glance {idle:.0f} s ago; training waits until you are away.")
+    rows = source["rows"]
+    if not rows.get("consent_on"):
+        return _record(config, result, started, clock, log, status="skipped",
+                       message="Personalisation is off (glance consent set personalise on).")
+    pair_config = PairConfig(**{**config.pairs.__dict__, "include_imported": config.include_imported,
+                                "max_pairs": config.max_pairs})
+    pairs, report = build_pairs(rows, pair_config, judge=load_judge(data_dir))
+    result["pairs"] = report.by_source
+    result["pair_report"] = report.to_dict()
+    stamp = fingerprint(pairs)
+    result["fingerprint"] = stamp
+    at = _step(result, "pairs", at)
+    if not pairs:
+        return _record(config, result, started, clock, log, status="nothing_new",
+                       message="Nothing to learn yet: no reply has been preferred over another "
+                               "(pick, thumbs on two replies to one prompt, or a regenerated reply).")
+    if stamp == source["last_fingerprint"]:
+        return _record(config, result, started, clock, log, status="nothing_new",
+                       message=f"Nothing new to learn: the same {len(pairs)} pairs as last time.")
+
+    train, heldout = split_by_conversation(pairs, config.gate)
+    result["split"] = {"train": len(train), "heldout": len(heldout)}
+    if not train:
+        return _record(config, result, started, clock, log, status="nothing_new",
+                       message="Nothing to train on after holding out pairs for the check.")
+    model_path = Path(source["model"])
+    outcome = _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log)
+
+    # Was a conversation it learned from deleted while it trained?
+    needed = {p.conversation_id for p in pairs if p.source != "imported"}
+    existing = _with_store(data_dir, lambda s: s.existing(needed), config.wait_for_store_s, log)
+    gone = needed - existing
+    if gone and outcome["publish"]:
+        outcome["publish"] = False
+        outcome["reasons"].append(f"{len(gone)} conversation(s) it learned from were deleted meanwhile")
+    return _publish_and_record(config, result, outcome, train, heldout, model_path, gone,
+                               started, clock, log)
+
+
+def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log) -> dict:
+    from .checkpoint import CheckpointConfig, checkpoint_key, ensure_checkpoint
+    from .dpo import load_scorer, train_dpo
+    from .export_gguf import export_adapter
+    from .gate import evaluate
+
+    data_dir = Path(config.data_dir)
+    cache = config.checkpoint_cache or os.environ.get("GLANCE_CHECKPOINT_CACHE") \
+        or data_dir / "cache" / "hf"
+    checkpoint = ensure_checkpoint(model_path, CheckpointConfig(cache_dir=Path(cache)), log=log)
+    at = _step(result, "checkpoint", at)
+    key = fingerprint(pairs) + "-" + checkpoint_key(model_path)[:8] + "-" + \
+        _settings_key(dpo.to_dict())
+    work = data_dir / WORK / key
+    for other in (data_dir / WORK).glob("*") if (data_dir / WORK).is_dir() else []:
+        if other != work:
+            shutil.rmtree(other, ignore_errors=True)      # another pair set: cannot resume it
+    log(f"Training on {len(train)} pairs ({len(heldout)} held out)…")
+    trained = train_dpo(train, checkpoint, work, dpo, log=log)
+    result["trained"] = True
+    result["train"] = {k: v for k, v in trained.to_dict().items() if k != "metrics"}
+    at = _step(result, "train", at)
+    gguf = work / "adapter.gguf"
+    export_adapter(trained.adapter_dir, gguf, checkpoint,
+                   metadata={"base": model_path.name, "run": result["run_id"]})
+    at = _step(result, "export", at)
+    log("Checking the adapter on held-out conversations…")
+    scorer, tokenizer = load_scorer(checkpoint, trained.adapter_dir, dpo)
+    prompts = _sample_prompts(heldout, train, config.gate.samples)
+    report = evaluate(scorer, tokenizer, heldout, model_path, gguf, prompts, dpo, config.gate)
+    del scorer
+    result["eval"] = report
+    _step(result, "gate", at)
+    return {"publish": report["publish"], "reasons": list(report["reasons"]), "work": work,
+            "gguf": gguf, "peft": trained.adapter_dir, "report": report}
+
+
+def _sample_prompts(heldout, train, count: int) -> list:
+    seen, prompts = set(), []
+    for pair in list(heldout) + list(train):
+        if pair.prompt_id not in seen:
+            seen.add(pair.prompt_id)
+            prompts.append(pair.prompt)
+        if len(prompts) >= count:
+            break
+    return prompts
+
+
+def _publish_and_record(config, result, outcome, train, heldout, model_path, gone,
+                        started, clock, log) -> dict:
+    data_dir = Path(config.data_dir)
+    conversations = len({p.conversation_id for p in train})
+    adapter_config = adapter_files.AdapterConfig(adapter_files.adapters_dir(data_dir),
+                                                 keep=config.keep_versions)
+    summary = _gate_summary(outcome["report"])
+    if outcome["publish"]:
+        version = adapter_files.publish(adapter_config, outcome["gguf"], outcome["peft"], {
+            "run_id": result["run_id"], "base": adapter_files.base_identity(model_path),
+            "pairs": {"train": len(train), "heldout": len(heldout)}, "gate": summary})
+        result.update(adapter=version, published=True)
+        adapter_row = {"version": version, "status": "published", "base_model": model_path.name,
+                       "conversations": conversations, "report": summary}
+        status = "published"
+        message = f"Published adapter {version}; the next reply uses it."
+    else:
+        adapter_row = {"version": f"run-{result['run_id']}", "status": "refused",
+                       "base_model": model_path.name, "conversations": conversations,
+                       "reason": "; ".join(outcome["reasons"]), "report": summary}
+        status = "not_published"
+        message = "Trained, but not published: " + "; ".join(outcome["reasons"]) + "."
+    splits = [(p, "train") for p in train] + [(p, "heldout") for p in heldout]
+    pairs_used = [{"conversation_id": p.conversation_id, "prompt_message_id": p.prompt_id,
+                   "chosen_message_id": p.chosen_id, "rejected_message_id": p.rejected_id,
+                   "source": p.source, "epsilon": p.epsilon, "split": split}
+                  for p, split in splits if p.conversation_id not in gone]
+    result = _record(config, result, started, clock, log, status=status, message=message,
+                     pairs_used=pairs_used, adapter=adapter_row, model=model_path.name)
+    shutil.rmtree(outcome["work"], ignore_errors=True)
+    return result
+
+
+def _gate_summary(report: dict) -> dict:
+    reward, drift = report.get("reward") or {}, report.get("drift") or {}
+    return {"heldout_pairs": reward.get("heldout_pairs", 0),
+            "implicit_reward_accuracy": reward.get("implicit_reward_accuracy"),
+            "sign_test_p": reward.get("sign_test_p"), "policy_accuracy": reward.get("policy_accuracy"),
+            "base_accuracy": reward.get("base_accuracy"), "kl_per_token": drift.get("kl_per_token"),
+            "length_ratio": drift.get("length_ratio"), "reasons": report.get("reasons")}
+
+
+def _settings_key(settings: dict) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _record(config, result, started, clock, log, status, message, pairs_used=None, adapter=None,
+            model=None) -> dict:
+    result.update(status=status, message=message,
+                  seconds=round(time.perf_counter() - clock, 2))
+    outcome = {"status": status, "message": message, "via": result.get("via"),
+               "base_model": model, "started_wall_ns": started,
+               "pairs": sum(result["pairs"].values()) if result["pairs"] else 0,
+               "pairs_by_source": result["pairs"], "fingerprint": result.get("fingerprint"),
+               "adapter_version": result.get("adapter"), "published": result["published"],
+               "report": {k: result.get(k) for k in ("timings", "train", "eval", "pair_report",
+                                                      "split", "retired")},
+               "pairs_used": pairs_used or [], "adapter": adapter}
+    at = time.perf_counter()
+    _with_store(Path(config.data_dir), lambda s: s.finish(result["run_id"], outcome),
+                config.wait_for_store_s, log)
+    result["timings"]["record"] = round(time.perf_counter() - at, 2)
+    result["recorded"] = True
+    log(message)
+    return result
+
+
+def load_judge(data_dir: Path):
+    """The reward model's pairwise judge for replies nobody labelled, when one is
+    installed (issue 15's scoring API); None until then: the pair source is ready for it
+    (align.pairs.Judge: two reply rows -> Judgement(P(a ≻ b), confidence))."""
+    return None
+
+
+def status(data_dir: Path) -> dict:
+    """What ``align status --json`` prints: the active adapter, versions, recent runs."""
+    data_dir = Path(data_dir)
+    root = adapter_files.adapters_dir(data_dir)
+    out = {"data_dir": str(data_dir), "active": adapter_files.read_active(root).get("version"),
+           "versions": adapter_files.list_versions(root), "runs": [], "running": False}
+    lock = data_dir / LOCK_FILE
+    if lock.exists():
+        import fcntl
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except BlockingIOError:
+                out["running"] = True
+
+    def read(source):
+        if isinstance(source, _App):
+            return {"runs": source.client.request("runs", limit=10)["runs"], "via": "app"}
+        store = source._open()
+        try:
+            return {"runs": store.training.runs(10), "via": "direct"}
+        finally:
+            store.close()
+    try:
+        found = _with_store(data_dir, read, 5.0, lambda m: None)
+        out["runs"], out["via"] = found["runs"], found["via"]
+    except Exception as error:  # noqa: BLE001 - status still shows the files
+        out["runs_error"] = str(error)
+    return out

@@ -1,0 +1,148 @@
+"""The nightly-training commands of ``align`` (registered by align/cli.py):
+
+    align --nightly [--include-imported] [--max-pairs N] [--json]
+    align status [--json]
+    align adapters list [--json]
+    align rollback [--json]
+    align schedule install|remove|status [--at HH:MM] [--json]
+
+torch, trl and DuckDB are imported inside the commands, so ``align --help`` stays fast.
+``--json`` prints one object as the last line of stdout (keys: shared BENCH.md).
+"""
+import argparse
+import json
+import sys
+
+
+def register(parser: argparse.ArgumentParser, subcommands) -> None:
+    group = parser.add_argument_group("nightly training")
+    group.add_argument("--nightly", action="store_true",
+                       help="train a personal adapter on consented conversations now")
+    group.add_argument("--include-imported", action="store_true",
+                       help="also learn from imported research data (never by default)")
+    group.add_argument("--max-pairs", type=_positive, metavar="N",
+                       help="train on at most N pairs (the most certain first)")
+    group.add_argument("--skip-on-battery", action="store_true", help="do nothing on battery power")
+    group.add_argument("--skip-if-active", type=float, metavar="SECONDS",
+                       help="do nothing if the app saw you within SECONDS")
+    group.add_argument("--json", dest="nightly_json", action="store_true",
+                       help="with --nightly: print the result as JSON")
+
+    status = subcommands.add_parser("status", help="active adapter, versions and recent runs")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    versions = subcommands.add_parser("adapters", help="personal adapter versions")
+    versions_commands = versions.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND")
+    listing = versions_commands.add_parser("list", help="list the kept versions")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_adapters_list)
+    versions.set_defaults(func=cmd_adapters_list, json=False)
+
+    rollback = subcommands.add_parser("rollback", help="go back to the previous adapter "
+                                      "(or the base model)")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(func=cmd_rollback)
+
+    schedule = subcommands.add_parser("schedule", help="run the nightly training every night")
+    schedule.add_argument("action", choices=("install", "remove", "status"))
+    schedule.add_argument("--at", default="03:30", metavar="HH:MM", help="time of day (default 03:30)")
+    schedule.add_argument("--kind", choices=("auto", "systemd", "cron", "launchd", "windows"),
+                          default="auto")
+    schedule.add_argument("--json", action="store_true")
+    schedule.set_defaults(func=cmd_schedule)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _data_dir():
+    from feedback_store.paths import glance_home
+    return glance_home()
+
+
+def wants_nightly(args) -> bool:
+    return bool(getattr(args, "nightly", False))
+
+
+def run_nightly_command(args) -> int:
+    from .nightly import NightlyConfig, run_nightly
+
+    config = NightlyConfig(data_dir=_data_dir(), include_imported=args.include_imported,
+                           max_pairs=args.max_pairs, skip_on_battery=args.skip_on_battery,
+                           skip_if_active_s=args.skip_if_active)
+    try:
+        result = run_nightly(config)
+    except ImportError as error:
+        print(f"align --nightly: training needs the 'train' extra ({error}). "
+              "Install it with: pip install -e '.[train]'", file=sys.stderr)
+        return 1
+    if args.nightly_json:
+        print(json.dumps(result, default=str))
+    else:
+        print(result.get("message", result["status"]))
+    return 1 if result["status"] == "failed" else 0
+
+
+def cmd_status(args) -> int:
+    from .nightly import status
+    result = status(_data_dir())
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    print(f"active adapter: {result['active'] or 'none (base model)'}")
+    print(f"kept versions: {', '.join(v['version'] for v in result['versions']) or 'none'}")
+    if result["running"]:
+        print("a nightly training is running now")
+    for run in result.get("runs") or []:
+        print(f"run {run['id']}: {run['status']} — {run.get('message') or ''}")
+    return 0
+
+
+def cmd_adapters_list(args) -> int:
+    from .adapters import adapters_dir, list_versions
+    versions = list_versions(adapters_dir(_data_dir()))
+    if getattr(args, "json", False):
+        print(json.dumps({"versions": versions}, default=str))
+        return 0
+    if not versions:
+        print("No adapter yet: Glance answers with the base model.")
+    for version in versions:
+        gate = version.get("gate") or {}
+        accuracy = gate.get("implicit_reward_accuracy")
+        print(f"{'*' if version['active'] else ' '} {version['version']}  "
+              f"{(version.get('base') or {}).get('name', '?')}  pairs {version.get('pairs')}  "
+              f"held-out accuracy {accuracy if accuracy is None else round(accuracy, 2)}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from .adapters import AdapterConfig, adapters_dir, rollback
+    try:
+        active = rollback(AdapterConfig(adapters_dir(_data_dir())))
+    except ValueError as error:     # nothing active: already on the base model
+        print(json.dumps({"active": None, "message": str(error)}) if args.json else str(error))
+        return 0
+    if args.json:
+        print(json.dumps({"active": active}))
+    else:
+        print(f"Now using {active}." if active else "Now using the base model (no adapter).")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from . import schedule
+    try:
+        result = getattr(schedule, args.action)(schedule.ScheduleConfig(at=args.at, kind=args.kind))
+    except schedule.ScheduleError as error:
+        print(f"align schedule {args.action}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(result["message"])
+    return 0

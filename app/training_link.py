@@ -1,0 +1,219 @@
+"""The app's side of the nightly job's private socket (protocol in ``align/ipc.py``).
+
+GUI-free: the main window owns one :class:`TrainingLink`, starts it once the store is
+open and stops it before closing the store. While the app runs it is the only process
+with the database open, so the job asks here for an encrypted snapshot of the consented
+training rows and hands back the run's outcome, which is written through the store's own
+writer (no sample the app records meanwhile is lost or blocked for long).
+
+Also here: :func:`open_store_waiting`, for the app starting while a nightly job holds
+the database for its few seconds of reading or recording.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from align import adapters as adapter_files
+from align.ipc import PROTOCOL, peer_uid, read_message, send_message, socket_path
+from feedback_store import DatabaseLocked, FeedbackStore
+
+SNAPSHOTS = Path("training") / "snapshots"
+LOCK_FILE = Path("training") / "nightly.lock"
+
+
+class TrainingLink:
+    def __init__(self, store: FeedbackStore, model_path: Callable[[], str | None] | None = None,
+                 idle_seconds: Callable[[], float | None] | None = None,
+                 on_adapters_changed: Callable[[], None] | None = None):
+        self.store = store
+        self.data_dir = Path(store.data_dir)
+        self.model_path = model_path or (lambda: None)
+        self.idle_seconds = idle_seconds or (lambda: None)
+        self.on_adapters_changed = on_adapters_changed
+        self.path = socket_path(self.data_dir)
+        self._server: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.served: list[str] = []      # operations answered (status, tests)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> "TrainingLink":
+        self._remove_stale_socket()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)      # the socket file is born 0600
+        try:
+            server.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        server.listen(4)
+        server.settimeout(0.5)
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._serve, name="glance-training-link", daemon=True)
+        self._thread.start()
+        self.tidy()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _remove_stale_socket(self) -> None:
+        if not self.path.exists():
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            self.path.unlink(missing_ok=True)      # left by an app that died
+            return
+        finally:
+            probe.close()
+        raise RuntimeError(f"Another Glance is already serving {self.path}.")
+
+    # --- housekeeping the window calls -----------------------------------------------------
+    def job_running(self) -> bool:
+        import fcntl
+        path = self.data_dir / LOCK_FILE
+        if not path.exists():
+            return False
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def tidy(self) -> list[str]:
+        """Retire adapters trained on conversations deleted since, and (when no job is
+        running) remove leftover snapshots and unfinished training state. Call after
+        deleting a conversation; runs at start too."""
+        retired = adapter_files.retire_stale(self.store, adapter_files.adapters_dir(self.data_dir))
+        if not self.job_running():
+            shutil.rmtree(self.data_dir / SNAPSHOTS, ignore_errors=True)
+            shutil.rmtree(self.data_dir / "training" / "work", ignore_errors=True)
+        if retired and self.on_adapters_changed is not None:
+            self.on_adapters_changed()
+        return retired
+
+    # --- serving ---------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            with connection:
+                connection.settimeout(30)
+                try:
+                    self._answer(connection)
+                except Exception:  # noqa: BLE001 - one bad client must not stop the link
+                    pass
+
+    def _answer(self, connection: socket.socket) -> None:
+        uid = peer_uid(connection)
+        if uid is not None and uid != os.getuid():
+            send_message(connection, {"ok": False, "error": "not the same user"})
+            return
+        request = read_message(connection)
+        if request is None:
+            return
+        op = request.pop("op", None)
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            send_message(connection, {"ok": False, "error": f"unknown operation {op!r}"})
+            return
+        try:
+            answer = handler(**request)
+        except Exception as error:  # noqa: BLE001 - reported to the job, which decides
+            send_message(connection, {"ok": False, "error": f"{type(error).__name__}: {error}"})
+            return
+        self.served.append(op)
+        send_message(connection, dict(answer, ok=True))
+
+    def _op_hello(self) -> dict:
+        return {"protocol": PROTOCOL, "pid": os.getpid(), "model": self.model_path(),
+                "idle_s": self.idle_seconds()}
+
+    def _op_snapshot(self, run_id: str, include_imported: bool = False) -> dict:
+        retired = adapter_files.retire_stale(self.store, adapter_files.adapters_dir(self.data_dir))
+        if retired and self.on_adapters_changed is not None:
+            self.on_adapters_changed()
+        folder = self.data_dir / SNAPSHOTS
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = secrets.token_hex(32)
+        path = folder / f"{run_id}.db"
+        written = self.store.training.write_snapshot(path, key, include_imported=include_imported)
+        model = self.model_path()
+        self.store.training.begin_run(run_id, "app", Path(model).name if model else None)
+        return {"path": str(path), "key": key, "model": model, "counts": written["counts"],
+                "consent_on": written["consent_on"],
+                "last_fingerprint": self.store.training.last_fingerprint(), "retired": retired}
+
+    def _op_finish(self, run_id: str, outcome: dict) -> dict:
+        self.store.training.finish_run(run_id, outcome)
+        if outcome.get("published") and self.on_adapters_changed is not None:
+            self.on_adapters_changed()
+        return {}
+
+    def _op_runs(self, limit: int = 10) -> dict:
+        return {"runs": self.store.training.runs(limit)}
+
+    def _op_existing(self, ids: list) -> dict:
+        return {"ids": sorted(self.store.training.existing_conversations(ids))}
+
+
+def open_store_waiting(data_dir: Path | None = None, on_wait: Callable[[str], None] | None = None,
+                       timeout_s: float = 300.0, poll_s: float = 0.5) -> FeedbackStore:
+    """Open the store; while another process (normally the nightly job, which holds the
+    file for a few seconds at its start and end) has it, tell ``on_wait`` once what is
+    happening and retry until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            return FeedbackStore.open(data_dir)
+        except DatabaseLocked as error:
+            if time.monotonic() > deadline:
+                raise
+            if not told and on_wait is not None:
+                on_wait(_waiting_message(data_dir, error))
+                told = True
+            time.sleep(poll_s)
+
+
+def _waiting_message(data_dir, error: DatabaseLocked) -> str:
+    from feedback_store import glance_home
+    lock = Path(data_dir or glance_home()) / LOCK_FILE
+    try:
+        job = lock.read_text().strip()
+    except OSError:
+        job = ""
+    if job and job in str(error.holder):
+        return ("The nightly personalisation is reading or saving its results; Glance opens "
+                "as soon as it lets go of the database (usually a few seconds)…")
+    return (f"Another Glance process ({error.holder}) has the database open; waiting for it "
+            "to finish…")

@@ -1,0 +1,187 @@
+"""The DPO stage: the trainer's loss is the robust DPO + NLL loss with each pair's own ε
+(matched to a hand computation), the split forward equals the plain one, an interrupted
+run resumes from its checkpoint, and the job is polite (priority, lock, battery)."""
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from align.pairs import Pair
+from conftest import ROOT
+from nightly_support import require_training, smollm2_checkpoint
+
+
+def pair(i, epsilon, chosen="An apple is a fruit.", rejected="A rock is not food at all."):
+    return Pair(prompt=({"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": f"Name a fruit ({i})."}),
+                chosen=chosen, rejected=rejected, source="thumbs", epsilon=epsilon,
+                conversation_id=f"c{i}", prompt_id=f"p{i}", chosen_id=f"g{i}", rejected_id=f"b{i}")
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    return smollm2_checkpoint()
+
+
+@pytest.mark.timeout(900)
+def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_path):
+    import torch
+    from align.dpo import DPOSettings, Scorer, make_trainer
+
+    pairs = [pair(0, 0.05), pair(1, 0.30, chosen="A banana.", rejected="Concrete, probably.")]
+    settings = DPOSettings(batch_pairs=2, beta=0.1, nll_weight=0.2, progress=False, threads=2)
+    trainer = make_trainer(pairs, checkpoint, tmp_path, settings)
+    model = trainer.model
+    assert trainer.scorer.split > 0          # the fast path is the one under test
+    torch.manual_seed(0)
+    with torch.no_grad():                    # an adapter that really changes the model
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.02)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    loss = float(trainer.compute_loss(model, batch))
+
+    # By hand: full forward of the whole model, full logits, no trunk split or chunking.
+    def sequence_logp(ids, completion, adapter: bool):
+        with torch.no_grad():
+            if adapter:
+                logits = model(input_ids=ids[None]).logits[0]
+            else:
+                with model.disable_adapter():
+                    logits = model(input_ids=ids[None]).logits[0]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        total, count = 0.0, 0
+        for t in range(1, len(ids)):
+            if completion[t]:
+                total += float(logp[t - 1, ids[t]])
+                count += 1
+        return total, count
+
+    expected = []
+    for i, p in enumerate(pairs):
+        rows = {}
+        for side, row in (("c", i), ("r", i + 2)):
+            n = int(batch["attention_mask"][row].sum())
+            ids, completion = batch["input_ids"][row][:n], batch["completion_mask"][row][:n]
+            rows[side] = (sequence_logp(ids, completion, True), sequence_logp(ids, completion, False))
+        (pc, count_c), (rc, _) = rows["c"]
+        (pr, _), (rr, _) = rows["r"]
+        h = (pc - rc) - (pr - rr)
+        e, beta = p.epsilon, 0.1
+        dpo = ((1 - e) * math.log1p(math.exp(-beta * h)) - e * math.log1p(math.exp(beta * h))) / (1 - 2 * e)
+        nll = -pc / count_c
+        expected.append(dpo + 0.2 * (1 - 2 * e) * nll)
+        assert abs(h) > 1e-3          # the margins are not trivially zero
+    assert loss == pytest.approx(sum(expected) / 2, abs=1e-5)
+
+    # The same batch with the two ε swapped gives another loss: ε is per pair, not per run.
+    swapped = dict(batch, epsilon=batch["epsilon"].flip(0))
+    assert abs(float(trainer.compute_loss(model, swapped)) - loss) > 1e-4
+
+    # The split forward (trunk once, top layers twice) equals the whole model's forward.
+    plain = Scorer(model, split=0)
+    fast_policy, fast_ref, _ = trainer.scorer.logps(batch, policy_grad=False)
+    slow_policy, slow_ref, _ = plain.logps(batch, policy_grad=False)
+    assert torch.allclose(fast_policy, slow_policy, atol=1e-4)
+    assert torch.allclose(fast_ref, slow_ref, atol=1e-4)
+
+
+@pytest.mark.timeout(900)
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(checkpoint, tmp_path):
+    from transformers import TrainerCallback
+    from align.dpo import DPOSettings, train_dpo
+
+    class Interrupted(Exception):
+        pass
+
+    class StopAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Interrupted(state.global_step)
+
+    pairs = [pair(i, 0.1) for i in range(4)]
+    settings = DPOSettings(batch_pairs=1, epochs=1, checkpoints=4, max_completion_tokens=16,
+                           progress=False, threads=2)
+    with pytest.raises(Interrupted):
+        train_dpo(pairs, checkpoint, tmp_path / "work", settings, callbacks=[StopAfterFirstSave()])
+    assert (tmp_path / "work" / "trainer" / "checkpoint-1").is_dir()
+    assert not (tmp_path / "work" / "adapter").exists()
+    result = train_dpo(pairs, checkpoint, tmp_path / "work", settings, log=lambda m: None)
+    assert result.resumed_from_step == 1
+    assert result.steps == 4
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+
+
+def test_the_job_runs_at_the_lowest_cpu_and_io_priority():
+    """In a child process, so the test process keeps its priority."""
+    code = textwrap.dedent("""
+        import ctypes, json, os, platform
+        from align.dpo import lower_priority, _IOPRIO_SET
+        done = lower_priority()
+        libc = ctypes.CDLL(None, use_errno=True)
+        get = {"x86_64": 252, "aarch64": 31, "arm64": 31}.get(platform.machine())
+        ioprio = libc.syscall(get, 1, 0) if get else None
+        print(json.dumps({"done": done, "nice": os.nice(0), "ioprio": ioprio,
+                          "sched": os.sched_getscheduler(0)}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+    found = json.loads(out.stdout)
+    assert found["nice"] == 19
+    assert found["sched"] == os.SCHED_IDLE
+    if found["ioprio"] is not None and found["ioprio"] >= 0:
+        assert found["ioprio"] >> 13 == 3           # IOPRIO_CLASS_IDLE
+        assert found["done"]["ioprio"] == "idle"
+
+
+def test_one_job_at_a_time_and_the_lock_dies_with_its_holder(tmp_path):
+    from align.dpo import AlreadyRunning, TrainingLock
+    from align.nightly import NightlyConfig, run_nightly
+
+    lock_path = tmp_path / "training" / "nightly.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from align.dpo import TrainingLock
+            lock = TrainingLock({str(lock_path)!r}).acquire()
+            print("held", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AlreadyRunning, match=f"PID {holder.pid}"):
+            TrainingLock(lock_path).acquire()
+        # A second nightly run stops at once, touching nothing.
+        result = run_nightly(NightlyConfig(data_dir=tmp_path), log=lambda m: None)
+        assert result["status"] == "skipped" and "Another nightly training" in result["message"]
+        assert not (tmp_path / "glance.db").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    TrainingLock(lock_path).acquire().release()    # the dead holder's lock is gone
+
+
+def test_battery_detection_reads_the_power_supplies(tmp_path):
+    from align.dpo import on_battery
+
+    def supply(name, kind, **files):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "type").write_text(kind + "\n")
+        for key, value in files.items():
+            (folder / key).write_text(value + "\n")
+
+    supply("AC", "Mains", online="0")
+    supply("BAT0", "Battery", status="Discharging")
+    assert on_battery(tmp_path) is True
+    (tmp_path / "AC" / "online").write_text("1\n")
+    assert on_battery(tmp_path) is False
+    assert on_battery(tmp_path / "missing") is False
+
+
+def test_training_needs_its_extra():
+    require_training()
