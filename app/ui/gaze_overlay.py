@@ -7,7 +7,7 @@ import collections
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, Qt, QTimer, Slot
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QWidget
 
 from gaze.points import GazePoint
@@ -21,7 +21,7 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     i = np.minimum(pos.astype(int), len(stops) - 2)
     frac = (pos - i)[..., None]
     rgb = stops[i] * (1 - frac) + stops[i + 1] * frac
-    alpha = np.where(v > 0.02, 60 + 150 * v, 0)
+    alpha = 210 * np.sqrt(v)                     # fades to transparent, no hard edge
     return np.dstack([rgb, alpha]).astype(np.uint8)
 
 
@@ -41,13 +41,15 @@ class GazeOverlay(QWidget):
         self.heat = np.zeros((max(1, area.height() // cell_px + 1),
                               max(1, area.width() // cell_px + 1)), np.float32)
         sigma = max(1.0, px_per_degree / cell_px)          # 1° spread
-        r = int(np.ceil(2.5 * sigma))
+        r = int(np.ceil(3 * sigma))
         yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-        self._kernel = np.exp(-(xx * xx + yy * yy) / (2 * sigma * sigma)).astype(np.float32)
+        g = np.exp(-(xx * xx + yy * yy) / (2 * sigma * sigma)) - np.exp(-r * r / (2 * sigma * sigma))
+        self._kernel = np.clip(g, 0, None).astype(np.float32)     # falls to 0 at its edge
         self._r = r
         self.raw = collections.deque(maxlen=30)
         self.fixations = collections.deque(maxlen=12)
         self.cursor: tuple[float, float] | None = None
+        self._heat_pixmap = None                          # scaled heatmap, redone on change
         self._dirty = False
         self._timer = QTimer(self)
         self._timer.setInterval(33)                      # repaint at most ~30 times a second
@@ -72,6 +74,7 @@ class GazeOverlay(QWidget):
 
     def clear(self) -> None:
         self.heat[:] = 0
+        self._heat_pixmap = None
         self.raw.clear()
         self.fixations.clear()
         self.cursor = None
@@ -87,6 +90,7 @@ class GazeOverlay(QWidget):
             return
         k = self._kernel[y0 - (cy - r):y1 - (cy - r), x0 - (cx - r):x1 - (cx - r)]
         self.heat[y0:y1, x0:x1] += weight * k
+        self._heat_pixmap = None
 
     def heatmap_image(self) -> QImage:
         top = float(self.heat.max())
@@ -106,8 +110,12 @@ class GazeOverlay(QWidget):
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         if self.heat.max() > 0:
-            p.drawImage(QRect(0, 0, self.heat.shape[1] * self.cell,
-                              self.heat.shape[0] * self.cell), self.heatmap_image())
+            if self._heat_pixmap is None:
+                self._heat_pixmap = QPixmap.fromImage(self.heatmap_image().scaled(
+                    self.heat.shape[1] * self.cell, self.heat.shape[0] * self.cell,
+                    Qt.AspectRatioMode.IgnoreAspectRatio,
+                    Qt.TransformationMode.SmoothTransformation))
+            p.drawPixmap(0, 0, self._heat_pixmap)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(255, 255, 255, 150))
         for x, y in self.raw:
