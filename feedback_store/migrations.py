@@ -30,8 +30,11 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied_wall_ns BIGINT)"
     )
     version = current_version(con)
+    # Every number not yet applied, not only those above the highest: migrations written
+    # in parallel can land out of order (a file at 5 must not hide a later-landed 3).
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
     for number, script in available():
-        if number <= version:
+        if number in applied:
             continue
         con.execute("BEGIN TRANSACTION")
         try:
@@ -43,5 +46,5 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         except Exception:
             con.execute("ROLLBACK")
             raise
-        version = number
+        version = max(version, number)
     return version

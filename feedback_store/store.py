@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import compaction, migrations, tables
-from .connection import ATTACH_ALIAS, open_encrypted, translate
+from .connection import ATTACH_ALIAS, attach, connect, detach, translate
 from .consent import ConsentManager
 from .conversations import Conversation, ConversationManager, Message, new_id  # noqa: F401
 from .errors import SchemaTooNew, StoreError
@@ -29,6 +29,11 @@ from .training import TrainingManager
 from .writer import Writer
 
 DATABASE_FILE = "glance.db"
+
+
+def _try_attach(con, path: Path, key_hex: str) -> None:
+    attach(con, path, key_hex, read_only=True)
+    detach(con)
 
 
 class _SharedExclusiveLock:
@@ -94,32 +99,38 @@ class FeedbackStore:
     # --- opening -----------------------------------------------------------------------
     @classmethod
     def open(cls, data_dir: Path | None = None, capacity: int = 4096) -> "FeedbackStore":
+        # Files DuckDB creates later (the WAL, spill files) must be the user's alone too.
+        os.umask(0o077)
         data_dir = ensure_private_dir(Path(data_dir) if data_dir else glance_home())
         path = data_dir / DATABASE_FILE
         key = load_or_create_key(data_dir, path)
-        if path.exists():
-            key = compaction.recover(data_dir, path, key,
-                                     lambda hex_key: open_encrypted(path, hex_key, True).close())
-            # Look before touching: a newer schema must not be migrated or written.
-            probe = open_encrypted(path, key.hex, read_only=True)
-            try:
-                found = migrations.current_version(probe)
-            finally:
-                probe.close()
-            if found > migrations.LATEST_VERSION:
-                raise SchemaTooNew(path, found, migrations.LATEST_VERSION)
-        created = not path.exists()
-        con = open_encrypted(path, key.hex)
+        con = connect(data_dir)
         try:
+            if path.exists():
+                key = compaction.recover(data_dir, path, key,
+                                         lambda hex_key: _try_attach(con, path, hex_key))
+                # Look before touching: a newer schema must not be migrated or written.
+                attach(con, path, key.hex, read_only=True)
+                found = migrations.current_version(con)
+                detach(con)
+                if found > migrations.LATEST_VERSION:
+                    raise SchemaTooNew(path, found, migrations.LATEST_VERSION)
+                created = False
+            else:
+                created = True
+            attach(con, path, key.hex)
             migrations.migrate(con)
             if created:
                 compaction.rewrite_second_header(con, ATTACH_ALIAS)
+        except StoreError:
+            con.close()
+            raise
         except Exception as error:
             con.close()
             raise translate(error, path) from error
         store = cls(data_dir, con, key, capacity)
         store._restrict_file_modes()
-        store.apply_retention()
+        store.apply_retention_daily()
         return store
 
     def close(self) -> None:
@@ -225,6 +236,13 @@ class FeedbackStore:
             return self.writer.call(purge)
         self.writer.post(purge)
         return None
+
+    def apply_retention_daily(self) -> None:
+        """At most once a day, queued (start-up never waits for it)."""
+        last = self.settings.get("retention_last_wall_ns", 0)
+        if time.time_ns() - last >= 86_400 * 10**9:
+            self.settings.set("retention_last_wall_ns", time.time_ns())
+            self.apply_retention(wait=False)
 
     def counts(self) -> dict[str, int]:
         return {t.name: self._rows(f"SELECT count(*) AS n FROM {t.name}")[0]["n"]
