@@ -74,7 +74,11 @@ def load_settings(config: NightlyConfig) -> NightlyConfig:
 
 
 def _while_holding_store(stage: str) -> None:
-    """Fault-injection point: tests replace it to keep the job inside the store."""
+    """Test seam: tests replace it to keep the job inside the store."""
+
+
+def _before_recording() -> None:
+    """Test seam: tests replace it to let an app start before the outcome is recorded."""
 
 
 # --- where the rows come from and where the outcome goes --------------------------------------
@@ -366,6 +370,7 @@ def _record(config, result, started, clock, log, status, message, pairs_used=Non
                                                       "split", "retired")},
                "pairs_used": pairs_used or [], "adapter": adapter}
     at = time.perf_counter()
+    _before_recording()
     _with_store(Path(config.data_dir), lambda s: s.finish(result["run_id"], outcome),
                 config.wait_for_store_s, log)
     result["timings"]["record"] = round(time.perf_counter() - at, 2)

@@ -49,6 +49,7 @@ class ScheduleConfig:
     kind: str = "auto"                     # auto | systemd | cron | launchd | windows
     python: str = field(default_factory=lambda: sys.executable)
     arguments: tuple = ("-m", "align.cli", "--nightly", "--skip-on-battery")
+    activate: bool = True                  # False: write/remove the files only (tests)
 
     def time(self) -> tuple[int, int]:
         try:
@@ -192,7 +193,9 @@ def windows_task_xml(config: ScheduleConfig) -> str:
 
 
 # --- install / remove / status ---------------------------------------------------------------------
-def _run(argv: list[str], stdin: str | None = None) -> tuple[bool, str]:
+def _run(argv: list[str], stdin: str | None = None, enabled: bool = True) -> tuple[bool, str]:
+    if not enabled:
+        return False, "activation not asked for"
     if shutil.which(argv[0]) is None:
         return False, f"{argv[0]} not found"
     try:
@@ -229,24 +232,29 @@ def install(config: ScheduleConfig) -> dict:
         for name, text in systemd_units(config).items():
             _write(systemd_dir() / name, text)
             files.append(str(systemd_dir() / name))
-        steps.append(_run(["systemctl", "--user", "daemon-reload"]))
-        steps.append(_run(["systemctl", "--user", "enable", "--now", f"{NAME}.timer"]))
+        steps.append(_run(["systemctl", "--user", "daemon-reload"], enabled=config.activate))
+        steps.append(_run(["systemctl", "--user", "enable", "--now", f"{NAME}.timer"],
+                          enabled=config.activate))
     elif kind == "cron":
         line = cron_line(config)
         _write(cron_copy(), line + "\n")
         files.append(str(cron_copy()))
-        kept, _ = _crontab_without_ours()
-        steps.append(_run(["crontab", "-"], stdin="\n".join(kept + [line]) + "\n"))
+        if config.activate:
+            kept, _ = _crontab_without_ours()
+            steps.append(_run(["crontab", "-"], stdin="\n".join(kept + [line]) + "\n"))
+        else:
+            steps.append(_run(["crontab"], enabled=False))
     elif kind == "launchd":
         _write(launchd_plist(), launchd_plist_data(config))
         files.append(str(launchd_plist()))
-        steps.append(_run(["launchctl", "unload", str(launchd_plist())]))
-        steps.append(_run(["launchctl", "load", "-w", str(launchd_plist())]))
+        steps.append(_run(["launchctl", "unload", str(launchd_plist())], enabled=config.activate))
+        steps.append(_run(["launchctl", "load", "-w", str(launchd_plist())], enabled=config.activate))
         steps = steps[1:]   # unloading a job that was not loaded is not a failure
     elif kind == "windows":
         _write(windows_xml(), windows_task_xml(config).encode("utf-16"))
         files.append(str(windows_xml()))
-        steps.append(_run(["schtasks", "/Create", "/TN", WINDOWS_TASK, "/XML", str(windows_xml()), "/F"]))
+        steps.append(_run(["schtasks", "/Create", "/TN", WINDOWS_TASK, "/XML", str(windows_xml()), "/F"],
+                          enabled=config.activate))
     else:
         raise ScheduleError(f"unknown scheduler {kind!r}")
     activated = all(ok for ok, _ in steps)
@@ -262,15 +270,15 @@ def remove(config: ScheduleConfig) -> dict:
     kind = detect() if config.kind == "auto" else config.kind
     removed = []
     if kind == "systemd":
-        _run(["systemctl", "--user", "disable", "--now", f"{NAME}.timer"])
+        _run(["systemctl", "--user", "disable", "--now", f"{NAME}.timer"], enabled=config.activate)
         for name in systemd_units(ScheduleConfig()).keys():
             path = systemd_dir() / name
             if path.exists():
                 path.unlink()
                 removed.append(str(path))
-        _run(["systemctl", "--user", "daemon-reload"])
+        _run(["systemctl", "--user", "daemon-reload"], enabled=config.activate)
     elif kind == "cron":
-        if shutil.which("crontab"):
+        if shutil.which("crontab") and config.activate:
             kept, had = _crontab_without_ours()
             if had:
                 _run(["crontab", "-"], stdin="\n".join(kept) + "\n" if kept else "")
@@ -280,11 +288,11 @@ def remove(config: ScheduleConfig) -> dict:
             removed.append(str(cron_copy()))
     elif kind == "launchd":
         if launchd_plist().exists():
-            _run(["launchctl", "unload", "-w", str(launchd_plist())])
+            _run(["launchctl", "unload", "-w", str(launchd_plist())], enabled=config.activate)
             launchd_plist().unlink()
             removed.append(str(launchd_plist()))
     elif kind == "windows":
-        _run(["schtasks", "/Delete", "/TN", WINDOWS_TASK, "/F"])
+        _run(["schtasks", "/Delete", "/TN", WINDOWS_TASK, "/F"], enabled=config.activate)
         if windows_xml().exists():
             windows_xml().unlink()
             removed.append(str(windows_xml()))
@@ -298,7 +306,7 @@ def status(config: ScheduleConfig) -> dict:
     if kind == "systemd":
         timer = systemd_dir() / f"{NAME}.timer"
         installed = timer.exists()
-        ok, active = _run(["systemctl", "--user", "is-active", f"{NAME}.timer"])
+        ok, active = _run(["systemctl", "--user", "is-active", f"{NAME}.timer"], enabled=config.activate)
         detail = {"files": [str(p) for p in (timer, systemd_dir() / f"{NAME}.service") if p.exists()],
                   "active": active if ok else None}
         when = _systemd_time(timer) if installed else None

@@ -101,8 +101,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(checkpoint, tmp_pat
         def on_save(self, args, state, control, **kwargs):
             raise Interrupted(state.global_step)
 
-    pairs = [pair(i, 0.1) for i in range(4)]
-    settings = DPOSettings(batch_pairs=1, epochs=1, checkpoints=4, max_completion_tokens=16,
+    pairs = [pair(i, 0.1) for i in range(3)]
+    settings = DPOSettings(batch_pairs=1, epochs=1, checkpoints=3, max_completion_tokens=12,
                            progress=False, threads=2)
     with pytest.raises(Interrupted):
         train_dpo(pairs, checkpoint, tmp_path / "work", settings, callbacks=[StopAfterFirstSave()])
@@ -110,7 +110,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(checkpoint, tmp_pat
     assert not (tmp_path / "work" / "adapter").exists()
     result = train_dpo(pairs, checkpoint, tmp_path / "work", settings, log=lambda m: None)
     assert result.resumed_from_step == 1
-    assert result.steps == 4
+    assert result.steps == 3
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
 
 

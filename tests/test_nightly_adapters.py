@@ -1,0 +1,191 @@
+"""Adapter versions on disk (publish, keep 5, rollback, base-model check, a publish that
+dies half-way) and the schedule files for every system, written into a temporary HOME."""
+import json
+import os
+import plistlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+from align import adapters, schedule
+from conftest import ROOT
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "base.gguf"
+    path.write_bytes(b"GGUF" + b"\0" * 60)
+    return path
+
+
+def fake_adapter(tmp_path, name="a.gguf", payload=b"GGUF-adapter"):
+    path = tmp_path / name
+    path.write_bytes(payload)
+    return path
+
+
+def publish(config, tmp_path, model, n):
+    return adapters.publish(config, fake_adapter(tmp_path, payload=f"adapter {n}".encode()), None,
+                            {"base": adapters.base_identity(model), "pairs": {"train": n}})
+
+
+def test_publish_keeps_five_versions_and_rolls_back_to_the_base(tmp_path, model):
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    published = [publish(config, tmp_path, model, n) for n in range(1, 8)]
+    assert published == [f"v{n:04d}" for n in range(1, 8)]
+    assert adapters.versions(config.root) == published[-5:]          # the two oldest went
+    active = adapters.active_adapter(config.root, model)
+    assert active["version"] == "v0007" and Path(active["path"]).read_bytes() == b"adapter 7"
+    assert adapters.rollback(config) == "v0006"
+    assert adapters.active_adapter(config.root, model)["version"] == "v0006"
+    for expected in ("v0005", "v0004", "v0003", None):
+        assert adapters.rollback(config) == expected
+    assert adapters.active_adapter(config.root, model) is None
+    with pytest.raises(ValueError, match="base model"):
+        adapters.rollback(config)
+    # A new publish continues the numbering and becomes active; pruning spares the active one.
+    adapters.set_active(config, "v0003")
+    assert publish(config, tmp_path, model, 8) == "v0008"
+    assert adapters.read_active(config.root)["version"] == "v0008"
+    listed = adapters.list_versions(config.root)
+    assert [v["version"] for v in listed] == ["v0004", "v0005", "v0006", "v0007", "v0008"]
+    assert [v["active"] for v in listed] == [False] * 4 + [True]
+
+
+def test_an_adapter_is_used_only_with_the_base_it_was_trained_on(tmp_path, model):
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\0" * 100)
+    assert adapters.active_adapter(config.root, model) is not None
+    assert adapters.active_adapter(config.root, other) is None
+
+
+def test_a_publish_that_dies_half_way_leaves_the_active_version_alone(tmp_path, model, monkeypatch):
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+
+    def broken_rename(source, target):
+        raise OSError("disk full")
+    monkeypatch.setattr(adapters.os, "rename", broken_rename)
+    with pytest.raises(OSError):
+        publish(config, tmp_path, model, 2)
+    monkeypatch.undo()
+    assert adapters.read_active(config.root)["version"] == "v0001"
+    assert adapters.versions(config.root) == ["v0001"]
+    assert not list(config.root.glob(".staging-*"))
+
+
+def test_retiring_the_active_version_falls_back_to_the_one_before(tmp_path, model):
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    for n in (1, 2, 3):
+        publish(config, tmp_path, model, n)
+    assert adapters.retire(config, "v0003") == "v0002"
+    assert adapters.versions(config.root) == ["v0001", "v0002"]
+    assert adapters.retire(config, "v0001") == "v0002"          # not active: just removed
+
+
+def test_cli_lists_and_rolls_back(tmp_path, model):
+    home = tmp_path / "home"
+    config = adapters.AdapterConfig(adapters.adapters_dir(home))
+    for n in (1, 2):
+        publish(config, tmp_path, model, n)
+    env = dict(os.environ, GLANCE_HOME=str(home))
+
+    def align(*args):
+        done = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True,
+                              text=True, cwd=ROOT, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    listed = json.loads(align("adapters", "list", "--json"))["versions"]
+    assert [(v["version"], v["active"]) for v in listed] == [("v0001", False), ("v0002", True)]
+    assert json.loads(align("rollback", "--json")) == {"active": "v0001"}
+    assert "base model" in align("rollback")
+    assert json.loads(align("status", "--json"))["active"] is None
+
+
+# --- schedule ---------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch):
+    home = tmp_path / "user"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("GLANCE_HOME", str(tmp_path / "glance data"))
+    monkeypatch.delenv("LOCALAPPDATA", raising=False)
+    return home
+
+
+def test_systemd_timer_is_persistent_and_runs_the_job_politely(fresh_home):
+    # activate=False: never touch the real user's systemd manager from a test
+    result = schedule.install(schedule.ScheduleConfig(at="02:45", kind="systemd", activate=False))
+    assert not result["activated"]
+    units = fresh_home / "config" / "systemd" / "user"
+    timer = (units / "glance-nightly.timer").read_text()
+    service = (units / "glance-nightly.service").read_text()
+    assert "OnCalendar=*-*-* 02:45:00" in timer and "Persistent=true" in timer
+    assert "WantedBy=timers.target" in timer
+    assert f'ExecStart="{sys.executable}" "-m" "align.cli" "--nightly"' in service
+    assert "Nice=19" in service and "IOSchedulingClass=idle" in service
+    assert f'Environment="GLANCE_HOME={os.environ["GLANCE_HOME"]}"' in service
+    assert result["files"] == [str(units / "glance-nightly.service"), str(units / "glance-nightly.timer")]
+    status = schedule.status(schedule.ScheduleConfig(kind="systemd", activate=False))
+    assert status["installed"] and status["at"] == "02:45"
+    schedule.remove(schedule.ScheduleConfig(kind="systemd", activate=False))
+    assert not list(units.iterdir())
+    assert not schedule.status(schedule.ScheduleConfig(kind="systemd", activate=False))["installed"]
+
+
+def test_cron_line_goes_into_the_users_crontab_and_comes_out_again(fresh_home, tmp_path, monkeypatch):
+    # crontab is the system's tool: a stand-in that keeps the table in a file.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    table = tmp_path / "crontab.txt"
+    table.write_text("0 1 * * * backup.sh\n")
+    (bin_dir / "crontab").write_text(
+        f"#!/bin/sh\nif [ \"$1\" = \"-l\" ]; then cat {table}; else cat > {table}; fi\n")
+    (bin_dir / "crontab").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = schedule.install(schedule.ScheduleConfig(at="04:05", kind="cron"))
+    assert result["activated"], result["message"]
+    lines = table.read_text().splitlines()
+    assert lines[0] == "0 1 * * * backup.sh"
+    assert lines[1].startswith("5 4 * * * GLANCE_HOME=") and lines[1].endswith("# glance-nightly")
+    assert "--nightly" in lines[1] and "nice -n 19" in lines[1]
+    schedule.install(schedule.ScheduleConfig(at="04:05", kind="cron"))     # idempotent
+    assert len(table.read_text().splitlines()) == 2
+    assert schedule.status(schedule.ScheduleConfig(kind="cron"))["at"] == "04:05"
+    schedule.remove(schedule.ScheduleConfig(kind="cron"))
+    assert table.read_text().splitlines() == ["0 1 * * * backup.sh"]
+
+
+def test_launchd_plist_and_windows_task_xml(fresh_home):
+    result = schedule.install(schedule.ScheduleConfig(at="03:10", kind="launchd", activate=False))
+    plist = plistlib.loads(Path(result["files"][0]).read_bytes())
+    assert Path(result["files"][0]) == fresh_home / "Library" / "LaunchAgents" / "org.glance.nightly.plist"
+    assert plist["StartCalendarInterval"] == {"Hour": 3, "Minute": 10}
+    assert plist["ProgramArguments"][1:] == ["-m", "align.cli", "--nightly", "--skip-on-battery"]
+    assert plist["LowPriorityIO"] is True and plist["ProcessType"] == "Background"
+    assert schedule.status(schedule.ScheduleConfig(kind="launchd"))["at"] == "03:10"
+
+    result = schedule.install(schedule.ScheduleConfig(at="03:10", kind="windows", activate=False))
+    path = Path(result["files"][0])
+    assert path == fresh_home / "AppData" / "Local" / "Glance" / "glance-nightly.xml"
+    xml = path.read_bytes().decode("utf-16")
+    ns = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+    task = ElementTree.fromstring(xml.split("?>", 1)[1])
+    assert task.find("t:Triggers/t:CalendarTrigger/t:StartBoundary", ns).text.endswith("T03:10:00")
+    assert task.find("t:Settings/t:StartWhenAvailable", ns).text == "true"
+    assert task.find("t:Settings/t:DisallowStartIfOnBatteries", ns).text == "true"
+    arguments = task.find("t:Actions/t:Exec/t:Arguments", ns).text
+    assert "--nightly" in arguments and "GLANCE_HOME=" in arguments
+    schedule.remove(schedule.ScheduleConfig(kind="windows", activate=False))
+    assert not path.exists()
+
+
+def test_a_bad_time_is_refused():
+    with pytest.raises(schedule.ScheduleError):
+        schedule.install(schedule.ScheduleConfig(at="25:00", kind="cron"))

@@ -1,0 +1,164 @@
+"""The nightly job and the app share one database file that only one process may open.
+Three ways it can meet the app, each with a real FeedbackStore in this test process (the
+"app", serving the socket from a thread) and the real job in a subprocess:
+app open → the job never opens the file; app closed → it opens it briefly itself;
+app started while the job holds it → the app waits with a message, the job records
+through the app. Plus: the snapshot the app hands over is encrypted under a one-off key."""
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from app.training_link import TrainingLink, open_store_waiting
+from conftest import ROOT, files_contain
+from feedback_store import Conversation, FeedbackStore, Message
+from nightly_support import job_env, last_json
+
+WRAPPER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import align.nightly as nightly
+
+    held, release, ready = (Path(p) for p in sys.argv[1:4])
+
+    def wait_for(path):
+        deadline = time.monotonic() + 120
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def hold(stage):
+        if stage == "begin":
+            held.touch()
+            wait_for(release)       # keep the database open until the test says so
+
+    nightly._while_holding_store = hold
+    nightly._before_recording = lambda: wait_for(ready)
+    from align.cli import main
+    sys.exit(main(["--nightly", "--json"]))
+""")
+
+
+def consenting_home(home: Path, marker: str = "nothing to learn") -> Path:
+    with FeedbackStore.open(home) as store:
+        store.consent.set("personalise", True)
+        time.sleep(0.002)
+        c = store.conversations.create(Conversation(title="chat"))
+        store.conversations.add_message(Message(conversation_id=c.id, role="user", content=marker))
+    return home
+
+
+def run_job(home: Path, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "--json", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=job_env(home))
+
+
+@pytest.fixture
+def app(home):
+    """The app: the store held open by this process, the link serving it."""
+    consenting_home(home)
+    store = FeedbackStore.open(home)
+    link = TrainingLink(store, model_path=lambda: "/models/chat.gguf").start()
+    yield store, link
+    link.stop()
+    store.close()
+
+
+def test_app_open_the_job_asks_the_app_and_never_opens_the_file(app, home):
+    store, link = app
+    assert stat.S_IMODE(os.stat(link.path).st_mode) == 0o600
+    done = run_job(home)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["via"] == "app" and result["status"] == "nothing_new" and result["recorded"]
+    assert "Could not set lock" not in done.stderr and "Traceback" not in done.stderr
+    assert link.served.count("snapshot") == 1 and link.served.count("finish") == 1
+    run = store.training.runs()[0]
+    assert run["id"] == result["run_id"] and run["status"] == "nothing_new" and run["via"] == "app"
+    assert run["base_model"] == "chat.gguf"        # the model the app chats with
+    assert not list((home / "training" / "snapshots").glob("*"))   # read, then deleted
+
+
+def test_app_closed_the_job_opens_the_store_itself(home):
+    consenting_home(home)
+    done = run_job(home)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["via"] == "direct" and result["status"] == "nothing_new"
+    assert "Nothing to learn yet" in result["message"]
+    with FeedbackStore.open(home) as store:         # the job let go of the file
+        assert [r["id"] for r in store.training.runs()] == [result["run_id"]]
+
+
+@pytest.mark.timeout(600)
+def test_app_started_while_the_job_holds_the_file_waits_and_the_job_records_through_it(home, tmp_path):
+    consenting_home(home)
+    held, release, ready = tmp_path / "held", tmp_path / "release", tmp_path / "ready"
+    job = subprocess.Popen([sys.executable, "-c", WRAPPER, str(held), str(release), str(ready)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env=job_env(home))
+    try:
+        deadline = time.monotonic() + 120
+        while not held.exists():
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "the job never opened the store"
+            time.sleep(0.02)
+        told = []
+
+        def on_wait(message):           # the window would show this
+            told.append(message)
+            release.touch()
+
+        store = open_store_waiting(home, on_wait=on_wait, poll_s=0.05)
+        link = TrainingLink(store).start()
+        ready.touch()
+        out, err = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    try:
+        assert job.returncode == 0, err
+        assert len(told) == 1 and "nightly personalisation" in told[0]
+        result = last_json(out)
+        assert result["via"] == "direct" and result["recorded"]
+        assert link.served == ["hello", "finish"]        # recorded through the app
+        assert store.training.runs()[0]["id"] == result["run_id"]
+        assert "Traceback" not in err
+    finally:
+        link.stop()
+        store.close()
+
+
+def test_the_snapshot_is_encrypted_under_a_key_that_never_touches_the_disk(home):
+    from align.ipc import AppClient
+    from feedback_store import StoreError
+    from feedback_store.training import read_snapshot
+    marker = "ZEBRA-SNAPSHOT-MARKER-4417"
+    consenting_home(home, marker=marker)
+    store = FeedbackStore.open(home)
+    link = TrainingLink(store).start()
+    try:
+        client = AppClient.find(home)
+        answer = client.request("snapshot", run_id="r1")
+        path = Path(answer["path"])
+        assert path.parent == home / "training" / "snapshots"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert marker.encode() not in path.read_bytes()
+        assert files_contain(home, answer["key"].encode()) == []
+        rows = read_snapshot(path, answer["key"])
+        assert [m["content"] for m in rows["messages"]] == [marker]
+        with pytest.raises(StoreError):
+            read_snapshot(path, "00" * 32)
+        assert store.training.runs()[0]["status"] == "running"
+    finally:
+        link.stop()
+        store.close()
+    # The next app start tidies a snapshot no job came back for.
+    with FeedbackStore.open(home) as store:
+        TrainingLink(store).start().stop()
+    assert not path.exists()
