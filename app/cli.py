@@ -5,7 +5,6 @@ import os
 import platform
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
 from feedback_store import SIGNALS, FeedbackStore, StoreError, UnknownConversation, glance_home
@@ -121,28 +120,12 @@ def cmd_chat(args) -> int:
     from .engine import ChatEngine
     if not args.prompt.strip():
         raise EmptyPrompt()
-    # Open the database and load the model at once (both release the GIL for their
-    # native work, ≈ 0.2 s each): the model is chosen speculatively (the --model file,
-    # else the default) and replaced if the store says another model was used last.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(FeedbackStore.open)
-        try:
-            engine = ChatEngine(args.model or default_model_path())
-        except Exception:
-            engine = None   # reported below, once the store is open, by choose_model
-        store = opening.result()
-    with store:
-        # Everything the user typed is checked before a row is written.
+    with FeedbackStore.open() as store:
+        # Everything the user typed is checked before the model loads or a row is written.
         known = store.conversations.get(args.conversation) if args.conversation else None
         if args.conversation and known is None:
-            if engine is not None:
-                engine.close()
             raise UnknownConversation(args.conversation)
-        chosen = choose_model(store, args.model)
-        if engine is None:
-            engine = ChatEngine(chosen)
-        elif engine.model_info["path"] != chosen:
-            engine.load(chosen)
+        engine = ChatEngine(choose_model(store, args.model))
         if args.model:
             store.models.remember(engine.model_info)  # only once it has loaded
         try:
