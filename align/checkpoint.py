@@ -14,7 +14,6 @@ them too. Only the ``keep`` most recently used are kept.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -53,8 +52,9 @@ def ensure_checkpoint(gguf_path: str | os.PathLike, config: CheckpointConfig,
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = cache / checkpoint_key(gguf_path)
     # One converter at a time (a test run and a nightly job may race for the same file).
+    from .locks import lock_file
     with open(cache / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock_file(lock, blocking=True)
         if not (target / MARKER).exists() or (
                 tokenizer and not json.loads((target / MARKER).read_text()).get("tokenizer", True)):
             _convert(gguf_path, target, log, tokenizer)

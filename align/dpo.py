@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import math
 import os
@@ -44,7 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LM_HEAD_CHUNK = 1024
+LM_HEAD_CHUNK = 512
+LM_HEAD_KEEP = 64 * 2**20          # logits kept for backward up to this many (else recomputed)
 
 
 @dataclass
@@ -57,9 +57,10 @@ class DPOSettings:
     target_modules: tuple = TARGET_MODULES
     learning_rate: float = 1e-4
     epochs: int = 2
-    batch_pairs: int = 4
+    token_budget: int | None = 40_000  # fewer epochs (never < 1) when one would exceed it
+    batch_pairs: int = 2
     max_prompt_tokens: int = 256      # older prompt tokens are cut (the newest turn stays)
-    max_completion_tokens: int = 256  # longer replies are trained on their beginning
+    max_completion_tokens: int = 160  # longer replies are trained on their beginning
     seed: int = 0
     checkpoints: int = 4              # how many times per run the state is saved (resume)
     device: str = "auto"              # auto | cpu | cuda | mps
@@ -184,8 +185,9 @@ def only_layers(decoder, start: int, stop: int, final_norm: bool):
 
 def completion_logps(model, hidden, input_ids, completion_mask, grad: bool):
     """Per-sequence sum of log p(token) over completion tokens, and the number of them.
-    The LM head runs on completion positions only, ``LM_HEAD_CHUNK`` rows at a time
-    (recomputed in the backward pass rather than kept: 49 k logits per token add up)."""
+    The LM head runs on completion positions only, ``LM_HEAD_CHUNK`` rows at a time; when
+    the batch's logits would pass ``LM_HEAD_KEEP`` values they are recomputed in the
+    backward pass instead of kept (a 262 k vocabulary adds up fast)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -204,10 +206,11 @@ def completion_logps(model, hidden, input_ids, completion_mask, grad: bool):
             logits = torch.tanh(logits / softcap) * softcap
         return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
+    recompute = grad and len(labels) * head.weight.shape[0] > LM_HEAD_KEEP
     pieces = []
     for start in range(0, len(labels), LM_HEAD_CHUNK):
         h, y = states[start:start + LM_HEAD_CHUNK], labels[start:start + LM_HEAD_CHUNK]
-        pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if grad
+        pieces.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if recompute
                       else chunk_logps(h, y))
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
     sums = hidden.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
@@ -339,6 +342,16 @@ def _trainer_class():
     return GlanceDPOTrainer
 
 
+def epochs_within_budget(examples: list[dict], settings: DPOSettings) -> int:
+    """``settings.epochs``, lowered (to 1 at least) so the tokens trained on stay within
+    ``token_budget``: the night's run time grows with the pairs only up to a point."""
+    if not settings.token_budget:
+        return settings.epochs
+    per_epoch = sum(2 * len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"])
+                    for e in examples)
+    return max(1, min(settings.epochs, settings.token_budget // max(per_epoch, 1)))
+
+
 def load_policy(checkpoint_dir: Path, settings: DPOSettings, device: str):
     """The base model from its HF checkpoint, its tokenizer, and the LoRA config."""
     import torch
@@ -371,14 +384,15 @@ def make_trainer(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSetti
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     examples = [dict(tokenize_pair(pair, tokenizer, settings), index=i) for i, pair in enumerate(pairs)]
+    epochs = epochs_within_budget(examples, settings)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_pairs)
-    total_steps = steps_per_epoch * settings.epochs
+    total_steps = steps_per_epoch * epochs
     progress = sys.stderr.isatty() if settings.progress is None else settings.progress
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = DPOConfig(
         output_dir=str(Path(work_dir) / "trainer"), per_device_train_batch_size=settings.batch_pairs,
-        num_train_epochs=settings.epochs, learning_rate=settings.learning_rate, beta=settings.beta,
+        num_train_epochs=epochs, learning_rate=settings.learning_rate, beta=settings.beta,
         loss_type=["robust"], max_length=None, seed=settings.seed,
         use_cpu=device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
         report_to=[], logging_steps=max(1, steps_per_epoch), disable_tqdm=not progress,
@@ -392,7 +406,8 @@ def make_trainer(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSetti
         callbacks=list(callbacks))
     trainer.glance_settings = settings
     split = first if settings.split_trunk else 0
-    trainer.scorer = Scorer(trainer.model, split, settings.trunk_cache_mb if split else 0)
+    # The trunk is kept only if it will be read again (a second epoch).
+    trainer.scorer = Scorer(trainer.model, split, settings.trunk_cache_mb if split and epochs > 1 else 0)
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)   # logs go to the result, not to stdout
     return trainer
@@ -482,50 +497,6 @@ def on_battery(supplies: Path = Path("/sys/class/power_supply")) -> bool:
             return False
         return "Battery Power" in out
     return False
-
-
-class AlreadyRunning(RuntimeError):
-    pass
-
-
-class TrainingLock:
-    """One nightly job at a time per data folder (fcntl lock, released by the OS if the
-    process dies)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = None
-
-    def acquire(self) -> "TrainingLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise AlreadyRunning(f"Another nightly training is running ({holder}); "
-                                 "this one stops here. Try again when it has finished.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"PID {os.getpid()}")
-        handle.flush()
-        os.chmod(self.path, 0o600)
-        self._file = handle
-        return self
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 def load_scorer(checkpoint_dir: Path, adapter_dir: Path, settings: DPOSettings | None = None):

@@ -33,7 +33,6 @@ from .gate import GateConfig, split_by_conversation
 from .ipc import AppClient
 from .pairs import PairConfig, build_pairs, fingerprint
 
-LOCK_FILE = Path("training") / "nightly.lock"
 WORK = Path("training") / "work"
 
 
@@ -171,7 +170,8 @@ def _with_store(data_dir: Path, action, wait_s: float, log):
 
 # --- the run -------------------------------------------------------------------------------------
 def run_nightly(config: NightlyConfig, log=None) -> dict:
-    from .dpo import AlreadyRunning, TrainingLock, lower_priority, on_battery
+    from .dpo import lower_priority, on_battery
+    from .locks import LOCK_FILE, AlreadyRunning, TrainingLock
     from feedback_store.training import new_run_id
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -392,15 +392,8 @@ def status(data_dir: Path) -> dict:
     root = adapter_files.adapters_dir(data_dir)
     out = {"data_dir": str(data_dir), "active": adapter_files.read_active(root).get("version"),
            "versions": adapter_files.list_versions(root), "runs": [], "running": False}
-    lock = data_dir / LOCK_FILE
-    if lock.exists():
-        import fcntl
-        with open(lock, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            except BlockingIOError:
-                out["running"] = True
+    from .locks import job_running
+    out["running"] = job_running(data_dir)
 
     def read(source):
         if isinstance(source, _App):

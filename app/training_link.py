@@ -22,10 +22,10 @@ from typing import Callable
 
 from align import adapters as adapter_files
 from align.ipc import PROTOCOL, peer_uid, read_message, send_message, socket_path
+from align.locks import LOCK_FILE, job_running
 from feedback_store import DatabaseLocked, FeedbackStore
 
 SNAPSHOTS = Path("training") / "snapshots"
-LOCK_FILE = Path("training") / "nightly.lock"
 
 
 class TrainingLink:
@@ -91,17 +91,7 @@ class TrainingLink:
 
     # --- housekeeping the window calls -----------------------------------------------------
     def job_running(self) -> bool:
-        import fcntl
-        path = self.data_dir / LOCK_FILE
-        if not path.exists():
-            return False
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return job_running(self.data_dir)
 
     def tidy(self) -> list[str]:
         """Retire adapters trained on conversations deleted since, and (when no job is

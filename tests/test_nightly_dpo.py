@@ -139,14 +139,14 @@ def test_the_job_runs_at_the_lowest_cpu_and_io_priority():
 
 
 def test_one_job_at_a_time_and_the_lock_dies_with_its_holder(tmp_path):
-    from align.dpo import AlreadyRunning, TrainingLock
+    from align.locks import AlreadyRunning, TrainingLock
     from align.nightly import NightlyConfig, run_nightly
 
     lock_path = tmp_path / "training" / "nightly.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from align.dpo import TrainingLock
+            from align.locks import TrainingLock
             lock = TrainingLock({str(lock_path)!r}).acquire()
             print("held", flush=True)
             sys.stdin.read()
