@@ -26,31 +26,44 @@ def _default_model_dir() -> str:
 
 def cmd_reward_train(args) -> int:
     _single_threaded()
-    from .train import TASKS, train_ifllm
+    from feedback_store import DatabaseLocked, FeedbackStore, StoreError
+    from .research import ResearchSchemaMissing
+    from .train import TASKS, live_pairwise_turns, train_data
 
-    if not args.ifllm and not args.research:
-        print("align reward train: no training data. Training on the user's own consented "
-              "reading is not wired yet; give --ifllm DIR (a research folder) or --research "
-              "(the research data imported into the store with align import-ifllm).",
-              file=sys.stderr)
-        return 2
     tasks = TASKS if args.task == "both" else (args.task,)
     out = args.out or _default_model_dir()
-    if args.research:
-        from feedback_store import FeedbackStore
-        from .research import read_research
-        from .train import train_data
-        with FeedbackStore.open() as store:
-            data = read_research(store)
-        written = train_data(data, out, tasks, args.features, source="research")
-    else:
-        written = train_ifllm(args.ifllm, out, tasks, args.features)
+    try:
+        # The user's own picks (with the personalisation consent), plus the prior asked for.
+        live, research = [], None
+        try:
+            with FeedbackStore.open() as store:
+                live = live_pairwise_turns(store)
+                if args.research:
+                    from .research import read_research
+                    research = read_research(store)
+        except DatabaseLocked:
+            if not args.ifllm:
+                raise
+            print("align reward train: Glance is open, so your own picks are left out this "
+                  "time (close it to include them).", file=sys.stderr)
+        if args.ifllm:
+            from .ifllm import read_ifllm
+            research = read_ifllm(args.ifllm)
+        written = train_data(research, out, tasks, args.features,
+                             source="research" if args.research else "ifllm", live_turns=live)
+    except (StoreError, ResearchSchemaMissing, ValueError, OSError) as error:
+        print(f"align reward train: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(written))
     else:
         for task, info in written.items():
+            if "skipped" in info:
+                print(f"{task}: not trained: {info['skipped']}")
+                continue
             print(f"{task}: {info['path']} ({info['train_rows']} examples from "
-                  f"{info['train_users']} users, {info['columns']} columns, C={info['C']})")
+                  f"{info['train_users']} users, {info['live_pairs']} of them your own picks, "
+                  f"{info['columns']} columns, C={info['C']})")
     return 0
 
 
@@ -126,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     reward = commands.add_parser("reward", help="reward model from reading behaviour")
     reward_commands = reward.add_subparsers(dest="reward_command", metavar="SUBCOMMAND")
     train = reward_commands.add_parser("train", help="fit and save reward models")
-    train.add_argument("--ifllm", metavar="DIR", help="IFLLM-format folder (research prior)")
+    train.add_argument("--ifllm", metavar="DIR",
+                       help="add an IFLLM-format folder as a research prior to your own picks")
     train.add_argument("--research", action="store_true",
-                       help="train on the research data imported into the store (never by default)")
+                       help="add the research data imported into the store (never by default)")
     train.add_argument("--task", choices=("pairwise", "pointwise", "both"), default="both")
     train.add_argument("--features", choices=("text", "implicit", "text_implicit"),
                        default="text_implicit")

@@ -265,7 +265,11 @@ def fitted_to_dict(fitted: dict) -> dict:
 
 
 def _concat_tables(a: Table, b: Table) -> Table:
-    return Table(np.vstack([a.X, b.X]), a.names, np.concatenate([a.groups, b.groups]),
+    """Rows of ``a`` then ``b``, in ``a``'s columns (a column ``b`` lacks is NaN)."""
+    where = {name: i for i, name in enumerate(b.names)}
+    b_X = np.column_stack([b.X[:, where[n]] if n in where else np.full(len(b.X), np.nan)
+                           for n in a.names]) if a.names else b.X[:, :0]
+    return Table(np.vstack([a.X, b_X]), a.names, np.concatenate([a.groups, b.groups]),
                  np.concatenate([a.order, b.order]), np.concatenate([a.y, b.y]),
                  np.vstack([a.observed_a, b.observed_a]), np.vstack([a.observed_b, b.observed_b]),
                  np.vstack([a.text_a, b.text_a]), np.vstack([a.text_b, b.text_b]), a.ids + b.ids)

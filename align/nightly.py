@@ -32,6 +32,7 @@ from . import adapters as adapter_files
 from .gate import GateConfig, split_by_conversation
 from .ipc import AppClient
 from .pairs import PairConfig, build_pairs, fingerprint
+from .scoring import score_judge
 
 WORK = Path("training") / "work"
 
@@ -229,7 +230,7 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
                        message="Personalisation is off (glance consent set personalise on).")
     pair_config = PairConfig(**{**config.pairs.__dict__, "include_imported": config.include_imported,
                                 "max_pairs": config.max_pairs})
-    pairs, report = build_pairs(rows, pair_config, judge=load_judge(data_dir))
+    pairs, report = build_pairs(rows, pair_config, judge=score_judge(rows))
     result["pairs"] = report.by_source
     result["pair_report"] = report.to_dict()
     stamp = fingerprint(pairs)
@@ -377,13 +378,6 @@ def _record(config, result, started, clock, log, status, message, pairs_used=Non
     result["recorded"] = True
     log(message)
     return result
-
-
-def load_judge(data_dir: Path):
-    """The reward model's pairwise judge for replies nobody labelled, when one is
-    installed (issue 15's scoring API); None until then: the pair source is ready for it
-    (align.pairs.Judge: two reply rows -> Judgement(P(a ≻ b), confidence))."""
-    return None
 
 
 def status(data_dir: Path) -> dict:

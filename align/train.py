@@ -1,20 +1,30 @@
 """`align reward train`: fit the reward models on the data given and save model files.
 
-Today the data is an IFLLM-format folder (the research prior). The user's own consented
-traces will come through the store's reading-trace read-back; they are tables of the
-same form (``examples.pairwise_table`` / ``pointwise_table``), so this module does not
-change when they arrive.
+The data: the user's own side-by-side picks (consented, read back from the store as
+reading traces, :func:`live_pairwise_turns`), optionally with research data as a prior
+(an IFLLM-format folder, or the study imported into the store). Every source becomes
+tables of the same form (``examples.pairwise_table`` / ``pointwise_table``); live picks
+and study turns are rows of one table, grouped by user for the model's own
+cross-validation.
 """
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import reward
 from .evaluate import candidates
-from .examples import Table, fitted_to_dict, fold_columns, pairwise_table, pointwise_table
+from .examples import (Table, _concat_tables, fitted_to_dict, fold_columns, pairwise_table,
+                       pointwise_table)
 
 TASKS = ("pairwise", "pointwise")
+NO_DATA = {
+    "pairwise": "no side-by-side picks of yours yet (Compare, then Alt+1 / Alt+2) and no "
+                "research prior (--ifllm DIR or --research)",
+    "pointwise": "your own data has no pointwise labels; it needs a research prior "
+                 "(--ifllm DIR or --research)",
+}
 
 
 def train_table(table: Table, task: str, feature_set: str = "text_implicit", seed: int = 0) -> reward.RewardModel:
@@ -36,6 +46,39 @@ def train_table(table: Table, task: str, feature_set: str = "text_implicit", see
     return reward.describe(model, feature_set=feature_set, seed=seed)
 
 
+@dataclass(frozen=True)
+class LiveTurn:
+    """One of the user's side-by-side picks, shaped as ``pairwise_table`` reads a turn."""
+    user_id: str
+    query_id: str
+    query: str
+    pair: object                    # feedback_store.trace.PairTrace
+    pair_label: int                 # 1: the left reply (a) was picked, 0: the right one
+    shown_epoch_ms: float
+
+
+def live_pairwise_turns(store) -> list[LiveTurn]:
+    """The user's own picks with both replies' reading traces; none without the
+    personalisation consent. Ties and picks whose replies were never shown are left out."""
+    if not store.consent.is_on("personalise"):
+        return []
+    store.flush()
+    picks = store._rows(
+        "SELECT f.id, f.value, f.wall_ns, f.message_id, coalesce(p.content, '') AS query "
+        "FROM feedback f JOIN messages m ON m.id = f.message_id "
+        "LEFT JOIN messages p ON p.id = m.parent_id "
+        "WHERE f.kind = 'pick' AND f.value IN (1, -1) ORDER BY f.wall_ns")
+    turns = []
+    for pick in picks:
+        try:
+            pair = store.traces.for_pick(pick["id"])
+        except KeyError:
+            continue
+        turns.append(LiveTurn(pair.a.user_id or "local", pick["id"], pick["query"], pair,
+                              int(pick["value"] == 1), pick["wall_ns"] / 1e6))
+    return turns
+
+
 def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implicit") -> dict:
     from .ifllm import read_ifllm
 
@@ -43,16 +86,36 @@ def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implic
 
 
 def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
-               source: str = "ifllm") -> dict:
+               source: str = "ifllm", live_turns=()) -> dict:
+    """Fit and save one model per task. ``data`` (research, may be None) gives both
+    tasks; ``live_turns`` (the user's picks) add pairwise rows. A task without enough
+    labelled rows is skipped, with the reason in its entry; ValueError if none trained."""
     out_dir = Path(out_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     written = {}
     for task in tasks:
-        table = pairwise_table(data.pairwise_turns()) if task == "pairwise" \
-            else pointwise_table(data.pointwise_pairs())
-        model = train_table(table, task, feature_set)
-        model.info.update({"source": source, "data": str(data.directory), "version": stamp})
+        tables = []
+        if data is not None:
+            tables.append(pairwise_table(data.pairwise_turns()) if task == "pairwise"
+                          else pointwise_table(data.pointwise_pairs()))
+        if task == "pairwise" and live_turns:
+            tables.append(pairwise_table(live_turns))
+        if not tables:
+            written[task] = {"skipped": NO_DATA[task]}
+            continue
+        table = tables[0] if len(tables) == 1 else _concat_tables(*tables)
+        try:
+            model = train_table(table, task, feature_set)
+        except ValueError as error:
+            written[task] = {"skipped": str(error)}
+            continue
+        sources = ([source] if data is not None else []) + (["live"] if task == "pairwise" and live_turns else [])
+        model.info.update({"source": "+".join(sources), "version": stamp,
+                           "data": str(data.directory) if data is not None else None,
+                           "live_pairs": len(live_turns) if task == "pairwise" else 0})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
-                         "C": model.info.get("C")}
+                         "C": model.info.get("C"), "live_pairs": model.info["live_pairs"]}
+    if all("skipped" in info for info in written.values()):
+        raise ValueError("; ".join(f"{task}: {info['skipped']}" for task, info in written.items()))
     return written

@@ -276,8 +276,10 @@ def cmd_data(args) -> int:
             if store.conversations.get(args.conversation) is None:
                 print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
                 return 2
-            store.delete_conversation(args.conversation)
-            print(f"Deleted conversation {args.conversation} and everything derived from it.")
+            from .session import delete_conversation
+            delete_conversation(store, args.conversation)
+            print(f"Deleted conversation {args.conversation} and everything derived from it "
+                  "(personal adapters that learned from it are retired).")
     return 0
 
 

@@ -4,7 +4,9 @@ on screen, what is being recorded right now, and the store jobs that take time.
 The window calls this and ChatService; it never touches the store itself. Everything
 here is tested without a screen (tests/test_session.py).
 """
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from feedback_store import SIGNALS, FeedbackStore
 
@@ -23,10 +25,48 @@ class ReplyOnScreen:
 
 
 @dataclass(frozen=True)
+class AdapterState:
+    """The personal adapter as the status bar shows it."""
+    text: str
+    tooltip: str
+    available: bool      # a published version fits the loaded model (the toggle is usable)
+    enabled: bool        # the user wants it (off: chat with the base model)
+
+
+def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:
+    """What the next reply will come from: the active published adapter (from
+    ``align.adapters.active_adapter``), or the base model and why."""
+    if active is None:
+        return AdapterState("Base model", "No personal adapter yet for this model: the nightly "
+                            "job (align --nightly) trains one from the replies you rated, "
+                            "compared and read, with your consent.", False, enabled)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime((active.get("created_wall_ns") or 0) / 1e9))
+    pairs = active.get("pairs")
+    learned = f" from {pairs} preference pairs" if isinstance(pairs, int) else ""
+    tooltip = f"Personal adapter {active['version']}, trained {when}{learned}."
+    if not enabled:
+        return AdapterState(f"Base model (personal {active['version']} off)",
+                            tooltip + " Switched off: replies come from the base model.", True, False)
+    return AdapterState(f"Personal {active['version']}", tooltip, True, True)
+
+
+@dataclass(frozen=True)
 class RecordingState:
     text: str            # the status-bar indicator
     camera_on: bool      # red dot in window and tray
     recording: tuple[str, ...]   # signals really being recorded now
+
+
+def delete_conversation(store: FeedbackStore, conversation_id: str, training_link=None) -> None:
+    """Delete a conversation (store: rows, compaction under a new key), then retire every
+    personal adapter that learned from it (docs/nightly.md §8). The window and
+    ``glance data delete`` both come here."""
+    store.delete_conversation(conversation_id)
+    if training_link is not None:
+        training_link.tidy()          # also tells the window the active version changed
+    else:
+        from align.adapters import adapters_dir, retire_stale
+        retire_stale(store, adapters_dir(store.data_dir))
 
 
 class AppSession:
@@ -35,6 +75,10 @@ class AppSession:
         self.id = store.samples.start_session(__version__, screen)
         self._shown: dict[str, str] = {}          # message id -> shown_replies id
         self.collectors: dict[str, object] = {}   # signal -> running capture
+        self.training_link = None                 # app.training_link.TrainingLink once started
+        from align.scoring import ReplyScorer
+        # Each reply that leaves the screen is scored by the installed reward model.
+        self.scorer = ReplyScorer(store)
 
     # --- replies on screen -------------------------------------------------------------
     def shown_id(self, message_id: str) -> str | None:
@@ -70,7 +114,9 @@ class AppSession:
         """Replies that left the screen get their hidden time; returns their message ids."""
         gone = [m for m in self._shown if m not in keep]
         for message_id in gone:
-            self.store.samples.mark_reply_hidden(self._shown.pop(message_id))
+            shown_id = self._shown.pop(message_id)
+            self.store.samples.mark_reply_hidden(shown_id)
+            self.scorer.submit(shown_id)      # read, so the reward model can judge it
         return gone
 
     # --- what is recorded -----------------------------------------------------------------
@@ -102,7 +148,7 @@ class AppSession:
 
     # --- store jobs that take time (run off the UI thread by the caller) -------------------
     def delete_conversation(self, conversation_id: str) -> None:
-        self.store.delete_conversation(conversation_id)
+        delete_conversation(self.store, conversation_id, self.training_link)
 
     def export(self, directory: str, progress=None):
         from feedback_store.privacy import export_all
@@ -110,6 +156,43 @@ class AppSession:
 
     def apply_retention(self) -> None:
         self.store.apply_retention(wait=False)
+
+    # --- the nightly job and the personal adapter ------------------------------------------
+    @property
+    def adapters_dir(self) -> Path:
+        from align.adapters import adapters_dir
+        return adapters_dir(self.store.data_dir)
+
+    def start_training_link(self, model_path, idle_seconds=None, on_adapters_changed=None) -> str | None:
+        """Answer the nightly job on the data folder's private socket while the app runs
+        (app/training_link.py). Returns a problem to show, or None."""
+        from .training_link import TrainingLink
+        link = TrainingLink(self.store, model_path=model_path, idle_seconds=idle_seconds,
+                            on_adapters_changed=on_adapters_changed)
+        try:
+            self.training_link = link.start()
+        except (RuntimeError, OSError) as error:
+            return (f"The nightly personalisation cannot talk to this window ({error}); it will "
+                    "wait for the database instead.")
+        return None
+
+    def close(self) -> None:
+        """Stop the session's threads (the window calls this when it closes)."""
+        if self.training_link is not None:
+            self.training_link.stop()
+            self.training_link = None
+        self.scorer.stop()
+
+    def adapter_state(self, model_path: str | None, enabled: bool) -> AdapterState:
+        from align.adapters import active_adapter
+        active = active_adapter(self.adapters_dir, model_path) if model_path else None
+        return describe_adapter(active, enabled)
+
+    def use_personal_adapter(self) -> bool:
+        return bool(self.store.settings.get("use_personal_adapter", True))
+
+    def set_use_personal_adapter(self, enabled: bool) -> None:
+        self.store.settings.set("use_personal_adapter", bool(enabled))
 
     # --- models and defaults ---------------------------------------------------------------
     def known_models(self) -> list[dict]:

@@ -25,6 +25,7 @@ from .paths import ensure_private_dir, glance_home
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
 from .traces import TraceReader
+from .scores import ScoreManager
 from .training import TrainingManager
 from .writer import Writer
 
@@ -88,6 +89,7 @@ class FeedbackStore:
         self.consent = ConsentManager(self)
         self.traces = TraceReader(self)
         self.training = TrainingManager(self)
+        self.scores = ScoreManager(self)
         self.writer.on_flush = self.consent.persist_refusals
         self.writer.start()
         self.closed = False

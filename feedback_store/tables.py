@@ -40,6 +40,8 @@ TABLES: tuple[Table, ...] = (
     Table("gaze_samples", "conversation", "samples", expires_on="wall_ns"),
     Table("viewport_events", "conversation", "samples", expires_on="wall_ns"),
     Table("reply_actions", "conversation", "samples", expires_on="wall_ns"),
+    # The reward model's score of each shown reply (migration 0006, store.scores).
+    Table("reply_scores", "conversation", "scores", expires_on="scored_wall_ns"),
     # Nightly training (migration 0004, store.training): the pairs a run used go with
     # their conversation; runs and adapter versions are global history.
     Table("training_pairs", "conversation", "training"),

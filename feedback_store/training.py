@@ -51,6 +51,11 @@ ROW_QUERIES = {
         SELECT f.id, f.message_id, f.other_message_id, f.conversation_id, f.kind, f.value,
                f.wall_ns
         FROM feedback f WHERE {_consented('f.wall_ns')} ORDER BY f.wall_ns, f.id""",
+    "reply_scores": f"""WITH {_ALLOWED}
+        SELECT s.message_id, s.conversation_id, s.previous_message_id, s.model, s.task,
+               s.probability, s.scored_wall_ns
+        FROM reply_scores s WHERE {_consented('s.scored_wall_ns')}
+        ORDER BY s.scored_wall_ns, s.message_id""",
     "conversations": f"""WITH {_ALLOWED}
         SELECT c.id, c.settings FROM conversations c
         WHERE EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
@@ -124,8 +129,7 @@ class TrainingManager:
         """Consented training rows as plain dicts: ``messages``, ``feedback``,
         ``conversations``, ``imported`` (empty unless asked for), ``consent_on``."""
         if not self.store.consent.is_on("personalise"):
-            return {"messages": [], "feedback": [], "conversations": [], "imported": [],
-                    "consent_on": False}
+            return {**{name: [] for name in ROW_QUERIES}, "imported": [], "consent_on": False}
         self.store.flush()
         with self.store.reading():
             rows = _read_all(self.store._cursor(), include_imported)

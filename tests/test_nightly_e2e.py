@@ -175,6 +175,45 @@ def test_the_chat_engine_uses_a_new_version_without_a_restart_and_a_toggle_for_t
         engine.close()
 
 
+def test_the_window_shows_the_version_toggles_the_base_and_takes_a_new_one_without_restart(
+        run, qtbot, store, engine):
+    from align.adapters import AdapterConfig, base_identity, publish
+    from align.ipc import socket_path
+    from app.ui.main_window import MainWindow
+    from conftest import quick_settings
+    from test_ui import send_by_keyboard
+    config = AdapterConfig(store.data_dir / "adapters")
+    info = {"base": base_identity(engine.model_info["path"]), "pairs": 8}
+    first = publish(config, version_dir(run) / "adapter.gguf", None, info)
+    store.settings.set("generation", quick_settings(temperature=0.0).to_dict())
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        assert socket_path(store.data_dir).exists()          # the nightly job can reach the app
+        assert window.adapter_label.text() == f"Personal {first}"
+        assert window.adapter_action.isEnabled() and window.adapter_action.isChecked()
+        send_by_keyboard(qtbot, window, "Tell me one fact about bees.")
+        assert engine.adapter_version == first
+
+        window.adapter_action.trigger()                       # the toggle: chat with the base
+        assert window.adapter_label.text() == f"Base model (personal {first} off)"
+        send_by_keyboard(qtbot, window, "And one about kites.")
+        assert engine.adapter_version is None
+        assert store.settings.get("use_personal_adapter") is False   # remembered
+
+        window.adapter_action.trigger()
+        second = publish(config, version_dir(run) / "adapter.gguf", None, info)  # a new night
+        send_by_keyboard(qtbot, window, "And one about rain.")
+        assert engine.adapter_version == second != first     # same window, no restart
+        assert window.adapter_label.text() == f"Personal {second}"
+    finally:
+        window.close()
+        engine.use_adapters(None)
+        engine.set_adapter_enabled(True)
+    assert not socket_path(store.data_dir).exists()
+
+
 def test_app_closed_the_same_pairs_again_is_nothing_new(run):
     run["link"].stop()
     run["store"].close()
@@ -187,15 +226,14 @@ def test_app_closed_the_same_pairs_again_is_nothing_new(run):
 
 
 def test_deleting_a_conversation_retires_the_adapter_and_delete_everything_leaves_nothing(run):
-    from app.training_link import TrainingLink
+    from app.session import AppSession
     from feedback_store import FeedbackStore
     from feedback_store.privacy import delete_everything
     home = run["home"]
     store = FeedbackStore.open(home)
     used = store.training.pairs_used(run["result"]["run_id"])
     trained_on = next(u["conversation_id"] for u in used if u["split"] == "train")
-    store.delete_conversation(trained_on)
-    assert TrainingLink(store).tidy() == ["v0001"]   # the window calls it after a deletion
+    AppSession(store).delete_conversation(trained_on)     # what the window runs
     assert not version_dir(run).exists()
     assert json.loads((home / "adapters" / "active.json").read_text())["version"] is None
     assert {v["version"]: v["status"] for v in store.training.adapter_versions()}["v0001"] == "retired"

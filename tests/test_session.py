@@ -78,6 +78,30 @@ BLOCK_QT = textwrap.dedent("""
 """)
 
 
+def test_the_personal_adapter_state_follows_what_is_published_for_the_loaded_model(store, tmp_path):
+    from align.adapters import AdapterConfig, base_identity, publish
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + bytes(90))
+    session = AppSession(store)
+    state = session.adapter_state(str(model), enabled=True)
+    assert state.text == "Base model" and not state.available and "align --nightly" in state.tooltip
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF")
+    version = publish(AdapterConfig(session.adapters_dir), adapter, None,
+                      {"base": base_identity(model), "pairs": 12})
+    state = session.adapter_state(str(model), enabled=True)
+    assert (state.text, state.available, state.enabled) == (f"Personal {version}", True, True)
+    assert "12 preference pairs" in state.tooltip
+    off = session.adapter_state(str(model), enabled=False)
+    assert off.text == f"Base model (personal {version} off)" and off.available and not off.enabled
+    assert session.adapter_state(str(other), enabled=True).text == "Base model"   # other model
+    assert session.use_personal_adapter() is True
+    session.set_use_personal_adapter(False)
+    assert session.use_personal_adapter() is False
+
+
 def test_the_core_imports_without_qt():
     result = subprocess.run([sys.executable, "-c", BLOCK_QT], cwd=ROOT, capture_output=True,
                             text=True, timeout=300, env=dict(os.environ))

@@ -48,6 +48,7 @@ def test_delete_counts_and_export_follow_the_registry(store, tmp_path):
     """A conversation's rows in every conversation-scoped table go with it."""
     store.consent.set("pointer", True)
     store.consent.set("gaze", True)
+    store.consent.set("personalise", True)
     for name in ("doomed", "kept"):
         store.conversations.create(Conversation(title=name, id=name))
         store.conversations.add_message(Message(conversation_id=name, role="user", content="x"))
@@ -59,6 +60,7 @@ def test_delete_counts_and_export_follow_the_registry(store, tmp_path):
         store.samples.submit([GazeSample("s", "r", name, 1, 2, "raw", 1.0, 2.0)])
         store.samples.submit([ViewportEvent("s", "r", name, 1, 2, "scroll", 0, 3)])
         store.samples.submit([ReplyAction("s", "r", name, "m", 1, 2, "copy", 0, 5)])
+        assert store.scores.record("r", "m", name, None, "v1", "pointwise", 0.6, [("x", 0.1)])
         store.training.finish_run(f"run-{name}", {"status": "published", "pairs_used": [{
             "conversation_id": name, "chosen_message_id": "m", "rejected_message_id": "n",
             "source": "thumbs", "epsilon": 0.1, "split": "train"}]})

@@ -184,9 +184,12 @@ class CaptureController(QObject):
     def _app_state(self, state) -> None:
         self._window_state("focus" if state == Qt.ApplicationState.ApplicationActive else "blur")
 
+    def seconds_since_input(self) -> float:
+        """How long the user has left keyboard and pointer alone (the nightly job may wait)."""
+        return time.monotonic() - max(self._last_input, self.recorder.last_event_mono_ns / 1e9)
+
     def _check_idle(self) -> None:
-        last = max(self._last_input, self.recorder.last_event_mono_ns / 1e9)
-        idle = time.monotonic() - last > IDLE_AFTER_S
+        idle = self.seconds_since_input() > IDLE_AFTER_S
         if idle != self._idle:
             self._idle = idle
             self._window_state("idle" if idle else "active")

@@ -15,7 +15,7 @@ def run_app(model_path: str | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Glance")
     try:
-        store = FeedbackStore.open()
+        store = _open_store(app)
     except (WrongKey, MissingKey) as error:
         if _offer_reset(str(error)):
             store = FeedbackStore.open()
@@ -38,6 +38,29 @@ def run_app(model_path: str | None = None) -> int:
         return code
     finally:
         store.close()
+
+
+def _open_store(app: QApplication) -> FeedbackStore:
+    """Open the store; if the nightly job holds it for its few seconds of reading or
+    recording, say so in a small window and open as soon as it lets go."""
+    from PySide6.QtWidgets import QLabel
+    from ..training_link import open_store_waiting
+    note = []
+
+    def waiting(text: str) -> None:
+        label = QLabel(text)
+        label.setWindowTitle("Glance")
+        label.setWordWrap(True)
+        label.setMargin(16)
+        label.resize(420, 100)
+        label.show()
+        note.append(label)
+        app.processEvents()
+    try:
+        return open_store_waiting(on_wait=waiting)
+    finally:
+        for label in note:
+            label.close()
 
 
 def _announce_ready(app: QApplication, window) -> None:

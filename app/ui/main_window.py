@@ -56,6 +56,7 @@ class InputBox(QPlainTextEdit):
 class MainWindow(QMainWindow):
     reply_finished = Signal(object)   # emitted after a reply is committed and shown
     store_job_finished = Signal(object)  # None, or the error text
+    adapters_changed = Signal()          # the nightly job published or retired a version
 
     def __init__(self, store: FeedbackStore, engine: ChatEngine):
         super().__init__()
@@ -80,6 +81,7 @@ class MainWindow(QMainWindow):
         self.capture.add_recorder(self.gaze_recorder)
         self.gaze = attach_gaze(self)
         self.gaze.add_point_listener(self.gaze_recorder.point)
+        self._start_personalisation()
         self._refresh_models()
         self._refresh_conversations()
         latest = self.service.conversations()
@@ -107,6 +109,9 @@ class MainWindow(QMainWindow):
         self.model_picker.setMinimumWidth(280)
         self.model_picker.activated.connect(self._on_model_chosen)
         toolbar.addWidget(self.model_picker)
+        self.adapter_action = QAction("Personal", self, checkable=True)
+        self.adapter_action.toggled.connect(self.set_personal_adapter)
+        toolbar.addAction(self.adapter_action)
         settings_action = QAction("Settings…", self)
         settings_action.triggered.connect(self.open_settings)
         toolbar.addAction(settings_action)
@@ -166,6 +171,7 @@ class MainWindow(QMainWindow):
         self.model_label = QLabel()
         self.speed_label = QLabel()
         self.collection_label = QLabel()
+        self.adapter_label = QLabel()
         # Red dot whenever the camera is in use: in the window and in the tray.
         self.camera_dot = QLabel("● camera on")
         self.camera_dot.setStyleSheet("color: #d00000; font-weight: bold;")
@@ -174,6 +180,7 @@ class MainWindow(QMainWindow):
         self.camera_dot.hide()
         self.statusBar().addWidget(self.model_label)
         self.statusBar().addWidget(self.speed_label)
+        self.statusBar().addWidget(self.adapter_label)
         self.statusBar().addPermanentWidget(self.camera_dot)
         self.statusBar().addPermanentWidget(self.collection_label)
         self.tray = None
@@ -473,6 +480,9 @@ class MainWindow(QMainWindow):
         if message.dropped_turns:
             self.statusBar().showMessage(
                 f"{message.dropped_turns} oldest turns were left out to fit the context.", 8000)
+        self._update_adapter_indicator()
+        if self.engine.adapter_error:
+            self.statusBar().showMessage(self.engine.adapter_error, 10000)
         self.reply_finished.emit(message)
 
     def _on_generation_failed(self, text: str) -> None:
@@ -561,7 +571,42 @@ class MainWindow(QMainWindow):
             self._error(str(error))
             ok = False
         self._refresh_models()
+        self._update_adapter_indicator()     # an adapter fits only the model it was trained on
         return ok
+
+    # --- the personal adapter (align --nightly) -------------------------------------------
+    def _start_personalisation(self) -> None:
+        """Serve the nightly job while the window is open, and chat through the newest
+        published adapter from the next reply on (no restart)."""
+        self.engine.use_adapters(self.session.adapters_dir)
+        self.engine.set_adapter_enabled(self.session.use_personal_adapter())
+        self.adapters_changed.connect(self._update_adapter_indicator)
+        problem = self.session.start_training_link(
+            model_path=lambda: (self.engine.model_info or {}).get("path"),
+            idle_seconds=self.capture.seconds_since_input,
+            on_adapters_changed=self.adapters_changed.emit)   # from the link's thread
+        if problem:
+            self.statusBar().showMessage(problem, 10000)
+        self._update_adapter_indicator()
+
+    def set_personal_adapter(self, enabled: bool) -> None:
+        """The toolbar toggle: the next replies come from the personal adapter or the base."""
+        if enabled == self.engine.adapter_enabled:
+            return
+        self.engine.set_adapter_enabled(enabled)
+        self.session.set_use_personal_adapter(enabled)
+        self._update_adapter_indicator()
+
+    def _update_adapter_indicator(self) -> None:
+        state = self.session.adapter_state((self.engine.model_info or {}).get("path"),
+                                           self.engine.adapter_enabled)
+        self.adapter_label.setText(state.text)
+        self.adapter_label.setToolTip(state.tooltip)
+        self.adapter_action.blockSignals(True)
+        self.adapter_action.setChecked(state.enabled and state.available)
+        self.adapter_action.blockSignals(False)
+        self.adapter_action.setEnabled(state.available)
+        self.adapter_action.setToolTip(state.tooltip)
 
     def open_settings(self) -> None:
         if not self._store_free():
@@ -623,4 +668,5 @@ class MainWindow(QMainWindow):
         self.gaze.stop()
         self.gaze_recorder.stop()
         self._mark_hidden()
+        self.session.close()
         super().closeEvent(event)

@@ -1,0 +1,181 @@
+"""The reward model at work: score each reply the user has read, and judge sibling replies
+for the nightly pairs.
+
+capture → store → **features → reward** → pairs: when a reply leaves the screen, the app
+hands its ``shown_replies`` id to :class:`ReplyScorer`; a background thread reads the
+reading trace back from the store (``store.traces``), computes the same features as the
+evaluation (``align.examples.followup_row``: this reply against the previous reply of
+the conversation, with the time until the next message) and stores the installed
+pointwise model's P(this reply satisfied more than the previous one) with the features
+that moved it most (``store.scores``). numpy only: scikit-learn is never imported by the
+app.
+
+``score_judge`` turns the stored scores into ``align.pairs.Judge`` for siblings nobody
+labelled: a regenerated reply was scored against the one it replaced, so its score *is*
+P(new ≻ old).
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import warnings
+from pathlib import Path
+
+from .reward import RewardModel
+
+POINTWISE = "pointwise"
+
+
+def model_dir(data_dir: Path) -> Path:
+    """Where ``align reward train`` writes model files by default."""
+    return Path(data_dir) / "reward"
+
+
+def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
+    """The newest ``reward-<task>-<stamp>.json`` under ``directory`` that loads, or None."""
+    for path in sorted(Path(directory).glob(f"reward-{task}-*.json"), reverse=True):
+        try:
+            model = RewardModel.load(path)
+        except (OSError, ValueError, KeyError):
+            continue
+        model.info.setdefault("version", path.stem.rsplit("-", 1)[-1])
+        model.info["file"] = path.name
+        return model
+    return None
+
+
+def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
+    """(the prompt of this reply, the previous shown reply of its conversation or None,
+    the prompt of that one)."""
+    def prompt_of(message_id):
+        rows = store._rows("SELECT p.content FROM messages m JOIN messages p ON p.id = m.parent_id "
+                           "WHERE m.id = ?", (message_id,))
+        return (rows[0]["content"] or "") if rows else ""
+    previous = store._rows(
+        "SELECT * FROM shown_replies WHERE conversation_id = ? AND message_id <> ? "
+        "AND shown_wall_ns < ? ORDER BY shown_wall_ns DESC LIMIT 1",
+        (shown["conversation_id"], shown["message_id"], shown["shown_wall_ns"]))
+    previous = previous[0] if previous else None
+    return (prompt_of(shown["message_id"]), previous,
+            prompt_of(previous["message_id"]) if previous else "")
+
+
+def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5) -> dict | None:
+    """Score one shown reply with a pointwise model; None if the store no longer has it.
+    The first reply of a conversation is compared with itself (every difference zero):
+    its score then rests on what needs no comparison, such as the time to the next message."""
+    from .examples import followup_row, model_row
+
+    shown = store.traces.shown_reply(shown_reply_id)
+    if shown is None:
+        return None
+    query, previous, previous_query = _reply_context(store, shown)
+    current = store.traces.for_shown_reply(shown_reply_id)
+    before = store.traces.for_shown_reply(previous["id"]) if previous else current
+    shown_for = current.shown_for_ms if math.isfinite(current.shown_for_ms) else 0.0
+    before_for = before.shown_for_ms if math.isfinite(before.shown_for_ms) else shown_for
+    row, fa, fb = followup_row(current, before, query, previous_query if previous else query,
+                               shown_for, before_for)
+    with warnings.catch_warnings():
+        # Columns the model file has no fitted parts for come out NaN (numpy warns about
+        # the empty means): they count as average, which is what the model expects.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        features = model_row(model, row, fa, fb)
+    probability, contributions = model.score(features, top=top)
+    return {"shown_reply_id": shown_reply_id, "message_id": shown["message_id"],
+            "conversation_id": shown["conversation_id"],
+            "previous_message_id": previous["message_id"] if previous else None,
+            "model": str(model.info.get("version")), "task": model.task,
+            "probability": probability, "contributions": contributions}
+
+
+class ReplyScorer:
+    """Scores shown replies on its own thread, so the window never waits for it.
+
+    ``submit`` queues a ``shown_replies`` id (cheap, any thread); the thread scores it with
+    the newest installed pointwise model (looked up again when the folder changes) and
+    records it through the store. Without a model file nothing is scored.
+    """
+
+    def __init__(self, store, directory: Path | None = None, on_scored=None):
+        self.store = store
+        self.directory = Path(directory) if directory else model_dir(store.data_dir)
+        self.on_scored = on_scored
+        self.scored = 0
+        self.errors: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._model: RewardModel | None = None
+        self._model_stamp = None
+        self._thread = threading.Thread(target=self._run, name="glance-reply-scorer", daemon=True)
+        self._thread.start()
+
+    def submit(self, shown_reply_id: str) -> None:
+        self._queue.put(shown_reply_id)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Until everything submitted so far is scored (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def model(self) -> RewardModel | None:
+        try:
+            stamp = sorted(p.name for p in self.directory.glob(f"reward-{POINTWISE}-*.json"))
+        except OSError:
+            stamp = []
+        if stamp != self._model_stamp:
+            self._model_stamp = stamp
+            self._model = newest_model(self.directory) if stamp else None
+        return self._model
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            model = self.model()
+            if model is None or not self.store.consent.is_on("personalise"):
+                continue           # nothing to score with, or nowhere it may be kept
+            try:
+                self.store.flush()     # its hidden time and last samples were only queued
+                score = score_shown_reply(self.store, model, item)
+            except Exception as error:  # noqa: BLE001 - one bad trace must not stop scoring
+                self.errors.append(f"{item}: {type(error).__name__}: {error}")
+                continue
+            if score is None:
+                continue
+            if self.store.scores.record(**score):
+                self.scored += 1
+                if self.on_scored is not None:
+                    self.on_scored(score)
+
+
+def score_judge(rows: dict):
+    """An ``align.pairs.Judge`` from the training rows' ``reply_scores`` (None when there
+    are none). Only replies scored against each other are judged: a regenerated reply is
+    scored against the one it replaced, so its score is P(new ≻ old). Two replies each
+    scored against something else are not compared (their scores answer other questions)."""
+    from .pairs import Judgement
+
+    latest = {}
+    for row in rows.get("reply_scores", []):
+        latest[row["message_id"]] = row           # rows come oldest first
+    if not latest:
+        return None
+
+    def judge(a: dict, b: dict):
+        sa, sb = latest.get(a["id"]), latest.get(b["id"])
+        if sb is not None and sb["previous_message_id"] == a["id"]:
+            return Judgement(1.0 - sb["probability"])
+        if sa is not None and sa["previous_message_id"] == b["id"]:
+            return Judgement(sa["probability"])
+        return None
+    return judge

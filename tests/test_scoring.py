@@ -1,0 +1,156 @@
+"""The reward model at work on live data: a reply that leaves the screen is scored from its
+reading trace against the reply shown before it, the score is stored with its top
+features (only with the personalisation consent, gone with its conversation), and the
+nightly pairs use it to order siblings nobody labelled."""
+import time
+
+import numpy as np
+
+from align.pairs import build_pairs
+from align.reward import RewardModel
+from align.scoring import model_dir, score_judge
+from app.session import AppSession, ReplyOnScreen
+from feedback_store import Conversation, Message
+from feedback_store.samples import PointerSample
+
+TEXT = "Bees dance to tell the hive where flowers are. The dance points at the sun."
+
+
+def pointwise_model(directory, stamp="20261206T000000Z"):
+    """A pointwise model file as `align reward train` writes it: more dwell on this reply
+    than on the previous one, and a longer stay before the next message, mean better."""
+    names = ["i_d_m_dwell_ms", "i_next_message_log_s"]
+    model = RewardModel(task="pointwise", names=names, fill=np.zeros(2), centre=np.zeros(2),
+                        scale=np.ones(2), coef=np.array([1.5, 0.2]), intercept=0.0,
+                        info={"version": stamp})
+    return model.save(directory / f"reward-pointwise-{stamp}.json")
+
+
+def show_and_read(store, session, conversation_id, message_id, moves):
+    """Show a reply, move the pointer over its words ``moves`` times (20 ms apart), hide it."""
+    shown_id = session.reply_shown(ReplyOnScreen(
+        message_id, conversation_id, (0, 0, 600, 40), 1.0, TEXT,
+        [{"line": 0, "start": 0, "end": len(TEXT), "x": 0, "y": 0, "w": 600, "h": 20}]))
+    store.flush()
+    start = time.monotonic_ns()
+    rows = [PointerSample(session.id, shown_id, conversation_id, start + i * 20_000_000,
+                          time.time_ns(), "move", x=10.0 + i, y=10.0,
+                          text_offset=(i * 3) % len(TEXT), line=0)
+            for i in range(moves)]
+    assert store.samples.submit(rows)
+    store.flush()
+    session.replies_hidden(keep=set())
+    return shown_id
+
+
+def regenerated_pair(store):
+    conversation = store.conversations.create(Conversation(title="bees"))
+    question = store.conversations.add_message(Message(conversation.id, "user", "How do bees talk?"))
+    first = store.conversations.add_message(Message(conversation.id, "assistant", TEXT,
+                                                    parent_id=question.id))
+    second = store.conversations.add_message(Message(conversation.id, "assistant", TEXT + " Really.",
+                                                     parent_id=question.id))
+    return conversation, first, second
+
+
+def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(store):
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    pointwise_model(model_dir(store.data_dir))
+    session = AppSession(store)
+    conversation, first, second = regenerated_pair(store)
+    show_and_read(store, session, conversation.id, first.id, moves=5)
+    show_and_read(store, session, conversation.id, second.id, moves=60)   # read far longer
+    session.scorer.wait()
+    assert session.scorer.errors == []
+    store.flush()
+    [before] = store.scores.for_message(first.id)
+    [after] = store.scores.for_message(second.id)
+    assert before["previous_message_id"] is None                 # the first reply: nothing before
+    assert after["previous_message_id"] == first.id
+    assert after["probability"] > 0.7 and after["model"] == "20261206T000000Z"
+    assert after["contributions"][0][0] == "i_d_m_dwell_ms" and after["contributions"][0][1] > 0
+
+    # The nightly pairs: nobody labelled these siblings, the reward model orders them.
+    rows = store.training.rows()
+    judge = score_judge(rows)
+    assert judge({"id": first.id}, {"id": second.id}).p_a_over_b < 0.3
+    pairs, report = build_pairs(rows, judge=judge)
+    [pair] = pairs
+    assert (pair.source, pair.chosen_id, pair.rejected_id) == ("reward", second.id, first.id)
+    assert 0 < pair.epsilon < 0.3
+
+    store.delete_conversation(conversation.id, compact=False)
+    assert store.scores.for_message(second.id) == []
+    session.close()
+
+
+def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
+    store.consent.set("pointer", True)
+    session = AppSession(store)
+    conversation, first, second = regenerated_pair(store)
+    show_and_read(store, session, conversation.id, first.id, moves=5)     # no model yet
+    session.scorer.wait()
+    pointwise_model(model_dir(store.data_dir))
+    show_and_read(store, session, conversation.id, second.id, moves=30)   # no consent
+    session.scorer.wait()
+    store.flush()
+    assert store.scores.for_message(first.id) == [] == store.scores.for_message(second.id)
+    assert session.scorer.scored == 0 and session.scorer.errors == []
+    assert score_judge(store.training.rows()) is None
+    session.close()
+
+
+def test_a_model_trained_on_the_study_scores_live_replies(store):
+    """The real pipeline: `align reward train` on the IFLLM study, then live traces."""
+    from align.train import train_ifllm
+    from test_reward import IFLLM, require_ifllm
+    require_ifllm()
+    written = train_ifllm(IFLLM, model_dir(store.data_dir), tasks=("pointwise",))
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    session = AppSession(store)
+    conversation, first, second = regenerated_pair(store)
+    show_and_read(store, session, conversation.id, first.id, moves=5)
+    show_and_read(store, session, conversation.id, second.id, moves=60)
+    session.scorer.wait()
+    assert session.scorer.errors == [] and session.scorer.scored == 2
+    store.flush()
+    [score] = store.scores.for_message(second.id)
+    names = set(RewardModel.load(written["pointwise"]["path"]).names)
+    assert 0 < score["probability"] < 1 and score["contributions"]
+    assert {name for name, _ in score["contributions"]} <= names
+    session.close()
+
+
+def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_prior(store):
+    from align.train import live_pairwise_turns, train_data
+    from align.ifllm import read_ifllm
+    from test_reward import IFLLM, require_ifllm
+    require_ifllm()
+    store.consent.set("pointer", True)
+    session = AppSession(store)
+    picked = []
+    for i in range(4):
+        conversation, left, right = regenerated_pair(store)
+        show_and_read(store, session, conversation.id, left.id, moves=5 + i)
+        show_and_read(store, session, conversation.id, right.id, moves=40)
+        value = -1 if i % 2 == 0 else 1
+        store.conversations.record_pick(conversation.id, left.id, right.id, value)
+        picked.append(value)
+    store.conversations.record_pick(conversation.id, left.id, right.id, 0)   # a tie: no label
+    assert live_pairwise_turns(store) == []          # no personalisation consent: none of it
+    store.consent.set("personalise", True)
+    turns = live_pairwise_turns(store)
+    assert [t.pair_label for t in turns] == [int(v == 1) for v in picked]
+    assert turns[0].query == "How do bees talk?" and turns[0].pair.a.user_id == "local"
+    assert len(turns[0].pair.b.t_ms) == 40           # the right reply's own samples
+
+    written = train_data(read_ifllm(IFLLM), store.data_dir / "reward", ("pairwise", "pointwise"),
+                         live_turns=turns)
+    assert written["pairwise"]["live_pairs"] == 4 and written["pairwise"]["train_rows"] == 519 + 4
+    assert written["pairwise"]["train_users"] == 44 + 1          # the user is one more group
+    assert written["pointwise"]["live_pairs"] == 0 and "path" in written["pointwise"]
+    model = RewardModel.load(written["pairwise"]["path"])
+    assert model.info["source"] == "ifllm+live"
+    session.close()
