@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import GapMeter, print_result  # noqa: E402
 
 PROMPT = "Explain in detail how a bicycle works, part by part."
 SYSTEM = "You are a helpful assistant."
@@ -49,7 +50,6 @@ def ui_max_gap_ms(engine, max_tokens: int) -> float:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-")
     os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
-    from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
 
     from app.engine import GenerationSettings
@@ -60,24 +60,16 @@ def ui_max_gap_ms(engine, max_tokens: int) -> float:
     store.settings.set("generation", GenerationSettings(seed=1, max_tokens=max_tokens).to_dict())
     window = MainWindow(store, engine)
     window.show()
-    gaps, clock = [], QElapsedTimer()
-    ticker = QTimer()
-    ticker.setInterval(5)
-
-    def tick():
-        if clock.isValid():
-            gaps.append(clock.nsecsElapsed() / 1e6)
-        clock.restart()
-    ticker.timeout.connect(tick)
+    meter = GapMeter()
     window.reply_finished.connect(lambda _: app.quit())
     window.input.setPlainText(PROMPT)
-    ticker.start()
+    meter.start()
     window.send()
     app.exec()
-    ticker.stop()
+    gap = meter.stop_ms()
     window.close()
     store.close()
-    return max(gaps) if gaps else float("nan")
+    return gap
 
 
 def main() -> int:
@@ -132,11 +124,7 @@ def main() -> int:
     report["ttft_ratio"] = report["glance_ttft_s"] / report["raw_ttft_s"]
     report["ui_max_gap_ms"] = ui_max_gap_ms(engine, args.max_tokens)
     engine.close()
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:22} {value}")
+    print_result(report, args.json, width=22)
     return 0
 
 

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import GapMeter  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -182,7 +183,7 @@ def ui_gaps(path: str, cal, max_tokens: int, threads: int) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-gaze-")
     os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
-    from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     from app.engine import ChatEngine, GenerationSettings
@@ -206,16 +207,8 @@ def ui_gaps(path: str, cal, max_tokens: int, threads: int) -> dict:
     loop = QEventLoop()
 
     def measure(stream: bool, seconds: float = 4.0) -> float:
-        gaps, clock = [], QElapsedTimer()
-        ticker = QTimer()
-        ticker.setInterval(5)
-
-        def tick():
-            if clock.isValid():
-                gaps.append(clock.nsecsElapsed() / 1e6)
-            clock.restart()
-        ticker.timeout.connect(tick)
-        ticker.start()
+        meter = GapMeter()
+        meter.start()
         if stream:
             window.reply_finished.connect(lambda _: loop.quit())
             window.input.setPlainText(PROMPT)
@@ -223,10 +216,10 @@ def ui_gaps(path: str, cal, max_tokens: int, threads: int) -> dict:
         else:
             QTimer.singleShot(int(seconds * 1000), loop.quit)
         loop.exec()
-        ticker.stop()
+        gap = meter.stop_ms()
         if stream:
             window.reply_finished.disconnect()
-        return max(gaps) if gaps else float("nan")
+        return gap
 
     without = measure(stream=True)
     controller.start()

@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import GapMeter, print_result  # noqa: E402
 
 
 DEVICE_RATE_HZ = 1000
@@ -89,15 +90,7 @@ def pipeline(store, snapshot, seconds: float, rate: float) -> dict:
 
 def ui_gap(app, window, capture_feed: bool, seconds_cap: float = 30.0) -> float:
     from PySide6.QtCore import QEventLoop, QTimer
-    gaps = {"last": None, "max": 0.0}
-
-    def tick():
-        now = time.perf_counter()
-        if gaps["last"] is not None:
-            gaps["max"] = max(gaps["max"], now - gaps["last"])
-        gaps["last"] = now
-    timer = QTimer(interval=5)
-    timer.timeout.connect(tick)
+    meter = GapMeter()
     stop = threading.Event()
     fed = {"events": 0}
     feeder = None
@@ -124,7 +117,7 @@ def ui_gap(app, window, capture_feed: bool, seconds_cap: float = 30.0) -> float:
     window.reply_finished.connect(loop.quit)
     QTimer.singleShot(int(seconds_cap * 1000), loop.quit)
     window.input.setPlainText("Write four sentences about rivers.")
-    timer.start()
+    meter.start()
     if feeder:
         feeder.start()
     window.send()
@@ -132,9 +125,9 @@ def ui_gap(app, window, capture_feed: bool, seconds_cap: float = 30.0) -> float:
     stop.set()
     if feeder:
         feeder.join()
-    timer.stop()
+    gap = meter.stop_ms()
     window.reply_finished.disconnect(loop.quit)
-    return gaps["max"] * 1000, fed["events"]
+    return gap, fed["events"]
 
 
 def main() -> int:
@@ -195,11 +188,7 @@ def main() -> int:
         store.close()
     for key in ("store_samples_per_s", "samples_per_s", "seconds"):
         result[key] = round(result[key], 1)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:26} {value}")
+    print_result(result, args.json, width=26)
     return 0
 
 

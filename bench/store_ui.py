@@ -18,30 +18,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-class GapMeter:
-    def __init__(self, interval_ms=5):
-        from PySide6.QtCore import QTimer
-        self.timer = QTimer()
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.last = None
-        self.max_gap = 0.0
-
-    def _tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.max_gap = max(self.max_gap, now - self.last)
-        self.last = now
-
-    def start(self):
-        self.last, self.max_gap = None, 0.0
-        self.timer.start()
-
-    def stop_ms(self) -> float:
-        self.timer.stop()
-        return self.max_gap * 1000
+from common import GapMeter, print_result  # noqa: E402
 
 
 def fill(store, conversation_id: str, samples: int, chunk: int = 50_000) -> None:
@@ -118,11 +95,7 @@ def main() -> int:
               "export_ui_max_gap_ms": round(export_gap, 2), "delete_s": round(delete_s, 3),
               "export_s": round(export_s, 3), "ui_baseline_max_gap_ms": round(baseline, 2),
               "samples_left_after_delete": remaining}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:28} {value}")
+    print_result(result, args.json, width=28)
     return 0
 
 

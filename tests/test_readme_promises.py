@@ -16,19 +16,7 @@ from app.ui.main_window import MainWindow
 from feedback_store import FeedbackStore
 from conftest import quick_settings, run_glance
 
-REPLY_TIMEOUT_MS = 120_000
-
-
-def send_by_keyboard(qtbot, window, text):
-    window.input.setFocus()
-    qtbot.keyClicks(window.input, text)
-    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
-        qtbot.keyClick(window.input, Qt.Key.Key_Return)
-    return blocker.args[0]
-
-
-def widget_for(window, message_id):
-    return next(w for w in window.chat_view.widgets if w.message.id == message_id)
+from test_ui import REPLY_TIMEOUT_MS, send_by_keyboard, widget_for
 
 
 def arrow(widget, text):
