@@ -31,8 +31,9 @@ def test_gaze_button_without_a_camera_says_so_and_the_app_keeps_running(qtbot, w
                                                                           tmp_path):
     require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
     from app.ui.gaze_calibration import attach_gaze
-    controller = attach_gaze(window, source=99, data_dir=tmp_path)
-    assert len(_gaze_button(window)) == 1
+    controller = attach_gaze(window, source=99, data_dir=tmp_path)   # replaces the window's own
+    assert len(_gaze_button(window)) == 1 and window.gaze is controller
+    assert window.gaze_recorder.point in controller._listeners       # points still stored
     # Without the gaze consent the camera stays off and the user is told where to turn it on.
     window.session.store.consent.set("gaze", False)
     controller.action.trigger()

@@ -461,6 +461,23 @@ class GazeController(QObject):
         self.label.setText("Gaze: off")
         self.label.setToolTip("")
 
+    def detach(self) -> None:
+        """Take back everything ``__init__`` added to the window (attach_gaze replaces a
+        controller this way when asked for another camera or folder)."""
+        self.stop()
+        self._timer.stop()
+        app = QApplication.instance()
+        app.removeEventFilter(self)
+        try:
+            app.aboutToQuit.disconnect(self.stop)
+        except (RuntimeError, TypeError):
+            pass
+        for toolbar in self.window.findChildren(QToolBar):
+            toolbar.removeAction(self.action)
+        self.window.statusBar().removeWidget(self.label)
+        self.label.deleteLater()
+        self.deleteLater()
+
     def health(self) -> Health | None:
         return self.tracker.health() if self.tracker is not None else None
 
@@ -587,5 +604,16 @@ class GazeController(QObject):
 def attach_gaze(window, source=None, data_dir=None, tracker_kw=None) -> GazeController:
     """Give ``window`` (the MainWindow) its "Gaze…" toolbar button and status indicator.
     Cheap: nothing is imported from OpenCV or MediaPipe and the camera stays off until
-    gaze is allowed and asked for (or already calibrated)."""
-    return GazeController(window, source, data_dir, tracker_kw)
+    gaze is allowed and asked for (or already calibrated). Attaching again replaces the
+    previous controller."""
+    previous = getattr(window, "gaze", None)
+    listeners = []
+    if isinstance(previous, GazeController):
+        # Attaching again (another camera, a video, another folder) replaces the window's
+        # controller; whoever listened to its points keeps listening.
+        listeners = list(previous._listeners)
+        previous.detach()
+    controller = GazeController(window, source, data_dir, tracker_kw)
+    controller._listeners.extend(listeners)
+    window.gaze = controller
+    return controller
