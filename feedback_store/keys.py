@@ -15,9 +15,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import keyring
-import keyring.errors
-
 from .errors import DamagedKey, KeyringLocked, MissingKey
 
 KEYRING_SERVICE = "Glance"
@@ -31,12 +28,22 @@ class DatabaseKey:
     storage: str  # "keyring" or "file"
 
 
+def _keyring():
+    """The keyring package, imported when first needed: with a key file (headless
+    machines) an ordinary open never asks the keyring, and importing it costs ≈ 20 ms of
+    every start."""
+    import keyring
+    import keyring.errors
+    return keyring
+
+
 def _keyring_user(data_dir: Path, staged: bool = False) -> str:
     # One key per data folder, so GLANCE_HOME sandboxes never share a key.
     return f"database-key{'-next' if staged else ''}:{data_dir}"
 
 
 def _read_keyring(data_dir: Path, staged: bool = False) -> str | None:
+    keyring = _keyring()
     try:
         return keyring.get_password(KEYRING_SERVICE, _keyring_user(data_dir, staged))
     except keyring.errors.KeyringLocked as error:
@@ -48,6 +55,7 @@ def _read_keyring(data_dir: Path, staged: bool = False) -> str | None:
 def _write_keyring(data_dir: Path, value: str, staged: bool = False) -> bool:
     """Store the key; True only if reading it back gives the same value."""
     user = _keyring_user(data_dir, staged)
+    keyring = _keyring()
     try:
         keyring.set_password(KEYRING_SERVICE, user, value)
         return keyring.get_password(KEYRING_SERVICE, user) == value
@@ -58,6 +66,7 @@ def _write_keyring(data_dir: Path, value: str, staged: bool = False) -> bool:
 
 
 def _delete_keyring(data_dir: Path, staged: bool = False) -> None:
+    keyring = _keyring()
     try:
         keyring.delete_password(KEYRING_SERVICE, _keyring_user(data_dir, staged))
     except keyring.errors.KeyringError:

@@ -144,7 +144,7 @@ def test_delete_all_while_the_app_runs_is_refused_naming_it(stored_home, qtbot):
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "Traceback" not in refused.stderr
         assert f"(PID {app.pid})" in refused.stderr and "in use by another process" in refused.stderr
-        assert snapshot(stored_home).keys() == before.keys()
+        assert before.keys() <= snapshot(stored_home).keys()   # nothing deleted (the app may add a WAL)
         assert (stored_home / "glance.key").read_bytes()
         assert app.poll() is None  # the app was not disturbed
     finally:
