@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from feedback_store import tables
+from feedback_store.connection import transaction
 from feedback_store.trace import ReadingTrace
 
 from .ifllm import FILES, IfllmData, Turn, check_folder, read_ifllm
@@ -148,8 +149,7 @@ def import_ifllm(store, directory, progress=None) -> dict:
     report = {"import_id": import_id, "directory": str(directory.resolve()), **data.report}
 
     def write(con):
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             replaced = con.execute("SELECT count(*) FROM research_imports WHERE id = ?",
                                    [import_id]).fetchone()[0]
             for table in RESEARCH_TABLES:
@@ -182,11 +182,7 @@ def import_ifllm(store, directory, progress=None) -> dict:
                 con.unregister("research_reply_ids")
             con.execute("INSERT INTO research_imports VALUES (?, 'ifllm', ?, ?, ?)",
                         [import_id, str(directory.resolve()), time.time_ns(), json.dumps(report)])
-            con.execute("COMMIT")
             return replaced, written
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     replaced, written = store.writer.call(write)
     report.update({"replaced_previous_import": bool(replaced), "written": written,
@@ -201,18 +197,13 @@ def remove_research(store, directory=None, compact: bool = True) -> dict:
     import_id = folder_fingerprint(directory) if directory else None
 
     def delete(con):
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             removed = {}
             for table in RESEARCH_TABLES:
                 column = "id" if table == "research_imports" else "import_id"
                 where, params = (f" WHERE {column} = ?", [import_id]) if import_id else ("", [])
                 removed[table] = con.execute(f"DELETE FROM {table}{where}", params).fetchone()[0]
-            con.execute("COMMIT")
             return removed
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     removed = store.writer.call(delete)
     if compact and any(removed.values()):

@@ -5,6 +5,7 @@ encrypted files offline. Extension auto-install/-load must be off first, or Duck
 looks up its extension server; temp files must be encrypted too, or spills are plaintext.
 """
 import re
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -83,6 +84,19 @@ def translate(error: Exception, path: Path) -> Exception:
         holder = re.search(r"Conflicting lock is held in (.+?\(PID \d+\))", text)
         return DatabaseLocked(path, holder.group(1).strip() if holder else "unknown process")
     return StoreError(f"Could not open the database {path}: {text}")
+
+
+@contextmanager
+def transaction(con):
+    """``with transaction(con):`` BEGIN … COMMIT; any exception (interrupts included)
+    rolls back and propagates, so a half-written change never stays."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def quote(path) -> str:

@@ -10,6 +10,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from .connection import transaction
+
 
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
@@ -113,16 +115,11 @@ class ConversationManager:
         placeholders = ", ".join("?" for _ in MESSAGE_COLUMNS)
 
         def insert(con):
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 con.execute(f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                             f"VALUES ({placeholders})", [row[c] for c in MESSAGE_COLUMNS])
                 con.execute("UPDATE conversations SET active_leaf_id = ?, updated_wall_ns = ? "
                             "WHERE id = ?", [message.id, time.time_ns(), message.conversation_id])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
         self.store.writer.call(insert)
         return message
 

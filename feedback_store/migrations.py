@@ -3,6 +3,8 @@ from importlib.resources import files
 
 import duckdb
 
+from .connection import transaction
+
 
 def available() -> list[tuple[int, str]]:
     scripts = []
@@ -36,15 +38,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     for number, script in available():
         if number in applied:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(script)
             con.execute(
                 "INSERT INTO schema_migrations VALUES (?, epoch_ns(now()))", [number]
             )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         version = max(version, number)
     return version

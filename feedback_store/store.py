@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import compaction, migrations, tables
-from .connection import ATTACH_ALIAS, attach, connect, detach, translate
+from .connection import ATTACH_ALIAS, attach, connect, detach, transaction, translate
 from .consent import ConsentManager
 from .conversations import Conversation, ConversationManager, Message, new_id  # noqa: F401
 from .errors import SchemaTooNew, StoreError
@@ -201,15 +201,10 @@ class FeedbackStore:
         self.conversations._deleted.add(conversation_id)
 
         def delete(con):
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 for table in tables.conversation_tables():
                     column = "id" if table.name == "conversations" else table.key_column
                     con.execute(f"DELETE FROM {table.name} WHERE {column} = ?", [conversation_id])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
         self.writer.call(delete)
         if compact:
             self.compact()
@@ -232,12 +227,11 @@ class FeedbackStore:
         cutoff = (now_wall_ns or time.time_ns()) - self.settings.retention_days * 86_400 * 10**9
 
         def purge(con):
-            con.execute("BEGIN TRANSACTION")
             removed = 0
-            for table in tables.expiring_tables():
-                removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
-                                       [cutoff]).fetchone()[0]
-            con.execute("COMMIT")
+            with transaction(con):
+                for table in tables.expiring_tables():
+                    removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
+                                           [cutoff]).fetchone()[0]
             return removed
         if wait:
             return self.writer.call(purge)

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .connection import open_encrypted, quote
+from .connection import open_encrypted, quote, transaction
 from .writer import columnar_insert
 
 FOREVER = 2**63 - 1
@@ -184,17 +184,12 @@ class TrainingManager:
         now = time.time_ns()
 
         def begin(con):
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 con.execute("UPDATE training_runs SET status = 'interrupted', finished_wall_ns = ?, "
                             "message = coalesce(message, 'The job stopped before it finished.') "
                             "WHERE status = 'running'", [now])
                 con.execute("INSERT INTO training_runs (id, started_wall_ns, status, via, base_model)"
                             " VALUES (?, ?, 'running', ?, ?)", [run_id, now, via, base_model])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
         self.store.writer.call(begin)
         return run_id
 
@@ -213,8 +208,7 @@ class TrainingManager:
         adapter = outcome.get("adapter")
 
         def finish(con):
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 con.execute("INSERT INTO training_runs (id, started_wall_ns, status) VALUES (?, ?, ?) "
                             "ON CONFLICT (id) DO NOTHING",
                             [run_id, outcome.get("started_wall_ns") or now, status])
@@ -239,10 +233,6 @@ class TrainingManager:
                          adapter.get("base_model"), adapter.get("conversations"),
                          adapter["status"], now, adapter.get("reason"),
                          json.dumps(adapter.get("report") or {}, default=str)])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
         self.store.writer.call(finish)
 
     def runs(self, limit: int = 20) -> list[dict]:

@@ -32,7 +32,7 @@ def test_truncated_gguf(tmp_path):
     cut = tmp_path / "cut.gguf"
     with open(source, "rb") as handle:
         cut.write_bytes(handle.read(os.path.getsize(source) // 2))
-    with pytest.raises(ModelError, match="truncated|damaged"):
+    with pytest.raises(ModelError, match="truncated"):
         inspect_model(cut)
 
 
