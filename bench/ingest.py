@@ -116,6 +116,7 @@ def ui_gap(app, window, capture_feed: bool, seconds_cap: float = 30.0) -> float:
     loop = QEventLoop()
     window.reply_finished.connect(loop.quit)
     QTimer.singleShot(int(seconds_cap * 1000), loop.quit)
+    window.new_chat()      # every round the same work: one reply in a fresh chat
     window.input.setPlainText("Write four sentences about rivers.")
     meter.start()
     if feeder:
@@ -135,7 +136,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=60_000,
                         help="events a second offered to the recorder (target: 50,000 stored)")
-    parser.add_argument("--rounds", type=int, default=3, help="UI runs with and without capture")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of one run without and one with capture (ABBA order)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -164,22 +165,30 @@ def main() -> int:
         # Baseline: the same turn with capture off (no consent: the controller stops).
         # Alternating rounds; the medians of each round's largest gap are compared.
         baselines, captured = [], []
-        for _ in range(args.rounds):
+
+        def without_capture():
             store.consent.set("pointer", False)
             window.capture.sync()
             baselines.append(ui_gap(app, window, capture_feed=False)[0])
+
+        def with_capture():
             store.consent.set("pointer", True)
             window.capture.sync()
             app.processEvents()
             window.capture.publish()
-            gap, fed = ui_gap(app, window, capture_feed=True)
+            gap, fed["events"] = ui_gap(app, window, capture_feed=True)
             captured.append(gap)
+        fed = {"events": 0}
+        for round_ in range(args.rounds):       # A B, B A, A B, ...: drift hits both alike
+            for run in ((without_capture, with_capture) if round_ % 2 == 0
+                        else (with_capture, without_capture)):
+                run()
         baseline, with_capture = statistics.median(baselines), statistics.median(captured)
         result.update({"ui_baseline_ms": round(baseline, 2), "ui_max_ms": round(with_capture, 2),
                        "ui_added_ms": round(with_capture - baseline, 2),
                        "ui_baseline_rounds_ms": [round(g, 2) for g in baselines],
                        "ui_capture_rounds_ms": [round(g, 2) for g in captured],
-                       "ui_capture_rate_hz": DEVICE_RATE_HZ, "ui_capture_events": fed,
+                       "ui_capture_rate_hz": DEVICE_RATE_HZ, "ui_capture_events": fed["events"],
                        "peak_rss_mb": round(peak_rss_mb(), 1),
                        "stages": "collector event -> layout mapping -> recorder buffer -> "
                                  "flusher thread -> store queue -> writer -> encrypted DuckDB"})

@@ -10,7 +10,7 @@ that slips through.
 import time
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QKeySequence
+from PySide6.QtGui import QGuiApplication, QKeyEvent, QKeySequence, QMouseEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from feedback_store import ReplyAction, ViewportEvent
@@ -245,8 +245,11 @@ class CaptureController(QObject):
 
     # --- Qt events ---------------------------------------------------------------------
     def eventFilter(self, watched, event) -> bool:
-        kind = event.type()
+        # Installed on the whole application in the Qt fallback: thousands of events pass
+        # on every re-render, so the ones ignored are told apart with identity and
+        # isinstance checks (cheap), before any event.type() (an enum conversion, ≈ 2 µs).
         if watched is self.window:
+            kind = event.type()
             if kind in (QEvent.Type.Move, QEvent.Type.Resize):
                 self.layout_changed("move" if kind == QEvent.Type.Move else "resize")
             elif kind == QEvent.Type.WindowStateChange:
@@ -254,13 +257,18 @@ class CaptureController(QObject):
             elif kind in (QEvent.Type.Hide, QEvent.Type.Show):
                 self._window_state("hidden" if kind == QEvent.Type.Hide else "restored")
             return False
-        if kind == QEvent.Type.KeyPress and event.matches(QKeySequence.StandardKey.Copy):
+        if isinstance(event, QKeyEvent):
+            if event.type() != QEvent.Type.KeyPress or not event.matches(QKeySequence.StandardKey.Copy):
+                return False
             for message_id in self.window.probe.message_ids():
                 browser = self.window.probe.browser(message_id)
                 if browser is watched and browser.textCursor().hasSelection():
                     cursor = browser.textCursor()
                     self.action("copy", message_id, cursor.selectionStart(), cursor.selectionEnd())
             return False
+        if not isinstance(event, (QMouseEvent, QWheelEvent)):
+            return False
+        kind = event.type()
         if kind in (QEvent.Type.MouseMove, QEvent.Type.MouseButtonPress, QEvent.Type.Wheel):
             self._last_input = time.monotonic()
             if self.qt_fallback and hasattr(event, "globalPosition"):

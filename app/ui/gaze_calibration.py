@@ -14,7 +14,7 @@ import os
 import time
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QRect, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QColor, QFont, QPainter, QPen
+from PySide6.QtGui import QAction, QColor, QFont, QMouseEvent, QPainter, QPen
 from PySide6.QtWidgets import (
     QApplication, QHBoxLayout, QLabel, QMenu, QMessageBox, QPushButton, QSpinBox, QToolBar,
     QToolButton, QVBoxLayout, QWidget,
@@ -413,7 +413,7 @@ class GazeController(QObject):
         self._timer.setInterval(500)
         self._timer.timeout.connect(self._poll)
         self._timer.start()
-        QApplication.instance().installEventFilter(self)
+        window.installEventFilter(self)       # its Close turns the camera off
         QApplication.instance().aboutToQuit.connect(self.stop)
         if self._allowed() and self.calibration is not None and self.calibration.enabled:
             QTimer.singleShot(1500, self.start)     # after the window is up
@@ -450,6 +450,9 @@ class GazeController(QObject):
             self.tracker = GazeTracker(self.source, self.calibration, self._on_point,
                                        on_cursor=self._on_cursor, **self.tracker_kw)
             self.tracker.start()
+            # Clicks anywhere in the app calibrate in the background: an application-wide
+            # filter, installed only while tracking (it sees every event of every widget).
+            QApplication.instance().installEventFilter(self)
         self._poll()
         return True
 
@@ -457,6 +460,7 @@ class GazeController(QObject):
         if self.tracker is not None:
             self.tracker.stop()
             self.tracker = None
+            QApplication.instance().removeEventFilter(self)
         self.window.set_collector("gaze", None)
         self.label.setText("Gaze: off")
         self.label.setToolTip("")
@@ -468,6 +472,7 @@ class GazeController(QObject):
         self._timer.stop()
         app = QApplication.instance()
         app.removeEventFilter(self)
+        self.window.removeEventFilter(self)
         try:
             app.aboutToQuit.disconnect(self.stop)
         except (RuntimeError, TypeError):
@@ -591,9 +596,10 @@ class GazeController(QObject):
     def eventFilter(self, obj, event) -> bool:
         """Clicks anywhere in the app become background calibration points (a press is
         seen once per object it passes through: count it once, by its timestamp)."""
-        if event.type() == QEvent.Type.Close and obj is self.window:
+        if obj is self.window and event.type() == QEvent.Type.Close:
             self.stop()                          # the window is closing: camera off
-        elif event.type() == QEvent.Type.MouseButtonPress and self.tracker is not None:
+        elif (self.tracker is not None and isinstance(event, QMouseEvent)
+              and event.type() == QEvent.Type.MouseButtonPress):
             key = (event.timestamp(), event.globalPosition().x(), event.globalPosition().y())
             if key != self._last_click:
                 self._last_click = key
