@@ -140,6 +140,7 @@ def chat(path: str, cal, pairs: int, max_tokens: int) -> dict:
         e.generate(messages, settings)                  # warm
     speeds = {(n, t): [] for n in engines for t in (False, True)}
     latencies = {n: [] for n in engines}
+    gaze_fps = {n: [] for n in engines}       # frames the tracker processed while a reply ran
     tracker = None
     for i in range(pairs):
         for n, engine in engines.items():
@@ -154,10 +155,12 @@ def chat(path: str, cal, pairs: int, max_tokens: int) -> dict:
                     tracker = None
                 if tracker is not None:
                     tracker.latencies_ns.clear()
+                    frames0, started = tracker.frames, time.perf_counter()
                 reply = engine.generate(messages, settings)
                 speeds[(n, tracking)].append(reply.tokens_per_s)
                 if tracker is not None:
                     latencies[n] += list(tracker.latencies_ns)
+                    gaze_fps[n].append((tracker.frames - frames0) / (time.perf_counter() - started))
     if tracker is not None:
         tracker.stop()
     for e in engines.values():
@@ -170,6 +173,8 @@ def chat(path: str, cal, pairs: int, max_tokens: int) -> dict:
            "chat_ratio_while_tracking_2t": med[(2, True)] / alone,
            "chat_ratio_while_tracking_1t": med[(1, True)] / alone,
            "chat_runs_per_condition": pairs}
+    for n in engines:
+        out[f"gaze_fps_beside_chat_{n}t"] = statistics.median(gaze_fps[n]) if gaze_fps[n] else None
     best = max((1, 2), key=lambda n: med[(n, True)])
     out["chat_threads_while_tracking"] = best
     out["chat_ratio_while_tracking"] = med[(best, True)] / alone
