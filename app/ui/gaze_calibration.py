@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QToolButton, QVBoxLayout, QWidget,
 )
 
+from ..memory import freeze_long_lived
 from gaze import calibration as cal
 from gaze.geometry import ScreenGeometry
 from gaze.points import GazePoint, Health
@@ -453,6 +454,9 @@ class GazeController(QObject):
             # Clicks anywhere in the app calibrate in the background: an application-wide
             # filter, installed only while tracking (it sees every event of every widget).
             QApplication.instance().installEventFilter(self)
+            # MediaPipe's objects, loaded by the tracker's thread, live as long as gaze is
+            # used: out of the collector's sight once they are there (app/memory.py).
+            QTimer.singleShot(5000, freeze_long_lived)
         self._poll()
         return True
 

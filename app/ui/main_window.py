@@ -14,6 +14,7 @@ from feedback_store import FeedbackStore, Message, StoreError, glance_home
 
 from ..chat import ChatService, ConversationTree
 from ..engine import ChatEngine, EmptyPrompt, EngineError
+from ..memory import freeze_long_lived
 from ..models import ModelError, default_model_path, inspect_model
 from .chat_view import ChatView
 from .dialogs import DownloadDialog, SettingsDialog
@@ -654,6 +655,12 @@ class MainWindow(QMainWindow):
         self._update_collection_indicator()
 
     # --- misc ----------------------------------------------------------------------------
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not getattr(self, "_froze", False):
+            self._froze = True
+            QTimer.singleShot(0, freeze_long_lived)   # once the window is up (app/memory.py)
+
     def _error(self, text: str) -> None:
         self.last_error = text
         self.statusBar().showMessage(text, 15000)
