@@ -25,6 +25,7 @@ from pathlib import Path
 from .reward import RewardModel
 
 POINTWISE = "pointwise"
+TRACES_KEPT = 4       # recent traces ReplyScorer keeps: a reply is scored against the one before
 
 
 def model_dir(data_dir: Path) -> Path:
@@ -61,18 +62,27 @@ def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
             prompt_of(previous["message_id"]) if previous else "")
 
 
-def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5) -> dict | None:
+def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,
+                      traces: dict | None = None) -> dict | None:
     """Score one shown reply with a pointwise model; None if the store no longer has it.
     The first reply of a conversation is compared with itself (every difference zero):
-    its score then rests on what needs no comparison, such as the time to the next message."""
+    its score then rests on what needs no comparison, such as the time to the next message.
+    ``traces`` (shown id → ReadingTrace), when given, serves and keeps the traces read:
+    the previous reply's was read when it was scored (a hidden reply's trace is final)."""
     from .examples import followup_row, model_row
 
     shown = store.traces.shown_reply(shown_reply_id)
     if shown is None:
         return None
     query, previous, previous_query = _reply_context(store, shown)
-    current = store.traces.for_shown_reply(shown_reply_id)
-    before = store.traces.for_shown_reply(previous["id"]) if previous else current
+    traces = {} if traces is None else traces
+
+    def trace(shown_id):
+        if shown_id not in traces:
+            traces[shown_id] = store.traces.for_shown_reply(shown_id)
+        return traces[shown_id]
+    current = trace(shown_reply_id)
+    before = trace(previous["id"]) if previous else current
     shown_for = current.shown_for_ms if math.isfinite(current.shown_for_ms) else 0.0
     before_for = before.shown_for_ms if math.isfinite(before.shown_for_ms) else shown_for
     row, fa, fb = followup_row(current, before, query, previous_query if previous else query,
@@ -107,6 +117,7 @@ class ReplyScorer:
         self._queue: queue.Queue = queue.Queue()
         self._model: RewardModel | None = None
         self._model_stamp = None
+        self._traces: dict = {}          # the last replies' traces (the next one's "previous")
         self._thread = threading.Thread(target=self._run, name="glance-reply-scorer", daemon=True)
         self._thread.start()
 
@@ -146,7 +157,9 @@ class ReplyScorer:
                 continue           # nothing to score with, or nowhere it may be kept
             try:
                 self.store.flush()     # its hidden time and last samples were only queued
-                score = score_shown_reply(self.store, model, item)
+                score = score_shown_reply(self.store, model, item, traces=self._traces)
+                for stale in list(self._traces)[:-TRACES_KEPT]:
+                    del self._traces[stale]
             except Exception as error:  # noqa: BLE001 - one bad trace must not stop scoring
                 self.errors.append(f"{item}: {type(error).__name__}: {error}")
                 continue

@@ -1,0 +1,132 @@
+"""Scoring a read reply, as the app does when it leaves the screen (align/scoring.py).
+
+    .venv/bin/python bench/reward_scoring.py [--replies 20] [--seconds 60] [--json]
+
+A fresh encrypted store holds a conversation of --replies replies of ≈ 1,300 characters
+(the IFLLM median), each read for --seconds: pointer samples at 120 Hz and gaze at 30 Hz
+over its words, plus viewport events, the way capture stores them. The pointwise reward
+model is trained on ../shared/ifllm first (or given with --model). Then every reply is
+scored with ``score_shown_reply``: the reading trace read back from the store, the
+features against the previous reply, the model. Reported: wall and CPU milliseconds per
+reply (median and p95), and the same for the read-back alone. Target (issue): < 20 ms.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common import print_result  # noqa: E402
+
+SENTENCE = ("The river carries sediment from the mountains to the sea, and its delta grows "
+            "a little every year as the water slows down. ")
+
+
+def reading_rows(session_id, shown_id, conversation_id, text, line_starts, seconds, start_ns):
+    """Pointer at 120 Hz and gaze at 30 Hz moving through the lines in reading order."""
+    from feedback_store import GazeSample, PointerSample
+    pointer, gaze = [], []
+    lines = len(line_starts)
+    for i in range(int(seconds * 120)):
+        t = start_ns + i * 8_333_333
+        line = min(lines - 1, int(i / (seconds * 120) * lines))
+        offset = min(len(text) - 1, line_starts[line] + (i * 3) % 80)
+        pointer.append(PointerSample(session_id, shown_id, conversation_id, t, time.time_ns(),
+                                     "move", x=100.0 + (i * 3) % 600, y=100.0 + 18 * line,
+                                     text_offset=offset, source="pynput", line=line))
+    for i in range(int(seconds * 30)):
+        t = start_ns + i * 33_333_333
+        line = min(lines - 1, int(i / (seconds * 30) * lines))
+        offset = min(len(text) - 1, line_starts[line] + (i * 7) % 80)
+        gaze.append(GazeSample(session_id, shown_id, conversation_id, t, time.time_ns(), "raw",
+                               x=100.0 + (i * 7) % 600, y=100.0 + 18 * line, text_offset=offset,
+                               line=line, confidence=0.9))
+    return pointer, gaze
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replies", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=60.0, help="reading time per reply")
+    parser.add_argument("--model", help="a reward-pointwise-*.json (default: train on ../shared/ifllm)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from align.reward import RewardModel
+    from align.scoring import score_shown_reply
+    from app.session import AppSession, ReplyOnScreen
+    from feedback_store import Conversation, FeedbackStore, Message, ViewportEvent
+
+    home = Path(tempfile.mkdtemp(prefix="glance-scoring-")) / "home"
+    if args.model:
+        model = RewardModel.load(args.model)
+    else:
+        from align.train import train_ifllm
+        written = train_ifllm(ROOT.parent / "shared" / "ifllm", home / "reward", tasks=("pointwise",))
+        model = RewardModel.load(written["pointwise"]["path"])
+
+    store = FeedbackStore.open(home)
+    for signal in ("pointer", "gaze", "personalise"):
+        store.consent.set(signal, True)
+    session = AppSession(store)
+    conversation = store.conversations.create(Conversation(title="rivers"))
+    text = (SENTENCE * 12)[:1300]
+    line_starts = list(range(0, len(text), 90))
+    boxes = [{"line": i, "start": s, "end": min(s + 90, len(text)), "x": 100, "y": 100 + 18 * i,
+              "w": 600, "h": 18} for i, s in enumerate(line_starts)]
+    shown_ids, parent = [], None
+    samples = 0
+    for r in range(args.replies):
+        question = store.conversations.add_message(Message(conversation.id, "user", f"Tell me about rivers {r}.",
+                                                           parent_id=parent))
+        reply = store.conversations.add_message(Message(conversation.id, "assistant", text,
+                                                        parent_id=question.id))
+        parent = reply.id
+        shown_id = session.reply_shown(ReplyOnScreen(reply.id, conversation.id, (100, 100, 600, 420),
+                                                     1.0, text, boxes))
+        store.flush()
+        start = time.monotonic_ns()
+        pointer, gaze = reading_rows(session.id, shown_id, conversation.id, text, line_starts,
+                                     args.seconds, start)
+        store.samples.submit(pointer)
+        store.samples.submit(gaze)
+        store.samples.submit([ViewportEvent(session.id, shown_id, conversation.id, start,
+                                            time.time_ns(), "layout", 0, len(line_starts) - 1)])
+        samples = len(pointer) + len(gaze)
+        shown_ids.append(shown_id)
+    session.replies_hidden()          # marks them hidden (its own scorer finds no model: idle)
+    store.flush()
+
+    wall, cpu, read_wall = [], [], []
+    traces = {}          # as ReplyScorer keeps them: the previous reply's trace is not read again
+    for shown_id in shown_ids:
+        t0 = time.perf_counter()
+        store.traces.for_shown_reply(shown_id)
+        read_wall.append((time.perf_counter() - t0) * 1000)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        score = score_shown_reply(store, model, shown_id, traces=traces)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.thread_time() - c0) * 1000)
+        assert score is not None and 0 < score["probability"] < 1
+    session.close()
+    store.close()
+
+    def p95(values):
+        return sorted(values)[max(0, int(round(0.95 * len(values))) - 1)]
+    result = {"replies": args.replies, "samples_per_reply": samples,
+              "score_ms_p50": round(statistics.median(wall), 2), "score_ms_p95": round(p95(wall), 2),
+              "score_cpu_ms_p50": round(statistics.median(cpu), 2), "score_cpu_ms_p95": round(p95(cpu), 2),
+              "read_back_ms_p50": round(statistics.median(read_wall), 2),
+              "model": model.info.get("version"), "model_columns": len(model.names),
+              "loadavg_1m": round(os.getloadavg()[0], 2)}
+    print_result(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
