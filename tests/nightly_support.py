@@ -74,24 +74,31 @@ def smollm2_f16() -> Path:
 
 def seed_home(home: Path, topics=TOPICS[:8], settings: dict = FAST) -> dict:
     """A data folder whose user liked a recognisable style in every conversation: the
-    liked reply starts "Certainly! Here is a fact", the disliked one hedges."""
+    liked reply starts "Certainly! Here is a fact", the disliked one hedges. Ids are fixed: the gate splits
+    train/held-out by a hash of the conversation id, so random ids trained every run on
+    different pairs (with 3 of 8 held out the adapter was too weak for the later tests,
+    and a CI run failed that way). These ids hold out 2 of the 8, the gate's 25 %."""
     from feedback_store import Conversation, FeedbackStore, Message
     ids = {}
     with FeedbackStore.open(home) as store:
         store.consent.set("personalise", True)
         time.sleep(0.002)
         for topic in topics:
-            c = store.conversations.create(Conversation(title=topic, settings={"system_prompt": SYSTEM}))
+            c = store.conversations.create(Conversation(title=topic, settings={"system_prompt": SYSTEM},
+                                                        id=f"talk-{topic}"))
             q = store.conversations.add_message(Message(
-                conversation_id=c.id, role="user", content=f"Tell me one fact about {topic}."))
+                conversation_id=c.id, role="user", content=f"Tell me one fact about {topic}.",
+                id=f"prompt-{topic}"))
             time.sleep(0.002)
             bad = store.conversations.add_message(Message(
                 conversation_id=c.id, role="assistant", parent_id=q.id,
-                content=f"I do not know much about {topic}, sorry. Maybe ask someone else about {topic}."))
+                content=f"I do not know much about {topic}, sorry. Maybe ask someone else about {topic}.",
+                id=f"bad-{topic}"))
             time.sleep(0.002)
             good = store.conversations.add_message(Message(
                 conversation_id=c.id, role="assistant", parent_id=q.id,
-                content=f"Certainly! Here is a fact: {topic} have a long and interesting history."))
+                content=f"Certainly! Here is a fact: {topic} have a long and interesting history.",
+                id=f"good-{topic}"))
             store.conversations.set_thumb(c.id, good.id, 1)
             store.conversations.set_thumb(c.id, bad.id, -1)
             ids[topic] = {"conversation": c.id, "prompt": q.id, "good": good.id, "bad": bad.id}
