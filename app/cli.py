@@ -91,14 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WithoutPandas:
+    """A meta-path finder that says pandas is not installed (see :func:`entry`). Unlike a
+    ``None`` entry in ``sys.modules``, it leaves ``"pandas" in sys.modules`` false, which
+    is what libraries that merely check for pandas expect."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not used by the glance process")
+        return None
+
+
 def entry() -> int:
     """The `glance` command (a process of its own; tests call :func:`main` in theirs)."""
     # DuckDB's Python binding imports pandas the first time a statement has parameters,
     # only to check whether a parameter is a DataFrame: 0.1 s of a one-shot `glance chat`
     # on the writer thread while the model loads (measured, bench/startup.py). Glance
     # never passes pandas objects and nothing in the app's process uses pandas, so the
-    # `glance` process marks it absent (DuckDB then skips the check). `align` keeps it.
-    sys.modules.setdefault("pandas", None)
+    # `glance` process hides it (DuckDB then skips the check). `align` keeps it.
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())
     return main()
 
 
