@@ -76,8 +76,8 @@ def seed_home(home: Path, topics=TOPICS[:8], settings: dict = FAST) -> dict:
     """A data folder whose user liked a recognisable style in every conversation: the
     liked reply starts "Certainly! Here is a fact", the disliked one hedges. Ids are fixed: the gate splits
     train/held-out by a hash of the conversation id, so random ids trained every run on
-    different pairs (with 3 of 8 held out the adapter was too weak for the later tests,
-    and a CI run failed that way). These ids hold out 2 of the 8, the gate's 25 %."""
+    different pairs (a CI run failed when the gate refused one such adapter; ids holding
+    out 3 of 8 gave one too weak for the later tests). These hold out 2 of 8, the gate's 25 %."""
     from feedback_store import Conversation, FeedbackStore, Message
     ids = {}
     with FeedbackStore.open(home) as store:
