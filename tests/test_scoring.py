@@ -98,6 +98,10 @@ def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     assert store.scores.for_message(first.id) == [] == store.scores.for_message(second.id)
     assert session.scorer.scored == 0 and session.scorer.errors == []
     assert score_judge(store.training.rows()) is None
+    # The store itself refuses a score without the consent, whoever computed it.
+    assert not store.scores.record("s", second.id, conversation.id, first.id, "v", "pointwise", 0.9, [])
+    store.flush()
+    assert store.scores.for_message(second.id) == []
     session.close()
 
 
