@@ -188,27 +188,34 @@ class SampleManager:
                                   "(PointerSample, GazeSample, ViewportEvent or ReplyAction)")
         # Field values are checked by the writer only if the batch fails to insert (see
         # Writer._flush_samples): checking every field here would cost more than storing.
-        consent = self.store.consent
-        signal = SAMPLE_TABLE_SIGNAL[table]
-        if consent.paused:
-            consent.count_refused("paused", len(samples))
-            return False
-        if not consent.is_on(signal):
-            consent.count_refused(f"no_consent:{signal}", len(samples))
-            return False
-        for reason, ids in (("incognito", self.store.conversations._incognito),
-                            ("deleted", self.store.conversations._deleted)):
-            if ids:
-                kept = [s for s in samples if s.conversation_id not in ids]
-                if len(kept) != len(samples):
-                    consent.count_refused(reason, len(samples) - len(kept))
-                samples = kept
+        samples = self.admit(SAMPLE_TABLE_SIGNAL[table], samples)
         if not samples:
             return False
         if self.store.writer.submit_samples(table, SAMPLE_COLUMNS[table], samples):
             return True
-        consent.count_refused("queue_full", len(samples))
+        self.store.consent.count_refused("queue_full", len(samples))
         return False
+
+    def admit(self, signal: str, rows: list) -> list:
+        """The store's door for everything derived from reading: the rows (each with a
+        ``conversation_id``) that may be written now. None without the signal's consent or
+        while paused; none of an incognito or deleted conversation. Refusals are counted
+        by reason."""
+        consent = self.store.consent
+        if consent.paused:
+            consent.count_refused("paused", len(rows))
+            return []
+        if not consent.is_on(signal):
+            consent.count_refused(f"no_consent:{signal}", len(rows))
+            return []
+        for reason, ids in (("incognito", self.store.conversations._incognito),
+                            ("deleted", self.store.conversations._deleted)):
+            if ids:
+                kept = [r for r in rows if r.conversation_id not in ids]
+                if len(kept) != len(rows):
+                    consent.count_refused(reason, len(rows) - len(kept))
+                rows = kept
+        return rows
 
     def session_summary(self) -> list[dict]:
         """Per app session: replies shown and samples per signal (the privacy data view)."""

@@ -1,11 +1,25 @@
 """``store.scores``: the reward model's judgement of each shown reply (align/scoring.py
 computes it; migration 0006). A score is derived from reading samples and exists for
-training, so it is kept only with the personalisation consent, never for an incognito or
-deleted conversation, and goes with its conversation and with retention."""
+training, so it goes through the same door as samples under the personalisation
+consent (never for an incognito or deleted conversation, refusals counted), and goes
+with its conversation and with retention."""
 from __future__ import annotations
 
 import json
 import time
+from typing import NamedTuple
+
+
+class ReplyScore(NamedTuple):
+    """One row of ``reply_scores`` (its columns, in order, but the last)."""
+    shown_reply_id: str
+    message_id: str
+    conversation_id: str
+    previous_message_id: str | None
+    model: str
+    task: str
+    probability: float
+    contributions: str          # JSON [[feature, signed log-odds], ...]
 
 
 class ScoreManager:
@@ -15,19 +29,15 @@ class ScoreManager:
     def record(self, shown_reply_id: str, message_id: str, conversation_id: str,
                previous_message_id: str | None, model: str, task: str, probability: float,
                contributions: list[tuple[str, float]]) -> bool:
-        """Queue one score (never waited for). False, and nothing written, without the
-        personalisation consent, while paused, or for an incognito or deleted conversation."""
-        consent = self.store.consent
-        conversations = self.store.conversations
-        if (not consent.is_on("personalise") or consent.paused
-                or conversation_id in conversations._incognito
-                or conversation_id in conversations._deleted):
+        """Queue one score (never waited for). False, and nothing written, when the
+        store's door (``samples.admit``) refuses it."""
+        row = ReplyScore(shown_reply_id, message_id, conversation_id, previous_message_id,
+                         model, task, float(probability),
+                         json.dumps([[name, round(value, 6)] for name, value in contributions]))
+        if not self.store.samples.admit("personalise", [row]):
             return False
-        self.store._post(
-            "INSERT INTO reply_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (shown_reply_id, message_id, conversation_id, previous_message_id, model, task,
-             float(probability), json.dumps([[name, round(value, 6)] for name, value in contributions]),
-             time.time_ns()))
+        self.store._post("INSERT INTO reply_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (*row, time.time_ns()))
         return True
 
     def for_message(self, message_id: str) -> list[dict]:

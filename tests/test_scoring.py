@@ -102,6 +102,7 @@ def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     assert not store.scores.record("s", second.id, conversation.id, first.id, "v", "pointwise", 0.9, [])
     store.flush()
     assert store.scores.for_message(second.id) == []
+    assert store.consent.refused["no_consent:personalise"] >= 1     # counted like samples
     session.close()
 
 
