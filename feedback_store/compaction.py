@@ -81,7 +81,7 @@ def recover(data_dir: Path, path: Path, key: DatabaseKey, try_open) -> DatabaseK
     """Settle an interrupted compaction before the store opens. ``try_open(key_hex)``
     opens and closes the database, raising WrongKey when the key does not fit."""
     (data_dir / FRESH_FILE).unlink(missing_ok=True)
-    staged = staged_key(data_dir)
+    staged = staged_key(data_dir, key.storage)
     if staged is None:
         return key
     try:

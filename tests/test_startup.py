@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -137,3 +138,37 @@ def test_app_reports_ready_and_quits(tmp_path):
                           timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines().count("glance-ready") == 1
+
+
+def test_the_header_cache_is_used_across_processes_and_notices_a_rewritten_file(home, tmp_path):
+    """The vocabulary walk runs once per file version: the next process reads the cached
+    header (shown by planting a different name in the cache), and a rewritten file is
+    parsed again. Seen red with the identity check removed: the planted name came back."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from app import models
+    home.mkdir(parents=True)
+
+    def write(name):
+        writer = gguf.GGUFWriter(str(tmp_path / "small.gguf"), arch="llama")
+        writer.add_name(name)
+        writer.add_chat_template("{{ messages }}")
+        writer.add_tensor("a", np.ones((4,), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        models._read_header.cache_clear()  # as in a new process
+        return tmp_path / "small.gguf"
+
+    path = write("first")
+    assert inspect_model(path)["name"] == "first"
+    cache_file = home / models.HEADER_CACHE
+    entries = json.loads(cache_file.read_text())
+    entries[str(path.resolve())]["header"][1] = "planted"
+    cache_file.write_text(json.dumps(entries))
+    assert inspect_model(path)["name"] == "planted"
+    time.sleep(0.01)
+    assert inspect_model(write("second"))["name"] == "second"
+    cache_file.write_text("{not json")
+    assert inspect_model(path)["name"] == "second"

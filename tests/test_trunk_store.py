@@ -210,3 +210,27 @@ def test_no_fragment_of_the_key_stays_in_a_new_or_compacted_file(home):
         store.conversations.create(Conversation(title="x", id="x"))
         store.delete_conversation("x")
     assert leaks() == []
+
+
+def test_the_extension_signature_is_skipped_only_for_the_very_file_that_passed(tmp_path):
+    """DuckDB's RSA check of httpfs costs ≈ 40 ms of each start, so it runs once per
+    file; a file changed after it passed (here: its signature) is checked again and
+    refused. Seen red with the fingerprint comparison removed: the damaged copy loaded."""
+    import shutil
+    from feedback_store.connection import VERIFIED_FILE, connect, httpfs_extension_path
+    from feedback_store.errors import StoreError
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    extension = tmp_path / "httpfs.duckdb_extension"
+    shutil.copyfile(httpfs_extension_path(), extension)
+    for _ in range(2):  # verified in full, then trusted by its fingerprint
+        connect(data_dir, extension).close()
+    assert (data_dir / VERIFIED_FILE).read_text().startswith(str(extension.resolve()))
+    time.sleep(0.01)  # a coarse clock must still see a new ctime
+    with open(extension, "r+b") as handle:  # the signature is the file's last 256 bytes
+        handle.seek(-10, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-10, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    with pytest.raises(StoreError, match="signature"):
+        connect(data_dir, extension)
