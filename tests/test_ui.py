@@ -274,3 +274,20 @@ def test_objects_alive_when_the_window_is_up_are_kept_out_of_full_collections(qt
         return any(o is obj for o in gc.get_objects())
     qtbot.waitUntil(lambda: not scanned(window), timeout=5_000)
     assert scanned(type("Fresh", (), {})())    # what comes after the window is still collected
+
+
+def test_a_reply_fits_the_view_of_a_900_pixel_window(qtbot, window):
+    """The chat never scrolls sideways, so a row wider than the view is cut off at the
+    right. The speed line under a reply ("24 tokens · 116 tok/s · first token …") once
+    held every message at its full length: on a 900-pixel window the reply's lines ran
+    ≈ 90 px past the window's edge, unseen, and pointer samples there mapped to nothing
+    (found by the real-pointer test on Xvfb)."""
+    window.resize(900, 560)
+    reply = send_by_keyboard(qtbot, window, "Describe a meadow at dawn in detail.")
+    widget = widget_for(window, reply.id)
+    assert widget.meta.text()  # the speed line is there
+    qtbot.wait(50)
+    viewport = window.chat_view.viewport()
+    for shown in (widget, widget.browser, widget.meta):
+        right = shown.mapTo(viewport, QPoint(shown.width(), 0)).x()
+        assert right <= viewport.width(), (shown, right, viewport.width())

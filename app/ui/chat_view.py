@@ -131,6 +131,10 @@ class MessageWidget(QFrame):
         actions.addStretch()
         self.meta = QLabel(self._meta_text(message))
         self.meta.setStyleSheet("color: palette(mid);")
+        # The speed line wraps instead of setting the row's minimum width: the chat never
+        # scrolls sideways, so a wider row would push the reply past the window's edge.
+        self.meta.setWordWrap(True)
+        self.meta.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         actions.addWidget(self.meta)
         layout.addLayout(actions)
 
