@@ -34,16 +34,20 @@ def httpfs_extension_path() -> Path:
     return found[0]
 
 
-def connect(data_dir: Path, extension: Path | None = None) -> duckdb.DuckDBPyConnection:
+def connect(data_dir: Path, extension: Path | None = None,
+            verified_note: Path | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB, offline, able to read and write encrypted files. LOADing
-    httpfs costs ≈ 0.2 s each time, even twice in one process: connect once per open."""
+    httpfs costs ≈ 0.2 s each time, even twice in one process: connect once per open.
+    ``verified_note`` (the store passes ``<data folder>/cache/httpfs-verified``) lets
+    later opens skip the extension's signature check, see below; without it, every load
+    is checked (snapshots and the nightly job's reads leave nothing behind)."""
     extension = extension or httpfs_extension_path()
-    fingerprint, verified_file = file_fingerprint(extension), Path(data_dir) / VERIFIED_FILE
+    fingerprint = file_fingerprint(extension)
     # DuckDB checks the extension's RSA signature over all of its 21 MB on every LOAD
     # (≈ 40 ms of each start). It is checked in full the first time; later loads skip it
     # only while the file is the very one that passed (same inode, size, mtime and
     # ctime: any write or replacement changes the ctime, which no user can set back).
-    trusted = _read_text(verified_file) == fingerprint
+    trusted = verified_note is not None and _read_text(verified_note) == fingerprint
     config = {"allow_unsigned_extensions": True} if trusted else {}
     con = duckdb.connect(":memory:", config=config)
     try:
@@ -56,8 +60,8 @@ def connect(data_dir: Path, extension: Path | None = None) -> duckdb.DuckDBPyCon
     except duckdb.Error as error:
         con.close()
         raise StoreError(f"DuckDB could not be set up for encrypted files: {error}") from error
-    if not trusted:
-        _remember_verified(verified_file, fingerprint)
+    if verified_note is not None and not trusted:
+        _remember_verified(verified_note, fingerprint)
     return con
 
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from . import compaction, migrations, tables
-from .connection import ATTACH_ALIAS, attach, connect, detach, transaction, translate
+from .connection import (ATTACH_ALIAS, VERIFIED_FILE, attach, connect, detach, transaction,
+                         translate)
 from .consent import ConsentManager
 from .conversations import Conversation, ConversationManager, Message, new_id  # noqa: F401
 from .errors import SchemaTooNew, StoreError
@@ -106,7 +107,7 @@ class FeedbackStore:
         data_dir = ensure_private_dir(Path(data_dir) if data_dir else glance_home())
         path = data_dir / DATABASE_FILE
         key = load_or_create_key(data_dir, path)
-        con = connect(data_dir)
+        con = connect(data_dir, verified_note=data_dir / VERIFIED_FILE)
         try:
             if path.exists():
                 key = compaction.recover(data_dir, path, key,

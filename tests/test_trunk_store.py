@@ -223,9 +223,10 @@ def test_the_extension_signature_is_skipped_only_for_the_very_file_that_passed(t
     data_dir.mkdir()
     extension = tmp_path / "httpfs.duckdb_extension"
     shutil.copyfile(httpfs_extension_path(), extension)
+    note = data_dir / VERIFIED_FILE
     for _ in range(2):  # verified in full, then trusted by its fingerprint
-        connect(data_dir, extension).close()
-    assert (data_dir / VERIFIED_FILE).read_text().startswith(str(extension.resolve()))
+        connect(data_dir, extension, note).close()
+    assert note.read_text().startswith(str(extension.resolve()))
     time.sleep(0.01)  # a coarse clock must still see a new ctime
     with open(extension, "r+b") as handle:  # the signature is the file's last 256 bytes
         handle.seek(-10, os.SEEK_END)
@@ -233,4 +234,4 @@ def test_the_extension_signature_is_skipped_only_for_the_very_file_that_passed(t
         handle.seek(-10, os.SEEK_END)
         handle.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(StoreError, match="signature"):
-        connect(data_dir, extension)
+        connect(data_dir, extension, note)
