@@ -17,6 +17,10 @@ replays it as a camera (paced at the file's frame rate, looped). Phases:
    is the app's normal setting (2 threads); both ratios are reported, and
    ``chat_ratio_while_tracking`` is the better of them (``chat_threads_while_tracking``
    says which).
+   For reference, the same 2-thread reply beside a plain load of the tracker's own CPU
+   (a separate process spinning ``cpu_ms_per_frame`` ms every 1/30 s, one thread):
+   ``chat_ratio_beside_equal_cpu_load`` says what that much CPU alone costs a reply that
+   has no spare core.
 3. The real chat window offscreen with gaze attached (replayed camera, debug overlay on)
    while a reply streams: the largest gap between ticks of a 5 ms QTimer; the same
    without gaze for reference.
@@ -184,6 +188,49 @@ def chat(path: str, cal, pairs: int, max_tokens: int) -> dict:
     return out
 
 
+SPIN = """
+import sys, time
+burst, period = float(sys.argv[1]) / 1000, 1 / 30
+print("ready", flush=True)
+due = time.perf_counter()
+while True:
+    end = time.perf_counter() + burst
+    while time.perf_counter() < end:
+        pass
+    due += period
+    time.sleep(max(0.0, due - time.perf_counter()))
+"""
+
+
+def chat_beside_load(cpu_ms_per_frame: float, pairs: int, max_tokens: int) -> dict:
+    """2-thread reply speed beside a process that burns what the tracker burns."""
+    import subprocess
+    from app.engine import ChatEngine, GenerationSettings
+    settings = GenerationSettings(system_prompt=SYSTEM, temperature=0.7, top_p=0.95,
+                                  max_tokens=max_tokens, seed=1234)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    engine = ChatEngine(n_threads=2)
+    engine.generate(messages, settings)                 # warm
+    speeds = {False: [], True: []}
+    for i in range(pairs):
+        for loaded in ((False, True) if i % 2 == 0 else (True, False)):
+            spinner = None
+            if loaded:
+                spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(cpu_ms_per_frame)],
+                                           stdout=subprocess.PIPE, text=True)
+                spinner.stdout.readline()
+            try:
+                speeds[loaded].append(engine.generate(messages, settings).tokens_per_s)
+            finally:
+                if spinner is not None:
+                    spinner.kill()
+                    spinner.wait()
+    engine.close()
+    return {"chat_ratio_beside_equal_cpu_load":
+            statistics.median(speeds[True]) / statistics.median(speeds[False]),
+            "equal_cpu_load_ms_per_frame": cpu_ms_per_frame}
+
+
 def ui_gaps(path: str, cal, max_tokens: int, threads: int) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-gaze-")
@@ -332,7 +379,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=4, help="ABBA chat pairs per thread count")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--users", type=int, default=3, help="simulated users per noise level")
-    parser.add_argument("--skip", default="", help="comma list: chat,ui,calibration,fixations")
+    parser.add_argument("--skip", default="", help="comma list: chat,load,ui,calibration,fixations")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -351,6 +398,9 @@ def main() -> int:
                            if k in ("fps", "cpu_fraction", "latency_p95_ms", "cpu_ms_per_frame")})
         if "chat" not in skip:
             report.update(chat(videos["30"], cal, args.pairs, args.max_tokens))
+        if "load" not in skip:
+            report.update(chat_beside_load(report["cpu_ms_per_frame"], args.pairs,
+                                           args.max_tokens))
         if "ui" not in skip:
             threads = report.get("chat_threads_while_tracking", 2)
             report.update(ui_gaps(videos["30"], cal, args.max_tokens, threads))
