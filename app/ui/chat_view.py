@@ -1,6 +1,7 @@
 """The conversation on screen: one MessageWidget per message on the active branch."""
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCursor, QTextFormat, QTextOption
+from PySide6.QtGui import (QColor, QFont, QPainter, QPalette, QTextBlockFormat, QTextCursor,
+                           QTextFormat, QTextOption)
 from PySide6.QtWidgets import (
     QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QTextBrowser,
     QToolButton, QVBoxLayout, QWidget,
@@ -10,6 +11,27 @@ from feedback_store import Message
 
 STREAM_RENDER_INTERVAL_MS = 40  # re-render markdown at most 25x/s while streaming
 CODE_BACKGROUND = QColor("#f0f2f5")
+
+
+class ElidedLabel(QLabel):
+    """One line that gives way: it asks for its whole text's width but takes what its row
+    leaves, cutting the end with "…" (the whole text is the tooltip). A plain QLabel's
+    minimum width is its whole text, and the chat never scrolls sideways, so a long line
+    under a reply pushed the reply itself past the window's edge."""
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(0, super().minimumSizeHint().height())
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight,
+                                              self.width())
+        painter.drawText(self.rect(), int(self.alignment()), shown)
 
 
 class ReplyBrowser(QTextBrowser):
@@ -129,11 +151,11 @@ class MessageWidget(QFrame):
             self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self.message.id))
             actions.addWidget(self.edit_button)
         actions.addStretch()
-        self.meta = QLabel(self._meta_text(message))
-        self.meta.setStyleSheet("color: palette(mid);")
-        # The speed line wraps instead of setting the row's minimum width: the chat never
-        # scrolls sideways, so a wider row would push the reply past the window's edge.
-        self.meta.setWordWrap(True)
+        self.meta = ElidedLabel()
+        self.meta.setText(self._meta_text(message))
+        muted = self.meta.palette()
+        muted.setColor(QPalette.ColorRole.WindowText, muted.color(QPalette.ColorRole.Mid))
+        self.meta.setPalette(muted)
         self.meta.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         actions.addWidget(self.meta)
         layout.addLayout(actions)
