@@ -36,8 +36,9 @@ def httpfs_extension_path() -> Path:
 
 def connect(data_dir: Path, extension: Path | None = None,
             verified_note: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB, offline, able to read and write encrypted files. LOADing
-    httpfs costs ≈ 0.2 s each time, even twice in one process: connect once per open.
+    """An in-memory DuckDB, offline, able to read and write encrypted files. Each LOAD of
+    httpfs costs its signature check (≈ 40 ms here), even twice in one process: connect
+    once per open.
     ``verified_note`` (the store passes ``<data folder>/cache/httpfs-verified``) lets
     later opens skip the extension's signature check, see below; without it, every load
     is checked (snapshots and the nightly job's reads leave nothing behind)."""
