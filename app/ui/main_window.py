@@ -127,6 +127,10 @@ class MainWindow(QMainWindow):
         self.search.textChanged.connect(lambda _: self._refresh_conversations())
         side.addWidget(self.search)
         self.conversation_list = QListWidget()
+        # Long titles end in "…" (full title and time in the tooltip) rather than giving
+        # the list a sideways scroll bar.
+        self.conversation_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.conversation_list.itemActivated.connect(
             lambda item: self.open_conversation(item.data(Qt.ItemDataRole.UserRole)))
         self.conversation_list.itemClicked.connect(
@@ -215,8 +219,8 @@ class MainWindow(QMainWindow):
         for conversation in self.service.conversations(self.search.text().strip() or None):
             item = QListWidgetItem(conversation.title)
             item.setData(Qt.ItemDataRole.UserRole, conversation.id)
-            item.setToolTip(time.strftime("%Y-%m-%d %H:%M",
-                                          time.localtime(conversation.updated_wall_ns / 1e9)))
+            item.setToolTip(conversation.title + "\n" + time.strftime(
+                "%Y-%m-%d %H:%M", time.localtime(conversation.updated_wall_ns / 1e9)))
             self.conversation_list.addItem(item)
             if self.tree is not None and conversation.id == self.tree.id:
                 item.setSelected(True)
