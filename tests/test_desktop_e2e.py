@@ -58,6 +58,11 @@ def test_first_run_chat_with_the_keyboard(xvfb_display, home):
             app.kill()
             app.wait()
     assert app.returncode == 0, app.stderr[-2000:]
+    # A clean quit: the nightly socket is taken down and the database is checkpointed and
+    # closed (DuckDB removes its WAL then), even though the process freezes its objects
+    # out of the garbage collector before exiting (app.cli.entry).
+    assert not (home / "nightly.sock").exists()
+    assert not (home / "glance.db.wal").exists()
     with FeedbackStore.open(home) as store:
         assert not store.consent.needed()
         assert not any(store.consent.is_on(s) for s in ("pointer", "gaze", "personalise"))
