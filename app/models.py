@@ -158,9 +158,14 @@ def _header(resolved: Path, stat: os.stat_result) -> GGUFHeader:
     folder, removed with everything else) keys each file by path, inode, size, mtime and
     ctime, so a replaced or rewritten file is parsed again."""
     identity = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-    from feedback_store.paths import glance_home
+    from feedback_store.paths import glance_home, read_cache_note, write_cache_note
     cache_file = glance_home() / HEADER_CACHE
-    entries = _read_json(cache_file)
+    try:
+        entries = json.loads(read_cache_note(cache_file) or "{}")
+    except ValueError:
+        entries = {}
+    if not isinstance(entries, dict):
+        entries = {}
     entry = entries.get(str(resolved))
     if isinstance(entry, dict) and entry.get("identity") == identity:
         try:
@@ -169,32 +174,8 @@ def _header(resolved: Path, stat: os.stat_result) -> GGUFHeader:
             pass
     header = _read_header(str(resolved), stat.st_size, stat.st_mtime_ns)
     entries[str(resolved)] = {"identity": identity, "header": list(header)}
-    _write_private(cache_file, json.dumps(entries))
+    write_cache_note(cache_file, json.dumps(entries))
     return header
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Best effort, atomic (another Glance process may read it meanwhile), 0600, and
-    only inside an existing data folder: inspecting a model never creates one."""
-    if not path.parent.parent.is_dir():
-        return
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=16)

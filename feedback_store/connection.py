@@ -4,7 +4,6 @@ FACTS (measured here): only duckdb 1.5.5 + the httpfs extension from PyPI can wr
 encrypted files offline. Extension auto-install/-load must be off first, or DuckDB
 looks up its extension server; temp files must be encrypted too, or spills are plaintext.
 """
-import os
 import re
 from contextlib import contextmanager
 from importlib.util import find_spec
@@ -13,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from .errors import DatabaseLocked, StoreError, WrongKey
+from .paths import read_cache_note, write_cache_note
 
 ATTACH_ALIAS = "glance"
 
@@ -48,7 +48,7 @@ def connect(data_dir: Path, extension: Path | None = None,
     # (≈ 40 ms of each start). It is checked in full the first time; later loads skip it
     # only while the file is the very one that passed (same inode, size, mtime and
     # ctime: any write or replacement changes the ctime, which no user can set back).
-    trusted = verified_note is not None and _read_text(verified_note) == fingerprint
+    trusted = verified_note is not None and read_cache_note(verified_note) == fingerprint
     config = {"allow_unsigned_extensions": True} if trusted else {}
     con = duckdb.connect(":memory:", config=config)
     try:
@@ -62,7 +62,7 @@ def connect(data_dir: Path, extension: Path | None = None,
         con.close()
         raise StoreError(f"DuckDB could not be set up for encrypted files: {error}") from error
     if verified_note is not None and not trusted:
-        _remember_verified(verified_note, fingerprint)
+        write_cache_note(verified_note, fingerprint)
     return con
 
 
@@ -73,24 +73,6 @@ def file_fingerprint(path: Path) -> str:
     stat = Path(path).stat()
     return (f"{Path(path).resolve()}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|"
             f"{stat.st_mtime_ns}|{stat.st_ctime_ns}")
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _remember_verified(path: Path, fingerprint: str) -> None:
-    """Best effort: without the note the next start simply verifies again."""
-    try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(fingerprint)
-    except OSError:
-        pass
 
 
 def attach(con, path: Path, key_hex: str, read_only: bool = False) -> None:

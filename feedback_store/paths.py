@@ -25,3 +25,32 @@ def ensure_private_dir(path: Path) -> Path:
     except OSError as error:
         raise DataDirUnwritable(path, error.strerror or str(error)) from error
     return path
+
+
+# --- start-up caches (``<data folder>/cache``) -----------------------------------------
+# Small notes that save work at start (the verified encryption extension, model headers).
+# Nothing of the user's is in them; they go with "delete everything" like the rest.
+
+def read_cache_note(path: Path) -> str | None:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_cache_note(path: Path, text: str) -> None:
+    """Best effort (without the note the work is simply done again), atomic (another
+    Glance process may read it meanwhile), 0600 in a 0700 folder, and only inside an
+    existing data folder: a cache never creates one."""
+    path = Path(path)
+    if not path.parent.parent.is_dir():
+        return
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
