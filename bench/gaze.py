@@ -133,12 +133,18 @@ def track(path: str, cal, seconds: float) -> dict:
             "frames": f1 - f0, "faces_found": faces1 - faces0, "points": points[0]}
 
 
-def chat(path: str, cal, pairs: int, max_tokens: int) -> dict:
-    from app.engine import ChatEngine, GenerationSettings
-    from gaze.tracker import GazeTracker
+def reply_request(max_tokens: int):
+    """The same reply for every chat measurement: (settings, messages)."""
+    from app.engine import GenerationSettings
     settings = GenerationSettings(system_prompt=SYSTEM, temperature=0.7, top_p=0.95,
                                   max_tokens=max_tokens, seed=1234)
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    return settings, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+
+
+def chat(path: str, cal, pairs: int, max_tokens: int) -> dict:
+    from app.engine import ChatEngine
+    from gaze.tracker import GazeTracker
+    settings, messages = reply_request(max_tokens)
     engines = {2: ChatEngine(n_threads=2), 1: ChatEngine(n_threads=1)}
     for e in engines.values():
         e.generate(messages, settings)                  # warm
@@ -205,10 +211,8 @@ while True:
 def chat_beside_load(cpu_ms_per_frame: float, pairs: int, max_tokens: int) -> dict:
     """2-thread reply speed beside a process that burns what the tracker burns."""
     import subprocess
-    from app.engine import ChatEngine, GenerationSettings
-    settings = GenerationSettings(system_prompt=SYSTEM, temperature=0.7, top_p=0.95,
-                                  max_tokens=max_tokens, seed=1234)
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    from app.engine import ChatEngine
+    settings, messages = reply_request(max_tokens)
     engine = ChatEngine(n_threads=2)
     engine.generate(messages, settings)                 # warm
     speeds = {False: [], True: []}

@@ -64,6 +64,7 @@ class MainWindow(QMainWindow):
         self.engine = engine
         self.service = ChatService(store, engine)
         self.session = AppSession(store)
+        self._frozen_once = False          # long-lived objects frozen once shown (app/memory.py)
         self.probe = LayoutProbe()
         self.tree: ConversationTree | None = None
         self.generation: GenerationThread | None = None
@@ -661,8 +662,8 @@ class MainWindow(QMainWindow):
     # --- misc ----------------------------------------------------------------------------
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if not getattr(self, "_froze", False):
-            self._froze = True
+        if not self._frozen_once:
+            self._frozen_once = True
             QTimer.singleShot(0, freeze_long_lived)   # once the window is up (app/memory.py)
 
     def _error(self, text: str) -> None:
