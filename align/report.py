@@ -7,12 +7,20 @@
 """
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from . import evaluate as E
 from . import reward
 from .examples import fold_columns, pairwise_table
+
+
+class Weighted(NamedTuple):
+    """An ablation row fitted with another ``reward.USER_WEIGHT_POWER``."""
+    sets: tuple
+    user_weight_power: float
+
 
 ABLATION = {
     "text (length + layout, 9)": (E.TEXT,),
@@ -27,7 +35,9 @@ ABLATION = {
     "text + user share": (E.TEXT + ("i_index_user_share",),),
     "text + decision": (E.TEXT + ("i_index_decision",),),
     "text + observed − expected": (E.TEXT + ("i_index_expected",),),
-    "text_implicit (chosen in fold)": tuple(E.TEXT + c for c in E.IMPLICIT),
+    "text + one index set chosen in fold": E.FEATURE_SETS["text_implicit_chosen"],
+    "text_implicit: text + attention + user share": E.FEATURE_SETS["text_implicit"],
+    "text_implicit, every row weighted the same": Weighted(E.FEATURE_SETS["text_implicit"], 0.0),
     "text + all raw implicit columns": ((("t_",) + ("i_d_", "i_share_", "i_decision_", "i_resid_", "i_user_")),),
 }
 
@@ -36,11 +46,15 @@ def ablation(table, seeds: int = 5, folds: int = 5, progress=None) -> dict:
     out = {}
     for label, sets in ABLATION.items():
         key = f"_ablation_{len(out)}"
+        sets, power = (sets.sets, sets.user_weight_power) if isinstance(sets, Weighted) else (sets, None)
         E.FEATURE_SETS[key] = sets
+        saved_power = reward.USER_WEIGHT_POWER
+        reward.USER_WEIGHT_POWER = saved_power if power is None else power
         try:
             r = E.cross_validate(table, key, True, True, seeds, folds)
         finally:
             del E.FEATURE_SETS[key]
+            reward.USER_WEIGHT_POWER = saved_power
         out[label] = {"mean": r["mean"], "sd": r["sd"], "pooled": r["pooled"], "auc": r["auc"]}
         if progress:
             progress(f"{label}: {r['mean']:.3f}")
@@ -63,11 +77,14 @@ def importances(table, feature_set: str = "text_implicit", boots: int = 200, see
     draws = []
     for _ in range(boots):
         chosen = rng.choice(users, size=len(users), replace=True)
-        idx = np.concatenate([np.flatnonzero(table.groups == u) for u in chosen])
+        parts = [np.flatnonzero(table.groups == u) for u in chosen]
+        idx = np.concatenate(parts)
+        draw = np.repeat(np.arange(len(parts)), [len(part) for part in parts])  # a worker drawn twice counts as two
         # expectation and index scales refitted on the resample too
         extra_b, _, _ = fold_columns(table, idx)
         Xb = np.column_stack([table.X, extra_b])[:, columns]
-        draws.append(reward.fit_fixed(Xb[idx], table.y[idx], C, True).coef)
+        draws.append(reward.fit_fixed(Xb[idx], table.y[idx], C, True,
+                                      weights=reward.user_weights(draw)).coef)
     draws = np.array(draws)
     low, high = np.percentile(draws, [2.5, 97.5], axis=0)
     return {"C": C, "boots": boots, "features": [

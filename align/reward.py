@@ -11,7 +11,12 @@ The model is a logistic regression on standardised columns:
   negated, label flipped) and there is no intercept, so P(a ≻ b) = 1 − P(b ≻ a) and no
   side is favoured;
 - the regularisation strength C is chosen by cross-validation *grouped by user* inside
-  the training data it is given (nested when called inside an evaluation fold).
+  the training data it is given (nested when called inside an evaluation fold);
+- each user's rows weigh 1/√(their count) in the fit (:func:`user_weights`): the model
+  is for people it has not seen, and in the study one worker gave 124 of 443 pairs, so
+  unweighted that worker's habits set the direction for everyone. √ rather than 1/count
+  keeps some credit for users who answered more (measured on the development workers
+  only, docs/reward-model.md).
 
 Model files are JSON: format version, task, feature names, fill values, centre, scale,
 coefficients, intercept, the expected-reading models used for the fold-level columns,
@@ -30,6 +35,7 @@ import numpy as np
 FORMAT = "glance-reward"
 FORMAT_VERSION = 1
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+USER_WEIGHT_POWER = 0.5
 
 
 # --- scoring (numpy only) ----------------------------------------------------------------
@@ -98,6 +104,18 @@ class RewardModel:
 
 
 # --- training (scikit-learn, imported lazily) ---------------------------------------------
+def user_weights(groups, power: float | None = None) -> np.ndarray:
+    """Weight of each row: 1 / (rows of its user) ** power (default
+    ``USER_WEIGHT_POWER``; 0 weighs every row the same), scaled to mean 1."""
+    power = USER_WEIGHT_POWER if power is None else power
+    groups = np.asarray(groups)
+    if not len(groups):
+        return np.ones(0)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(float) ** -power
+    return weights / weights.mean()
+
+
 def _augment(X: np.ndarray, y: np.ndarray, symmetric: bool):
     if not symmetric:
         return X, y
@@ -105,12 +123,15 @@ def _augment(X: np.ndarray, y: np.ndarray, symmetric: bool):
 
 
 def fit_fixed(X: np.ndarray, y: np.ndarray, C: float, symmetric: bool, names=None,
-              task: str = "pairwise") -> RewardModel:
-    """Fit one logistic regression with a given C and return it as a RewardModel."""
+              task: str = "pairwise", weights=None) -> RewardModel:
+    """Fit one logistic regression with a given C (rows weighted by ``weights``, default
+    equal) and return it as a RewardModel."""
     from sklearn.linear_model import LogisticRegression
 
     X = np.asarray(X, dtype=np.float64)
     Xa, ya = _augment(X, np.asarray(y), symmetric)
+    weights = np.ones(len(X)) if weights is None else np.asarray(weights, float)
+    weights_a = np.concatenate([weights, weights]) if symmetric else weights
     if symmetric or not len(Xa):
         fill = np.zeros(X.shape[1])
     else:
@@ -126,7 +147,7 @@ def fit_fixed(X: np.ndarray, y: np.ndarray, C: float, symmetric: bool, names=Non
         coef, intercept = np.zeros(X.shape[1]), _logit(float(np.mean(ya)) if len(ya) else 0.5)
     else:
         model = LogisticRegression(C=C, fit_intercept=not symmetric, max_iter=5000)
-        model.fit(Z, ya)
+        model.fit(Z, ya, sample_weight=weights_a)
         coef, intercept = model.coef_[0], float(model.intercept_[0]) if not symmetric else 0.0
     return RewardModel(task=task, names=list(names or [f"x{i}" for i in range(X.shape[1])]),
                        fill=fill, centre=centre, scale=scale, coef=np.asarray(coef, float),
@@ -155,6 +176,7 @@ def choose(X, y, groups, symmetric: bool, candidates=None, seed: int = 0, folds:
     ``candidates`` is a list of column-index lists (default: all columns)."""
     X, y, groups = np.asarray(X, float), np.asarray(y), np.asarray(groups)
     candidates = candidates or [list(range(X.shape[1]))]
+    weights = user_weights(groups)
     splits = _inner_splits(y, groups, seed, folds)
     if not splits:
         return 0, 0.1
@@ -165,7 +187,8 @@ def choose(X, y, groups, symmetric: bool, candidates=None, seed: int = 0, folds:
             for train, test in splits:
                 if len(np.unique(y[train])) < 2:
                     continue
-                model = fit_fixed(X[train][:, columns], y[train], C, symmetric)
+                model = fit_fixed(X[train][:, columns], y[train], C, symmetric,
+                                  weights=weights[train])
                 p = np.clip(model.predict_proba(X[test][:, columns]), 1e-6, 1 - 1e-6)
                 scores.append(np.mean(y[test] * np.log(p) + (1 - y[test]) * np.log(1 - p)))
             if scores and np.mean(scores) > best_score:
@@ -182,7 +205,7 @@ def fit(X, y, groups, symmetric: bool, names=None, task: str = "pairwise", seed:
     k, C = choose(X, y, groups, symmetric, candidates, seed=seed)
     columns = list(candidates[k])
     model = fit_fixed(np.asarray(X, float)[:, columns], y, C, symmetric,
-                      names=[names[i] for i in columns], task=task)
+                      names=[names[i] for i in columns], task=task, weights=user_weights(groups))
     model.info["candidate"] = k
     return model, columns
 

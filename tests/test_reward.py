@@ -192,6 +192,25 @@ def test_score_explains_with_signed_contributions():
     assert p_missing == pytest.approx(1 / (1 + np.exp(-1.0)))
 
 
+def test_one_user_with_most_rows_does_not_set_the_direction_for_everyone():
+    """Ten users with 6 pairs each prefer the reply with more x; one user with 120 pairs
+    prefers less. Unweighted, that one user wins (120 rows against 60); weighted by
+    1/sqrt(rows per user), the ten users do, as they should for a model meant for
+    people it has not seen."""
+    from align import reward
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(180, 1))
+    groups = np.array([f"small{i // 6}" for i in range(60)] + ["big"] * 120)
+    y = np.where(groups == "big", x[:, 0] < 0, x[:, 0] > 0).astype(int)
+    model, _ = reward.fit(x, y, groups, symmetric=True, names=["x"])
+    assert model.coef[0] > 0
+    weights = reward.user_weights(groups)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[groups == "big"].sum() < weights[groups != "big"].sum()
+    equal = reward.fit_fixed(x, y, model.info["C"], True, weights=reward.user_weights(groups, power=0.0))
+    assert equal.coef[0] < 0
+
+
 # --- evaluation end to end -------------------------------------------------------------------
 def test_evaluate_cli_prints_the_bench_keys(folders, tmp_path, monkeypatch, capsys):
     from align.cli import main
