@@ -176,8 +176,29 @@ def evaluate_task(table: Table, other: Table | None, symmetric: bool, seeds: int
             diff = np.subtract(out[feature_set]["grouped"]["_fold_acc"], out["text"]["grouped"]["_fold_acc"])
             out[feature_set]["grouped"]["vs_text"] = {
                 "diff": float(diff.mean()), "sd": float(diff.std(ddof=1)),
-                "folds_better": int(np.sum(diff > 0)), "folds_worse": int(np.sum(diff < 0))}
+                "folds_better": int(np.sum(diff > 0)), "folds_worse": int(np.sum(diff < 0)),
+                **paired_worker_bootstrap(table.y, table.groups, out[feature_set]["grouped"]["_oof"],
+                                          out["text"]["grouped"]["_oof"])}
     return out
+
+
+def paired_worker_bootstrap(y, groups, p_model, p_text, draws: int = 2000, seed: int = 0) -> dict:
+    """Paired test of a model against text on the same out-of-fold predictions (mean over
+    seeds): the difference in pooled accuracy, its 95 % interval over workers resampled
+    with replacement, and the share of resamples where the model is not better. Folds
+    share training rows, so a t-test over folds would overstate the evidence; workers
+    are the independent units here."""
+    y = np.asarray(y)
+    gain = ((np.asarray(p_model) > 0.5) == (y == 1)).astype(float) - ((np.asarray(p_text) > 0.5) == (y == 1))
+    users, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    gain_sum = np.bincount(inverse, weights=gain, minlength=len(users))
+    rows = np.bincount(inverse, minlength=len(users)).astype(float)
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(users), size=(draws, len(users)))
+    boot = gain_sum[chosen].sum(axis=1) / rows[chosen].sum(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"pooled_diff": float(gain.mean()), "ci95_workers": [float(low), float(high)],
+            "p_not_better": float(np.mean(boot <= 0))}
 
 
 def evaluate(data_dir, holdout_dir=None, seeds: int = 5, folds: int = 5, progress=None) -> dict:
@@ -205,6 +226,8 @@ def public(result):
     """Drop private arrays (keys starting with '_') and round for printing."""
     if isinstance(result, dict):
         return {k: public(v) for k, v in result.items() if not k.startswith("_")}
+    if isinstance(result, list):
+        return [public(v) for v in result]
     if isinstance(result, float):
         return round(result, 4) if result == result else None
     return result

@@ -211,6 +211,25 @@ def test_one_user_with_most_rows_does_not_set_the_direction_for_everyone():
     assert equal.coef[0] < 0
 
 
+def test_paired_worker_bootstrap_counts_workers_not_rows():
+    from align.evaluate import paired_worker_bootstrap
+    y = np.array([1, 1, 0, 0, 1, 0])
+    groups = np.array(["u1", "u1", "u2", "u2", "u3", "u3"])
+    right, wrong = np.where(y == 1, 0.9, 0.1), np.where(y == 1, 0.1, 0.9)
+    assert paired_worker_bootstrap(y, groups, right, wrong) == {
+        "pooled_diff": 1.0, "ci95_workers": [1.0, 1.0], "p_not_better": 0.0}
+    # better on one worker's 4 rows, worse on another's 2: +1/3 pooled, but a resample
+    # of workers can hold only the worse one, so the interval reaches below zero
+    y = np.ones(6, int)
+    groups = np.array(["big"] * 4 + ["small"] * 2)
+    model = np.array([0.9] * 4 + [0.1] * 2)
+    text = np.array([0.1] * 4 + [0.9] * 2)
+    result = paired_worker_bootstrap(y, groups, model, text)
+    assert result["pooled_diff"] == pytest.approx(1 / 3)
+    assert result["ci95_workers"][0] == -1.0 and result["ci95_workers"][1] == 1.0
+    assert 0.1 < result["p_not_better"] < 0.4
+
+
 # --- evaluation end to end -------------------------------------------------------------------
 def test_evaluate_cli_prints_the_bench_keys(folders, tmp_path, monkeypatch, capsys):
     from align.cli import main
@@ -225,3 +244,7 @@ def test_evaluate_cli_prints_the_bench_keys(folders, tmp_path, monkeypatch, caps
             assert set(entry["grouped"]) >= {"mean", "sd"} and set(entry["ungrouped"]) >= {"mean", "sd"}
             assert "mean" in entry["holdout"] and set(entry["within_user"]) >= {"mean", "users"}
             assert 0.0 <= entry["grouped"]["mean"] <= 1.0
+        # the paired test against text resamples workers around the pooled difference
+        paired = block["text_implicit"]["grouped"]["vs_text"]
+        low, high = paired["ci95_workers"]
+        assert low <= paired["pooled_diff"] <= high and 0.0 <= paired["p_not_better"] <= 1.0
