@@ -206,7 +206,7 @@ def fit(X, y, groups, symmetric: bool, names=None, task: str = "pairwise", seed:
     columns = list(candidates[k])
     model = fit_fixed(np.asarray(X, float)[:, columns], y, C, symmetric,
                       names=[names[i] for i in columns], task=task, weights=user_weights(groups))
-    model.info["candidate"] = k
+    model.info.update(candidate=k, user_weight_power=USER_WEIGHT_POWER)
     return model, columns
 
 
