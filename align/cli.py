@@ -139,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     reward = commands.add_parser("reward", help="reward model from reading behaviour")
     reward_commands = reward.add_subparsers(dest="reward_command", metavar="SUBCOMMAND")
     train = reward_commands.add_parser("train", help="fit and save reward models")
-    train.add_argument("--ifllm", metavar="DIR",
+    prior = train.add_mutually_exclusive_group()  # one prior: a folder or what was imported
+    prior.add_argument("--ifllm", metavar="DIR",
                        help="add an IFLLM-format folder as a research prior to your own picks")
-    train.add_argument("--research", action="store_true",
+    prior.add_argument("--research", action="store_true",
                        help="add the research data imported into the store (never by default)")
     train.add_argument("--task", choices=("pairwise", "pointwise", "both"), default="both")
     train.add_argument("--features", choices=("text", "implicit", "text_implicit"),

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# No test may touch the developer's own Glance folder: one that forgets the `home`
+# fixture gets this throw-away folder instead of ~/.local/share/Glance.
+os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-tests-home-")
 # Headless CI has no keyring; make that explicit so every run takes the same path.
 os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 

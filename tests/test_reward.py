@@ -132,10 +132,14 @@ def test_cache_round_trip(folders, data, tmp_path, monkeypatch):
     monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path))
     first = read_ifllm(folders[0])
     assert list(tmp_path.glob("ifllm/*.npz"))
+    def parse_again(directory):
+        raise AssertionError("the cache was not used: the folder was parsed again")
+    monkeypatch.setattr("align.ifllm._read", parse_again)
     again = read_ifllm(folders[0])
     assert again.report == first.report == data.report
     for a, b in zip(again.turns, data.turns):
-        assert a.query_id == b.query_id and a.preference == b.preference or np.isnan(b.preference)
+        assert a.query_id == b.query_id
+        assert a.preference == b.preference or (np.isnan(a.preference) and np.isnan(b.preference))
         for ta, tb in zip(a.traces, b.traces):
             for name, array in ta.arrays().items():
                 assert np.array_equal(array, getattr(tb, name), equal_nan=array.dtype.kind == "f")
@@ -148,7 +152,7 @@ def test_not_an_ifllm_folder_is_refused(tmp_path):
 
 
 # --- train, save, score without scikit-learn -----------------------------------------------
-def test_train_saves_models_that_score_without_sklearn(folders, tmp_path, monkeypatch, capsys):
+def test_train_saves_models_that_score_without_sklearn(folders, home, tmp_path, monkeypatch, capsys):
     from align.cli import main
     monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["reward", "train", "--ifllm", str(folders[0]), "--out", str(tmp_path), "--json"]) == 0
@@ -179,6 +183,16 @@ print(p, q, len(top), top[0][0])
     p, q, n_top, first = result.stdout.split()
     assert 0 < float(p) < 1 and float(p) + float(q) == pytest.approx(1.0, abs=1e-9)  # symmetric
     assert int(n_top) > 0 and first in model["names"]
+
+
+def test_train_takes_one_prior_not_two(home, capsys):
+    """--ifllm DIR and --research would each replace the other's data: refused up front."""
+    from align.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reward", "train", "--ifllm", str(IFLLM), "--research"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not home.exists()  # nothing was opened or created
 
 
 def test_score_explains_with_signed_contributions():
