@@ -251,6 +251,27 @@ def model_row(model, row: dict, fa: dict, fb: dict, history: Table | None = None
     return dict(zip(table.names + extra_names, values.tolist()))
 
 
+class ExampleHistory:
+    """A user's earlier examples as a model file's scoring needs them: features only, no
+    labels, oldest first, at most ``keep``. Training centres each row on the same user's
+    earlier rows (``i_user_*``, the user-share index); scoring a new example against
+    this history gives it the very columns it would have had in training."""
+
+    def __init__(self, keep: int = 200):
+        self.keep = keep
+        self.table: Table | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.table is None else len(self.table.y)
+
+    def add(self, row: dict, fa: dict, fb: dict, user_id: str = "user", order: float = 0.0) -> None:
+        names = self.table.names if self.table is not None else sorted(row)
+        one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, None)], names=names)
+        self.table = one if self.table is None else _concat_tables(self.table, one)
+        if len(self.table.y) > self.keep:
+            self.table = self.table.subset(np.arange(len(self.table.y) - self.keep, len(self.table.y)))
+
+
 def model_fitted(model) -> dict:
     """The fold-level fitted parts stored in a model file."""
     stored = model.expected_reading

@@ -63,12 +63,15 @@ def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
 
 
 def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,
-                      traces: dict | None = None) -> dict | None:
+                      traces: dict | None = None, history=None) -> dict | None:
     """Score one shown reply with a pointwise model; None if the store no longer has it.
     The first reply of a conversation is compared with itself (every difference zero):
     its score then rests on what needs no comparison, such as the time to the next message.
     ``traces`` (shown id → ReadingTrace), when given, serves and keeps the traces read:
-    the previous reply's was read when it was scored (a hidden reply's trace is final)."""
+    the previous reply's was read when it was scored (a hidden reply's trace is final).
+    ``history`` (``examples.ExampleHistory``), when given, holds the replies scored before
+    this one: the per-user columns are centred on them as in training, and this reply
+    joins them. Without it every reply counts as the user's first."""
     from .examples import followup_row, model_row
 
     shown = store.traces.shown_reply(shown_reply_id)
@@ -91,7 +94,10 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
         # Columns the model file has no fitted parts for come out NaN (numpy warns about
         # the empty means): they count as average, which is what the model expects.
         warnings.simplefilter("ignore", RuntimeWarning)
-        features = model_row(model, row, fa, fb)
+        features = model_row(model, row, fa, fb, history=history.table if history else None,
+                             order=float(shown["shown_wall_ns"]) / 1e6)
+    if history is not None:
+        history.add(row, fa, fb, order=float(shown["shown_wall_ns"]) / 1e6)
     probability, contributions = model.score(features, top=top)
     return {"shown_reply_id": shown_reply_id, "message_id": shown["message_id"],
             "conversation_id": shown["conversation_id"],
@@ -118,6 +124,11 @@ class ReplyScorer:
         self._model: RewardModel | None = None
         self._model_stamp = None
         self._traces: dict = {}          # the last replies' traces (the next one's "previous")
+        # The replies scored since the app started, for the per-user centring of the next
+        # (the first replies after a start count as a new user's first rows, as in training).
+        # An examples.ExampleHistory made on the scorer's thread: align.examples is not
+        # imported while the window starts.
+        self.history = None
         self._thread = threading.Thread(target=self._run, name="glance-reply-scorer", daemon=True)
         self._thread.start()
 
@@ -156,8 +167,12 @@ class ReplyScorer:
             if model is None or not self.store.consent.is_on("personalise"):
                 continue           # nothing to score with, or nowhere it may be kept
             try:
+                if self.history is None:
+                    from .examples import ExampleHistory
+                    self.history = ExampleHistory()
                 self.store.flush()     # its hidden time and last samples were only queued
-                score = score_shown_reply(self.store, model, item, traces=self._traces)
+                score = score_shown_reply(self.store, model, item, traces=self._traces,
+                                          history=self.history)
                 for stale in list(self._traces)[:-TRACES_KEPT]:
                     del self._traces[stale]
             except Exception as error:  # noqa: BLE001 - one bad trace must not stop scoring

@@ -58,6 +58,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from align.reward import RewardModel
+    from align.examples import ExampleHistory
     from align.scoring import score_shown_reply
     from app.session import AppSession, ReplyOnScreen
     from feedback_store import Conversation, FeedbackStore, Message, ViewportEvent
@@ -104,12 +105,13 @@ def main() -> int:
 
     wall, cpu, read_wall = [], [], []
     traces = {}          # as ReplyScorer keeps them: the previous reply's trace is not read again
+    history = ExampleHistory()   # as ReplyScorer keeps it: per-user centring on the replies before
     for shown_id in shown_ids:
         t0 = time.perf_counter()
         store.traces.for_shown_reply(shown_id)
         read_wall.append((time.perf_counter() - t0) * 1000)
         t0, c0 = time.perf_counter(), time.thread_time()
-        score = score_shown_reply(store, model, shown_id, traces=traces)
+        score = score_shown_reply(store, model, shown_id, traces=traces, history=history)
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.thread_time() - c0) * 1000)
         assert score is not None and 0 < score["probability"] < 1

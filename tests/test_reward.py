@@ -195,6 +195,46 @@ def test_train_takes_one_prior_not_two(home, capsys):
     assert not home.exists()  # nothing was opened or created
 
 
+def test_scoring_with_the_users_history_gives_the_training_columns(data):
+    """Train/serve consistency: one study worker's pointwise rows, scored one after the
+    other with ExampleHistory, get exactly the columns training gave them, including the
+    per-user centred ones (which differ from the raw values after the first row)."""
+    from align.examples import (ExampleHistory, fitted_to_dict, fold_columns, followup_row,
+                                model_row, pointwise_table)
+    from align.reward import RewardModel
+    pairs = data.pointwise_pairs()
+    by_user = {}
+    for previous, current in pairs:
+        by_user.setdefault(current.user_id, []).append((previous, current))
+    user, rows = max(by_user.items(), key=lambda item: len(item[1]))
+    rows.sort(key=lambda pair: pair[1].shown_epoch_ms)
+    assert len(rows) >= 4
+    table = pointwise_table(rows)
+    everything = np.arange(len(table.y))
+    _, _, fitted = fold_columns(table, everything)
+    trained, names, _ = fold_columns(table, everything, expected=fitted["expected"],
+                                     index_scale=fitted["index_scale"])
+    model = RewardModel(task="pointwise", names=[], fill=np.zeros(0), centre=np.zeros(0),
+                        scale=np.ones(0), coef=np.zeros(0), intercept=0.0,
+                        expected_reading=fitted_to_dict(fitted))
+    history = ExampleHistory()
+    centred = [i for i, name in enumerate(names) if name.startswith("i_user_") or name == "i_index_user_share"]
+    assert centred
+    for k, (previous, current) in enumerate(rows):
+        row, fa, fb = followup_row(current.traces[0], previous.traces[0], current.query,
+                                   previous.query, current.duration_ms, previous.duration_ms)
+        served = model_row(model, row, fa, fb, history=history.table, user_id=user,
+                           order=current.shown_epoch_ms)
+        history.add(row, fa, fb, user_id=user, order=current.shown_epoch_ms)
+        for i in centred:
+            assert served[names[i]] == pytest.approx(trained[k, i], nan_ok=True, abs=1e-9), (k, names[i])
+        if k == 0:
+            without = model_row(model, row, fa, fb, user_id=user, order=current.shown_epoch_ms)
+    later = model_row(model, row, fa, fb, user_id=user, order=current.shown_epoch_ms)
+    assert any(later[names[i]] != pytest.approx(trained[-1, i], abs=1e-9) for i in centred)
+    assert all(without[names[i]] == pytest.approx(trained[0, i], nan_ok=True, abs=1e-9) for i in centred)
+
+
 def test_score_explains_with_signed_contributions():
     from align.reward import RewardModel
     model = RewardModel(task="pairwise", names=["t_words_log", "i_index_attention"],

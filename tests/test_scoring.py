@@ -85,6 +85,37 @@ def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(s
     session.close()
 
 
+def test_per_user_columns_are_centred_on_the_replies_scored_before_as_in_training(store):
+    """A model on the user-centred dwell share: training centres each row on the same
+    user's earlier rows, so the scorer must too. Reply 2 is read far more than reply 1;
+    reply 3 exactly as much as reply 2 (raw share 0). Against this user's habit of
+    reading the newer reply more, reply 3 falls below 0.5; scored as if it were the
+    user's first row it would sit at exactly 0.5."""
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    names = ["i_user_share_m_dwell_ms"]
+    RewardModel(task="pointwise", names=names, fill=np.zeros(1), centre=np.zeros(1), scale=np.ones(1),
+                coef=np.array([3.0]), intercept=0.0, info={"version": "centred"}
+                ).save(model_dir(store.data_dir) / "reward-pointwise-centred.json")
+    session = AppSession(store)
+    conversation = store.conversations.create(Conversation(title="bees"))
+    replies = []
+    for i, moves in enumerate((5, 60, 60)):
+        question = store.conversations.add_message(Message(conversation.id, "user", f"Question {i}?"))
+        reply = store.conversations.add_message(Message(conversation.id, "assistant", TEXT,
+                                                        parent_id=question.id))
+        show_and_read(store, session, conversation.id, reply.id, moves=moves)
+        replies.append(reply)
+    session.scorer.wait()
+    assert session.scorer.errors == [] and len(session.scorer.history) == 3
+    store.flush()
+    [second] = store.scores.for_message(replies[1].id)
+    [third] = store.scores.for_message(replies[2].id)
+    assert second["probability"] > 0.6
+    assert third["probability"] < 0.45
+    session.close()
+
+
 def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     store.consent.set("pointer", True)
     session = AppSession(store)
