@@ -1,4 +1,4 @@
-"""`align reward report`: the figures behind docs/reward-model.md.
+"""`python -m align.report DIR SVG`: the figures behind docs/reward-model.md.
 
 - an ablation of feature sets under the grouped protocol (same folds for every row);
 - feature importances of the final pairwise model: standardised coefficients with 95 %

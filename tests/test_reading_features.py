@@ -181,6 +181,24 @@ def test_running_normalisation_uses_only_earlier_rows_of_the_same_user():
     assert changed[:4].tolist() == out[:4].tolist()
 
 
+def test_running_normalisation_with_the_default_prior_never_looks_ahead_or_across_users():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(40, 3))
+    values[5, 1] = np.nan
+    users = rng.choice(["u", "v", "w"], size=40)
+    order = rng.permutation(40).astype(float)
+    out = F.running_normalise(values, users, order)
+    assert np.isnan(out[5, 1]) and not np.isnan(out[5, 0])           # NaN stays NaN, alone
+    for i in range(40):
+        later_or_other = (users != users[i]) | (order > order[i])
+        changed = values.copy()
+        changed[later_or_other] = rng.normal(loc=50.0, size=(later_or_other.sum(), 3))
+        assert np.allclose(F.running_normalise(changed, users, order)[i], out[i], equal_nan=True)
+    # the prior's 3 pseudo-rows at 0: a user's second row is centred on a quarter of the first
+    u = np.flatnonzero(users == "u")[np.argsort(order[users == "u"])]
+    assert out[u[1], 0] == pytest.approx(values[u[1], 0] - values[u[0], 0] / 4)
+
+
 def test_running_percentile_is_half_without_history_and_scale_free():
     users, order = np.array(["u"] * 4), np.arange(4)
     p = F.running_percentile(np.array([5.0, 1.0, 9.0, 5.0]), users, order, prior=0.0)

@@ -235,6 +235,33 @@ def test_scoring_with_the_users_history_gives_the_training_columns(data):
     assert all(without[names[i]] == pytest.approx(trained[0, i], nan_ok=True, abs=1e-9) for i in centred)
 
 
+def test_a_fold_never_learns_from_its_test_workers(data):
+    """Nested evaluation: what the test workers did and chose must not change the model
+    fitted for their fold (expectation, index scales, column choice, C, coefficients)."""
+    from align.evaluate import fit_predict
+    from align.examples import pairwise_table
+    table = pairwise_table(data.pairwise_turns())
+    users = np.unique(table.groups)
+    test = np.flatnonzero(np.isin(table.groups, users[:2]))
+    train = np.setdiff1d(np.arange(len(table.y)), test)
+    _, model = fit_predict(table, train, test, "text_implicit", True)
+    changed = table.subset(np.arange(len(table.y)))
+    changed.y = changed.y.copy()
+    changed.y[test] = 1 - changed.y[test]
+    rng = np.random.default_rng(0)
+    for name in ("X", "observed_a", "observed_b", "text_a", "text_b"):
+        array = getattr(changed, name).copy()
+        array[test] = array[test] + rng.normal(scale=5.0, size=array[test].shape)
+        setattr(changed, name, array)
+    _, again = fit_predict(changed, train, test, "text_implicit", True)
+    assert again.names == model.names and again.info["C"] == model.info["C"]
+    assert np.allclose(again.coef, model.coef) and np.allclose(again.scale, model.scale)
+    # and the same change to training rows does move it (the check can fail)
+    changed.y[train[:10]] = 1 - changed.y[train[:10]]
+    _, moved = fit_predict(changed, train, test, "text_implicit", True)
+    assert not np.allclose(moved.coef, model.coef)
+
+
 def test_score_explains_with_signed_contributions():
     from align.reward import RewardModel
     model = RewardModel(task="pairwise", names=["t_words_log", "i_index_attention"],
@@ -298,6 +325,9 @@ def test_evaluate_cli_prints_the_bench_keys(folders, tmp_path, monkeypatch, caps
             assert set(entry["grouped"]) >= {"mean", "sd"} and set(entry["ungrouped"]) >= {"mean", "sd"}
             assert "mean" in entry["holdout"] and set(entry["within_user"]) >= {"mean", "users"}
             assert 0.0 <= entry["grouped"]["mean"] <= 1.0
+            assert entry["grouped"]["folds"] == entry["ungrouped"]["folds"] == 3   # 1 seed × 3 folds
+            if block is result:
+                assert entry["holdout"]["rows"] == result["holdout_pairs"] > 0
         # the paired test against text resamples workers around the pooled difference
         paired = block["text_implicit"]["grouped"]["vs_text"]
         low, high = paired["ci95_workers"]

@@ -156,6 +156,9 @@ def test_a_model_trained_on_the_study_scores_live_replies(store):
     names = set(RewardModel.load(written["pointwise"]["path"]).names)
     assert 0 < score["probability"] < 1 and score["contributions"]
     assert {name for name, _ in score["contributions"]} <= names
+    # the live reading moved it: reply 2 was read far longer than reply 1
+    assert any(name.startswith("i_") and value != 0 and np.isfinite(value)
+               for name, value in score["contributions"])
     session.close()
 
 
