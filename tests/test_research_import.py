@@ -86,3 +86,24 @@ def test_cli_imports_and_removes(home, folder, cache, capsys):
     assert main(["import-ifllm", "--remove", "--json"]) == 0
     with FeedbackStore.open(home) as store:
         assert set(research_counts(store).values()) == {0}
+
+
+def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp_path, capsys):
+    """Imported study data sits in the store beside the user's own, but `align reward
+    train` learns from it only with --research; without it there is nothing to learn."""
+    from align.cli import main
+    from align.ifllm import write_subset
+    from test_reward import WORKERS as MORE_WORKERS
+    folder = tmp_path / "study"
+    write_subset(IFLLM, folder, MORE_WORKERS)
+    assert main(["import-ifllm", str(folder), "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "models"
+    assert main(["reward", "train", "--out", str(out), "--json"]) == 2
+    assert "no side-by-side picks of yours yet" in capsys.readouterr().err
+    assert not list(out.glob("reward-*.json"))
+    assert main(["reward", "train", "--research", "--task", "pairwise", "--out", str(out), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = json.loads(open(written["pairwise"]["path"]).read())
+    assert model["info"]["source"] == "research" and model["info"]["live_pairs"] == 0
+    assert model["metrics"]["train_users"] >= 2          # the study workers, not one "user"
