@@ -255,7 +255,8 @@ class ExampleHistory:
     """A user's earlier examples as a model file's scoring needs them: features only, no
     labels, oldest first, at most ``keep``. Training centres each row on the same user's
     earlier rows (``i_user_*``, the user-share index); scoring a new example against
-    this history gives it the very columns it would have had in training."""
+    this history gives it the very columns it would have had in training. Each row
+    remembers its conversation, so a deleted conversation stops counting (:meth:`forget`)."""
 
     def __init__(self, keep: int = 200):
         self.keep = keep
@@ -264,12 +265,19 @@ class ExampleHistory:
     def __len__(self) -> int:
         return 0 if self.table is None else len(self.table.y)
 
-    def add(self, row: dict, fa: dict, fb: dict, user_id: str = "user", order: float = 0.0) -> None:
+    def add(self, row: dict, fa: dict, fb: dict, user_id: str = "user", order: float = 0.0,
+            conversation_id: str | None = None) -> None:
         names = self.table.names if self.table is not None else sorted(row)
-        one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, None)], names=names)
+        one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, conversation_id)], names=names)
         self.table = one if self.table is None else _concat_tables(self.table, one)
         if len(self.table.y) > self.keep:
             self.table = self.table.subset(np.arange(len(self.table.y) - self.keep, len(self.table.y)))
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop the rows of a deleted conversation."""
+        if self.table is not None:
+            keep = [i for i, c in enumerate(self.table.ids) if c != conversation_id]
+            self.table = self.table.subset(keep) if keep else None
 
 
 def model_fitted(model) -> dict:

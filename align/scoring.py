@@ -97,7 +97,8 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
         features = model_row(model, row, fa, fb, history=history.table if history else None,
                              order=float(shown["shown_wall_ns"]) / 1e6)
     if history is not None:
-        history.add(row, fa, fb, order=float(shown["shown_wall_ns"]) / 1e6)
+        history.add(row, fa, fb, order=float(shown["shown_wall_ns"]) / 1e6,
+                    conversation_id=shown["conversation_id"])
     probability, contributions = model.score(features, top=top)
     return {"shown_reply_id": shown_reply_id, "message_id": shown["message_id"],
             "conversation_id": shown["conversation_id"],
@@ -135,6 +136,10 @@ class ReplyScorer:
     def submit(self, shown_reply_id: str) -> None:
         self._queue.put(shown_reply_id)
 
+    def forget_conversation(self, conversation_id: str) -> None:
+        """A deleted conversation's replies stop counting in the per-user history."""
+        self._queue.put(("forget", conversation_id))
+
     def wait(self, timeout: float = 30.0) -> None:
         """Until everything submitted so far is scored (tests, shutdown)."""
         done = threading.Event()
@@ -163,6 +168,9 @@ class ReplyScorer:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
+            if isinstance(item, tuple):          # ("forget", conversation id)
+                self._forget(item[1])
+                continue
             model = self.model()
             if model is None or not self.store.consent.is_on("personalise"):
                 continue           # nothing to score with, or nowhere it may be kept
@@ -184,6 +192,11 @@ class ReplyScorer:
                 self.scored += 1
                 if self.on_scored is not None:
                     self.on_scored(score)
+
+    def _forget(self, conversation_id: str) -> None:
+        if self.history is not None:
+            self.history.forget(conversation_id)
+        self._traces.clear()   # cheap to read again; a deleted reply's trace must not linger
 
 
 def score_judge(rows: dict):

@@ -148,6 +148,7 @@ class AppSession:
 
     # --- store jobs that take time (run off the UI thread by the caller) -------------------
     def delete_conversation(self, conversation_id: str) -> None:
+        self.scorer.forget_conversation(conversation_id)
         delete_conversation(self.store, conversation_id, self.training_link)
 
     def export(self, directory: str, progress=None):

@@ -113,6 +113,10 @@ def test_per_user_columns_are_centred_on_the_replies_scored_before_as_in_trainin
     [third] = store.scores.for_message(replies[2].id)
     assert second["probability"] > 0.6
     assert third["probability"] < 0.45
+    # Deleting the conversation takes its replies out of the history at once.
+    session.delete_conversation(conversation.id)
+    session.scorer.wait()
+    assert len(session.scorer.history) == 0 and session.scorer._traces == {}
     session.close()
 
 
