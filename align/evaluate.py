@@ -82,13 +82,15 @@ def full_matrix(table: Table, train_rows) -> tuple[np.ndarray, list[str]]:
 
 
 def fit_predict(table: Table, train_rows, test_rows, feature_set: str, symmetric: bool,
-                seed: int = 0, grouped_inner: bool = True, task: str = "pairwise"):
+                seed: int = 0, grouped_inner: bool = True, task: str = "pairwise",
+                user_weight_power: float = reward.USER_WEIGHT_POWER):
     """Fit on ``train_rows`` (all fitted steps inside) and return P(1) for ``test_rows``
     and the fitted model."""
     X, names = full_matrix(table, train_rows)
     groups = table.groups[train_rows] if grouped_inner else np.arange(len(train_rows))
     model, columns = reward.fit(X[train_rows], table.y[train_rows], groups, symmetric, names=names,
-                                task=task, seed=seed, candidates=candidates(names, feature_set))
+                                task=task, seed=seed, candidates=candidates(names, feature_set),
+                                user_weight_power=user_weight_power)
     return model.predict_proba(X[test_rows][:, columns]), model
 
 
@@ -102,7 +104,8 @@ def _auc(y, p) -> float:
 
 
 def cross_validate(table: Table, feature_set: str, symmetric: bool, grouped: bool,
-                   seeds: int = 5, folds: int = 5) -> dict:
+                   seeds: int = 5, folds: int = 5,
+                   user_weight_power: float = reward.USER_WEIGHT_POWER) -> dict:
     from sklearn.model_selection import GroupKFold, KFold
 
     fold_acc, pooled_acc, pooled_auc, oof_all = [], [], [], []
@@ -115,7 +118,7 @@ def cross_validate(table: Table, feature_set: str, symmetric: bool, grouped: boo
         oof = np.full(len(table.y), np.nan)
         for train, test in splits:
             p, _ = fit_predict(table, train, test, feature_set, symmetric, seed=seed,
-                               grouped_inner=grouped)
+                               grouped_inner=grouped, user_weight_power=user_weight_power)
             oof[test] = p
             fold_acc.append(_accuracy(table.y[test], p))
         pooled_acc.append(_accuracy(table.y, oof))

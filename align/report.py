@@ -17,7 +17,7 @@ from .examples import fold_columns, pairwise_table
 
 
 class Weighted(NamedTuple):
-    """An ablation row fitted with another ``reward.USER_WEIGHT_POWER``."""
+    """An ablation row fitted with another power of the user weights (``reward.user_weights``)."""
     sets: tuple
     user_weight_power: float
 
@@ -46,15 +46,14 @@ def ablation(table, seeds: int = 5, folds: int = 5, progress=None) -> dict:
     out = {}
     for label, sets in ABLATION.items():
         key = f"_ablation_{len(out)}"
-        sets, power = (sets.sets, sets.user_weight_power) if isinstance(sets, Weighted) else (sets, None)
-        E.FEATURE_SETS[key] = sets
-        saved_power = reward.USER_WEIGHT_POWER
-        reward.USER_WEIGHT_POWER = saved_power if power is None else power
+        if not isinstance(sets, Weighted):
+            sets = Weighted(sets, reward.USER_WEIGHT_POWER)
+        E.FEATURE_SETS[key] = sets.sets
         try:
-            r = E.cross_validate(table, key, True, True, seeds, folds)
+            r = E.cross_validate(table, key, True, True, seeds, folds,
+                                 user_weight_power=sets.user_weight_power)
         finally:
             del E.FEATURE_SETS[key]
-            reward.USER_WEIGHT_POWER = saved_power
         out[label] = {"mean": r["mean"], "sd": r["sd"], "pooled": r["pooled"], "auc": r["auc"]}
         if progress:
             progress(f"{label}: {r['mean']:.3f}")

@@ -104,10 +104,9 @@ class RewardModel:
 
 
 # --- training (scikit-learn, imported lazily) ---------------------------------------------
-def user_weights(groups, power: float | None = None) -> np.ndarray:
-    """Weight of each row: 1 / (rows of its user) ** power (default
-    ``USER_WEIGHT_POWER``; 0 weighs every row the same), scaled to mean 1."""
-    power = USER_WEIGHT_POWER if power is None else power
+def user_weights(groups, power: float = USER_WEIGHT_POWER) -> np.ndarray:
+    """Weight of each row: 1 / (rows of its user) ** power (0 weighs every row the same),
+    scaled to mean 1."""
     groups = np.asarray(groups)
     if not len(groups):
         return np.ones(0)
@@ -170,13 +169,14 @@ def _inner_splits(y, groups, seed: int, folds: int):
 
 
 def choose(X, y, groups, symmetric: bool, candidates=None, seed: int = 0, folds: int = 3,
-           grid=C_GRID) -> tuple[int, float]:
+           grid=C_GRID, weights=None) -> tuple[int, float]:
     """The column candidate and C with the best mean held-out log-likelihood in an inner
     cross-validation grouped by user (plain K-fold when there are too few users).
-    ``candidates`` is a list of column-index lists (default: all columns)."""
+    ``candidates`` is a list of column-index lists (default: all columns); ``weights``
+    the rows' weights in the fits (default :func:`user_weights`)."""
     X, y, groups = np.asarray(X, float), np.asarray(y), np.asarray(groups)
     candidates = candidates or [list(range(X.shape[1]))]
-    weights = user_weights(groups)
+    weights = user_weights(groups) if weights is None else np.asarray(weights, float)
     splits = _inner_splits(y, groups, seed, folds)
     if not splits:
         return 0, 0.1
@@ -197,16 +197,17 @@ def choose(X, y, groups, symmetric: bool, candidates=None, seed: int = 0, folds:
 
 
 def fit(X, y, groups, symmetric: bool, names=None, task: str = "pairwise", seed: int = 0,
-        candidates=None) -> tuple[RewardModel, list[int]]:
+        candidates=None, user_weight_power: float = USER_WEIGHT_POWER) -> tuple[RewardModel, list[int]]:
     """Choose the columns (among ``candidates``) and C by grouped inner CV on (X, y), then
     fit on all of it. Returns the model (over the chosen columns) and those columns."""
     names = list(names or [f"x{i}" for i in range(np.asarray(X).shape[1])])
     candidates = candidates or [list(range(len(names)))]
-    k, C = choose(X, y, groups, symmetric, candidates, seed=seed)
+    weights = user_weights(groups, user_weight_power)
+    k, C = choose(X, y, groups, symmetric, candidates, seed=seed, weights=weights)
     columns = list(candidates[k])
     model = fit_fixed(np.asarray(X, float)[:, columns], y, C, symmetric,
-                      names=[names[i] for i in columns], task=task, weights=user_weights(groups))
-    model.info.update(candidate=k, user_weight_power=USER_WEIGHT_POWER)
+                      names=[names[i] for i in columns], task=task, weights=weights)
+    model.info.update(candidate=k, user_weight_power=user_weight_power)
     return model, columns
 
 

@@ -94,11 +94,11 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
         # Columns the model file has no fitted parts for come out NaN (numpy warns about
         # the empty means): they count as average, which is what the model expects.
         warnings.simplefilter("ignore", RuntimeWarning)
-        features = model_row(model, row, fa, fb, history=history.table if history else None,
-                             order=float(shown["shown_wall_ns"]) / 1e6)
+        shown_ms = float(shown["shown_wall_ns"]) / 1e6
+        features = model_row(model, row, fa, fb, order=shown_ms,
+                             history=history.table if history is not None else None)
     if history is not None:
-        history.add(row, fa, fb, order=float(shown["shown_wall_ns"]) / 1e6,
-                    conversation_id=shown["conversation_id"])
+        history.add(row, fa, fb, order=shown_ms, conversation_id=shown["conversation_id"])
     probability, contributions = model.score(features, top=top)
     return {"shown_reply_id": shown_reply_id, "message_id": shown["message_id"],
             "conversation_id": shown["conversation_id"],
