@@ -102,7 +102,11 @@ def cmd_reward_evaluate(args) -> int:
     from .evaluate import evaluate
 
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
-    result = evaluate(args.ifllm, args.holdout, seeds=args.seeds, folds=args.folds, progress=progress)
+    try:
+        result = evaluate(args.ifllm, args.holdout, seeds=args.seeds, folds=args.folds, progress=progress)
+    except (ValueError, OSError) as error:      # IfllmFormatError is a ValueError
+        print(f"align reward evaluate: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
     else:
@@ -126,7 +130,11 @@ def cmd_ifllm_subset(args) -> int:
     if not workers:
         print("align ifllm-subset: give --workers or --workers-file", file=sys.stderr)
         return 2
-    counts = write_subset(args.source, args.target, workers, exclude=args.exclude)
+    try:
+        counts = write_subset(args.source, args.target, workers, exclude=args.exclude)
+    except (ValueError, OSError) as error:
+        print(f"align ifllm-subset: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(counts))
     return 0
 

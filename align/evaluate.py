@@ -208,20 +208,33 @@ def evaluate(data_dir, holdout_dir=None, seeds: int = 5, folds: int = 5, progres
     """Everything ``align reward evaluate --json`` prints (keys: ../shared/BENCH.md)."""
     from .ifllm import read_ifllm
 
+    if folds < 2 or seeds < 1:
+        raise ValueError(f"--folds must be at least 2 and --seeds at least 1 (got {folds}, {seeds})")
     data = read_ifllm(data_dir)
-    other = read_ifllm(holdout_dir) if holdout_dir else None
+    other = read_ifllm(holdout_dir) if holdout_dir else None   # both checked before any fit
     pair = pairwise_table(data.pairwise_turns())
     point = pointwise_table(data.pointwise_pairs())
+    workers = len(np.unique(pair.groups))
+    if workers < folds or len(np.unique(pair.y)) < 2:
+        raise ValueError(f"{data_dir} has {len(pair.y)} labelled side-by-side pairs from {workers} "
+                         f"workers: folds grouped by worker need both choices and at least "
+                         f"{folds} workers (--folds)")
     pair_other = pairwise_table(other.pairwise_turns()) if other else None
     point_other = pointwise_table(other.pointwise_pairs()) if other else None
-    result = {"pairs": int(len(pair.y)), "workers": int(len(np.unique(pair.groups)))}
+    result = {"pairs": int(len(pair.y)), "workers": workers}
     result.update(public(evaluate_task(pair, pair_other, True, seeds, folds, progress=progress)))
-    point_result = public(evaluate_task(point, point_other, False, seeds, folds, progress=progress))
+    point_workers = len(np.unique(point.groups))
+    if point_workers >= folds and len(np.unique(point.y)) == 2:
+        point_result = public(evaluate_task(point, point_other, False, seeds, folds, progress=progress))
+    else:
+        point_result = {"skipped": f"{len(point.y)} labelled pointwise turns from {point_workers} "
+                                   f"workers: too few for {folds} grouped folds"}
     point_result["rows"] = int(len(point.y))
     point_result["majority"] = float(max(point.y.mean(), 1 - point.y.mean())) if len(point.y) else None
     result["pointwise"] = point_result
     if other is not None:
         result["holdout_pairs"] = int(len(pair_other.y))
+        result["pointwise"]["holdout_rows"] = int(len(point_other.y))
     return result
 
 

@@ -1,7 +1,9 @@
 """Read a folder in the IFLLM compact-Parquet format into turns with reading traces.
 
-Format: ``queries.parquet``, ``samples.parquet``, ``tasks.parquet``, ``workers.parquet``
-(see ``../shared/ifllm/README.md``). Any folder in that format works (``--holdout``).
+Format: ``queries.parquet`` and ``samples.parquet`` are read; ``tasks.parquet`` and
+``workers.parquet`` may be there too (see ``../shared/ifllm/README.md``). Any folder in
+that format works (``--holdout``): the files and columns read are checked before reading,
+and a folder that lacks one gets a message naming it (``IfllmFormatError``).
 DuckDB reads the Parquet files directly (in memory, extensions never fetched); pandas is
 not used.
 
@@ -57,7 +59,16 @@ import numpy as np
 from feedback_store.trace import GAZE, MOUSE, PairTrace, ReadingTrace
 from feedback_store.words import wrap_line_starts
 
-FILES = ("queries.parquet", "samples.parquet", "tasks.parquet", "workers.parquet")
+# The files and columns the reader uses; the release's other columns are ignored.
+COLUMNS = {
+    "queries.parquet": ("user_id", "task_id", "query_ID", "user_query", "llm_response_1",
+                        "llm_response_2", "likert_1", "likert_2", "preference", "adjustment",
+                        "query_timestamp", "llm_name_1", "llm_name_2"),
+    "samples.parquet": ("worker", "task_id", "kind", "row", "x", "y", "window", "centre_idx",
+                        "validate", "epoch_ms"),
+}
+OPTIONAL_FILES = ("tasks.parquet", "workers.parquet")   # copied by write_subset, never read
+FILES = (*COLUMNS, *OPTIONAL_FILES)
 CACHE_VERSION = 5
 HOUR_MS = 3_600_000
 SHIFTS_H = tuple(range(-12, 13))
@@ -188,9 +199,31 @@ def read_ifllm(directory, use_cache: bool = True) -> IfllmData:
 
 
 def check_folder(directory: Path) -> None:
-    missing = [name for name in FILES if not (directory / name).is_file()]
+    """Refuse, with the reason, a folder whose files or columns the reader needs are not
+    there (reads only the Parquet footers)."""
+    directory = Path(directory)
+    missing = [name for name in COLUMNS if not (directory / name).is_file()]
     if missing:
         raise IfllmFormatError(f"{directory} is not an IFLLM folder: missing {', '.join(missing)}")
+    con = connect()
+    try:
+        for name, wanted in COLUMNS.items():
+            try:
+                have = {row[0].lower() for row in con.execute(
+                    f"describe select * from {_sql_path(directory / name)}").fetchall()}
+            except duckdb.Error as error:
+                raise IfllmFormatError(f"{directory / name} is not a readable Parquet file "
+                                       f"({str(error).splitlines()[0]})") from None
+            lacking = [column for column in wanted if column.lower() not in have]
+            if lacking:
+                raise IfllmFormatError(f"{directory / name} lacks the column"
+                                       f"{'s' if len(lacking) > 1 else ''} {', '.join(lacking)}")
+    finally:
+        con.close()
+
+
+def present_files(directory: Path) -> list[str]:
+    return [name for name in FILES if (Path(directory) / name).is_file()]
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -527,7 +560,7 @@ def _build_turns(task: dict) -> list[Turn]:
 # --- cache ---------------------------------------------------------------------------
 def _fingerprint(directory: Path) -> str:
     parts = [str(CACHE_VERSION), str(directory.resolve())]
-    for name in FILES:
+    for name in present_files(directory):
         stat = (directory / name).stat()
         parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
@@ -603,17 +636,11 @@ def write_subset(source, target, workers, exclude: bool = False) -> dict:
     counts = {}
     for name, column in (("queries", "user_id"), ("tasks", "user_id"), ("workers", "user_id"),
                          ("samples", "worker")):
+        if not (source / f"{name}.parquet").is_file():
+            continue                      # an optional file this folder does not have
         src, dst = _sql_path(source / f"{name}.parquet"), _sql_path(target / f"{name}.parquet")
         counts[name] = con.execute(
             f"copy (select * from {src} where {column} {test} (select worker from chosen)) "
             f"to {dst} (format parquet)").fetchone()[0]
     con.close()
     return counts
-
-
-def folder_workers(directory) -> list[str]:
-    con = connect()
-    rows = con.execute(f"select distinct user_id from {_sql_path(Path(directory) / 'workers.parquet')} "
-                       "where user_id is not null order by 1").fetchall()
-    con.close()
-    return [r[0] for r in rows]

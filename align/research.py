@@ -26,7 +26,7 @@ from feedback_store import tables
 from feedback_store.connection import transaction
 from feedback_store.trace import ReadingTrace
 
-from .ifllm import FILES, IfllmData, Turn, check_folder, read_ifllm
+from .ifllm import IfllmData, Turn, check_folder, present_files, read_ifllm
 
 RESEARCH_TABLES = [t.name for t in tables.in_scope("research")]
 _INT_NULL = np.iinfo(np.int64).min
@@ -41,7 +41,7 @@ def folder_fingerprint(directory) -> str:
     places is one import."""
     directory = Path(directory)
     digest = hashlib.sha256()
-    for name in FILES:
+    for name in present_files(directory):
         path = directory / name
         digest.update(f"{name}:{path.stat().st_size}".encode())
         if name != "samples.parquet":  # the small files in full; samples by size

@@ -151,6 +151,40 @@ def test_not_an_ifllm_folder_is_refused(tmp_path):
         read_ifllm(tmp_path)
 
 
+def test_a_folder_is_read_from_the_files_and_columns_it_has(folders, data, tmp_path, capsys):
+    """The reviewers' withheld folder is "in the same format": the reader needs queries and
+    samples only (the study's tasks/workers tables are optional), ignores extra columns,
+    and refuses a folder that lacks a column it reads, naming it, before any fitting."""
+    import shutil
+    from align.cli import main
+    from align.ifllm import read_ifllm
+    small = folders[0]
+    lean = tmp_path / "lean"
+    lean.mkdir()
+    shutil.copy(small / "queries.parquet", lean)
+    sql(f"copy (select 1 as extra, * from '{small}/samples.parquet') to '{lean}/samples.parquet' (format parquet)")
+    again = read_ifllm(lean, use_cache=False)
+    assert [t.query_id for t in again.turns] == [t.query_id for t in data.turns]
+    assert again.report["read"]["pairwise_labelled"] == data.report["read"]["pairwise_labelled"]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(small / "samples.parquet", broken)
+    sql(f"copy (select * exclude (likert_2) from '{small}/queries.parquet') to '{broken}/queries.parquet' (format parquet)")
+    (tmp_path / "unlabelled").mkdir()
+    shutil.copy(small / "samples.parquet", tmp_path / "unlabelled")
+    sql(f"copy (select * replace (null::bigint as preference) from '{small}/queries.parquet') "
+        f"to '{tmp_path / 'unlabelled'}/queries.parquet' (format parquet)")
+    for args, reason in ((["--ifllm", str(small), "--holdout", str(broken)], "lacks the column likert_2"),
+                         (["--ifllm", str(tmp_path / "unlabelled")], "0 labelled side-by-side pairs")):
+        capsys.readouterr()
+        assert main(["reward", "evaluate", *args, "--seeds", "1", "--folds", "3"]) == 2
+        captured = capsys.readouterr()
+        assert reason in captured.err and "Traceback" not in captured.err
+        # refused before any fold was fitted (each fitted set prints its progress line)
+        assert "grouped:" not in captured.err and captured.out == ""
+
+
 # --- train, save, score without scikit-learn -----------------------------------------------
 def test_train_saves_models_that_score_without_sklearn(folders, home, tmp_path, monkeypatch, capsys):
     from align.cli import main
