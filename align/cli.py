@@ -107,6 +107,10 @@ def cmd_reward_evaluate(args) -> int:
     except (ValueError, OSError) as error:      # IfllmFormatError is a ValueError
         print(f"align reward evaluate: {error}", file=sys.stderr)
         return 2
+    if result.get("holdout_shared_workers"):
+        print(f"align reward evaluate: warning: {result['holdout_shared_workers']} workers of "
+              f"{args.holdout} are also in {args.ifllm}; its figures are not on unseen people",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -234,6 +234,8 @@ def evaluate(data_dir, holdout_dir=None, seeds: int = 5, folds: int = 5, progres
     result["pointwise"] = point_result
     if other is not None:
         result["holdout_pairs"] = int(len(pair_other.y))
+        # A holdout is only a holdout if none of its people trained the model.
+        result["holdout_shared_workers"] = len(set(data.workers()) & set(other.workers()))
         result["pointwise"]["holdout_rows"] = int(len(point_other.y))
     return result
 

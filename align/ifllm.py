@@ -248,7 +248,7 @@ def _read(directory: Path) -> IfllmData:
     rows = con.execute(f"""
         select user_id, task_id, query_ID, coalesce(user_query, ''), coalesce(llm_response_1, ''),
                llm_response_2, likert_1, likert_2, preference, coalesce(adjustment, 0),
-               epoch_ms(try_strptime(query_timestamp, '%Y-%m-%d %H:%M:%S')), llm_name_1, llm_name_2
+               epoch_ms(try_strptime(query_timestamp::varchar, '%Y-%m-%d %H:%M:%S')), llm_name_1, llm_name_2
         from {queries_file} order by user_id, task_id, query_ID""").fetchall()
     report["read"]["queries"] = len(rows)
     tasks: dict[tuple, list] = {}

@@ -366,3 +366,16 @@ def test_evaluate_cli_prints_the_bench_keys(folders, tmp_path, monkeypatch, caps
         paired = block["text_implicit"]["grouped"]["vs_text"]
         low, high = paired["ci95_workers"]
         assert low <= paired["pooled_diff"] <= high and 0.0 <= paired["p_not_better"] <= 1.0
+    assert result["holdout_shared_workers"] == 0 and result["pointwise"]["holdout_rows"] > 0
+
+
+def test_a_holdout_that_shares_workers_is_flagged(folders, tmp_path, monkeypatch, capsys):
+    from align.cli import main
+    monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path))
+    small = str(folders[0])
+    assert main(["reward", "evaluate", "--ifllm", small, "--holdout", small,
+                 "--seeds", "1", "--folds", "3", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["holdout_shared_workers"] == len(WORKERS)
+    assert "not on unseen people" in captured.err
