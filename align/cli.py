@@ -74,6 +74,13 @@ def cmd_import_ifllm(args) -> int:
     if not args.remove and not args.directory:
         print("align import-ifllm: give DIR (or --remove)", file=sys.stderr)
         return 2
+    if not args.remove:
+        from .ifllm import check_folder
+        try:
+            check_folder(args.directory)    # a bad folder is a bad argument: before the store opens
+        except (ValueError, OSError) as error:
+            print(f"align import-ifllm: {error}", file=sys.stderr)
+            return 2
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
         with FeedbackStore.open() as store:

@@ -88,6 +88,15 @@ def test_cli_imports_and_removes(home, folder, cache, capsys):
         assert set(research_counts(store).values()) == {0}
 
 
+def test_cli_refuses_a_folder_that_is_not_ifllm_before_opening_the_store(home, tmp_path, capsys):
+    from align.cli import main
+    (tmp_path / "queries.parquet").write_text("not parquet")
+    assert main(["import-ifllm", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing samples.parquet" in err and "Traceback" not in err
+    assert not (home / "glance.db").exists()       # nothing was created for a bad argument
+
+
 def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp_path, capsys):
     """Imported study data sits in the store beside the user's own, but `align reward
     train` learns from it only with --research; without it there is nothing to learn."""
