@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.add_argument("--search", help="only those whose title or text contains this")
     conversations.add_argument("--json", action="store_true")
 
-    doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database")
+    doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database, reward models")
     doctor.add_argument("--json", action="store_true")
 
     models = commands.add_parser("models", help="list, add or download models")
@@ -229,6 +229,7 @@ def cmd_doctor(args) -> int:
                                   "counts": status["counts"]}
     except StoreError as error:
         report["database"] = {"ok": False, "error": str(error)}
+    report["reward"] = _reward_models()
     if args.json:
         print(json.dumps(report))
     else:
@@ -242,7 +243,39 @@ def cmd_doctor(args) -> int:
         database = report["database"]
         print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
                               f"{database['schema_version']}" if database["ok"] else database["error"]))
+        for task, model in report["reward"].items():
+            if model is None:
+                text = ("none: replies are not scored from your reading (align reward train)"
+                        if task == "pointwise" else "none")
+            elif "error" in model:
+                text = model["error"]
+            else:
+                about = [model["source"] or "source not recorded"]
+                if model["train_rows"] is not None:
+                    about.append(f"{model['train_rows']} examples, {model['live_pairs']} of them your picks")
+                text = f"{model['file']} ({', '.join(about)})"
+            print(f"Reward {task}: {text}")
     return 0 if report["database"]["ok"] and report["model"]["ok"] else 1
+
+
+def _reward_models() -> dict:
+    """The reward models the app and the nightly job would use (the newest file of each
+    task that loads), or why there is none. Optional: never a doctor failure."""
+    from align.scoring import model_dir, newest_model
+    directory = model_dir(glance_home())
+    report = {}
+    for task in ("pointwise", "pairwise"):
+        files = sorted(directory.glob(f"reward-{task}-*.json")) if directory.is_dir() else []
+        model = newest_model(directory, task) if files else None
+        if model is None:
+            report[task] = {"error": f"{len(files)} model files in {directory}, none loads"} if files else None
+            continue
+        report[task] = {"file": model.info["file"], "version": str(model.info.get("version")),
+                        "source": model.info.get("source"),
+                        "train_rows": model.metrics.get("train_rows"),
+                        "live_pairs": model.info.get("live_pairs", 0),
+                        "columns": len(model.names)}
+    return report
 
 
 def cmd_models(args) -> int:

@@ -55,6 +55,24 @@ def test_doctor_json(home):
     assert report["data_dir"] == str(home)
     assert report["database"]["ok"] and report["database"]["encryption"] is True
     assert "available" in report["camera"]
+    assert report["reward"] == {"pointwise": None, "pairwise": None}   # Glance ships none
+
+
+def test_doctor_names_the_reward_model_the_app_scores_with(home):
+    """The newest pointwise file that loads is the one the app uses; a file that does not
+    load is reported, never a crash."""
+    from test_scoring import pointwise_model
+    (home / "reward").mkdir(parents=True)
+    (home / "reward" / "reward-pairwise-20261207T000000Z.json").write_text("{broken")
+    pointwise_model(home / "reward", stamp="20261201T000000Z")
+    newest = pointwise_model(home / "reward", stamp="20261202T000000Z")
+    result = run_glance("doctor", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    reward = json.loads(result.stdout)["reward"]
+    assert reward["pointwise"]["file"] == newest.name and reward["pointwise"]["columns"] == 2
+    assert "none loads" in reward["pairwise"]["error"]
+    text = run_glance("doctor", home=home).stdout
+    assert f"Reward pointwise: {newest.name}" in text
 
 
 def test_sigkill_mid_stream_keeps_every_committed_message(home):
