@@ -26,6 +26,9 @@ from .reward import RewardModel
 
 POINTWISE = "pointwise"
 TRACES_KEPT = 4       # recent traces ReplyScorer keeps: a reply is scored against the one before
+# Scored replies read back when the app starts, to restore the per-user history (each costs
+# about a scoring's CPU, once, on the scorer's thread: bench/reward_scoring.py).
+HISTORY_RESTORED = 50
 
 
 def model_dir(data_dir: Path) -> Path:
@@ -62,23 +65,16 @@ def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
             prompt_of(previous["message_id"]) if previous else "")
 
 
-def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,
-                      traces: dict | None = None, history=None) -> dict | None:
-    """Score one shown reply with a pointwise model; None if the store no longer has it.
-    The first reply of a conversation is compared with itself (every difference zero):
-    its score then rests on what needs no comparison, such as the time to the next message.
-    ``traces`` (shown id → ReadingTrace), when given, serves and keeps the traces read:
-    the previous reply's was read when it was scored (a hidden reply's trace is final).
-    ``history`` (``examples.ExampleHistory``), when given, holds the replies scored before
-    this one: the per-user columns are centred on them as in training, and this reply
-    joins them. Without it every reply counts as the user's first."""
-    from .examples import followup_row, model_row
+def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
+    """(the shown reply's row, its previous shown reply or None, the columns and per-side
+    features) as training builds them, or None if the store no longer has it. ``traces``
+    (shown id → ReadingTrace) serves and keeps the traces read."""
+    from .examples import followup_row
 
     shown = store.traces.shown_reply(shown_reply_id)
     if shown is None:
         return None
     query, previous, previous_query = _reply_context(store, shown)
-    traces = {} if traces is None else traces
 
     def trace(shown_id):
         if shown_id not in traces:
@@ -90,6 +86,25 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
     before_for = before.shown_for_ms if math.isfinite(before.shown_for_ms) else shown_for
     row, fa, fb = followup_row(current, before, query, previous_query if previous else query,
                                shown_for, before_for)
+    return shown, previous, row, fa, fb
+
+
+def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,
+                      traces: dict | None = None, history=None) -> dict | None:
+    """Score one shown reply with a pointwise model; None if the store no longer has it.
+    The first reply of a conversation is compared with itself (every difference zero):
+    its score then rests on what needs no comparison, such as the time to the next message.
+    ``traces`` (shown id → ReadingTrace), when given, serves and keeps the traces read:
+    the previous reply's was read when it was scored (a hidden reply's trace is final).
+    ``history`` (``examples.ExampleHistory``), when given, holds the replies scored before
+    this one: the per-user columns are centred on them as in training, and this reply
+    joins them. Without it every reply counts as the user's first."""
+    from .examples import model_row
+
+    example = _example(store, shown_reply_id, {} if traces is None else traces)
+    if example is None:
+        return None
+    shown, previous, row, fa, fb = example
     with warnings.catch_warnings():
         # Columns the model file has no fitted parts for come out NaN (numpy warns about
         # the empty means): they count as average, which is what the model expects.
@@ -105,6 +120,29 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
             "previous_message_id": previous["message_id"] if previous else None,
             "model": str(model.info.get("version")), "task": model.task,
             "probability": probability, "contributions": contributions}
+
+
+def restore_history(store, history, limit: int = HISTORY_RESTORED) -> int:
+    """Refill an empty ``history`` with the replies scored before this start (the newest
+    ``limit``, oldest first), their rows recomputed from the traces still stored; returns
+    how many. Training centres a user's row on *all* their earlier rows, so a new start
+    must not make the next reply count as the user's first. Only scored replies come back:
+    a deleted conversation's or an expired reply's score is gone with its samples, and
+    without the personalisation consent nothing was scored."""
+    rows = store._rows(
+        "SELECT s.shown_reply_id FROM reply_scores s JOIN shown_replies r ON r.id = s.shown_reply_id "
+        "GROUP BY s.shown_reply_id, r.shown_wall_ns ORDER BY r.shown_wall_ns DESC LIMIT ?", (limit,))
+    traces: dict = {}
+    restored = 0
+    for row in reversed(rows):
+        example = _example(store, row["shown_reply_id"], traces)
+        if example is None:
+            continue
+        shown, _, columns, fa, fb = example
+        history.add(columns, fa, fb, order=float(shown["shown_wall_ns"]) / 1e6,
+                    conversation_id=shown["conversation_id"])
+        restored += 1
+    return restored
 
 
 class ReplyScorer:
@@ -125,11 +163,12 @@ class ReplyScorer:
         self._model: RewardModel | None = None
         self._model_stamp = None
         self._traces: dict = {}          # the last replies' traces (the next one's "previous")
-        # The replies scored since the app started, for the per-user centring of the next
-        # (the first replies after a start count as a new user's first rows, as in training).
-        # An examples.ExampleHistory made on the scorer's thread: align.examples is not
-        # imported while the window starts.
+        # The replies scored before, for the per-user centring of the next, as in training:
+        # an examples.ExampleHistory made on the scorer's thread when it first scores and
+        # restored from the store (restore_history), so align.examples is not imported
+        # while the window starts.
         self.history = None
+        self.restored = 0
         self._thread = threading.Thread(target=self._run, name="glance-reply-scorer", daemon=True)
         self._thread.start()
 
@@ -175,10 +214,11 @@ class ReplyScorer:
             if model is None or not self.store.consent.is_on("personalise"):
                 continue           # nothing to score with, or nowhere it may be kept
             try:
+                self.store.flush()     # its hidden time and last samples were only queued
                 if self.history is None:
                     from .examples import ExampleHistory
                     self.history = ExampleHistory()
-                self.store.flush()     # its hidden time and last samples were only queued
+                    self.restored = restore_history(self.store, self.history)
                 score = score_shown_reply(self.store, model, item, traces=self._traces,
                                           history=self.history)
                 for stale in list(self._traces)[:-TRACES_KEPT]:

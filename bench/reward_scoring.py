@@ -9,6 +9,8 @@ model is trained on ../shared/ifllm first (or given with --model). Then every re
 scored with ``score_shown_reply``: the reading trace read back from the store, the
 features against the previous reply, the model. Reported: wall and CPU milliseconds per
 reply (median and p95), and the same for the read-back alone. Target (issue): < 20 ms.
+Then, as the next start of the app does once, the per-user history is restored from the
+scored replies (at most ``HISTORY_RESTORED``): wall and CPU milliseconds.
 """
 import argparse
 import os
@@ -59,7 +61,7 @@ def main() -> int:
 
     from align.reward import RewardModel
     from align.examples import ExampleHistory
-    from align.scoring import score_shown_reply
+    from align.scoring import restore_history, score_shown_reply
     from app.session import AppSession, ReplyOnScreen
     from feedback_store import Conversation, FeedbackStore, Message, ViewportEvent
 
@@ -68,7 +70,9 @@ def main() -> int:
         model = RewardModel.load(args.model)
     else:
         from align.train import train_ifllm
-        written = train_ifllm(ROOT.parent / "shared" / "ifllm", home / "reward", tasks=("pointwise",))
+        # Not into home/reward, where the session's own scorer would find it and score
+        # beside the measurement.
+        written = train_ifllm(ROOT.parent / "shared" / "ifllm", home.parent / "models", tasks=("pointwise",))
         model = RewardModel.load(written["pointwise"]["path"])
 
     store = FeedbackStore.open(home)
@@ -115,7 +119,14 @@ def main() -> int:
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.thread_time() - c0) * 1000)
         assert score is not None and 0 < score["probability"] < 1
+        store.scores.record(**score)                  # as ReplyScorer does
+    assert session.scorer.scored == 0                 # nothing scored beside the measurement
     session.close()
+    store.flush()
+    # The next start restores the per-user history from the scored replies (once).
+    t0, c0 = time.perf_counter(), time.thread_time()
+    restored = restore_history(store, ExampleHistory())
+    restore_wall, restore_cpu = (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000
     store.close()
 
     def p95(values):
@@ -124,6 +135,8 @@ def main() -> int:
               "score_ms_p50": round(statistics.median(wall), 2), "score_ms_p95": round(p95(wall), 2),
               "score_cpu_ms_p50": round(statistics.median(cpu), 2), "score_cpu_ms_p95": round(p95(cpu), 2),
               "read_back_ms_p50": round(statistics.median(read_wall), 2),
+              "history_restored": restored, "history_restore_ms": round(restore_wall, 1),
+              "history_restore_cpu_ms": round(restore_cpu, 1),
               "model": model.info.get("version"), "model_columns": len(model.names),
               "loadavg_1m": round(os.getloadavg()[0], 2)}
     print_result(result, args.json)

@@ -120,6 +120,53 @@ def test_per_user_columns_are_centred_on_the_replies_scored_before_as_in_trainin
     session.close()
 
 
+def test_the_per_user_history_is_restored_when_the_app_starts_again(store):
+    """Training centres a row on all of the user's earlier rows, not on those since some
+    start: after a restart the scorer reads the scored replies back, so the next reply is
+    scored exactly as without the restart (as the user's first it would sit at 0.5)."""
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    RewardModel(task="pointwise", names=["i_user_share_m_dwell_ms"], fill=np.zeros(1),
+                centre=np.zeros(1), scale=np.ones(1), coef=np.array([3.0]), intercept=0.0,
+                info={"version": "centred"}).save(model_dir(store.data_dir) / "reward-pointwise-centred.json")
+    conversation = store.conversations.create(Conversation(title="bees"))
+
+    def ask_and_read(session, i, moves):
+        question = store.conversations.add_message(Message(conversation.id, "user", f"Question {i}?"))
+        reply = store.conversations.add_message(Message(conversation.id, "assistant", TEXT,
+                                                        parent_id=question.id))
+        show_and_read(store, session, conversation.id, reply.id, moves=moves)
+        session.scorer.wait()
+        return reply
+
+    first_run = AppSession(store)
+    ask_and_read(first_run, 0, 5)
+    ask_and_read(first_run, 1, 60)
+    before = first_run.scorer.history.table
+    first_run.close()
+
+    second_run = AppSession(store)
+    third = ask_and_read(second_run, 2, 60)
+    assert second_run.scorer.errors == [] and second_run.scorer.restored == 2
+    restored = second_run.scorer.history.table.subset([0, 1])
+    assert restored.names == before.names and restored.ids == before.ids
+    assert np.allclose(restored.X, before.X, equal_nan=True)
+    store.flush()
+    [score] = store.scores.for_message(third.id)
+    assert score["probability"] < 0.45           # against the habit from before the restart
+    # A deleted conversation's replies are not restored: their scores went with it.
+    second_run.delete_conversation(conversation.id)
+    second_run.close()
+    third_run = AppSession(store)
+    other = store.conversations.create(Conversation(title="other"))
+    question = store.conversations.add_message(Message(other.id, "user", "Again?"))
+    reply = store.conversations.add_message(Message(other.id, "assistant", TEXT, parent_id=question.id))
+    show_and_read(store, third_run, other.id, reply.id, moves=60)
+    third_run.scorer.wait()
+    assert third_run.scorer.restored == 0 and len(third_run.scorer.history) == 1
+    third_run.close()
+
+
 def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     store.consent.set("pointer", True)
     session = AppSession(store)
