@@ -218,10 +218,13 @@ class SampleManager:
         return rows
 
     def session_summary(self) -> list[dict]:
-        """Per app session: replies shown and samples per signal (the privacy data view)."""
+        """Per app session: replies shown, samples per signal and replies the reward model
+        scored from them (the privacy data view)."""
         return self.store._rows(
             "SELECT s.id, s.started_wall_ns,"
             " (SELECT count(*) FROM shown_replies r WHERE r.session_id = s.id) AS replies,"
             " (SELECT count(*) FROM pointer_samples p WHERE p.session_id = s.id) AS pointer,"
-            " (SELECT count(*) FROM gaze_samples g WHERE g.session_id = s.id) AS gaze"
+            " (SELECT count(*) FROM gaze_samples g WHERE g.session_id = s.id) AS gaze,"
+            " (SELECT count(*) FROM reply_scores c JOIN shown_replies r ON r.id = c.shown_reply_id"
+            "  WHERE r.session_id = s.id) AS scored"
             " FROM app_sessions s ORDER BY s.started_wall_ns DESC")

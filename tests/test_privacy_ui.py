@@ -75,6 +75,27 @@ def test_data_view_counts_samples_per_session(qtbot, store):
     assert panel.table.rowCount() == 1
     assert panel.table.item(0, 2).text() == "12"
     assert panel.table.item(0, 3).text() == "0"
+    assert panel.table.item(0, 4).text() == "0"
+
+
+def test_data_view_counts_the_replies_scored_from_reading(qtbot, store):
+    """What the reward model derived from the user's reading is shown beside the samples."""
+    from feedback_store import Conversation, Message
+    session = store.samples.start_session("test")
+    store.consent.set("personalise", True)
+    conversation = store.conversations.create(Conversation(title="scored"))
+    question = store.conversations.add_message(Message(conversation.id, "user", "Why?"))
+    reply = store.conversations.add_message(Message(conversation.id, "assistant", "Because.",
+                                                    parent_id=question.id))
+    shown = store.samples.record_shown_reply(session_id=session, message_id=reply.id,
+                                             conversation_id=conversation.id, geometry=(0, 0, 10, 10),
+                                             device_pixel_ratio=1.0, rendered_text="Because.", layout=[])
+    assert store.scores.record(shown, reply.id, conversation.id, None, "v1", "pointwise", 0.7, [])
+    store.flush()
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    assert panel.table.horizontalHeaderItem(4).text() == "Scored from reading"
+    assert [panel.table.item(0, c).text() for c in (1, 4)] == ["1", "1"]
 
 
 def test_panel_export(qtbot, store, tmp_path, monkeypatch):

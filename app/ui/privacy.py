@@ -159,9 +159,10 @@ class PrivacyPanel(QDialog):
 
         data = QGroupBox("Your data")
         data_layout = QVBoxLayout(data)
-        self.table = QTableWidget(0, 4)
+        self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Session started", "Replies shown",
-                                              "Pointer samples", "Gaze samples"])
+                                              "Pointer samples", "Gaze samples",
+                                              "Scored from reading"])
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().hide()
         self.table.setMaximumHeight(150)
@@ -196,7 +197,8 @@ class PrivacyPanel(QDialog):
         self.table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_wall_ns"] / 1e9))
-            for column, value in enumerate((started, row["replies"], row["pointer"], row["gaze"])):
+            for column, value in enumerate((started, row["replies"], row["pointer"], row["gaze"],
+                                            row["scored"])):
                 self.table.setItem(index, column, QTableWidgetItem(str(value)))
 
     def export(self, directory: str | None = None) -> None:
