@@ -28,16 +28,17 @@ def cmd_reward_train(args) -> int:
     _single_threaded()
     from feedback_store import DatabaseLocked, FeedbackStore, StoreError
     from .research import ResearchSchemaMissing
-    from .train import TASKS, live_pairwise_turns, train_data
+    from .train import TASKS, live_pairwise_turns, live_pointwise_table, train_data
 
     tasks = TASKS if args.task == "both" else (args.task,)
     out = args.out or _default_model_dir()
     try:
         # The user's own picks (with the personalisation consent), plus the prior asked for.
-        live, research = [], None
+        live, live_pointwise, research = [], None, None
         try:
             with FeedbackStore.open() as store:
                 live = live_pairwise_turns(store)
+                live_pointwise = live_pointwise_table(store)
                 if args.research:
                     from .research import read_research
                     research = read_research(store)
@@ -50,7 +51,8 @@ def cmd_reward_train(args) -> int:
             from .ifllm import read_ifllm
             research = read_ifllm(args.ifllm)
         written = train_data(research, out, tasks, args.features,
-                             source="research" if args.research else "ifllm", live_turns=live)
+                             source="research" if args.research else "ifllm", live_turns=live,
+                             live_pointwise=live_pointwise)
     except (StoreError, ResearchSchemaMissing, ValueError, OSError) as error:
         print(f"align reward train: {error}", file=sys.stderr)
         return 2
@@ -62,7 +64,7 @@ def cmd_reward_train(args) -> int:
                 print(f"{task}: not trained: {info['skipped']}")
                 continue
             print(f"{task}: {info['path']} ({info['train_rows']} examples from "
-                  f"{info['train_users']} users, {info['live_pairs']} of them your own picks, "
+                  f"{info['train_users']} users, {info['live_pairs']} of them your own, "
                   f"{info['columns']} columns, C={info['C']})")
     return 0
 

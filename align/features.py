@@ -422,12 +422,18 @@ class ExpectedReading:
         X, y = np.asarray(text_matrix, float), np.asarray(observed, float)
         keep = ~np.isnan(y) & ~np.isnan(X).any(axis=1)
         X, y = X[keep], y[keep]
+        if not len(y):
+            # Nothing observed (e.g. no gaze at all): no expectation, so every residual is
+            # missing and counts as average, rather than the raw observation.
+            self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
+            self.coef_, self.intercept_ = np.zeros(X.shape[1]), float("nan")
+            return self
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-9
         Z = (X - self.mean_) / self.scale_
-        self.intercept_ = float(y.mean()) if len(y) else 0.0
+        self.intercept_ = float(y.mean())
         A = Z.T @ Z + self.ridge * np.eye(Z.shape[1])
-        self.coef_ = np.linalg.solve(A, Z.T @ (y - self.intercept_)) if len(y) else np.zeros(Z.shape[1])
+        self.coef_ = np.linalg.solve(A, Z.T @ (y - self.intercept_))
         return self
 
     def predict(self, text_matrix: np.ndarray) -> np.ndarray:

@@ -236,6 +236,19 @@ def _imported_pairs(rows: dict, config: PairConfig) -> list[Pair]:
     return pairs
 
 
+def explicit_preferences(rows: dict, config: PairConfig | None = None) -> dict[frozenset, str]:
+    """The user's explicit orderings of two replies to one prompt, as {frozenset of the two
+    ids: the preferred id}: side-by-side picks and ▲/▼ siblings (a pick wins over thumbs,
+    as its ε is smaller). No text is compared and nothing deduplicated: these label the
+    replies the user read (``train.live_pointwise_table``), not DPO pairs."""
+    config = config or PairConfig()
+    tree, skipped, preferred = _Tree(rows), Counter(), {}
+    for source in (_thumb_candidates, _pick_candidates):      # picks last: they win
+        for chosen, rejected, _, _ in source(tree, rows, config, skipped):
+            preferred[frozenset((chosen, rejected))] = chosen
+    return preferred
+
+
 # --- the stage -----------------------------------------------------------------------------
 def build_pairs(rows: dict, config: PairConfig | None = None,
                 judge: Judge | None = None) -> tuple[list[Pair], PairReport]:

@@ -26,9 +26,12 @@ from .reward import RewardModel
 
 POINTWISE = "pointwise"
 TRACES_KEPT = 4       # recent traces ReplyScorer keeps: a reply is scored against the one before
-# Scored replies read back when the app starts, to restore the per-user history (each costs
-# about a scoring's CPU, once, on the scorer's thread: bench/reward_scoring.py).
-HISTORY_RESTORED = 50
+# The scored replies the per-user history holds, also read back when the app starts to
+# restore it (each costs about a scoring's CPU, once, on the scorer's thread:
+# bench/reward_scoring.py). Training centres on all of a user's earlier rows; the mean of
+# the last 100 is as good with the centring's shrinkage, and the same limit on both sides
+# keeps a restart from changing any score.
+HISTORY_KEPT = 100
 
 
 def model_dir(data_dir: Path) -> Path:
@@ -41,7 +44,7 @@ def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
     for path in sorted(Path(directory).glob(f"reward-{task}-*.json"), reverse=True):
         try:
             model = RewardModel.load(path)
-        except (OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 - any file that does not load is skipped, whatever is wrong
             continue
         model.info.setdefault("version", path.stem.rsplit("-", 1)[-1])
         model.info["file"] = path.name
@@ -122,20 +125,25 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
             "probability": probability, "contributions": contributions}
 
 
-def restore_history(store, history, limit: int = HISTORY_RESTORED) -> int:
+def restore_history(store, history) -> int:
     """Refill an empty ``history`` with the replies scored before this start (the newest
-    ``limit``, oldest first), their rows recomputed from the traces still stored; returns
-    how many. Training centres a user's row on *all* their earlier rows, so a new start
+    ``history.keep``, oldest first), their rows recomputed from the traces still stored;
+    returns how many. Training centres a user's row on their earlier rows, so a new start
     must not make the next reply count as the user's first. Only scored replies come back:
     a deleted conversation's or an expired reply's score is gone with its samples, and
-    without the personalisation consent nothing was scored."""
+    without the personalisation consent nothing was scored. A reply that cannot be read
+    back is skipped (the rest still count)."""
     rows = store._rows(
-        "SELECT s.shown_reply_id FROM reply_scores s JOIN shown_replies r ON r.id = s.shown_reply_id "
-        "GROUP BY s.shown_reply_id, r.shown_wall_ns ORDER BY r.shown_wall_ns DESC LIMIT ?", (limit,))
+        "SELECT r.id FROM shown_replies r WHERE EXISTS "
+        "(SELECT 1 FROM reply_scores s WHERE s.shown_reply_id = r.id) "
+        "ORDER BY r.shown_wall_ns DESC, r.id DESC LIMIT ?", (history.keep,))
     traces: dict = {}
     restored = 0
     for row in reversed(rows):
-        example = _example(store, row["shown_reply_id"], traces)
+        try:
+            example = _example(store, row["id"], traces)
+        except Exception:  # noqa: BLE001 - one unreadable old reply must not cost the others
+            continue
         if example is None:
             continue
         shown, _, columns, fa, fb = example
@@ -210,15 +218,16 @@ class ReplyScorer:
             if isinstance(item, tuple):          # ("forget", conversation id)
                 self._forget(item[1])
                 continue
-            model = self.model()
-            if model is None or not self.store.consent.is_on("personalise"):
-                continue           # nothing to score with, or nowhere it may be kept
             try:
+                model = self.model()
+                if model is None or not self.store.consent.is_on("personalise"):
+                    continue           # nothing to score with, or nowhere it may be kept
                 self.store.flush()     # its hidden time and last samples were only queued
                 if self.history is None:
                     from .examples import ExampleHistory
-                    self.history = ExampleHistory()
-                    self.restored = restore_history(self.store, self.history)
+                    history = ExampleHistory(keep=HISTORY_KEPT)
+                    self.restored = restore_history(self.store, history)
+                    self.history = history
                 score = score_shown_reply(self.store, model, item, traces=self._traces,
                                           history=self.history)
                 for stale in list(self._traces)[:-TRACES_KEPT]:

@@ -15,15 +15,15 @@ import numpy as np
 
 from . import reward
 from .evaluate import candidates
-from .examples import (Table, _concat_tables, fitted_to_dict, fold_columns, pairwise_table,
-                       pointwise_table)
+from .examples import (Table, _concat_tables, _table, fitted_to_dict, fold_columns,
+                       pairwise_table, pointwise_table)
 
 TASKS = ("pairwise", "pointwise")
 NO_DATA = {
     "pairwise": "no side-by-side picks of yours yet (Compare, then Alt+1 / Alt+2) and no "
                 "research prior (--ifllm DIR or --research)",
-    "pointwise": "your own data has no pointwise labels; it needs a research prior "
-                 "(--ifllm DIR or --research)",
+    "pointwise": "no reply of yours was picked or thumbed against the reply shown just "
+                 "before it yet, and no research prior (--ifllm DIR or --research)",
 }
 
 
@@ -58,11 +58,13 @@ class LiveTurn:
 
 
 def live_pairwise_turns(store) -> list[LiveTurn]:
-    """The user's own picks with both replies' reading traces; none without the
-    personalisation consent. Ties and picks whose replies were never shown are left out."""
-    if not store.consent.is_on("personalise"):
+    """The user's own picks with both replies' reading traces: only picks made while the
+    personalisation consent was on (the nightly job's rule, ``store.training.rows``), none
+    while it is off. Ties and picks whose replies were never shown are left out."""
+    rows = store.training.rows()
+    if not rows["consent_on"]:
         return []
-    store.flush()
+    consented = {row["id"] for row in rows["feedback"] if row["kind"] == "pick"}
     picks = store._rows(
         "SELECT f.id, f.value, f.wall_ns, f.message_id, coalesce(p.content, '') AS query "
         "FROM feedback f JOIN messages m ON m.id = f.message_id "
@@ -70,6 +72,8 @@ def live_pairwise_turns(store) -> list[LiveTurn]:
         "WHERE f.kind = 'pick' AND f.value IN (1, -1) ORDER BY f.wall_ns")
     turns = []
     for pick in picks:
+        if pick["id"] not in consented:
+            continue
         try:
             pair = store.traces.for_pick(pick["id"])
         except KeyError:
@@ -79,6 +83,52 @@ def live_pairwise_turns(store) -> list[LiveTurn]:
     return turns
 
 
+def live_pointwise_table(store) -> Table:
+    """The user's own labels for the pointwise task, shaped as the app scores: a shown
+    reply against the reply shown just before it in its conversation (``scoring._example``),
+    labelled when the user's explicit feedback ordered the two (a side-by-side pick, or ▲
+    on one and ▼ on the other: ``pairs.explicit_preferences``): 1 when the later one was
+    preferred. Regenerations are left out (an inferred label).
+    Consented only; the latest showing of each labelled pair counts once."""
+    from .pairs import explicit_preferences
+    from .scoring import _example
+
+    rows = store.training.rows()
+    if not rows["consent_on"]:
+        return _table([], {}, [])
+    preferred = explicit_preferences(rows)
+    if not preferred:
+        return _table([], {}, [])
+    shown = store._rows("SELECT id, message_id, conversation_id FROM shown_replies "
+                        "ORDER BY shown_wall_ns")
+    # Per conversation, the last two different messages shown: a showing's "previous" is
+    # the latest other message shown before it, as scoring._reply_context finds it.
+    last_two: dict = {}
+    latest = {}                  # labelled pair → its latest (shown id, later message)
+    for row in shown:
+        message, (last, before_last) = row["message_id"], last_two.get(row["conversation_id"], (None, None))
+        previous = before_last if message == last else last
+        if message != last:
+            last_two[row["conversation_id"]] = (message, last)
+        key = frozenset((previous, message))
+        if previous is not None and key in preferred:
+            latest[key] = (row["id"], message)
+    columns, per_side, meta, traces = [], {"a": [], "b": []}, [], {}
+    for key, (shown_id, later) in latest.items():
+        example = _example(store, shown_id, traces)
+        if example is None or example[1] is None or example[1]["message_id"] not in key:
+            continue
+        shown_row, _, row, fa, fb = example
+        columns.append(row)
+        per_side["a"].append(fa)
+        per_side["b"].append(fb)
+        meta.append(("local", float(shown_row["shown_wall_ns"]) / 1e6, int(preferred[key] == later),
+                     shown_row["conversation_id"]))
+    order = np.argsort([m[1] for m in meta], kind="stable")      # oldest first, as training reads a user
+    return _table([columns[i] for i in order], {side: [per_side[side][i] for i in order] for side in per_side},
+                  [meta[i] for i in order])
+
+
 def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implicit") -> dict:
     from .ifllm import read_ifllm
 
@@ -86,10 +136,11 @@ def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implic
 
 
 def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
-               source: str = "ifllm", live_turns=()) -> dict:
+               source: str = "ifllm", live_turns=(), live_pointwise: Table | None = None) -> dict:
     """Fit and save one model per task. ``data`` (research, may be None) gives both
-    tasks; ``live_turns`` (the user's picks) add pairwise rows. A task without enough
-    labelled rows is skipped, with the reason in its entry; ValueError if none trained."""
+    tasks; ``live_turns`` (the user's picks) add pairwise rows and ``live_pointwise``
+    (:func:`live_pointwise_table`) pointwise rows. A task without enough labelled rows is
+    skipped, with the reason in its entry; ValueError if none trained."""
     out_dir = Path(out_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     written = {}
@@ -98,8 +149,12 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         if data is not None:
             tables.append(pairwise_table(data.pairwise_turns()) if task == "pairwise"
                           else pointwise_table(data.pointwise_pairs()))
+        live = len(live_turns) if task == "pairwise" else (
+            len(live_pointwise.y) if live_pointwise is not None else 0)
         if task == "pairwise" and live_turns:
             tables.append(pairwise_table(live_turns))
+        if task == "pointwise" and live:
+            tables.append(live_pointwise)
         if not tables:
             written[task] = {"skipped": NO_DATA[task]}
             continue
@@ -109,10 +164,10 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         except ValueError as error:
             written[task] = {"skipped": str(error)}
             continue
-        sources = ([source] if data is not None else []) + (["live"] if task == "pairwise" and live_turns else [])
+        sources = ([source] if data is not None else []) + (["live"] if live else [])
         model.info.update({"source": "+".join(sources), "version": stamp,
                            "data": str(data.directory) if data is not None else None,
-                           "live_pairs": len(live_turns) if task == "pairwise" else 0})
+                           "live_pairs": live})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
                          "C": model.info.get("C"), "live_pairs": model.info["live_pairs"]}

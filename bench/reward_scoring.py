@@ -10,7 +10,7 @@ scored with ``score_shown_reply``: the reading trace read back from the store, t
 features against the previous reply, the model. Reported: wall and CPU milliseconds per
 reply (median and p95), and the same for the read-back alone. Target (issue): < 20 ms.
 Then, as the next start of the app does once, the per-user history is restored from the
-scored replies (at most ``HISTORY_RESTORED``): wall and CPU milliseconds.
+scored replies (at most ``HISTORY_KEPT``): wall and CPU milliseconds.
 """
 import argparse
 import os
@@ -61,7 +61,7 @@ def main() -> int:
 
     from align.reward import RewardModel
     from align.examples import ExampleHistory
-    from align.scoring import restore_history, score_shown_reply
+    from align.scoring import HISTORY_KEPT, restore_history, score_shown_reply
     from app.session import AppSession, ReplyOnScreen
     from feedback_store import Conversation, FeedbackStore, Message, ViewportEvent
 
@@ -109,7 +109,7 @@ def main() -> int:
 
     wall, cpu, read_wall = [], [], []
     traces = {}          # as ReplyScorer keeps them: the previous reply's trace is not read again
-    history = ExampleHistory()   # as ReplyScorer keeps it: per-user centring on the replies before
+    history = ExampleHistory(keep=HISTORY_KEPT)   # as ReplyScorer keeps it: per-user centring
     for shown_id in shown_ids:
         t0 = time.perf_counter()
         store.traces.for_shown_reply(shown_id)
@@ -125,7 +125,7 @@ def main() -> int:
     store.flush()
     # The next start restores the per-user history from the scored replies (once).
     t0, c0 = time.perf_counter(), time.thread_time()
-    restored = restore_history(store, ExampleHistory())
+    restored = restore_history(store, ExampleHistory(keep=HISTORY_KEPT))
     restore_wall, restore_cpu = (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000
     store.close()
 

@@ -225,6 +225,6 @@ class SampleManager:
             " (SELECT count(*) FROM shown_replies r WHERE r.session_id = s.id) AS replies,"
             " (SELECT count(*) FROM pointer_samples p WHERE p.session_id = s.id) AS pointer,"
             " (SELECT count(*) FROM gaze_samples g WHERE g.session_id = s.id) AS gaze,"
-            " (SELECT count(*) FROM reply_scores c JOIN shown_replies r ON r.id = c.shown_reply_id"
-            "  WHERE r.session_id = s.id) AS scored"
+            " (SELECT count(DISTINCT c.shown_reply_id) FROM reply_scores c"
+            "  JOIN shown_replies r ON r.id = c.shown_reply_id WHERE r.session_id = s.id) AS scored"
             " FROM app_sessions s ORDER BY s.started_wall_ns DESC")

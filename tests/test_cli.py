@@ -66,6 +66,7 @@ def test_doctor_names_the_reward_model_the_app_scores_with(home):
     (home / "reward" / "reward-pairwise-20261207T000000Z.json").write_text("{broken")
     pointwise_model(home / "reward", stamp="20261201T000000Z")
     newest = pointwise_model(home / "reward", stamp="20261202T000000Z")
+    (home / "reward" / "reward-pointwise-20261203T000000Z.json").write_text("null")   # newer, broken
     result = run_glance("doctor", "--json", home=home)
     assert result.returncode == 0, result.stderr
     reward = json.loads(result.stdout)["reward"]

@@ -90,12 +90,15 @@ def test_data_view_counts_the_replies_scored_from_reading(qtbot, store):
     shown = store.samples.record_shown_reply(session_id=session, message_id=reply.id,
                                              conversation_id=conversation.id, geometry=(0, 0, 10, 10),
                                              device_pixel_ratio=1.0, rendered_text="Because.", layout=[])
-    assert store.scores.record(shown, reply.id, conversation.id, None, "v1", "pointwise", 0.7, [])
+    for version in ("v1", "v2"):      # scored twice: still one reply
+        assert store.scores.record(shown, reply.id, conversation.id, None, version, "pointwise", 0.7, [])
+    store.samples.start_session("test")           # a later session scored nothing
     store.flush()
     panel = PrivacyPanel(store)
     qtbot.addWidget(panel)
     assert panel.table.horizontalHeaderItem(4).text() == "Scored from reading"
-    assert [panel.table.item(0, c).text() for c in (1, 4)] == ["1", "1"]
+    assert panel.table.rowCount() == 2            # newest session first
+    assert [[panel.table.item(r, c).text() for c in (1, 4)] for r in (0, 1)] == [["0", "0"], ["1", "1"]]
 
 
 def test_panel_export(qtbot, store, tmp_path, monkeypatch):

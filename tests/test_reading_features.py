@@ -223,3 +223,15 @@ def test_expected_reading_residual_removes_what_length_predicts():
     observed = 1.0 + 0.9 * length + rng.normal(0, 0.01, 200)
     model = F.ExpectedReading(ridge=1e-6).fit(length[:, None], observed)
     assert np.abs(model.residual(length[:, None], observed)).max() < 0.05
+
+
+def test_expected_reading_with_nothing_observed_expects_nothing():
+    """A user without gaze has no gaze dwell at all: no expectation can be fitted, so the
+    residual is missing (counted as average), not the raw observation."""
+    import warnings
+    length = np.linspace(3, 8, 20)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # and no "mean of empty slice" on the way
+        model = F.ExpectedReading().fit(length, np.full(20, np.nan))
+        again = F.ExpectedReading.from_dict(model.to_dict())
+    assert np.isnan(again.residual(length, np.full(20, 5.0))).all()

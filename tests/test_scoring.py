@@ -2,6 +2,7 @@
 reading trace against the reply shown before it, the score is stored with its top
 features (only with the personalisation consent, gone with its conversation), and the
 nightly pairs use it to order siblings nobody labelled."""
+import json
 import time
 
 import numpy as np
@@ -167,6 +168,62 @@ def test_the_per_user_history_is_restored_when_the_app_starts_again(store):
     third_run.close()
 
 
+def test_restore_takes_the_newest_scored_replies_once_each(store):
+    """Restoring keeps the newest ``keep`` replies, a reply scored twice counts once, and a
+    reply whose trace cannot be read back is skipped without costing the others."""
+    from align.examples import ExampleHistory
+    from align.scoring import restore_history
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    session = AppSession(store)
+    conversation = store.conversations.create(Conversation(title="bees"))
+    shown = []
+    for i in range(3):
+        question = store.conversations.add_message(Message(conversation.id, "user", f"Question {i}?"))
+        reply = store.conversations.add_message(Message(conversation.id, "assistant", TEXT,
+                                                        parent_id=question.id))
+        shown_id = show_and_read(store, session, conversation.id, reply.id, moves=5 + i)
+        for _ in range(2):       # scored twice (two model versions, say)
+            assert store.scores.record(shown_id, reply.id, conversation.id, None, "v", "pointwise", 0.5, [])
+        shown.append(shown_id)
+    session.close()
+    store.flush()
+    newest = ExampleHistory(keep=2)
+    assert restore_history(store, newest) == 2
+    assert list(newest.table.order) == sorted(newest.table.order)
+    everything = ExampleHistory(keep=10)
+    assert restore_history(store, everything) == 3
+    assert np.allclose(everything.table.X[1:], newest.table.X, equal_nan=True)   # the newest two
+    # An unreadable layout on the oldest reply: it is skipped, and so is the reply scored
+    # against it (its row needs that trace); the newest is still restored.
+    store._write("UPDATE shown_replies SET layout = '{broken' WHERE id = ?", (shown[0],))
+    assert restore_history(store, ExampleHistory(keep=10)) == 1
+
+
+def test_the_scoring_model_learns_from_the_users_own_orderings_alone(store, capsys):
+    """No study data: `align reward train` fits the pointwise model the app scores with on
+    the user's picks between a reply and the one shown before it (and the pairwise model
+    on the same picks)."""
+    from align.cli import main
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    session = AppSession(store)
+    for i in range(12):
+        conversation, left, right = regenerated_pair(store)
+        show_and_read(store, session, conversation.id, left.id, moves=5)
+        show_and_read(store, session, conversation.id, right.id, moves=40 if i % 3 else 2)
+        # mostly the reply read longer is kept
+        store.conversations.record_pick(conversation.id, left.id, right.id, -1 if i % 3 else 1)
+    session.close()
+    store.close()
+    assert main(["reward", "train", "--json"]) == 0
+    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = RewardModel.load(written["pointwise"]["path"])
+    assert model.task == "pointwise" and model.info["source"] == "live"
+    assert written["pointwise"]["live_pairs"] == written["pointwise"]["train_rows"] == 12
+    assert "path" in written["pairwise"] and written["pairwise"]["live_pairs"] == 12
+
+
 def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     store.consent.set("pointer", True)
     session = AppSession(store)
@@ -214,33 +271,47 @@ def test_a_model_trained_on_the_study_scores_live_replies(store):
 
 
 def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_prior(store):
-    from align.train import live_pairwise_turns, train_data
+    from align.train import live_pairwise_turns, live_pointwise_table, train_data
     from align.ifllm import read_ifllm
     from test_reward import IFLLM, require_ifllm
     require_ifllm()
     store.consent.set("pointer", True)
     session = AppSession(store)
-    picked = []
+    # A pick made before the personalisation consent is never learnt from (as the nightly).
+    conversation, left, right = regenerated_pair(store)
+    show_and_read(store, session, conversation.id, left.id, moves=5)
+    show_and_read(store, session, conversation.id, right.id, moves=40)
+    store.conversations.record_pick(conversation.id, left.id, right.id, 1)
+    assert live_pairwise_turns(store) == []          # no personalisation consent: none of it
+    assert len(live_pointwise_table(store).y) == 0
+    store.consent.set("personalise", True)
+    picked, conversations = [], []
     for i in range(4):
         conversation, left, right = regenerated_pair(store)
+        conversations.append(conversation.id)
         show_and_read(store, session, conversation.id, left.id, moves=5 + i)
         show_and_read(store, session, conversation.id, right.id, moves=40)
         value = -1 if i % 2 == 0 else 1
         store.conversations.record_pick(conversation.id, left.id, right.id, value)
         picked.append(value)
     store.conversations.record_pick(conversation.id, left.id, right.id, 0)   # a tie: no label
-    assert live_pairwise_turns(store) == []          # no personalisation consent: none of it
-    store.consent.set("personalise", True)
     turns = live_pairwise_turns(store)
     assert [t.pair_label for t in turns] == [int(v == 1) for v in picked]
     assert turns[0].query == "How do bees talk?" and turns[0].pair.a.user_id == "local"
     assert len(turns[0].pair.b.t_ms) == 40           # the right reply's own samples
+    # The same picks as pointwise labels, shaped as the app scores: the right reply (shown
+    # second) against the left one shown before it; 1 when the right one was picked. The
+    # last pair's latest pick is a tie, so it has no label.
+    pointwise = live_pointwise_table(store)
+    assert list(pointwise.y) == [int(v == -1) for v in picked[:3]]
+    assert set(pointwise.groups) == {"local"} and list(pointwise.order) == sorted(pointwise.order)
+    assert pointwise.ids == conversations[:3]
 
     written = train_data(read_ifllm(IFLLM), store.data_dir / "reward", ("pairwise", "pointwise"),
-                         live_turns=turns)
+                         live_turns=turns, live_pointwise=pointwise)
     assert written["pairwise"]["live_pairs"] == 4 and written["pairwise"]["train_rows"] == 519 + 4
     assert written["pairwise"]["train_users"] == 44 + 1          # the user is one more group
-    assert written["pointwise"]["live_pairs"] == 0 and "path" in written["pointwise"]
-    model = RewardModel.load(written["pairwise"]["path"])
-    assert model.info["source"] == "ifllm+live"
+    assert written["pointwise"]["live_pairs"] == 3 and written["pointwise"]["train_rows"] == 434 + 3
+    for task in ("pairwise", "pointwise"):
+        assert RewardModel.load(written[task]["path"]).info["source"] == "ifllm+live"
     session.close()
