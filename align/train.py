@@ -124,8 +124,9 @@ def live_pointwise_table(store) -> Table:
         per_side["b"].append(fb)
         meta.append(("local", float(shown_row["shown_wall_ns"]) / 1e6, int(preferred[key] == later),
                      shown_row["conversation_id"]))
-    order = np.argsort([m[1] for m in meta], kind="stable")      # oldest first, as training reads a user
-    return _table([columns[i] for i in order], {side: [per_side[side][i] for i in order] for side in per_side},
+    order = np.argsort([m[1] for m in meta], kind="stable")   # oldest first, as training reads a user
+    return _table([columns[i] for i in order],
+                  {side: [per_side[side][i] for i in order] for side in per_side},
                   [meta[i] for i in order])
 
 

@@ -268,7 +268,8 @@ def _reward_models() -> dict:
         files = sorted(directory.glob(f"reward-{task}-*.json")) if directory.is_dir() else []
         model = newest_model(directory, task) if files else None
         if model is None:
-            report[task] = {"error": f"{len(files)} model files in {directory}, none loads"} if files else None
+            report[task] = ({"error": f"{len(files)} model files in {directory}, none loads"}
+                            if files else None)
             continue
         report[task] = {"file": model.info["file"], "version": str(model.info.get("version")),
                         "source": model.info.get("source"),
