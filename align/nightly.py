@@ -228,6 +228,8 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     if not rows.get("consent_on"):
         return _record(config, result, started, clock, log, status="skipped",
                        message="Personalisation is off (glance consent set personalise on).")
+    result["reward_models"] = _refresh_reward_models(data_dir, source["via"])
+    at = _step(result, "reward_models", at)
     pair_config = PairConfig(**{**config.pairs.__dict__, "include_imported": config.include_imported,
                                 "max_pairs": config.max_pairs})
     pairs, report = build_pairs(rows, pair_config, judge=score_judge(rows))
@@ -261,6 +263,23 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
         outcome["reasons"].append(f"{len(gone)} conversation(s) it learned from were deleted meanwhile")
     return _publish_and_record(config, result, outcome, train, heldout, model_path, gone,
                                started, clock, log)
+
+
+def _refresh_reward_models(data_dir: Path, via: str) -> dict:
+    """Retrain the reward models on new picks and thumbs (``align.train.refresh``). It
+    reads reading traces, which the app's snapshot does not carry, so only while the app
+    is closed; never a reason for the run to fail."""
+    if via != "direct":
+        return {"status": "skipped", "reason": "Glance is open; the reward models are "
+                "refreshed on a night it is closed (or with align reward train)"}
+    from feedback_store import DatabaseLocked
+    from .train import refresh
+    try:
+        return refresh(data_dir)
+    except DatabaseLocked:
+        return {"status": "skipped", "reason": "Glance was opened meanwhile"}
+    except Exception as error:  # noqa: BLE001 - the adapter's training does not depend on it
+        return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
 
 
 def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log) -> dict:
@@ -368,7 +387,7 @@ def _record(config, result, started, clock, log, status, message, pairs_used=Non
                "pairs_by_source": result["pairs"], "fingerprint": result.get("fingerprint"),
                "adapter_version": result.get("adapter"), "published": result["published"],
                "report": {k: result.get(k) for k in ("timings", "train", "eval", "pair_report",
-                                                      "split", "retired")},
+                                                      "split", "retired", "reward_models")},
                "pairs_used": pairs_used or [], "adapter": adapter}
     at = time.perf_counter()
     _before_recording()

@@ -85,6 +85,11 @@ def run_nightly_command(args) -> int:
         print(json.dumps(result, default=str))
     else:
         print(result.get("message", result["status"]))
+        reward = result.get("reward_models")
+        if reward:
+            tasks = ", ".join(reward.get("written", {}))
+            print(f"Reward models: {reward['status']}" + (f" ({tasks})" if tasks else "")
+                  + (f": {reward['reason']}" if reward.get("reason") else ""))
     return 1 if result["status"] == "failed" else 0
 
 

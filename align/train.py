@@ -167,7 +167,9 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
             continue
         sources = ([source] if data is not None else []) + (["live"] if live else [])
         model.info.update({"source": "+".join(sources), "version": stamp,
-                           "data": str(data.directory) if data is not None else None,
+                           # absolute: the nightly refresh looks for it from anywhere
+                           "data": (None if data is None else str(Path(data.directory).resolve())
+                                    if source == "ifllm" else str(data.directory)),
                            "live_pairs": live})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
@@ -175,3 +177,53 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
     if all("skipped" in info for info in written.values()):
         raise ValueError("; ".join(f"{task}: {info['skipped']}" for task, info in written.items()))
     return written
+
+
+def refresh(data_dir) -> dict:
+    """What the nightly job does for the reward models while the app is closed: retrain
+    them when the user has given explicit labels since the newest model files were
+    trained, with the prior those files were trained with (the imported research, or the
+    same IFLLM folder while it is still there); a user without a prior gets models of
+    their own once there are enough labels. Returns ``status`` (``trained``,
+    ``up_to_date`` or ``skipped``), the ``reason`` and, when trained, what ``train_data``
+    wrote."""
+    from feedback_store import FeedbackStore
+    from .scoring import model_dir, newest_model
+
+    directory = model_dir(data_dir)
+    newest = {task: newest_model(directory, task) for task in TASKS}
+    sources = " ".join(str(m.info.get("source", "")) for m in newest.values() if m is not None)
+    folders = {m.info.get("data") for m in newest.values()
+               if m is not None and "ifllm" in str(m.info.get("source", ""))} - {None}
+    with FeedbackStore.open(data_dir) as store:
+        live = live_pairwise_turns(store)
+        live_pointwise = live_pointwise_table(store)
+        counts = {"pairwise": len(live), "pointwise": len(live_pointwise.y)}
+        stale = [task for task in TASKS if counts[task] and (
+            newest[task] is None or newest[task].info.get("live_pairs", 0) != counts[task])]
+        if not stale and any(counts.values()):
+            return {"status": "up_to_date", "labels": counts,
+                    "reason": "no new picks or thumbs since the reward models were trained"}
+        if not stale:
+            return {"status": "skipped", "labels": counts,
+                    "reason": "no pick or thumbs of yours orders two replies you read yet"}
+        research = None
+        if "research" in sources:
+            from .research import read_research
+            research = read_research(store)
+    source, data = ("research", research) if research is not None else ("ifllm", None)
+    if research is None and folders:
+        folder = sorted(folders)[-1]
+        if not Path(folder).is_dir():
+            return {"status": "skipped", "labels": counts,
+                    "reason": f"the study folder the models were trained with is gone ({folder}); "
+                              "run align reward train --ifllm DIR"}
+        from .ifllm import read_ifllm
+        data = read_ifllm(folder)
+    try:
+        written = train_data(data, directory, tuple(stale), source=source, live_turns=live,
+                             live_pointwise=live_pointwise)
+    except ValueError as error:           # too few labels of the user's own, no prior
+        return {"status": "skipped", "reason": str(error), "labels": counts}
+    return {"status": "trained", "labels": counts, "written": written}
+

@@ -76,6 +76,8 @@ def test_app_open_the_job_asks_the_app_and_never_opens_the_file(app, home):
     assert done.returncode == 0, done.stderr
     result = last_json(done.stdout)
     assert result["via"] == "app" and result["status"] == "nothing_new" and result["recorded"]
+    # the reward models need reading traces, which the snapshot does not carry
+    assert result["reward_models"]["status"] == "skipped" and "open" in result["reward_models"]["reason"]
     assert "Could not set lock" not in done.stderr and "Traceback" not in done.stderr
     assert link.served.count("snapshot") == 1 and link.served.count("finish") == 1
     run = store.training.runs()[0]
@@ -91,6 +93,9 @@ def test_app_closed_the_job_opens_the_store_itself(home):
     result = last_json(done.stdout)
     assert result["via"] == "direct" and result["status"] == "nothing_new"
     assert "Nothing to learn yet" in result["message"]
+    assert result["reward_models"] == {
+        "status": "skipped", "labels": {"pairwise": 0, "pointwise": 0},
+        "reason": "no pick or thumbs of yours orders two replies you read yet"}
     with FeedbackStore.open(home) as store:         # the job let go of the file
         assert [r["id"] for r in store.training.runs()] == [result["run_id"]]
 

@@ -224,6 +224,51 @@ def test_the_scoring_model_learns_from_the_users_own_orderings_alone(store, caps
     assert "path" in written["pairwise"] and written["pairwise"]["live_pairs"] == 12
 
 
+def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, tmp_path, monkeypatch):
+    """`align.train.refresh` (the nightly job, app closed): retrains when there are new
+    picks since the models were trained, with the study folder they were trained with,
+    and not when nothing is new or that folder is gone."""
+    from align.ifllm import write_subset
+    from align.train import refresh, train_ifllm
+    from test_reward import IFLLM, WORKERS, require_ifllm
+    require_ifllm()
+    monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    write_subset(IFLLM, study, WORKERS)
+    before = train_ifllm(study, model_dir(store.data_dir))
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    session = AppSession(store)
+
+    def picks(count):
+        for i in range(count):
+            conversation, left, right = regenerated_pair(store)
+            show_and_read(store, session, conversation.id, left.id, moves=5)
+            show_and_read(store, session, conversation.id, right.id, moves=40)
+            store.conversations.record_pick(conversation.id, left.id, right.id, -1 if i % 3 else 1)
+    picks(3)
+    session.close()
+    store.close()      # the nightly refreshes only while the app is closed
+    done = refresh(store.data_dir)
+    assert done["status"] == "trained" and done["labels"] == {"pairwise": 3, "pointwise": 3}
+    for task in ("pairwise", "pointwise"):
+        info = done["written"][task]
+        assert info["live_pairs"] == 3 and info["train_rows"] == before[task]["train_rows"] + 3
+        assert RewardModel.load(info["path"]).info["source"] == "ifllm+live"
+    assert refresh(store.data_dir)["status"] == "up_to_date"
+    # The study folder is gone: retraining without it would drop the prior, so it waits.
+    import shutil
+    shutil.rmtree(study)
+    from feedback_store import FeedbackStore
+    store = FeedbackStore.open(store.data_dir)
+    session = AppSession(store)
+    picks(1)
+    session.close()
+    store.close()
+    done = refresh(store.data_dir)
+    assert done["status"] == "skipped" and "is gone" in done["reason"]
+
+
 def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     store.consent.set("pointer", True)
     session = AppSession(store)
