@@ -27,11 +27,18 @@ NO_DATA = {
 }
 
 
-def train_table(table: Table, task: str, feature_set: str = "text_implicit", seed: int = 0) -> reward.RewardModel:
+MIN_ROWS = 10          # with a research prior (hundreds of rows) the user's own add to it
+MIN_OWN_ROWS = 30      # the user's labels alone: fewer would give confident, noisy scores
+                       # that the nightly pairs would trust
+
+
+def train_table(table: Table, task: str, feature_set: str = "text_implicit", seed: int = 0,
+                min_rows: int = MIN_ROWS) -> reward.RewardModel:
     """Fit every step on all of ``table`` (expectation, index scales, columns, C) and
     return a model that scores new examples without scikit-learn."""
-    if len(table.y) < 10 or len(np.unique(table.y)) < 2:
-        raise ValueError(f"not enough labelled {task} examples to train on ({len(table.y)})")
+    if len(table.y) < min_rows or len(np.unique(table.y)) < 2:
+        raise ValueError(f"not enough labelled {task} examples to train on ({len(table.y)}; "
+                         f"{min_rows} with both outcomes needed)")
     rows = np.arange(len(table.y))
     extra, extra_names, fitted = fold_columns(table, rows)
     X = np.column_stack([table.X, extra])
@@ -161,7 +168,8 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
             continue
         table = tables[0] if len(tables) == 1 else _concat_tables(*tables)
         try:
-            model = train_table(table, task, feature_set)
+            model = train_table(table, task, feature_set,
+                                min_rows=MIN_ROWS if data is not None else MIN_OWN_ROWS)
         except ValueError as error:
             written[task] = {"skipped": str(error)}
             continue

@@ -207,21 +207,32 @@ def test_the_scoring_model_learns_from_the_users_own_orderings_alone(store, caps
     from align.cli import main
     for signal in ("pointer", "personalise"):
         store.consent.set(signal, True)
-    session = AppSession(store)
-    for i in range(12):
-        conversation, left, right = regenerated_pair(store)
-        show_and_read(store, session, conversation.id, left.id, moves=5)
-        show_and_read(store, session, conversation.id, right.id, moves=40 if i % 3 else 2)
-        # mostly the reply read longer is kept
-        store.conversations.record_pick(conversation.id, left.id, right.id, -1 if i % 3 else 1)
-    session.close()
+    from feedback_store import FeedbackStore
+    home = store.data_dir
+
+    def picks(start, count):
+        store = FeedbackStore.open(home)
+        session = AppSession(store)
+        for i in range(start, start + count):
+            conversation, left, right = regenerated_pair(store)
+            show_and_read(store, session, conversation.id, left.id, moves=5)
+            show_and_read(store, session, conversation.id, right.id, moves=40 if i % 3 else 2)
+            # mostly the reply read longer is kept
+            store.conversations.record_pick(conversation.id, left.id, right.id, -1 if i % 3 else 1)
+        session.close()
+        store.close()
     store.close()
+    picks(0, 12)
+    # Alone, a dozen labels would give confident, noisy scores: 30 are needed.
+    assert main(["reward", "train", "--json"]) == 2
+    assert "12; 30 with both outcomes needed" in capsys.readouterr().err
+    picks(12, 18)
     assert main(["reward", "train", "--json"]) == 0
     written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = RewardModel.load(written["pointwise"]["path"])
     assert model.task == "pointwise" and model.info["source"] == "live"
-    assert written["pointwise"]["live_pairs"] == written["pointwise"]["train_rows"] == 12
-    assert "path" in written["pairwise"] and written["pairwise"]["live_pairs"] == 12
+    assert written["pointwise"]["live_pairs"] == written["pointwise"]["train_rows"] == 30
+    assert "path" in written["pairwise"] and written["pairwise"]["live_pairs"] == 30
 
 
 def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, tmp_path, monkeypatch):
