@@ -217,8 +217,15 @@ def refresh(data_dir) -> dict:
                     "reason": "no pick or thumbs of yours orders two replies you read yet"}
         research = None
         if "research" in sources:
-            from .research import read_research
-            research = read_research(store)
+            from .research import ResearchSchemaMissing, read_research
+            try:
+                research = read_research(store)
+            except ResearchSchemaMissing:
+                research = None
+            if research is None or not research.turns:
+                return {"status": "skipped", "labels": counts,
+                        "reason": "the imported study the models were trained with was removed; "
+                                  "run align reward train"}
     source, data = ("research", research) if research is not None else ("ifllm", None)
     if research is None and folders:
         folder = sorted(folders)[-1]

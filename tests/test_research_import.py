@@ -116,3 +116,44 @@ def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp
     model = json.loads(open(written["pairwise"]["path"]).read())
     assert model["info"]["source"] == "research" and model["info"]["live_pairs"] == 0
     assert model["metrics"]["train_users"] >= 2          # the study workers, not one "user"
+
+
+def test_the_nightly_refresh_keeps_the_imported_study_as_prior_and_stops_when_it_is_removed(
+        home, cache, tmp_path, capsys):
+    """Models trained with --research are retrained on new picks with the imported study
+    again; once the import is removed the refresh waits rather than drop the prior."""
+    from align.cli import main
+    from align.ifllm import write_subset
+    from test_reward import WORKERS as MORE_WORKERS
+    folder = tmp_path / "study"
+    write_subset(IFLLM, folder, MORE_WORKERS)
+    from align.reward import RewardModel
+    from align.train import refresh
+    from app.session import AppSession
+    from feedback_store import FeedbackStore
+    from test_scoring import regenerated_pair, show_and_read
+    assert main(["import-ifllm", str(folder), "--json"]) == 0
+    assert main(["reward", "train", "--research", "--json"]) == 0
+    capsys.readouterr()
+
+    def pick():
+        with FeedbackStore.open(home) as store:
+            for signal in ("pointer", "personalise"):
+                store.consent.set(signal, True)
+            session = AppSession(store)
+            conversation, left, right = regenerated_pair(store)
+            show_and_read(store, session, conversation.id, left.id, moves=5)
+            show_and_read(store, session, conversation.id, right.id, moves=40)
+            store.conversations.record_pick(conversation.id, left.id, right.id, -1)
+            session.close()
+    pick()
+    done = refresh(home)
+    assert done["status"] == "trained", done
+    for task in ("pairwise", "pointwise"):
+        assert "path" in done["written"][task], done["written"]
+        model = RewardModel.load(done["written"][task]["path"])
+        assert model.info["source"] == "research+live" and model.info["live_pairs"] == 1
+    assert main(["import-ifllm", "--remove", "--json"]) == 0
+    pick()
+    done = refresh(home)
+    assert done["status"] == "skipped" and "was removed" in done["reason"]
