@@ -162,10 +162,13 @@ def test_a_folder_is_read_from_the_files_and_columns_it_has(folders, data, tmp_p
     small = folders[0]
     lean = tmp_path / "lean"
     lean.mkdir()
-    shutil.copy(small / "queries.parquet", lean)
+    # ... and query timestamps stored as TIMESTAMP rather than text
+    sql(f"copy (select * replace (try_cast(query_timestamp as timestamp) as query_timestamp) "
+        f"from '{small}/queries.parquet') to '{lean}/queries.parquet' (format parquet)")
     sql(f"copy (select 1 as extra, * from '{small}/samples.parquet') to '{lean}/samples.parquet' (format parquet)")
     again = read_ifllm(lean, use_cache=False)
     assert [t.query_id for t in again.turns] == [t.query_id for t in data.turns]
+    assert [t.shown_epoch_ms for t in again.turns] == [t.shown_epoch_ms for t in data.turns]
     assert again.report["read"]["pairwise_labelled"] == data.report["read"]["pairwise_labelled"]
 
     broken = tmp_path / "broken"
