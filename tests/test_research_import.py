@@ -131,7 +131,7 @@ def test_the_nightly_refresh_keeps_the_imported_study_as_prior_and_stops_when_it
     from align.train import refresh
     from app.session import AppSession
     from feedback_store import FeedbackStore
-    from test_scoring import regenerated_pair, show_and_read
+    from test_scoring import read_pair_and_pick
     assert main(["import-ifllm", str(folder), "--json"]) == 0
     assert main(["reward", "train", "--research", "--json"]) == 0
     capsys.readouterr()
@@ -141,10 +141,7 @@ def test_the_nightly_refresh_keeps_the_imported_study_as_prior_and_stops_when_it
             for signal in ("pointer", "personalise"):
                 store.consent.set(signal, True)
             session = AppSession(store)
-            conversation, left, right = regenerated_pair(store)
-            show_and_read(store, session, conversation.id, left.id, moves=5)
-            show_and_read(store, session, conversation.id, right.id, moves=40)
-            store.conversations.record_pick(conversation.id, left.id, right.id, -1)
+            read_pair_and_pick(store, session, -1)
             session.close()
     pick()
     done = refresh(home)

@@ -54,6 +54,16 @@ def regenerated_pair(store):
     return conversation, first, second
 
 
+def read_pair_and_pick(store, session, value, left_moves=5, right_moves=40):
+    """Two replies to one prompt read one after the other, then a side-by-side pick
+    (+1 left, -1 right, 0 tie)."""
+    conversation, left, right = regenerated_pair(store)
+    show_and_read(store, session, conversation.id, left.id, moves=left_moves)
+    show_and_read(store, session, conversation.id, right.id, moves=right_moves)
+    store.conversations.record_pick(conversation.id, left.id, right.id, value)
+    return conversation, left, right
+
+
 def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(store):
     for signal in ("pointer", "personalise"):
         store.consent.set(signal, True)
@@ -213,12 +223,8 @@ def test_the_scoring_model_learns_from_the_users_own_orderings_alone(store, caps
     def picks(start, count):
         store = FeedbackStore.open(home)
         session = AppSession(store)
-        for i in range(start, start + count):
-            conversation, left, right = regenerated_pair(store)
-            show_and_read(store, session, conversation.id, left.id, moves=5)
-            show_and_read(store, session, conversation.id, right.id, moves=40 if i % 3 else 2)
-            # mostly the reply read longer is kept
-            store.conversations.record_pick(conversation.id, left.id, right.id, -1 if i % 3 else 1)
+        for i in range(start, start + count):     # mostly the reply read longer is kept
+            read_pair_and_pick(store, session, -1 if i % 3 else 1, right_moves=40 if i % 3 else 2)
         session.close()
         store.close()
     store.close()
@@ -253,10 +259,7 @@ def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, t
 
     def picks(count):
         for i in range(count):
-            conversation, left, right = regenerated_pair(store)
-            show_and_read(store, session, conversation.id, left.id, moves=5)
-            show_and_read(store, session, conversation.id, right.id, moves=40)
-            store.conversations.record_pick(conversation.id, left.id, right.id, -1 if i % 3 else 1)
+            read_pair_and_pick(store, session, -1 if i % 3 else 1)
     picks(3)
     session.close()
     store.close()      # the nightly refreshes only while the app is closed
@@ -334,21 +337,15 @@ def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_pr
     store.consent.set("pointer", True)
     session = AppSession(store)
     # A pick made before the personalisation consent is never learnt from (as the nightly).
-    conversation, left, right = regenerated_pair(store)
-    show_and_read(store, session, conversation.id, left.id, moves=5)
-    show_and_read(store, session, conversation.id, right.id, moves=40)
-    store.conversations.record_pick(conversation.id, left.id, right.id, 1)
+    read_pair_and_pick(store, session, 1)
     assert live_pairwise_turns(store) == []          # no personalisation consent: none of it
     assert len(live_pointwise_table(store).y) == 0
     store.consent.set("personalise", True)
     picked, conversations = [], []
     for i in range(4):
-        conversation, left, right = regenerated_pair(store)
-        conversations.append(conversation.id)
-        show_and_read(store, session, conversation.id, left.id, moves=5 + i)
-        show_and_read(store, session, conversation.id, right.id, moves=40)
         value = -1 if i % 2 == 0 else 1
-        store.conversations.record_pick(conversation.id, left.id, right.id, value)
+        conversation, left, right = read_pair_and_pick(store, session, value, left_moves=5 + i)
+        conversations.append(conversation.id)
         picked.append(value)
     store.conversations.record_pick(conversation.id, left.id, right.id, 0)   # a tie: no label
     turns = live_pairwise_turns(store)
