@@ -52,6 +52,16 @@ def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
     return None
 
 
+def previous_shown(store, shown: dict) -> dict | None:
+    """The reply a shown reply is compared with: the latest other reply of its conversation
+    shown before it (``shown`` needs ``conversation_id``, ``message_id``, ``shown_wall_ns``)."""
+    rows = store._rows(
+        "SELECT * FROM shown_replies WHERE conversation_id = ? AND message_id <> ? "
+        "AND shown_wall_ns < ? ORDER BY shown_wall_ns DESC LIMIT 1",
+        (shown["conversation_id"], shown["message_id"], shown["shown_wall_ns"]))
+    return rows[0] if rows else None
+
+
 def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
     """(the prompt of this reply, the previous shown reply of its conversation or None,
     the prompt of that one)."""
@@ -59,11 +69,7 @@ def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
         rows = store._rows("SELECT p.content FROM messages m JOIN messages p ON p.id = m.parent_id "
                            "WHERE m.id = ?", (message_id,))
         return (rows[0]["content"] or "") if rows else ""
-    previous = store._rows(
-        "SELECT * FROM shown_replies WHERE conversation_id = ? AND message_id <> ? "
-        "AND shown_wall_ns < ? ORDER BY shown_wall_ns DESC LIMIT 1",
-        (shown["conversation_id"], shown["message_id"], shown["shown_wall_ns"]))
-    previous = previous[0] if previous else None
+    previous = previous_shown(store, shown)
     return (prompt_of(shown["message_id"]), previous,
             prompt_of(previous["message_id"]) if previous else "")
 

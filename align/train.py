@@ -98,32 +98,26 @@ def live_pointwise_table(store) -> Table:
     preferred. Regenerations are left out (an inferred label).
     Consented only; the latest showing of each labelled pair counts once."""
     from .pairs import explicit_preferences
-    from .scoring import _example
+    from .scoring import _example, previous_shown
 
     rows = store.training.rows()
     if not rows["consent_on"]:
         return _table([], {}, [])
     preferred = explicit_preferences(rows)
-    if not preferred:
-        return _table([], {}, [])
-    shown = store._rows("SELECT id, message_id, conversation_id FROM shown_replies "
-                        "ORDER BY shown_wall_ns")
-    # Per conversation, the last two different messages shown: a showing's "previous" is
-    # the latest other message shown before it, as scoring._reply_context finds it.
-    last_two: dict = {}
+    labelled = {message for pair in preferred for message in pair}
     latest = {}                  # labelled pair → its latest (shown id, later message)
-    for row in shown:
-        message, (last, before_last) = row["message_id"], last_two.get(row["conversation_id"], (None, None))
-        previous = before_last if message == last else last
-        if message != last:
-            last_two[row["conversation_id"]] = (message, last)
-        key = frozenset((previous, message))
-        if previous is not None and key in preferred:
-            latest[key] = (row["id"], message)
+    for shown in store._rows("SELECT id, message_id, conversation_id, shown_wall_ns "
+                             "FROM shown_replies ORDER BY shown_wall_ns"):
+        if shown["message_id"] not in labelled:
+            continue
+        previous = previous_shown(store, shown)       # as the scorer pairs it
+        key = frozenset((previous["message_id"], shown["message_id"])) if previous else None
+        if key in preferred:
+            latest[key] = (shown["id"], shown["message_id"])
     columns, per_side, meta, traces = [], {"a": [], "b": []}, [], {}
     for key, (shown_id, later) in latest.items():
         example = _example(store, shown_id, traces)
-        if example is None or example[1] is None or example[1]["message_id"] not in key:
+        if example is None:
             continue
         shown_row, _, row, fa, fb = example
         columns.append(row)
