@@ -37,8 +37,9 @@ def cmd_reward_train(args) -> int:
         live, live_pointwise, research = [], None, None
         try:
             with FeedbackStore.open() as store:
-                live = live_pairwise_turns(store)
-                live_pointwise = live_pointwise_table(store)
+                rows = store.training.rows()     # consented rows, read once for both tasks
+                live = live_pairwise_turns(store, rows)
+                live_pointwise = live_pointwise_table(store, rows)
                 if args.research:
                     from .research import read_research
                     research = read_research(store)

@@ -64,11 +64,12 @@ class LiveTurn:
     shown_epoch_ms: float
 
 
-def live_pairwise_turns(store) -> list[LiveTurn]:
+def live_pairwise_turns(store, rows: dict | None = None) -> list[LiveTurn]:
     """The user's own picks with both replies' reading traces: only picks made while the
-    personalisation consent was on (the nightly job's rule, ``store.training.rows``), none
-    while it is off. Ties and picks whose replies were never shown are left out."""
-    rows = store.training.rows()
+    personalisation consent was on (the nightly job's rule: ``rows`` from
+    ``store.training.rows``, read here when not given), none while it is off. Ties and
+    picks whose replies were never shown are left out."""
+    rows = store.training.rows() if rows is None else rows
     if not rows["consent_on"]:
         return []
     consented = {row["id"] for row in rows["feedback"] if row["kind"] == "pick"}
@@ -90,17 +91,18 @@ def live_pairwise_turns(store) -> list[LiveTurn]:
     return turns
 
 
-def live_pointwise_table(store) -> Table:
+def live_pointwise_table(store, rows: dict | None = None) -> Table:
     """The user's own labels for the pointwise task, shaped as the app scores: a shown
     reply against the reply shown just before it in its conversation (``scoring._example``),
     labelled when the user's explicit feedback ordered the two (a side-by-side pick, or ▲
     on one and ▼ on the other: ``pairs.explicit_preferences``): 1 when the later one was
     preferred. Regenerations are left out (an inferred label).
-    Consented only; the latest showing of each labelled pair counts once."""
+    Consented only (``rows`` as for :func:`live_pairwise_turns`); the latest showing of
+    each labelled pair counts once."""
     from .pairs import explicit_preferences
     from .scoring import _example, previous_shown
 
-    rows = store.training.rows()
+    rows = store.training.rows() if rows is None else rows
     if not rows["consent_on"]:
         return _table([], {}, [])
     preferred = explicit_preferences(rows)
@@ -198,8 +200,9 @@ def refresh(data_dir) -> dict:
     folders = {m.info.get("data") for m in newest.values()
                if m is not None and "ifllm" in str(m.info.get("source", ""))} - {None}
     with FeedbackStore.open(data_dir) as store:
-        live = live_pairwise_turns(store)
-        live_pointwise = live_pointwise_table(store)
+        rows = store.training.rows()
+        live = live_pairwise_turns(store, rows)
+        live_pointwise = live_pointwise_table(store, rows)
         counts = {"pairwise": len(live), "pointwise": len(live_pointwise.y)}
         stale = [task for task in TASKS if counts[task] and (
             newest[task] is None or newest[task].info.get("live_pairs", 0) != counts[task])]
