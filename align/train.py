@@ -170,10 +170,10 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
             written[task] = {"skipped": str(error)}
             continue
         sources = ([source] if data is not None else []) + (["live"] if live else [])
-        model.info.update({"source": "+".join(sources), "version": stamp,
-                           # absolute: the nightly refresh looks for it from anywhere
-                           "data": (None if data is None else str(Path(data.directory).resolve())
-                                    if source == "ifllm" else str(data.directory)),
+        prior = None if data is None else str(data.directory)
+        if source == "ifllm" and prior is not None:
+            prior = str(Path(prior).resolve())   # the nightly refresh looks for it from anywhere
+        model.info.update({"source": "+".join(sources), "version": stamp, "data": prior,
                            "live_pairs": live})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
@@ -223,15 +223,16 @@ def refresh(data_dir) -> dict:
                 return {"status": "skipped", "labels": counts,
                         "reason": "the imported study the models were trained with was removed; "
                                   "run align reward train"}
-    source, data = ("research", research) if research is not None else ("ifllm", None)
-    if research is None and folders:
-        folder = sorted(folders)[-1]
-        if not Path(folder).is_dir():
+    source, data = "research", research
+    if research is None:
+        source, folder = "ifllm", max(folders, default=None)
+        if folder is not None and not Path(folder).is_dir():
             return {"status": "skipped", "labels": counts,
                     "reason": f"the study folder the models were trained with is gone ({folder}); "
                               "run align reward train --ifllm DIR"}
-        from .ifllm import read_ifllm
-        data = read_ifllm(folder)
+        if folder is not None:
+            from .ifllm import read_ifllm
+            data = read_ifllm(folder)
     try:
         written = train_data(data, directory, tuple(stale), source=source, live_turns=live,
                              live_pointwise=live_pointwise)
