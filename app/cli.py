@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list, add or download models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    model_commands.add_parser("list")
-    add = model_commands.add_parser("add")
+    model_commands.add_parser("list", help="the default model and the ones you added")
+    add = model_commands.add_parser("add", help="check a .gguf file and add it to the list")
     add.add_argument("path", type=_text("the model path"))
     download = model_commands.add_parser("download", help="download a GGUF from the Hugging Face hub")
     download.add_argument("repo", type=_text("the repository"))
@@ -73,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="see, export or delete what Glance stores")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    status = data_commands.add_parser("status")
+    status = data_commands.add_parser("status", help="encryption, consents and how many rows each table holds")
     status.add_argument("--json", action="store_true")
-    export = data_commands.add_parser("export")
+    export = data_commands.add_parser("export", help="write everything stored to a folder")
     export.add_argument("directory", type=_text("the export folder"))
-    delete = data_commands.add_parser("delete")
+    delete = data_commands.add_parser("delete", help="delete one conversation or everything")
     target = delete.add_mutually_exclusive_group(required=True)
     target.add_argument("--conversation", type=_text("--conversation"))
     target.add_argument("--all", action="store_true")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     consent = commands.add_parser("consent", help="turn a signal's consent on or off")
     consent_commands = consent.add_subparsers(dest="consent_command", metavar="ACTION", required=True)
-    set_consent = consent_commands.add_parser("set")
+    set_consent = consent_commands.add_parser("set", help="e.g. `glance consent set mouse on`")
     set_consent.add_argument("signal", choices=list(SIGNALS))
     set_consent.add_argument("state", choices=["on", "off"])
     return parser

@@ -139,3 +139,29 @@ def test_conversations_lists_ids(home):
     listed = run_glance("conversations", "--json", home=home)
     assert [c["id"] for c in json.loads(listed.stdout)] == [conversation]
     assert conversation in run_glance("conversations", home=home).stdout
+
+
+def _commands_without_help(parser, path=()):
+    """Every subcommand whose name its parent's --help would not show: argparse lists a
+    subcommand under a metavar only when it was given help."""
+    import argparse
+    missing = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        listed = {choice.dest for choice in action._choices_actions}
+        for name, subparser in action.choices.items():
+            if name not in listed:
+                missing.append(" ".join(path + (name,)))
+            missing += _commands_without_help(subparser, path + (name,))
+    return missing
+
+
+def test_every_subcommand_is_listed_in_its_parents_help():
+    from app.cli import build_parser as glance_parser
+    from align.cli import build_parser as align_parser
+    assert _commands_without_help(glance_parser(), ("glance",)) == []
+    assert _commands_without_help(align_parser(), ("align",)) == []
+    # and the listing is what a user sees
+    help_text = glance_parser()._subparsers._group_actions[0].choices["data"].format_help()
+    assert all(word in help_text for word in ("status", "export", "delete"))
