@@ -291,3 +291,36 @@ def test_a_reply_fits_the_view_of_a_900_pixel_window(qtbot, window):
     for shown in (widget, widget.browser, widget.meta):
         right = shown.mapTo(viewport, QPoint(shown.width(), 0)).x()
         assert right <= viewport.width(), (shown, right, viewport.width())
+
+
+def test_the_view_follows_a_reply_to_its_last_line_and_buttons(qtbot, window):
+    """The view scrolled to the old bottom before the layout had grown by the text just
+    set, so a finished reply's last line or its buttons stayed under the edge (seen on
+    Xvfb: the Copy/Regenerate row of the newest reply hidden)."""
+    window.resize(900, 420)
+    for prompt in ("Name a colour.", "Name a tree.", "Describe a meadow at dawn."):
+        reply = send_by_keyboard(qtbot, window, prompt)
+    qtbot.wait(50)
+    view = window.chat_view
+    assert view.verticalScrollBar().maximum() > 0          # the chat overflows the view
+    buttons = widget_for(window, reply.id).regenerate_button
+    bottom = buttons.mapTo(view.viewport(), QPoint(0, buttons.height())).y()
+    assert 0 < bottom <= view.viewport().height(), (bottom, view.viewport().height())
+
+
+def test_a_user_who_scrolled_up_is_not_pulled_down_while_a_reply_streams(qtbot, window):
+    window.resize(900, 420)
+    for prompt in ("Name a colour.", "Name a tree."):
+        send_by_keyboard(qtbot, window, prompt)
+    window.tree.conversation.settings = quick_settings(max_tokens=300).to_dict()
+    view = window.chat_view
+    window.input.setPlainText("Write a long story about a lighthouse keeper.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.send()
+        qtbot.waitUntil(lambda: view.streaming is not None and len(view._stream_text) > 20
+                        and view.verticalScrollBar().maximum() > 0, timeout=REPLY_TIMEOUT_MS)
+        view.verticalScrollBar().setValue(0)                 # the user scrolls up to reread
+        so_far = len(view._stream_text)
+        qtbot.waitUntil(lambda: len(view._stream_text) > so_far + 100, timeout=REPLY_TIMEOUT_MS)
+        qtbot.wait(60)                                       # a few renders of the stream
+        assert view.verticalScrollBar().value() == 0

@@ -255,6 +255,20 @@ class ChatView(QScrollArea):
         self._render_timer = QTimer(self)
         self._render_timer.setInterval(STREAM_RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_stream)
+        # Follow the bottom while the user is there. The new maximum is only known once
+        # the layout has grown by what was just added, so the scroll happens when the
+        # range changes, not when the text is set.
+        self._follow_bottom = True
+        bar = self.verticalScrollBar()
+        bar.valueChanged.connect(self._note_position)
+        bar.rangeChanged.connect(self._keep_following)
+
+    def _note_position(self, value: int) -> None:
+        self._follow_bottom = value >= self.verticalScrollBar().maximum() - 4
+
+    def _keep_following(self, _minimum: int, maximum: int) -> None:
+        if self._follow_bottom:
+            self.verticalScrollBar().setValue(maximum)
 
     def show_messages(self, path: list[Message], siblings_of, thumbs: dict[str, int],
                       compare: tuple[Message, Message] | None = None) -> list[MessageWidget]:
@@ -319,11 +333,8 @@ class ChatView(QScrollArea):
     def _render_stream(self) -> None:
         if self.streaming is None or not self._stream_dirty:
             return
-        at_bottom = self.verticalScrollBar().value() >= self.verticalScrollBar().maximum() - 4
-        self.streaming.set_text(self._stream_text)
+        self.streaming.set_text(self._stream_text)   # the view follows if at the bottom
         self._stream_dirty = False
-        if at_bottom:
-            self.scroll_to_bottom()
 
     def end_stream(self) -> None:
         self._render_timer.stop()
@@ -335,4 +346,6 @@ class ChatView(QScrollArea):
             self.streaming = None
 
     def scroll_to_bottom(self) -> None:
+        """To the bottom now, and stay there as the content grows."""
+        self._follow_bottom = True
         self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())
