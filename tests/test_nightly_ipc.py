@@ -100,6 +100,18 @@ def test_app_closed_the_job_opens_the_store_itself(home):
         assert [r["id"] for r in store.training.runs()] == [result["run_id"]]
 
 
+def test_the_plain_output_says_the_outcome_once(home):
+    """The outcome went to the progress log (stderr) and to stdout: twice in a terminal
+    and in the scheduled job's log."""
+    consenting_home(home)
+    done = subprocess.run([sys.executable, "-m", "align.cli", "--nightly"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=job_env(home))
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert said.count("Nothing to learn yet") == 1, said
+    assert "Reward models: skipped" in done.stdout
+
+
 @pytest.mark.timeout(600)
 def test_app_started_while_the_job_holds_the_file_waits_and_the_job_records_through_it(home, tmp_path):
     consenting_home(home)
