@@ -324,3 +324,20 @@ def test_a_user_who_scrolled_up_is_not_pulled_down_while_a_reply_streams(qtbot, 
         qtbot.waitUntil(lambda: len(view._stream_text) > so_far + 100, timeout=REPLY_TIMEOUT_MS)
         qtbot.wait(60)                                       # a few renders of the stream
         assert view.verticalScrollBar().value() == 0
+
+
+def test_the_input_keeps_the_keyboard_when_a_clicked_button_is_rebuilt(qtbot, window):
+    """Regenerate, Compare, the thumbs and the pick buttons live in message rows that are
+    rebuilt when the conversation changes; Qt then gave the keyboard to the next widget in
+    the chain, the conversation search, so the next thing typed filtered the list."""
+    from PySide6.QtWidgets import QApplication
+    window.activateWindow()
+    reply = send_by_keyboard(qtbot, window, "Name a colour.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        qtbot.mouseClick(widget_for(window, reply.id).compare_button, Qt.MouseButton.LeftButton)
+    qtbot.wait(20)
+    assert QApplication.focusWidget() is window.input, QApplication.focusWidget()
+    qtbot.mouseClick(window.chat_view.pair.sides[0].browser.viewport(), Qt.MouseButton.LeftButton)
+    qtbot.keyClick(window, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)   # pick the left one
+    qtbot.wait(20)
+    assert QApplication.focusWidget() is window.input, QApplication.focusWidget()

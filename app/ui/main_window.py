@@ -327,7 +327,10 @@ class MainWindow(QMainWindow):
         compare = None
         if self.comparing and all(m in tree.messages for m in self.comparing):
             compare = tuple(tree.messages[m] for m in self.comparing)
+        keyboard_in_rows = self._keyboard_in_chat()
         widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare)
+        if keyboard_in_rows:     # the button or reply that had it is gone with its row
+            self.input.setFocus()
         if self.chat_view.pair is not None:
             self.chat_view.pair.picked.connect(self.pick)
         for widget in widgets:
@@ -501,11 +504,23 @@ class MainWindow(QMainWindow):
         self.reply_finished.emit(None)
 
     def _set_busy(self, busy: bool) -> None:
+        keyboard_on_disabled = busy and (self._keyboard_in_chat() or self.send_button.hasFocus()
+                                         or self.model_picker.hasFocus())
         self.send_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
         self.model_picker.setEnabled(not busy)
         for widget in self.chat_view.widgets:
             widget.set_actions_enabled(not busy)
+        if keyboard_on_disabled:   # type the next message (or Esc) while this one streams
+            self.input.setFocus()
+
+    def _keyboard_in_chat(self) -> bool:
+        """Whether the keyboard is on a reply or one of its buttons (or nowhere). Those
+        are disabled while a reply streams and rebuilt when the conversation changes; Qt
+        then hands the keyboard to the next widget in the chain, the conversation search,
+        and the next thing typed would filter the list instead."""
+        focused = QApplication.focusWidget()
+        return focused is None or self.chat_view.isAncestorOf(focused)
 
     def copy_message(self, message_id: str) -> None:
         content = self.tree.messages[message_id].content
