@@ -246,11 +246,17 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
         return _record(config, result, started, clock, log, status="nothing_new",
                        message=f"Nothing new to learn: the same {len(pairs)} pairs as last time.")
 
-    train, heldout = split_by_conversation(pairs, config.gate)
-    result["split"] = {"train": len(train), "heldout": len(heldout)}
-    if not train:
+    if len({p.conversation_id for p in pairs}) < 2:
+        # The gate checks an adapter on conversations it was not trained on: with one,
+        # either nothing is left to train on or nothing to check with, and minutes of
+        # training would end in a refusal.
         return _record(config, result, started, clock, log, status="nothing_new",
-                       message="Nothing to train on after holding out pairs for the check.")
+                       message=f"Not enough to learn from yet: all {len(pairs)} pairs come "
+                               "from one conversation, and a whole conversation is kept aside "
+                               "to check the adapter before it is used. A pick, thumbs or "
+                               "regenerated reply in a second conversation is needed.")
+    train, heldout = split_by_conversation(pairs, config.gate)   # both sides non-empty
+    result["split"] = {"train": len(train), "heldout": len(heldout)}
     model_path = Path(source["model"])
     outcome = _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log)
 

@@ -112,6 +112,18 @@ def test_the_plain_output_says_the_outcome_once(home):
     assert "Reward models: skipped" in done.stdout
 
 
+def test_pairs_from_one_conversation_are_not_trained_on_and_the_job_says_why(home):
+    """The gate keeps whole conversations aside: with one, the job trained for minutes on
+    it and then refused the adapter for want of held-out pairs."""
+    from nightly_support import seed_home
+    seed_home(home, topics=["tea"])     # 'talk-tea' falls on the training side of the split
+    done = run_job(home)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["status"] == "nothing_new" and not result["trained"], result
+    assert "one conversation" in result["message"] and "split" not in result
+
+
 @pytest.mark.timeout(600)
 def test_app_started_while_the_job_holds_the_file_waits_and_the_job_records_through_it(home, tmp_path):
     consenting_home(home)
