@@ -242,10 +242,6 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
         return _record(config, result, started, clock, log, status="nothing_new",
                        message="Nothing to learn yet: no reply has been preferred over another "
                                "(pick, thumbs on two replies to one prompt, or a regenerated reply).")
-    if stamp == source["last_fingerprint"]:
-        return _record(config, result, started, clock, log, status="nothing_new",
-                       message=f"Nothing new to learn: the same {len(pairs)} pairs as last time.")
-
     if len({p.conversation_id for p in pairs}) < 2:
         # The gate checks an adapter on conversations it was not trained on: with one,
         # either nothing is left to train on or nothing to check with, and minutes of
@@ -255,6 +251,10 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
                                "from one conversation, and a whole conversation is kept aside "
                                "to check the adapter before it is used. A pick, thumbs or "
                                "regenerated reply in a second conversation is needed.")
+    if stamp == source["last_fingerprint"]:
+        return _record(config, result, started, clock, log, status="nothing_new",
+                       message=f"Nothing new to learn: the same {len(pairs)} pairs as last time.")
+
     train, heldout = split_by_conversation(pairs, config.gate)   # both sides non-empty
     result["split"] = {"train": len(train), "heldout": len(heldout)}
     model_path = Path(source["model"])
