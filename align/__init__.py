@@ -1,4 +1,4 @@
-"""Everything that learns: reading features, reward models, pairs, DPO, adapters.
+"""Everything that learns: reading features, reward models, pairs, DPO, adapters."""
+from .offline import keep_offline
 
-Filled by later issues; milestone 1 provides the `align` command group only.
-"""
+keep_offline()   # before any of align's modules loads a Hugging Face library

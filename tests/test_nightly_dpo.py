@@ -42,7 +42,7 @@ def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_
             if "lora_B" in name:
                 parameter.normal_(std=0.02)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-    loss = float(trainer.compute_loss(model, batch))
+    loss = float(trainer.compute_loss(model, batch).detach())
 
     # By hand: full forward of the whole model, full logits, no trunk split or chunking.
     def sequence_logp(ids, completion, adapter: bool):
@@ -79,7 +79,7 @@ def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_
 
     # The same batch with the two ε swapped gives another loss: ε is per pair, not per run.
     swapped = dict(batch, epsilon=batch["epsilon"].flip(0))
-    assert abs(float(trainer.compute_loss(model, swapped)) - loss) > 1e-4
+    assert abs(float(trainer.compute_loss(model, swapped).detach()) - loss) > 1e-4
 
     # The split forward (trunk once, top layers twice) equals the whole model's forward.
     plain = Scorer(model, split=0)

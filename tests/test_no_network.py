@@ -76,9 +76,10 @@ def traced(args, env, tmp_path, name="strace.txt", timeout=300):
 
 
 def clean_env(home, **extra) -> dict:
-    """The environment of a user's terminal: no display, no proxy, GLANCE_HOME set."""
+    """The environment of a user's terminal: no display, no proxy, not CI (trl keeps its
+    telemetry quiet under CI=true only, so CI alone would hide it), GLANCE_HOME set."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM", "CI")
            and not k.lower().endswith("_proxy")}
     env.update(GLANCE_HOME=str(home), **extra)
     return env
@@ -279,6 +280,26 @@ def test_cli_command_opens_no_network(command, seeded_home, closed_loopback_port
         assert any("connect(" in line and f"htons({closed_loopback_port})" in line
                    and 'inet_addr("127.0.0.1")' in line for line in network), shown
         assert "Could not reach the model hub" in result.stderr, shown
+
+
+# --- a nightly run that trains ----------------------------------------------------------
+@pytest.mark.timeout(900)
+def test_nightly_training_opens_no_network(home, tmp_path):
+    """`align --nightly` above runs on a folder with nothing to learn; here it is a user's
+    first night: it converts the GGUF to a checkpoint, trains, gates and publishes an
+    adapter, so torch, transformers, trl, peft and datasets are all loaded and used
+    (trl's trainer posts telemetry to the hub unless told not to)."""
+    from nightly_support import require_training, seed_home
+    require_training()
+    seed_home(home)
+    env = clean_env(home, GLANCE_CHECKPOINT_CACHE=str(tmp_path / "checkpoints"))
+    result, lines = traced([sys.executable, "-m", "align.cli", "--nightly", "--json"], env,
+                           tmp_path, timeout=850)
+    shown = result.stderr[-3000:]
+    assert result.returncode == 0, shown
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["trained"], outcome            # the trainer really ran
+    assert [line for line in lines if is_network(line)] == [], shown
 
 
 # --- the desktop app through a whole session -----------------------------------------------

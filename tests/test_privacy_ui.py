@@ -56,7 +56,7 @@ def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_pat
 def test_pause_shortcut_in_the_window(qtbot, store, window):
     assert window.collection_label.text() == "Not recording"
     # The offscreen platform never activates windows by itself; a desktop does.
-    QApplication.setActiveWindow(window)
+    window.activateWindow()
     window.input.setFocus()
     qtbot.keyClick(window.input, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert store.consent.paused and window.collection_label.text() == "Recording paused"
