@@ -24,6 +24,7 @@ attempt to connect there must be seen (proof the command ran and the trace sees 
 and it must make no other network call (no DNS, no IPv6, no other address).
 """
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -300,6 +301,33 @@ def test_nightly_training_opens_no_network(home, tmp_path):
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["trained"], outcome            # the trainer really ran
     assert [line for line in lines if is_network(line)] == [], shown
+
+
+# --- gaze: camera frames through MediaPipe --------------------------------------------------
+GAZE_RUN = r"""
+import sys
+from gaze import synthetic
+from gaze.tracker import GazeTracker
+path, _ = synthetic.astronaut_video(sys.argv[1], frames_per_segment=10)
+tracker = GazeTracker(str(path), realtime=False)
+tracker.start()
+assert tracker.wait_finished(240) and tracker.stop()
+print(tracker.stats()["faces_found"])
+"""
+
+
+@pytest.mark.timeout(600)
+def test_gaze_tracking_opens_no_network(home, tmp_path):
+    """The webcam side: frames from a video file (the tracker's replay camera) through
+    OpenCV and MediaPipe's face mesh. Later MediaPipe releases report usage to Google's
+    servers (docs/privacy.md); the pinned one must not."""
+    require(importlib.util.find_spec("mediapipe") is not None
+            and importlib.util.find_spec("cv2") is not None, "the gaze extra is not installed")
+    result, lines = traced([sys.executable, "-c", GAZE_RUN, str(tmp_path / "face.avi")],
+                           clean_env(home), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.strip().splitlines()[-1]) > 0     # faces were really tracked
+    assert [line for line in lines if is_network(line)] == [], result.stderr[-3000:]
 
 
 # --- the desktop app through a whole session -----------------------------------------------
