@@ -52,12 +52,27 @@ def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
     return None
 
 
+# A reply is read as new once, when it is first shown; that reading is what is scored, as
+# in the study (each answer read as it came). Reopening a conversation shows its replies
+# again, all at once and in no set order: those later showings are re-reads, neither
+# scored nor compared with.
+FIRST_SHOWING = ("NOT EXISTS (SELECT 1 FROM shown_replies e WHERE e.message_id = r.message_id "
+                 "AND (e.shown_wall_ns < r.shown_wall_ns "
+                 "OR (e.shown_wall_ns = r.shown_wall_ns AND e.id < r.id)))")
+
+
+def is_first_showing(store, shown_reply_id: str) -> bool:
+    return bool(store._rows(f"SELECT 1 FROM shown_replies r WHERE r.id = ? AND {FIRST_SHOWING}",
+                            (shown_reply_id,)))
+
+
 def previous_shown(store, shown: dict) -> dict | None:
-    """The reply a shown reply is compared with: the latest other reply of its conversation
-    shown before it (``shown`` needs ``conversation_id``, ``message_id``, ``shown_wall_ns``)."""
+    """The reply a shown reply is compared with: the other reply of its conversation first
+    shown most recently before it (``shown`` needs ``conversation_id``, ``message_id``,
+    ``shown_wall_ns``)."""
     rows = store._rows(
-        "SELECT * FROM shown_replies WHERE conversation_id = ? AND message_id <> ? "
-        "AND shown_wall_ns < ? ORDER BY shown_wall_ns DESC LIMIT 1",
+        "SELECT * FROM shown_replies r WHERE r.conversation_id = ? AND r.message_id <> ? "
+        f"AND r.shown_wall_ns < ? AND {FIRST_SHOWING} ORDER BY r.shown_wall_ns DESC LIMIT 1",
         (shown["conversation_id"], shown["message_id"], shown["shown_wall_ns"]))
     return rows[0] if rows else None
 
@@ -76,12 +91,13 @@ def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
 
 def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
     """(the shown reply's row, its previous shown reply or None, the columns and per-side
-    features) as training builds them, or None if the store no longer has it. ``traces``
-    (shown id → ReadingTrace) serves and keeps the traces read."""
+    features) as training builds them, or None if the store no longer has it or this is
+    not the reply's first showing. ``traces`` (shown id → ReadingTrace) serves and keeps
+    the traces read."""
     from .examples import followup_row
 
     shown = store.traces.shown_reply(shown_reply_id)
-    if shown is None:
+    if shown is None or not is_first_showing(store, shown_reply_id):
         return None
     query, previous, previous_query = _reply_context(store, shown)
 
@@ -100,7 +116,8 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
 
 def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,
                       traces: dict | None = None, history=None) -> dict | None:
-    """Score one shown reply with a pointwise model; None if the store no longer has it.
+    """Score one shown reply with a pointwise model; None if the store no longer has it
+    or it is a later showing of a reply (only the first is scored).
     The first reply of a conversation is compared with itself (every difference zero):
     its score then rests on what needs no comparison, such as the time to the next message.
     ``traces`` (shown id → ReadingTrace), when given, serves and keeps the traces read:

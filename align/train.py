@@ -97,27 +97,27 @@ def live_pointwise_table(store, rows: dict | None = None) -> Table:
     labelled when the user's explicit feedback ordered the two (a side-by-side pick, or ▲
     on one and ▼ on the other: ``pairs.explicit_preferences``): 1 when the later one was
     preferred. Regenerations are left out (an inferred label).
-    Consented only (``rows`` as for :func:`live_pairwise_turns`); the latest showing of
-    each labelled pair counts once."""
+    Consented only (``rows`` as for :func:`live_pairwise_turns`); a reply's first showing,
+    the reading the app scores (``scoring.FIRST_SHOWING``)."""
     from .pairs import explicit_preferences
-    from .scoring import _example, previous_shown
+    from .scoring import FIRST_SHOWING, _example, previous_shown
 
     rows = store.training.rows() if rows is None else rows
     if not rows["consent_on"]:
         return _table([], {}, [])
     preferred = explicit_preferences(rows)
     labelled = {message for pair in preferred for message in pair}
-    latest = {}                  # labelled pair → its latest (shown id, later message)
+    found = []                   # (shown id, later message, labelled pair)
     for shown in store._rows("SELECT id, message_id, conversation_id, shown_wall_ns "
-                             "FROM shown_replies ORDER BY shown_wall_ns"):
+                             f"FROM shown_replies r WHERE {FIRST_SHOWING} ORDER BY shown_wall_ns"):
         if shown["message_id"] not in labelled:
             continue
         previous = previous_shown(store, shown)       # as the scorer pairs it
         key = frozenset((previous["message_id"], shown["message_id"])) if previous else None
         if key in preferred:
-            latest[key] = (shown["id"], shown["message_id"])
+            found.append((shown["id"], shown["message_id"], key))
     columns, per_side, meta, traces = [], {"a": [], "b": []}, [], {}
-    for key, (shown_id, later) in latest.items():
+    for shown_id, later, key in found:
         example = _example(store, shown_id, traces)
         if example is None:
             continue

@@ -96,6 +96,38 @@ def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(s
     session.close()
 
 
+def test_a_reopened_conversation_is_not_scored_again_and_keeps_its_comparisons(store):
+    """Reopening a conversation shows its replies again, all at once and in no particular
+    order. Those re-showings were scored as new readings, each against whichever reply
+    happened to be shown a moment before (a reply against the one *after* it, seen in the
+    app), and the newest score of a regenerated reply then no longer compared it with the
+    reply it replaced, so the nightly pairs lost it. A reply is read as new once: only
+    its first showing is scored, against the reply first shown before it."""
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    pointwise_model(model_dir(store.data_dir))
+    session = AppSession(store)
+    conversation, first, second = regenerated_pair(store)
+    follow_up = store.conversations.add_message(Message(conversation.id, "user", "And ants?",
+                                                        parent_id=second.id))
+    answer = store.conversations.add_message(Message(conversation.id, "assistant", TEXT,
+                                                     parent_id=follow_up.id))
+    for message, moves in ((first, 5), (second, 60), (answer, 20)):
+        show_and_read(store, session, conversation.id, message.id, moves=moves)
+    session.close()
+    reopened = AppSession(store)                    # the app starts again on this chat
+    for message in (answer, second):                # the active branch, shown anew
+        show_and_read(store, reopened, conversation.id, message.id, moves=8)
+    reopened.scorer.wait()
+    store.flush()
+    scores = {m.id: [(s["previous_message_id"]) for s in store.scores.for_message(m.id)]
+              for m in (first, second, answer)}
+    assert scores == {first.id: [None], second.id: [first.id], answer.id: [second.id]}
+    judge = score_judge(store.training.rows())
+    assert judge({"id": first.id}, {"id": second.id}).p_a_over_b < 0.3
+    reopened.close()
+
+
 def test_per_user_columns_are_centred_on_the_replies_scored_before_as_in_training(store):
     """A model on the user-centred dwell share: training centres each row on the same
     user's earlier rows, so the scorer must too. Reply 2 is read far more than reply 1;
