@@ -101,17 +101,35 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
         return None
     query, previous, previous_query = _reply_context(store, shown)
 
-    def trace(shown_id):
-        if shown_id not in traces:
-            traces[shown_id] = store.traces.for_shown_reply(shown_id)
-        return traces[shown_id]
-    current = trace(shown_reply_id)
-    before = trace(previous["id"]) if previous else current
-    shown_for = current.shown_for_ms if math.isfinite(current.shown_for_ms) else 0.0
-    before_for = before.shown_for_ms if math.isfinite(before.shown_for_ms) else shown_for
+    def read(row):
+        """The reply's reading until the user moved on, and how long that was."""
+        if row["id"] not in traces:
+            traces[row["id"]] = store.traces.for_shown_reply(row["id"])
+        whole = traces[row["id"]]
+        until_next = next_message_ms(store, row)
+        if math.isfinite(until_next) and not whole.shown_for_ms <= until_next:
+            return whole.before(until_next), until_next
+        return whole, whole.shown_for_ms
+    current, shown_for = read(shown)
+    before, before_for = read(previous) if previous else (current, shown_for)
+    shown_for = shown_for if math.isfinite(shown_for) else 0.0
+    before_for = before_for if math.isfinite(before_for) else shown_for
     row, fa, fb = followup_row(current, before, query, previous_query if previous else query,
                                shown_for, before_for)
     return shown, previous, row, fa, fb
+
+
+def next_message_ms(store, shown: dict) -> float:
+    """Time from a reply's showing to the first message sent from it (NaN if none). The
+    study's window of an answer ends at the next query; here a reply stays on screen
+    under the turns that follow, so the time it left the screen is not "the time to the
+    next message", and what was read after the next message belongs to the replies that
+    came after it."""
+    rows = store._rows("SELECT min(created_wall_ns) AS sent FROM messages WHERE parent_id = ? "
+                       "AND role = 'user' AND created_wall_ns > ?",
+                       (shown["message_id"], shown["shown_wall_ns"]))
+    sent = rows[0]["sent"] if rows else None
+    return math.nan if sent is None else (sent - shown["shown_wall_ns"]) / 1e6
 
 
 def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,

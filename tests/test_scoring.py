@@ -128,6 +128,57 @@ def test_a_reopened_conversation_is_not_scored_again_and_keeps_its_comparisons(s
     reopened.close()
 
 
+def test_a_reply_is_read_until_the_next_message_not_until_it_leaves_the_screen(store):
+    """The study's window of an answer ends at the next query, and the model's "time to
+    the next message" is that length. A reply stays on screen under the next turns, so
+    the time it left the screen measured how long the conversation stayed open, and the
+    pointer's visits after the next message counted as reading this reply."""
+    from align import features as F
+    from align.scoring import _example
+    from feedback_store.trace import MOUSE
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    RewardModel(task="pointwise", names=["i_next_message_log_s"], fill=np.zeros(1),
+                centre=np.zeros(1), scale=np.ones(1), coef=np.ones(1), intercept=0.0,
+                info={"version": "next"}).save(model_dir(store.data_dir) / "reward-pointwise-next.json")
+    session = AppSession(store)
+    conversation = store.conversations.create(Conversation(title="bees"))
+    question = store.conversations.add_message(Message(conversation.id, "user", "How do bees talk?"))
+    reply = store.conversations.add_message(Message(conversation.id, "assistant", TEXT,
+                                                    parent_id=question.id))
+    shown_id = session.reply_shown(ReplyOnScreen(
+        reply.id, conversation.id, (0, 0, 600, 40), 1.0, TEXT,
+        [{"line": 0, "start": 0, "end": len(TEXT), "x": 0, "y": 0, "w": 600, "h": 20}]))
+
+    def read(count):
+        start = time.monotonic_ns()
+        assert store.samples.submit([
+            PointerSample(session.id, shown_id, conversation.id, start + i * 20_000_000,
+                          time.time_ns(), "move", x=10.0 + i, y=10.0, text_offset=i * 3, line=0)
+            for i in range(count)])
+        time.sleep(count * 0.02 + 0.05)
+    read(10)
+    store.conversations.add_message(Message(conversation.id, "user", "And ants?", parent_id=reply.id))
+    read(10)                                   # back on this reply while the next one streams
+    time.sleep(0.3)
+    session.replies_hidden(keep=set())
+    session.scorer.wait()
+    store.flush()
+    [score] = store.scores.for_message(reply.id)
+    shown = store.traces.shown_reply(shown_id)
+    sent = store.conversations.messages(conversation.id)[-1].created_wall_ns
+    until_next_s = (sent - shown["shown_wall_ns"]) / 1e9
+    whole = store.traces.for_shown_reply(shown_id)
+    assert until_next_s < whole.shown_for_ms / 1000 - 0.3
+    logit = np.log(score["probability"] / (1 - score["probability"]))
+    assert abs(logit - np.log1p(until_next_s)) < 1e-6
+    _, _, row, current, _ = _example(store, shown_id, {})
+    until_next_ms = until_next_s * 1000
+    assert current["m_dwell_ms"] == F.reading_features(whole.before(until_next_ms), MOUSE)["dwell_ms"]
+    assert current["m_dwell_ms"] < F.reading_features(whole, MOUSE)["dwell_ms"]
+    session.close()
+
+
 def test_per_user_columns_are_centred_on_the_replies_scored_before_as_in_training(store):
     """A model on the user-centred dwell share: training centres each row on the same
     user's earlier rows, so the scorer must too. Reply 2 is read far more than reply 1;
