@@ -55,24 +55,26 @@ def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
 # A reply is read as new once, when it is first shown; that reading is what is scored, as
 # in the study (each answer read as it came). Reopening a conversation shows its replies
 # again, all at once and in no set order: those later showings are re-reads, neither
-# scored nor compared with.
-FIRST_SHOWING = ("NOT EXISTS (SELECT 1 FROM shown_replies e WHERE e.message_id = r.message_id "
-                 "AND (e.shown_wall_ns < r.shown_wall_ns "
-                 "OR (e.shown_wall_ns = r.shown_wall_ns AND e.id < r.id)))")
+# scored nor compared with. Keeps each message's first showing of the rows selected.
+FIRST_SHOWING = "QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY shown_wall_ns, id) = 1"
 
 
-def is_first_showing(store, shown_reply_id: str) -> bool:
-    return bool(store._rows(f"SELECT 1 FROM shown_replies r WHERE r.id = ? AND {FIRST_SHOWING}",
-                            (shown_reply_id,)))
+def is_first_showing(store, shown: dict) -> bool:
+    rows = store._rows("SELECT id FROM shown_replies WHERE message_id = ? "
+                       "ORDER BY shown_wall_ns, id LIMIT 1", (shown["message_id"],))
+    return bool(rows) and rows[0]["id"] == shown["id"]
 
 
 def previous_shown(store, shown: dict) -> dict | None:
     """The reply a shown reply is compared with: the other reply of its conversation first
     shown most recently before it (``shown`` needs ``conversation_id``, ``message_id``,
     ``shown_wall_ns``)."""
+    # A message shown at all before this one was first shown before it too, so filtering
+    # by time before keeping first showings keeps the right ones.
     rows = store._rows(
-        "SELECT * FROM shown_replies r WHERE r.conversation_id = ? AND r.message_id <> ? "
-        f"AND r.shown_wall_ns < ? AND {FIRST_SHOWING} ORDER BY r.shown_wall_ns DESC LIMIT 1",
+        "SELECT id, message_id, conversation_id, shown_wall_ns FROM shown_replies "
+        "WHERE conversation_id = ? AND message_id <> ? "
+        f"AND shown_wall_ns < ? {FIRST_SHOWING} ORDER BY shown_wall_ns DESC LIMIT 1",
         (shown["conversation_id"], shown["message_id"], shown["shown_wall_ns"]))
     return rows[0] if rows else None
 
@@ -97,7 +99,7 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
     from .examples import followup_row
 
     shown = store.traces.shown_reply(shown_reply_id)
-    if shown is None or not is_first_showing(store, shown_reply_id):
+    if shown is None or not is_first_showing(store, shown):
         return None
     query, previous, previous_query = _reply_context(store, shown)
 

@@ -109,7 +109,7 @@ def live_pointwise_table(store, rows: dict | None = None) -> Table:
     labelled = {message for pair in preferred for message in pair}
     found = []                   # (shown id, later message, labelled pair)
     for shown in store._rows("SELECT id, message_id, conversation_id, shown_wall_ns "
-                             f"FROM shown_replies r WHERE {FIRST_SHOWING} ORDER BY shown_wall_ns"):
+                             f"FROM shown_replies {FIRST_SHOWING} ORDER BY shown_wall_ns"):
         if shown["message_id"] not in labelled:
             continue
         previous = previous_shown(store, shown)       # as the scorer pairs it
