@@ -28,32 +28,28 @@ def cmd_reward_train(args) -> int:
     _single_threaded()
     from feedback_store import DatabaseLocked, FeedbackStore, StoreError
     from .research import ResearchSchemaMissing
-    from .train import TASKS, live_pairwise_turns, live_pointwise_table, train_data
+    from .train import TASKS, live_tables, train_data
 
     tasks = TASKS if args.task == "both" else (args.task,)
     out = args.out or _default_model_dir()
     try:
-        # The user's own picks (with the personalisation consent), plus the prior asked for.
-        live, live_pointwise, research = [], None, None
+        # The user's own labels (with the personalisation consent), plus the prior asked for.
+        live, research = None, None
         try:
             with FeedbackStore.open() as store:
-                rows = store.training.rows()     # consented rows, read once for both tasks
-                live = live_pairwise_turns(store, rows)
-                live_pointwise = live_pointwise_table(store, rows)
+                live = live_tables(store)
                 if args.research:
                     from .research import read_research
                     research = read_research(store)
         except DatabaseLocked:
-            if not args.ifllm:
+            if args.research:
                 raise
-            print("align reward train: Glance is open, so your own picks are left out this "
-                  "time (close it to include them).", file=sys.stderr)
+            live = _labels_from_app()        # Glance is open: it computes them
         if args.ifllm:
             from .ifllm import read_ifllm
             research = read_ifllm(args.ifllm)
         written = train_data(research, out, tasks, args.features,
-                             source="research" if args.research else "ifllm", live_turns=live,
-                             live_pointwise=live_pointwise)
+                             source="research" if args.research else "ifllm", live=live)
     except (StoreError, ResearchSchemaMissing, ValueError, OSError) as error:
         print(f"align reward train: {error}", file=sys.stderr)
         return 2
@@ -68,6 +64,20 @@ def cmd_reward_train(args) -> int:
                   f"{info['train_users']} users, {info['live_pairs']} of them your own, "
                   f"{info['columns']} columns, C={info['C']})")
     return 0
+
+
+def _labels_from_app() -> dict:
+    """The user's labelled rows, computed by the open app (it holds the database)."""
+    from feedback_store.paths import glance_home
+    from .ipc import AppClient, LinkError
+    from .nightly import labels_from_app
+    client = AppClient.find(glance_home())
+    if client is None:
+        raise OSError("the database is in use by another program, and it is not Glance")
+    try:
+        return labels_from_app(client)
+    except LinkError as error:
+        raise OSError(f"Glance is open and could not hand over your labels ({error})") from error
 
 
 def cmd_import_ifllm(args) -> int:

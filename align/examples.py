@@ -69,6 +69,22 @@ class Table:
     def group_of(self, prefix: str) -> list[int]:
         return [i for i, n in enumerate(self.names) if n.startswith(prefix)]
 
+    def to_json(self) -> dict:
+        """Plain lists (NaN kept), for the app to hand the nightly job the user's rows."""
+        return {"names": self.names, "ids": [str(i) for i in self.ids],
+                **{name: getattr(self, name).tolist() for name in _TABLE_ARRAYS}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Table":
+        if not data["y"]:
+            return _table([], {}, [], data["names"])
+        arrays = {name: np.asarray(data[name], dtype=dtype) for name, dtype in _TABLE_ARRAYS.items()}
+        return cls(names=list(data["names"]), ids=list(data["ids"]), **arrays)
+
+
+_TABLE_ARRAYS = {"X": float, "groups": object, "order": float, "y": int, "observed_a": float,
+                 "observed_b": float, "text_a": float, "text_b": float}
+
 
 def _side_arrays(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     observed = np.array([[F._log1p(r[k]) for k in OBSERVED] for r in rows], dtype=float)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import adapters as adapter_files
 from .gate import GateConfig, split_by_conversation
-from .ipc import AppClient
+from .ipc import AppClient, LinkClosed
 from .pairs import PairConfig, build_pairs, fingerprint
 from .scoring import score_judge
 
@@ -228,7 +228,7 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     if not rows.get("consent_on"):
         return _record(config, result, started, clock, log, status="skipped",
                        message="Personalisation is off (glance consent set personalise on).")
-    result["reward_models"] = _refresh_reward_models(data_dir, source["via"])
+    result["reward_models"] = _refresh_reward_models(data_dir)
     at = _step(result, "reward_models", at)
     pair_config = PairConfig(**{**config.pairs.__dict__, "include_imported": config.include_imported,
                                 "max_pairs": config.max_pairs})
@@ -271,19 +271,25 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
                                started, clock, log)
 
 
-def _refresh_reward_models(data_dir: Path, via: str) -> dict:
-    """Retrain the reward models on new picks and thumbs (``align.train.refresh``). It
-    reads reading traces, which the app's snapshot does not carry, so only while the app
-    is closed; never a reason for the run to fail."""
-    if via != "direct":
-        return {"status": "skipped", "reason": "Glance is open; the reward models are "
-                "refreshed on a night it is closed (or with align reward train)"}
+def labels_from_app(client: AppClient) -> dict:
+    """The user's labelled rows for the reward models (``train.live_tables``), computed by
+    the open app: they need reading traces, which the snapshot does not carry."""
+    from .examples import Table
+    answer = client.request("reward_labels")
+    return {task: Table.from_json(answer[task]) for task in ("pairwise", "pointwise")}
+
+
+def _refresh_reward_models(data_dir: Path) -> dict:
+    """Retrain the reward models on new picks and thumbs (``align.train.refresh``), with
+    the labels from the app when it is open; never a reason for the run to fail."""
     from feedback_store import DatabaseLocked
     from .train import refresh
     try:
-        return refresh(data_dir)
-    except DatabaseLocked:
-        return {"status": "skipped", "reason": "Glance was opened meanwhile"}
+        client = AppClient.find(data_dir)
+        return refresh(data_dir, labels_from_app(client) if client is not None else None)
+    except (DatabaseLocked, LinkClosed):
+        return {"status": "skipped", "reason": "Glance was opened or closed meanwhile; "
+                                               "the next night will do it"}
     except Exception as error:  # noqa: BLE001 - the adapter's training does not depend on it
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
 

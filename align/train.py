@@ -133,6 +133,15 @@ def live_pointwise_table(store, rows: dict | None = None) -> Table:
                   [meta[i] for i in order])
 
 
+def live_tables(store, rows: dict | None = None) -> dict[str, Table]:
+    """The user's own labelled rows for both tasks, consented only (``rows`` as for
+    :func:`live_pairwise_turns`): what `align reward train` and the nightly refresh add
+    to the prior. The app computes them for the nightly job while it holds the store."""
+    rows = store.training.rows() if rows is None else rows
+    return {"pairwise": pairwise_table(live_pairwise_turns(store, rows)),
+            "pointwise": live_pointwise_table(store, rows)}
+
+
 def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implicit") -> dict:
     from .ifllm import read_ifllm
 
@@ -140,11 +149,11 @@ def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implic
 
 
 def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
-               source: str = "ifllm", live_turns=(), live_pointwise: Table | None = None) -> dict:
+               source: str = "ifllm", live: dict | None = None) -> dict:
     """Fit and save one model per task. ``data`` (research, may be None) gives both
-    tasks; ``live_turns`` (the user's picks) add pairwise rows and ``live_pointwise``
-    (:func:`live_pointwise_table`) pointwise rows. A task without enough labelled rows is
-    skipped, with the reason in its entry; ValueError if none trained."""
+    tasks; ``live`` (:func:`live_tables`: the user's own labelled rows per task) adds to
+    it. A task without enough labelled rows is skipped, with the reason in its entry;
+    ValueError if none trained."""
     out_dir = Path(out_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     written = {}
@@ -153,12 +162,10 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         if data is not None:
             tables.append(pairwise_table(data.pairwise_turns()) if task == "pairwise"
                           else pointwise_table(data.pointwise_pairs()))
-        live = len(live_turns) if task == "pairwise" else (
-            len(live_pointwise.y) if live_pointwise is not None else 0)
-        if task == "pairwise" and live_turns:
-            tables.append(pairwise_table(live_turns))
-        if task == "pointwise" and live:
-            tables.append(live_pointwise)
+        own = (live or {}).get(task)
+        own_rows = 0 if own is None else len(own.y)
+        if own_rows:
+            tables.append(own)
         if not tables:
             written[task] = {"skipped": NO_DATA[task]}
             continue
@@ -169,12 +176,12 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         except ValueError as error:
             written[task] = {"skipped": str(error)}
             continue
-        sources = ([source] if data is not None else []) + (["live"] if live else [])
+        sources = ([source] if data is not None else []) + (["live"] if own_rows else [])
         prior = None if data is None else str(data.directory)
         if source == "ifllm" and prior is not None:
             prior = str(Path(prior).resolve())   # the nightly refresh looks for it from anywhere
         model.info.update({"source": "+".join(sources), "version": stamp, "data": prior,
-                           "live_pairs": live})
+                           "live_pairs": own_rows})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
                          "C": model.info.get("C"), "live_pairs": model.info["live_pairs"]}
@@ -183,12 +190,13 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
     return written
 
 
-def refresh(data_dir) -> dict:
-    """What the nightly job does for the reward models while the app is closed: retrain
-    them when the user has given explicit labels since the newest model files were
-    trained, with the prior those files were trained with (the imported research, or the
-    same IFLLM folder while it is still there); a user without a prior gets models of
-    their own once there are enough labels. Returns ``status`` (``trained``,
+def refresh(data_dir, labels: dict | None = None) -> dict:
+    """What the nightly job does for the reward models: retrain them when the user has
+    given explicit labels since the newest model files were trained, with the prior those
+    files were trained with (the imported research, or the same IFLLM folder while it is
+    still there); a user without a prior gets models of their own once there are enough
+    labels. ``labels`` (:func:`live_tables`) come from the app when it holds the store;
+    otherwise they are read from the store here. Returns ``status`` (``trained``,
     ``up_to_date`` or ``skipped``), the ``reason`` and, when trained, what ``train_data``
     wrote."""
     from feedback_store import FeedbackStore
@@ -199,11 +207,12 @@ def refresh(data_dir) -> dict:
     sources = " ".join(str(m.info.get("source", "")) for m in newest.values() if m is not None)
     folders = {m.info.get("data") for m in newest.values()
                if m is not None and "ifllm" in str(m.info.get("source", ""))} - {None}
-    with FeedbackStore.open(data_dir) as store:
-        rows = store.training.rows()
-        live = live_pairwise_turns(store, rows)
-        live_pointwise = live_pointwise_table(store, rows)
-        counts = {"pairwise": len(live), "pointwise": len(live_pointwise.y)}
+    app_open = labels is not None
+    store = None if app_open else FeedbackStore.open(data_dir)
+    research = None
+    try:
+        labels = labels if app_open else live_tables(store)
+        counts = {task: len(labels[task].y) for task in TASKS}
         stale = [task for task in TASKS if counts[task] and (
             newest[task] is None or newest[task].info.get("live_pairs", 0) != counts[task])]
         if not stale and any(counts.values()):
@@ -212,8 +221,12 @@ def refresh(data_dir) -> dict:
         if not stale:
             return {"status": "skipped", "labels": counts,
                     "reason": "no pick or thumbs of yours orders two replies you read yet"}
-        research = None
         if "research" in sources:
+            if app_open:
+                return {"status": "skipped", "labels": counts,
+                        "reason": "the models' prior, the imported study, is in the database "
+                                  "Glance holds while it is open: they are refreshed on a night "
+                                  "it is closed (or with align reward train --research)"}
             from .research import ResearchSchemaMissing, read_research
             try:
                 research = read_research(store)
@@ -223,6 +236,9 @@ def refresh(data_dir) -> dict:
                 return {"status": "skipped", "labels": counts,
                         "reason": "the imported study the models were trained with was removed; "
                                   "run align reward train"}
+    finally:
+        if store is not None:
+            store.close()
     source, data = "research", research
     if research is None:
         source, folder = "ifllm", max(folders, default=None)
@@ -234,8 +250,7 @@ def refresh(data_dir) -> dict:
             from .ifllm import read_ifllm
             data = read_ifllm(folder)
     try:
-        written = train_data(data, directory, tuple(stale), source=source, live_turns=live,
-                             live_pointwise=live_pointwise)
+        written = train_data(data, directory, tuple(stale), source=source, live=labels)
     except ValueError as error:           # too few labels of the user's own, no prior
         return {"status": "skipped", "reason": str(error), "labels": counts}
     return {"status": "trained", "labels": counts, "written": written}

@@ -163,6 +163,12 @@ class TrainingLink:
                 "consent_on": written["consent_on"],
                 "last_fingerprint": self.store.training.last_fingerprint(), "retired": retired}
 
+    def _op_reward_labels(self) -> dict:
+        """The user's labelled rows for the reward models (consented only), computed here
+        because they need the reading traces in the database this app holds."""
+        from align.train import live_tables
+        return {task: table.to_json() for task, table in live_tables(self.store).items()}
+
     def _op_finish(self, run_id: str, outcome: dict) -> dict:
         self.store.training.finish_run(run_id, outcome)
         if outcome.get("published") and self.on_adapters_changed is not None:

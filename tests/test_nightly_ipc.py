@@ -76,8 +76,12 @@ def test_app_open_the_job_asks_the_app_and_never_opens_the_file(app, home):
     assert done.returncode == 0, done.stderr
     result = last_json(done.stdout)
     assert result["via"] == "app" and result["status"] == "nothing_new" and result["recorded"]
-    # the reward models need reading traces, which the snapshot does not carry
-    assert result["reward_models"]["status"] == "skipped" and "open" in result["reward_models"]["reason"]
+    # the reward models need reading traces, which the snapshot does not carry: the app
+    # computes the user's labelled rows (none here)
+    assert "reward_labels" in link.served
+    assert result["reward_models"] == {
+        "status": "skipped", "labels": {"pairwise": 0, "pointwise": 0},
+        "reason": "no pick or thumbs of yours orders two replies you read yet"}
     assert "Could not set lock" not in done.stderr and "Traceback" not in done.stderr
     assert link.served.count("snapshot") == 1 and link.served.count("finish") == 1
     run = store.training.runs()[0]

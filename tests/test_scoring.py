@@ -366,6 +366,62 @@ def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, t
     assert done["status"] == "skipped" and "is gone" in done["reason"]
 
 
+def test_with_glance_open_the_app_hands_over_the_labels_for_the_reward_models(store, tmp_path,
+                                                                              monkeypatch):
+    """Glance often stays open overnight (in the tray). The reward models need the
+    reading traces in the database the app holds, so they were never refreshed then, and
+    `align reward train` left the user's own picks out. The app now computes the user's
+    labelled rows for both and hands them over its socket."""
+    from align.ifllm import write_subset
+    from align.nightly import _refresh_reward_models
+    from align.train import live_tables, train_ifllm
+    from app.training_link import TrainingLink
+    from test_reward import IFLLM, WORKERS, require_ifllm
+    require_ifllm()
+    monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    write_subset(IFLLM, study, WORKERS)
+    before = train_ifllm(study, model_dir(store.data_dir))
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    session = AppSession(store)
+    for i in range(3):
+        read_pair_and_pick(store, session, -1 if i % 3 else 1)
+    store.flush()
+    expected = live_tables(store)
+    link = TrainingLink(store, model_path=lambda: None).start()     # the app, open
+    try:
+        done = _refresh_reward_models(store.data_dir)
+        assert link.served.count("reward_labels") == 1
+        assert done["status"] == "trained" and done["labels"] == {"pairwise": 3, "pointwise": 3}
+        for task in ("pairwise", "pointwise"):
+            info = done["written"][task]
+            assert info["live_pairs"] == 3 and info["train_rows"] == before[task]["train_rows"] + 3
+        # The rows that crossed the socket are the rows the store gives.
+        from align.nightly import labels_from_app
+        from align.ipc import AppClient
+        handed = labels_from_app(AppClient.find(store.data_dir))
+        for task in ("pairwise", "pointwise"):
+            assert handed[task].names == expected[task].names
+            assert np.array_equal(handed[task].X, expected[task].X, equal_nan=True)
+            assert list(handed[task].y) == list(expected[task].y)
+        assert _refresh_reward_models(store.data_dir)["status"] == "up_to_date"
+        # `align reward train` with the app open includes the user's picks too.
+        import os, subprocess, sys
+        from conftest import ROOT
+        done = subprocess.run([sys.executable, "-m", "align.cli", "reward", "train", "--ifllm",
+                               str(study), "--json", "--out", str(tmp_path / "manual")],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env=dict(os.environ, GLANCE_HOME=str(store.data_dir),
+                                       GLANCE_CACHE_DIR=str(tmp_path / "cache")))
+        assert done.returncode == 0, done.stderr
+        written = json.loads(done.stdout.strip().splitlines()[-1])
+        assert written["pairwise"]["live_pairs"] == 3 and written["pointwise"]["live_pairs"] == 3
+    finally:
+        link.stop()
+        session.close()
+
+
 def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     store.consent.set("pointer", True)
     session = AppSession(store)
@@ -413,7 +469,7 @@ def test_a_model_trained_on_the_study_scores_live_replies(store):
 
 
 def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_prior(store):
-    from align.train import live_pairwise_turns, live_pointwise_table, train_data
+    from align.train import live_pairwise_turns, live_pointwise_table, live_tables, train_data
     from align.ifllm import read_ifllm
     from test_reward import IFLLM, require_ifllm
     require_ifllm()
@@ -443,8 +499,11 @@ def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_pr
     assert set(pointwise.groups) == {"local"} and list(pointwise.order) == sorted(pointwise.order)
     assert pointwise.ids == conversations[:3]
 
+    live = live_tables(store)
+    assert np.array_equal(live["pointwise"].X, pointwise.X, equal_nan=True)
+    assert list(live["pairwise"].y) == [t.pair_label for t in turns]
     written = train_data(read_ifllm(IFLLM), store.data_dir / "reward", ("pairwise", "pointwise"),
-                         live_turns=turns, live_pointwise=pointwise)
+                         live=live)
     assert written["pairwise"]["live_pairs"] == 4 and written["pairwise"]["train_rows"] == 519 + 4
     assert written["pairwise"]["train_users"] == 44 + 1          # the user is one more group
     assert written["pointwise"]["live_pairs"] == 3 and written["pointwise"]["train_rows"] == 434 + 3
