@@ -324,12 +324,11 @@ def test_the_scoring_model_learns_from_the_users_own_orderings_alone(store, caps
     assert "path" in written["pairwise"] and written["pairwise"]["live_pairs"] == 30
 
 
-def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, tmp_path, monkeypatch):
-    """`align.train.refresh` (the nightly job, app closed): retrains when there are new
-    picks since the models were trained, with the study folder they were trained with,
-    and not when nothing is new or that folder is gone."""
+def models_on_a_study_subset_then_picks(store, tmp_path, monkeypatch, picks: int = 3):
+    """Reward models trained on a few study workers (as `align reward train --ifllm`),
+    then ``picks`` of the user's own: (the study folder, what training wrote, the session)."""
     from align.ifllm import write_subset
-    from align.train import refresh, train_ifllm
+    from align.train import train_ifllm
     from test_reward import IFLLM, WORKERS, require_ifllm
     require_ifllm()
     monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
@@ -339,11 +338,17 @@ def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, t
     for signal in ("pointer", "personalise"):
         store.consent.set(signal, True)
     session = AppSession(store)
+    for i in range(picks):
+        read_pair_and_pick(store, session, -1 if i % 3 else 1)
+    return study, before, session
 
-    def picks(count):
-        for i in range(count):
-            read_pair_and_pick(store, session, -1 if i % 3 else 1)
-    picks(3)
+
+def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, tmp_path, monkeypatch):
+    """`align.train.refresh` (the nightly job, app closed): retrains when there are new
+    picks since the models were trained, with the study folder they were trained with,
+    and not when nothing is new or that folder is gone."""
+    from align.train import refresh
+    study, before, session = models_on_a_study_subset_then_picks(store, tmp_path, monkeypatch)
     session.close()
     store.close()      # the nightly refreshes only while the app is closed
     done = refresh(store.data_dir)
@@ -359,7 +364,7 @@ def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, t
     from feedback_store import FeedbackStore
     store = FeedbackStore.open(store.data_dir)
     session = AppSession(store)
-    picks(1)
+    read_pair_and_pick(store, session, 1)
     session.close()
     store.close()
     done = refresh(store.data_dir)
@@ -372,21 +377,10 @@ def test_with_glance_open_the_app_hands_over_the_labels_for_the_reward_models(st
     reading traces in the database the app holds, so they were never refreshed then, and
     `align reward train` left the user's own picks out. The app now computes the user's
     labelled rows for both and hands them over its socket."""
-    from align.ifllm import write_subset
     from align.nightly import _refresh_reward_models
-    from align.train import live_tables, train_ifllm
+    from align.train import live_tables
     from app.training_link import TrainingLink
-    from test_reward import IFLLM, WORKERS, require_ifllm
-    require_ifllm()
-    monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
-    study = tmp_path / "study"
-    write_subset(IFLLM, study, WORKERS)
-    before = train_ifllm(study, model_dir(store.data_dir))
-    for signal in ("pointer", "personalise"):
-        store.consent.set(signal, True)
-    session = AppSession(store)
-    for i in range(3):
-        read_pair_and_pick(store, session, -1 if i % 3 else 1)
+    study, before, session = models_on_a_study_subset_then_picks(store, tmp_path, monkeypatch)
     store.flush()
     expected = live_tables(store)
     link = TrainingLink(store, model_path=lambda: None).start()     # the app, open
