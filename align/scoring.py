@@ -109,7 +109,8 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
             traces[row["id"]] = store.traces.for_shown_reply(row["id"])
         whole = traces[row["id"]]
         until_next = next_message_ms(store, row)
-        if math.isfinite(until_next) and not whole.shown_for_ms <= until_next:
+        left_first = whole.shown_for_ms <= until_next     # False while still on screen (NaN)
+        if math.isfinite(until_next) and not left_first:
             return whole.before(until_next), until_next
         return whole, whole.shown_for_ms
     current, shown_for = read(shown)
