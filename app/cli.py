@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 import threading
+import time
 
 from feedback_store import SIGNALS, FeedbackStore, StoreError, UnknownConversation, glance_home
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.add_argument("--search", help="only those whose title or text contains this")
     conversations.add_argument("--json", action="store_true")
 
-    doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database, reward models")
+    doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database, last night, reward models")
     doctor.add_argument("--json", action="store_true")
 
     models = commands.add_parser("models", help="list, add or download models")
@@ -227,6 +228,7 @@ def cmd_doctor(args) -> int:
                                   "key_storage": status["key_storage"],
                                   "schema_version": status["schema_version"],
                                   "counts": status["counts"]}
+            report["nightly"] = _nightly(store)
     except StoreError as error:
         report["database"] = {"ok": False, "error": str(error)}
     report["reward"] = _reward_models()
@@ -243,6 +245,13 @@ def cmd_doctor(args) -> int:
         database = report["database"]
         print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
                               f"{database['schema_version']}" if database["ok"] else database["error"]))
+        if "nightly" in report:
+            last, adapter = report["nightly"]["last_run"], report["nightly"]["active_adapter"]
+            when = ("never run (align --nightly, or align schedule install)" if last is None else
+                    f"last run {last['started']} {last['status']}: {last['message']}")
+            print(f"Nightly:  {when}")
+            print("Adapter:  " + (f"{adapter} (the chat answers with it)" if adapter
+                                  else "none: the chat answers with the base model"))
         for task, model in report["reward"].items():
             if model is None:
                 text = ("none: replies are not scored from your reading (align reward train)"
@@ -256,6 +265,19 @@ def cmd_doctor(args) -> int:
                 text = f"{model['file']} ({', '.join(about)})"
             print(f"Reward {task}: {text}")
     return 0 if report["database"]["ok"] and report["model"]["ok"] else 1
+
+
+def _nightly(store) -> dict:
+    """The last nightly run (when, outcome, its one sentence) and the adapter the chat
+    uses: whether the loop from reading to the model runs."""
+    from align.adapters import adapters_dir, read_active
+    runs = store.training.runs(1)
+    last = None
+    if runs:
+        run = runs[0]
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["started_wall_ns"] / 1e9))
+        last = {"started": started, "status": run["status"], "message": run["message"]}
+    return {"last_run": last, "active_adapter": read_active(adapters_dir(store.data_dir)).get("version")}
 
 
 def _reward_models() -> dict:

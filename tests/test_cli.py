@@ -76,6 +76,27 @@ def test_doctor_names_the_reward_model_the_app_scores_with(home):
     assert f"Reward pointwise: {newest.name}" in text
 
 
+def test_doctor_says_how_the_last_night_went(home):
+    """One place to check that the loop runs: the last nightly run's outcome and the
+    adapter the chat uses, beside the model and the reward models."""
+    report = json.loads(run_glance("doctor", "--json", home=home).stdout)
+    assert report["nightly"] == {"last_run": None, "active_adapter": None}
+    text = run_glance("doctor", home=home).stdout
+    assert "Nightly:  never run (align --nightly, or align schedule install)" in text
+    assert "Adapter:  none: the chat answers with the base model" in text
+    with FeedbackStore.open(home) as store:
+        store.consent.set("personalise", True)
+    done = subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, GLANCE_HOME=str(home)))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(run_glance("doctor", "--json", home=home).stdout)
+    last = report["nightly"]["last_run"]
+    assert last["status"] == "nothing_new" and last["message"].startswith("Nothing to learn yet")
+    text = run_glance("doctor", home=home).stdout
+    assert "Nightly:  last run " in text and "nothing_new: Nothing to learn yet" in text
+
+
 def test_sigkill_mid_stream_keeps_every_committed_message(home):
     first = run_glance("chat", "--prompt", "Remember the word PELICAN.", "--max-tokens", "8",
                        "--json", home=home)
