@@ -81,6 +81,8 @@ class FeedbackStore:
         self._key = key
         self._con = con
         self._local = threading.local()
+        self._cursors: list = []            # every thread's read cursor, to close them all
+        self._cursors_lock = threading.Lock()
         self._reading = _SharedExclusiveLock()
         self.writer = Writer(con, capacity=capacity)
         self.settings = SettingsManager(self)
@@ -147,6 +149,11 @@ class FeedbackStore:
         self.closed = True
         self.writer.close()
         try:
+            with self._reading.exclusive():
+                # A read cursor can be left inside a transaction DuckDB counts as a write
+                # (seen intermittently: "Cannot CHECKPOINT: there are other write
+                # transactions active" at the end of `glance data status`).
+                self._drop_cursors()
             self.consent.persist_refusals(self._con)
             self._con.execute("CHECKPOINT")
         finally:
@@ -171,7 +178,21 @@ class FeedbackStore:
             cursor = self._con.cursor()
             cursor.execute(f"USE {ATTACH_ALIAS}")
             self._local.cursor = cursor
+            with self._cursors_lock:
+                self._cursors.append(cursor)
         return cursor
+
+    def _drop_cursors(self) -> None:
+        """Close every thread's read cursor; each thread makes a new one when it reads
+        again. Only with no read in flight (``_reading.exclusive()``)."""
+        with self._cursors_lock:
+            cursors, self._cursors = self._cursors, []
+        self._local = threading.local()
+        for cursor in cursors:
+            try:
+                cursor.close()
+            except Exception:  # noqa: BLE001 - a cursor of a detached database may refuse
+                pass
 
     def _rows(self, sql: str, params=()) -> list[dict]:
         with self._reading:
@@ -214,8 +235,7 @@ class FeedbackStore:
         """Rewrite the database into a fresh file under a new key (crypto-erase)."""
         def rewrite(con):
             with self._reading.exclusive():
-                # Cursors hold the old catalog: drop them; each thread makes a new one.
-                self._local = threading.local()
+                self._drop_cursors()   # they hold the old catalog
                 self._key = compaction.rewrite(con, self.data_dir, self.path, self._key,
                                                ATTACH_ALIAS)
         self.writer.call(rewrite)
