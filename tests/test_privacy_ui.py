@@ -55,8 +55,8 @@ def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_pat
 
 def test_pause_shortcut_in_the_window(qtbot, store, window):
     assert window.collection_label.text() == "Not recording"
-    # The offscreen platform never activates windows by itself; a desktop does.
-    window.activateWindow()
+    window.activateWindow()         # the shortcut works where the window has the keyboard
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
     window.input.setFocus()
     qtbot.keyClick(window.input, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert store.consent.paused and window.collection_label.text() == "Recording paused"
