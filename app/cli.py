@@ -6,7 +6,6 @@ import os
 import platform
 import sys
 import threading
-import time
 
 from feedback_store import SIGNALS, FeedbackStore, StoreError, UnknownConversation, glance_home
 
@@ -261,7 +260,7 @@ def cmd_doctor(args) -> int:
             else:
                 about = [model["source"] or "source not recorded"]
                 if model["train_rows"] is not None:
-                    about.append(f"{model['train_rows']} examples, {model['live_pairs']} of them your picks")
+                    about.append(f"{model['train_rows']} examples, {model['live_pairs']} of them your own")
                 text = f"{model['file']} ({', '.join(about)})"
             print(f"Reward {task}: {text}")
     return 0 if report["database"]["ok"] and report["model"]["ok"] else 1
@@ -271,12 +270,13 @@ def _nightly(store) -> dict:
     """The last nightly run (when, outcome, its one sentence) and the adapter the chat
     uses: whether the loop from reading to the model runs."""
     from align.adapters import adapters_dir, read_active
+    from .session import local_minute
     runs = store.training.runs(1)
     last = None
     if runs:
         run = runs[0]
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["started_wall_ns"] / 1e9))
-        last = {"started": started, "status": run["status"], "message": run["message"]}
+        last = {"started": local_minute(run["started_wall_ns"]), "status": run["status"],
+                "message": run["message"]}
     return {"last_run": last, "active_adapter": read_active(adapters_dir(store.data_dir)).get("version")}
 
 

@@ -33,6 +33,11 @@ class AdapterState:
     enabled: bool        # the user wants it (off: chat with the base model)
 
 
+def local_minute(wall_ns: int | float) -> str:
+    """A stored wall-clock time as people read it: local date, hours and minutes."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(wall_ns / 1e9))
+
+
 def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:
     """What the next reply will come from: the active published adapter (from
     ``align.adapters.active_adapter``), or the base model and why."""
@@ -40,7 +45,7 @@ def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:
         return AdapterState("Base model", "No personal adapter yet for this model: the nightly "
                             "job (align --nightly) trains one from the replies you rated, "
                             "compared and read, with your consent.", False, enabled)
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime((active.get("created_wall_ns") or 0) / 1e9))
+    when = local_minute(active.get("created_wall_ns") or 0)
     pairs = active.get("pairs")
     learned = f" from {pairs} preference pairs" if isinstance(pairs, int) else ""
     tooltip = f"Personal adapter {active['version']}, trained {when}{learned}."

@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (
 from feedback_store import SIGNALS
 from feedback_store.privacy import export_all
 
+from ..session import local_minute
 from .workers import CallThread
 
 CONSENT_INTRO = (
@@ -192,11 +193,10 @@ class PrivacyPanel(QDialog):
         self.store.apply_retention(wait=False)  # runs on the writer; the panel never waits
 
     def _fill_sessions(self) -> None:
-        import time
         rows = self.store.samples.session_summary()
         self.table.setRowCount(len(rows))
         for index, row in enumerate(rows):
-            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_wall_ns"] / 1e9))
+            started = local_minute(row["started_wall_ns"])
             for column, value in enumerate((started, row["replies"], row["pointer"], row["gaze"],
                                             row["scored"])):
                 self.table.setItem(index, column, QTableWidgetItem(str(value)))
