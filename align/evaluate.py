@@ -38,7 +38,11 @@ TEXT_ALL = ("t_",)
 IMPLICIT = (("i_index_attention", "i_index_user_share"),
             ("i_index_attention", "i_index_user_share", "i_index_decision"),
             ("i_index_attention", "i_index_user_share", "i_index_decision", "i_index_expected"))
-POINTWISE_EXTRA = ("i_next_message_log_s", "i_d_next_message_log_s")
+# Columns only some tables have, added to every set that reads behaviour: the time to the
+# next message (pointwise tables), and what the user did with a reply besides reading it
+# (scroll depth, selection, copy, stop: examples._activity_columns), which only the app
+# logs — the study's rows lack them, so on the study alone these sets are unchanged.
+LIVE_EXTRA = ("i_next_message_log_s", "i_d_next_message_log_s", "i_act_d_")
 FEATURE_SETS = {
     "text": (TEXT, TEXT_ALL),
     "implicit": IMPLICIT,
@@ -69,7 +73,7 @@ def candidates(names: list[str], feature_set: str) -> list[list[int]]:
     out = []
     for wanted in FEATURE_SETS[feature_set]:
         if feature_set != "text":
-            wanted = tuple(wanted) + POINTWISE_EXTRA  # only present in pointwise tables
+            wanted = tuple(wanted) + LIVE_EXTRA
         columns = set_columns(names, wanted)
         if columns and columns not in out:
             out.append(columns)

@@ -113,12 +113,23 @@ def _text_difference(fa: dict, fb: dict) -> dict[str, float]:
         {k[2:]: v for k, v in fb.items() if k.startswith("t_")}).items()}
 
 
-def pair_row(pair, query: str) -> tuple[dict, dict, dict]:
-    """Columns of one side-by-side pair (a ≻ b direction) and the per-side features."""
+def _activity_columns(did_a: dict | None, did_b: dict | None) -> dict[str, float]:
+    """What the user did with a minus with b (scroll depth, selection, copy, stop:
+    ``features.MODEL_INTERACTIONS``, never thumbs or regenerations), when the app logged
+    it; the study did not, so its rows have none of these columns."""
+    if did_a is None or did_b is None:
+        return {}
+    return {f"i_act_d_{k}": did_a[k] - did_b[k] for k in F.MODEL_INTERACTIONS}
+
+
+def pair_row(pair, query: str, activity: tuple | None = None) -> tuple[dict, dict, dict]:
+    """Columns of one side-by-side pair (a ≻ b direction) and the per-side features;
+    ``activity``: both sides' ``features.interaction_features`` up to the pick, if logged."""
     fa = reply_features(pair.a, query)
     fb = reply_features(pair.b, query)
     row = _text_difference(fa, fb)
     row.update(_implicit_pair_columns(fa, fb))
+    row.update(_activity_columns(*(activity or (None, None))))
     for prefix, source, _ in SOURCES:
         for key, value in F.decision_features(pair, source).items():
             if key != "switches":  # symmetric: says nothing about which side
@@ -127,13 +138,18 @@ def pair_row(pair, query: str) -> tuple[dict, dict, dict]:
 
 
 def followup_row(current, previous, query: str, previous_query: str,
-                 current_shown_for_ms: float, previous_shown_for_ms: float) -> tuple[dict, dict, dict]:
+                 current_shown_for_ms: float, previous_shown_for_ms: float,
+                 current_did: dict | None = None, previous_did: dict | None = None
+                 ) -> tuple[dict, dict, dict]:
     """Columns of a reply compared with the previous reply of its conversation
-    (a = current, b = previous), with the time until the next message."""
+    (a = current, b = previous), with the time until the next message and, when the app
+    logged them, the differences in what the user did with each (``*_did``:
+    ``features.interaction_features`` over each reading)."""
     fa = reply_features(current, query)
     fb = reply_features(previous, previous_query)
     row = _text_difference(fa, fb)
     row.update(_implicit_pair_columns(fa, fb))
+    row.update(_activity_columns(current_did, previous_did))
     row["i_next_message_log_s"] = F._log1p(current_shown_for_ms / 1000.0)
     row["i_d_next_message_log_s"] = (F._log1p(current_shown_for_ms / 1000.0)
                                      - F._log1p(previous_shown_for_ms / 1000.0))
@@ -146,7 +162,7 @@ def pairwise_table(turns) -> Table:
     for turn in turns:
         if turn.pair_label is None:
             continue
-        row, fa, fb = pair_row(turn.pair, turn.query)
+        row, fa, fb = pair_row(turn.pair, turn.query, getattr(turn, "activity", None))
         rows.append(row)
         per_side["a"].append(fa)
         per_side["b"].append(fb)
@@ -258,8 +274,7 @@ def model_row(model, row: dict, fa: dict, fb: dict, history: Table | None = None
     expectation and index scales come from the model file; per-user centring uses
     ``history`` (the same user's earlier examples, features only) when given."""
     fitted = model_fitted(model)
-    names = history.names if history is not None else sorted(row)
-    one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, None)], names=names)
+    one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, None)])
     table = one if history is None else _concat_tables(history, one)
     extra, extra_names, _ = fold_columns(table, np.zeros(0, dtype=int), expected=fitted["expected"],
                                          index_scale=fitted["index_scale"])
@@ -283,8 +298,7 @@ class ExampleHistory:
 
     def add(self, row: dict, fa: dict, fb: dict, user_id: str = "user", order: float = 0.0,
             conversation_id: str | None = None) -> None:
-        names = self.table.names if self.table is not None else sorted(row)
-        one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, conversation_id)], names=names)
+        one = _table([row], {"a": [fa], "b": [fb]}, [(user_id, order, 0, conversation_id)])
         self.table = one if self.table is None else _concat_tables(self.table, one)
         if len(self.table.y) > self.keep:
             self.table = self.table.subset(np.arange(len(self.table.y) - self.keep, len(self.table.y)))
@@ -310,11 +324,15 @@ def fitted_to_dict(fitted: dict) -> dict:
 
 
 def _concat_tables(a: Table, b: Table) -> Table:
-    """Rows of ``a`` then ``b``, in ``a``'s columns (a column ``b`` lacks is NaN)."""
-    where = {name: i for i, name in enumerate(b.names)}
-    b_X = np.column_stack([b.X[:, where[n]] if n in where else np.full(len(b.X), np.nan)
-                           for n in a.names]) if a.names else b.X[:, :0]
-    return Table(np.vstack([a.X, b_X]), a.names, np.concatenate([a.groups, b.groups]),
+    """Rows of ``a`` then ``b``, in the columns of either (``a``'s first; a column one of
+    them lacks is NaN there: the study has no activity columns, the user's rows do)."""
+    names = list(a.names) + [n for n in b.names if n not in a.names]
+
+    def widened(table):
+        where = {name: i for i, name in enumerate(table.names)}
+        return np.column_stack([table.X[:, where[n]] if n in where else np.full(len(table.X), np.nan)
+                                for n in names]) if names else table.X[:, :0]
+    return Table(np.vstack([widened(a), widened(b)]), names, np.concatenate([a.groups, b.groups]),
                  np.concatenate([a.order, b.order]), np.concatenate([a.y, b.y]),
                  np.vstack([a.observed_a, b.observed_a]), np.vstack([a.observed_b, b.observed_b]),
                  np.vstack([a.text_a, b.text_a]), np.vstack([a.text_b, b.text_b]), a.ids + b.ids)

@@ -172,20 +172,66 @@ def pointer_features(tr: ReadingTrace) -> dict[str, float]:
     }
 
 
-# --- interactions the live app logs (optional; NaN when not measured) ----------------------
-INTERACTIONS = ("scroll_depth", "selected_chars", "copied", "time_to_next_message_ms",
-                "regenerated", "edited", "stopped", "thumb")
+# --- what the live app logs besides pointer and gaze (ReplyActivity) -------------------------
+INTERACTIONS = ("scroll_depth", "selected_chars", "selected_share", "copied",
+                "time_to_next_message_ms", "regenerated", "edited", "stopped", "thumb")
+# The ones a reward model may take as inputs. Thumbs are the pointwise label itself;
+# a regeneration and an edit are how the nightly pairs *infer* a preference (the
+# replaced reply is assumed worse), so a model fed them would score that assumption back
+# into the pairs. Scroll depth, selection, copy and stop are only behaviour.
+MODEL_INTERACTIONS = ("scroll_depth", "selected_share", "copied", "stopped")
 
 
-def interaction_features(actions: dict | None = None) -> dict[str, float]:
-    """Scroll depth (0..1), selection/copy, time to the next message, regenerate/edit/stop
-    (0/1) and thumbs (+1/-1/0): whatever the producer measured; NaN for the rest."""
-    actions = actions or {}
-    out = {}
-    for name in INTERACTIONS:
-        value = actions.get(name)
-        out[name] = NAN if value is None else float(value)
-    return out
+def scroll_depth(view_t_ms, first_line, last_line, window_visible, n_lines: int,
+                 until_ms: float = math.inf) -> float:
+    """How far down the reply the screen ever reached before ``until_ms``: (the lowest
+    line on screen + 1) / its lines, 0..1; 0 if none of it was on screen, NaN when no
+    viewport state is known. A visible range holds from its event to the next, and
+    counts only while the window was visible."""
+    before = np.asarray(view_t_ms) < until_ms
+    if not before.any():
+        return NAN
+    seen = before & np.asarray(window_visible, bool) & (np.asarray(first_line) >= 0)
+    if not seen.any():
+        return 0.0
+    return float(min(1.0, (int(np.asarray(last_line)[seen].max()) + 1) / max(int(n_lines), 1)))
+
+
+def chars_covered(starts, ends, n_chars: int) -> int:
+    """Characters inside the union of the ranges [start, end), clipped to the text: a
+    selection dragged over a paragraph is logged at every step, and counts once."""
+    covered = np.zeros(max(int(n_chars), 0), dtype=bool)
+    for start, end in zip(starts, ends):
+        lo, hi = sorted((int(start), int(end)))
+        if hi > 0 and lo < len(covered):
+            covered[max(lo, 0):min(hi, len(covered))] = True
+    return int(covered.sum())
+
+
+def interaction_features(activity=None, until_ms: float = math.inf) -> dict[str, float]:
+    """Per reply, from its :class:`~feedback_store.trace.ReplyActivity` up to ``until_ms``
+    (the end of the reading): scroll depth (0..1), characters selected and their share,
+    copied / regenerated / edited (its prompt) / stopped (0/1), the last thumb (+1/-1, 0
+    none) and the time to the next message (ms, NaN if none). All NaN without an
+    activity (the study logged none of it)."""
+    if activity is None:
+        return dict.fromkeys(INTERACTIONS, NAN)
+    selected = np.concatenate([activity.actions("select", until_ms), activity.actions("copy", until_ms)])
+    chars = chars_covered(activity.action_start[selected], activity.action_end[selected],
+                          activity.n_chars)
+    thumbs = activity.actions("thumb", until_ms)
+    return {
+        "scroll_depth": scroll_depth(activity.view_t_ms, activity.first_line, activity.last_line,
+                                     activity.window_visible, activity.n_lines, until_ms),
+        "selected_chars": float(chars),
+        "selected_share": chars / activity.n_chars if activity.n_chars else 0.0,
+        "copied": float(len(activity.actions("copy", until_ms)) > 0),
+        "time_to_next_message_ms": float(activity.next_message_ms),
+        "regenerated": float(len(activity.actions("regenerate", until_ms)) > 0),
+        "edited": float(len(activity.actions("edit", until_ms)) > 0),
+        "stopped": float(activity.stopped),
+        "thumb": float(activity.action_value[thumbs[-1]]) if len(thumbs) else 0.0,
+    }
 
 
 # --- a side-by-side pair -------------------------------------------------------------------

@@ -94,9 +94,10 @@ def _reply_context(store, shown: dict) -> tuple[str, dict | None, str]:
 def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
     """(the shown reply's row, its previous shown reply or None, the columns and per-side
     features) as training builds them, or None if the store no longer has it or this is
-    not the reply's first showing. ``traces`` (shown id → ReadingTrace) serves and keeps
-    the traces read."""
+    not the reply's first showing. ``traces`` (shown id → (ReadingTrace, ReplyActivity))
+    serves and keeps what was read."""
     from .examples import followup_row
+    from .features import interaction_features
 
     shown = store.traces.shown_reply(shown_reply_id)
     if shown is None or not is_first_showing(store, shown):
@@ -104,35 +105,24 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
     query, previous, previous_query = _reply_context(store, shown)
 
     def read(row):
-        """The reply's reading until the user moved on, and how long that was."""
+        """The reply's reading until the user moved on, how long that was, and what else
+        they did with it meanwhile."""
         if row["id"] not in traces:
-            traces[row["id"]] = store.traces.for_shown_reply(row["id"])
-        whole = traces[row["id"]]
-        until_next = next_message_ms(store, row)
+            traces[row["id"]] = (store.traces.for_shown_reply(row["id"]), store.traces.activity(row["id"]))
+        whole, activity = traces[row["id"]]
+        until_next = activity.next_message_ms
         left_first = whole.shown_for_ms <= until_next     # False while still on screen (NaN)
         if math.isfinite(until_next) and not left_first:
-            return whole.before(until_next), until_next
-        return whole, whole.shown_for_ms
-    current, shown_for = read(shown)
-    before, before_for = read(previous) if previous else (current, shown_for)
+            return whole.before(until_next), until_next, interaction_features(activity, until_next)
+        end = whole.shown_for_ms if math.isfinite(whole.shown_for_ms) else math.inf
+        return whole, whole.shown_for_ms, interaction_features(activity, end)
+    current, shown_for, current_did = read(shown)
+    before, before_for, before_did = read(previous) if previous else (current, shown_for, current_did)
     shown_for = shown_for if math.isfinite(shown_for) else 0.0
     before_for = before_for if math.isfinite(before_for) else shown_for
     row, fa, fb = followup_row(current, before, query, previous_query if previous else query,
-                               shown_for, before_for)
+                               shown_for, before_for, current_did, before_did)
     return shown, previous, row, fa, fb
-
-
-def next_message_ms(store, shown: dict) -> float:
-    """Time from a reply's showing to the first message sent from it (NaN if none). The
-    study's window of an answer ends at the next query; here a reply stays on screen
-    under the turns that follow, so the time it left the screen is not "the time to the
-    next message", and what was read after the next message belongs to the replies that
-    came after it."""
-    rows = store._rows("SELECT min(created_wall_ns) AS sent FROM messages WHERE parent_id = ? "
-                       "AND role = 'user' AND created_wall_ns > ?",
-                       (shown["message_id"], shown["shown_wall_ns"]))
-    sent = rows[0]["sent"] if rows else None
-    return math.nan if sent is None else (sent - shown["shown_wall_ns"]) / 1e6
 
 
 def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,

@@ -7,6 +7,7 @@ tables of the same form (``examples.pairwise_table`` / ``pointwise_table``); liv
 and study turns are rows of one table, grouped by user for the model's own
 cross-validation.
 """
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 
 from . import reward
 from .evaluate import candidates
+from .features import interaction_features
 from .examples import (Table, _concat_tables, _table, fitted_to_dict, fold_columns,
                        pairwise_table, pointwise_table)
 
@@ -62,6 +64,7 @@ class LiveTurn:
     pair: object                    # feedback_store.trace.PairTrace
     pair_label: int                 # 1: the left reply (a) was picked, 0: the right one
     shown_epoch_ms: float
+    activity: tuple | None = None   # both sides' features.interaction_features up to the pick
 
 
 def live_pairwise_turns(store, rows: dict | None = None) -> list[LiveTurn]:
@@ -84,10 +87,13 @@ def live_pairwise_turns(store, rows: dict | None = None) -> list[LiveTurn]:
             continue
         try:
             pair = store.traces.for_pick(pick["id"])
+            did = store.traces.activity_for_pick(pick["id"])
         except KeyError:
             continue
+        until = pair.pick_t_ms if math.isfinite(pair.pick_t_ms) else math.inf
         turns.append(LiveTurn(pair.a.user_id or "local", pick["id"], pick["query"], pair,
-                              int(pick["value"] == 1), pick["wall_ns"] / 1e6))
+                              int(pick["value"] == 1), pick["wall_ns"] / 1e6,
+                              tuple(interaction_features(side, until) for side in did)))
     return turns
 
 

@@ -174,3 +174,55 @@ class PairTrace:
 
     def sides(self) -> tuple[ReadingTrace, ReadingTrace]:
         return self.a, self.b
+
+
+@dataclass(frozen=True, eq=False)
+class ReplyActivity:
+    """What the user did with one shown reply besides pointing and looking, on the same
+    clock as its :class:`ReadingTrace` (ms since the reply, or its pair, was shown): which
+    of its lines were on screen over time (a change per row, holding until the next), the
+    actions on it (selection, copy, thumb, regenerate, the edit of its prompt…; offsets
+    only, never the text) and whether its writing was stopped. The features
+    (``align.features.interaction_features``) read it up to the end of the reading."""
+    view_t_ms: np.ndarray            # float64, when the visible range changed
+    first_line: np.ndarray           # int32, first visible line; -1: none of the reply visible
+    last_line: np.ndarray            # int32
+    window_visible: np.ndarray       # bool, False while the window was minimised or hidden
+    action_t_ms: np.ndarray          # float64
+    action_kind: tuple               # str per action
+    action_start: np.ndarray         # int64 character offsets, -1 unknown
+    action_end: np.ndarray
+    action_value: np.ndarray         # float64 (a thumb's +1/-1/0), NaN unknown
+    n_lines: int
+    n_chars: int
+    stopped: bool = False            # the user stopped the reply while it was written
+    next_message_ms: float = float("nan")   # first message sent from the reply; NaN none
+
+    @classmethod
+    def build(cls, *, n_lines: int, n_chars: int, views=(), actions=(), stopped: bool = False,
+              next_message_ms: float = float("nan")) -> "ReplyActivity":
+        """From rows: ``views`` of (t_ms, first_line or None, last_line or None,
+        window_visible) and ``actions`` of (t_ms, kind, start or None, end or None,
+        value or None), each sorted here by time."""
+        views = sorted(views, key=lambda v: v[0])
+        actions = sorted(actions, key=lambda a: a[0])
+
+        def known(value, unknown):
+            return unknown if value is None else value
+        return cls(
+            view_t_ms=np.asarray([v[0] for v in views], np.float64),
+            first_line=np.asarray([known(v[1], -1) for v in views], np.int32),
+            last_line=np.asarray([known(v[2], -1) for v in views], np.int32),
+            window_visible=np.asarray([known(v[3], True) for v in views], np.bool_),
+            action_t_ms=np.asarray([a[0] for a in actions], np.float64),
+            action_kind=tuple(a[1] for a in actions),
+            action_start=np.asarray([known(a[2], -1) for a in actions], np.int64),
+            action_end=np.asarray([known(a[3], -1) for a in actions], np.int64),
+            action_value=np.asarray([known(a[4], np.nan) for a in actions], np.float64),
+            n_lines=int(n_lines), n_chars=int(n_chars), stopped=bool(stopped),
+            next_message_ms=float(next_message_ms))
+
+    def actions(self, kind: str, until_ms: float = float("inf")) -> np.ndarray:
+        """Indices of the actions of ``kind`` strictly before ``until_ms``."""
+        return np.asarray([i for i, k in enumerate(self.action_kind)
+                           if k == kind and self.action_t_ms[i] < until_ms], dtype=np.int64)

@@ -2,6 +2,9 @@
 :class:`ReadingTrace` / :class:`PairTrace` that imported research data produce, so the
 reward model's features never ask where a trace came from.
 
+``activity`` reads what else the user did with a shown reply (the lines on screen, the
+actions on it) as a :class:`ReplyActivity` on the same clock.
+
 One shown reply's trace holds its pointer samples (source MOUSE) and gaze samples
 (source GAZE) on the reply's clock (ms since it was shown). Word indices come from the
 shared tokenizer (words.py); lines from the layout stored with the reply; ``visible``
@@ -11,7 +14,7 @@ import json
 
 import numpy as np
 
-from .trace import GAZE, MOUSE, PairTrace, ReadingTrace
+from .trace import GAZE, MOUSE, PairTrace, ReadingTrace, ReplyActivity
 
 LIVE_USER = "local"
 
@@ -86,9 +89,53 @@ class TraceReader:
         within = np.where(offset >= 0, (line >= first[at]) & (line <= last[at]), True)
         return np.where(before_any, True, on_screen & within)
 
-    def for_pick(self, pick_id: str) -> PairTrace:
-        """Both replies of a side-by-side pick on one clock (zero: when the later of the
-        two appeared), with the time of the pick."""
+    def activity(self, shown_reply_id: str, zero_mono_ns: int | None = None) -> ReplyActivity:
+        """The viewport changes of this showing and the actions on its reply from the moment
+        it was shown (on any later showing too: a copy made after reopening the chat
+        counts), with times in ms since ``zero_mono_ns`` (default: the showing), as
+        :meth:`for_shown_reply` gives its samples. Actions carry wall-clock times (the
+        monotonic clock restarts with the computer), moved onto the showing's clock."""
+        shown = self.shown_reply(shown_reply_id)
+        if shown is None:
+            raise KeyError(f"no shown reply {shown_reply_id!r}")
+        zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
+        shift_ms = (shown["shown_mono_ns"] - zero) / 1e6
+        views = self.store._rows(
+            "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown "
+            "FROM viewport_events WHERE shown_reply_id = ?", (shown_reply_id,))
+        reply = self.store._rows("SELECT parent_id, finish_reason FROM messages WHERE id = ?",
+                                 (shown["message_id"],))
+        parent = reply[0]["parent_id"] if reply else None
+        # An edit is logged on the prompt the user rewrote, i.e. this reply's parent.
+        actions = self.store._rows(
+            "SELECT wall_ns, kind, start_offset, end_offset, value FROM reply_actions "
+            "WHERE wall_ns >= ? AND (message_id = ? OR (kind = 'edit' AND message_id = ?))",
+            (shown["shown_wall_ns"], shown["message_id"], parent))
+        return ReplyActivity.build(
+            n_lines=max(len(json.loads(shown["layout"] or "[]")), 1),
+            n_chars=len(shown["rendered_text"] or ""),
+            views=[((v["mono_ns"] - zero) / 1e6, v["first_line"], v["last_line"], v["shown"])
+                   for v in views],
+            actions=[((a["wall_ns"] - shown["shown_wall_ns"]) / 1e6 + shift_ms, a["kind"],
+                      a["start_offset"], a["end_offset"], a["value"]) for a in actions],
+            stopped=bool(reply) and reply[0]["finish_reason"] == "cancelled",
+            next_message_ms=self.next_message_ms(shown) + shift_ms)
+
+    def next_message_ms(self, shown: dict) -> float:
+        """Time from a reply's showing to the first message sent from it (NaN if none).
+        The study's window of an answer ends at the next query; here a reply stays on
+        screen under the turns that follow, so the time it left the screen is not "the
+        time to the next message", and what was read after the next message belongs to
+        the replies that came after it."""
+        rows = self.store._rows(
+            "SELECT min(created_wall_ns) AS sent FROM messages WHERE parent_id = ? "
+            "AND role = 'user' AND created_wall_ns > ?", (shown["message_id"], shown["shown_wall_ns"]))
+        sent = rows[0]["sent"] if rows else None
+        return float("nan") if sent is None else (sent - shown["shown_wall_ns"]) / 1e6
+
+    def pick_sides(self, pick_id: str) -> tuple[str, str, int, int]:
+        """(left shown id, right shown id, the pair's zero: when the later of the two
+        appeared, the pick's monotonic time) of a side-by-side pick."""
         rows = self.store._rows(
             "SELECT message_id, other_message_id, picked_mono_ns FROM feedback "
             "WHERE id = ? AND kind = 'pick'", (pick_id,))
@@ -105,6 +152,18 @@ class TraceReader:
                 raise KeyError(f"reply {message_id} of pick {pick_id} was never shown")
             shown[message_id] = found[0]
         zero = max(s["shown_mono_ns"] for s in shown.values())
-        left = self.for_shown_reply(shown[pick["message_id"]]["id"], zero_mono_ns=zero)
-        right = self.for_shown_reply(shown[pick["other_message_id"]]["id"], zero_mono_ns=zero)
-        return PairTrace(left, right, pick_t_ms=(pick["picked_mono_ns"] - zero) / 1e6)
+        return (shown[pick["message_id"]]["id"], shown[pick["other_message_id"]]["id"], zero,
+                pick["picked_mono_ns"])
+
+    def for_pick(self, pick_id: str) -> PairTrace:
+        """Both replies of a side-by-side pick on one clock (zero: when the later of the
+        two appeared), with the time of the pick."""
+        left, right, zero, picked = self.pick_sides(pick_id)
+        return PairTrace(self.for_shown_reply(left, zero_mono_ns=zero),
+                         self.for_shown_reply(right, zero_mono_ns=zero),
+                         pick_t_ms=(picked - zero) / 1e6)
+
+    def activity_for_pick(self, pick_id: str) -> tuple[ReplyActivity, ReplyActivity]:
+        """Both sides' activity on the clock of :meth:`for_pick`."""
+        left, right, zero, _ = self.pick_sides(pick_id)
+        return self.activity(left, zero_mono_ns=zero), self.activity(right, zero_mono_ns=zero)

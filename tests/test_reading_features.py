@@ -7,7 +7,7 @@ import pytest
 
 from align import features as F
 from feedback_store import words
-from feedback_store.trace import GAZE, MOUSE, PairTrace, ReadingTrace
+from feedback_store.trace import GAZE, MOUSE, PairTrace, ReadingTrace, ReplyActivity
 
 # Six visual lines of exactly ten characters each ("line0 aaa ", ...).
 TEXT = "".join(f"line{i} {chr(97 + i) * 3} " for i in range(6))
@@ -162,9 +162,50 @@ def test_pair_difference_and_share_are_antisymmetric():
     assert F.share(0, 0) == 0.0
 
 
-def test_interactions_are_nan_when_not_measured():
-    f = F.interaction_features({"copied": 1, "thumb": -1})
-    assert f["copied"] == 1.0 and f["thumb"] == -1.0 and math.isnan(f["scroll_depth"])
+def activity(views=(), actions=(), n_lines=40, n_chars=200, **kwargs):
+    return ReplyActivity.build(n_lines=n_lines, n_chars=n_chars, views=views, actions=actions,
+                               **kwargs)
+
+
+def test_interactions_are_nan_when_not_logged():
+    f = F.interaction_features(None)
+    assert set(f) == set(F.INTERACTIONS) and all(math.isnan(v) for v in f.values())
+
+
+def test_scroll_depth_is_the_lowest_line_on_screen_before_the_reading_ended():
+    # 40 lines: 0–9 on screen, scrolled to 20–29, then to 30–39 after the reading ended
+    views = [(0.0, 0, 9, True), (1000.0, 20, 29, True), (5000.0, 30, 39, True)]
+    assert F.interaction_features(activity(views), until_ms=4000.0)["scroll_depth"] == 0.75
+    assert F.interaction_features(activity(views))["scroll_depth"] == 1.0
+    # a range while the window was minimised was not seen; nothing on screen → 0
+    hidden = [(0.0, 0, 9, True), (1000.0, 20, 29, False)]
+    assert F.interaction_features(activity(hidden))["scroll_depth"] == 0.25
+    assert F.interaction_features(activity([(0.0, None, None, True)]))["scroll_depth"] == 0.0
+    # no viewport state known before the end: unknown, not zero
+    assert math.isnan(F.interaction_features(activity(views), until_ms=0.0)["scroll_depth"])
+    assert math.isnan(F.interaction_features(activity())["scroll_depth"])
+
+
+def test_selection_counts_each_character_once_and_copy_stop_thumb_regenerate_edit_are_read():
+    actions = [(100.0, "select", 0, 10, None), (150.0, "select", 5, 20, None),   # a drag
+               (200.0, "copy", 15, 30, None), (300.0, "thumb", None, None, 1.0),
+               (400.0, "thumb", None, None, -1.0), (500.0, "regenerate", None, None, None),
+               (9000.0, "edit", None, None, None), (9500.0, "copy", 100, 200, None)]
+    f = F.interaction_features(activity(actions=actions, stopped=True, next_message_ms=700.0),
+                               until_ms=8000.0)
+    assert f["selected_chars"] == 30.0 and f["selected_share"] == 30 / 200
+    assert (f["copied"], f["thumb"], f["regenerated"], f["edited"], f["stopped"]) == (1, -1, 1, 0, 1)
+    assert f["time_to_next_message_ms"] == 700.0
+    later = F.interaction_features(activity(actions=actions))     # the edit and the 2nd copy count
+    assert later["edited"] == 1.0 and later["selected_chars"] == 130.0
+    nothing = F.interaction_features(activity())
+    assert (nothing["copied"], nothing["thumb"], nothing["selected_share"], nothing["stopped"]) == (0, 0, 0, 0)
+
+
+def test_the_model_columns_of_activity_leave_out_the_labels():
+    # thumbs are the pointwise label, regenerations and edits how the nightly pairs infer one
+    assert not {"thumb", "regenerated", "edited"} & set(F.MODEL_INTERACTIONS)
+    assert set(F.MODEL_INTERACTIONS) <= set(F.INTERACTIONS)
 
 
 # --- per-user normalisation without look-ahead ---------------------------------------------

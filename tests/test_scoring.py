@@ -13,7 +13,7 @@ from align.reward import RewardModel
 from align.scoring import model_dir, score_judge
 from app.session import AppSession, ReplyOnScreen
 from feedback_store import Conversation, Message
-from feedback_store.samples import PointerSample
+from feedback_store.samples import PointerSample, ReplyAction, ViewportEvent
 
 TEXT = "Bees dance to tell the hive where flowers are. The dance points at the sun."
 
@@ -28,8 +28,9 @@ def pointwise_model(directory, stamp="20261206T000000Z"):
     return model.save(directory / f"reward-pointwise-{stamp}.json")
 
 
-def show_and_read(store, session, conversation_id, message_id, moves):
-    """Show a reply, move the pointer over its words ``moves`` times (20 ms apart), hide it."""
+def show_and_read(store, session, conversation_id, message_id, moves, during=None):
+    """Show a reply, move the pointer over its words ``moves`` times (20 ms apart), call
+    ``during(shown_id)`` if given, hide it."""
     shown_id = session.reply_shown(ReplyOnScreen(
         message_id, conversation_id, (0, 0, 600, 40), 1.0, TEXT,
         [{"line": 0, "start": 0, "end": len(TEXT), "x": 0, "y": 0, "w": 600, "h": 20}]))
@@ -40,6 +41,8 @@ def show_and_read(store, session, conversation_id, message_id, moves):
                           text_offset=(i * 3) % len(TEXT), line=0)
             for i in range(moves)]
     assert store.samples.submit(rows)
+    if during is not None:
+        during(shown_id)
     store.flush()
     session.replies_hidden(keep=set())
     return shown_id
@@ -508,4 +511,82 @@ def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_pr
     assert written["pointwise"]["live_pairs"] == 3 and written["pointwise"]["train_rows"] == 434 + 3
     for task in ("pairwise", "pointwise"):
         assert RewardModel.load(written[task]["path"]).info["source"] == "ifllm+live"
+    session.close()
+
+
+def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns(store, tmp_path,
+                                                                                  monkeypatch):
+    """Scroll depth, selection, copy and stop are measured per reading from the viewport
+    events and reply actions and given to the reward models as "this reply − the other";
+    thumbs and regenerations never are (they are labels, or how the pairs infer one)."""
+    from align.scoring import _example
+    from align.train import live_tables, train_data
+    study, _, session = models_on_a_study_subset_then_picks(store, tmp_path, monkeypatch, picks=0)
+    conversation, left, right = regenerated_pair(store)
+    n_chars = len(TEXT)
+
+    def act(shown_id, message_id, kind, start=None, end=None, value=None):
+        session.record([ReplyAction(session.id, shown_id, conversation.id, message_id,
+                                    time.monotonic_ns(), time.time_ns(), kind, start, end, value)])
+
+    def view(shown_id, first, last):
+        session.record([ViewportEvent(session.id, shown_id, conversation.id, time.monotonic_ns(),
+                                      time.time_ns(), "scroll", first, last, 0.0, 0.0, True)])
+
+    def on_left(shown_id):          # the left reply: its top half on screen, a thumb down
+        view(shown_id, None, None)
+        view(shown_id, 0, 0)
+        act(shown_id, left.id, "thumb", value=-1.0)
+        act(shown_id, left.id, "regenerate")
+
+    def on_right(shown_id):         # the right reply: selected twice over, copied
+        view(shown_id, 0, 0)
+        act(shown_id, right.id, "select", 0, 10)
+        act(shown_id, right.id, "select", 5, 20)
+        act(shown_id, right.id, "copy", 5, 20)
+    left_shown = show_and_read(store, session, conversation.id, left.id, 5, during=on_left)
+    right_shown = show_and_read(store, session, conversation.id, right.id, 40, during=on_right)
+    store.conversations.record_pick(conversation.id, left.id, right.id, -1)
+    store.flush()
+
+    did = store.traces.activity(right_shown)
+    assert did.action_kind == ("select", "select", "copy") and did.n_chars == n_chars
+    assert 0 <= did.action_t_ms[0] <= did.action_t_ms[-1] < 10_000 and not did.stopped
+    assert list(did.first_line) == [0] and list(did.last_line) == [0]
+    # A stopped reply, and an edit of its prompt, are read too.
+    stopped = store.conversations.add_message(Message(conversation.id, "assistant", "Bees",
+                                                      parent_id=left.parent_id,
+                                                      finish_reason="cancelled"))
+    stopped_shown = show_and_read(store, session, conversation.id, stopped.id, 3, during=lambda shown_id:
+                                  act(None, left.parent_id, "edit"))
+    assert store.traces.activity(stopped_shown).stopped
+    assert store.traces.activity(stopped_shown).action_kind == ("edit",)
+    # Both replies answer that prompt; the edit came after the right one's reading ended.
+    from align.features import interaction_features
+    right_read_ms = store.traces.for_shown_reply(right_shown).shown_for_ms
+    assert store.traces.activity(right_shown).action_kind[-1] == "edit"
+    assert interaction_features(store.traces.activity(right_shown), right_read_ms)["edited"] == 0.0
+    assert interaction_features(store.traces.activity(stopped_shown))["edited"] == 1.0
+
+    _, _, row, _, _ = _example(store, right_shown, {})       # right (later) − left
+    assert row["i_act_d_copied"] == 1.0
+    assert row["i_act_d_selected_share"] == pytest.approx(20 / n_chars)
+    assert row["i_act_d_scroll_depth"] == 0.0 and row["i_act_d_stopped"] == 0.0
+    assert not [name for name in row if "thumb" in name or "regenerat" in name]
+
+    live = live_tables(store)
+    [pairwise] = live["pairwise"].X                # a = left, b = right
+    names = live["pairwise"].names
+    assert pairwise[names.index("i_act_d_copied")] == -1.0
+    assert pairwise[names.index("i_act_d_selected_share")] == pytest.approx(-20 / n_chars)
+    [pointwise] = live["pointwise"].X
+    assert pointwise[live["pointwise"].names.index("i_act_d_copied")] == 1.0
+
+    # The study has none of these columns; trained together, the model keeps them.
+    from align.ifllm import read_ifllm
+    written = train_data(read_ifllm(study), tmp_path / "models", live=live)
+    for task in ("pairwise", "pointwise"):
+        model = RewardModel.load(written[task]["path"])
+        assert {f"i_act_d_{k}" for k in ("copied", "selected_share", "scroll_depth", "stopped")} <= set(model.names)
+        assert not [n for n in model.names if "thumb" in n or "regenerat" in n]
     session.close()
