@@ -108,7 +108,9 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
         """The reply's reading until the user moved on, how long that was, and what else
         they did with it meanwhile."""
         if row["id"] not in traces:
-            traces[row["id"]] = (store.traces.for_shown_reply(row["id"]), store.traces.activity(row["id"]))
+            full = row if row is shown else store.traces.shown_reply(row["id"])
+            traces[row["id"]] = (store.traces.for_shown_reply(row["id"], shown=full),
+                                 store.traces.activity(row["id"], shown=full))
         whole, activity = traces[row["id"]]
         until_next = activity.next_message_ms
         left_first = whole.shown_for_ms <= until_next     # False while still on screen (NaN)

@@ -4,7 +4,8 @@
 
 A fresh encrypted store holds a conversation of --replies replies of ≈ 1,300 characters
 (the IFLLM median), each read for --seconds: pointer samples at 120 Hz and gaze at 30 Hz
-over its words, plus viewport events, the way capture stores them. The pointwise reward
+over its words, plus what capture logs beside them: viewport events as it scrolls (one a
+second) and a selection dragged over 30 steps, then copied. The pointwise reward
 model is trained on ../shared/ifllm first (or given with --model). Then every reply is
 scored with ``score_shown_reply``: the reading trace read back from the store, the
 features against the previous reply, the model. Reported: wall and CPU milliseconds per
@@ -51,6 +52,25 @@ def reading_rows(session_id, shown_id, conversation_id, text, line_starts, secon
     return pointer, gaze
 
 
+def activity_rows(session_id, shown_id, message_id, conversation_id, lines, seconds, start_ns):
+    """What capture logs besides samples: the visible lines scrolled down once a second
+    (10 lines on screen), a selection dragged over 30 steps, then copied."""
+    from feedback_store import ReplyAction, ViewportEvent
+    views, actions = [], []
+    for s in range(int(seconds)):
+        first = min(max(lines - 10, 0), s * lines // max(int(seconds), 1))
+        views.append(ViewportEvent(session_id, shown_id, conversation_id, start_ns + s * 10**9,
+                                  time.time_ns(), "layout" if s == 0 else "scroll", first,
+                                  min(lines - 1, first + 9)))
+    for step in range(30):
+        actions.append(ReplyAction(session_id, shown_id, conversation_id, message_id,
+                                start_ns + (10 + step // 10) * 10**9, time.time_ns(), "select",
+                                200, 200 + 5 * step))
+    actions.append(ReplyAction(session_id, shown_id, conversation_id, message_id,
+                            start_ns + 13 * 10**9, time.time_ns(), "copy", 200, 345))
+    return views, actions
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replies", type=int, default=20)
@@ -63,7 +83,7 @@ def main() -> int:
     from align.examples import ExampleHistory
     from align.scoring import HISTORY_KEPT, restore_history, score_shown_reply
     from app.session import AppSession, ReplyOnScreen
-    from feedback_store import Conversation, FeedbackStore, Message, ViewportEvent
+    from feedback_store import Conversation, FeedbackStore, Message
 
     home = Path(tempfile.mkdtemp(prefix="glance-scoring-")) / "home"
     if args.model:
@@ -100,8 +120,10 @@ def main() -> int:
                                      args.seconds, start)
         store.samples.submit(pointer)
         store.samples.submit(gaze)
-        store.samples.submit([ViewportEvent(session.id, shown_id, conversation.id, start,
-                                            time.time_ns(), "layout", 0, len(line_starts) - 1)])
+        views, actions = activity_rows(session.id, shown_id, reply.id, conversation.id,
+                                       len(line_starts), args.seconds, start)
+        store.samples.submit(views)
+        store.samples.submit(actions)
         samples = len(pointer) + len(gaze)
         shown_ids.append(shown_id)
     session.replies_hidden()          # marks them hidden (its own scorer finds no model: idle)

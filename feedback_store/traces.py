@@ -27,8 +27,10 @@ class TraceReader:
         rows = self.store._rows("SELECT * FROM shown_replies WHERE id = ?", (shown_reply_id,))
         return rows[0] if rows else None
 
-    def for_shown_reply(self, shown_reply_id: str, zero_mono_ns: int | None = None) -> ReadingTrace:
-        shown = self.shown_reply(shown_reply_id)
+    def for_shown_reply(self, shown_reply_id: str, zero_mono_ns: int | None = None,
+                        shown: dict | None = None) -> ReadingTrace:
+        """``shown``: its ``shown_replies`` row, when the caller has read it already."""
+        shown = shown or self.shown_reply(shown_reply_id)
         if shown is None:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
@@ -89,13 +91,14 @@ class TraceReader:
         within = np.where(offset >= 0, (line >= first[at]) & (line <= last[at]), True)
         return np.where(before_any, True, on_screen & within)
 
-    def activity(self, shown_reply_id: str, zero_mono_ns: int | None = None) -> ReplyActivity:
+    def activity(self, shown_reply_id: str, zero_mono_ns: int | None = None,
+                 shown: dict | None = None) -> ReplyActivity:
         """The viewport changes of this showing and the actions on its reply from the moment
         it was shown (on any later showing too: a copy made after reopening the chat
         counts), with times in ms since ``zero_mono_ns`` (default: the showing), as
         :meth:`for_shown_reply` gives its samples. Actions carry wall-clock times (the
         monotonic clock restarts with the computer), moved onto the showing's clock."""
-        shown = self.shown_reply(shown_reply_id)
+        shown = shown or self.shown_reply(shown_reply_id)
         if shown is None:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
