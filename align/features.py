@@ -173,28 +173,53 @@ def pointer_features(tr: ReadingTrace) -> dict[str, float]:
 
 
 # --- what the live app logs besides pointer and gaze (ReplyActivity) -------------------------
-INTERACTIONS = ("scroll_depth", "selected_chars", "selected_share", "copied",
-                "time_to_next_message_ms", "regenerated", "edited", "stopped", "thumb")
+INTERACTIONS = ("scroll_depth", "lines_on_screen_share", "selected_chars", "selected_share",
+                "copied", "time_to_next_message_ms", "regenerated", "edited", "stopped", "thumb")
 # The ones a reward model may take as inputs. Thumbs are the pointwise label itself;
 # a regeneration and an edit are how the nightly pairs *infer* a preference (the
 # replaced reply is assumed worse), so a model fed them would score that assumption back
-# into the pairs. Scroll depth, selection, copy and stop are only behaviour.
-MODEL_INTERACTIONS = ("scroll_depth", "selected_share", "copied", "stopped")
+# into the pairs. Scroll depth, selection, copy and stop are only behaviour. Scroll depth
+# enters as the share of lines that were on screen: the chat follows a new reply to its
+# end, so the furthest line reached is the last one for nearly every reply (seen in the
+# app), while the share says whether the user went back up to its start.
+MODEL_INTERACTIONS = ("lines_on_screen_share", "selected_share", "copied", "stopped")
+
+
+def _ranges_on_screen(view_t_ms, first_line, last_line, window_visible, until_ms):
+    """The visible line ranges [first, last] before ``until_ms`` while the window was
+    visible (a range holds from its event to the next), or None when no viewport state is
+    known before then."""
+    before = np.asarray(view_t_ms) < until_ms
+    if not before.any():
+        return None
+    seen = before & np.asarray(window_visible, bool) & (np.asarray(first_line) >= 0)
+    return np.asarray(first_line)[seen], np.asarray(last_line)[seen]
 
 
 def scroll_depth(view_t_ms, first_line, last_line, window_visible, n_lines: int,
                  until_ms: float = math.inf) -> float:
     """How far down the reply the screen ever reached before ``until_ms``: (the lowest
     line on screen + 1) / its lines, 0..1; 0 if none of it was on screen, NaN when no
-    viewport state is known. A visible range holds from its event to the next, and
-    counts only while the window was visible."""
-    before = np.asarray(view_t_ms) < until_ms
-    if not before.any():
+    viewport state is known."""
+    ranges = _ranges_on_screen(view_t_ms, first_line, last_line, window_visible, until_ms)
+    if ranges is None:
         return NAN
-    seen = before & np.asarray(window_visible, bool) & (np.asarray(first_line) >= 0)
-    if not seen.any():
+    if not len(ranges[1]):
         return 0.0
-    return float(min(1.0, (int(np.asarray(last_line)[seen].max()) + 1) / max(int(n_lines), 1)))
+    return float(min(1.0, (int(ranges[1].max()) + 1) / max(int(n_lines), 1)))
+
+
+def lines_on_screen_share(view_t_ms, first_line, last_line, window_visible, n_lines: int,
+                          until_ms: float = math.inf) -> float:
+    """The share of the reply's lines that were on screen at some moment before
+    ``until_ms``, 0..1; NaN when no viewport state is known."""
+    ranges = _ranges_on_screen(view_t_ms, first_line, last_line, window_visible, until_ms)
+    if ranges is None:
+        return NAN
+    on_screen = np.zeros(max(int(n_lines), 1), dtype=bool)
+    for first, last in zip(*ranges):
+        on_screen[max(int(first), 0):int(last) + 1] = True
+    return float(on_screen.mean())
 
 
 def chars_covered(starts, ends, n_chars: int) -> int:
@@ -210,7 +235,8 @@ def chars_covered(starts, ends, n_chars: int) -> int:
 
 def interaction_features(activity=None, until_ms: float = math.inf) -> dict[str, float]:
     """Per reply, from its :class:`~feedback_store.trace.ReplyActivity` up to ``until_ms``
-    (the end of the reading): scroll depth (0..1), characters selected and their share,
+    (the end of the reading): scroll depth (the furthest line on screen) and the share
+    of lines ever on screen (0..1), characters selected and their share,
     copied / regenerated / edited (its prompt) / stopped (0/1), the last thumb (+1/-1, 0
     none) and the time to the next message (ms, NaN if none). All NaN without an
     activity (the study logged none of it)."""
@@ -220,9 +246,11 @@ def interaction_features(activity=None, until_ms: float = math.inf) -> dict[str,
     chars = chars_covered(activity.action_start[selected], activity.action_end[selected],
                           activity.n_chars)
     thumbs = activity.actions("thumb", until_ms)
+    view = (activity.view_t_ms, activity.first_line, activity.last_line, activity.window_visible,
+            activity.n_lines)
     return {
-        "scroll_depth": scroll_depth(activity.view_t_ms, activity.first_line, activity.last_line,
-                                     activity.window_visible, activity.n_lines, until_ms),
+        "scroll_depth": scroll_depth(*view, until_ms),
+        "lines_on_screen_share": lines_on_screen_share(*view, until_ms),
         "selected_chars": float(chars),
         "selected_share": chars / activity.n_chars if activity.n_chars else 0.0,
         "copied": float(len(activity.actions("copy", until_ms)) > 0),

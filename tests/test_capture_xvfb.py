@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, require
+from align.features import interaction_features, lines_on_screen_share
 from feedback_store import FeedbackStore
 
 pytestmark = [pytest.mark.xvfb, pytest.mark.timeout(600)]
@@ -101,6 +102,7 @@ def test_the_real_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_pat
         scrolls = store._rows("SELECT dy, source FROM pointer_samples WHERE kind = 'scroll'")
         actions = store._rows("SELECT kind, start_offset, end_offset FROM reply_actions "
                               "ORDER BY mono_ns")
+        did = interaction_features(store.traces.activity(ready["shown_reply_id"]))
     assert {m["source"] for m in moves} == {"pynput"}
     for word in targets:
         x, y = session.point_at(word)
@@ -120,6 +122,8 @@ def test_the_real_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_pat
         (clicked["start"], clicked["end"])
     assert copied and (copied[-1]["start_offset"], copied[-1]["end_offset"]) == \
         (clicked["start"], clicked["end"])
+    # what the reward model reads of it: the word selected (once, however often logged), copied
+    assert did["copied"] == 1.0 and did["selected_chars"] == clicked["end"] - clicked["start"]
 
 
 def test_stored_line_boxes_hold_the_ink_of_the_screenshot(xvfb_display, home, tmp_path):
@@ -184,10 +188,19 @@ def test_minimised_samples_say_so_and_viewport_events_follow(xvfb_display, home,
                              "FROM viewport_events ORDER BY mono_ns")
         hidden = store._rows("SELECT text_offset FROM pointer_samples "
                              "WHERE window_visible = false AND kind = 'move'")
+        activity = store.traces.activity(session.ready["shown_reply_id"])
     scrolled = [(e["first_line"], e["last_line"]) for e in events if e["kind"] == "scroll"]
     assert len(set(scrolled)) >= 2, events      # the visible line range changed
     assert any(e["kind"] == "minimized" and e["window_visible"] is False for e in events)
     assert hidden and all(h["text_offset"] is None for h in hidden)
+    # Shown at its end (the chat follows a new reply down); the wheel brought its first
+    # lines on screen: more of its lines were seen than at first, and the furthest line
+    # reached, the classic scroll depth, was the last one all along.
+    at_first = activity.view_t_ms[0] + 1
+    assert lines_on_screen_share(activity.view_t_ms, activity.first_line, activity.last_line,
+                                 activity.window_visible, activity.n_lines, at_first) \
+        < interaction_features(activity)["lines_on_screen_share"] == 1.0, activity
+    assert interaction_features(activity)["scroll_depth"] == 1.0
 
 
 def test_samples_flushed_before_a_kill_survive(xvfb_display, home, tmp_path):

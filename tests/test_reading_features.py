@@ -172,11 +172,18 @@ def test_interactions_are_nan_when_not_logged():
     assert set(f) == set(F.INTERACTIONS) and all(math.isnan(v) for v in f.values())
 
 
-def test_scroll_depth_is_the_lowest_line_on_screen_before_the_reading_ended():
+def test_scroll_depth_and_lines_on_screen_before_the_reading_ended():
     # 40 lines: 0–9 on screen, scrolled to 20–29, then to 30–39 after the reading ended
     views = [(0.0, 0, 9, True), (1000.0, 20, 29, True), (5000.0, 30, 39, True)]
     assert F.interaction_features(activity(views), until_ms=4000.0)["scroll_depth"] == 0.75
     assert F.interaction_features(activity(views))["scroll_depth"] == 1.0
+    # ... and the share of its lines ever on screen: 0–9 and 20–29 of 40
+    assert F.interaction_features(activity(views), until_ms=4000.0)["lines_on_screen_share"] == 0.5
+    # shown at its end (the chat follows a new reply down), then scrolled back to the top
+    follow = [(0.0, 30, 39, True), (2000.0, 0, 9, True)]
+    assert F.interaction_features(activity(follow), until_ms=1000.0)["scroll_depth"] == 1.0
+    assert F.interaction_features(activity(follow), until_ms=1000.0)["lines_on_screen_share"] == 0.25
+    assert F.interaction_features(activity(follow))["lines_on_screen_share"] == 0.5
     # a range while the window was minimised was not seen; nothing on screen → 0
     hidden = [(0.0, 0, 9, True), (1000.0, 20, 29, False)]
     assert F.interaction_features(activity(hidden))["scroll_depth"] == 0.25
@@ -184,6 +191,7 @@ def test_scroll_depth_is_the_lowest_line_on_screen_before_the_reading_ended():
     # no viewport state known before the end: unknown, not zero
     assert math.isnan(F.interaction_features(activity(views), until_ms=0.0)["scroll_depth"])
     assert math.isnan(F.interaction_features(activity())["scroll_depth"])
+    assert math.isnan(F.interaction_features(activity())["lines_on_screen_share"])
 
 
 def test_selection_counts_each_character_once_and_copy_stop_thumb_regenerate_edit_are_read():

@@ -571,7 +571,7 @@ def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns
     _, _, row, _, _ = _example(store, right_shown, {})       # right (later) − left
     assert row["i_act_d_copied"] == 1.0
     assert row["i_act_d_selected_share"] == pytest.approx(20 / n_chars)
-    assert row["i_act_d_scroll_depth"] == 0.0 and row["i_act_d_stopped"] == 0.0
+    assert row["i_act_d_lines_on_screen_share"] == 0.0 and row["i_act_d_stopped"] == 0.0
     assert not [name for name in row if "thumb" in name or "regenerat" in name]
 
     live = live_tables(store)
@@ -587,6 +587,6 @@ def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns
     written = train_data(read_ifllm(study), tmp_path / "models", live=live)
     for task in ("pairwise", "pointwise"):
         model = RewardModel.load(written[task]["path"])
-        assert {f"i_act_d_{k}" for k in ("copied", "selected_share", "scroll_depth", "stopped")} <= set(model.names)
+        assert {f"i_act_d_{k}" for k in ("copied", "selected_share", "lines_on_screen_share", "stopped")} <= set(model.names)
         assert not [n for n in model.names if "thumb" in n or "regenerat" in n]
     session.close()
