@@ -66,18 +66,72 @@ def cmd_reward_train(args) -> int:
     return 0
 
 
-def _labels_from_app() -> dict:
-    """The user's labelled rows, computed by the open app (it holds the database)."""
+def cmd_reward_scores(args) -> int:
+    """What the reward model made of the replies you read, newest first."""
+    from feedback_store import DatabaseLocked, FeedbackStore, StoreError
+    from .scoring import recent_scores
+    if args.limit < 1:
+        print("align reward scores: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        try:
+            with FeedbackStore.open() as store:
+                scores = recent_scores(store, args.limit)
+        except DatabaseLocked:
+            scores = _from_app(lambda app: app.request("reward_scores", limit=args.limit)["scores"],
+                               "the scores")                          # Glance is open
+    except (StoreError, OSError) as error:
+        print(f"align reward scores: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"scores": scores}))
+        return 0
+    if not scores:
+        print("No reply has been scored yet: replies are scored when they leave the screen, "
+              "with the personalisation consent and a reward model (align reward train).")
+        return 0
+    from feedback_store.times import local_minute
+    from .examples import column_words
+
+    def start(text):
+        text = " ".join((text or "").split())
+        return text if len(text) <= 60 else text[:59] + "…"
+    for score in scores:
+        if not score["previous_message_id"]:
+            against = "the first reply of its conversation, on its own"
+        elif score["same_prompt"]:
+            against = f"against another reply to it, “{start(score['previous'])}”"
+        else:
+            against = f"against the reply before it, “{start(score['previous'])}”"
+        print(f"{local_minute(score['scored_wall_ns'])}  {score['title'] or 'Untitled'}\n"
+              f"  you asked “{start(score['prompt'])}”\n"
+              f"  this reply “{start(score['reply'])}”\n"
+              f"  {against}\n"
+              f"  P(this one better) = {score['probability']:.2f}  (model {score['model']})")
+        moved = [f"{value:+.2f} {column_words(name)}" for name, value in score["contributions"]
+                 if round(value, 2)]
+        if moved:
+            print("  moved by: " + "; ".join(moved))
+    return 0
+
+
+def _from_app(call, what: str):
+    """``call(client)`` on the open app, which holds the database; OSError saying why not."""
     from feedback_store.paths import glance_home
     from .ipc import AppClient, LinkError
-    from .nightly import labels_from_app
     client = AppClient.find(glance_home())
     if client is None:
         raise OSError("the database is in use by another program, and it is not Glance")
     try:
-        return labels_from_app(client)
+        return call(client)
     except LinkError as error:
-        raise OSError(f"Glance is open and could not hand over your labels ({error})") from error
+        raise OSError(f"Glance is open and could not hand over {what} ({error})") from error
+
+
+def _labels_from_app() -> dict:
+    """The user's labelled rows, computed by the open app."""
+    from .nightly import labels_from_app
+    return _from_app(labels_from_app, "your labels")
 
 
 def cmd_import_ifllm(args) -> int:
@@ -190,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--folds", type=int, default=5)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_reward_evaluate)
+
+    scores = reward_commands.add_parser("scores", help="what the reward model made of the "
+                                        "replies you read, newest first")
+    scores.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+    scores.add_argument("--json", action="store_true")
+    scores.set_defaults(func=cmd_reward_scores)
 
     research = commands.add_parser("import-ifllm", help="import an IFLLM folder as research data")
     research.add_argument("directory", nargs="?", metavar="DIR")

@@ -336,3 +336,41 @@ def _concat_tables(a: Table, b: Table) -> Table:
                  np.concatenate([a.order, b.order]), np.concatenate([a.y, b.y]),
                  np.vstack([a.observed_a, b.observed_a]), np.vstack([a.observed_b, b.observed_b]),
                  np.vstack([a.text_a, b.text_a]), np.vstack([a.text_b, b.text_b]), a.ids + b.ids)
+
+
+# --- column names in words, for people reading a score (`align reward scores`) ------------
+_WORDS = {
+    "i_index_attention": "attention (hover, dwell, reach, lines covered)",
+    "i_index_user_share": "its share of your attention, against your habit",
+    "i_index_decision": "where your attention settled",
+    "i_index_expected": "reading beyond what its length predicts",
+    "i_next_message_log_s": "time before your next message",
+    "i_d_next_message_log_s": "time before your next message",
+    "t_chars_log": "length (characters)", "t_words_log": "length (words)",
+    "t_lines_log": "length (lines)", "t_bold": "bold spans", "t_list_items": "list items",
+    "t_headings": "headings", "t_digits_share": "share of digits", "t_numbers": "numbers",
+    "t_type_token": "word variety",
+    "i_act_d_lines_on_screen_share": "share of its lines scrolled over",
+    "i_act_d_selected_share": "share of it selected", "i_act_d_copied": "copied",
+    "i_act_d_stopped": "stopped while written",
+}
+_SOURCE_WORDS = {"m": "pointer", "g": "gaze"}
+
+
+def column_words(name: str) -> str:
+    """A model column in words: what it compares, not how it is scaled ("this reply
+    against the other" is implied by every column but the next-message time)."""
+    if name in _WORDS:
+        return _WORDS[name]
+    for prefix, how in (("i_act_d_", ""), ("i_d_", ""), ("i_share_", "share of "),
+                        ("i_user_share_", "share against your habit: "),
+                        ("i_resid_", "beyond its length: "), ("i_decision_", "before the pick: "),
+                        ("t_", "")):
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            source, _, key = rest.partition("_")
+            if source in _SOURCE_WORDS and key:
+                rest = f"{_SOURCE_WORDS[source]} {key}"
+            rest = rest.removesuffix("_ms").removesuffix("_log_s").removesuffix("_px")
+            return how + rest.replace("_", " ")
+    return name

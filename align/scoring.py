@@ -16,6 +16,7 @@ P(new ≻ old).
 """
 from __future__ import annotations
 
+import json
 import math
 import queue
 import threading
@@ -125,6 +126,28 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
     row, fa, fb = followup_row(current, before, query, previous_query if previous else query,
                                shown_for, before_for, current_did, before_did)
     return shown, previous, row, fa, fb
+
+
+def recent_scores(store, limit: int = 20) -> list[dict]:
+    """The newest scored replies, newest first, for people to read what the reward model
+    made of them: when, the conversation, the prompt, the reply and the reply it was
+    compared with (``same_prompt``: another reply to the same prompt, e.g. the one it
+    replaced), P(this one satisfied more), the model and the features that moved it most
+    (signed log-odds). Scores exist only with the personalisation consent and go
+    with their conversation."""
+    rows = store._rows(
+        "SELECT s.scored_wall_ns, s.probability, s.model, s.contributions, s.message_id, "
+        "s.previous_message_id, coalesce(c.title, '') AS title, q.content AS prompt, "
+        "m.content AS reply, p.content AS previous, "
+        "coalesce(p.parent_id = m.parent_id, false) AS same_prompt "
+        "FROM reply_scores s JOIN messages m ON m.id = s.message_id "
+        "LEFT JOIN messages q ON q.id = m.parent_id "
+        "LEFT JOIN messages p ON p.id = s.previous_message_id "
+        "LEFT JOIN conversations c ON c.id = s.conversation_id "
+        "ORDER BY s.scored_wall_ns DESC LIMIT ?", (int(limit),))
+    for row in rows:
+        row["contributions"] = json.loads(row["contributions"] or "[]")
+    return rows
 
 
 def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,

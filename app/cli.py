@@ -270,7 +270,7 @@ def _nightly(store) -> dict:
     """The last nightly run (when, outcome, its one sentence) and the adapter the chat
     uses: whether the loop from reading to the model runs."""
     from align.adapters import adapters_dir, read_active
-    from .session import local_minute
+    from feedback_store.times import local_minute
     runs = store.training.runs(1)
     last = None
     if runs:

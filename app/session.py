@@ -4,11 +4,11 @@ on screen, what is being recorded right now, and the store jobs that take time.
 The window calls this and ChatService; it never touches the store itself. Everything
 here is tested without a screen (tests/test_session.py).
 """
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from feedback_store import SIGNALS, FeedbackStore
+from feedback_store.times import local_minute
 
 from . import __version__
 
@@ -31,11 +31,6 @@ class AdapterState:
     tooltip: str
     available: bool      # a published version fits the loaded model (the toggle is usable)
     enabled: bool        # the user wants it (off: chat with the base model)
-
-
-def local_minute(wall_ns: int | float) -> str:
-    """A stored wall-clock time as people read it: local date, hours and minutes."""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(wall_ns / 1e9))
 
 
 def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:

@@ -169,6 +169,12 @@ class TrainingLink:
         from align.train import live_tables
         return {task: table.to_json() for task, table in live_tables(self.store).items()}
 
+    def _op_reward_scores(self, limit: int = 20) -> dict:
+        """The newest scored replies (``align.scoring.recent_scores``), for
+        `align reward scores` while this app holds the database."""
+        from align.scoring import recent_scores
+        return {"scores": recent_scores(self.store, limit)}
+
     def _op_finish(self, run_id: str, outcome: dict) -> dict:
         self.store.training.finish_run(run_id, outcome)
         if outcome.get("published") and self.on_adapters_changed is not None:

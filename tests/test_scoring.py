@@ -590,3 +590,54 @@ def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns
         assert {f"i_act_d_{k}" for k in ("copied", "selected_share", "lines_on_screen_share", "stopped")} <= set(model.names)
         assert not [n for n in model.names if "thumb" in n or "regenerat" in n]
     session.close()
+
+
+def test_align_reward_scores_shows_what_the_model_made_of_each_reply_open_or_closed(store, capsys):
+    """`align reward scores`: the newest scored replies, in words, from the store or, with
+    Glance open (it holds the database), from the app over its socket."""
+    import os
+    import subprocess
+    import sys
+    from align.cli import main
+    from align.scoring import recent_scores
+    from app.training_link import TrainingLink
+    from conftest import ROOT
+    from feedback_store import FeedbackStore
+    store.close()
+    assert main(["reward", "scores"]) == 0
+    assert "No reply has been scored yet" in capsys.readouterr().out
+    store = FeedbackStore.open(store.data_dir)
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    pointwise_model(model_dir(store.data_dir))
+    session = AppSession(store)
+    conversation, first, second = regenerated_pair(store)
+    show_and_read(store, session, conversation.id, first.id, moves=5)
+    show_and_read(store, session, conversation.id, second.id, moves=60)
+    session.scorer.wait()
+    store.flush()
+    scores = recent_scores(store)
+    assert [s["message_id"] for s in scores] == [second.id, first.id]      # newest first
+    assert scores[0]["previous_message_id"] == first.id and scores[0]["title"] == "bees"
+    assert scores[0]["reply"].endswith("Really.") and scores[0]["probability"] > 0.7
+
+    link = TrainingLink(store, model_path=lambda: None).start()            # Glance, open
+    try:
+        env = dict(os.environ, GLANCE_HOME=str(store.data_dir))
+        done = subprocess.run([sys.executable, "-m", "align.cli", "reward", "scores", "--json"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["scores"] == json.loads(json.dumps(scores))
+        assert link.served[-1] == "reward_scores"
+    finally:
+        link.stop()
+    session.close()
+    store.close()
+    assert main(["reward", "scores", "--limit", "1"]) == 0                   # closed: the store
+    out = capsys.readouterr().out
+    assert "bees" in out and "you asked “How do bees talk?”" in out
+    assert "against another reply to it, “Bees dance" in out     # the one it replaced
+    assert "P(this one better) = 0." in out and "pointer dwell" in out
+    assert first.id not in out and "i_d_m_dwell_ms" not in out
+    assert main(["reward", "scores", "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err

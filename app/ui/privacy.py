@@ -8,7 +8,7 @@ from PySide6.QtWidgets import (
 from feedback_store import SIGNALS
 from feedback_store.privacy import export_all
 
-from ..session import local_minute
+from feedback_store.times import local_minute
 from .workers import CallThread
 
 CONSENT_INTRO = (
