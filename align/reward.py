@@ -27,6 +27,7 @@ post-hoc calibration is applied, so none can leak across folds.
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,8 +140,14 @@ def fit_fixed(X: np.ndarray, y: np.ndarray, C: float, symmetric: bool, names=Non
             fill = np.where(known.any(axis=0), np.nansum(Xa, axis=0) / np.maximum(known.sum(axis=0), 1), 0.0)
     Xf = np.where(np.isnan(Xa), fill, Xa)
     centre = np.zeros(X.shape[1]) if symmetric else Xf.mean(axis=0)
-    scale = Xf.std(axis=0) if not symmetric else np.sqrt((Xf ** 2).mean(axis=0))
-    scale = np.where(scale > 1e-12, scale, 1.0)
+    # A column's spread is measured on the rows that have it: the app's activity columns
+    # exist for the user's rows only, and measured over the study's filled rows too their
+    # spread would look tiny, so a unit of their coefficient would cost the penalty far
+    # less than any other column's.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # an all-missing column: scale 1
+        scale = np.nanstd(Xa, axis=0) if not symmetric else np.sqrt(np.nanmean(Xa ** 2, axis=0))
+    scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
     Z = (Xf - centre) / scale
     if len(np.unique(ya)) < 2:
         coef, intercept = np.zeros(X.shape[1]), _logit(float(np.mean(ya)) if len(ya) else 0.5)

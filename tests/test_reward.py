@@ -330,6 +330,24 @@ def test_one_user_with_most_rows_does_not_set_the_direction_for_everyone():
     assert equal.coef[0] < 0
 
 
+def test_a_column_only_some_rows_have_is_scaled_on_those_rows():
+    """The app's activity columns (copied, selected…) exist only on the user's rows beside
+    hundreds of study rows. Scaled over the filled study rows too, their spread would look
+    tiny and a unit of their coefficient would cost the penalty almost nothing."""
+    from align import reward
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 2))
+    x[:490, 1] = np.nan                              # known on the last 10 rows only
+    y = (x[:, 0] > 0).astype(int)
+    for symmetric in (True, False):
+        model = reward.fit_fixed(x, y, 0.1, symmetric)
+        known = x[490:, 1]
+        spread = np.sqrt(np.mean(known ** 2)) if symmetric else known.std()
+        assert model.scale[1] == pytest.approx(spread)
+        assert model.scale[0] == pytest.approx(np.sqrt(np.mean(x[:, 0] ** 2)) if symmetric
+                                               else x[:, 0].std())
+
+
 def test_paired_worker_bootstrap_counts_workers_not_rows():
     from align.evaluate import paired_worker_bootstrap
     y = np.array([1, 1, 0, 0, 1, 0])
