@@ -68,7 +68,9 @@ def read_pair_and_pick(store, session, value, left_moves=5, right_moves=40):
     return conversation, left, right
 
 
-def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(store):
+def two_replies_scored(store):
+    """With the consents and a model that favours dwell: a reply, then another reply to the
+    same prompt read far longer, both scored. (session, conversation, first, second)"""
     for signal in ("pointer", "personalise"):
         store.consent.set(signal, True)
     pointwise_model(model_dir(store.data_dir))
@@ -78,6 +80,11 @@ def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(s
     show_and_read(store, session, conversation.id, second.id, moves=60)   # read far longer
     session.scorer.wait()
     assert session.scorer.errors == []
+    return session, conversation, first, second
+
+
+def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(store):
+    session, conversation, first, second = two_replies_scored(store)
     store.flush()
     [before] = store.scores.for_message(first.id)
     [after] = store.scores.for_message(second.id)
@@ -607,14 +614,7 @@ def test_align_reward_scores_shows_what_the_model_made_of_each_reply_open_or_clo
     assert main(["reward", "scores"]) == 0
     assert "No reply has been scored yet" in capsys.readouterr().out
     store = FeedbackStore.open(store.data_dir)
-    for signal in ("pointer", "personalise"):
-        store.consent.set(signal, True)
-    pointwise_model(model_dir(store.data_dir))
-    session = AppSession(store)
-    conversation, first, second = regenerated_pair(store)
-    show_and_read(store, session, conversation.id, first.id, moves=5)
-    show_and_read(store, session, conversation.id, second.id, moves=60)
-    session.scorer.wait()
+    session, conversation, first, second = two_replies_scored(store)
     store.flush()
     scores = recent_scores(store)
     assert [s["message_id"] for s in scores] == [second.id, first.id]      # newest first
