@@ -119,7 +119,11 @@ def _from_app(call, what: str):
     """``call(client)`` on the open app, which holds the database; OSError saying why not."""
     from feedback_store.paths import glance_home
     from .ipc import AppClient, LinkError
+    from .locks import job_running
     client = AppClient.find(glance_home())
+    if client is None and job_running(glance_home()):
+        raise OSError("the nightly job is reading or saving the database (usually a few "
+                      "seconds); try again in a moment")
     if client is None:
         raise OSError("the database is in use by another program, and it is not Glance")
     try:

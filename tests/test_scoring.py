@@ -641,3 +641,24 @@ def test_align_reward_scores_shows_what_the_model_made_of_each_reply_open_or_clo
     assert first.id not in out and "i_d_m_dwell_ms" not in out
     assert main(["reward", "scores", "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_align_reward_scores_says_when_the_nightly_job_holds_the_database(store):
+    """The database held by the nightly job (a few seconds at its start and end), not by
+    the app: the command says so, instead of blaming an unknown program."""
+    import os
+    import subprocess
+    import sys
+    from align.locks import LOCK_FILE, TrainingLock
+    from conftest import ROOT
+    (store.data_dir / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GLANCE_HOME=str(store.data_dir))
+
+    def scores():
+        return subprocess.run([sys.executable, "-m", "align.cli", "reward", "scores"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    with TrainingLock(store.data_dir / LOCK_FILE):        # this process: the job, holding both
+        done = scores()
+    assert done.returncode == 2 and "the nightly job is reading or saving" in done.stderr
+    done = scores()
+    assert done.returncode == 2 and "not Glance" in done.stderr
