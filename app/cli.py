@@ -7,7 +7,8 @@ import platform
 import sys
 import threading
 
-from feedback_store import SIGNALS, FeedbackStore, StoreError, UnknownConversation, glance_home
+from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
+                            glance_home)
 
 from . import __version__
 from .engine import EmptyPrompt, EngineError
@@ -221,13 +222,12 @@ def cmd_doctor(args) -> int:
     report["data_dir"] = str(glance_home())
     report["camera"] = camera_status()
     try:
-        with FeedbackStore.open() as store:
-            status = store.status()
-            report["database"] = {"ok": True, "encryption": status["encryption"],
-                                  "key_storage": status["key_storage"],
-                                  "schema_version": status["schema_version"],
-                                  "counts": status["counts"]}
-            report["nightly"] = _nightly(store)
+        status, runs = _store_status()
+        report["database"] = {"ok": True, "encryption": status["encryption"],
+                              "key_storage": status["key_storage"],
+                              "schema_version": status["schema_version"],
+                              "counts": status["counts"], "app_open": status["app_open"]}
+        report["nightly"] = _nightly(runs)
     except StoreError as error:
         report["database"] = {"ok": False, "error": str(error)}
     report["reward"] = _reward_models()
@@ -243,7 +243,9 @@ def cmd_doctor(args) -> int:
         print(f"Camera:   {', '.join(camera['devices']) if camera['available'] else 'none found'}")
         database = report["database"]
         print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
-                              f"{database['schema_version']}" if database["ok"] else database["error"]))
+                              f"{database['schema_version']}"
+                              + (" (open in the Glance window, which answered)" if database["app_open"] else "")
+                              if database["ok"] else database["error"]))
         if "nightly" in report:
             last, adapter = report["nightly"]["last_run"], report["nightly"]["active_adapter"]
             when = ("never run (align --nightly, or align schedule install)" if last is None else
@@ -266,18 +268,35 @@ def cmd_doctor(args) -> int:
     return 0 if report["database"]["ok"] and report["model"]["ok"] else 1
 
 
-def _nightly(store) -> dict:
+def _store_status() -> tuple[dict, list]:
+    """``store.status()`` (with ``app_open``) and the last nightly run: from the store, or,
+    while the Glance window holds it, from the window over its private socket."""
+    try:
+        with FeedbackStore.open() as store:
+            return dict(store.status(), app_open=False), store.training.runs(1)
+    except DatabaseLocked as locked:
+        from align.ipc import AppClient, LinkError
+        client = AppClient.find(glance_home())
+        if client is None:
+            raise
+        try:
+            answer = client.request("status")
+        except LinkError:
+            raise locked from None
+        return dict(answer["status"], app_open=True), answer["runs"]
+
+
+def _nightly(runs: list) -> dict:
     """The last nightly run (when, outcome, its one sentence) and the adapter the chat
     uses: whether the loop from reading to the model runs."""
     from align.adapters import adapters_dir, read_active
     from feedback_store.times import local_minute
-    runs = store.training.runs(1)
     last = None
     if runs:
         run = runs[0]
         last = {"started": local_minute(run["started_wall_ns"]), "status": run["status"],
                 "message": run["message"]}
-    return {"last_run": last, "active_adapter": read_active(adapters_dir(store.data_dir)).get("version")}
+    return {"last_run": last, "active_adapter": read_active(adapters_dir(glance_home())).get("version")}
 
 
 def _reward_models() -> dict:
@@ -341,21 +360,23 @@ def cmd_data(args) -> int:
         delete_everything(glance_home())
         print(f"Deleted everything under {glance_home()}.")
         return 0
+    if args.data_command == "status":
+        status, _ = _store_status()
+        if args.json:
+            print(json.dumps(status))
+            return 0
+        print(f"Data dir:   {status['data_dir']}" + ("  (open in the Glance window, which answered)"
+                                                     if status["app_open"] else ""))
+        print(f"Encryption: {'on (AES-GCM)' if status['encryption'] else 'off'}; key in "
+              f"{'the system keyring' if status['key_storage'] == 'keyring' else 'a 0600 key file'}")
+        for signal, decision in status["consents"].items():
+            state = "not decided" if decision is None else ("on" if decision["on"] else "off")
+            print(f"Consent {signal:12} {state}")
+        for table, rows in status["counts"].items():
+            print(f"  {table:18} {rows} rows")
+        return 0
     with FeedbackStore.open() as store:
-        if args.data_command == "status":
-            status = store.status()
-            if args.json:
-                print(json.dumps(status))
-            else:
-                print(f"Data dir:   {status['data_dir']}")
-                print(f"Encryption: {'on (AES-GCM)' if status['encryption'] else 'off'}; key in "
-                      f"{'the system keyring' if status['key_storage'] == 'keyring' else 'a 0600 key file'}")
-                for signal, decision in status["consents"].items():
-                    state = "not decided" if decision is None else ("on" if decision["on"] else "off")
-                    print(f"Consent {signal:12} {state}")
-                for table, rows in status["counts"].items():
-                    print(f"  {table:18} {rows} rows")
-        elif args.data_command == "export":
+        if args.data_command == "export":
             folder = export_all(store, args.directory)
             print(f"Exported to {folder}")
         elif args.data_command == "delete":

@@ -169,6 +169,11 @@ class TrainingLink:
         from align.train import live_tables
         return {task: table.to_json() for task, table in live_tables(self.store).items()}
 
+    def _op_status(self) -> dict:
+        """``store.status()`` and the last nightly run, for `glance data status` and
+        `glance doctor` while this app holds the database."""
+        return {"status": self.store.status(), "runs": self.store.training.runs(1)}
+
     def _op_reward_scores(self, limit: int = 20) -> dict:
         """The newest scored replies (``align.scoring.recent_scores``), for
         `align reward scores` while this app holds the database."""

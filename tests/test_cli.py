@@ -97,6 +97,35 @@ def test_doctor_says_how_the_last_night_went(home):
     assert "Nightly:  last run " in text and "nothing_new: Nothing to learn yet" in text
 
 
+def test_with_glance_open_doctor_and_data_status_ask_the_window(home):
+    """The window holds the database while it runs (in the tray, too); `glance doctor`
+    and `glance data status` then ask it instead of reporting the database as in use."""
+    from app.training_link import TrainingLink
+    store = FeedbackStore.open(home)                    # the window, open
+    store.consent.set("pointer", True)
+    try:
+        locked = run_glance("data", "status", home=home)     # no window answers: as before
+        assert locked.returncode == 2 and "in use by another process" in locked.stderr
+        link = TrainingLink(store, model_path=lambda: None).start()
+        try:
+            status = json.loads(run_glance("data", "status", "--json", home=home).stdout)
+            report = json.loads(run_glance("doctor", "--json", home=home).stdout)
+            text = run_glance("data", "status", home=home).stdout
+        finally:
+            link.stop()
+        assert link.served.count("status") == 3
+        assert status["app_open"] is True and status["encryption"] is True
+        assert status["consents"]["pointer"]["on"] is True
+        assert status["counts"] == store.counts()
+        assert report["database"]["ok"] and report["database"]["app_open"] is True
+        assert report["nightly"] == {"last_run": None, "active_adapter": None}
+        assert "open in the Glance window, which answered" in text and "Consent pointer      on" in text
+    finally:
+        store.close()
+    closed = json.loads(run_glance("data", "status", "--json", home=home).stdout)
+    assert closed["app_open"] is False
+
+
 def test_sigkill_mid_stream_keeps_every_committed_message(home):
     first = run_glance("chat", "--prompt", "Remember the word PELICAN.", "--max-tokens", "8",
                        "--json", home=home)
