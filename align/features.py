@@ -223,10 +223,13 @@ def lines_on_screen_share(view_t_ms, first_line, last_line, window_visible, n_li
 
 
 def chars_covered(starts, ends, n_chars: int) -> int:
-    """Characters inside the union of the ranges [start, end), clipped to the text: a
-    selection dragged over a paragraph is logged at every step, and counts once."""
+    """Characters inside the union of the ranges [start, end), clipped to the text (a
+    range with an unknown end, -1, is skipped): a selection dragged over a paragraph is
+    logged at every step, and counts once."""
     covered = np.zeros(max(int(n_chars), 0), dtype=bool)
     for start, end in zip(starts, ends):
+        if start < 0 or end < 0:          # not logged: nothing known to count
+            continue
         lo, hi = sorted((int(start), int(end)))
         if hi > 0 and lo < len(covered):
             covered[max(lo, 0):min(hi, len(covered))] = True
@@ -242,7 +245,10 @@ def interaction_features(activity=None, until_ms: float = math.inf) -> dict[str,
     activity (the study logged none of it)."""
     if activity is None:
         return dict.fromkeys(INTERACTIONS, NAN)
-    selected = np.concatenate([activity.actions("select", until_ms), activity.actions("copy", until_ms)])
+    # What was selected: a Ctrl+C copies a selection already logged; the Copy button copies
+    # the whole reply without selecting any of it (and logs markdown offsets), so a copy
+    # counts as "copied", never as selected text.
+    selected = activity.actions("select", until_ms)
     chars = chars_covered(activity.action_start[selected], activity.action_end[selected],
                           activity.n_chars)
     thumbs = activity.actions("thumb", until_ms)

@@ -108,11 +108,16 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
     def read(row):
         """The reply's reading until the user moved on, how long that was, and what else
         they did with it meanwhile."""
-        if row["id"] not in traces:
+        if row["id"] in traces:
+            whole, activity = traces[row["id"]]
+        else:
             full = row if row is shown else store.traces.shown_reply(row["id"])
-            traces[row["id"]] = (store.traces.for_shown_reply(row["id"], shown=full),
-                                 store.traces.activity(row["id"], shown=full))
-        whole, activity = traces[row["id"]]
+            whole = store.traces.for_shown_reply(row["id"], shown=full)
+            activity = store.traces.activity(row["id"], shown=full)
+            # Kept only once its showing has ended: a reply still on screen (the one above,
+            # scrolled back to) goes on being read, and is read afresh when it is scored.
+            if math.isfinite(whole.shown_for_ms):
+                traces[row["id"]] = (whole, activity)
         until_next = activity.next_message_ms
         left_first = whole.shown_for_ms <= until_next     # False while still on screen (NaN)
         if math.isfinite(until_next) and not left_first:
@@ -144,7 +149,7 @@ def recent_scores(store, limit: int = 20) -> list[dict]:
         "LEFT JOIN messages q ON q.id = m.parent_id "
         "LEFT JOIN messages p ON p.id = s.previous_message_id "
         "LEFT JOIN conversations c ON c.id = s.conversation_id "
-        "ORDER BY s.scored_wall_ns DESC LIMIT ?", (int(limit),))
+        "ORDER BY s.scored_wall_ns DESC, s.shown_reply_id LIMIT ?", (int(limit),))
     for row in rows:
         row["contributions"] = json.loads(row["contributions"] or "[]")
     return rows

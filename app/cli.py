@@ -281,7 +281,7 @@ def _store_status() -> tuple[dict, list]:
             raise
         try:
             answer = client.request("status")
-        except LinkError:
+        except (LinkError, OSError):        # an older window, or it closed meanwhile
             raise locked from None
         return dict(answer["status"], app_open=True), answer["runs"]
 

@@ -106,22 +106,36 @@ class TraceReader:
         views = self.store._rows(
             "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown "
             "FROM viewport_events WHERE shown_reply_id = ?", (shown_reply_id,))
-        reply = self.store._rows("SELECT parent_id, finish_reason FROM messages WHERE id = ?",
-                                 (shown["message_id"],))
+        reply = self.store._rows(
+            "SELECT parent_id, finish_reason, EXISTS (SELECT 1 FROM reply_actions "
+            "WHERE kind = 'stop' AND message_id = m.id) AS stop_logged FROM messages m WHERE id = ?",
+            (shown["message_id"],))
         parent = reply[0]["parent_id"] if reply else None
         # An edit is logged on the prompt the user rewrote, i.e. this reply's parent.
         actions = self.store._rows(
-            "SELECT wall_ns, kind, start_offset, end_offset, value FROM reply_actions "
-            "WHERE wall_ns >= ? AND (message_id = ? OR (kind = 'edit' AND message_id = ?))",
+            "SELECT session_id, mono_ns, wall_ns, kind, start_offset, end_offset, value "
+            "FROM reply_actions WHERE wall_ns >= ? "
+            "AND (message_id = ? OR (kind = 'edit' AND message_id = ?))",
             (shown["shown_wall_ns"], shown["message_id"], parent))
+
+        def action_ms(action):
+            # The showing's own clock while the same app session runs (the wall clock
+            # jumps with adjustments; the monotonic one pauses in suspend, as the
+            # showing's times do); the wall clock for a later session's actions.
+            if action["session_id"] == shown["session_id"]:
+                return (action["mono_ns"] - zero) / 1e6
+            return (action["wall_ns"] - shown["shown_wall_ns"]) / 1e6 + shift_ms
         return ReplyActivity.build(
             n_lines=max(len(json.loads(shown["layout"] or "[]")), 1),
             n_chars=len(shown["rendered_text"] or ""),
             views=[((v["mono_ns"] - zero) / 1e6, v["first_line"], v["last_line"], v["shown"])
                    for v in views],
-            actions=[((a["wall_ns"] - shown["shown_wall_ns"]) / 1e6 + shift_ms, a["kind"],
-                      a["start_offset"], a["end_offset"], a["value"]) for a in actions],
-            stopped=bool(reply) and reply[0]["finish_reason"] == "cancelled",
+            actions=[(action_ms(a), a["kind"], a["start_offset"], a["end_offset"], a["value"])
+                     for a in actions],
+            # Cancelled by the user's Esc or Stop (logged on the reply), not by the window
+            # closing mid-reply.
+            stopped=bool(reply) and reply[0]["finish_reason"] == "cancelled"
+            and bool(reply[0]["stop_logged"]),
             next_message_ms=self.next_message_ms(shown) + shift_ms)
 
     def next_message_ms(self, shown: dict) -> float:

@@ -193,13 +193,13 @@ def test_minimised_samples_say_so_and_viewport_events_follow(xvfb_display, home,
     assert len(set(scrolled)) >= 2, events      # the visible line range changed
     assert any(e["kind"] == "minimized" and e["window_visible"] is False for e in events)
     assert hidden and all(h["text_offset"] is None for h in hidden)
-    # Shown at its end (the chat follows a new reply down); the wheel brought its first
-    # lines on screen: more of its lines were seen than at first, and the furthest line
+    # Shown at its end (the chat follows a new reply down); the wheel brought earlier lines
+    # on screen: more of its lines were seen than at first, while the furthest line
     # reached, the classic scroll depth, was the last one all along.
     at_first = activity.view_t_ms[0] + 1
     assert lines_on_screen_share(activity.view_t_ms, activity.first_line, activity.last_line,
                                  activity.window_visible, activity.n_lines, at_first) \
-        < interaction_features(activity)["lines_on_screen_share"] == 1.0, activity
+        < interaction_features(activity)["lines_on_screen_share"], activity
     assert interaction_features(activity)["scroll_depth"] == 1.0
 
 

@@ -103,6 +103,9 @@ def test_with_glance_open_doctor_and_data_status_ask_the_window(home):
     from app.training_link import TrainingLink
     store = FeedbackStore.open(home)                    # the window, open
     store.consent.set("pointer", True)
+    store.training.begin_run("run-1", "app", "model.gguf")
+    store.training.finish_run("run-1", {"status": "nothing_new", "message": "Nothing to learn yet."})
+    store.flush()
     try:
         locked = run_glance("data", "status", home=home)     # no window answers: as before
         assert locked.returncode == 2 and "in use by another process" in locked.stderr
@@ -118,7 +121,7 @@ def test_with_glance_open_doctor_and_data_status_ask_the_window(home):
         assert status["consents"]["pointer"]["on"] is True
         assert status["counts"] == store.counts()
         assert report["database"]["ok"] and report["database"]["app_open"] is True
-        assert report["nightly"] == {"last_run": None, "active_adapter": None}
+        assert report["nightly"]["last_run"]["message"] == "Nothing to learn yet."
         assert "open in the Glance window, which answered" in text and "Consent pointer      on" in text
     finally:
         store.close()

@@ -201,11 +201,16 @@ def test_selection_counts_each_character_once_and_copy_stop_thumb_regenerate_edi
                (9000.0, "edit", None, None, None), (9500.0, "copy", 100, 200, None)]
     f = F.interaction_features(activity(actions=actions, stopped=True, next_message_ms=700.0),
                                until_ms=8000.0)
-    assert f["selected_chars"] == 30.0 and f["selected_share"] == 30 / 200
+    # selected: the union of the drag's steps; a copy is "copied", not selected text (the
+    # Copy button copies the whole reply without selecting it)
+    assert f["selected_chars"] == 20.0 and f["selected_share"] == 20 / 200
     assert (f["copied"], f["thumb"], f["regenerated"], f["edited"], f["stopped"]) == (1, -1, 1, 0, 1)
     assert f["time_to_next_message_ms"] == 700.0
-    later = F.interaction_features(activity(actions=actions))     # the edit and the 2nd copy count
-    assert later["edited"] == 1.0 and later["selected_chars"] == 130.0
+    later = F.interaction_features(activity(actions=actions))     # the edit counts now
+    assert later["edited"] == 1.0 and later["selected_chars"] == 20.0
+    # a range whose end was not logged counts nothing
+    unknown = F.interaction_features(activity(actions=[(1.0, "select", 50, None, None)]))
+    assert unknown["selected_chars"] == 0.0
     nothing = F.interaction_features(activity())
     assert (nothing["copied"], nothing["thumb"], nothing["selected_share"], nothing["stopped"]) == (0, 0, 0, 0)
 

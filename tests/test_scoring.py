@@ -28,12 +28,14 @@ def pointwise_model(directory, stamp="20261206T000000Z"):
     return model.save(directory / f"reward-pointwise-{stamp}.json")
 
 
-def show_and_read(store, session, conversation_id, message_id, moves, during=None):
-    """Show a reply, move the pointer over its words ``moves`` times (20 ms apart), call
-    ``during(shown_id)`` if given, hide it."""
+def show_and_read(store, session, conversation_id, message_id, moves, during=None, lines=1):
+    """Show a reply (laid out on ``lines`` lines), move the pointer over its words
+    ``moves`` times (20 ms apart), call ``during(shown_id)`` if given, hide it."""
+    starts = [len(TEXT) * i // lines for i in range(lines)] + [len(TEXT)]
     shown_id = session.reply_shown(ReplyOnScreen(
-        message_id, conversation_id, (0, 0, 600, 40), 1.0, TEXT,
-        [{"line": 0, "start": 0, "end": len(TEXT), "x": 0, "y": 0, "w": 600, "h": 20}]))
+        message_id, conversation_id, (0, 0, 600, 20 * lines), 1.0, TEXT,
+        [{"line": i, "start": starts[i], "end": starts[i + 1], "x": 0, "y": 20 * i, "w": 600,
+          "h": 20} for i in range(lines)]))
     store.flush()
     start = time.monotonic_ns()
     rows = [PointerSample(session.id, shown_id, conversation_id, start + i * 20_000_000,
@@ -524,8 +526,10 @@ def test_align_reward_train_learns_from_the_users_own_picks_with_the_study_as_pr
 def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns(store, tmp_path,
                                                                                   monkeypatch):
     """Scroll depth, selection, copy and stop are measured per reading from the viewport
-    events and reply actions and given to the reward models as "this reply − the other";
-    thumbs and regenerations never are (they are labels, or how the pairs infer one)."""
+    events and reply actions, up to the end of the reading (the pick, or the reply leaving
+    the screen), and given to the reward models as "this reply − the other"; thumbs and
+    regenerations never are (they are labels, or how the pairs infer one)."""
+    from align.features import interaction_features
     from align.scoring import _example
     from align.train import live_tables, train_data
     study, _, session = models_on_a_study_subset_then_picks(store, tmp_path, monkeypatch, picks=0)
@@ -546,48 +550,60 @@ def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns
         act(shown_id, left.id, "thumb", value=-1.0)
         act(shown_id, left.id, "regenerate")
 
-    def on_right(shown_id):         # the right reply: selected twice over, copied
-        view(shown_id, 0, 0)
+    def on_right(shown_id):         # the right reply: all of it on screen, selected, copied
+        view(shown_id, 0, 1)
         act(shown_id, right.id, "select", 0, 10)
-        act(shown_id, right.id, "select", 5, 20)
+        act(shown_id, right.id, "select", 5, 20)     # the drag goes on: 20 characters in all
         act(shown_id, right.id, "copy", 5, 20)
-    left_shown = show_and_read(store, session, conversation.id, left.id, 5, during=on_left)
-    right_shown = show_and_read(store, session, conversation.id, right.id, 40, during=on_right)
+    left_shown = show_and_read(store, session, conversation.id, left.id, 5, during=on_left, lines=2)
+    right_shown = show_and_read(store, session, conversation.id, right.id, 40, during=on_right, lines=2)
     store.conversations.record_pick(conversation.id, left.id, right.id, -1)
+    act(None, left.id, "copy", 0, 30)           # after the pick and the left reply's reading
     store.flush()
 
     did = store.traces.activity(right_shown)
     assert did.action_kind == ("select", "select", "copy") and did.n_chars == n_chars
     assert 0 <= did.action_t_ms[0] <= did.action_t_ms[-1] < 10_000 and not did.stopped
-    assert list(did.first_line) == [0] and list(did.last_line) == [0]
-    # A stopped reply, and an edit of its prompt, are read too.
+    assert list(did.first_line) == [0] and list(did.last_line) == [1] and did.n_lines == 2
+
+    _, _, row, _, _ = _example(store, right_shown, {})       # right (later) − left
+    assert row["i_act_d_copied"] == 1.0                        # the left one's late copy: no
+    assert row["i_act_d_selected_share"] == pytest.approx(20 / n_chars)
+    assert row["i_act_d_lines_on_screen_share"] == 0.5 and row["i_act_d_stopped"] == 0.0
+    assert not [name for name in row if "thumb" in name or "regenerat" in name]
+
+    live = live_tables(store)
+    [pairwise] = live["pairwise"].X                # a = left, b = right, up to the pick
+    names = live["pairwise"].names
+    assert pairwise[names.index("i_act_d_copied")] == -1.0
+    assert pairwise[names.index("i_act_d_selected_share")] == pytest.approx(-20 / n_chars)
+    assert pairwise[names.index("i_act_d_lines_on_screen_share")] == -0.5
+    [pointwise] = live["pointwise"].X
+    assert pointwise[live["pointwise"].names.index("i_act_d_copied")] == 1.0
+
+    # A reply the user stopped (Esc or Stop, logged on it), shown after the right one; a
+    # reply cancelled because the window closed was not stopped.
     stopped = store.conversations.add_message(Message(conversation.id, "assistant", "Bees",
                                                       parent_id=left.parent_id,
                                                       finish_reason="cancelled"))
+    act(None, stopped.id, "stop")
     stopped_shown = show_and_read(store, session, conversation.id, stopped.id, 3, during=lambda shown_id:
                                   act(None, left.parent_id, "edit"))
+    closed = store.conversations.add_message(Message(conversation.id, "assistant", "Bees dance",
+                                                     parent_id=left.parent_id,
+                                                     finish_reason="cancelled"))
+    closed_shown = show_and_read(store, session, conversation.id, closed.id, 3)
+    store.flush()
     assert store.traces.activity(stopped_shown).stopped
+    assert not store.traces.activity(closed_shown).stopped
+    _, previous, row, _, _ = _example(store, stopped_shown, {})
+    assert previous["message_id"] == right.id and row["i_act_d_stopped"] == 1.0
+    # The edit of their prompt is read too; it came after the right one's reading ended.
     assert store.traces.activity(stopped_shown).action_kind == ("edit",)
-    # Both replies answer that prompt; the edit came after the right one's reading ended.
-    from align.features import interaction_features
     right_read_ms = store.traces.for_shown_reply(right_shown).shown_for_ms
     assert store.traces.activity(right_shown).action_kind[-1] == "edit"
     assert interaction_features(store.traces.activity(right_shown), right_read_ms)["edited"] == 0.0
     assert interaction_features(store.traces.activity(stopped_shown))["edited"] == 1.0
-
-    _, _, row, _, _ = _example(store, right_shown, {})       # right (later) − left
-    assert row["i_act_d_copied"] == 1.0
-    assert row["i_act_d_selected_share"] == pytest.approx(20 / n_chars)
-    assert row["i_act_d_lines_on_screen_share"] == 0.0 and row["i_act_d_stopped"] == 0.0
-    assert not [name for name in row if "thumb" in name or "regenerat" in name]
-
-    live = live_tables(store)
-    [pairwise] = live["pairwise"].X                # a = left, b = right
-    names = live["pairwise"].names
-    assert pairwise[names.index("i_act_d_copied")] == -1.0
-    assert pairwise[names.index("i_act_d_selected_share")] == pytest.approx(-20 / n_chars)
-    [pointwise] = live["pointwise"].X
-    assert pointwise[live["pointwise"].names.index("i_act_d_copied")] == 1.0
 
     # The study has none of these columns; trained together, the model keeps them.
     from align.ifllm import read_ifllm

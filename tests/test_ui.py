@@ -53,6 +53,8 @@ def test_shift_enter_is_a_newline_and_empty_enter_sends_nothing(qtbot, window, s
 
 
 def test_escape_stops_mid_stream(qtbot, window, store):
+    store.consent.set("pointer", True)       # so the stop is logged for the reward model
+    window.capture.sync()
     window.tree.conversation.settings = quick_settings(max_tokens=400).to_dict()
     window.input.setPlainText("Write a very long story about a ship.")
     with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
@@ -68,6 +70,33 @@ def test_escape_stops_mid_stream(qtbot, window, store):
     assert reply.tokens < 400
     assert store.conversations.messages(window.tree.id)[-1].finish_reason == "cancelled"
     assert "stopped" in widget_for(window, reply.id).meta.text()
+    # The stop is logged on the reply it cut short: "stopped", an input of the reward model.
+    qtbot.waitUntil(lambda: window.session.shown_id(reply.id) is not None, timeout=10_000)
+    store.flush()
+    assert store._rows("SELECT message_id FROM reply_actions WHERE kind = 'stop'") == \
+        [{"message_id": reply.id}]
+    assert store.traces.activity(window.session.shown_id(reply.id)).stopped
+
+
+def long_reply_streaming(qtbot, window, store):
+    """A long reply being written, with the pointer consent on (actions are logged)."""
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    window.tree.conversation.settings = quick_settings(max_tokens=400).to_dict()
+    window.input.setPlainText("Write a very long story about a ship.")
+    window.send()
+    qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
+
+
+def test_closing_the_window_mid_reply_is_not_a_stop(qtbot, window, store):
+    """Closing the window cancels the reply being written; the user did not stop it, so
+    the reward model must not read it as stopped."""
+    long_reply_streaming(qtbot, window, store)
+    window.close()
+    store.flush()
+    [reply] = [m for m in store.conversations.messages(window.tree.id) if m.role == "assistant"]
+    assert reply.finish_reason == "cancelled"
+    assert store._rows("SELECT message_id FROM reply_actions WHERE kind = 'stop'") == []
 
 
 def test_regenerate_keeps_sibling_and_edit_branches(qtbot, window, store):

@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.editing_message_id: str | None = None
         self.comparing: tuple[str, str] | None = None   # (left, right) awaiting a pick
         self._compare_original: str | None = None
+        self._stopped_by_user = False    # Esc or Stop, not the window closed mid-reply
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
@@ -467,7 +468,7 @@ class MainWindow(QMainWindow):
     def stop(self) -> None:
         """Esc: stop the reply being written, or else leave editing mode."""
         if self.is_generating():
-            self.capture.action("stop", None)
+            self._stopped_by_user = True     # logged on the reply once it is committed
             self.generation.stop()
         elif self.editing_message_id is not None:
             self.editing_message_id = None
@@ -476,6 +477,11 @@ class MainWindow(QMainWindow):
 
     def _on_reply(self, message: Message) -> None:
         self.generation.wait()
+        if self._stopped_by_user and message is not None:
+            # A stop belongs to the reply it cut short (the reward model reads "stopped"
+            # from it); a reply cancelled because the window closed was not stopped.
+            self.capture.action("stop", message.id)
+        self._stopped_by_user = False
         self.chat_view.end_stream()
         self._set_busy(False)
         if self._compare_original is not None and message is not None:
@@ -496,6 +502,7 @@ class MainWindow(QMainWindow):
 
     def _on_generation_failed(self, text: str) -> None:
         self._compare_original = None
+        self._stopped_by_user = False
         self.generation.wait()
         self.chat_view.end_stream()
         self._set_busy(False)
