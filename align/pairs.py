@@ -164,6 +164,15 @@ def _pick_candidates(tree: _Tree, rows: dict, config: PairConfig, skipped: Count
         yield chosen, rejected, "pick", config.epsilon_pick
 
 
+def _picked_ties(rows: dict) -> set[frozenset]:
+    """Pairs of replies whose latest side-by-side pick was a tie."""
+    latest = {}
+    for row in rows.get("feedback", []):
+        if row["kind"] == "pick":
+            latest[frozenset((row["message_id"], row["other_message_id"]))] = row["value"]
+    return {pair for pair, value in latest.items() if value == 0}
+
+
 def _thumb_candidates(tree: _Tree, rows: dict, config: PairConfig, skipped: Counter):
     latest = {}
     for row in rows.get("feedback", []):   # ordered by time: the last one wins
@@ -216,7 +225,11 @@ def _reward_candidates(tree: _Tree, judge: Judge | None, config: PairConfig, ski
                 if judgement.sure < config.min_reward_confidence:
                     skipped["reward_unsure"] += 1
                     continue
-                epsilon = min(1.0 - judgement.sure, config.max_inferred_epsilon)
+                # Never surer than the user's own thumbs: the score is a model's guess
+                # (uncalibrated on this user), and --max-pairs and the robust DPO loss
+                # favour the smallest ε.
+                epsilon = min(max(1.0 - judgement.sure, config.epsilon_thumbs),
+                              config.max_inferred_epsilon)
                 if judgement.p_a_over_b >= 0.5:
                     yield a["id"], b["id"], "reward", epsilon
                 else:
@@ -259,6 +272,7 @@ def build_pairs(rows: dict, config: PairConfig | None = None,
     for source in (_pick_candidates, _thumb_candidates, _regenerate_candidates):
         candidates.extend(source(tree, rows, config, skipped))
     labelled = {frozenset((c, r)) for c, r, _, _ in candidates}
+    labelled |= _picked_ties(rows)    # the user said "equal": no model may say otherwise
     candidates.extend(_reward_candidates(tree, judge, config, skipped, labelled))
 
     report = PairReport()

@@ -107,6 +107,12 @@ def test_reward_model_labels_unlabelled_siblings_with_its_confidence(consenting)
     pairs, _ = build_pairs(store.training.rows(), PairConfig(min_reward_confidence=0.5),
                            judge=lambda x, y: Judgement(0.52))
     assert pairs and max(p.epsilon for p in pairs) <= 0.45
+    # A very sure model is never surer than the user's own thumbs (nor outranks them).
+    pairs, _ = build_pairs(store.training.rows(), judge=lambda x, y: Judgement(0.999))
+    assert pairs and min(p.epsilon for p in pairs) == pytest.approx(PairConfig().epsilon_thumbs)
+    # Two replies the user picked as a tie: the model does not order them.
+    store.conversations.record_pick(c.id, a.id, b.id, 0)
+    assert set(by_ids(build_pairs(store.training.rows(), judge=judge)[0])) == {(a.id, d.id)}
 
 
 def test_an_explicit_label_beats_a_disagreeing_inferred_one_and_equals_cancel(consenting):
@@ -157,6 +163,37 @@ def test_only_what_was_written_while_personalisation_was_on(store):
     store.consent.set("personalise", False)
     time.sleep(0.002)
     assert store.training.rows()["messages"] == []          # off now: nothing at all
+
+
+def test_a_label_changed_while_personalisation_was_off_is_not_trained_on(consenting):
+    """The latest word on a label wins, and counts only if given with the consent on: a
+    thumb or pick reversed while it was off must not be trained on as it was before."""
+    store = consenting
+    c = conversation(store)
+    q = add(store, c.id, "user", "Explain DNS.")
+    a = add(store, c.id, "assistant", "a", q.id)
+    b = add(store, c.id, "assistant", "b", q.id)
+    store.conversations.set_thumb(c.id, a.id, 1)
+    store.conversations.set_thumb(c.id, b.id, -1)
+    q2 = add(store, c.id, "user", "Explain TCP.", a.id)
+    left = add(store, c.id, "assistant", "left", q2.id)
+    right = add(store, c.id, "assistant", "right", q2.id)
+    store.conversations.record_pick(c.id, left.id, right.id, +1)
+    assert {(p.chosen_id, p.source) for p in build_pairs(store.training.rows())[0]} == \
+        {(a.id, "thumbs"), (left.id, "pick")}
+    store.consent.set("personalise", False)
+    time.sleep(0.002)
+    store.conversations.set_thumb(c.id, a.id, -1)                 # the user changed their mind
+    store.conversations.set_thumb(c.id, b.id, 1)
+    store.conversations.record_pick(c.id, right.id, left.id, +1)  # sides swapped, right kept
+    time.sleep(0.002)
+    store.consent.set("personalise", True)
+    time.sleep(0.002)
+    pairs, _ = build_pairs(store.training.rows())
+    assert pairs == []           # neither the old labels nor the ones given without consent
+    store.conversations.set_thumb(c.id, b.id, 1)                  # said again, with consent
+    store.conversations.set_thumb(c.id, a.id, -1)
+    assert [(p.chosen_id, p.source) for p in build_pairs(store.training.rows())[0]] == [(b.id, "thumbs")]
 
 
 def test_incognito_chats_never_reach_the_pairs(consenting):
