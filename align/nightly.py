@@ -235,7 +235,7 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     pairs, report = build_pairs(rows, pair_config, judge=score_judge(rows))
     result["pairs"] = report.by_source
     result["pair_report"] = report.to_dict()
-    stamp = fingerprint(pairs)
+    stamp = run_fingerprint(pairs, source["model"], config)
     result["fingerprint"] = stamp
     at = _step(result, "pairs", at)
     if not pairs:
@@ -269,6 +269,35 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
         outcome["reasons"].append(f"{len(gone)} conversation(s) it learned from were deleted meanwhile")
     return _publish_and_record(config, result, outcome, train, heldout, model_path, gone,
                                started, clock, log)
+
+
+# How a run goes, not what it learns or accepts: left out of the run's fingerprint.
+_OPERATIONAL = {"progress", "threads", "device", "checkpoints", "trunk_cache_mb", "split_trunk",
+                "batch_pairs"}
+
+
+def run_fingerprint(pairs, model: str | None, config: NightlyConfig) -> str:
+    """What a run would learn: the pairs, the base model and the settings that shape the
+    adapter or its gate. The same pairs for another base model (the user switched models)
+    or other settings are something new to learn: an adapter fits one base model only."""
+    from .adapters import base_identity
+    from .dpo import DPOSettings
+    try:
+        base = base_identity(model)          # as the adapter's manifest names its base
+    except (OSError, TypeError):
+        base = {"name": Path(model or "").name}
+    return fingerprint(pairs, context=json.dumps(
+        {"model": base, "dpo": _plain(config.dpo or DPOSettings()),
+         "gate": _plain(config.gate)}, sort_keys=True, default=str))
+
+
+def _plain(settings) -> dict:
+    """What a settings dataclass sets about the adapter learnt or accepted, as plain
+    values, for the run's fingerprint."""
+    import dataclasses
+    if not dataclasses.is_dataclass(settings):
+        return {}
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in _OPERATIONAL}
 
 
 def labels_from_app(client: AppClient) -> dict:

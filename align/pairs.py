@@ -363,9 +363,11 @@ def length_bias(pairs: list[Pair]) -> dict:
     return {"all": summary(pairs), **{s: summary(g) for s, g in sorted(by_source.items())}}
 
 
-def fingerprint(pairs: list[Pair]) -> str:
-    """The identity of a pair set: same pairs, labels and ε → same fingerprint."""
-    return _digest(sorted(f"{p.source}|{p.epsilon:.4f}|{'|'.join(p.key)}" for p in pairs))[:24]
+def fingerprint(pairs: list[Pair], context: str = "") -> str:
+    """The identity of a pair set: same pairs, labels and ε (and ``context``: what they
+    would be trained for, e.g. the base model and the settings) → same fingerprint."""
+    return _digest([context] + sorted(f"{p.source}|{p.epsilon:.4f}|{'|'.join(p.key)}"
+                                      for p in pairs))[:24]
 
 
 def _digest(parts) -> str:

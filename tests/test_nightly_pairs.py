@@ -247,3 +247,33 @@ def test_duplicates_max_pairs_and_fingerprint(consenting):
     pairs, report = build_pairs(store.training.rows(), PairConfig(max_pairs=2))
     assert len(pairs) == 2 and report.dropped_over_max == 1
     assert fingerprint(pairs) != first
+
+
+def test_the_run_fingerprint_changes_with_the_base_model_and_what_shapes_the_adapter(consenting, tmp_path):
+    """The same pairs for another chat model are something new to learn (an adapter fits
+    one base model): a user who switched models would otherwise be told "nothing new"
+    every night. Settings that only change how a run goes (progress, threads) are not."""
+    from align.dpo import DPOSettings
+    from align.nightly import NightlyConfig, run_fingerprint
+    store = consenting
+    c = conversation(store)
+    q = add(store, c.id, "user", "Explain DNS.")
+    a = add(store, c.id, "assistant", "a", q.id)
+    b = add(store, c.id, "assistant", "b", q.id)
+    store.conversations.set_thumb(c.id, a.id, 1)
+    store.conversations.set_thumb(c.id, b.id, -1)
+    pairs, _ = build_pairs(store.training.rows())
+    config = NightlyConfig(tmp_path, dpo=DPOSettings())
+    stamp = run_fingerprint(pairs, "/models/SmolLM2-135M.gguf", config)
+    assert run_fingerprint(pairs, "/elsewhere/SmolLM2-135M.gguf", config) == stamp
+    # a model file that exists is named as the adapter's manifest names its base
+    model = tmp_path / "SmolLM2-135M.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    replaced = run_fingerprint(pairs, str(model), config)
+    model.write_bytes(b"GGUF" + bytes(90))          # another file under the same name
+    assert run_fingerprint(pairs, str(model), config) != replaced
+    assert run_fingerprint(pairs, "/models/Qwen3-0.6B.gguf", config) != stamp
+    assert run_fingerprint(pairs, "/models/SmolLM2-135M.gguf",
+                           NightlyConfig(tmp_path, dpo=DPOSettings(threads=1, progress=True))) == stamp
+    assert run_fingerprint(pairs, "/models/SmolLM2-135M.gguf",
+                           NightlyConfig(tmp_path, dpo=DPOSettings(beta=0.2))) != stamp

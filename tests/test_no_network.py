@@ -177,6 +177,8 @@ INVOCATIONS = {
                                     "--json"]],
     ("align", "reward", "evaluate"): [["reward", "evaluate", "--ifllm", "{ifllm}", "--seeds", "1",
                                        "--folds", "2", "--json"]],
+    ("align", "reward", "scores"): [["reward", "scores"], ["reward", "scores", "--limit", "3",
+                                                          "--json"]],
     ("align", "ifllm-subset"): [["ifllm-subset", "{ifllm}", "{subset}", "--workers", "{worker}"]],
     ("align", "import-ifllm"): [["import-ifllm", "{ifllm}", "--json"],
                                 ["import-ifllm", "{ifllm}", "--remove"]],
