@@ -112,6 +112,7 @@ class _Direct:
         try:
             _while_holding_store("finish")
             store.training.finish_run(run_id, outcome)
+            adapter_files.retire_stale(store, adapter_files.adapters_dir(self.data_dir))
         finally:
             store.close()
 

@@ -182,9 +182,11 @@ class TrainingLink:
 
     def _op_finish(self, run_id: str, outcome: dict) -> dict:
         self.store.training.finish_run(run_id, outcome)
-        if outcome.get("published") and self.on_adapters_changed is not None:
+        # A conversation deleted while the job trained: its adapter must not stay in use.
+        retired = adapter_files.retire_stale(self.store, adapter_files.adapters_dir(self.data_dir))
+        if (outcome.get("published") or retired) and self.on_adapters_changed is not None:
             self.on_adapters_changed()
-        return {}
+        return {"retired": retired}
 
     def _op_runs(self, limit: int = 10) -> dict:
         return {"runs": self.store.training.runs(limit)}

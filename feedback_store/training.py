@@ -233,6 +233,12 @@ class TrainingManager:
                      run_id])
                 if used:
                     columnar_insert(con, "training_pairs", PAIR_COLUMNS, used)
+                    # A conversation deleted while the run trained (or while this record
+                    # waited for the database) already had its rows removed; its pairs go
+                    # too, so the adapter counts as having learned from a deleted
+                    # conversation and retire_stale takes it out.
+                    con.execute("DELETE FROM training_pairs WHERE run_id = ? AND source <> 'imported' "
+                                "AND conversation_id NOT IN (SELECT id FROM conversations)", [run_id])
                 if adapter:
                     con.execute(
                         "INSERT OR REPLACE INTO adapter_versions (version, run_id, created_wall_ns, "

@@ -200,3 +200,41 @@ def test_the_snapshot_is_encrypted_under_a_key_that_never_touches_the_disk(home)
     with FeedbackStore.open(home) as store:
         TrainingLink(store).start().stop()
     assert not path.exists()
+
+
+def test_a_conversation_deleted_while_the_job_trained_retires_its_adapter_when_recorded(home):
+    """The job checks before publishing that the conversations it learned from still
+    exist, but the user may delete one after that check and before the run is recorded
+    (the record can wait minutes for the database). Recording drops that conversation's
+    pairs, and the adapter that learned from it is retired at once."""
+    import json
+    from align.ipc import AppClient
+    store = FeedbackStore.open(home)
+    store.consent.set("personalise", True)
+    chats = [store.conversations.create(Conversation(title=title)) for title in ("a", "b")]
+    for chat in chats:
+        store.conversations.add_message(Message(conversation_id=chat.id, role="user", content="hi"))
+    root = home / "adapters"
+    (root / "v0001").mkdir(parents=True)
+    (root / "v0001" / "adapter.gguf").write_bytes(b"GGUF")
+    (root / "active.json").write_text(json.dumps({"version": "v0001", "counter": 1}))
+    store.training.begin_run("run-1", "app", "model.gguf")
+    store.delete_conversation(chats[0].id, compact=False)        # while it trained
+    link = TrainingLink(store).start()
+    try:
+        outcome = {"status": "published", "published": True, "adapter_version": "v0001",
+                   "pairs_used": [{"conversation_id": chat.id, "prompt_message_id": "p",
+                                   "chosen_message_id": "c", "rejected_message_id": "r",
+                                   "source": "thumbs", "epsilon": 0.1, "split": "train"}
+                                  for chat in chats],
+                   "adapter": {"version": "v0001", "status": "published", "conversations": 2}}
+        answer = AppClient.find(home).request("finish", run_id="run-1", outcome=outcome)
+        assert answer["retired"] == ["v0001"]
+        assert not (root / "v0001").exists()
+        assert json.loads((root / "active.json").read_text())["version"] is None
+        assert {v["version"]: v["status"] for v in store.training.adapter_versions()} == \
+            {"v0001": "retired"}
+        assert [p["conversation_id"] for p in store.training.pairs_used("run-1")] == [chats[1].id]
+    finally:
+        link.stop()
+        store.close()
