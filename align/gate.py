@@ -41,6 +41,9 @@ class GateConfig:
     max_p_value: float | None = None      # None: the sign test is reported, not required
     max_kl_per_token: float = 0.35        # nats per sampled token
     max_length_ratio: float = 1.5         # adapter / base mean sampled length, either way
+    # Samples stop at sample_tokens, so a reply that grows past the cap looks no longer
+    # than one that just reaches it: the share of samples newly cut there is checked too.
+    max_capped_increase: float = 0.34     # adapter − base share of samples cut at the cap
     samples: int = 6                      # fresh replies per model
     sample_tokens: int = 128
     temperature: float = 1.0              # KL is estimated on the adapter's own distribution
@@ -207,8 +210,12 @@ def sample_drift(base_gguf: Path, adapter_gguf: Path, prompts: list, config: Gat
     return {"samples": len(policy_lengths), "kl_per_token": kl_sum / kl_tokens if kl_tokens else 0.0,
             "mean_tokens_adapter": mean_policy, "mean_tokens_base": mean_base,
             "length_ratio": mean_policy / mean_base if mean_base else 1.0,
-            "capped_share_adapter": float(np.mean([n >= config.sample_tokens for n in policy_lengths]))
-            if policy_lengths else 0.0}
+            "capped_share_adapter": _capped_share(policy_lengths, config.sample_tokens),
+            "capped_share_base": _capped_share(base_lengths, config.sample_tokens)}
+
+
+def _capped_share(lengths, cap: int) -> float:
+    return float(np.mean([n >= cap for n in lengths])) if lengths else 0.0
 
 
 # --- the decision -----------------------------------------------------------------------------
@@ -246,4 +253,9 @@ def decide(report: dict, config: GateConfig) -> tuple[bool, list[str]]:
     ratio = drift.get("length_ratio", 1.0)
     if not 1 / config.max_length_ratio <= ratio <= config.max_length_ratio:
         reasons.append(f"changes reply length too much (×{ratio:.2f}; limit ×{config.max_length_ratio})")
+    capped = drift.get("capped_share_adapter", 0.0) - drift.get("capped_share_base", 0.0)
+    if capped > config.max_capped_increase:
+        reasons.append(f"writes longer replies: {drift['capped_share_adapter']:.0%} of its samples "
+                       f"ran to the {config.sample_tokens}-token cap against "
+                       f"{drift.get('capped_share_base', 0.0):.0%} of the base's")
     return not reasons, reasons
