@@ -354,6 +354,10 @@ def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, 
     scorer, tokenizer = load_scorer(checkpoint, trained.adapter_dir, dpo)
     prompts = _sample_prompts(heldout, train, config.gate.samples)
     report = evaluate(scorer, tokenizer, heldout, model_path, gguf, prompts, dpo, config.gate)
+    # Which prompts the drift samples answered: held-out ones first, training ones to make
+    # up the number (drift is then measured where the adapter learned, a stricter test).
+    from_heldout = min(len({pair.prompt_id for pair in heldout}), len(prompts))
+    report["drift"].update(prompts_heldout=from_heldout, prompts_train=len(prompts) - from_heldout)
     del scorer
     result["eval"] = report
     _step(result, "gate", at)

@@ -56,7 +56,11 @@ def test_the_run_trained_published_and_recorded_through_the_app(run):
     assert link.served.count("snapshot") == 1 and link.served.count("finish") == 1
     gate = result["eval"]["reward"]
     assert gate["heldout_pairs"] >= 1 and gate["implicit_reward_accuracy"] > 0.5
-    assert result["eval"]["drift"]["kl_per_token"] <= result["eval"]["config"]["max_kl_per_token"]
+    drift = result["eval"]["drift"]
+    assert drift["kl_per_token"] <= result["eval"]["config"]["max_kl_per_token"]
+    # the drift samples answer held-out prompts first; the report says how many of each
+    assert drift["prompts_heldout"] >= 1
+    assert drift["prompts_heldout"] + drift["prompts_train"] == drift["samples"]
     runs = store.training.runs()
     assert runs[0]["status"] == "published" and runs[0]["adapter_version"] == "v0001"
     used = store.training.pairs_used(result["run_id"])
