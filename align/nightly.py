@@ -231,8 +231,11 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
                        message="Personalisation is off (glance consent set personalise on).")
     result["reward_models"] = _refresh_reward_models(data_dir)
     at = _step(result, "reward_models", at)
-    pair_config = PairConfig(**{**config.pairs.__dict__, "include_imported": config.include_imported,
-                                "max_pairs": config.max_pairs})
+    # The command line's --include-imported / --max-pairs, when given, over settings.json's.
+    pair_config = PairConfig(**{**config.pairs.__dict__,
+                                "include_imported": config.include_imported or config.pairs.include_imported,
+                                "max_pairs": config.max_pairs if config.max_pairs is not None
+                                else config.pairs.max_pairs})
     pairs, report = build_pairs(rows, pair_config, judge=score_judge(rows))
     result["pairs"] = report.by_source
     result["pair_report"] = report.to_dict()
