@@ -127,6 +127,11 @@ def test_pairs_from_one_conversation_are_not_trained_on_and_the_job_says_why(hom
         result = last_json(done.stdout)
         assert result["status"] == "nothing_new" and not result["trained"], result
         assert "one conversation" in result["message"] and "split" not in result
+    # settings.json's pair settings hold unless the command line says otherwise
+    import json
+    assert sum(result["pairs"].values()) == 1
+    (home / "training" / "settings.json").write_text(json.dumps({"pairs": {"max_pairs": 0}}))
+    assert last_json(run_job(home).stdout)["pairs"] == {}
 
 
 @pytest.mark.timeout(600)
