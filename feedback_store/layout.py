@@ -104,6 +104,9 @@ class Mapped:
 class LayoutSnapshot:
     replies: tuple[PlacedReply, ...] = ()
     window_visible: bool = True
+    # The conversation on screen: a sample over no reply belongs to it (it goes with the
+    # conversation, and the store refuses it when the conversation is incognito).
+    conversation_id: str | None = None
 
     def map(self, xs, ys) -> Mapped:
         xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))

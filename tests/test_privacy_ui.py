@@ -123,3 +123,39 @@ def test_camera_red_dot_follows_the_running_camera(qtbot, store, window):
     window.set_collector("gaze", None)
     assert not window.camera_dot.isVisible()
     assert window.collection_label.text() == "Not recording"
+
+
+def test_an_incognito_chat_stores_no_pointer_sample_even_over_no_reply(qtbot, store, window):
+    """The pointer is recorded system-wide; a sample over no reply carried no conversation
+    and passed the store's door, so an incognito chat stored every move and click outside
+    its replies while it said "nothing from it is written to disk". Such a sample now
+    belongs to the conversation on screen, and an incognito one is refused."""
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    recorder = window.capture.recorder
+    window.new_chat(incognito=True)
+    assert recorder.snapshot.conversation_id == window.tree.id      # at once, not once settled
+    recorder.event("click", 3, 3, "test", button="left")            # the toolbar: no reply
+    recorder.flush()
+    store.flush()
+    assert store.counts()["pointer_samples"] == 0 and store.consent.refused["incognito"] == 1
+    window.new_chat()
+    recorder.event("click", 3, 3, "test", button="left")
+    recorder.flush()
+    store.flush()
+    assert store._rows("SELECT conversation_id, shown_reply_id FROM pointer_samples") == \
+        [{"conversation_id": window.tree.id, "shown_reply_id": None}]
+
+
+def test_switching_chats_stops_mapping_points_to_the_replies_that_left(qtbot, store, window):
+    """The replies of the chat left are marked hidden and scored at once; until the next
+    layout settled, points over the next chat were still stored as their words."""
+    from test_ui import send_by_keyboard
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    reply = send_by_keyboard(qtbot, window, "Say hi.")
+    recorder = window.capture.recorder
+    qtbot.waitUntil(lambda: any(r.geometry.message_id == reply.id for r in recorder.snapshot.replies),
+                    timeout=10_000)
+    window.new_chat()
+    assert recorder.snapshot.replies == () and recorder.snapshot.conversation_id == window.tree.id

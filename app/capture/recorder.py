@@ -91,7 +91,8 @@ class GazeRecorder(BatchingRecorder):
         placed, offset, word, line = self.snapshot.map_one(point.x, point.y)
         sample = GazeSample(
             self.session_id, placed.shown_reply_id if placed else None,
-            placed.conversation_id if placed else None, point.mono_ns, point.wall_ns,
+            placed.conversation_id if placed else self.snapshot.conversation_id,
+            point.mono_ns, point.wall_ns,
             point.kind, float(point.x), float(point.y), offset if offset >= 0 else None,
             "webcam", word if word >= 0 else None, line if line >= 0 else None,
             float(point.confidence), point.duration_ms)
@@ -147,7 +148,7 @@ class PointerRecorder(BatchingRecorder):
         placed, offset, word, line = snapshot.map_one(x, y)
         return PointerSample(
             self.session_id, placed.shown_reply_id if placed else None,
-            placed.conversation_id if placed else None, mono_ns, wall_ns, kind,
+            placed.conversation_id if placed else snapshot.conversation_id, mono_ns, wall_ns, kind,
             float(x), float(y), offset if offset >= 0 else None, source,
             word if word >= 0 else None, line if line >= 0 else None, button,
             None if dx is None else float(dx), None if dy is None else float(dy),

@@ -8,6 +8,7 @@ controller starts and stops with it (and with pause), and the store refuses anyt
 that slips through.
 """
 import time
+from dataclasses import replace
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent, QKeySequence, QMouseEvent, QWheelEvent
@@ -131,6 +132,17 @@ class CaptureController(QObject):
             self._reason = reason
         self.settle.start()
 
+    def narrow(self, keep: set[str], conversation_id: str | None) -> None:
+        """At once, before the layout settles: points stop mapping to replies that are
+        leaving the screen (they are marked hidden and scored now), and points over no
+        reply belong to ``conversation_id`` (the one now shown). Otherwise, until the
+        next snapshot, the next chat's words were stored as the old replies' words."""
+        for recorder in self.recorders:
+            old = recorder.snapshot
+            recorder.set_snapshot(replace(
+                old, replies=tuple(r for r in old.replies if r.geometry.message_id in keep),
+                conversation_id=conversation_id))
+
     def publish(self) -> None:
         """Measure (once settled and exposed), hand the snapshot to the recorder, record
         newly shown replies and their moves, and write viewport events for changes."""
@@ -146,7 +158,8 @@ class CaptureController(QObject):
         if exposed and not window.isMinimized():
             window.record_shown_replies(snapshot)
         ids = {m: (self.session.shown_id(m), conversation_id) for m in window.probe.message_ids()}
-        snapshot = window.probe.snapshot(ids, clip_to=window.chat_view.viewport())
+        snapshot = replace(window.probe.snapshot(ids, clip_to=window.chat_view.viewport()),
+                           conversation_id=conversation_id)
         for recorder in self.recorders:
             recorder.set_snapshot(snapshot)
         self.snapshot_published.emit(snapshot)

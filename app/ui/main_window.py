@@ -323,7 +323,9 @@ class MainWindow(QMainWindow):
     # --- showing -------------------------------------------------------------------------
     def _show_tree(self) -> None:
         tree = self.tree
-        self._mark_hidden(keep={m.id for m in tree.active_path()})
+        keep = {m.id for m in tree.active_path()}
+        self.capture.narrow(keep, tree.id)
+        self._mark_hidden(keep=keep)
         thumbs = self.service.thumbs(tree)
         compare = None
         if self.comparing and all(m in tree.messages for m in self.comparing):
