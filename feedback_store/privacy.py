@@ -64,12 +64,14 @@ def delete_everything(data_dir: Path, store=None) -> None:
     if not data_dir.exists():
         return
     _refuse_if_in_use(data_dir / "glance.db")
+    # The key first: it is overwritten before it is unlinked (unlinked first, as the
+    # loop below would, its bytes stayed in free blocks beside the deleted database).
+    forget_key(data_dir)
     for child in data_dir.iterdir():
         if child.is_dir():
             shutil.rmtree(child)
         else:
             child.unlink()
-    forget_key(data_dir)
 
 
 def _refuse_if_in_use(path: Path) -> None:

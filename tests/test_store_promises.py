@@ -159,6 +159,20 @@ def test_delete_all_while_the_app_runs_is_refused_naming_it(stored_home, qtbot):
     assert list(stored_home.iterdir()) == []
 
 
+def test_delete_everything_overwrites_the_key_file_before_removing_it(stored_home, tmp_path):
+    """On a machine without a keyring the key is a file beside the database. It was
+    unlinked before forget_key could overwrite it, so its bytes stayed in free blocks
+    next to the deleted database. A second link to the same file shows what was left."""
+    from feedback_store.privacy import delete_everything
+    key = stored_home / "glance.key"
+    original = key.read_bytes()
+    left_behind = tmp_path / "same-inode"
+    os.link(key, left_behind)               # what an undelete tool would find
+    delete_everything(stored_home)
+    assert list(stored_home.iterdir()) == []
+    assert left_behind.read_bytes() != original and len(left_behind.read_bytes()) >= len(original)
+
+
 # --- a version-1 database ------------------------------------------------------------------
 def test_a_version_1_database_is_migrated_and_keeps_its_rows(home):
     """tests/fixtures/schema_v1.duckdb was written once with migration 0001 only (see
