@@ -148,7 +148,8 @@ class SampleManager:
         ``wait=False`` queues the row (the window never waits on the store); samples
         submitted after it are written after it."""
         from .conversations import new_id
-        if self.store.conversations.is_incognito(conversation_id):
+        conversations = self.store.conversations
+        if conversations.is_incognito(conversation_id) or conversation_id in conversations._deleted:
             return None
         shown_id = new_id()
         x, y, width, height = geometry
@@ -216,6 +217,21 @@ class SampleManager:
                     consent.count_refused(reason, len(rows) - len(kept))
                 rows = kept
         return rows
+
+    def not_deleted(self, table: str, columns: tuple, rows: list) -> list:
+        """The writer's last look at queued samples, on its own thread, right before they
+        are inserted: a sample the door let in just before its conversation was deleted
+        can reach the queue after the deletion, and would then outlive it. (Samples
+        captured while a consent was on are kept when it is withdrawn while they wait:
+        they were given with it.)"""
+        deleted = self.store.conversations._deleted
+        if not deleted or table not in SAMPLE_TABLE_SIGNAL:
+            return rows
+        at = [name for name, _ in columns].index("conversation_id")
+        kept = [r for r in rows if r[at] not in deleted]
+        if len(kept) != len(rows):
+            self.store.consent.count_refused("deleted", len(rows) - len(kept))
+        return kept
 
     def session_summary(self) -> list[dict]:
         """Per app session: replies shown, samples per signal and replies the reward model

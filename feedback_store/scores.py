@@ -36,8 +36,15 @@ class ScoreManager:
                          json.dumps([[name, round(value, 6)] for name, value in contributions]))
         if not self.store.samples.admit("personalise", [row]):
             return False
-        self.store._post("INSERT INTO reply_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (*row, time.time_ns()))
+        values = [*row, time.time_ns()]
+        deleted = self.store.conversations._deleted
+
+        def insert(con):
+            # Checked again on the writer's thread: the conversation may have been deleted
+            # after the door let the score in (a deletion is queued before this runs).
+            if conversation_id not in deleted:
+                con.execute("INSERT INTO reply_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        self.store.writer.post(insert)
         return True
 
     def for_message(self, message_id: str) -> list[dict]:

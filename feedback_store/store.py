@@ -94,6 +94,7 @@ class FeedbackStore:
         self.training = TrainingManager(self)
         self.scores = ScoreManager(self)
         self.writer.on_flush = self.consent.persist_refusals
+        self.writer.keep_rows = self.samples.not_deleted
         self.writer.start()
         self.closed = False
 

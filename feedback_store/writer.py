@@ -82,6 +82,10 @@ class Writer(threading.Thread):
         self.failures = 0                # batches or posted jobs that raised
         self.last_failure: str | None = None
         self.on_flush = None             # optional fn(con) run after each sample flush
+        # Optional fn(table, columns, rows) -> the rows still to write, run on this thread
+        # right before they are inserted, i.e. after every call queued before them (e.g.
+        # their conversation's deletion).
+        self.keep_rows = None
         self._buffer: dict[str, tuple[tuple, list[list[tuple]]]] = {}
         self._last_flush = time.monotonic()
         self._stopping = False
@@ -184,14 +188,21 @@ class Writer(threading.Thread):
         with self._rows_lock:
             self._queued_rows -= sum(len(c) for _, chunks in buffered.values() for c in chunks)
         for table, (columns, chunks) in buffered.items():
+            rows = [r for chunk in chunks for r in chunk]
+            if self.keep_rows is not None:
+                try:
+                    rows = self.keep_rows(table, columns, rows)
+                except BaseException as error:  # noqa: BLE001 - keep them, say so
+                    self._record_failure(error)
+                if not rows:
+                    continue
             try:
-                columnar_insert(self.con, table, columns, [r for chunk in chunks for r in chunk])
-                self.written[table] += sum(len(chunk) for chunk in chunks)
+                columnar_insert(self.con, table, columns, rows)
+                self.written[table] += len(rows)
             except BaseException as error:  # noqa: BLE001
                 # One bad row must not cost the others: keep the rows that pass the
                 # field check, count the rest.
                 self._record_failure(error)
-                rows = [r for chunk in chunks for r in chunk]
                 good = [r for r in rows if _valid(r)]
                 self.failed_rows[table] += len(rows) - len(good)
                 if good:

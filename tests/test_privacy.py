@@ -157,6 +157,24 @@ def test_deleting_while_samples_stream_in_loses_nothing_else(store):
     assert store.consent.refused["deleted"] > 0
 
 
+def test_samples_and_scores_let_in_just_before_a_deletion_do_not_outlive_it(store):
+    """The door (admit) and the queue are two steps: a recorder or the scorer may pass
+    the door, then the conversation is deleted (its deletion queued), then its rows reach
+    the queue behind the deletion. They were written after it and outlived it."""
+    store.consent.set("pointer", True)
+    store.consent.set("personalise", True)
+    admitted = rows("doomed", 5)                    # passed the door ...
+    store.delete_conversation("doomed", compact=False)
+    # ... and reach the queue behind the deletion
+    from feedback_store.samples import SAMPLE_COLUMNS
+    store.writer.submit_samples("pointer_samples", SAMPLE_COLUMNS["pointer_samples"], admitted)
+    store.samples.admit = lambda signal, rows: rows      # the scorer passed the door before it
+    store.scores.record("shown", "message", "doomed", None, "m", "pointwise", 0.7, [])
+    store.flush()
+    assert store.counts()["pointer_samples"] == 0 and store.counts()["reply_scores"] == 0
+    assert store.consent.refused["deleted"] == 5
+
+
 def test_wrong_key_is_refused_and_database_untouched(home):
     FeedbackStore.open(home).close()
     database = home / "glance.db"
