@@ -234,18 +234,21 @@ class FeedbackStore:
 
     def compact(self) -> None:
         """Rewrite the database into a fresh file under a new key (crypto-erase)."""
-        def rewrite(con):
-            with self._reading.exclusive():
-                self._drop_cursors()   # they hold the old catalog
-                self._key = compaction.rewrite(con, self.data_dir, self.path, self._key,
-                                               ATTACH_ALIAS)
-        self.writer.call(rewrite)
+        self.writer.call(self._rewrite)
+
+    def _rewrite(self, con) -> None:
+        """On the writer's thread: the compaction itself."""
+        with self._reading.exclusive():
+            self._drop_cursors()   # they hold the old catalog
+            self._key = compaction.rewrite(con, self.data_dir, self.path, self._key, ATTACH_ALIAS)
         self._restrict_file_modes()
 
     def apply_retention(self, now_wall_ns: int | None = None, wait: bool = True) -> int | None:
         """Delete reading signals older than the retention period (every table that
-        declares an expiry column; research data never expires). Conversations stay
-        until the user deletes them."""
+        declares an expiry column; research data never expires), then, if any went,
+        compact: DuckDB leaves deleted rows readable in live and freed blocks
+        (docs/privacy.md), and expired means gone. Conversations stay until the user
+        deletes them."""
         cutoff = (now_wall_ns or time.time_ns()) - self.settings.retention_days * 86_400 * 10**9
 
         def purge(con):
@@ -254,6 +257,8 @@ class FeedbackStore:
                 for table in tables.expiring_tables():
                     removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
                                            [cutoff]).fetchone()[0]
+            if removed:
+                self._rewrite(con)
             return removed
         if wait:
             return self.writer.call(purge)

@@ -272,6 +272,34 @@ def test_retention_removes_old_signals_only(service, store):
     assert store.settings.retention_days == 1
 
 
+def test_expired_text_is_gone_from_the_file_not_only_from_the_tables(store, home):
+    """DuckDB leaves deleted rows readable in live and freed blocks: expiry deleted the
+    rows, but the text of a reply shown long ago stayed in the file, readable with the
+    key, until some conversation was deleted. Retention now compacts when rows expired."""
+    store.consent.set("pointer", True)
+    long_ago = time.time_ns() - 100 * 86_400 * 10**9
+    for marker, wall_ns in (("EXPIRED-MARKER-8812", long_ago), ("RECENT-MARKER-3390", None)):
+        shown = store.samples.record_shown_reply(
+            session_id="s", message_id=marker, conversation_id="c", geometry=(0, 0, 10, 10),
+            device_pixel_ratio=1.0, rendered_text=marker + " the reply as shown", layout=[])
+        if wall_ns:
+            store._write("UPDATE shown_replies SET shown_wall_ns = ? WHERE id = ?", (wall_ns, shown))
+    store.flush()
+    store.compact()                                 # both markers in one file's blocks
+    store._write("CHECKPOINT")
+    assert store.apply_retention() == 1
+    store.close()
+    plain = decrypted_copy(home, home.parent / "plain.db")
+    assert b"RECENT-MARKER-3390" in plain            # control: the look sees markers
+    assert b"EXPIRED-MARKER-8812" not in plain
+    # Every block of the file decrypted, free ones included (feedback_store/audit.py):
+    from feedback_store.audit import decrypt_database_files
+    key = load_or_create_key(home, home / "glance.db")
+    blocks = decrypt_database_files(home, key.hex)
+    assert any(b"RECENT-MARKER-3390" in block.plaintext for block in blocks)
+    assert not any(b"EXPIRED-MARKER-8812" in block.plaintext for block in blocks)
+
+
 def test_cli_data_and_consent_commands(home, tmp_path):
     assert run_glance("consent", "set", "pointer", "on", home=home).returncode == 0
     bad = run_glance("consent", "set", "telepathy", "on", home=home)
