@@ -106,11 +106,14 @@ class TraceReader:
         views = self.store._rows(
             "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown "
             "FROM viewport_events WHERE shown_reply_id = ?", (shown_reply_id,))
-        reply = self.store._rows(
-            "SELECT parent_id, finish_reason, EXISTS (SELECT 1 FROM reply_actions "
-            "WHERE kind = 'stop' AND message_id = m.id) AS stop_logged FROM messages m WHERE id = ?",
-            (shown["message_id"],))
+        reply = self.store._rows("SELECT parent_id, finish_reason FROM messages WHERE id = ?",
+                                 (shown["message_id"],))
         parent = reply[0]["parent_id"] if reply else None
+        # Cancelled by the user's Esc or Stop (logged on the reply), not by the window
+        # closing mid-reply. (Asked only of cancelled replies: a few of them.)
+        stopped = bool(reply) and reply[0]["finish_reason"] == "cancelled" and bool(self.store._rows(
+            "SELECT 1 FROM reply_actions WHERE kind = 'stop' AND message_id = ? LIMIT 1",
+            (shown["message_id"],)))
         # An edit is logged on the prompt the user rewrote, i.e. this reply's parent.
         actions = self.store._rows(
             "SELECT session_id, mono_ns, wall_ns, kind, start_offset, end_offset, value "
@@ -132,10 +135,7 @@ class TraceReader:
                    for v in views],
             actions=[(action_ms(a), a["kind"], a["start_offset"], a["end_offset"], a["value"])
                      for a in actions],
-            # Cancelled by the user's Esc or Stop (logged on the reply), not by the window
-            # closing mid-reply.
-            stopped=bool(reply) and reply[0]["finish_reason"] == "cancelled"
-            and bool(reply[0]["stop_logged"]),
+            stopped=stopped,
             next_message_ms=self.next_message_ms(shown) + shift_ms)
 
     def next_message_ms(self, shown: dict) -> float:
