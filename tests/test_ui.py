@@ -380,3 +380,47 @@ def test_the_input_keeps_the_keyboard_when_a_clicked_button_is_rebuilt(qtbot, wi
     qtbot.keyClick(window, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)   # pick the left one
     qtbot.wait(20)
     assert QApplication.focusWidget() is window.input, QApplication.focusWidget()
+
+
+def test_edit_gives_back_the_draft_it_replaced(qtbot, window, store):
+    """Clicking Edit put the old message in the box over a half-written draft; Esc then
+    emptied the box, and switching chats left the old message there, to be sent as new."""
+    first = send_by_keyboard(qtbot, window, "Name a fruit.")
+    user = window.tree.messages[first.parent_id]
+    qtbot.keyClicks(window.input, "a half-written thought")
+    qtbot.mouseClick(widget_for(window, user.id).edit_button, Qt.MouseButton.LeftButton)
+    assert window.input.toPlainText() == "Name a fruit." and window.banner.isVisible()
+    window.stop()                                          # Esc: the edit is cancelled
+    assert window.input.toPlainText() == "a half-written thought" and not window.banner.isVisible()
+    qtbot.mouseClick(widget_for(window, user.id).edit_button, Qt.MouseButton.LeftButton)
+    window.new_chat()                                      # another chat: the edit is over
+    assert window.editing_message_id is None
+    assert window.input.toPlainText() == "a half-written thought"
+
+
+def test_a_compare_left_without_a_pick_does_not_block_the_next_chat(qtbot, window, store):
+    first = send_by_keyboard(qtbot, window, "Name a colour.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        qtbot.mouseClick(widget_for(window, first.id).compare_button, Qt.MouseButton.LeftButton)
+    assert window.comparing is not None
+    window.new_chat()                                      # left without a pick
+    assert window.comparing is None
+    window.pick(1)                                         # Alt+1 now: nothing to pick
+    assert store.counts()["feedback"] == 0
+    second = send_by_keyboard(qtbot, window, "Name a shape.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):   # Compare works
+        qtbot.mouseClick(widget_for(window, second.id).compare_button, Qt.MouseButton.LeftButton)
+    assert window.comparing is not None and window.comparing[0] == second.id
+
+
+def test_a_failed_regenerate_shows_the_reply_it_was_to_replace(qtbot, window, store, monkeypatch):
+    first = send_by_keyboard(qtbot, window, "Name a tree.")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the model could not answer")
+    monkeypatch.setattr(window.service, "regenerate", fails)
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        qtbot.mouseClick(widget_for(window, first.id).regenerate_button, Qt.MouseButton.LeftButton)
+    assert blocker.args[0] is None and "could not answer" in window.last_error
+    assert window.tree.active_path()[-1].id == first.id
+    assert any(w.message.id == first.id for w in window.chat_view.widgets)

@@ -70,6 +70,8 @@ class MainWindow(QMainWindow):
         self.generation: GenerationThread | None = None
         self.store_job: CallThread | None = None   # delete / export running off the UI thread
         self.editing_message_id: str | None = None
+        self._draft_before_edit: str | None = None     # what was in the box when Edit was clicked
+        self._leaf_before_regenerate: str | None = None   # shown again if the new reply fails
         self.comparing: tuple[str, str] | None = None   # (left, right) awaiting a pick
         self._compare_original: str | None = None
         self._stopped_by_user = False    # Esc or Stop, not the window closed mid-reply
@@ -231,7 +233,7 @@ class MainWindow(QMainWindow):
         if self.is_generating():
             return
         self.tree = self.service.new_conversation(incognito=incognito)
-        self.editing_message_id = None
+        self._leave_conversation_state()
         self._show_tree()
 
     def open_conversation(self, conversation_id: str) -> None:
@@ -242,8 +244,37 @@ class MainWindow(QMainWindow):
         except StoreError as error:
             self._error(str(error))
             return
-        self.editing_message_id = None
+        self._leave_conversation_state()
         self._show_tree()
+
+    def _leave_conversation_state(self) -> None:
+        """Another conversation is shown: an unfinished edit or Compare of the one left
+        ends (the draft typed before Edit comes back; a Compare left without a pick would
+        otherwise block Compare everywhere and point Alt+1/2 at replies no longer shown)."""
+        self._end_edit()
+        self.comparing = None
+
+    def _show_banner(self) -> None:
+        """The line above the chat: editing mode, an incognito chat, or nothing."""
+        if self.editing_message_id is not None:
+            self.banner.setText("Editing a message: sending creates a new branch; the original "
+                                "stays (switch with ‹ ›). Esc cancels.")
+        elif self.tree is not None and self.tree.conversation.incognito:
+            self.banner.setText("Incognito chat: nothing from it is written to disk; it is gone "
+                                "when you close it or open another chat.")
+        else:
+            self.banner.hide()
+            return
+        self.banner.show()
+
+    def _end_edit(self) -> None:
+        """Leave editing mode, putting back what was in the box when Edit was clicked."""
+        if self.editing_message_id is None:
+            return
+        self.editing_message_id = None
+        self.input.setPlainText(self._draft_before_edit or "")
+        self._draft_before_edit = None
+        self._show_banner()
 
     def _conversation_menu(self, point) -> None:
         item = self.conversation_list.itemAt(point)
@@ -345,12 +376,7 @@ class MainWindow(QMainWindow):
             widget.sibling_requested.connect(self.switch_branch)
             if widget.message.role == "assistant":
                 self.capture.watch_browser(widget.message.id, widget.browser)
-        if tree.conversation.incognito:
-            self.banner.setText("Incognito chat: nothing from it is written to disk; it is gone "
-                                "when you close it or open another chat.")
-            self.banner.show()
-        else:
-            self.banner.hide()
+        self._show_banner()
         self.setWindowTitle(f"Glance — {tree.conversation.title}")
         self._refresh_conversations()
         self._update_collection_indicator()
@@ -405,7 +431,8 @@ class MainWindow(QMainWindow):
     def _on_posted(self, _user: Message) -> None:
         # Committed: only now is the message shown as sent.
         self.input.clear()
-        self.editing_message_id = None
+        self._end_edit()                 # an edit sent: the draft from before it comes back
+        self.comparing = None            # a new turn: the pair left without a pick is over
         self._show_tree()
         self.chat_view.begin_stream(Message(conversation_id=self.tree.id, role="assistant",
                                             content=""))
@@ -415,7 +442,10 @@ class MainWindow(QMainWindow):
             return
         self.capture.action("regenerate", assistant_message_id)
         parent = self.tree.messages[assistant_message_id].parent_id
-        # Show the branch up to the user message while the new sibling streams.
+        # Show the branch up to the user message while the new sibling streams (and the
+        # reply it replaces again if the new one fails).
+        self._leaf_before_regenerate = self.tree.conversation.active_leaf_id
+        self.comparing = None
         self.tree.conversation.active_leaf_id = parent
         self._show_tree()
         self._start_generation(lambda **stream: self.service.regenerate(
@@ -448,12 +478,12 @@ class MainWindow(QMainWindow):
         if self.is_generating():
             return
         self.capture.action("edit", user_message_id)
+        if self.editing_message_id is None:      # keep the draft being typed, not an edit
+            self._draft_before_edit = self.input.toPlainText()
         self.editing_message_id = user_message_id
         self.input.setPlainText(self.tree.messages[user_message_id].content)
         self.input.setFocus()
-        self.banner.setText("Editing a message: sending creates a new branch; the original "
-                            "stays (switch with ‹ ›). Esc cancels.")
-        self.banner.show()
+        self._show_banner()
 
     def _start_generation(self, job, placeholder_now: bool = True) -> None:
         if placeholder_now:
@@ -473,12 +503,11 @@ class MainWindow(QMainWindow):
             self._stopped_by_user = True     # logged on the reply once it is committed
             self.generation.stop()
         elif self.editing_message_id is not None:
-            self.editing_message_id = None
-            self.input.clear()
-            self.banner.hide()
+            self._end_edit()
 
     def _on_reply(self, message: Message) -> None:
         self.generation.wait()
+        self._leaf_before_regenerate = None
         if self._stopped_by_user and message is not None:
             # A stop belongs to the reply it cut short (the reward model reads "stopped"
             # from it); a reply cancelled because the window closed was not stopped.
@@ -505,6 +534,10 @@ class MainWindow(QMainWindow):
     def _on_generation_failed(self, text: str) -> None:
         self._compare_original = None
         self._stopped_by_user = False
+        if self._leaf_before_regenerate is not None and self.tree is not None:
+            # The regenerated reply never came: show the one it was to replace again.
+            self.tree.conversation.active_leaf_id = self._leaf_before_regenerate
+        self._leaf_before_regenerate = None
         self.generation.wait()
         self.chat_view.end_stream()
         self._set_busy(False)
@@ -551,6 +584,7 @@ class MainWindow(QMainWindow):
         if self.is_generating() or not self._store_free():
             return
         self.capture.action("sibling", message_id)
+        self.comparing = None
         self.service.switch_to(self.tree, message_id)
         self._show_tree()
 
