@@ -424,3 +424,32 @@ def test_a_failed_regenerate_shows_the_reply_it_was_to_replace(qtbot, window, st
     assert blocker.args[0] is None and "could not answer" in window.last_error
     assert window.tree.active_path()[-1].id == first.id
     assert any(w.message.id == first.id for w in window.chat_view.widgets)
+
+
+def test_what_is_typed_while_a_message_is_being_saved_stays_in_the_box(qtbot, window, store):
+    """The box was cleared when the commit was reported, taking with it whatever the user
+    typed meanwhile (a slow commit behind a delete's rewrite takes seconds)."""
+    window.input.setPlainText("Name a bird.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.send()
+        window.input.setPlainText("Name a bird. And then a fish?")   # typed before the commit
+    assert window.input.toPlainText() == "And then a fish?"
+    assert [m.content for m in store.conversations.messages(window.tree.id)][0] == "Name a bird."
+
+
+def test_while_a_delete_rewrites_the_file_thumbs_wait_and_closing_finishes_it(qtbot, window, store):
+    import threading
+    reply = send_by_keyboard(qtbot, window, "Say yes.")
+    release, finished = threading.Event(), []
+
+    def slow_job():                  # stands in for a delete's rewrite of a big file
+        release.wait(10)
+        finished.append(True)
+    window._run_store_job("Deleting…", slow_job, done_text="done")
+    widget = widget_for(window, reply.id)
+    qtbot.mouseClick(widget.thumb_up, Qt.MouseButton.LeftButton)
+    assert not widget.thumb_up.isChecked() and widget.thumb_value == 0     # undone, not stored
+    assert store.counts()["feedback"] == 0
+    threading.Timer(0.3, release.set).start()
+    window.close()                                         # waits for the job, then closes
+    assert finished == [True]

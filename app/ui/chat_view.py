@@ -169,6 +169,7 @@ class MessageWidget(QFrame):
             self.browser._fit_height()
 
     def set_thumb(self, value: int) -> None:
+        self.thumb_value = value          # what is stored (a click is undone to it)
         if self.thumb_up is not None:
             self.thumb_up.setChecked(value > 0)
             self.thumb_down.setChecked(value < 0)

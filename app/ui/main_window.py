@@ -71,6 +71,7 @@ class MainWindow(QMainWindow):
         self.store_job: CallThread | None = None   # delete / export running off the UI thread
         self.editing_message_id: str | None = None
         self._draft_before_edit: str | None = None     # what was in the box when Edit was clicked
+        self._sent_text: str | None = None   # the message being committed (the box keeps the rest)
         self._leaf_before_regenerate: str | None = None   # shown again if the new reply fails
         self.comparing: tuple[str, str] | None = None   # (left, right) awaiting a pick
         self._compare_original: str | None = None
@@ -417,6 +418,7 @@ class MainWindow(QMainWindow):
             self._error(EmptyPrompt().args[0])
             return
         tree, editing = self.tree, self.editing_message_id
+        self._sent_text = text
 
         def post_then_reply(**stream):
             if editing is not None:
@@ -429,8 +431,11 @@ class MainWindow(QMainWindow):
         self._start_generation(post_then_reply, placeholder_now=False)
 
     def _on_posted(self, _user: Message) -> None:
-        # Committed: only now is the message shown as sent.
-        self.input.clear()
+        # Committed: only now is the message shown as sent. What was typed meanwhile (a
+        # slow commit, e.g. behind a delete's rewrite) stays in the box.
+        typed, sent = self.input.toPlainText(), self._sent_text or ""
+        self.input.setPlainText(typed[len(sent):].lstrip() if typed.startswith(sent) else typed)
+        self._sent_text = None
         self._end_edit()                 # an edit sent: the draft from before it comes back
         self.comparing = None            # a new turn: the pair left without a pick is over
         self._show_tree()
@@ -463,8 +468,8 @@ class MainWindow(QMainWindow):
     def pick(self, value: int) -> None:
         """Explicit pairwise feedback: +1 left, -1 right, 0 tie. The kept reply (left on
         a tie) continues the conversation."""
-        if not self.comparing or self.is_generating():
-            return
+        if not self.comparing or self.is_generating() or not self._store_free():
+            return                      # the pair stays on screen to pick once it is free
         left, right = self.comparing
         self.service.record_pick(self.tree, left, right, value)
         self.capture.action("pick", right if value < 0 else left, value=value)
@@ -571,14 +576,16 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Copied.", 2000)
 
     def thumb(self, message_id: str, value: int) -> None:
+        widgets = [w for w in self.chat_view.widgets if w.message.id == message_id]
         if not self._store_free():
-            value = self.service.thumbs(self.tree).get(message_id, 0)   # undo the click
+            # Undo the click from what the button showed: reading the store now would
+            # wait for the delete's rewrite, freezing the window.
+            value = widgets[0].thumb_value if widgets else 0
         else:
             self.service.thumb(self.tree, message_id, value)
             self.capture.action("thumb", message_id, value=value)
-        for widget in self.chat_view.widgets:
-            if widget.message.id == message_id:
-                widget.set_thumb(value)
+        for widget in widgets:
+            widget.set_thumb(value)
 
     def switch_branch(self, message_id: str) -> None:
         if self.is_generating() or not self._store_free():
@@ -734,6 +741,11 @@ class MainWindow(QMainWindow):
         if self.is_generating():
             self.generation.stop()
             self.generation.wait()
+        if self.is_store_busy():
+            # A delete's rewrite must finish: closing the store under it would leave the
+            # deleted conversation readable in the file's free blocks.
+            self.statusBar().showMessage("Finishing the delete before closing…")
+            self.store_job.wait()
         self.capture.shutdown()
         self.gaze.stop()
         self.gaze_recorder.stop()
