@@ -84,6 +84,7 @@ class FeedbackStore:
         self._cursors: list = []            # every thread's read cursor, to close them all
         self._cursors_lock = threading.Lock()
         self._reading = _SharedExclusiveLock()
+        self._expired_pending = False       # retention deleted rows: compact on close
         self.writer = Writer(con, capacity=capacity)
         self.settings = SettingsManager(self)
         self.models = ModelList(self)
@@ -156,6 +157,9 @@ class FeedbackStore:
                 # transactions active" at the end of `glance data status`).
                 self._drop_cursors()
             self.consent.persist_refusals(self._con)
+            if self._expired_pending:       # expired rows: crypto-erase before closing
+                self._key = compaction.rewrite(self._con, self.data_dir, self.path, self._key,
+                                               ATTACH_ALIAS)
             self._con.execute("CHECKPOINT")
         finally:
             self._con.close()
@@ -245,10 +249,11 @@ class FeedbackStore:
 
     def apply_retention(self, now_wall_ns: int | None = None, wait: bool = True) -> int | None:
         """Delete reading signals older than the retention period (every table that
-        declares an expiry column; research data never expires), then, if any went,
-        compact: DuckDB leaves deleted rows readable in live and freed blocks
-        (docs/privacy.md), and expired means gone. Conversations stay until the user
-        deletes them."""
+        declares an expiry column; research data never expires). If any went, the file is
+        compacted when the store closes: DuckDB leaves deleted rows readable in live and
+        freed blocks (docs/privacy.md), and expired means gone; compacting at once would
+        make every read wait for the rewrite (seconds for months of samples), once a day
+        at a moment nobody chose. Conversations stay until the user deletes them."""
         cutoff = (now_wall_ns or time.time_ns()) - self.settings.retention_days * 86_400 * 10**9
 
         def purge(con):
@@ -258,7 +263,7 @@ class FeedbackStore:
                     removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
                                            [cutoff]).fetchone()[0]
             if removed:
-                self._rewrite(con)
+                self._expired_pending = True
             return removed
         if wait:
             return self.writer.call(purge)

@@ -275,7 +275,8 @@ def test_retention_removes_old_signals_only(service, store):
 def test_expired_text_is_gone_from_the_file_not_only_from_the_tables(store, home):
     """DuckDB leaves deleted rows readable in live and freed blocks: expiry deleted the
     rows, but the text of a reply shown long ago stayed in the file, readable with the
-    key, until some conversation was deleted. Retention now compacts when rows expired."""
+    key, until some conversation was deleted. Now the store compacts when it closes after a
+    retention pass that expired rows."""
     store.consent.set("pointer", True)
     long_ago = time.time_ns() - 100 * 86_400 * 10**9
     for marker, wall_ns in (("EXPIRED-MARKER-8812", long_ago), ("RECENT-MARKER-3390", None)):
@@ -288,7 +289,7 @@ def test_expired_text_is_gone_from_the_file_not_only_from_the_tables(store, home
     store.compact()                                 # both markers in one file's blocks
     store._write("CHECKPOINT")
     assert store.apply_retention() == 1
-    store.close()
+    store.close()                                   # compacts: rows expired in this session
     plain = decrypted_copy(home, home.parent / "plain.db")
     assert b"RECENT-MARKER-3390" in plain            # control: the look sees markers
     assert b"EXPIRED-MARKER-8812" not in plain
