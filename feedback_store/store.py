@@ -39,8 +39,8 @@ def _try_attach(con, path: Path, key_hex: str) -> None:
 
 
 class _SharedExclusiveLock:
-    """Many readers, or one compaction swapping the file: reads never see the moment
-    the database is detached, and wait only for that moment (milliseconds)."""
+    """Many readers, or one compaction rewriting the file: reads never see the database
+    detached, and wait while it is rewritten (seconds for months of samples)."""
 
     def __init__(self):
         self._condition = threading.Condition()
