@@ -23,6 +23,17 @@ def by_ids(pairs):
     return {(p.chosen_id, p.rejected_id): p for p in pairs}
 
 
+def thumbed_siblings(store, prompt="Explain DNS.", texts=("a", "b")):
+    """A conversation where ▲ a and ▼ b answer ``prompt``: (conversation, a, b)."""
+    c = conversation(store)
+    q = add(store, c.id, "user", prompt)
+    a = add(store, c.id, "assistant", texts[0], q.id)
+    b = add(store, c.id, "assistant", texts[1], q.id)
+    store.conversations.set_thumb(c.id, a.id, 1)
+    store.conversations.set_thumb(c.id, b.id, -1)
+    return c, a, b
+
+
 @pytest.fixture
 def consenting(store):
     store.consent.set("personalise", True)
@@ -135,12 +146,7 @@ def test_an_explicit_label_beats_a_disagreeing_inferred_one_and_equals_cancel(co
 
 
 def test_only_what_was_written_while_personalisation_was_on(store):
-    c = conversation(store)
-    q = add(store, c.id, "user", "Before consent")
-    x = add(store, c.id, "assistant", "x", q.id)
-    y = add(store, c.id, "assistant", "y", q.id)
-    store.conversations.set_thumb(c.id, x.id, 1)
-    store.conversations.set_thumb(c.id, y.id, -1)
+    c, x, y = thumbed_siblings(store, "Before consent", ("x", "y"))
     assert store.training.rows()["messages"] == []          # consent never given
     store.consent.set("personalise", True)
     time.sleep(0.002)
@@ -169,12 +175,7 @@ def test_a_label_changed_while_personalisation_was_off_is_not_trained_on(consent
     """The latest word on a label wins, and counts only if given with the consent on: a
     thumb or pick reversed while it was off must not be trained on as it was before."""
     store = consenting
-    c = conversation(store)
-    q = add(store, c.id, "user", "Explain DNS.")
-    a = add(store, c.id, "assistant", "a", q.id)
-    b = add(store, c.id, "assistant", "b", q.id)
-    store.conversations.set_thumb(c.id, a.id, 1)
-    store.conversations.set_thumb(c.id, b.id, -1)
+    c, a, b = thumbed_siblings(store)
     q2 = add(store, c.id, "user", "Explain TCP.", a.id)
     left = add(store, c.id, "assistant", "left", q2.id)
     right = add(store, c.id, "assistant", "right", q2.id)
@@ -256,12 +257,7 @@ def test_the_run_fingerprint_changes_with_the_base_model_and_what_shapes_the_ada
     from align.dpo import DPOSettings
     from align.nightly import NightlyConfig, run_fingerprint
     store = consenting
-    c = conversation(store)
-    q = add(store, c.id, "user", "Explain DNS.")
-    a = add(store, c.id, "assistant", "a", q.id)
-    b = add(store, c.id, "assistant", "b", q.id)
-    store.conversations.set_thumb(c.id, a.id, 1)
-    store.conversations.set_thumb(c.id, b.id, -1)
+    c, a, b = thumbed_siblings(store)
     pairs, _ = build_pairs(store.training.rows())
     config = NightlyConfig(tmp_path, dpo=DPOSettings())
     stamp = run_fingerprint(pairs, "/models/SmolLM2-135M.gguf", config)
