@@ -453,3 +453,26 @@ def test_while_a_delete_rewrites_the_file_thumbs_wait_and_closing_finishes_it(qt
     threading.Timer(0.3, release.set).start()
     window.close()                                         # waits for the job, then closes
     assert finished == [True]
+
+
+def test_a_message_whose_reply_failed_can_be_retried(qtbot, window, store, monkeypatch):
+    """A reply that failed left the message without one, and no way to ask again but to
+    send it a second time, under the first."""
+    original, calls = window.service.generate_reply, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the model could not answer")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(window.service, "generate_reply", fails_once)
+    assert send_by_keyboard(qtbot, window, "Name a star.") is None
+    [user] = [m for m in store.conversations.messages(window.tree.id)]
+    widget = widget_for(window, user.id)
+    assert widget.retry_button is not None and widget.retry_button.isEnabled()
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        qtbot.mouseClick(widget.retry_button, Qt.MouseButton.LeftButton)
+    reply = blocker.args[0]
+    assert reply is not None and reply.parent_id == user.id
+    assert [m.role for m in store.conversations.messages(window.tree.id)] == ["user", "assistant"]
+    assert widget_for(window, user.id).retry_button is None        # answered now

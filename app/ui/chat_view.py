@@ -87,8 +87,10 @@ class MessageWidget(QFrame):
     compare_requested = Signal(str)
     thumb_requested = Signal(str, int)
     sibling_requested = Signal(str)
+    retry_requested = Signal(str)
 
-    def __init__(self, message: Message, siblings: list[Message], thumb: int = 0, parent=None):
+    def __init__(self, message: Message, siblings: list[Message], thumb: int = 0, parent=None,
+                 unanswered: bool = False):
         super().__init__(parent)
         self.message = message
         self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
@@ -125,7 +127,7 @@ class MessageWidget(QFrame):
         self.copy_button.clicked.connect(lambda: self.copy_requested.emit(self.message.id))
         actions.addWidget(self.copy_button)
         self.thumb_up = self.thumb_down = self.regenerate_button = self.edit_button = None
-        self.compare_button = None
+        self.compare_button = self.retry_button = None
         if message.role == "assistant":
             self.regenerate_button = QPushButton("Regenerate")
             self.regenerate_button.clicked.connect(
@@ -150,6 +152,11 @@ class MessageWidget(QFrame):
             self.edit_button = QPushButton("Edit")
             self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self.message.id))
             actions.addWidget(self.edit_button)
+            if unanswered:       # its reply failed: ask again, without a second copy of it
+                self.retry_button = QPushButton("Retry")
+                self.retry_button.setToolTip("Ask for a reply to this message again")
+                self.retry_button.clicked.connect(lambda: self.retry_requested.emit(self.message.id))
+                actions.addWidget(self.retry_button)
         actions.addStretch()
         self.meta = ElidedLabel()
         self.meta.setText(self._meta_text(message))
@@ -176,7 +183,7 @@ class MessageWidget(QFrame):
 
     def set_actions_enabled(self, enabled: bool) -> None:
         for button in (self.regenerate_button, self.compare_button, self.edit_button,
-                       self.thumb_up, self.thumb_down):
+                       self.thumb_up, self.thumb_down, self.retry_button):
             if button is not None:
                 button.setEnabled(enabled)
 
@@ -272,16 +279,19 @@ class ChatView(QScrollArea):
             self.verticalScrollBar().setValue(maximum)
 
     def show_messages(self, path: list[Message], siblings_of, thumbs: dict[str, int],
-                      compare: tuple[Message, Message] | None = None) -> list[MessageWidget]:
+                      compare: tuple[Message, Message] | None = None,
+                      retry_last: bool = False) -> list[MessageWidget]:
         """The active branch; with ``compare``, its last reply is shown as two columns
-        (left, right) to pick from."""
+        (left, right) to pick from; with ``retry_last``, a last message of the user's
+        (its reply failed) offers Retry."""
         self.clear()
-        for message in path:
-            if message.role not in ("user", "assistant"):
-                continue
+        shown = [m for m in path if m.role in ("user", "assistant")]
+        for message in shown:
             if compare and message.id in (compare[0].id, compare[1].id):
                 continue
-            self._add(MessageWidget(message, siblings_of(message.id), thumbs.get(message.id, 0)))
+            unanswered = retry_last and message is shown[-1] and message.role == "user"
+            self._add(MessageWidget(message, siblings_of(message.id), thumbs.get(message.id, 0),
+                                    unanswered=unanswered))
         self.pair = None
         if compare:
             self.pair = ComparePair(*compare)

@@ -363,7 +363,8 @@ class MainWindow(QMainWindow):
         if self.comparing and all(m in tree.messages for m in self.comparing):
             compare = tuple(tree.messages[m] for m in self.comparing)
         keyboard_in_rows = self._keyboard_in_chat()
-        widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare)
+        widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare,
+                                               retry_last=not self.is_generating())
         if keyboard_in_rows:     # the button or reply that had it is gone with its row
             self.input.setFocus()
         if self.chat_view.pair is not None:
@@ -375,6 +376,7 @@ class MainWindow(QMainWindow):
             widget.compare_requested.connect(self.compare)
             widget.thumb_requested.connect(self.thumb)
             widget.sibling_requested.connect(self.switch_branch)
+            widget.retry_requested.connect(self.retry)
             if widget.message.role == "assistant":
                 self.capture.watch_browser(widget.message.id, widget.browser)
         self._show_banner()
@@ -455,6 +457,14 @@ class MainWindow(QMainWindow):
         self._show_tree()
         self._start_generation(lambda **stream: self.service.regenerate(
             self.tree, assistant_message_id, **stream))
+
+    def retry(self, user_message_id: str) -> None:
+        """A message whose reply failed (the model, the context): ask for a reply to it
+        again. Sending it again would have put a second copy under the first."""
+        if self.is_generating() or not self._store_free():
+            return
+        self._start_generation(lambda **stream: self.service.generate_reply(
+            self.tree, user_message_id, **stream))
 
     def compare(self, assistant_message_id: str) -> None:
         """A second reply to the same prompt, then both side by side until a pick."""
