@@ -476,3 +476,23 @@ def test_a_message_whose_reply_failed_can_be_retried(qtbot, window, store, monke
     assert reply is not None and reply.parent_id == user.id
     assert [m.role for m in store.conversations.messages(window.tree.id)] == ["user", "assistant"]
     assert widget_for(window, user.id).retry_button is None        # answered now
+
+
+def test_opening_or_deleting_a_chat_while_a_reply_streams_says_why_it_waits(qtbot, window, store):
+    """The click was ignored without a word (and the list showed the other chat selected)."""
+    first = send_by_keyboard(qtbot, window, "Name a lake.")
+    other = window.tree.id
+    window.new_chat()
+    long_reply_streaming(qtbot, window, store)
+    streaming = window.tree.id
+    window.open_conversation(other)
+    assert window.tree.id == streaming
+    assert "stop it (Esc) or let it finish" in window.statusBar().currentMessage()
+    assert [i.isSelected() for i in window.conversation_list.findItems("", Qt.MatchFlag.MatchContains)
+            if i.data(Qt.ItemDataRole.UserRole) == other] == [False]
+    window.statusBar().clearMessage()
+    window.delete_conversation(other, confirm=False)
+    assert "stop it (Esc) or let it finish" in window.statusBar().currentMessage()
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.stop()
+    assert first.conversation_id == other and store.conversations.get(other) is not None

@@ -230,15 +230,27 @@ class MainWindow(QMainWindow):
             if self.tree is not None and conversation.id == self.tree.id:
                 item.setSelected(True)
 
+    def _writing_a_reply(self) -> bool:
+        """While a reply streams, another chat cannot be opened or deleted: say so, rather
+        than ignore the click."""
+        if not self.is_generating():
+            return False
+        self.statusBar().showMessage("A reply is being written: stop it (Esc) or let it "
+                                     "finish first.", 5000)
+        return True
+
     def new_chat(self, incognito: bool = False) -> None:
-        if self.is_generating():
+        if self._writing_a_reply():
             return
         self.tree = self.service.new_conversation(incognito=incognito)
         self._leave_conversation_state()
         self._show_tree()
 
     def open_conversation(self, conversation_id: str) -> None:
-        if self.is_generating() or (self.tree is not None and self.tree.id == conversation_id):
+        if self.tree is not None and self.tree.id == conversation_id:
+            return
+        if self._writing_a_reply():
+            self._refresh_conversations()        # the list shows the chat still open
             return
         try:
             self.tree = self.service.open(conversation_id)
@@ -309,7 +321,7 @@ class MainWindow(QMainWindow):
     def delete_conversation(self, conversation_id: str, confirm: bool = True) -> None:
         """Delete, then rewrite the file under a new key: seconds for a big conversation,
         so it runs off the UI thread while the window stays usable."""
-        if self.is_generating() or self.is_store_busy():
+        if self._writing_a_reply() or not self._store_free():
             return
         if confirm and QMessageBox.question(
                 self, "Delete conversation",
