@@ -86,8 +86,9 @@ def live_pairwise_turns(store, rows: dict | None = None) -> list[LiveTurn]:
         if pick["id"] not in consented:
             continue
         try:
-            pair = store.traces.for_pick(pick["id"])
-            did = store.traces.activity_for_pick(pick["id"])
+            sides = store.traces.pick_sides(pick["id"])      # read once for both
+            pair = store.traces.for_pick(pick["id"], sides)
+            did = store.traces.activity_for_pick(pick["id"], sides)
         except KeyError:
             continue
         until = pair.pick_t_ms if math.isfinite(pair.pick_t_ms) else math.inf

@@ -172,15 +172,16 @@ class TraceReader:
         return (shown[pick["message_id"]]["id"], shown[pick["other_message_id"]]["id"], zero,
                 pick["picked_mono_ns"])
 
-    def for_pick(self, pick_id: str) -> PairTrace:
+    def for_pick(self, pick_id: str, sides: tuple | None = None) -> PairTrace:
         """Both replies of a side-by-side pick on one clock (zero: when the later of the
-        two appeared), with the time of the pick."""
-        left, right, zero, picked = self.pick_sides(pick_id)
+        two appeared), with the time of the pick (``sides``: :meth:`pick_sides`, if read)."""
+        left, right, zero, picked = sides or self.pick_sides(pick_id)
         return PairTrace(self.for_shown_reply(left, zero_mono_ns=zero),
                          self.for_shown_reply(right, zero_mono_ns=zero),
                          pick_t_ms=(picked - zero) / 1e6)
 
-    def activity_for_pick(self, pick_id: str) -> tuple[ReplyActivity, ReplyActivity]:
+    def activity_for_pick(self, pick_id: str, sides: tuple | None = None
+                          ) -> tuple[ReplyActivity, ReplyActivity]:
         """Both sides' activity on the clock of :meth:`for_pick`."""
-        left, right, zero, _ = self.pick_sides(pick_id)
+        left, right, zero, _ = sides or self.pick_sides(pick_id)
         return self.activity(left, zero_mono_ns=zero), self.activity(right, zero_mono_ns=zero)

@@ -50,16 +50,15 @@ ROW_QUERIES = {
     # Only each label's latest word counts (a thumb per reply, a pick per pair of replies),
     # and only if that latest word was given with the consent on: a label reversed or
     # cleared while it was off must not be trained on as it was before.
-    "feedback": f"""WITH {_ALLOWED}, keyed AS (
-        SELECT *, CASE WHEN kind = 'pick'
-                       THEN least(message_id, other_message_id) || '|' || greatest(message_id, other_message_id)
-                       ELSE message_id END AS label_key FROM feedback)
+    "feedback": f"""WITH {_ALLOWED}, latest AS (
+        SELECT * FROM feedback QUALIFY row_number() OVER (
+            PARTITION BY kind, CASE WHEN kind = 'pick'
+                                    THEN least(message_id, other_message_id) || '|' || greatest(message_id, other_message_id)
+                                    ELSE message_id END
+            ORDER BY wall_ns DESC, id DESC) = 1)
         SELECT f.id, f.message_id, f.other_message_id, f.conversation_id, f.kind, f.value,
                f.wall_ns
-        FROM keyed f WHERE {_consented('f.wall_ns')}
-        AND NOT EXISTS (SELECT 1 FROM keyed g WHERE g.kind = f.kind AND g.label_key = f.label_key
-                        AND (g.wall_ns > f.wall_ns OR (g.wall_ns = f.wall_ns AND g.id > f.id)))
-        ORDER BY f.wall_ns, f.id""",
+        FROM latest f WHERE {_consented('f.wall_ns')} ORDER BY f.wall_ns, f.id""",
     "reply_scores": f"""WITH {_ALLOWED}
         SELECT s.message_id, s.conversation_id, s.previous_message_id, s.model, s.task,
                s.probability, s.scored_wall_ns
