@@ -114,7 +114,7 @@ def _text_difference(fa: dict, fb: dict) -> dict[str, float]:
 
 
 def _activity_columns(did_a: dict | None, did_b: dict | None) -> dict[str, float]:
-    """What the user did with a minus with b (scroll depth, selection, copy, stop:
+    """What the user did with a minus with b (lines on screen, selection, copy, stop:
     ``features.MODEL_INTERACTIONS``, never thumbs or regenerations), when the app logged
     it; the study did not, so its rows have none of these columns."""
     if did_a is None or did_b is None:
