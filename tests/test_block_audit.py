@@ -207,10 +207,11 @@ def test_a_wrong_key_or_a_file_under_another_key_is_refused(closed_store, tmp_pa
         audit.decrypt_database_files(closed_store, key_in_force(closed_store))
 
 
-def test_key_derivation_matches_duckdb():
+def test_the_user_key_is_base64_decoded_when_it_can_be():
     """DuckDB base64-decodes the key string when it can: a 64-char hex key is valid
     base64, so the file key is SHA-256(salt || 48 decoded bytes), not of the hex text or
-    of its 32 hex-decoded bytes."""
+    of its 32 hex-decoded bytes. (That this derivation is DuckDB's is shown by the tests
+    above, which decrypt the blocks DuckDB wrote with it.)"""
     hex_key = "00ff" * 16
     assert len(audit.user_key_bytes(hex_key)) == 48
     assert audit.user_key_bytes("not base64!") == b"not base64!"

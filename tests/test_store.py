@@ -95,11 +95,12 @@ def test_samples_are_flushed_without_being_asked(store):
 def test_full_queue_refuses_and_counts(home):
     store = FeedbackStore.open(home, capacity=2)
     store.consent.set("pointer", True)
-    gate = threading.Event()
-    # Block the writer so the queue fills up.
-    blocker = threading.Thread(target=lambda: store.writer.call(lambda con: gate.wait()))
+    started, gate = threading.Event(), threading.Event()
+    # Block the writer so the queue fills up: the blocking job is off the queue once it runs.
+    blocker = threading.Thread(
+        target=lambda: store.writer.call(lambda con: (started.set(), gate.wait())))
     blocker.start()
-    time.sleep(0.2)
+    assert started.wait(60)
     accepted = sum(store.samples.submit([sample_row("c", i)]) for i in range(10))
     gate.set()
     blocker.join()
