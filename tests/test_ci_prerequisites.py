@@ -48,10 +48,6 @@ def test_a_missing_prerequisite_fails_on_ci(tmp_path):
     assert "frobnicator is not installed" in result.stdout
 
 
-def test_require_is_quiet_when_the_prerequisite_is_there():
-    require(True, "never shown")
-
-
 def test_two_servers_get_two_free_displays():
     require(shutil.which("Xvfb") is not None, "Xvfb is not installed")
     first = start_xvfb()

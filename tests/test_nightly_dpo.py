@@ -183,7 +183,3 @@ def test_battery_detection_reads_the_power_supplies(tmp_path):
     (tmp_path / "AC" / "online").write_text("1\n")
     assert on_battery(tmp_path) is False
     assert on_battery(tmp_path / "missing") is False
-
-
-def test_training_needs_its_extra():
-    require_training()
