@@ -11,7 +11,7 @@ import pytest
 
 from align.pairs import Pair
 from conftest import ROOT, require
-from nightly_support import require_training, smollm2_checkpoint
+from nightly_support import smollm2_checkpoint
 
 
 def pair(i, epsilon, chosen="An apple is a fruit.", rejected="A rock is not food at all."):
