@@ -357,8 +357,11 @@ def cmd_data(args) -> int:
             print("glance: `data delete --all` destroys every conversation, signal, adapter "
                   "and the key. Add --yes to confirm.", file=sys.stderr)
             return 2
-        delete_everything(glance_home())
-        print(f"Deleted everything under {glance_home()}.")
+        kept = delete_everything(glance_home())
+        print(f"Deleted everything Glance kept under {glance_home()}.")
+        if kept:
+            print(f"Left there, because Glance did not make them: "
+                  f"{', '.join(path.name for path in kept)}.")
         return 0
     if args.data_command == "status":
         status, _ = _store_status()

@@ -55,23 +55,45 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
     return final
 
 
-def delete_everything(data_dir: Path, store=None) -> None:
+# What Glance itself makes in its data folder: the database and its key (glance.db,
+# .wal, glance.compact.db, glance.key, glance.key.next, ...) and these entries. GLANCE_HOME
+# may name a folder that also holds the user's own files (a typo, or their home); those
+# are never Glance's to delete.
+GLANCE_FOLDERS = ("adapters", "cache", "gaze", "models", "reward", "tmp", "training")
+GLANCE_FILES = ("nightly.sock", ".write-probe")
+
+
+def is_glance_entry(path: Path) -> bool:
+    name = path.name
+    if name.startswith("glance."):
+        return True
+    return (name in GLANCE_FOLDERS and path.is_dir() and not path.is_symlink()) or name in GLANCE_FILES
+
+
+def delete_everything(data_dir: Path, store=None) -> list[Path]:
     """Remove the database, adapters, caches and the key. Works without opening the
-    database, so it is also the way out when the key is lost."""
+    database, so it is also the way out when the key is lost. Returns what was left
+    because Glance did not make it (nothing, in a folder only Glance uses)."""
     if store is not None:
         store.close()
     data_dir = Path(data_dir)
     if not data_dir.exists():
-        return
+        return []
+    if not data_dir.is_dir():
+        raise StoreError(f"{data_dir} is a file, not a Glance data folder: nothing was deleted.")
     _refuse_if_in_use(data_dir / "glance.db")
     # The key first: it is overwritten before it is unlinked (unlinked first, as the
     # loop below would, its bytes stayed in free blocks beside the deleted database).
     forget_key(data_dir)
-    for child in data_dir.iterdir():
-        if child.is_dir():
+    kept = []
+    for child in sorted(data_dir.iterdir()):
+        if not is_glance_entry(child):
+            kept.append(child)
+        elif child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
+    return kept
 
 
 def _refuse_if_in_use(path: Path) -> None:

@@ -159,6 +159,27 @@ def test_delete_all_while_the_app_runs_is_refused_naming_it(stored_home, qtbot):
     assert list(stored_home.iterdir()) == []
 
 
+def test_delete_everything_deletes_only_what_glance_made(stored_home, tmp_path):
+    """GLANCE_HOME may name a folder with the user's own files in it (a typo, their home
+    folder): `data delete --all` removes Glance's files and leaves theirs, saying so."""
+    (stored_home / "thesis.txt").write_text("years of work")
+    (stored_home / "notes").mkdir()
+    (stored_home / "notes" / "a.md").write_text("mine")
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    (elsewhere / "cat.jpg").write_bytes(b"cat")
+    (stored_home / "models").symlink_to(elsewhere)      # a link of theirs, not Glance's folder
+    for folder in ("cache", "reward", "adapters", "training", "gaze", "tmp"):
+        (stored_home / folder).mkdir(exist_ok=True)
+        (stored_home / folder / "x").write_text("glance's")
+    done = run_glance("data", "delete", "--all", "--yes", home=stored_home)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in stored_home.iterdir()) == ["models", "notes", "thesis.txt"]
+    assert (stored_home / "thesis.txt").read_text() == "years of work"
+    assert (stored_home / "notes" / "a.md").read_text() == "mine" and (elsewhere / "cat.jpg").exists()
+    assert "Left there, because Glance did not make them: models, notes, thesis.txt." in done.stdout
+
+
 def test_delete_everything_overwrites_the_key_file_before_removing_it(stored_home, tmp_path):
     """On a machine without a keyring the key is a file beside the database. It was
     unlinked before forget_key could overwrite it, so its bytes stayed in free blocks

@@ -20,6 +20,11 @@ CONSENT_INTRO = (
     "exception is a model download you start yourself). Everything is kept in an encrypted "
     "database in your data folder, readable only by your user account.</p>")
 
+def _names(paths, most: int = 8) -> str:
+    names = [path.name for path in paths]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _signal_box(signal: str, checked: bool) -> QCheckBox:
     box = QCheckBox(SIGNALS[signal].title.replace("&", "&&"))
     box.setChecked(checked)
@@ -240,7 +245,12 @@ class PrivacyPanel(QDialog):
             return
         from PySide6.QtWidgets import QApplication
         from feedback_store.privacy import delete_everything
-        delete_everything(self.store.data_dir, self.store)
+        kept = delete_everything(self.store.data_dir, self.store)
         self.deleted_everything = True
+        if kept:
+            QMessageBox.information(
+                self, "Deleted everything",
+                f"Everything Glance kept in {self.store.data_dir} is deleted. Left there, "
+                f"because Glance did not make them: {_names(kept)}.")
         self.accept()
         QApplication.instance().quit()
