@@ -59,7 +59,7 @@ class DPOSettings:
     epochs: int = 2
     token_budget: int | None = 40_000  # fewer epochs (never < 1) when one would exceed it
     batch_pairs: int = 2
-    max_prompt_tokens: int = 256      # older prompt tokens are cut (the newest turn stays)
+    max_prompt_tokens: int = 256      # oldest whole turns are left out (as the app fits its context)
     max_completion_tokens: int = 160  # longer replies are trained on their beginning
     seed: int = 0
     checkpoints: int = 4              # how many times per run the state is saved (resume)
@@ -104,21 +104,53 @@ def pick_device(setting: str = "auto") -> str:
 # --- tokenising ------------------------------------------------------------------------------
 def tokenize_pair(pair, tokenizer, settings: DPOSettings) -> dict:
     """prompt_ids / chosen_ids / rejected_ids with the model's own chat template. The
-    completion is what follows the rendered prompt (end-of-turn token included)."""
-    prompt = list(pair.prompt)
+    completion is what follows the rendered prompt: with the end-of-turn token when the
+    reply ended by itself, without it when it was cut short (stopped, or at its limit)."""
+    prompt = fit_prompt(list(pair.prompt), tokenizer, settings.max_prompt_tokens)
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     prompt_ids = _ids(tokenizer, prompt_text)
     full = [_ids(tokenizer, tokenizer.apply_chat_template(
-        prompt + [{"role": "assistant", "content": reply}], tokenize=False))
-        for reply in (pair.chosen, pair.rejected)]
+        prompt + [{"role": "assistant", "content": reply}], tokenize=False)
+        if finished else prompt_text + reply)
+        for reply, finished in ((pair.chosen, getattr(pair, "chosen_finished", True)),
+                                (pair.rejected, getattr(pair, "rejected_finished", True)))]
     # The completion starts where prompt and prompt+reply stop agreeing (a token can
     # merge across the boundary); both replies share that prompt.
     start = min(_common_prefix(prompt_ids, ids) for ids in full)
     chosen, rejected = (ids[start:][: settings.max_completion_tokens] for ids in full)
-    prompt_ids = prompt_ids[:start][-settings.max_prompt_tokens:]   # keep the newest tokens
+    prompt_ids = prompt_ids[:start]
     return {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
             "epsilon": float(pair.epsilon),
             "length": len(prompt_ids) + max(len(chosen), len(rejected))}
+
+
+def fit_prompt(messages: list[dict], tokenizer, limit: int) -> list[dict]:
+    """The prompt as the app would send it in a context of ``limit`` tokens: the oldest
+    whole turns are left out (the system prompt and the newest message always stay, and
+    the kept history never starts on an assistant turn), so training sees the layout
+    inference produces. Only a newest message too long on its own is cut, from its start."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+
+    def length(kept):
+        return len(_ids(tokenizer, tokenizer.apply_chat_template(
+            kept, tokenize=False, add_generation_prompt=True)))
+    dropped = 0
+    while length(system + turns[dropped:]) > limit and dropped < len(turns) - 1:
+        dropped += 1
+        while dropped < len(turns) - 1 and turns[dropped]["role"] == "assistant":
+            dropped += 1
+    kept = system + turns[dropped:]
+    excess = length(kept) - limit
+    if excess > 0 and kept:
+        newest = kept[-1]
+        words = _ids(tokenizer, newest["content"])
+        while excess > 0 and words:
+            words = words[min(len(words), excess):]
+            cut = dict(newest, content=tokenizer.decode(words))
+            excess = length(kept[:-1] + [cut]) - limit
+        kept = kept[:-1] + [cut]
+    return kept
 
 
 def _ids(tokenizer, text: str) -> list[int]:

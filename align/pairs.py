@@ -65,6 +65,10 @@ class Pair:
     prompt_id: str           # the user message both replies answer
     chosen_id: str
     rejected_id: str
+    # False for a reply cut short (stopped by the user, or at its token limit): it is
+    # trained without the end-of-turn token, so the adapter never learns to stop there.
+    chosen_finished: bool = True
+    rejected_finished: bool = True
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -242,7 +246,11 @@ def _imported_pairs(rows: dict, config: PairConfig) -> list[Pair]:
         left = (row["left_id"], row["left_text"])
         right = (row["right_id"], row["right_text"])
         chosen, rejected = (left, right) if int(row["value"]) == 1 else (right, left)
-        pairs.append(Pair(prompt=({"role": "user", "content": row["query"] or ""},),
+        # The app's system prompt, as live pairs carry theirs: without one the chat template
+        # puts in the base model's own ("You are SmolLM, ..."), which the app never sends.
+        prompt = ({"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                  {"role": "user", "content": row["query"] or ""})
+        pairs.append(Pair(prompt=prompt,
                           chosen=chosen[1] or "", rejected=rejected[1] or "", source="imported",
                           epsilon=config.epsilon_imported, conversation_id=row["conversation_id"],
                           prompt_id=row["turn_id"], chosen_id=chosen[0], rejected_id=rejected[0]))
@@ -328,8 +336,13 @@ def _resolve(candidates, tree: _Tree, config: PairConfig, skipped: Counter,
         pairs.append(Pair(prompt=prompt, chosen=chosen["content"], rejected=rejected["content"],
                           source=source, epsilon=float(epsilon),
                           conversation_id=chosen["conversation_id"], prompt_id=chosen["parent_id"],
-                          chosen_id=chosen_id, rejected_id=rejected_id))
+                          chosen_id=chosen_id, rejected_id=rejected_id,
+                          chosen_finished=_finished(chosen), rejected_finished=_finished(rejected)))
     return pairs
+
+
+def _finished(message: dict) -> bool:
+    return message.get("finish_reason") in (None, "stop")
 
 
 def _dedupe_texts(pairs: list[Pair], report: PairReport) -> list[Pair]:

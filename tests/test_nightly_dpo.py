@@ -26,6 +26,42 @@ def checkpoint():
     return smollm2_checkpoint()
 
 
+def test_a_long_prompt_keeps_the_app_layout_and_a_cut_reply_has_no_end_of_turn(checkpoint):
+    """Training must see what the app sends: the app leaves whole old turns out of a full
+    context (system prompt and newest message stay). Cutting the rendered prompt's tokens
+    dropped the system prompt and began mid-sentence. A reply that was cut short gets no
+    end-of-turn token, so the adapter never learns to stop there."""
+    from transformers import AutoTokenizer
+    from align.dpo import DPOSettings, tokenize_pair
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    settings = DPOSettings(max_prompt_tokens=120)
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": f"Tell me about river number {i}. " * 4},
+                    {"role": "assistant", "content": f"River {i} is long and wide. " * 4}]
+    prompt = ({"role": "system", "content": "You are Glance."}, *history,
+              {"role": "user", "content": "Which river was longest?"})
+    long_pair = Pair(prompt=prompt, chosen="River 2.", rejected="I do not know.", source="thumbs",
+                     epsilon=0.1, conversation_id="c", prompt_id="p", chosen_id="g",
+                     rejected_id="b", rejected_finished=False)
+    example = tokenize_pair(long_pair, tokenizer, settings)
+    text = tokenizer.decode(example["prompt_ids"])
+    assert len(example["prompt_ids"]) <= 120
+    assert text.startswith("<|im_start|>system\nYou are Glance.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("Which river was longest?<|im_end|>\n<|im_start|>assistant\n")
+    assert "River 5 is long" in text and "river number 0" not in text   # whole turns left out
+    assert tokenizer.decode(example["chosen_ids"]).endswith("River 2.<|im_end|>\n")
+    assert tokenizer.decode(example["rejected_ids"]).endswith("I do not know.")
+
+    alone = Pair(prompt=(prompt[0], {"role": "user", "content": "word " * 300 + "the end?"}),
+                 chosen="Yes.", rejected="No.", source="thumbs", epsilon=0.1,
+                 conversation_id="c", prompt_id="p", chosen_id="g", rejected_id="b")
+    example = tokenize_pair(alone, tokenizer, settings)
+    text = tokenizer.decode(example["prompt_ids"])
+    assert len(example["prompt_ids"]) <= 120
+    assert text.startswith("<|im_start|>system\nYou are Glance.") and "the end?<|im_end|>" in text
+
+
 @pytest.mark.timeout(900)
 def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_path):
     import torch

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from align.pairs import Judgement, PairConfig, build_pairs, fingerprint
+from align.pairs import DEFAULT_SYSTEM_PROMPT, Judgement, PairConfig, build_pairs, fingerprint
 from feedback_store import Conversation, Message
 
 
@@ -228,6 +228,30 @@ def test_imported_research_picks_only_when_asked(consenting):
                                 PairConfig(include_imported=True))
     assert [(p.chosen, p.rejected, p.source) for p in pairs] == [
         ("RIGHT study answer", "LEFT study answer", "imported")]
+    # Under the app's system prompt, as live pairs: without one the chat template puts in
+    # the base model's own, which the app never sends.
+    assert pairs[0].prompt == ({"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                               {"role": "user", "content": "Which is better?"})
+
+
+def test_a_reply_cut_short_is_marked_unfinished(consenting):
+    """A reply the user stopped, or one that ran into its token limit, did not end by
+    itself: DPO must not teach the end-of-turn token after it."""
+    store = consenting
+    c = conversation(store)
+    q = add(store, c.id, "user", "Explain DNS.")
+    stopped = store.conversations.add_message(Message(c.id, "assistant", "DNS maps names", parent_id=q.id,
+                                                      finish_reason="cancelled"))
+    whole = add(store, c.id, "assistant", "DNS maps names to addresses.", q.id)
+    capped = store.conversations.add_message(Message(c.id, "assistant", "DNS is a", parent_id=q.id,
+                                                     finish_reason="length"))
+    store.conversations.set_thumb(c.id, stopped.id, 1)
+    store.conversations.set_thumb(c.id, whole.id, -1)
+    store.conversations.set_thumb(c.id, capped.id, -1)
+    pairs = by_ids(build_pairs(store.training.rows())[0])
+    first, second = pairs[(stopped.id, whole.id)], pairs[(stopped.id, capped.id)]
+    assert (first.chosen_finished, first.rejected_finished) == (False, True)
+    assert (second.chosen_finished, second.rejected_finished) == (False, False)
 
 
 def test_duplicates_max_pairs_and_fingerprint(consenting):
