@@ -127,14 +127,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info: dict) -> str:
-    """Install a new version and make it the active one; returns its name."""
+PENDING = ".pending-"
+
+
+def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info: dict,
+            before_activating=None) -> str | None:
+    """Install a new version and make it the active one; returns its name.
+
+    ``before_activating(version)`` runs while the version is installed but hidden
+    (``.pending-vNNNN``): the nightly job records the version and the pairs it learned
+    from there, so an adapter is never in use without the record that lets a deleted
+    conversation retire it. If it raises, the version is removed; if the version was
+    retired meanwhile (its conversation deleted while it was being recorded), it is not
+    activated and None is returned."""
     root = Path(config.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = read_active(root)
-    existing = [int(v[1:]) for v in versions(root) if v[1:].isdigit()]
+    existing = [_number(p.name.removeprefix(PENDING)) for p in root.iterdir()
+                if p.name.startswith("v") or p.name.startswith(PENDING)]
     number = max([int(state.get("counter") or 0), *existing]) + 1
     version = f"v{number:04d}"
+    pending = root / f"{PENDING}{version}"
     staging = root / f".staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir(mode=0o700)
     try:
@@ -149,11 +162,23 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
             if child.is_file():
                 with open(child, "rb") as handle:
                     os.fsync(handle.fileno())
-        os.rename(staging, root / version)
+        os.rename(staging, pending)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        if before_activating is not None:
+            before_activating(version)
+        os.rename(pending, root / version)
+    except BaseException as error:
+        # The number is spent either way (a record may name it): never hand it out again.
+        _write_active(root, {"version": read_active(root).get("version"), "counter": number})
+        if isinstance(error, FileNotFoundError) and not pending.exists():
+            return None                 # retired while it was being recorded
+        shutil.rmtree(pending, ignore_errors=True)
+        raise
+    _fsync_dir(root)
     _write_active(root, {"version": version, "counter": number})
     prune(config)
     return version
@@ -192,6 +217,7 @@ def retire(config: AdapterConfig, version: str) -> str | None:
         active = older[-1] if older else None
         _write_active(root, {"version": active, "counter": state.get("counter", 0)})
     shutil.rmtree(root / version, ignore_errors=True)
+    shutil.rmtree(root / f"{PENDING}{version}", ignore_errors=True)   # not yet in use
     _fsync_dir(root)
     return active
 
@@ -208,7 +234,7 @@ def prune(config: AdapterConfig) -> list[str]:
         shutil.rmtree(root / victim, ignore_errors=True)
         kept.remove(victim)
         removed.append(victim)
-    for stale in root.glob(".staging-*"):
+    for stale in [*root.glob(".staging-*"), *root.glob(f"{PENDING}*")]:
         if time.time() - stale.stat().st_mtime > 3600:   # a publish that died half-way
             shutil.rmtree(stale, ignore_errors=True)
     return removed

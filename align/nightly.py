@@ -386,28 +386,39 @@ def _publish_and_record(config, result, outcome, train, heldout, model_path, gon
     adapter_config = adapter_files.AdapterConfig(adapter_files.adapters_dir(data_dir),
                                                  keep=config.keep_versions)
     summary = _gate_summary(outcome["report"])
-    if outcome["publish"]:
-        version = adapter_files.publish(adapter_config, outcome["gguf"], outcome["peft"], {
-            "run_id": result["run_id"], "base": adapter_files.base_identity(model_path),
-            "pairs": {"train": len(train), "heldout": len(heldout)}, "gate": summary})
-        result.update(adapter=version, published=True)
-        adapter_row = {"version": version, "status": "published", "base_model": model_path.name,
-                       "conversations": conversations, "report": summary}
-        status = "published"
-        message = f"Published adapter {version}; the next reply uses it."
-    else:
-        adapter_row = {"version": f"run-{result['run_id']}", "status": "refused",
-                       "base_model": model_path.name, "conversations": conversations,
-                       "reason": "; ".join(outcome["reasons"]), "report": summary}
-        status = "not_published"
-        message = "Trained, but not published: " + "; ".join(outcome["reasons"]) + "."
     splits = [(p, "train") for p in train] + [(p, "heldout") for p in heldout]
     pairs_used = [{"conversation_id": p.conversation_id, "prompt_message_id": p.prompt_id,
                    "chosen_message_id": p.chosen_id, "rejected_message_id": p.rejected_id,
                    "source": p.source, "epsilon": p.epsilon, "split": split}
                   for p, split in splits if p.conversation_id not in gone]
-    result = _record(config, result, started, clock, log, status=status, message=message,
-                     pairs_used=pairs_used, adapter=adapter_row, model=model_path.name)
+    if outcome["publish"]:
+        recorded = {}
+
+        def record(version):     # before the version is in use: see adapters.publish
+            result.update(adapter=version, published=True)
+            recorded["result"] = _record(
+                config, result, started, clock, log, status="published",
+                message=f"Published adapter {version}; the next reply uses it.",
+                pairs_used=pairs_used, model=model_path.name,
+                adapter={"version": version, "status": "published", "base_model": model_path.name,
+                         "conversations": conversations, "report": summary})
+        version = adapter_files.publish(adapter_config, outcome["gguf"], outcome["peft"], {
+            "run_id": result["run_id"], "base": adapter_files.base_identity(model_path),
+            "pairs": {"train": len(train), "heldout": len(heldout)}, "gate": summary},
+            before_activating=record)
+        result = recorded["result"]
+        if version is None:
+            result.update(published=False, message=(
+                f"Adapter {result['adapter']} was retired as it was published: a conversation "
+                "it learned from was deleted meanwhile. The chat keeps its previous state."))
+    else:
+        adapter_row = {"version": f"run-{result['run_id']}", "status": "refused",
+                       "base_model": model_path.name, "conversations": conversations,
+                       "reason": "; ".join(outcome["reasons"]), "report": summary}
+        message = "Trained, but not published: " + "; ".join(outcome["reasons"]) + "."
+        result = _record(config, result, started, clock, log, status="not_published",
+                         message=message, pairs_used=pairs_used, adapter=adapter_row,
+                         model=model_path.name)
     shutil.rmtree(outcome["work"], ignore_errors=True)
     return result
 

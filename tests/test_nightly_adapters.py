@@ -79,6 +79,35 @@ def test_a_publish_that_dies_half_way_leaves_the_active_version_alone(tmp_path, 
     assert not list(config.root.glob(".staging-*"))
 
 
+def test_a_version_is_in_use_only_after_it_is_recorded(tmp_path, model):
+    """The nightly job records a version (and the pairs it learned from) before it is used:
+    a job killed or failing in between left an adapter in use with no record, so deleting a
+    conversation it learned from could not retire it."""
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+    seen = []
+
+    def record(version):
+        seen.append((version, adapters.read_active(config.root)["version"],
+                     adapters.versions(config.root)))
+        raise RuntimeError("the database stayed busy")
+    with pytest.raises(RuntimeError):
+        adapters.publish(config, fake_adapter(tmp_path, payload=b"adapter 2"), None,
+                         {"base": adapters.base_identity(model)}, before_activating=record)
+    assert seen == [("v0002", "v0001", ["v0001"])]        # hidden and unused while recording
+    assert adapters.read_active(config.root)["version"] == "v0001"
+    assert sorted(p.name for p in config.root.iterdir()) == ["active.json", "v0001"]
+
+    def retired_meanwhile(version):     # a conversation it learned from was deleted
+        adapters.retire(config, version)
+    assert adapters.publish(config, fake_adapter(tmp_path, payload=b"adapter 3"), None,
+                            {"base": adapters.base_identity(model)},
+                            before_activating=retired_meanwhile) is None
+    assert adapters.read_active(config.root)["version"] == "v0001"
+    assert adapters.versions(config.root) == ["v0001"]
+    assert publish(config, tmp_path, model, 4) == "v0004"    # a spent number is not reused
+
+
 def test_retiring_the_active_version_falls_back_to_the_one_before(tmp_path, model):
     config = adapters.AdapterConfig(tmp_path / "adapters")
     for n in (1, 2, 3):

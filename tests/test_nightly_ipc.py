@@ -220,9 +220,10 @@ def test_a_conversation_deleted_while_the_job_trained_retires_its_adapter_when_r
     for chat in chats:
         store.conversations.add_message(Message(conversation_id=chat.id, role="user", content="hi"))
     root = home / "adapters"
-    (root / "v0001").mkdir(parents=True)
-    (root / "v0001" / "adapter.gguf").write_bytes(b"GGUF")
-    (root / "active.json").write_text(json.dumps({"version": "v0001", "counter": 1}))
+    pending = root / ".pending-v0001"       # installed, not in use until it is recorded
+    pending.mkdir(parents=True)
+    (pending / "adapter.gguf").write_bytes(b"GGUF")
+    (root / "active.json").write_text(json.dumps({"version": None, "counter": 0}))
     store.training.begin_run("run-1", "app", "model.gguf")
     store.delete_conversation(chats[0].id, compact=False)        # while it trained
     link = TrainingLink(store).start()
@@ -235,7 +236,7 @@ def test_a_conversation_deleted_while_the_job_trained_retires_its_adapter_when_r
                    "adapter": {"version": "v0001", "status": "published", "conversations": 2}}
         answer = AppClient.find(home).request("finish", run_id="run-1", outcome=outcome)
         assert answer["retired"] == ["v0001"]
-        assert not (root / "v0001").exists()
+        assert not pending.exists()          # so the job finds it gone and never activates it
         assert json.loads((root / "active.json").read_text())["version"] is None
         assert {v["version"]: v["status"] for v in store.training.adapter_versions()} == \
             {"v0001": "retired"}
