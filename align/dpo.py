@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -445,17 +446,32 @@ def make_trainer(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSetti
     return trainer
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` the trainer finished writing (it writes
+    trainer_state.json last), or None. A checkpoint half-written when the job was killed
+    is deleted: resuming from it would fail, or restart on top of trained weights, every
+    night until the pairs changed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted((int(p.name.split("-", 1)[1]), p) for p in folder.iterdir()
+                   if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit())
+    for _, path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def train_dpo(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSettings | None = None,
               callbacks=(), log=print) -> TrainResult:
     """Train a LoRA adapter on ``pairs``; resume from the newest checkpoint under
     ``work_dir`` if a previous run on the same work dir was interrupted."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     settings = settings or DPOSettings()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(pairs, checkpoint_dir, work_dir, settings, callbacks)
-    resume = get_last_checkpoint(str(work_dir / "trainer")) if (work_dir / "trainer").exists() else None
+    resume = last_complete_checkpoint(work_dir / "trainer")
     resumed_from = int(resume.rsplit("-", 1)[-1]) if resume else 0
     if resume:
         log(f"Resuming the interrupted training from step {resumed_from}.")

@@ -3,6 +3,7 @@
 run resumes from its checkpoint, and the job is polite (priority, lock, battery)."""
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -144,8 +145,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(checkpoint, tmp_pat
         train_dpo(pairs, checkpoint, tmp_path / "work", settings, callbacks=[StopAfterFirstSave()])
     assert (tmp_path / "work" / "trainer" / "checkpoint-1").is_dir()
     assert not (tmp_path / "work" / "adapter").exists()
+    # A later checkpoint the job was killed while writing (trainer_state.json comes last).
+    half = tmp_path / "work" / "trainer" / "checkpoint-2"
+    shutil.copytree(tmp_path / "work" / "trainer" / "checkpoint-1", half)
+    (half / "trainer_state.json").unlink()
     result = train_dpo(pairs, checkpoint, tmp_path / "work", settings, log=lambda m: None)
-    assert result.resumed_from_step == 1
+    assert result.resumed_from_step == 1            # not from the half-written one
     assert result.steps == 3
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
 

@@ -90,7 +90,7 @@ def test_the_personal_adapter_state_follows_what_is_published_for_the_loaded_mod
     adapter = tmp_path / "adapter.gguf"
     adapter.write_bytes(b"GGUF")
     version = publish(AdapterConfig(session.adapters_dir), adapter, None,
-                      {"base": base_identity(model), "pairs": 12})
+                      {"base": base_identity(model), "pairs": {"train": 12, "heldout": 3}})
     state = session.adapter_state(str(model), enabled=True)
     assert (state.text, state.available, state.enabled) == (f"Personal {version}", True, True)
     assert "12 preference pairs" in state.tooltip
