@@ -222,3 +222,36 @@ def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, wind
     controller.overlay_action.setChecked(False)
     controller.stop()
     assert controller.tracker is None
+
+
+def test_degrees_are_the_same_on_a_hidpi_screen():
+    """Gaze, widgets and the pointer are in logical pixels. Qt's physicalDotsPerInch is
+    already in logical dots; dividing it by the pixel ratio again made a 2.5° error read
+    as 5° on a HiDPI screen (calibration then never passed the 4° threshold)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import json\n"
+            "from PySide6.QtWidgets import QApplication\n"
+            "from app.ui.gaze_calibration import screen_geometry\n"
+            "app = QApplication([])\n"
+            "screen = app.primaryScreen()\n"
+            "g = screen_geometry(screen)\n"
+            "print(json.dumps({'dpr': screen.devicePixelRatio(), 'width_px': g.width_px,\n"
+            "                  'width_mm': screen.physicalSize().width(),\n"
+            "                  'px_per_mm': g.px_per_mm}))\n")
+    found = {}
+    for scale in ("1", "2"):
+        env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QT_SCALE_FACTOR=scale)
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        found[scale] = json.loads(out.stdout.strip().splitlines()[-1])
+    one, two = found["1"], found["2"]
+    assert two["dpr"] == 2 and two["width_px"] * 2 == one["width_px"]
+    assert two["width_mm"] == one["width_mm"]            # the same physical screen
+    # A logical px at ratio 2 is two device px: half as many of them to the millimetre.
+    assert abs(one["px_per_mm"] - one["width_px"] / one["width_mm"]) < 1e-9
+    assert abs(2 * two["px_per_mm"] - one["px_per_mm"]) < 1e-9

@@ -41,10 +41,14 @@ SHORT = {"ok": "on", "no_camera": "no camera", "face_lost": "face not seen",
 
 # --- screens ---------------------------------------------------------------------------------
 def screen_geometry(qscreen, distance_mm: float = 600.0) -> ScreenGeometry:
-    """Logical pixels and logical pixels per millimetre of a QScreen."""
+    """Logical pixels and logical pixels per millimetre of a QScreen. Gaze, widgets and
+    the pointer are all in logical pixels, so the density is the logical width over the
+    physical width (Qt's physicalDotsPerInch is already in logical dots: dividing it by
+    the pixel ratio again made every degree on a HiDPI screen twice too large)."""
     g = qscreen.geometry()
-    dpi = qscreen.physicalDotsPerInch() / max(1.0, qscreen.devicePixelRatio())
-    if not 50 <= dpi <= 400:          # virtual screens report nonsense; assume 96 dpi
+    width_mm = qscreen.physicalSize().width()
+    dpi = g.width() / width_mm * 25.4 if width_mm > 0 else 0.0
+    if not 20 <= dpi <= 400:          # virtual screens report nonsense; assume 96 dpi
         dpi = 96.0
     return ScreenGeometry(g.width(), g.height(), dpi / 25.4, distance_mm, g.x(), g.y())
 
