@@ -223,6 +223,9 @@ class FrameGrabber:
                     delay = started + index * period - time.monotonic()
                     if delay > 0:
                         self._stop.wait(delay)
+        except Exception as error:  # noqa: BLE001 - a driver or OpenCV error ends reading
+            self._set("no_camera", f"The camera stopped with an error ({type(error).__name__}: "
+                                   f"{error}). Turn gaze off and on to try again.")
         finally:
             if cap is not None:
                 cap.release()

@@ -294,7 +294,12 @@ class GazeTracker:
                     if failures >= 30:
                         self._pipeline_error = f"Gaze stopped after repeated errors: {error}"
                         break
+        except Exception as error:  # noqa: BLE001 - the mesh or the face counter failed
+            self._pipeline_error = f"Gaze stopped after an error: {type(error).__name__}: {error}"
         finally:
+            # Without this thread nothing reads the camera: close it (its light goes off)
+            # and let health() say why, instead of "Gaze is on" over a dead pipeline.
+            self._grabber.stop(0.5)
             mesh.close()
             if detector is not None:
                 detector.close()

@@ -51,6 +51,26 @@ def test_gaze_button_without_a_camera_says_so_and_the_app_keeps_running(qtbot, w
     assert controller.label.text() == "Gaze: off"
 
 
+def test_stopping_gaze_ends_an_open_calibration(qtbot, window, tmp_path):
+    """Pausing or withdrawing the consent during a calibration closed the camera but left
+    the full-screen calibration running over it, to end in "too few clear views"; the next
+    Calibrate handed back that same dead screen."""
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    from gaze import synthetic
+    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    window.session.store.consent.set("gaze", True)
+    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
+                             tracker_kw={"realtime": True, "loop": True})
+    screen = controller.calibrate("5")
+    assert screen is not None and screen.isVisible()
+    controller.stop()
+    assert controller.screen_widget is None and not screen.isVisible()
+    again = controller.calibrate("5")
+    assert again is not None and again is not screen and again.isVisible()
+    controller.stop()
+
+
 class SimulatedCamera:
     """Stands in for the webcam and the person: a thread that, 30 times a second, renders
     face-mesh landmarks of a simulated user (gaze.simulate) looking at the target the

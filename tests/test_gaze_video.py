@@ -262,6 +262,37 @@ def test_stop_returns_while_a_camera_is_streaming(vision, tmp_path):
     assert not tracker.running
 
 
+def test_a_failing_pipeline_closes_the_camera_and_says_so(vision, tmp_path, monkeypatch):
+    """An error outside the per-frame guard (the face mesh itself) ended the processing
+    thread silently: the camera stayed open, its light on, and the window said "Gaze is
+    on" over a pipeline that computed nothing."""
+    from gaze import landmarks, synthetic
+    from gaze.tracker import GazeTracker
+    real_process = landmarks.FaceMesh.process
+    calls = []
+
+    def failing_process(self, frame):       # fault injection: the mesh breaks on frame 5
+        calls.append(1)
+        if len(calls) >= 5:
+            raise RuntimeError("graph error")
+        return real_process(self, frame)
+    monkeypatch.setattr(landmarks.FaceMesh, "process", failing_process)
+    path = synthetic.write_video(tmp_path / "loop.avi", [], frames=[synthetic.base_frame()] * 10)
+    tracker = GazeTracker(str(path), None, realtime=True, loop=True)
+    tracker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while tracker.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not tracker.running
+        assert not tracker._grabber.running            # the camera was released
+        health = tracker.health()
+        assert health.state != "ok" and "Gaze stopped after an error" in health.message
+        assert "graph error" in health.message
+    finally:
+        tracker.stop(timeout=60.0)
+
+
 def test_importing_gaze_loads_neither_opencv_nor_mediapipe():
     code = ("import sys, importlib, pkgutil, gaze\n"
             "for m in pkgutil.walk_packages(gaze.__path__, 'gaze.'):\n"

@@ -452,6 +452,8 @@ class GazeController(QObject):
         if not self._allowed():
             return False
         if self.tracker is None or not self.tracker.running:
+            if self.tracker is not None:        # ended by an error: its camera must close first
+                self.tracker.stop()
             self.tracker = GazeTracker(self.source, self.calibration, self._on_point,
                                        on_cursor=self._on_cursor, **self.tracker_kw)
             self.tracker.start()
@@ -465,6 +467,8 @@ class GazeController(QObject):
         return True
 
     def stop(self) -> None:
+        if self.screen_widget is not None:   # paused or consent withdrawn mid-calibration:
+            self.screen_widget.cancel()      # it would go on over a camera that is closed
         if self.tracker is not None:
             self.tracker.stop()
             self.tracker = None
