@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="run one chat turn in the terminal")
     chat.add_argument("--prompt", required=True)
-    chat.add_argument("--model")
+    # SUPPRESS: absent here, it must not overwrite `glance --model X chat ...`'s value.
+    chat.add_argument("--model", default=argparse.SUPPRESS, help="as `glance --model`")
     chat.add_argument("--conversation", type=_text("--conversation"),
                       help="continue this conversation id (see `glance conversations`)")
     chat.add_argument("--seed", type=_number(int, 0, 2**32 - 1, "--seed"))

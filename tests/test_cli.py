@@ -44,6 +44,10 @@ def test_bad_model_is_a_clear_error(home, tmp_path):
     result = run_glance("chat", "--prompt", "hi", "--model", str(fake), home=home)
     assert result.returncode == 2
     assert "not a GGUF" in result.stderr and "Traceback" not in result.stderr
+    # The top-level --model, as `glance --help` offers it, reaches the chat too (the chat's
+    # own --model, left out, used to overwrite it with nothing: the default model answered).
+    before = run_glance("--model", str(fake), "chat", "--prompt", "hi", home=home)
+    assert before.returncode == 2 and "not a GGUF" in before.stderr
 
 
 def test_doctor_json(home):
