@@ -7,6 +7,7 @@ line of stdout (keys: ../shared/BENCH.md).
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _single_threaded() -> None:
@@ -203,8 +204,12 @@ def cmd_ifllm_subset(args) -> int:
     if args.workers:
         workers += [w for w in args.workers.split(",") if w]
     if args.workers_file:
-        with open(args.workers_file) as handle:
-            text = handle.read()
+        try:
+            text = Path(args.workers_file).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"align ifllm-subset: cannot read --workers-file {args.workers_file}: "
+                  f"{getattr(error, 'strerror', None) or error}", file=sys.stderr)
+            return 2
         try:
             workers += json.loads(text)["workers"]
         except (ValueError, KeyError, TypeError):
@@ -217,6 +222,8 @@ def cmd_ifllm_subset(args) -> int:
     except (ValueError, OSError) as error:
         print(f"align ifllm-subset: {error}", file=sys.stderr)
         return 2
+    if "warning" in counts:
+        print(f"align ifllm-subset: {counts['warning']}", file=sys.stderr)
     print(json.dumps(counts))
     return 0
 

@@ -628,6 +628,9 @@ def write_subset(source, target, workers, exclude: bool = False) -> dict:
     number of rows written per file."""
     source, target = Path(source), Path(target)
     check_folder(source)
+    if target.exists() and (target.resolve() == source.resolve() or any(target.iterdir())):
+        raise ValueError(f"{target} is not empty (or is the source folder): a subset is "
+                         "written into a new or empty folder, so nothing is overwritten.")
     target.mkdir(parents=True, exist_ok=True)
     con = connect()
     con.execute("create temp table chosen (worker varchar)")
@@ -643,4 +646,7 @@ def write_subset(source, target, workers, exclude: bool = False) -> dict:
             f"copy (select * from {src} where {column} {test} (select worker from chosen)) "
             f"to {dst} (format parquet)").fetchone()[0]
     con.close()
+    if not counts.get("queries"):
+        found = "none of the workers given" if not exclude else "no worker outside those given"
+        counts["warning"] = f"{found} is in {source}: the subset is empty"
     return counts

@@ -154,3 +154,20 @@ def test_the_nightly_refresh_keeps_the_imported_study_as_prior_and_stops_when_it
     pick()
     done = refresh(home)
     assert done["status"] == "skipped" and "was removed" in done["reason"]
+
+
+def test_a_subset_never_overwrites_a_folder(folder, tmp_path):
+    """`align ifllm-subset SRC SRC` replaced the study folder by a subset of itself, and an
+    existing folder's files were overwritten without a word."""
+    from align.ifllm import write_subset
+    before = {p.name: p.stat().st_size for p in folder.iterdir()}
+    for target in (folder, tmp_path / "taken"):
+        if target != folder:
+            target.mkdir()
+            (target / "notes.txt").write_text("mine")
+        with pytest.raises(ValueError, match="not empty"):
+            write_subset(folder, target, WORKERS[:1])
+    assert {p.name: p.stat().st_size for p in folder.iterdir()} == before
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+    empty = write_subset(folder, tmp_path / "nobody", ["no-such-worker"])
+    assert empty["queries"] == 0 and "the subset is empty" in empty["warning"]
