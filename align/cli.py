@@ -71,8 +71,8 @@ def cmd_reward_scores(args) -> int:
     """What the reward model made of the replies you read, newest first."""
     from feedback_store import DatabaseLocked, FeedbackStore, StoreError
     from .scoring import recent_scores
-    if args.limit < 1:
-        print("align reward scores: --limit must be at least 1", file=sys.stderr)
+    if not 1 <= args.limit <= 100_000:
+        print("align reward scores: --limit must be between 1 and 100000", file=sys.stderr)
         return 2
     try:
         try:

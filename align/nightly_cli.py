@@ -98,14 +98,23 @@ def cmd_status(args) -> int:
     result = status(_data_dir())
     if args.json:
         print(json.dumps(result, default=str))
-        return 0
+        return 1 if result.get("runs_error") else 0
     print(f"active adapter: {result['active'] or 'none (base model)'}")
     print(f"kept versions: {', '.join(v['version'] for v in result['versions']) or 'none'}")
     if result["running"]:
         print("a nightly training is running now")
     for run in result.get("runs") or []:
         print(f"run {run['id']}: {run['status']} — {run.get('message') or ''}")
+    if result.get("runs_error"):
+        # The adapters above are read from their files; the runs need the database.
+        print(f"align status: the runs could not be read: {result['runs_error']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _train_pairs(version: dict):
+    pairs = version.get("pairs")          # {"train": n, "heldout": m} as the job writes it
+    return pairs.get("train") if isinstance(pairs, dict) else pairs
 
 
 def cmd_adapters_list(args) -> int:
@@ -120,7 +129,7 @@ def cmd_adapters_list(args) -> int:
         gate = version.get("gate") or {}
         accuracy = gate.get("implicit_reward_accuracy")
         print(f"{'*' if version['active'] else ' '} {version['version']}  "
-              f"{(version.get('base') or {}).get('name', '?')}  pairs {version.get('pairs')}  "
+              f"{(version.get('base') or {}).get('name', '?')}  pairs {_train_pairs(version)}  "
               f"held-out accuracy {accuracy if accuracy is None else round(accuracy, 2)}")
     return 0
 

@@ -134,6 +134,14 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
     assert json.loads(align("rollback", "--json")) == {"active": "v0001"}
     assert "base model" in align("rollback")
     assert json.loads(align("status", "--json"))["active"] is None
+    assert "v0001" in align("adapters", "list")          # pairs shown as a number, not a dict
+    # A database that cannot be read (here: the wrong key) is said, not hidden behind
+    # "kept versions", and the command fails.
+    (home / "glance.key").write_text("0" * 64)
+    done = subprocess.run([sys.executable, "-m", "align.cli", "status"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 1 and "the runs could not be read" in done.stderr
+    assert "Traceback" not in done.stderr and "kept versions: v0001" in done.stdout
 
 
 # --- schedule ---------------------------------------------------------------------------------
