@@ -258,6 +258,9 @@ def _read(directory: Path) -> IfllmData:
             continue
         tasks.setdefault((row[0], int(row[1])), []).append(row)
     task_keys = sorted(tasks)
+    if not task_keys:
+        raise IfllmFormatError(f"{directory} holds no study turns: queries.parquet has no row "
+                               "with a worker and a task. Nothing was imported.")
     report["read"]["tasks_with_queries"] = len(task_keys)
     report["read"]["workers"] = len({k[0] for k in task_keys})
 

@@ -171,3 +171,6 @@ def test_a_subset_never_overwrites_a_folder(folder, tmp_path):
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
     empty = write_subset(folder, tmp_path / "nobody", ["no-such-worker"])
     assert empty["queries"] == 0 and "the subset is empty" in empty["warning"]
+    from align.ifllm import IfllmFormatError, read_ifllm
+    with pytest.raises(IfllmFormatError, match="holds no study turns"):     # not a DuckDB error
+        read_ifllm(tmp_path / "nobody")
