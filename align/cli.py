@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
     reward = commands.add_parser("reward", help="reward model from reading behaviour")
+    parser.reward_parser = reward         # `align reward` alone: its help, as an error
     reward_commands = reward.add_subparsers(dest="reward_command", metavar="SUBCOMMAND")
     train = reward_commands.add_parser("train", help="fit and save reward models")
     prior = train.add_mutually_exclusive_group()  # one prior: a folder or what was imported
@@ -291,8 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "reward" and getattr(args, "reward_command", None) is None:
-        parser.parse_args(["reward", "--help"])
-    return args.func(args)
+        parser.reward_parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except PermissionError as error:
+        from feedback_store.errors import permission_message
+        print(f"align: {permission_message(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import threading
 
 from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
                             glance_home)
+from feedback_store.errors import permission_message
 
 from . import __version__
 from .engine import EmptyPrompt, EngineError
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, ModelError, EngineError) as error:
         print(f"glance: {error}", file=sys.stderr)
         return 2
+    except PermissionError as error:
+        print(f"glance: {permission_message(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

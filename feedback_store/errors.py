@@ -80,3 +80,11 @@ class UnknownConversation(StoreError):
         super().__init__(f"No conversation with id {conversation_id!r}. "
                          "List the ids with `glance conversations`.")
         self.conversation_id = conversation_id
+
+
+def permission_message(error: PermissionError) -> str:
+    """One line for a file or folder the user's account may not read or write (a data
+    folder owned by another account, or with its permissions changed)."""
+    where = error.filename or "a file Glance needs"
+    return (f"no permission to use {where} ({error.strerror or error}). Fix its permissions, "
+            "or set GLANCE_HOME to a folder you own.")

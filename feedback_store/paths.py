@@ -53,4 +53,7 @@ def write_cache_note(path: Path, text: str) -> None:
             handle.write(text)
         os.replace(temporary, path)
     except OSError:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass          # a folder that refused the write may refuse this too

@@ -222,3 +222,31 @@ def test_every_subcommand_is_listed_in_its_parents_help():
     # and the listing is what a user sees
     help_text = glance_parser()._subparsers._group_actions[0].choices["data"].format_help()
     assert all(word in help_text for word in ("status", "export", "delete"))
+
+
+def test_a_data_folder_the_account_may_not_use_gets_one_line_not_a_traceback(home):
+    """A data folder owned by another account (or with its permissions changed): every
+    command says which file it may not use, in one line, and exits 1."""
+    import shutil
+    from conftest import require
+    assert run_glance("data", "status", home=home).returncode == 0      # it exists, with files
+    os.chmod(home, 0o000)
+    prefix = []
+    if os.geteuid() == 0:      # root reads anything: another account's folder, and the
+        require(shutil.which("setpriv") is not None, "setpriv (util-linux) is needed as root")
+        os.chown(home, 65534, -1)      # capabilities that would let root in anyway dropped
+        caps = "-dac_override,-dac_read_search,-fowner"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    env = dict(os.environ, GLANCE_HOME=str(home))
+    try:
+        for command in (["app.cli", "doctor"], ["app.cli", "data", "delete", "--all", "--yes"],
+                        ["align.cli", "status"]):
+            done = subprocess.run([*prefix, sys.executable, "-m", *command], capture_output=True,
+                                  text=True, timeout=120, env=env, cwd=ROOT)
+            assert done.returncode == 1, (command, done.stderr)
+            assert "Traceback" not in done.stderr and "no permission to use" in done.stderr, command
+    finally:
+        os.chmod(home, 0o700)
+        if os.geteuid() == 0:
+            os.chown(home, 0, -1)
+    assert (home / "glance.db").exists() and (home / "glance.key").exists()   # nothing deleted
