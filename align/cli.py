@@ -42,10 +42,10 @@ def cmd_reward_train(args) -> int:
                 if args.research:
                     from .research import read_research
                     research = read_research(store)
-        except DatabaseLocked:
+        except DatabaseLocked as locked:
             if args.research:
                 raise
-            live = _labels_from_app()        # Glance is open: it computes them
+            live = _labels_from_app(locked)  # Glance is open: it computes them
         if args.ifllm:
             from .ifllm import read_ifllm
             research = read_ifllm(args.ifllm)
@@ -78,9 +78,9 @@ def cmd_reward_scores(args) -> int:
         try:
             with FeedbackStore.open() as store:
                 scores = recent_scores(store, args.limit)
-        except DatabaseLocked:
+        except DatabaseLocked as locked:
             scores = _from_app(lambda app: app.request("reward_scores", limit=args.limit)["scores"],
-                               "the scores")                          # Glance is open
+                               "the scores", locked)                  # Glance is open
     except (StoreError, OSError) as error:
         print(f"align reward scores: {error}", file=sys.stderr)
         return 2
@@ -116,8 +116,9 @@ def cmd_reward_scores(args) -> int:
     return 0
 
 
-def _from_app(call, what: str):
-    """``call(client)`` on the open app, which holds the database; OSError saying why not."""
+def _from_app(call, what: str, locked: Exception):
+    """``call(client)`` on the open app, which holds the database; OSError saying why not
+    (without an app to ask: the lock error itself, which names the process)."""
     from feedback_store.paths import glance_home
     from .ipc import AppClient, LinkError
     from .locks import job_running
@@ -126,17 +127,17 @@ def _from_app(call, what: str):
         raise OSError("the nightly job is reading or saving the database (usually a few "
                       "seconds); try again in a moment")
     if client is None:
-        raise OSError("the database is in use by another program, and it is not Glance")
+        raise OSError(str(locked))
     try:
         return call(client)
     except LinkError as error:
         raise OSError(f"Glance is open and could not hand over {what} ({error})") from error
 
 
-def _labels_from_app() -> dict:
+def _labels_from_app(locked: Exception) -> dict:
     """The user's labelled rows, computed by the open app."""
     from .nightly import labels_from_app
-    return _from_app(labels_from_app, "your labels")
+    return _from_app(labels_from_app, "your labels", locked)
 
 
 def cmd_import_ifllm(args) -> int:

@@ -154,7 +154,7 @@ def cmd_schedule(args) -> int:
         result = getattr(schedule, args.action)(schedule.ScheduleConfig(at=args.at, kind=args.kind))
     except schedule.ScheduleError as error:
         print(f"align schedule {args.action}: {error}", file=sys.stderr)
-        return 1
+        return 2 if "--at" in str(error) else 1       # a bad argument, or the system refused
     if args.json:
         print(json.dumps(result, default=str))
     else:

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     consent = commands.add_parser("consent", help="turn a signal's consent on or off")
     consent_commands = consent.add_subparsers(dest="consent_command", metavar="ACTION", required=True)
-    set_consent = consent_commands.add_parser("set", help="e.g. `glance consent set mouse on`")
+    set_consent = consent_commands.add_parser("set", help="e.g. `glance consent set pointer on`")
     set_consent.add_argument("signal", choices=list(SIGNALS))
     set_consent.add_argument("state", choices=["on", "off"])
     return parser

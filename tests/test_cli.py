@@ -250,3 +250,14 @@ def test_a_data_folder_the_account_may_not_use_gets_one_line_not_a_traceback(hom
         if os.geteuid() == 0:
             os.chown(home, 0, -1)
     assert (home / "glance.db").exists() and (home / "glance.key").exists()   # nothing deleted
+
+
+def test_align_beside_another_glance_command_names_it(home):
+    """With the database held by a Glance process that serves no socket (a command, or a
+    script with the store open), align said it was "another program, and not Glance"."""
+    with FeedbackStore.open(home):
+        done = subprocess.run([sys.executable, "-m", "align.cli", "reward", "scores"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT,
+                              env=dict(os.environ, GLANCE_HOME=str(home)))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "in use by another process" in done.stderr and f"PID {os.getpid()}" in done.stderr
