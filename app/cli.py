@@ -328,15 +328,21 @@ def _reward_models() -> dict:
 def cmd_models(args) -> int:
     with FeedbackStore.open() as store:
         if args.models_command == "list":
-            default = str(default_model_path())
-            print(f"* {default} (default)")
+            # "*": the model Glance starts with (the last one used that still exists).
+            default, current = str(default_model_path()), choose_model(store)
+            print(f"{'*' if current == default else ' '} {default} (embedded default)")
             for model in store.models.list():
-                print(f"  {model['path']}  [{model['architecture']}, ctx {model['context_length']}, "
-                      f"{model['size_bytes'] / 2**20:.0f} MiB]")
+                if model["path"] == default:
+                    continue
+                missing = "" if os.path.exists(model["path"]) else "  (file missing)"
+                print(f"{'*' if model['path'] == current else ' '} {model['path']}  "
+                      f"[{model['architecture']}, ctx {model['context_length']}, "
+                      f"{model['size_bytes'] / 2**20:.0f} MiB]{missing}")
         elif args.models_command == "add":
             info = inspect_model(args.path)
             store.models.remember(info)
-            print(f"Added {info['name']} ({info['path']})")
+            print(f"Added {info['name']} ({info['path']}); Glance now starts with it "
+                  "(`glance --model PATH` picks another).")
         elif args.models_command == "download":
             from .download import DownloadError, download_model
             def progress(done, total):

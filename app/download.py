@@ -7,6 +7,7 @@ No Qt here: the dialog calls this from a worker thread.
 import hashlib
 import http.client
 import os
+import re
 import threading
 import urllib.error
 import urllib.parse
@@ -40,9 +41,15 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     if "/" not in repo or not filename.endswith(".gguf"):
         raise DownloadError("Give a hub repository as owner/name and a file name ending "
                             "in .gguf, e.g. HuggingFaceTB/SmolLM2-360M-Instruct-GGUF.")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise DownloadError(f"--sha256 wants the file's 64 hexadecimal digits, not {sha256!r}.")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / Path(filename).name
+    if target.exists():
+        raise DownloadError(f"{target} already exists (a model downloaded before, maybe from "
+                            "another repository with the same file name). Remove it first to "
+                            "download it again; nothing was downloaded.")
+    directory.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     have = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(hub_url(repo, filename, revision))
@@ -91,7 +98,7 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
                                     "Start it again to resume.")
     if sha256:
         digest = _sha256(partial)
-        if digest != sha256.lower():
+        if digest != sha256.strip().lower():
             partial.unlink()
             raise DownloadError(f"Checksum mismatch for {filename}: expected {sha256}, got "
                                 f"{digest}. The file was deleted; download it again.")

@@ -85,11 +85,13 @@ def hub(monkeypatch, model_bytes):
 
 
 def listed(home) -> list[str]:
-    """The lines of `glance models list` after the default model."""
+    """The lines of `glance models list` after the default model. Exactly one line has
+    "*": the model Glance starts with."""
     result = run_glance("models", "list", home=home)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"* {default_model_path()} (default)"
+    assert lines[0][2:] == f"{default_model_path()} (embedded default)"
+    assert [line[0] for line in lines].count("*") == 1, lines
     return lines[1:]
 
 
@@ -112,16 +114,21 @@ def test_list_add_and_refuse(home, tmp_path):
     shutil.copyfile(default_model_path(), copy)
     added = run_glance("models", "add", str(copy), home=home)
     assert added.returncode == 0, added.stderr
-    assert str(copy) in added.stdout
+    assert str(copy) in added.stdout and "Glance now starts with it" in added.stdout
     size_mib = round(copy.stat().st_size / 2**20)
-    assert listed(home) == [f"  {copy}  [llama, ctx 8192, {size_mib} MiB]"]
+    # The added model is the one Glance starts with now: the list says so (it starred the
+    # embedded default while the added one was used).
+    assert listed(home) == [f"* {copy}  [llama, ctx 8192, {size_mib} MiB]"]
 
     notes = tmp_path / "notes.gguf"
     notes.write_text("not a model")
     assert_clean_failure(run_glance("models", "add", str(notes), home=home), "not a GGUF")
     assert_clean_failure(run_glance("models", "add", str(tmp_path / "gone.gguf"), home=home),
                          "not found")
-    assert listed(home) == [f"  {copy}  [llama, ctx 8192, {size_mib} MiB]"]
+    assert listed(home) == [f"* {copy}  [llama, ctx 8192, {size_mib} MiB]"]
+    copy.unlink()                      # moved away: the default starts again, and the list says why
+    assert listed(home) == [
+        f"  {copy}  [llama, ctx 8192, {size_mib} MiB]  (file missing)"]
 
 
 # --- download -------------------------------------------------------------------------------
@@ -132,6 +139,18 @@ def test_download_remembers_the_model(hub, home):
     assert target.read_bytes() == hub.payload
     assert f"to {target}" in result.stdout
     assert len(listed(home)) == 1 and str(target) in listed(home)[0]
+    # The same file name again (another repository, or the same): the model already there
+    # is not overwritten, and nothing is fetched.
+    hub.payload, asked = b"GGUF" + b"another model" * 100, len(hub.requests)
+    again = download(home)
+    assert_clean_failure(again, "already exists", "nothing was downloaded")
+    assert target.read_bytes() != hub.payload and len(hub.requests) == asked
+
+
+def test_a_malformed_checksum_is_refused_before_downloading(hub, home):
+    assert_clean_failure(download(home, "--sha256", "abc123"), "64 hexadecimal digits")
+    assert hub.requests == []                      # refused before a byte was fetched
+    assert not (home / "models").exists() or not list((home / "models").iterdir())
 
 
 def test_416_for_a_partial_that_is_already_complete(hub, home):
