@@ -166,6 +166,10 @@ def cmd_import_ifllm(args) -> int:
         return 1
     if args.json:
         print(json.dumps(result))
+    elif args.remove and not any(result["removed"].values()):
+        print("Nothing to remove: " + (f"no import of the data in {args.directory} is stored "
+                                       "(`align import-ifllm --remove` alone removes every import)."
+                                       if args.directory else "no study data is imported."))
     elif args.remove:
         print("removed: " + ", ".join(f"{t} {n}" for t, n in result["removed"].items()))
     else:

@@ -83,9 +83,15 @@ def test_cli_imports_and_removes(home, folder, cache, capsys):
     assert {"read", "repaired", "dropped"} <= set(result)
     with FeedbackStore.open(home) as store:
         assert research_counts(store)["research_imports"] == 1
+    capsys.readouterr()
+    assert main(["import-ifllm", str(folder.parent / "never-imported"), "--remove"]) == 0
+    assert "Nothing to remove: no import of the data in" in capsys.readouterr().out
     assert main(["import-ifllm", "--remove", "--json"]) == 0
     with FeedbackStore.open(home) as store:
         assert set(research_counts(store).values()) == {0}
+    capsys.readouterr()
+    assert main(["import-ifllm", "--remove"]) == 0
+    assert "Nothing to remove: no study data is imported." in capsys.readouterr().out
 
 
 def test_cli_refuses_a_folder_that_is_not_ifllm_before_opening_the_store(home, tmp_path, capsys):
