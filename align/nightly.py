@@ -61,16 +61,42 @@ def load_settings(config: NightlyConfig) -> NightlyConfig:
     "gate": {...GateConfig}, "pairs": {...PairConfig}, "nightly": {...NightlyConfig}}."""
     from .dpo import DPOSettings
     path = Path(config.data_dir) / SETTINGS_FILE
-    overrides = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        overrides = json.loads(path.read_text()) if path.exists() else {}
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it") from None
+    sections = ("dpo", "gate", "pairs", "nightly")
+    if not isinstance(overrides, dict) or not all(
+            isinstance(overrides.get(name) or {}, dict) for name in sections):
+        raise ValueError(f"{path} must be an object like {{\"dpo\": {{\"epochs\": 1}}}}, with "
+                         f"the sections {', '.join(sections)}")
     dpo = config.dpo or DPOSettings()
-    for name, target in (("dpo", dpo), ("gate", config.gate), ("pairs", config.pairs),
-                         ("nightly", config)):
+    for name, target in zip(sections, (dpo, config.gate, config.pairs, config)):
         for key, value in (overrides.get(name) or {}).items():
             if not hasattr(target, key):
                 raise ValueError(f"{path}: unknown {name} setting {key!r}")
-            setattr(target, key, tuple(value) if isinstance(getattr(target, key), tuple) else value)
+            current = getattr(target, key)
+            if not _same_kind(current, value):
+                raise ValueError(f"{path}: {name}.{key} wants a value like {current!r}, not {value!r}")
+            setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
     config.dpo = dpo
     return config
+
+
+def _same_kind(current, value) -> bool:
+    """A setting keeps its type: a number for a number, true/false for a switch, a list
+    for a tuple (settings without a default, such as max_pairs, take any plain value)."""
+    if isinstance(current, bool):
+        return isinstance(value, bool)
+    if isinstance(current, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(current, str):
+        return isinstance(value, str)
+    if isinstance(current, tuple):
+        return isinstance(value, list)
+    if current is None:
+        return value is None or isinstance(value, (bool, int, float, str))
+    return True
 
 
 def _while_holding_store(stage: str) -> None:

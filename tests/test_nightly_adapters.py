@@ -3,6 +3,7 @@ dies half-way) and the schedule files for every system, written into a temporary
 import json
 import os
 import plistlib
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -226,3 +227,24 @@ def test_launchd_plist_and_windows_task_xml(fresh_home):
 def test_a_bad_time_is_refused():
     with pytest.raises(schedule.ScheduleError):
         schedule.install(schedule.ScheduleConfig(at="25:00", kind="cron"))
+
+
+def test_a_broken_settings_file_is_named_with_what_is_wrong(tmp_path):
+    """training/settings.json is edited by hand: a typo gave a bare JSONDecodeError (or an
+    AttributeError), and a wrong type was accepted to fail hours later in training."""
+    from align.nightly import NightlyConfig, load_settings
+    path = tmp_path / "training" / "settings.json"
+    path.parent.mkdir(parents=True)
+    for text, says in (('{"dpo": {epochs: 1}}', "is not valid JSON"),
+                       ("[1, 2]", "must be an object"),
+                       ('{"dpo": 3}', "must be an object"),
+                       ('{"dpo": {"epochs": "lots"}}', "dpo.epochs wants a value like 2, not 'lots'"),
+                       ('{"pairs": {"include_imported": 1}}', "wants a value like False"),
+                       ('{"gate": {"nonsense": 1}}', "unknown gate setting 'nonsense'")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(says)) as caught:
+            load_settings(NightlyConfig(data_dir=tmp_path))
+        assert str(path) in str(caught.value)
+    path.write_text('{"dpo": {"epochs": 1, "target_modules": ["q_proj"]}, "pairs": {"max_pairs": 5}}')
+    config = load_settings(NightlyConfig(data_dir=tmp_path))
+    assert (config.dpo.epochs, config.dpo.target_modules, config.pairs.max_pairs) == (1, ("q_proj",), 5)
