@@ -51,26 +51,6 @@ def test_gaze_button_without_a_camera_says_so_and_the_app_keeps_running(qtbot, w
     assert controller.label.text() == "Gaze: off"
 
 
-def test_stopping_gaze_ends_an_open_calibration(qtbot, window, tmp_path):
-    """Pausing or withdrawing the consent during a calibration closed the camera but left
-    the full-screen calibration running over it, to end in "too few clear views"; the next
-    Calibrate handed back that same dead screen."""
-    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
-    from app.ui.gaze_calibration import attach_gaze
-    from gaze import synthetic
-    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
-    window.session.store.consent.set("gaze", True)
-    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
-                             tracker_kw={"realtime": True, "loop": True})
-    screen = controller.calibrate("5")
-    assert screen is not None and screen.isVisible()
-    controller.stop()
-    assert controller.screen_widget is None and not screen.isVisible()
-    again = controller.calibrate("5")
-    assert again is not None and again is not screen and again.isVisible()
-    controller.stop()
-
-
 class SimulatedCamera:
     """Stands in for the webcam and the person: a thread that, 30 times a second, renders
     face-mesh landmarks of a simulated user (gaze.simulate) looking at the target the
@@ -242,6 +222,60 @@ def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, wind
     controller.overlay_action.setChecked(False)
     controller.stop()
     assert controller.tracker is None
+
+
+# Tests that open gaze screens from the window (window.screen()) come last: once such a
+# window is destroyed, PySide may hand a later test a dead QScreen wrapper for the same
+# screen (seen as "Internal C++ object (QScreen) already deleted" in the simulated camera).
+def test_stopping_gaze_ends_an_open_calibration(qtbot, window, tmp_path):
+    """Pausing or withdrawing the consent during a calibration closed the camera but left
+    the full-screen calibration running over it, to end in "too few clear views"; the next
+    Calibrate handed back that same dead screen."""
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    from gaze import synthetic
+    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    window.session.store.consent.set("gaze", True)
+    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
+                             tracker_kw={"realtime": True, "loop": True})
+    screen = controller.calibrate("5")
+    assert screen is not None and screen.isVisible()
+    controller.stop()
+    assert controller.screen_widget is None and not screen.isVisible()
+    again = controller.calibrate("5")
+    assert again is not None and again is not screen and again.isVisible()
+    controller.stop()
+
+
+def test_a_new_screen_layout_stops_using_the_old_calibration(qtbot, window, tmp_path, monkeypatch):
+    """Calibrations are per screen layout, but the layout was read once at start: with a
+    monitor plugged in on the left, points kept landing where the screens used to be (and
+    were stored). The offscreen platform cannot plug a screen in, so the layout Qt reports
+    is replaced; the controller's reaction is the real one."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui import gaze_calibration as gc
+    from gaze import calibration as C
+    from gaze import synthetic
+    from test_gaze_video import still_calibration
+    path = synthetic.write_video(tmp_path / "still.avi", [], frames=[synthetic.base_frame()] * 40)
+    window.session.store.consent.set("gaze", True)
+    controller = gc.attach_gaze(window, source=path, data_dir=tmp_path,
+                                tracker_kw={"realtime": True, "loop": True})
+    C.save(still_calibration(path), controller.calibration_file())
+    controller.calibration = C.load(controller.calibration_file())
+    assert controller.start() and controller.tracker.calibration is controller.calibration
+    laptop = gc.screen_layout()
+    docked = [{"x": 0, "y": 0, "w": 2560, "h": 1440, "dpr": 1.0},
+              *[dict(s, x=s["x"] + 2560) for s in laptop]]
+    monkeypatch.setattr(gc, "screen_layout", lambda: docked)
+    controller._poll()
+    assert controller.calibration is None and controller.tracker.calibration is None
+    assert "The screens changed" in window.statusBar().currentMessage()
+    monkeypatch.setattr(gc, "screen_layout", lambda: laptop)      # undocked again
+    controller._poll()
+    assert controller.calibration is not None and controller.calibration.enabled
+    assert controller.tracker.calibration is controller.calibration
+    controller.stop()
 
 
 def test_degrees_are_the_same_on_a_hidpi_screen():

@@ -391,6 +391,7 @@ class GazeController(QObject):
         self._listeners = []
         self._last_health: Health | None = None
         self._last_click = None
+        self._layout = screen_layout()
         self.calibration = cal.load(self.calibration_file())
 
         self.label = QLabel("Gaze: off")
@@ -583,6 +584,17 @@ class GazeController(QObject):
 
     # --- status, pause, clicks -------------------------------------------------------------------
     def _poll(self) -> None:
+        layout = screen_layout()
+        changed = layout != self._layout
+        if changed:
+            self._screens_changed(layout)
+        self._poll_health()
+        if changed and (self.calibration is None or not self.calibration.enabled):
+            self.window.statusBar().showMessage(     # after the health message, not under it
+                "The screens changed: gaze waits for a calibration for this layout (Gaze… → "
+                "Calibrate).", 15000)
+
+    def _poll_health(self) -> None:
         if self.tracker is not None and not self._allowed():
             self.stop()                 # consent withdrawn or paused: the camera goes off
             return
@@ -604,6 +616,15 @@ class GazeController(QObject):
             if h.state != "ok" or h.hint:
                 self.window.statusBar().showMessage(h.hint or h.message, 15000)
             self.health_changed.emit(h)
+
+    def _screens_changed(self, layout: list[dict]) -> None:
+        """A screen plugged in, removed, moved or rescaled: the calibration maps the eyes to
+        where the screens were, so points would land elsewhere (and still be stored). Use
+        the calibration made for this layout, or none until the user calibrates again."""
+        self._layout = layout
+        self.calibration = cal.load(self.calibration_file())
+        if self.tracker is not None:
+            self.tracker.set_calibration(self.calibration)
 
     def eventFilter(self, obj, event) -> bool:
         """Clicks anywhere in the app become background calibration points (a press is
