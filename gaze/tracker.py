@@ -230,7 +230,8 @@ class GazeTracker:
             raw = [p for (tn, p) in self._recent if t - 400_000_000 <= tn <= t - 50_000_000]
         if recal is None or len(raw) < 2:
             return False
-        recal.add(np.median(np.array(raw), axis=0), (x, y))
+        with self._lock:                # the tracker thread refits and expires the same list
+            recal.add(np.median(np.array(raw), axis=0), (x, y))
         return True
 
     def stats(self) -> dict:
@@ -371,8 +372,10 @@ class GazeTracker:
                 self.on_cursor(cx, cy)
             except Exception:
                 self.callback_errors += 1
-        if recal is not None and recal.points and recal.points[0].expires <= time.monotonic():
-            recal.refit()
+        if recal is not None:
+            with self._lock:            # click() adds on the UI thread
+                if recal.points and recal.points[0].expires <= time.monotonic():
+                    recal.refit()
 
 
 class _FaceCounter:
