@@ -108,6 +108,11 @@ def _before_recording() -> None:
 
 
 # --- where the rows come from and where the outcome goes --------------------------------------
+class DataDeleted(RuntimeError):
+    """The user deleted everything while the job ran: nothing may be recorded, published
+    or left behind (opening the store would create a new database in the wiped folder)."""
+
+
 class _Direct:
     """The app is closed: open the store for a moment, each time."""
     via = "direct"
@@ -115,13 +120,17 @@ class _Direct:
     def __init__(self, data_dir: Path, log):
         self.data_dir, self.log = data_dir, log
 
-    def _open(self):
+    def _open(self, created: bool = True):
+        """``created``: the run has begun, so the database exists unless it was deleted."""
         from feedback_store import FeedbackStore
+        if created and not (Path(self.data_dir) / "glance.db").exists():
+            raise DataDeleted("Glance's data was deleted while the nightly training ran: "
+                              "nothing was recorded or published, and its work was removed.")
         return FeedbackStore.open(self.data_dir)
 
     def begin(self, run_id: str, include_imported: bool) -> dict:
         from app.models import choose_model
-        store = self._open()
+        store = self._open(created=False)
         try:
             _while_holding_store("begin")
             retired = adapter_files.retire_stale(store, adapter_files.adapters_dir(self.data_dir))
@@ -220,6 +229,10 @@ def run_nightly(config: NightlyConfig, log=None) -> dict:
                 return _record(config, result, started, clock, log, status="skipped",
                                message="On battery: the nightly training waits for mains power.")
             return _run(config, config.dpo, result, started, clock, log)
+        except DataDeleted as error:
+            shutil.rmtree(data_dir / WORK, ignore_errors=True)   # checkpoints of deleted chats
+            return dict(result, status="cancelled", message=str(error), recorded=False,
+                        published=False, adapter=None)
         except Exception as error:  # noqa: BLE001 - every run is recorded, failures too
             message = f"The nightly training failed: {type(error).__name__}: {error}"
             try:
@@ -496,7 +509,7 @@ def status(data_dir: Path) -> dict:
     def read(source):
         if isinstance(source, _App):
             return {"runs": source.client.request("runs", limit=10)["runs"], "via": "app"}
-        store = source._open()
+        store = source._open(created=False)
         try:
             return {"runs": store.training.runs(10), "via": "direct"}
         finally:

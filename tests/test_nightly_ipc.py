@@ -244,3 +244,26 @@ def test_a_conversation_deleted_while_the_job_trained_retires_its_adapter_when_r
     finally:
         link.stop()
         store.close()
+
+
+def test_delete_everything_during_a_run_leaves_nothing_and_records_nothing(home, monkeypatch):
+    """The user deletes everything while the job runs (the job holds the database only for
+    moments). Opening the store to record the run then created a new database and key in
+    the wiped folder, with the run in it, and the job's checkpoints stayed behind."""
+    import align.nightly as nightly
+    from align.nightly import NightlyConfig, WORK, run_nightly
+    from feedback_store.privacy import delete_everything
+    consenting_home(home)
+    checkpoints = home / WORK / "run" / "checkpoint-1"
+
+    def user_deletes_everything():
+        checkpoints.mkdir(parents=True)           # as the trainer leaves them
+        (checkpoints / "adapter_model.safetensors").write_bytes(b"weights")
+        assert delete_everything(home) == []
+        checkpoints.mkdir(parents=True)           # written again by the run after the wipe
+    monkeypatch.setattr(nightly, "_before_recording", user_deletes_everything)
+    result = run_nightly(NightlyConfig(data_dir=home, lower_priority=False), log=lambda m: None)
+    assert result["status"] == "cancelled" and not result["recorded"], result
+    assert "deleted while the nightly training ran" in result["message"]
+    assert not (home / "glance.db").exists() and not (home / "glance.key").exists()
+    assert not (home / WORK).exists()
