@@ -3,6 +3,7 @@ import numpy as np
 
 from app.capture.recorder import PointerRecorder
 from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
+from feedback_store import Conversation
 
 TEXT = "Hello brave world\nsecond line here"
 
@@ -99,6 +100,33 @@ def test_one_point_and_many_points_map_the_same():
         placed, offset, word, line = snap.map_one(xs[i], ys[i])
         assert (0 if placed else -1) == many.reply[i]
         assert (offset, word, line) == (many.offset[i], many.word[i], many.line[i]) or placed is None
+
+
+def test_gaze_begun_before_a_chat_switch_is_not_stored_under_the_new_chat(store):
+    """A fixation is reported at its end: one that began in an incognito chat and ended
+    after the user opened another was labelled with the other chat and stored."""
+    import time
+    from dataclasses import replace
+    from app.capture.recorder import GazeRecorder
+    from gaze.points import GazePoint
+    store.consent.set("gaze", True)
+    incognito = store.conversations.create(Conversation(title="secret", incognito=True))
+    normal = store.conversations.create(Conversation(title="normal"))
+    recorder = GazeRecorder(store, "session")
+    recorder.set_snapshot(LayoutSnapshot(conversation_id=incognito.id))
+    began = time.monotonic_ns()
+    recorder.set_snapshot(LayoutSnapshot(conversation_id=normal.id))     # the user switches
+    ended = time.monotonic_ns() + 50_000_000
+    straddling = GazePoint(ended, time.time_ns(), 500.0, 500.0, "fixation", 0.9,
+                           (ended - began) / 1e6)
+    after = replace(straddling, duration_ms=20.0)                        # began after the switch
+    recorder.point(straddling)
+    recorder.point(after)
+    recorder.stop()
+    store.flush()
+    rows = store._rows("SELECT conversation_id, duration_ms FROM gaze_samples")
+    assert rows == [{"conversation_id": normal.id, "duration_ms": 20.0}]
+    assert recorder.straddling == 1
 
 
 def test_gaze_points_and_fixations_are_mapped_and_stored_with_consent_only(store):

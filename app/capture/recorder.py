@@ -38,8 +38,13 @@ class BatchingRecorder:
         self.refused = 0         # samples the store refused (no consent, paused, ...)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.switched_mono_ns = 0   # when the screen last moved to another conversation
+        self.straddling = 0         # gaze begun before that, dropped
 
     def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
+        previous = self.snapshot.conversation_id
+        if previous is not None and snapshot.conversation_id != previous:
+            self.switched_mono_ns = time.monotonic_ns()
         self.snapshot = snapshot  # one reference swap: readers see the old or the new
 
     def take(self) -> list:
@@ -88,6 +93,14 @@ class GazeRecorder(BatchingRecorder):
     at the camera's rate (no coalescing: fixations and raw points are both kept)."""
 
     def point(self, point) -> None:
+        # Gaze reaches the recorder late: a frame's point after its processing, a fixation
+        # at its end. One begun before the screen moved to another conversation belongs to
+        # the old one (perhaps an incognito chat), not to the one the snapshot now shows.
+        began = point.mono_ns - int((point.duration_ms or 0.0) * 1e6)
+        if began < self.switched_mono_ns:
+            with self._lock:
+                self.straddling += 1
+            return
         placed, offset, word, line = self.snapshot.map_one(point.x, point.y)
         sample = GazeSample(
             self.session_id, placed.shown_reply_id if placed else None,
