@@ -333,7 +333,9 @@ class GazeTracker:
         f = feat.extract(result.landmarks, self.reference, result.width, result.height)
         self.last_features = f
         blinking = blink.update(f.ear, t_s)
-        self._tell(listeners, result.landmarks, result, blinking, t_s)
+        # With several faces in view the mesh may be following the other person: a
+        # calibration must not record those frames as the user's (it sees "no face").
+        self._tell(listeners, None if self._several else result.landmarks, result, blinking, t_s)
         if blinking:
             self.blinks_dropped += 1
             return

@@ -163,11 +163,12 @@ def test_several_faces_pause_gaze_and_it_resumes(vision, tmp_path):
                                  + [base] * 12)
     cal = still_calibration(synthetic.write_video(tmp_path / "still.avi", [],
                                                   frames=[base] * 40))
-    states = []
+    states, faces = [], []
     holder = {}
 
     def listen(lm, w, h, blink, t):
         states.append(holder["tracker"].health().state)
+        faces.append(lm is not None)
     from gaze.tracker import GazeTracker
     points = []
     tracker = GazeTracker(str(path), cal, points.append, realtime=False, faces_check_s=1e-6)
@@ -179,6 +180,8 @@ def test_several_faces_pause_gaze_and_it_resumes(vision, tmp_path):
     assert states[:12] == ["ok"] * 12
     assert states[12:24] == ["several_faces"] * 12
     assert states[24:] == ["ok"] * 12
+    # A calibration listening meanwhile is given no face to record: it may be someone else's.
+    assert faces == [True] * 12 + [False] * 12 + [True] * 12
     assert len([p for p in points if p.kind == "raw"]) == 24
     msg = "More than one face is in view"
     tracker2 = GazeTracker(str(path), cal, realtime=False, faces_check_s=1e-6)
