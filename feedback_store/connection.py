@@ -105,6 +105,13 @@ def translate(error: Exception, path: Path) -> Exception:
     text = str(error)
     if "Wrong encryption key" in text:
         return WrongKey(path)
+    if "AES tag" in text:
+        # The key opened the header, so it is the right key: a block does not decrypt.
+        return StoreError(
+            f"The database {path} is damaged: part of it no longer decrypts with its key (a "
+            "disk error, or the file was changed outside Glance). Nothing was changed. "
+            "Restore a backup of the file, or reset with `glance data delete --all --yes` "
+            "to start empty.")
     if "Could not set lock" in text or "Conflicting lock" in text:
         holder = re.search(r"Conflicting lock is held in (.+?\(PID \d+\))", text)
         return DatabaseLocked(path, holder.group(1).strip() if holder else "unknown process")

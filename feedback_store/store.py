@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
+
 from . import compaction, migrations, tables
 from .connection import (ATTACH_ALIAS, VERIFIED_FILE, attach, connect, detach, transaction,
                          translate)
@@ -135,7 +137,11 @@ class FeedbackStore:
         except Exception as error:
             con.close()
             raise translate(error, path) from error
-        store = cls(data_dir, con, key, capacity)
+        try:
+            store = cls(data_dir, con, key, capacity)   # reads settings, consents, ...
+        except duckdb.Error as error:                  # a damaged block is met here too
+            con.close()
+            raise translate(error, path) from error
         store._restrict_file_modes()
         # The first write to a freshly attached encrypted file costs ≈ 0.2 s inside
         # DuckDB (measured; later writes take ~1 ms). Queue one now, so it overlaps with

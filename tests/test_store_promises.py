@@ -113,6 +113,22 @@ def test_a_corrupt_database_is_a_clear_error_and_untouched(stored_home, corrupt)
     assert snapshot(stored_home) == before
 
 
+def test_a_damaged_block_is_called_damage_not_a_wrong_key(stored_home):
+    """The right key with a block that no longer decrypts: DuckDB asks "are you using the
+    right key?", which sent the user looking for another key."""
+    database = stored_home / "glance.db"
+    data = bytearray(database.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096 + 100          # inside a block, past the headers
+    data[middle:middle + 200] = bytes(b ^ 0xFF for b in data[middle:middle + 200])
+    database.write_bytes(bytes(data))
+    before = snapshot(stored_home)
+    with pytest.raises(StoreError, match="is damaged: part of it no longer decrypts") as caught:
+        FeedbackStore.open(stored_home)
+    assert "right key" not in str(caught.value)
+    assert_clear_cli_refusal(stored_home, "is damaged")
+    assert snapshot(stored_home) == before
+
+
 # --- delete everything while the app runs ---------------------------------------------------
 def holds_lock(pid: int, path: Path) -> bool:
     """Whether process ``pid`` holds a POSIX lock on ``path`` (read from /proc/locks,
