@@ -33,6 +33,11 @@ def cmd_reward_train(args) -> int:
 
     tasks = TASKS if args.task == "both" else (args.task,)
     out = args.out or _default_model_dir()
+    # Bad arguments are refused before anything is read or fitted.
+    problem = _not_a_folder(out, "--out") or (args.ifllm and _bad_study_folder(args.ifllm))
+    if problem:
+        print(f"align reward train: {problem}", file=sys.stderr)
+        return 2
     try:
         # The user's own labels (with the personalisation consent), plus the prior asked for.
         live, research = None, None
@@ -147,13 +152,10 @@ def cmd_import_ifllm(args) -> int:
     if not args.remove and not args.directory:
         print("align import-ifllm: give DIR (or --remove)", file=sys.stderr)
         return 2
-    if not args.remove:
-        from .ifllm import check_folder
-        try:
-            check_folder(args.directory)    # a bad folder is a bad argument: before the store opens
-        except (ValueError, OSError) as error:
-            print(f"align import-ifllm: {error}", file=sys.stderr)
-            return 2
+    problem = None if args.remove else _bad_study_folder(args.directory)
+    if problem:                         # a bad folder is a bad argument: before the store opens
+        print(f"align import-ifllm: {problem}", file=sys.stderr)
+        return 2
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
         with FeedbackStore.open() as store:
@@ -186,6 +188,10 @@ def cmd_reward_evaluate(args) -> int:
     from .evaluate import evaluate
 
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    problem = _bad_study_folder(args.ifllm) or (args.holdout and _bad_study_folder(args.holdout))
+    if problem:
+        print(f"align reward evaluate: {problem}", file=sys.stderr)
+        return 2
     try:
         result = evaluate(args.ifllm, args.holdout, seeds=args.seeds, folds=args.folds, progress=progress)
     except (ValueError, OSError) as error:      # IfllmFormatError is a ValueError
@@ -200,6 +206,23 @@ def cmd_reward_evaluate(args) -> int:
     else:
         print(json.dumps(result, indent=1))
     return 0
+
+
+def _not_a_folder(path, flag: str) -> str | None:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path} is a file, not a folder"
+    return None
+
+
+def _bad_study_folder(path) -> str | None:
+    """Why ``path`` is not an IFLLM-format folder (None when it is one)."""
+    from .ifllm import check_folder
+    try:
+        check_folder(path)
+    except (ValueError, OSError) as error:
+        return str(error)
+    return None
 
 
 def cmd_ifllm_subset(args) -> int:

@@ -94,13 +94,24 @@ def test_cli_imports_and_removes(home, folder, cache, capsys):
     assert "Nothing to remove: no study data is imported." in capsys.readouterr().out
 
 
-def test_cli_refuses_a_folder_that_is_not_ifllm_before_opening_the_store(home, tmp_path, capsys):
+def test_cli_refuses_a_folder_that_is_not_ifllm_before_opening_the_store(home, tmp_path, capsys,
+                                                                          folder):
     from align.cli import main
     (tmp_path / "queries.parquet").write_text("not parquet")
     assert main(["import-ifllm", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing samples.parquet" in err
     assert not home.exists()                        # nothing was created for a bad argument
+    # The same for training and evaluating: refused before the store opens or a fit starts.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for argv, says in ((["reward", "train", "--ifllm", str(tmp_path / "nowhere")], "missing"),
+                       (["reward", "train", "--out", str(a_file)], "is a file, not a folder"),
+                       (["reward", "evaluate", "--ifllm", str(folder), "--holdout", str(a_file)],
+                        f"{a_file} is not an IFLLM folder")):
+        assert main(argv) == 2, argv
+        assert says in capsys.readouterr().err, argv
+    assert not home.exists()
 
 
 def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp_path, capsys):
