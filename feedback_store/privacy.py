@@ -20,6 +20,9 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
     ``destination``. Written to a hidden temporary folder first and renamed at the end,
     so a failure (unwritable, disk full) leaves no partial export behind."""
     destination = Path(destination).expanduser()
+    if destination.exists() and not destination.is_dir():
+        raise StoreError(f"Cannot export to {destination}: it is a file, not a folder. "
+                         "Choose a folder (it is created if it does not exist).")
     try:
         destination.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".glance-export-", dir=destination))

@@ -231,6 +231,8 @@ def test_export_to_unwritable_folder_leaves_nothing(store, tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreError, match="Cannot export"):
         export_all(store, blocker / "inside")
+    with pytest.raises(StoreError, match="it is a file, not a folder"):
+        export_all(store, blocker)
     assert list(out.iterdir()) == [blocker] and blocker.read_text() == "x"
 
 
