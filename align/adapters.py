@@ -17,6 +17,8 @@ No torch and no database here: the app imports this module.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -40,8 +42,35 @@ def adapters_dir(data_dir: Path) -> Path:
 
 
 def base_identity(model_path: str | os.PathLike) -> dict:
+    """Which base model an adapter fits. Name and size alone would let an updated model of
+    the same name and quantisation (the same size, other weights) take an old adapter, so
+    a digest of 16 slices spread over the file is part of it; a copy of the same file has
+    the same identity."""
     path = Path(model_path)
-    return {"name": path.name, "size": path.stat().st_size}
+    stat = path.stat()
+    return {"name": path.name, "size": stat.st_size,
+            "sample_sha256": _sampled_digest(str(path.resolve()), stat.st_size,
+                                             stat.st_mtime_ns, stat.st_ino)}
+
+
+@functools.lru_cache(maxsize=16)
+def _sampled_digest(path: str, size: int, mtime_ns: int, inode: int, slices: int = 16,
+                    slice_bytes: int = 65536) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for k in range(slices):
+            handle.seek(max(0, (size - slice_bytes) * k // max(1, slices - 1)))
+            digest.update(handle.read(slice_bytes))
+    return digest.hexdigest()[:32]
+
+
+def same_base(recorded: dict | None, current: dict) -> bool:
+    """An adapter's recorded base against the loaded model's identity (versions written
+    before the digest existed are matched by name and size)."""
+    if not recorded:
+        return False
+    return all(recorded.get(key) == value for key, value in current.items()
+               if key in recorded or key != "sample_sha256")
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -94,7 +123,7 @@ def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> d
         return None
     if model_path is not None:
         try:
-            if info.get("base") != base_identity(model_path):
+            if not same_base(info.get("base"), base_identity(model_path)):
                 return None
         except OSError:
             return None

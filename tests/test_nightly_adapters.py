@@ -63,6 +63,20 @@ def test_an_adapter_is_used_only_with_the_base_it_was_trained_on(tmp_path, model
     other.write_bytes(b"GGUF" + b"\0" * 100)
     assert adapters.active_adapter(config.root, model) is not None
     assert adapters.active_adapter(config.root, other) is None
+    # An updated model of the same name and size (requantised weights): not the same base.
+    updated = tmp_path / "update" / model.name
+    updated.parent.mkdir()
+    updated.write_bytes(b"GGUF" + b"\1" * 60)
+    assert adapters.active_adapter(config.root, updated) is None
+    copy = tmp_path / "copy" / model.name                      # the same file elsewhere: fits
+    copy.parent.mkdir()
+    copy.write_bytes(model.read_bytes())
+    assert adapters.active_adapter(config.root, copy) is not None
+    # A version recorded before the digest existed is matched by name and size.
+    info = json.loads((config.root / "v0001" / "manifest.json").read_text())
+    del info["base"]["sample_sha256"]
+    (config.root / "v0001" / "manifest.json").write_text(json.dumps(info))
+    assert adapters.active_adapter(config.root, model) is not None
 
 
 def test_a_publish_that_dies_half_way_leaves_the_active_version_alone(tmp_path, model, monkeypatch):
