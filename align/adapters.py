@@ -202,7 +202,8 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
         os.rename(pending, root / version)
     except BaseException as error:
         # The number is spent either way (a record may name it): never hand it out again.
-        _write_active(root, {"version": read_active(root).get("version"), "counter": number})
+        if root.is_dir():               # (not when everything was deleted meanwhile)
+            _write_active(root, {"version": read_active(root).get("version"), "counter": number})
         if isinstance(error, FileNotFoundError) and not pending.exists():
             return None                 # retired while it was being recorded
         shutil.rmtree(pending, ignore_errors=True)
@@ -264,7 +265,11 @@ def prune(config: AdapterConfig) -> list[str]:
         kept.remove(victim)
         removed.append(victim)
     for stale in [*root.glob(".staging-*"), *root.glob(f"{PENDING}*")]:
-        if time.time() - stale.stat().st_mtime > 3600:   # a publish that died half-way
+        try:
+            old = time.time() - stale.stat().st_mtime > 3600   # a publish that died half-way
+        except OSError:
+            continue                                           # retired meanwhile
+        if old:
             shutil.rmtree(stale, ignore_errors=True)
     return removed
 

@@ -76,27 +76,43 @@ def load_settings(config: NightlyConfig) -> NightlyConfig:
             if not hasattr(target, key):
                 raise ValueError(f"{path}: unknown {name} setting {key!r}")
             current = getattr(target, key)
-            if not _same_kind(current, value):
-                raise ValueError(f"{path}: {name}.{key} wants a value like {current!r}, not {value!r}")
+            if not _fits(target, key, value):
+                raise ValueError(f"{path}: {name}.{key} wants {_kind(target, key)}, not {value!r}")
             setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
     config.dpo = dpo
     return config
 
 
-def _same_kind(current, value) -> bool:
-    """A setting keeps its type: a number for a number, true/false for a switch, a list
-    for a tuple (settings without a default, such as max_pairs, take any plain value)."""
-    if isinstance(current, bool):
-        return isinstance(value, bool)
-    if isinstance(current, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(current, str):
-        return isinstance(value, str)
-    if isinstance(current, tuple):
-        return isinstance(value, list)
-    if current is None:
-        return value is None or isinstance(value, (bool, int, float, str))
-    return True
+def _kind(target, key: str) -> str:
+    """What a setting takes, in words, from its declared type (``int | None`` ...)."""
+    import dataclasses
+    declared = {f.name: str(f.type) for f in dataclasses.fields(target)}.get(key, "")
+    words = [word for token, word in (("bool", "true or false"), ("int", "a whole number"),
+                                      ("float", "a number"), ("str", "text"), ("Path", "a path"),
+                                      ("tuple", "a list"), ("None", "null"))
+             if token in declared]
+    if "a whole number" in words and "a number" in words:
+        words.remove("a whole number")
+    return " or ".join(words) or "a plain value"
+
+
+def _fits(target, key: str, value) -> bool:
+    """A setting keeps its declared type: a whole number for an int, true/false for a
+    switch, a list for a tuple, null only where None is allowed."""
+    kind = _kind(target, key)
+    if value is None:
+        return "null" in kind
+    if isinstance(value, bool):
+        return "true or false" in kind
+    if isinstance(value, int):
+        return "whole number" in kind or "a number" in kind
+    if isinstance(value, float):
+        return "a number" in kind
+    if isinstance(value, str):
+        return "text" in kind or "a path" in kind
+    if isinstance(value, list):
+        return "a list" in kind
+    return False
 
 
 def _while_holding_store(stage: str) -> None:
@@ -113,6 +129,12 @@ class DataDeleted(RuntimeError):
     or left behind (opening the store would create a new database in the wiped folder)."""
 
 
+def check_not_deleted(data_dir: Path) -> None:
+    if not (Path(data_dir) / "glance.db").exists():
+        raise DataDeleted("Glance's data was deleted while the nightly training ran: "
+                          "nothing was recorded or published, and its work was removed.")
+
+
 class _Direct:
     """The app is closed: open the store for a moment, each time."""
     via = "direct"
@@ -120,17 +142,17 @@ class _Direct:
     def __init__(self, data_dir: Path, log):
         self.data_dir, self.log = data_dir, log
 
-    def _open(self, created: bool = True):
-        """``created``: the run has begun, so the database exists unless it was deleted."""
+    def _open(self, began: bool = False):
+        """``began``: the run has begun (and so made or found the database): without the
+        database now, the user deleted everything meanwhile."""
         from feedback_store import FeedbackStore
-        if created and not (Path(self.data_dir) / "glance.db").exists():
-            raise DataDeleted("Glance's data was deleted while the nightly training ran: "
-                              "nothing was recorded or published, and its work was removed.")
+        if began:
+            check_not_deleted(self.data_dir)
         return FeedbackStore.open(self.data_dir)
 
     def begin(self, run_id: str, include_imported: bool) -> dict:
         from app.models import choose_model
-        store = self._open(created=False)
+        store = self._open()
         try:
             _while_holding_store("begin")
             retired = adapter_files.retire_stale(store, adapter_files.adapters_dir(self.data_dir))
@@ -142,8 +164,8 @@ class _Direct:
             store.close()
         return {"rows": rows, "model": model, "last_fingerprint": last, "retired": retired}
 
-    def finish(self, run_id: str, outcome: dict) -> None:
-        store = self._open()
+    def finish(self, run_id: str, outcome: dict, began: bool = True) -> None:
+        store = self._open(began)
         try:
             _while_holding_store("finish")
             store.training.finish_run(run_id, outcome)
@@ -152,7 +174,7 @@ class _Direct:
             store.close()
 
     def existing(self, ids) -> set:
-        store = self._open()
+        store = self._open(began=True)
         try:
             return store.training.existing_conversations(ids)
         finally:
@@ -177,7 +199,7 @@ class _App:
         return {"rows": rows, "model": answer["model"], "last_fingerprint": answer["last_fingerprint"],
                 "retired": answer.get("retired") or [], "idle_s": self.client.hello.get("idle_s")}
 
-    def finish(self, run_id: str, outcome: dict) -> None:
+    def finish(self, run_id: str, outcome: dict, began: bool = True) -> None:
         self.client.request("finish", run_id=run_id, outcome=outcome)
 
     def existing(self, ids) -> set:
@@ -230,7 +252,10 @@ def run_nightly(config: NightlyConfig, log=None) -> dict:
                                message="On battery: the nightly training waits for mains power.")
             return _run(config, config.dpo, result, started, clock, log)
         except DataDeleted as error:
-            shutil.rmtree(data_dir / WORK, ignore_errors=True)   # checkpoints of deleted chats
+            # What the job wrote after the wipe: checkpoints learnt from deleted chats, and
+            # adapter state (the user's wish was that nothing of it stays).
+            for folder in (WORK.parent, Path("adapters")):
+                shutil.rmtree(data_dir / folder, ignore_errors=True)
             return dict(result, status="cancelled", message=str(error), recorded=False,
                         published=False, adapter=None)
         except Exception as error:  # noqa: BLE001 - every run is recorded, failures too
@@ -257,6 +282,7 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     source = _with_store(data_dir, lambda s: dict(s.begin(run_id, config.include_imported), via=s.via),
                          config.wait_for_store_s, log)
     result["via"] = source["via"]
+    result["began"] = True                  # the database exists from here on
     result["retired"] = source["retired"]
     at = _step(result, "read", at)
     if config.skip_if_active_s is not None and source["via"] == "app":
@@ -441,13 +467,16 @@ def _publish_and_record(config, result, outcome, train, heldout, model_path, gon
                 pairs_used=pairs_used, model=model_path.name,
                 adapter={"version": version, "status": "published", "base_model": model_path.name,
                          "conversations": conversations, "report": summary})
+        check_not_deleted(data_dir)         # publish would re-create adapters/ in a wiped folder
         version = adapter_files.publish(adapter_config, outcome["gguf"], outcome["peft"], {
             "run_id": result["run_id"], "base": adapter_files.base_identity(model_path),
             "pairs": {"train": len(train), "heldout": len(heldout)}, "gate": summary},
             before_activating=record)
+        if "result" not in recorded:
+            raise RuntimeError("the run could not be recorded, so its adapter was not used")
         result = recorded["result"]
         if version is None:
-            result.update(published=False, message=(
+            result.update(published=False, status="not_published", message=(
                 f"Adapter {result['adapter']} was retired as it was published: a conversation "
                 "it learned from was deleted meanwhile. The chat keeps its previous state."))
     else:
@@ -490,7 +519,8 @@ def _record(config, result, started, clock, log, status, message, pairs_used=Non
                "pairs_used": pairs_used or [], "adapter": adapter}
     at = time.perf_counter()
     _before_recording()
-    _with_store(Path(config.data_dir), lambda s: s.finish(result["run_id"], outcome),
+    _with_store(Path(config.data_dir),
+                lambda s: s.finish(result["run_id"], outcome, began=result.get("began", False)),
                 config.wait_for_store_s, log)
     result["timings"]["record"] = round(time.perf_counter() - at, 2)
     result["recorded"] = True
@@ -509,7 +539,7 @@ def status(data_dir: Path) -> dict:
     def read(source):
         if isinstance(source, _App):
             return {"runs": source.client.request("runs", limit=10)["runs"], "via": "app"}
-        store = source._open(created=False)
+        store = source._open()
         try:
             return {"runs": store.training.runs(10), "via": "direct"}
         finally:

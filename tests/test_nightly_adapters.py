@@ -252,13 +252,16 @@ def test_a_broken_settings_file_is_named_with_what_is_wrong(tmp_path):
     for text, says in (('{"dpo": {epochs: 1}}', "is not valid JSON"),
                        ("[1, 2]", "must be an object"),
                        ('{"dpo": 3}', "must be an object"),
-                       ('{"dpo": {"epochs": "lots"}}', "dpo.epochs wants a value like 2, not 'lots'"),
-                       ('{"pairs": {"include_imported": 1}}', "wants a value like False"),
+                       ('{"dpo": {"epochs": "lots"}}', "dpo.epochs wants a whole number, not 'lots'"),
+                       ('{"dpo": {"epochs": 1.5}}', "dpo.epochs wants a whole number, not 1.5"),
+                       ('{"pairs": {"include_imported": 1}}', "wants true or false, not 1"),
                        ('{"gate": {"nonsense": 1}}', "unknown gate setting 'nonsense'")):
         path.write_text(text)
         with pytest.raises(ValueError, match=re.escape(says)) as caught:
             load_settings(NightlyConfig(data_dir=tmp_path))
         assert str(path) in str(caught.value)
-    path.write_text('{"dpo": {"epochs": 1, "target_modules": ["q_proj"]}, "pairs": {"max_pairs": 5}}')
+    path.write_text('{"dpo": {"epochs": 1, "target_modules": ["q_proj"], "token_budget": null,'
+                    ' "beta": 1}, "pairs": {"max_pairs": 5}}')
     config = load_settings(NightlyConfig(data_dir=tmp_path))
     assert (config.dpo.epochs, config.dpo.target_modules, config.pairs.max_pairs) == (1, ("q_proj",), 5)
+    assert config.dpo.token_budget is None and config.dpo.beta == 1   # null where None is allowed

@@ -267,3 +267,16 @@ def test_delete_everything_during_a_run_leaves_nothing_and_records_nothing(home,
     assert "deleted while the nightly training ran" in result["message"]
     assert not (home / "glance.db").exists() and not (home / "glance.key").exists()
     assert not (home / WORK).exists()
+
+
+def test_a_run_that_fails_before_it_began_is_a_failure_not_a_deletion(tmp_path):
+    """Only a run that found its database and then lost it was cut short by a deletion;
+    one that failed before (here: its settings file) in a folder never opened is a plain
+    failure, and is recorded."""
+    from align.nightly import NightlyConfig, run_nightly
+    home = tmp_path / "fresh"
+    (home / "training").mkdir(parents=True)
+    (home / "training" / "settings.json").write_text('{"dpo": {"epochs": "lots"}}')
+    result = run_nightly(NightlyConfig(data_dir=home, lower_priority=False), log=lambda m: None)
+    assert result["status"] == "failed" and result["recorded"], result
+    assert "dpo.epochs" in result["message"]
