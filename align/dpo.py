@@ -127,9 +127,11 @@ def tokenize_pair(pair, tokenizer, settings: DPOSettings) -> dict:
 
 def fit_prompt(messages: list[dict], tokenizer, limit: int) -> list[dict]:
     """The prompt as the app would send it in a context of ``limit`` tokens: the oldest
-    whole turns are left out (the system prompt and the newest message always stay, and
-    the kept history never starts on an assistant turn), so training sees the layout
-    inference produces. Only a newest message too long on its own is cut, from its start."""
+    whole turns are left out (the system prompt and the newest message stay, and the kept
+    history never starts on an assistant turn), so training sees the layout inference
+    produces. When the system prompt and the newest message alone are too long, the
+    newest message loses its beginning (keeping at least a quarter of the limit), then the
+    system prompt its end; the layout always stays."""
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
 
@@ -142,15 +144,16 @@ def fit_prompt(messages: list[dict], tokenizer, limit: int) -> list[dict]:
         while dropped < len(turns) - 1 and turns[dropped]["role"] == "assistant":
             dropped += 1
     kept = system + turns[dropped:]
-    excess = length(kept) - limit
-    if excess > 0 and kept:
-        newest = kept[-1]
-        words = _ids(tokenizer, newest["content"])
-        while excess > 0 and words:
-            words = words[min(len(words), excess):]
-            cut = dict(newest, content=tokenizer.decode(words))
-            excess = length(kept[:-1] + [cut]) - limit
-        kept = kept[:-1] + [cut]
+    phases = [(len(kept) - 1, limit // 4, True)] + ([(0, 0, False)] if system else [])
+    for index, keep_at_least, from_start in phases:
+        for _ in range(8):          # decoding and re-rendering can move a token or two
+            excess = length(kept) - limit
+            words = _ids(tokenizer, kept[index]["content"]) if kept else []
+            drop = min(excess, len(words) - keep_at_least)
+            if drop <= 0:
+                break
+            words = words[drop:] if from_start else words[:len(words) - drop]
+            kept[index] = dict(kept[index], content=tokenizer.decode(words))
     return kept
 
 

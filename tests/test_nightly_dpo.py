@@ -61,6 +61,21 @@ def test_a_long_prompt_keeps_the_app_layout_and_a_cut_reply_has_no_end_of_turn(c
     text = tokenizer.decode(example["prompt_ids"])
     assert len(example["prompt_ids"]) <= 120
     assert text.startswith("<|im_start|>system\nYou are Glance.") and "the end?<|im_end|>" in text
+    # A system prompt too long on its own (it can be edited in the app): the newest message
+    # keeps its end (a quarter of the room at least), the system prompt loses its end.
+    wordy = Pair(prompt=({"role": "system", "content": "Always be kind. " * 100},
+                         {"role": "user", "content": "What is two and two?"}),
+                 chosen="Four.", rejected="Five.", source="thumbs", epsilon=0.1,
+                 conversation_id="c", prompt_id="p", chosen_id="g", rejected_id="b")
+    example = tokenize_pair(wordy, tokenizer, settings)
+    text = tokenizer.decode(example["prompt_ids"])
+    assert len(example["prompt_ids"]) <= 120
+    assert text.startswith("<|im_start|>system\nAlways be kind.")
+    assert text.endswith("What is two and two?<|im_end|>\n<|im_start|>assistant\n")
+    empty = Pair(prompt=(prompt[0], {"role": "user", "content": ""}), chosen="Hi.", rejected="Ho.",
+                 source="thumbs", epsilon=0.1, conversation_id="c", prompt_id="p",
+                 chosen_id="g", rejected_id="b")
+    assert tokenize_pair(empty, tokenizer, settings)["prompt_ids"]           # no error
 
 
 @pytest.mark.timeout(900)
