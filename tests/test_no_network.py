@@ -191,7 +191,8 @@ INVOCATIONS = {
 # Exit codes other than 0 that are the right answer for a valid invocation.
 # Keyed by (command, index of the invocation).
 EXPECTED_EXIT = {(("glance",), 0): 2,                         # no display
-                 (("glance", "models", "download"), 0): 2}    # the hub is unreachable
+                 (("glance", "models", "download"), 0): 2,    # the hub is unreachable
+                 (("align", "reward"), 0): 2}                 # no subcommand: help, as an error
 DOWNLOADS = {("glance", "models", "download")}
 
 

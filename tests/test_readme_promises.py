@@ -273,7 +273,7 @@ def test_a_model_given_on_the_command_line_is_remembered_once_loaded(home, tmp_p
                         "--json", home=home)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["model"] == "my-model.gguf"
-    assert f"  {good}  [llama" in run_glance("models", "list", home=home).stdout
-    # ... and, being the last one used, it is the next chat's model.
+    assert f"* {good}  [llama" in run_glance("models", "list", home=home).stdout
+    # ... and, being the last one used, it is the next chat's model (the list's "*").
     result = run_glance("chat", "--prompt", "hi", "--max-tokens", "4", "--json", home=home)
     assert json.loads(result.stdout)["model"] == "my-model.gguf"
