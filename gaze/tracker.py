@@ -210,8 +210,12 @@ class GazeTracker:
 
     @property
     def camera_state(self) -> str:
-        """'opening' | 'ok' | 'no_camera' | 'camera_busy' | 'ended' (the grabber's view)."""
-        return self._grabber.state.state if self._grabber is not None else "no_camera"
+        """'opening' | 'ok' | 'no_camera' | 'camera_busy' | 'ended' (the grabber's view;
+        'no_camera' once the pipeline failed and closed it)."""
+        grabber = self._grabber
+        if grabber is None or self._pipeline_error:
+            return "no_camera"
+        return grabber.state.state
 
     @property
     def face_in_view(self) -> bool:

@@ -289,6 +289,7 @@ def test_a_failing_pipeline_closes_the_camera_and_says_so(vision, tmp_path, monk
             time.sleep(0.05)
         assert not tracker.running
         assert not tracker._grabber.running            # the camera was released
+        assert tracker.camera_state == "no_camera"     # so the window's camera dot goes off
         health = tracker.health()
         assert health.state != "ok" and "Gaze stopped after an error" in health.message
         assert "graph error" in health.message

@@ -96,15 +96,16 @@ class GazeRecorder(BatchingRecorder):
         # Gaze reaches the recorder late: a frame's point after its processing, a fixation
         # at its end. One begun before the screen moved to another conversation belongs to
         # the old one (perhaps an incognito chat), not to the one the snapshot now shows.
+        snapshot = self.snapshot            # first: set_snapshot writes the time first
         began = point.mono_ns - int((point.duration_ms or 0.0) * 1e6)
         if began < self.switched_mono_ns:
             with self._lock:
                 self.straddling += 1
             return
-        placed, offset, word, line = self.snapshot.map_one(point.x, point.y)
+        placed, offset, word, line = snapshot.map_one(point.x, point.y)
         sample = GazeSample(
             self.session_id, placed.shown_reply_id if placed else None,
-            placed.conversation_id if placed else self.snapshot.conversation_id,
+            placed.conversation_id if placed else snapshot.conversation_id,
             point.mono_ns, point.wall_ns,
             point.kind, float(point.x), float(point.y), offset if offset >= 0 else None,
             "webcam", word if word >= 0 else None, line if line >= 0 else None,

@@ -324,6 +324,12 @@ class CalibrationScreen(QWidget):
         self._status_timer.stop()
         self.tracker.remove_frame_listener(self._on_frame)
         if self._fit_thread is not None:
+            # Closed while fitting: the fit's queued result must not restart the targets.
+            for signal in (self._fit_thread.done, self._fit_thread.failed):
+                try:
+                    signal.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
             self._fit_thread.wait(10_000)
         self.close()
         self.finished.emit(result)
@@ -549,6 +555,7 @@ class GazeController(QObject):
         distance = 600.0
         if self.calibration is not None:
             distance = self.calibration.mapper.screen.distance_mm
+        self._calibrating_layout = screen_layout()
         self.screen_widget = CalibrationScreen(self.tracker, qscreen, kind, distance, **screen_kw)
         self.screen_widget.finished.connect(self._calibrated)
         self.screen_widget.showFullScreen()
@@ -557,6 +564,13 @@ class GazeController(QObject):
 
     def _calibrated(self, result) -> None:
         self.screen_widget = None
+        if result is not None and screen_layout() != getattr(self, "_calibrating_layout", None):
+            # Fitted on the screens as they were: saved under the new layout it would map
+            # the eyes to the wrong place.
+            self.window.statusBar().showMessage(
+                "The screens changed during the calibration: it was not kept. Calibrate "
+                "again.", 15000)
+            result = None
         if result is None:
             self._poll()
             return
