@@ -1,4 +1,5 @@
 """Export and deletion: the user's data is theirs to take away or destroy."""
+import fnmatch
 import hashlib
 import json
 import os
@@ -59,18 +60,37 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
 
 
 # What Glance itself makes in its data folder: the database and its key (glance.db,
-# .wal, glance.compact.db, glance.key, glance.key.next, ...) and these entries. GLANCE_HOME
-# may name a folder that also holds the user's own files (a typo, or their home); those
-# are never Glance's to delete.
-GLANCE_FOLDERS = ("adapters", "cache", "gaze", "models", "reward", "tmp", "training")
+# .wal, glance.compact.db, glance.key, glance.key.next, ...), these files, and these
+# folders with what Glance puts in them. GLANCE_HOME may name a folder that also holds
+# the user's own files (a typo, or their home folder); those are never Glance's to delete.
 GLANCE_FILES = ("nightly.sock", ".write-probe")
+GLANCE_FOLDERS = {
+    "adapters": ("active.json", "v[0-9]*", ".staging-*", ".pending-*", ".active.json.*"),
+    "cache": ("gguf-headers.json*", "httpfs-verified*", "hf", "*.tmp"),
+    "gaze": ("calibration-*.json", "*.tmp"),
+    "models": ("*.gguf", "*.gguf.part"),
+    "reward": ("reward-*.json*",),
+    "tmp": ("duckdb_temp*", "*.tmp", "*.block"),
+    "training": ("nightly.lock", "settings.json", "work", "snapshots", "*.tmp"),
+}
 
 
-def is_glance_entry(path: Path) -> bool:
+def is_glance_entry(path: Path, shared: bool = False) -> bool:
+    """Whether Glance made ``path`` (a top-level entry of its data folder). In a folder
+    shared with other files, a folder of Glance's name counts only if all it holds looks
+    like Glance's, and ``models`` never does (a user's own models folder looks the same)."""
     name = path.name
-    if name.startswith("glance."):
+    if name.startswith("glance.") or name in GLANCE_FILES:
         return True
-    return (name in GLANCE_FOLDERS and path.is_dir() and not path.is_symlink()) or name in GLANCE_FILES
+    if name not in GLANCE_FOLDERS or not path.is_dir() or path.is_symlink():
+        return False
+    if not shared:
+        return True
+    if name == "models":
+        return False
+    patterns = GLANCE_FOLDERS[name]
+    return all(any(fnmatch.fnmatch(child.name, pattern) for pattern in patterns)
+               for child in path.iterdir())
 
 
 def delete_everything(data_dir: Path, store=None) -> list[Path]:
@@ -88,9 +108,11 @@ def delete_everything(data_dir: Path, store=None) -> list[Path]:
     # The key first: it is overwritten before it is unlinked (unlinked first, as the
     # loop below would, its bytes stayed in free blocks beside the deleted database).
     forget_key(data_dir)
+    children = sorted(data_dir.iterdir())
+    shared = not all(is_glance_entry(child) for child in children)
     kept = []
-    for child in sorted(data_dir.iterdir()):
-        if not is_glance_entry(child):
+    for child in children:
+        if not is_glance_entry(child, shared):
             kept.append(child)
         elif child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)

@@ -185,15 +185,22 @@ def test_delete_everything_deletes_only_what_glance_made(stored_home, tmp_path):
     elsewhere.mkdir()
     (elsewhere / "cat.jpg").write_bytes(b"cat")
     (stored_home / "models").symlink_to(elsewhere)      # a link of theirs, not Glance's folder
-    for folder in ("cache", "reward", "adapters", "training", "gaze", "tmp"):
+    glances = {"cache": "gguf-headers.json", "reward": "reward-pairwise-1.json",
+               "adapters": "active.json", "gaze": "calibration-ab12.json"}
+    for folder, name in glances.items():
         (stored_home / folder).mkdir(exist_ok=True)
-        (stored_home / folder / "x").write_text("glance's")
+        (stored_home / folder / name).write_text("glance's")
+    (stored_home / "training").mkdir(exist_ok=True)                 # a name Glance uses, but
+    (stored_home / "training" / "marathon-plan.xlsx").write_text("theirs")   # the user's
     done = run_glance("data", "delete", "--all", "--yes", home=stored_home)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in stored_home.iterdir()) == ["models", "notes", "thesis.txt"]
+    assert sorted(p.name for p in stored_home.iterdir()) == ["models", "notes", "thesis.txt",
+                                                             "training"]
     assert (stored_home / "thesis.txt").read_text() == "years of work"
     assert (stored_home / "notes" / "a.md").read_text() == "mine" and (elsewhere / "cat.jpg").exists()
-    assert "Left there, because Glance did not make them: models, notes, thesis.txt." in done.stdout
+    assert (stored_home / "training" / "marathon-plan.xlsx").read_text() == "theirs"
+    assert ("Left there, because Glance did not make them: models, notes, thesis.txt, training."
+            in done.stdout)
 
 
 def test_delete_everything_overwrites_the_key_file_before_removing_it(stored_home, tmp_path):
