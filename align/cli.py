@@ -316,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     from . import nightly_cli
     if nightly_cli.wants_nightly(args):
         return nightly_cli.run_nightly_command(args)
+    stray = nightly_cli.stray_nightly_options(args)
+    if stray:
+        print(f"align: {', '.join(stray)} only go with --nightly (a command's own options come "
+              "after it, e.g. `align status --json`)", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0

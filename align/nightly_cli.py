@@ -69,6 +69,16 @@ def wants_nightly(args) -> bool:
     return bool(getattr(args, "nightly", False))
 
 
+def stray_nightly_options(args) -> list[str]:
+    """The options of ``align --nightly`` given without it (they would do nothing)."""
+    given = {"--include-imported": getattr(args, "include_imported", False),
+             "--max-pairs": getattr(args, "max_pairs", None) is not None,
+             "--skip-on-battery": getattr(args, "skip_on_battery", False),
+             "--skip-if-active": getattr(args, "skip_if_active", None) is not None,
+             "--json (before a command)": getattr(args, "nightly_json", False)}
+    return [] if wants_nightly(args) else [name for name, on in given.items() if on]
+
+
 def run_nightly_command(args) -> int:
     from .nightly import NightlyConfig, run_nightly
 

@@ -150,6 +150,10 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
     assert "base model" in align("rollback")
     assert json.loads(align("status", "--json"))["active"] is None
     assert "v0001" in align("adapters", "list")          # pairs shown as a number, not a dict
+    # A nightly option without --nightly did nothing, silently.
+    stray = subprocess.run([sys.executable, "-m", "align.cli", "--max-pairs", "5", "status"],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert stray.returncode == 2 and "--max-pairs only go with --nightly" in stray.stderr
     # A database that cannot be read (here: the wrong key) is said, not hidden behind
     # "kept versions", and the command fails.
     (home / "glance.key").write_text("0" * 64)
