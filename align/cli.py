@@ -199,8 +199,8 @@ def cmd_reward_evaluate(args) -> int:
         return 2
     if result.get("holdout_shared_workers"):
         print(f"align reward evaluate: warning: {result['holdout_shared_workers']} workers of "
-              f"{args.holdout} are also in {args.ifllm}; its figures are not on unseen people",
-              file=sys.stderr)
+              f"{args.holdout} are also in {args.ifllm}; they were left out of the holdout "
+              f"figures ({result['holdout_pairs']} pairs of unseen people remain)", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -98,8 +98,15 @@ def fit_predict(table: Table, train_rows, test_rows, feature_set: str, symmetric
     return model.predict_proba(X[test_rows][:, columns]), model
 
 
+def _correct(y, p) -> np.ndarray:
+    """1 for a right call, 0 for a wrong one, ½ for p exactly 0.5 (no call: a tie
+    counted as either side would score that side's base rate)."""
+    p = np.asarray(p, dtype=float)
+    return np.where(p == 0.5, 0.5, ((p > 0.5) == (np.asarray(y) == 1)).astype(float))
+
+
 def _accuracy(y, p) -> float:
-    return float(np.mean((p > 0.5) == (y == 1))) if len(y) else float("nan")
+    return float(np.mean(_correct(y, p))) if len(y) else float("nan")
 
 
 def _auc(y, p) -> float:
@@ -131,6 +138,12 @@ def cross_validate(table: Table, feature_set: str, symmetric: bool, grouped: boo
     return {"mean": float(np.mean(fold_acc)), "sd": float(np.std(fold_acc, ddof=1)),
             "pooled": float(np.mean(pooled_acc)), "auc": float(np.nanmean(pooled_auc)),
             "folds": len(fold_acc), "_fold_acc": fold_acc, "_oof": np.mean(oof_all, axis=0)}
+
+
+def unseen(table: Table, other: Table) -> Table:
+    """``other`` without the rows of people who are also in ``table``: a holdout is only a
+    holdout on people the model never trained on."""
+    return other.subset(np.flatnonzero(~np.isin(other.groups, np.unique(table.groups))))
 
 
 def holdout(table: Table, other: Table, feature_set: str, symmetric: bool) -> dict:
@@ -196,7 +209,7 @@ def paired_worker_bootstrap(y, groups, p_model, p_text, draws: int = 2000, seed:
     share training rows, so a t-test over folds would overstate the evidence; workers
     are the independent units here."""
     y = np.asarray(y)
-    gain = ((np.asarray(p_model) > 0.5) == (y == 1)).astype(float) - ((np.asarray(p_text) > 0.5) == (y == 1))
+    gain = _correct(y, p_model) - _correct(y, p_text)
     users, inverse = np.unique(np.asarray(groups), return_inverse=True)
     gain_sum = np.bincount(inverse, weights=gain, minlength=len(users))
     rows = np.bincount(inverse, minlength=len(users)).astype(float)
@@ -223,8 +236,10 @@ def evaluate(data_dir, holdout_dir=None, seeds: int = 5, folds: int = 5, progres
         raise ValueError(f"{data_dir} has {len(pair.y)} labelled side-by-side pairs from {workers} "
                          f"workers: folds grouped by worker need both choices and at least "
                          f"{folds} workers (--folds)")
-    pair_other = pairwise_table(other.pairwise_turns()) if other else None
-    point_other = pointwise_table(other.pointwise_pairs()) if other else None
+    # A worker in both folders would be tested on what they trained: their rows leave the
+    # holdout (and are counted below).
+    pair_other = unseen(pair, pairwise_table(other.pairwise_turns())) if other else None
+    point_other = unseen(point, pointwise_table(other.pointwise_pairs())) if other else None
     result = {"pairs": int(len(pair.y)), "workers": workers}
     result.update(public(evaluate_task(pair, pair_other, True, seeds, folds, progress=progress)))
     point_workers = len(np.unique(point.groups))
@@ -240,7 +255,13 @@ def evaluate(data_dir, holdout_dir=None, seeds: int = 5, folds: int = 5, progres
         result["holdout_pairs"] = int(len(pair_other.y))
         # A holdout is only a holdout if none of its people trained the model.
         result["holdout_shared_workers"] = len(set(data.workers()) & set(other.workers()))
+        if result["holdout_shared_workers"]:
+            result["holdout_note"] = ("workers in both folders were left out of the holdout "
+                                      "figures")
         result["pointwise"]["holdout_rows"] = int(len(point_other.y))
+        if len(point_other.y):      # the holdout's own base rate, called with DIR's majority
+            called = float(point.y.mean() >= 0.5)
+            result["pointwise"]["holdout_majority"] = float(np.mean(point_other.y == called))
     return result
 
 

@@ -348,6 +348,15 @@ def test_a_column_only_some_rows_have_is_scaled_on_those_rows():
                                                else x[:, 0].std())
 
 
+def test_a_prediction_of_one_half_is_half_right():
+    """p = 0.5 makes no call. Counted as "the first side" (p > 0.5 false → 0), a model with
+    no signal scored the base rate of that side instead of chance."""
+    from align.evaluate import _accuracy
+    y = np.array([1, 1, 1, 0])
+    assert _accuracy(y, np.full(4, 0.5)) == 0.5
+    assert _accuracy(y, np.array([0.9, 0.2, 0.5, 0.1])) == (1 + 0 + 0.5 + 1) / 4
+
+
 def test_paired_worker_bootstrap_counts_workers_not_rows():
     from align.evaluate import paired_worker_bootstrap
     y = np.array([1, 1, 0, 0, 1, 0])
@@ -400,4 +409,6 @@ def test_a_holdout_that_shares_workers_is_flagged(folders, tmp_path, monkeypatch
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert result["holdout_shared_workers"] == len(WORKERS)
-    assert "not on unseen people" in captured.err
+    assert "left out of the holdout figures (0 pairs of unseen people remain)" in captured.err
+    # Nobody the model trained on is scored as a holdout: here that leaves no one.
+    assert result["holdout_pairs"] == 0 and "holdout" not in result["text"]
