@@ -35,7 +35,9 @@ class CameraConfig:
 
     @property
     def is_file(self) -> bool:
-        return isinstance(self.source, str) and not self.source.startswith("/dev/video") \
+        # Any /dev path is a camera: /dev/video2, and the stable names under /dev/v4l/by-id
+        # that survive replugging (read as a file, one failed read ended it for good).
+        return isinstance(self.source, str) and not self.source.startswith("/dev/") \
             and not self.source.isdigit()
 
     @property
@@ -44,7 +46,7 @@ class CameraConfig:
             return f"/dev/video{self.source}"
         if isinstance(self.source, str) and self.source.isdigit():
             return f"/dev/video{self.source}"
-        if isinstance(self.source, str) and self.source.startswith("/dev/video"):
+        if isinstance(self.source, str) and self.source.startswith("/dev/"):
             return self.source
         return None
 
@@ -192,8 +194,8 @@ class FrameGrabber:
                 if not ok or frame is None:
                     fails += 1
                     if self.config.is_file and self.frames_read > 0:
-                        if self.config.loop:
-                            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                        if self.config.loop and fails < 15:   # a file that cannot seek
+                            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # back must not spin
                             continue
                         self._set("ended", "The video has ended.")
                         return

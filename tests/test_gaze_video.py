@@ -231,6 +231,16 @@ def test_no_camera_says_so_and_nothing_crashes(vision):
     assert "No camera was found" in health.message and "Glance works without it" in health.message
     assert tracker.stop()
     assert not tracker.running
+    # A camera named by its stable path (/dev/v4l/by-id/…, kept across replugging) is a
+    # camera, waited for and retried, not a video file that ends at its first failed read.
+    stable = GazeTracker("/dev/v4l/by-id/usb-Glance_Test_Camera-video-index0", None, retry_s=0.2)
+    assert not stable.config.is_file
+    stable.start()
+    deadline = time.monotonic() + 30
+    while stable.health().state != "no_camera" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "No camera was found" in stable.health().message
+    assert stable.stop()
 
 
 def test_tracking_resumes_by_itself_when_the_camera_appears(vision, tmp_path):
