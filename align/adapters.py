@@ -81,6 +81,18 @@ def read_active(root: Path) -> dict:
         return {"version": None, "counter": 0}
 
 
+def active_file_damaged(root: Path) -> bool:
+    """active.json exists but does not read: the chat then uses the base model, and
+    the user should hear why (the next publish rewrites it)."""
+    path = Path(root) / ACTIVE_FILE
+    if not path.exists():
+        return False
+    try:
+        return not isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return True
+
+
 def manifest(root: Path, version: str) -> dict | None:
     try:
         return json.loads((Path(root) / version / "manifest.json").read_text())

@@ -110,6 +110,9 @@ def cmd_status(args) -> int:
         print(json.dumps(result, default=str))
         return 1 if result.get("runs_error") else 0
     print(f"active adapter: {result['active'] or 'none (base model)'}")
+    if result.get("active_file_damaged"):
+        print("  (adapters/active.json is damaged, so the chat uses the base model until "
+              "the next adapter is published)")
     print(f"kept versions: {', '.join(v['version'] for v in result['versions']) or 'none'}")
     if result["running"]:
         print("a nightly training is running now")

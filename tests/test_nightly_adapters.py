@@ -150,6 +150,9 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
     assert "base model" in align("rollback")
     assert json.loads(align("status", "--json"))["active"] is None
     assert "v0001" in align("adapters", "list")          # pairs shown as a number, not a dict
+    (home / "adapters" / "active.json").write_text("{damaged")
+    assert "active.json is damaged, so the chat uses the base model" in align("status")
+    assert json.loads(align("status", "--json"))["active_file_damaged"] is True
     # A nightly option without --nightly did nothing, silently.
     stray = subprocess.run([sys.executable, "-m", "align.cli", "--max-pairs", "5", "status"],
                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
