@@ -275,6 +275,16 @@ def test_a_new_screen_layout_stops_using_the_old_calibration(qtbot, window, tmp_
     controller._poll()
     assert controller.calibration is not None and controller.calibration.enabled
     assert controller.tracker.calibration is controller.calibration
+    # A calibration that ends after the screens changed under it is not kept: it was
+    # fitted on the old geometry and would be saved under the new layout's file.
+    screen = controller.calibrate("5")
+    assert screen is not None
+    monkeypatch.setattr(gc, "screen_layout", lambda: docked)
+    controller._calibrated(object())          # whatever it fitted: it is not looked at
+    assert controller.calibration is None     # none was made for the docked layout
+    assert not C.calibration_path(tmp_path, gc.getpass.getuser(), str(path), docked).exists()
+    assert window.statusBar().currentMessage().startswith("The screens changed")
+    screen.cancel()
     controller.stop()
 
 
