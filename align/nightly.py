@@ -83,35 +83,32 @@ def load_settings(config: NightlyConfig) -> NightlyConfig:
     return config
 
 
-def _kind(target, key: str) -> str:
-    """What a setting takes, in words, from its declared type (``int | None`` ...)."""
+# A settings.json value for each declared type (``int | None`` ...), and its words.
+_JSON_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "a whole number"),
+               "float": ((int, float), "a number"), "str": ((str,), "text"),
+               "Path": ((str,), "a path"), "tuple": ((list,), "a list"),
+               "None": ((type(None),), "null")}
+
+
+def _declared(target, key: str) -> list[str]:
     import dataclasses
     declared = {f.name: str(f.type) for f in dataclasses.fields(target)}.get(key, "")
-    words = [word for token, word in (("bool", "true or false"), ("int", "a whole number"),
-                                      ("float", "a number"), ("str", "text"), ("Path", "a path"),
-                                      ("tuple", "a list"), ("None", "null"))
-             if token in declared]
-    if "a whole number" in words and "a number" in words:
-        words.remove("a whole number")
-    return " or ".join(words) or "a plain value"
+    return [name.strip() for name in declared.split("|") if name.strip() in _JSON_TYPES]
+
+
+def _kind(target, key: str) -> str:
+    """What a setting takes, in words, from its declared type."""
+    return " or ".join(_JSON_TYPES[name][1] for name in _declared(target, key)) or "nothing"
 
 
 def _fits(target, key: str, value) -> bool:
     """A setting keeps its declared type: a whole number for an int, true/false for a
-    switch, a list for a tuple, null only where None is allowed."""
-    kind = _kind(target, key)
-    if value is None:
-        return "null" in kind
-    if isinstance(value, bool):
-        return "true or false" in kind
-    if isinstance(value, int):
-        return "whole number" in kind or "a number" in kind
-    if isinstance(value, float):
-        return "a number" in kind
-    if isinstance(value, str):
-        return "text" in kind or "a path" in kind
-    if isinstance(value, list):
-        return "a list" in kind
+    switch, a list for a tuple, null only where None is allowed (JSON's true is not a
+    number here, though Python's bool is an int)."""
+    for name in _declared(target, key):
+        types = _JSON_TYPES[name][0]
+        if isinstance(value, types) and (name == "bool" or not isinstance(value, bool)):
+            return True
     return False
 
 
@@ -142,12 +139,8 @@ class _Direct:
     def __init__(self, data_dir: Path, log):
         self.data_dir, self.log = data_dir, log
 
-    def _open(self, began: bool = False):
-        """``began``: the run has begun (and so made or found the database): without the
-        database now, the user deleted everything meanwhile."""
+    def _open(self):
         from feedback_store import FeedbackStore
-        if began:
-            check_not_deleted(self.data_dir)
         return FeedbackStore.open(self.data_dir)
 
     def begin(self, run_id: str, include_imported: bool) -> dict:
@@ -164,8 +157,8 @@ class _Direct:
             store.close()
         return {"rows": rows, "model": model, "last_fingerprint": last, "retired": retired}
 
-    def finish(self, run_id: str, outcome: dict, began: bool = True) -> None:
-        store = self._open(began)
+    def finish(self, run_id: str, outcome: dict) -> None:
+        store = self._open()
         try:
             _while_holding_store("finish")
             store.training.finish_run(run_id, outcome)
@@ -174,7 +167,7 @@ class _Direct:
             store.close()
 
     def existing(self, ids) -> set:
-        store = self._open(began=True)
+        store = self._open()
         try:
             return store.training.existing_conversations(ids)
         finally:
@@ -199,7 +192,7 @@ class _App:
         return {"rows": rows, "model": answer["model"], "last_fingerprint": answer["last_fingerprint"],
                 "retired": answer.get("retired") or [], "idle_s": self.client.hello.get("idle_s")}
 
-    def finish(self, run_id: str, outcome: dict, began: bool = True) -> None:
+    def finish(self, run_id: str, outcome: dict) -> None:
         self.client.request("finish", run_id=run_id, outcome=outcome)
 
     def existing(self, ids) -> set:
@@ -331,6 +324,7 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
 
     # Was a conversation it learned from deleted while it trained?
     needed = {p.conversation_id for p in pairs if p.source != "imported"}
+    check_not_deleted(data_dir)
     existing = _with_store(data_dir, lambda s: s.existing(needed), config.wait_for_store_s, log)
     gone = needed - existing
     if gone and outcome["publish"]:
@@ -519,8 +513,9 @@ def _record(config, result, started, clock, log, status, message, pairs_used=Non
                "pairs_used": pairs_used or [], "adapter": adapter}
     at = time.perf_counter()
     _before_recording()
-    _with_store(Path(config.data_dir),
-                lambda s: s.finish(result["run_id"], outcome, began=result.get("began", False)),
+    if result.get("began"):     # the run found or made the database: gone means deleted
+        check_not_deleted(config.data_dir)
+    _with_store(Path(config.data_dir), lambda s: s.finish(result["run_id"], outcome),
                 config.wait_for_store_s, log)
     result["timings"]["record"] = round(time.perf_counter() - at, 2)
     result["recorded"] = True
