@@ -81,6 +81,14 @@ def read_active(root: Path) -> dict:
         return {"version": None, "counter": 0}
 
 
+def trained_pairs(info: dict) -> int | None:
+    """How many pairs a version learned from, as its manifest says ({"train": n,
+    "heldout": m}; versions written before said n)."""
+    pairs = info.get("pairs")
+    pairs = pairs.get("train") if isinstance(pairs, dict) else pairs
+    return pairs if isinstance(pairs, int) else None
+
+
 def active_file_damaged(root: Path) -> bool:
     """active.json exists but does not read: the chat then uses the base model, and
     the user should hear why (the next publish rewrites it)."""

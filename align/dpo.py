@@ -113,8 +113,8 @@ def tokenize_pair(pair, tokenizer, settings: DPOSettings) -> dict:
     full = [_ids(tokenizer, tokenizer.apply_chat_template(
         prompt + [{"role": "assistant", "content": reply}], tokenize=False)
         if finished else prompt_text + reply)
-        for reply, finished in ((pair.chosen, getattr(pair, "chosen_finished", True)),
-                                (pair.rejected, getattr(pair, "rejected_finished", True)))]
+        for reply, finished in ((pair.chosen, pair.chosen_finished),
+                                (pair.rejected, pair.rejected_finished))]
     # The completion starts where prompt and prompt+reply stop agreeing (a token can
     # merge across the boundary); both replies share that prompt.
     start = min(_common_prefix(prompt_ids, ids) for ids in full)

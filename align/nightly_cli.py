@@ -46,7 +46,8 @@ def register(parser: argparse.ArgumentParser, subcommands) -> None:
 
     schedule = subcommands.add_parser("schedule", help="run the nightly training every night")
     schedule.add_argument("action", choices=("install", "remove", "status"))
-    schedule.add_argument("--at", default="03:30", metavar="HH:MM", help="time of day (default 03:30)")
+    schedule.add_argument("--at", default="03:30", type=_time_of_day, metavar="HH:MM",
+                          help="time of day (default 03:30)")
     schedule.add_argument("--kind", choices=("auto", "systemd", "cron", "launchd", "windows"),
                           default="auto")
     schedule.add_argument("--json", action="store_true")
@@ -61,6 +62,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _time_of_day(text: str) -> str:
+    """``--at``, checked as the schedule reads it, so a bad time is a usage error (2)."""
+    from .schedule import ScheduleConfig, ScheduleError
+    try:
+        ScheduleConfig(at=text).time()
+    except ScheduleError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--at ")) from None
+    return text
 
 
 def _data_dir():
@@ -128,13 +139,8 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _train_pairs(version: dict):
-    pairs = version.get("pairs")          # {"train": n, "heldout": m} as the job writes it
-    return pairs.get("train") if isinstance(pairs, dict) else pairs
-
-
 def cmd_adapters_list(args) -> int:
-    from .adapters import adapters_dir, list_versions
+    from .adapters import adapters_dir, list_versions, trained_pairs
     versions = list_versions(adapters_dir(_data_dir()))
     if getattr(args, "json", False):
         print(json.dumps({"versions": versions}, default=str))
@@ -145,7 +151,7 @@ def cmd_adapters_list(args) -> int:
         gate = version.get("gate") or {}
         accuracy = gate.get("implicit_reward_accuracy")
         print(f"{'*' if version['active'] else ' '} {version['version']}  "
-              f"{(version.get('base') or {}).get('name', '?')}  pairs {_train_pairs(version)}  "
+              f"{(version.get('base') or {}).get('name', '?')}  pairs {trained_pairs(version)}  "
               f"held-out accuracy {accuracy if accuracy is None else round(accuracy, 2)}")
     return 0
 
@@ -170,7 +176,7 @@ def cmd_schedule(args) -> int:
         result = getattr(schedule, args.action)(schedule.ScheduleConfig(at=args.at, kind=args.kind))
     except schedule.ScheduleError as error:
         print(f"align schedule {args.action}: {error}", file=sys.stderr)
-        return 2 if "--at" in str(error) else 1       # a bad argument, or the system refused
+        return 1
     if args.json:
         print(json.dumps(result, default=str))
     else:

@@ -41,10 +41,9 @@ def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:
                             "job (align --nightly) trains one from the replies you rated, "
                             "compared and read, with your consent.", False, enabled)
     when = local_minute(active.get("created_wall_ns") or 0)
-    pairs = active.get("pairs")          # the job writes {"train": n, "heldout": m}
-    if isinstance(pairs, dict):
-        pairs = pairs.get("train")
-    learned = f" from {pairs} preference pairs" if isinstance(pairs, int) else ""
+    from align.adapters import trained_pairs
+    pairs = trained_pairs(active)
+    learned = f" from {pairs} preference pairs" if pairs is not None else ""
     tooltip = f"Personal adapter {active['version']}, trained {when}{learned}."
     if not enabled:
         return AdapterState(f"Base model (personal {active['version']} off)",
