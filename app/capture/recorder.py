@@ -38,13 +38,8 @@ class BatchingRecorder:
         self.refused = 0         # samples the store refused (no consent, paused, ...)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.switched_mono_ns = 0   # when the screen last moved to another conversation
-        self.straddling = 0         # gaze begun before that, dropped
 
     def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
-        previous = self.snapshot.conversation_id
-        if previous is not None and snapshot.conversation_id != previous:
-            self.switched_mono_ns = time.monotonic_ns()
         self.snapshot = snapshot  # one reference swap: readers see the old or the new
 
     def take(self) -> list:
@@ -91,6 +86,17 @@ class BatchingRecorder:
 class GazeRecorder(BatchingRecorder):
     """``point(GazePoint)`` from the tracker's thread: mapped like the pointer, stored
     at the camera's rate (no coalescing: fixations and raw points are both kept)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.switched_mono_ns = 0   # when the screen last moved to another conversation
+        self.straddling = 0         # gaze begun before that, dropped
+
+    def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
+        previous = self.snapshot.conversation_id
+        if previous is not None and snapshot.conversation_id != previous:
+            self.switched_mono_ns = time.monotonic_ns()     # before the snapshot: see point()
+        super().set_snapshot(snapshot)
 
     def point(self, point) -> None:
         # Gaze reaches the recorder late: a frame's point after its processing, a fixation

@@ -398,6 +398,7 @@ class GazeController(QObject):
         self._last_health: Health | None = None
         self._last_click = None
         self._layout = screen_layout()
+        self._calibrating_layout = None       # the layout a running calibration began on
         self.calibration = cal.load(self.calibration_file())
 
         self.label = QLabel("Gaze: off")
@@ -564,7 +565,7 @@ class GazeController(QObject):
 
     def _calibrated(self, result) -> None:
         self.screen_widget = None
-        if result is not None and screen_layout() != getattr(self, "_calibrating_layout", None):
+        if result is not None and screen_layout() != self._calibrating_layout:
             # Fitted on the screens as they were: saved under the new layout it would map
             # the eyes to the wrong place.
             self.window.statusBar().showMessage(
