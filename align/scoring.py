@@ -112,8 +112,7 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
             whole, activity = traces[row["id"]]
         else:
             full = row if row is shown else store.traces.shown_reply(row["id"])
-            whole = store.traces.for_shown_reply(row["id"], shown=full)
-            activity = store.traces.activity(row["id"], shown=full)
+            whole, activity = store.traces.read(row["id"], shown=full)
             # Kept only once its showing has ended: a reply still on screen (the one above,
             # scrolled back to) goes on being read, and is read afresh when it is scored.
             if math.isfinite(whole.shown_for_ms):

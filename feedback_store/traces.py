@@ -27,9 +27,21 @@ class TraceReader:
         rows = self.store._rows("SELECT * FROM shown_replies WHERE id = ?", (shown_reply_id,))
         return rows[0] if rows else None
 
+    def read(self, shown_reply_id: str, shown: dict | None = None
+             ) -> tuple[ReadingTrace, ReplyActivity]:
+        """A showing's trace and activity together, its viewport events read once (the
+        scorer reads both for every reply: each query costs about a millisecond)."""
+        shown = shown or self.shown_reply(shown_reply_id)
+        if shown is None:
+            raise KeyError(f"no shown reply {shown_reply_id!r}")
+        views = self._views(shown_reply_id)
+        return (self.for_shown_reply(shown_reply_id, shown=shown, views=views),
+                self.activity(shown_reply_id, shown=shown, views=views))
+
     def for_shown_reply(self, shown_reply_id: str, zero_mono_ns: int | None = None,
-                        shown: dict | None = None) -> ReadingTrace:
-        """``shown``: its ``shown_replies`` row, when the caller has read it already."""
+                        shown: dict | None = None, views: list | None = None) -> ReadingTrace:
+        """``shown``: its ``shown_replies`` row, ``views``: its viewport events
+        (:meth:`_views`), when the caller has read them already."""
         shown = shown or self.shown_reply(shown_reply_id)
         if shown is None:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
@@ -43,7 +55,8 @@ class TraceReader:
                                  np.full(len(gaze["mono_ns"]), GAZE, np.uint8)])
         offset = np.concatenate([pointer["text_offset"], gaze["text_offset"]])
         missing = set()
-        visible = self._visible(shown_reply_id, mono, offset, line_starts)
+        visible = self._visible(self._views(shown_reply_id) if views is None else views,
+                                mono, offset, line_starts)
         if visible is None:
             missing.add("visible")
         if not len(gaze["mono_ns"]):
@@ -71,10 +84,14 @@ class TraceReader:
                 "text_offset": np.asarray(result["text_offset"], np.int64),
                 "confidence": np.asarray(result["confidence"], np.float32)}
 
-    def _visible(self, shown_reply_id, mono, offset, line_starts) -> np.ndarray | None:
-        events = self.store._rows(
+    def _views(self, shown_reply_id: str) -> list[dict]:
+        """The showing's viewport events, oldest first."""
+        return self.store._rows(
             "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown "
             "FROM viewport_events WHERE shown_reply_id = ? ORDER BY mono_ns", (shown_reply_id,))
+
+    @staticmethod
+    def _visible(events, mono, offset, line_starts) -> np.ndarray | None:
         if not events:
             return None
         times = np.asarray([e["mono_ns"] for e in events], np.int64)
@@ -92,7 +109,7 @@ class TraceReader:
         return np.where(before_any, True, on_screen & within)
 
     def activity(self, shown_reply_id: str, zero_mono_ns: int | None = None,
-                 shown: dict | None = None) -> ReplyActivity:
+                 shown: dict | None = None, views: list | None = None) -> ReplyActivity:
         """The viewport changes of this showing and the actions on its reply from the moment
         it was shown (on any later showing too: a copy made after reopening the chat
         counts), with times in ms since ``zero_mono_ns`` (default: the showing), as
@@ -103,9 +120,7 @@ class TraceReader:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
         shift_ms = (shown["shown_mono_ns"] - zero) / 1e6
-        views = self.store._rows(
-            "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown "
-            "FROM viewport_events WHERE shown_reply_id = ?", (shown_reply_id,))
+        views = self._views(shown_reply_id) if views is None else views
         reply = self.store._rows("SELECT parent_id, finish_reason FROM messages WHERE id = ?",
                                  (shown["message_id"],))
         parent = reply[0]["parent_id"] if reply else None
