@@ -123,6 +123,43 @@ def test_a_version_is_in_use_only_after_it_is_recorded(tmp_path, model):
     assert publish(config, tmp_path, model, 4) == "v0004"    # a spent number is not reused
 
 
+def test_a_publish_clears_what_dead_publishes_left_and_spares_one_under_way(tmp_path, model):
+    """A publish killed half-way leaves a staging or pending folder; the next one removes
+    those over an hour old. A pending version younger than that may be another job's
+    being recorded: it stays, and its number is not handed out again. A folder gone
+    between the listing and the look (retired meanwhile) is no error."""
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+    two_hours_ago = os.stat(config.root).st_mtime - 7200
+    for name in (".staging-deadbeef", f"{adapters.PENDING}v0002"):
+        (config.root / name).mkdir()
+        (config.root / name / "adapter.gguf").write_bytes(b"half")
+        os.utime(config.root / name, (two_hours_ago, two_hours_ago))
+    (config.root / f"{adapters.PENDING}v0003").mkdir()
+    (config.root / ".staging-gone").symlink_to(config.root / "no-such-folder")
+    assert publish(config, tmp_path, model, 4) == "v0004"
+    assert sorted(p.name for p in config.root.iterdir()) == \
+        [f"{adapters.PENDING}v0003", ".staging-gone", "active.json", "v0001", "v0004"]
+
+
+def test_publishing_after_everything_was_deleted_writes_nothing(tmp_path, model):
+    """The user deleted everything after the job last checked its conversations: the
+    publish must not create adapters/ (with a version and its counter) in the wiped
+    folder, and the run is cancelled rather than recorded."""
+    from align import nightly
+    home = tmp_path / "home"
+    home.mkdir()                      # wiped: no glance.db
+    work = tmp_path / "work"
+    work.mkdir()
+    outcome = {"publish": True, "gguf": fake_adapter(tmp_path), "peft": None, "reasons": [],
+               "report": {}, "work": work}
+    result = {"run_id": "r1", "pairs": {}, "published": False, "timings": {}, "began": True}
+    with pytest.raises(nightly.DataDeleted):
+        nightly._publish_and_record(nightly.NightlyConfig(data_dir=home), result, outcome,
+                                    [], [], model, set(), 0, 0.0, log=lambda m: None)
+    assert list(home.iterdir()) == []
+
+
 def test_retiring_the_active_version_falls_back_to_the_one_before(tmp_path, model):
     config = adapters.AdapterConfig(tmp_path / "adapters")
     for n in (1, 2, 3):
