@@ -137,6 +137,41 @@ def test_calibration_screen_passes_with_a_simulated_user(qtbot):
         camera.stop()
 
 
+def test_a_calibration_closed_while_it_fits_stays_closed(qtbot):
+    """Cancelled (or consent withdrawn) while the fit still runs: the fit's result, when it
+    comes, must not start the validation targets on a screen that is closed."""
+    require(_have_vision(), "MediaPipe and scikit-image are needed for the simulated face")
+    from app.ui.gaze_calibration import CalibrationScreen
+    holder = {}
+    camera = SimulatedCamera(lambda: holder.get("w"))
+    widget = CalibrationScreen(camera, QApplication.primaryScreen(), "5", dwell_s=0.6,
+                               move_s=0.1, settle_s=0.2, kinds=("ridge",))
+    holder["w"] = widget
+    qtbot.addWidget(widget)
+    widget.showFullScreen()
+    camera.start()
+    try:
+        results = []
+        widget.finished.connect(results.append)
+        widget.begin("5")
+        fit = widget.recorder.fit
+        fitting = threading.Event()
+
+        def slow_fit(*args, **kwargs):      # the fit itself, begun a moment later
+            fitting.set()
+            time.sleep(1.0)
+            return fit(*args, **kwargs)
+        widget.recorder.fit = slow_fit
+        qtbot.waitUntil(fitting.is_set, timeout=60_000)
+        widget.cancel()
+        qtbot.wait(500)                     # room for a queued result to arrive
+        assert results == [None]
+        assert widget.state == "fitting" and not widget._timer.isActive()
+        assert not widget.isVisible()
+    finally:
+        camera.stop()
+
+
 def test_calibration_that_fails_explains_and_offers_a_retry(qtbot, tmp_path):
     """A real replay: the astronaut photograph never moves her eyes, so whatever the
     targets, the estimate cannot follow: validation fails, advice is shown, gaze stays off."""
