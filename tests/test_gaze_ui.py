@@ -106,21 +106,28 @@ class SimulatedCamera:
                 fn(lm, scene.width, scene.height, False, time.monotonic())
 
 
-def test_calibration_screen_passes_with_a_simulated_user(qtbot):
+def simulated_calibration(qtbot, layout: str, **timing):
+    """A full-screen calibration watched by a simulated user, begun: (its widget, the
+    simulated camera, the list its ``finished`` results go to). Stop the camera after."""
     require(_have_vision(), "MediaPipe and scikit-image are needed for the simulated face")
     from app.ui.gaze_calibration import CalibrationScreen
     holder = {}
     camera = SimulatedCamera(lambda: holder.get("w"))
-    widget = CalibrationScreen(camera, QApplication.primaryScreen(), "9", dwell_s=0.9,
-                               move_s=0.15, settle_s=0.3, kinds=("ridge", "kernel"))
+    widget = CalibrationScreen(camera, QApplication.primaryScreen(), layout, **timing)
     holder["w"] = widget
     qtbot.addWidget(widget)
     widget.showFullScreen()
     camera.start()
+    results = []
+    widget.finished.connect(results.append)
+    widget.begin(layout)
+    return widget, camera, results
+
+
+def test_calibration_screen_passes_with_a_simulated_user(qtbot):
+    widget, camera, results = simulated_calibration(
+        qtbot, "9", dwell_s=0.9, move_s=0.15, settle_s=0.3, kinds=("ridge", "kernel"))
     try:
-        results = []
-        widget.finished.connect(results.append)
-        widget.begin("9")
         qtbot.waitUntil(lambda: widget.state == "result", timeout=120_000)
         assert widget.error is None, widget.error
         report = widget.report
@@ -140,20 +147,9 @@ def test_calibration_screen_passes_with_a_simulated_user(qtbot):
 def test_a_calibration_closed_while_it_fits_stays_closed(qtbot):
     """Cancelled (or consent withdrawn) while the fit still runs: the fit's result, when it
     comes, must not start the validation targets on a screen that is closed."""
-    require(_have_vision(), "MediaPipe and scikit-image are needed for the simulated face")
-    from app.ui.gaze_calibration import CalibrationScreen
-    holder = {}
-    camera = SimulatedCamera(lambda: holder.get("w"))
-    widget = CalibrationScreen(camera, QApplication.primaryScreen(), "5", dwell_s=0.6,
-                               move_s=0.1, settle_s=0.2, kinds=("ridge",))
-    holder["w"] = widget
-    qtbot.addWidget(widget)
-    widget.showFullScreen()
-    camera.start()
+    widget, camera, results = simulated_calibration(
+        qtbot, "5", dwell_s=0.6, move_s=0.1, settle_s=0.2, kinds=("ridge",))
     try:
-        results = []
-        widget.finished.connect(results.append)
-        widget.begin("5")
         fit = widget.recorder.fit
         fitting = threading.Event()
 
