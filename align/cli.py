@@ -84,8 +84,10 @@ def cmd_reward_scores(args) -> int:
             with FeedbackStore.open() as store:
                 scores = recent_scores(store, args.limit)
         except DatabaseLocked as locked:
-            scores = _from_app(lambda app: app.request("reward_scores", limit=args.limit)["scores"],
-                               "the scores", locked)                  # Glance is open
+            from feedback_store.paths import glance_home
+            from .ipc import ask_open_app
+            scores = ask_open_app(glance_home(), lambda app: app.request(
+                "reward_scores", limit=args.limit)["scores"], "the scores", locked)   # Glance is open
     except (StoreError, OSError) as error:
         print(f"align reward scores: {error}", file=sys.stderr)
         return 2
@@ -121,28 +123,12 @@ def cmd_reward_scores(args) -> int:
     return 0
 
 
-def _from_app(call, what: str, locked: Exception):
-    """``call(client)`` on the open app, which holds the database; OSError saying why not
-    (without an app to ask: the lock error itself, which names the process)."""
-    from feedback_store.paths import glance_home
-    from .ipc import AppClient, LinkError
-    from .locks import job_running
-    client = AppClient.find(glance_home())
-    if client is None and job_running(glance_home()):
-        raise OSError("the nightly job is reading or saving the database (usually a few "
-                      "seconds); try again in a moment")
-    if client is None:
-        raise OSError(str(locked))
-    try:
-        return call(client)
-    except LinkError as error:
-        raise OSError(f"Glance is open and could not hand over {what} ({error})") from error
-
-
 def _labels_from_app(locked: Exception) -> dict:
     """The user's labelled rows, computed by the open app."""
+    from feedback_store.paths import glance_home
+    from .ipc import ask_open_app
     from .nightly import labels_from_app
-    return _from_app(labels_from_app, "your labels", locked)
+    return ask_open_app(glance_home(), labels_from_app, "your labels", locked)
 
 
 def cmd_import_ifllm(args) -> int:

@@ -131,3 +131,23 @@ class AppClient:
         if not answer.get("ok"):
             raise LinkError(answer.get("error") or f"{op!r} failed in the app")
         return answer
+
+
+def ask_open_app(data_dir: Path, call, what: str, locked: Exception):
+    """``call(client)`` on the Glance window that holds the database (``locked``: the
+    DatabaseLocked error that said it is held). The commands that read the store ask the
+    window this way; when it cannot answer, a StoreError says why in one sentence: the
+    nightly job holds the database for a moment, or the lock error itself (it names the
+    process), or the window could not hand over ``what``."""
+    from feedback_store.errors import StoreError
+    from .locks import job_running
+    client = AppClient.find(data_dir)
+    if client is None and job_running(data_dir):
+        raise StoreError("the nightly job is reading or saving the database (usually a few "
+                         "seconds); try again in a moment.")
+    if client is None:
+        raise locked
+    try:
+        return call(client)
+    except (LinkError, OSError) as error:       # an older window, or it closed meanwhile
+        raise StoreError(f"Glance is open and could not hand over {what} ({error}).") from error

@@ -280,14 +280,8 @@ def _store_status() -> tuple[dict, list]:
         with FeedbackStore.open() as store:
             return dict(store.status(), app_open=False), store.training.runs(1)
     except DatabaseLocked as locked:
-        from align.ipc import AppClient, LinkError
-        client = AppClient.find(glance_home())
-        if client is None:
-            raise
-        try:
-            answer = client.request("status")
-        except (LinkError, OSError):        # an older window, or it closed meanwhile
-            raise locked from None
+        from align.ipc import ask_open_app
+        answer = ask_open_app(glance_home(), lambda app: app.request("status"), "its status", locked)
         return dict(answer["status"], app_open=True), answer["runs"]
 
 

@@ -662,9 +662,10 @@ def test_align_reward_scores_shows_what_the_model_made_of_each_reply_open_or_clo
     assert "--limit must be between 1 and 100000" in capsys.readouterr().err
 
 
-def test_align_reward_scores_says_when_the_nightly_job_holds_the_database(store):
+def test_commands_say_when_the_nightly_job_holds_the_database(store):
     """The database held by the nightly job (a few seconds at its start and end), not by
-    the app: the command says so, instead of blaming an unknown program."""
+    the app: the commands that would ask the app say so, instead of blaming an unknown
+    program."""
     import os
     import subprocess
     import sys
@@ -673,11 +674,16 @@ def test_align_reward_scores_says_when_the_nightly_job_holds_the_database(store)
     (store.data_dir / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, GLANCE_HOME=str(store.data_dir))
 
+    def run(*command):
+        return subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120, env=env)
+
     def scores():
-        return subprocess.run([sys.executable, "-m", "align.cli", "reward", "scores"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+        return run("align.cli", "reward", "scores")
     with TrainingLock(store.data_dir / LOCK_FILE):        # this process: the job, holding both
         done = scores()
+        status = run("app.cli", "data", "status")
     assert done.returncode == 2 and "the nightly job is reading or saving" in done.stderr
+    assert status.returncode == 2 and "the nightly job is reading or saving" in status.stderr
     done = scores()                 # a Glance process without a socket (this test) holds it
     assert done.returncode == 2 and f"(PID {os.getpid()})" in done.stderr
