@@ -97,11 +97,17 @@ class RewardModel:
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} was written by a newer Glance (format "
                              f"{data['format_version']} > {FORMAT_VERSION})")
-        return cls(task=data["task"], names=data["names"], fill=np.array(data["fill"], float),
-                   centre=np.array(data["centre"], float), scale=np.array(data["scale"], float),
-                   coef=np.array(data["coef"], float), intercept=float(data["intercept"]),
-                   expected_reading=data.get("expected_reading", {}),
-                   metrics=data.get("metrics", {}), info=data.get("info", {}))
+        model = cls(task=data["task"], names=data["names"], fill=np.array(data["fill"], float),
+                    centre=np.array(data["centre"], float), scale=np.array(data["scale"], float),
+                    coef=np.array(data["coef"], float), intercept=float(data["intercept"]),
+                    expected_reading=data.get("expected_reading", {}),
+                    metrics=data.get("metrics", {}), info=data.get("info", {}))
+        # Refused here, not at every reply it would fail to score: the app then takes the
+        # newest model file that is whole.
+        if not all(part.shape == (len(model.names),)
+                   for part in (model.fill, model.centre, model.scale, model.coef)):
+            raise ValueError(f"{path} is damaged: its parts do not match its {len(model.names)} columns")
+        return model
 
 
 # --- training (scikit-learn, imported lazily) ---------------------------------------------

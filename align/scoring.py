@@ -33,6 +33,7 @@ TRACES_KEPT = 4       # recent traces ReplyScorer keeps: a reply is scored again
 # the last 100 is as good with the centring's shrinkage, and the same limit on both sides
 # keeps a restart from changing any score.
 HISTORY_KEPT = 100
+ERRORS_KEPT = 20      # a scorer failing on every reply must not grow without end
 
 
 def model_dir(data_dir: Path) -> Path:
@@ -229,7 +230,8 @@ class ReplyScorer:
         self.directory = Path(directory) if directory else model_dir(store.data_dir)
         self.on_scored = on_scored
         self.scored = 0
-        self.errors: list[str] = []
+        self.failed = 0
+        self.errors: list[str] = []      # the last ERRORS_KEPT failures, newest last
         self._queue: queue.Queue = queue.Queue()
         self._model: RewardModel | None = None
         self._model_stamp = None
@@ -259,6 +261,14 @@ class ReplyScorer:
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+
+    def state(self) -> dict:
+        """How scoring goes in this window (for `glance doctor`): replies scored and failed
+        since it opened, the newest failure, the model file it scores with."""
+        model = self._model
+        return {"scored": self.scored, "failed": self.failed,
+                "last_error": self.errors[-1] if self.errors else None,
+                "model": model.info.get("file") if model is not None else None}
 
     def model(self) -> RewardModel | None:
         try:
@@ -296,7 +306,9 @@ class ReplyScorer:
                 for stale in list(self._traces)[:-TRACES_KEPT]:
                     del self._traces[stale]
             except Exception as error:  # noqa: BLE001 - one bad trace must not stop scoring
-                self.errors.append(f"{item}: {type(error).__name__}: {error}")
+                self.failed += 1
+                self.errors.append(f"{type(error).__name__}: {error}")
+                del self.errors[:-ERRORS_KEPT]
                 continue
             if score is None:
                 continue

@@ -227,7 +227,9 @@ def cmd_doctor(args) -> int:
     report["data_dir"] = str(glance_home())
     report["camera"] = camera_status()
     try:
-        status, runs = _store_status()
+        status, runs, scoring = _store_status()
+        if scoring is not None:          # only the open window scores
+            report["scoring"] = scoring
         report["database"] = {"ok": True, "encryption": status["encryption"],
                               "key_storage": status["key_storage"],
                               "schema_version": status["schema_version"],
@@ -270,19 +272,26 @@ def cmd_doctor(args) -> int:
                     about.append(f"{model['train_rows']} examples, {model['live_pairs']} of them your own")
                 text = f"{model['file']} ({', '.join(about)})"
             print(f"Reward {task}: {text}")
+        if "scoring" in report:
+            scoring = report["scoring"]
+            text = f"{scoring['scored']} replies scored since the window opened"
+            if scoring["failed"]:
+                text += f"; {scoring['failed']} could not be (last: {scoring['last_error']})"
+            print(f"Scoring:  {text}")
     return 0 if report["database"]["ok"] and report["model"]["ok"] else 1
 
 
-def _store_status() -> tuple[dict, list]:
-    """``store.status()`` (with ``app_open``) and the last nightly run: from the store, or,
-    while the Glance window holds it, from the window over its private socket."""
+def _store_status() -> tuple[dict, list, dict | None]:
+    """``store.status()`` (with ``app_open``), the last nightly run and how scoring goes in
+    the window (None without one): from the store, or, while the Glance window holds it,
+    from the window over its private socket."""
     try:
         with FeedbackStore.open() as store:
-            return dict(store.status(), app_open=False), store.training.runs(1)
+            return dict(store.status(), app_open=False), store.training.runs(1), None
     except DatabaseLocked as locked:
         from align.ipc import ask_open_app
         answer = ask_open_app(glance_home(), lambda app: app.request("status"), "its status", locked)
-        return dict(answer["status"], app_open=True), answer["runs"]
+        return dict(answer["status"], app_open=True), answer["runs"], answer.get("scoring")
 
 
 def _nightly(runs: list) -> dict:
@@ -369,7 +378,7 @@ def cmd_data(args) -> int:
                   f"{', '.join(path.name for path in kept)}.")
         return 0
     if args.data_command == "status":
-        status, _ = _store_status()
+        status, _, _ = _store_status()
         if args.json:
             print(json.dumps(status))
             return 0

@@ -170,7 +170,7 @@ class AppSession:
         (app/training_link.py). Returns a problem to show, or None."""
         from .training_link import TrainingLink
         link = TrainingLink(self.store, model_path=model_path, idle_seconds=idle_seconds,
-                            on_adapters_changed=on_adapters_changed)
+                            on_adapters_changed=on_adapters_changed, scoring=self.scorer.state)
         try:
             self.training_link = link.start()
         except (RuntimeError, OSError) as error:

@@ -31,8 +31,10 @@ SNAPSHOTS = Path("training") / "snapshots"
 class TrainingLink:
     def __init__(self, store: FeedbackStore, model_path: Callable[[], str | None] | None = None,
                  idle_seconds: Callable[[], float | None] | None = None,
-                 on_adapters_changed: Callable[[], None] | None = None):
+                 on_adapters_changed: Callable[[], None] | None = None,
+                 scoring: Callable[[], dict] | None = None):
         self.store = store
+        self.scoring = scoring or (lambda: None)
         self.data_dir = Path(store.data_dir)
         self.model_path = model_path or (lambda: None)
         self.idle_seconds = idle_seconds or (lambda: None)
@@ -171,8 +173,9 @@ class TrainingLink:
 
     def _op_status(self) -> dict:
         """``store.status()`` and the last nightly run, for `glance data status` and
-        `glance doctor` while this app holds the database."""
-        return {"status": self.store.status(), "runs": self.store.training.runs(1)}
+        `glance doctor` while this app holds the database, with how scoring goes here."""
+        return {"status": self.store.status(), "runs": self.store.training.runs(1),
+                "scoring": self.scoring()}
 
     def _op_reward_scores(self, limit: int = 20) -> dict:
         """The newest scored replies (``align.scoring.recent_scores``), for

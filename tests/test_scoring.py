@@ -662,6 +662,51 @@ def test_align_reward_scores_shows_what_the_model_made_of_each_reply_open_or_clo
     assert "--limit must be between 1 and 100000" in capsys.readouterr().err
 
 
+def test_a_damaged_model_file_is_passed_over_for_the_newest_whole_one(tmp_path):
+    """A model file cut short or edited by hand loaded, then failed on every reply."""
+    from align.scoring import newest_model
+    pointwise_model(tmp_path, stamp="20261205T000000Z")
+    damaged = json.loads(pointwise_model(tmp_path, stamp="20261206T000000Z").read_text())
+    damaged["coef"] = damaged["coef"][:1]
+    (tmp_path / "reward-pointwise-20261206T000000Z.json").write_text(json.dumps(damaged))
+    with pytest.raises(ValueError, match="is damaged: its parts do not match its 2 columns"):
+        RewardModel.load(tmp_path / "reward-pointwise-20261206T000000Z.json")
+    assert newest_model(tmp_path).info["version"] == "20261205T000000Z"
+
+
+def test_doctor_says_how_scoring_goes_in_the_open_window(store):
+    """Replies are scored on the window's own thread: one that could not be scored was only
+    kept in a list nobody could see. `glance doctor`, asking the open window, says how many
+    were scored and how many failed, with the newest reason."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    session, conversation, first, second = two_replies_scored(store)
+
+    def damage_its_layout(shown_id):
+        store._write("UPDATE shown_replies SET layout = '[{broken' WHERE id = ?", (shown_id,))
+    third = store.conversations.add_message(Message(conversation.id, "assistant", TEXT + " Truly.",
+                                                    parent_id=first.parent_id))
+    show_and_read(store, session, conversation.id, third.id, moves=5, during=damage_its_layout)
+    session.scorer.wait()
+    assert session.start_training_link(model_path=lambda: None) is None      # Glance, open
+    try:
+        env = dict(os.environ, GLANCE_HOME=str(store.data_dir))
+        done = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--json"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+        scoring = json.loads(done.stdout)["scoring"]
+        assert scoring["scored"] == 2 and scoring["failed"] == 1, scoring
+        assert scoring["last_error"].startswith("JSONDecodeError")
+        assert scoring["model"] == "reward-pointwise-20261206T000000Z.json"
+        text = subprocess.run([sys.executable, "-m", "app.cli", "doctor"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, env=env).stdout
+        assert "Scoring:  2 replies scored since the window opened; 1 could not be (last: " \
+            "JSONDecodeError" in text, text
+    finally:
+        session.close()
+
+
 def test_commands_say_when_the_nightly_job_holds_the_database(store):
     """The database held by the nightly job (a few seconds at its start and end), not by
     the app: the commands that would ask the app say so, instead of blaming an unknown
