@@ -48,9 +48,41 @@ def test_privacy_panel_changes_consent_pause_and_retention(qtbot, store, tmp_pat
     assert not store.consent.is_on("gaze")
     panel.pause_box.setChecked(True)
     assert store.consent.paused
-    panel.retention.setValue(30)
-    assert store.settings.retention_days == 30
     assert panel.findChildren(object, "keyFileWarning"), "the key-file warning must be shown"
+
+
+def test_retention_is_applied_once_chosen_and_a_shorter_one_only_when_agreed(
+        qtbot, store, monkeypatch):
+    """Typing "30" over 90 passed through 3 days, and each value was applied at once: every
+    reading signal older than 3 days was deleted, for good."""
+    from PySide6.QtWidgets import QMessageBox
+    asked = []
+    answer = {"button": QMessageBox.StandardButton.No}
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: asked.append(a[2]) or answer["button"])
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    panel.show()
+    field = panel.retention.lineEdit()
+    field.selectAll()
+    qtbot.keyClicks(field, "3")
+    assert store.settings.retention_days == 90 and not asked     # nothing while typing
+    qtbot.keyClicks(field, "0")
+    qtbot.keyClick(field, Qt.Key.Key_Return)
+    assert len(asked) == 1 and "older than 30 days will be deleted" in asked[0]
+    assert store.settings.retention_days == 90 and panel.retention.value() == 90   # declined
+    answer["button"] = QMessageBox.StandardButton.Yes
+    field.selectAll()
+    qtbot.keyClicks(field, "30")
+    panel.accept()                                # closed before Enter: still applied
+    assert len(asked) == 2 and store.settings.retention_days == 30
+    longer = PrivacyPanel(store)
+    qtbot.addWidget(longer)
+    longer.show()
+    longer.retention.lineEdit().selectAll()
+    qtbot.keyClicks(longer.retention.lineEdit(), "120")
+    qtbot.keyClick(longer.retention.lineEdit(), Qt.Key.Key_Return)
+    assert len(asked) == 2 and store.settings.retention_days == 120   # longer: nothing to ask
 
 
 def test_pause_shortcut_in_the_window(qtbot, store, window):

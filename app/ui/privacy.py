@@ -157,7 +157,12 @@ class PrivacyPanel(QDialog):
         retention.addWidget(QLabel("Keep reading signals for"))
         self.retention = QSpinBox(minimum=1, maximum=3650, value=store.settings.retention_days)
         self.retention.setSuffix(" days")
-        self.retention.valueChanged.connect(self._set_retention)
+        # Applied once chosen (Enter, leaving the field, closing the panel), not at every
+        # keystroke or arrow step: typing "30" passed through 3 days, and a shorter period
+        # deletes for good.
+        self.retention.setKeyboardTracking(False)
+        self.retention.editingFinished.connect(self.apply_retention)
+        self._asking = False
         retention.addWidget(self.retention)
         retention.addStretch()
         storage_layout.addLayout(retention)
@@ -191,11 +196,38 @@ class PrivacyPanel(QDialog):
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
         layout.addWidget(close, alignment=Qt.AlignmentFlag.AlignRight)
+        # Enter (in the retention field, say) must not press a button: the first one was
+        # the dialog's default, so Enter opened the export.
+        for button in self.findChildren(QPushButton):
+            button.setAutoDefault(False)
+            button.setDefault(False)
         self.deleted_everything = False
 
-    def _set_retention(self, days: int) -> None:
+    def apply_retention(self) -> None:
+        """Keep the period in the field; a shorter one only once the user agrees to what
+        it deletes."""
+        self.retention.interpretText()          # what is typed, Enter pressed or not
+        days, current = self.retention.value(), self.store.settings.retention_days
+        if days == current or self._asking:     # (the question takes the focus: asked once)
+            return
+        if days < current:
+            self._asking = True
+            try:
+                agreed = QMessageBox.question(
+                    self, "Keep reading signals for less time",
+                    f"Reading signals older than {days} days will be deleted now, for good "
+                    f"(they are kept {current} days now). Keep {days} days?")
+            finally:
+                self._asking = False
+            if agreed != QMessageBox.StandardButton.Yes:
+                self.retention.setValue(current)
+                return
         self.store.settings.set_retention_days(days)
         self.store.apply_retention(wait=False)  # runs on the writer; the panel never waits
+
+    def done(self, result: int) -> None:
+        self.apply_retention()          # closed with a new period typed but not confirmed
+        super().done(result)
 
     def _fill_sessions(self) -> None:
         rows = self.store.samples.session_summary()
