@@ -96,6 +96,19 @@ def test_pause_shortcut_in_the_window(qtbot, store, window):
     assert not store.consent.paused
 
 
+def test_the_tray_pause_item_says_what_a_click_does(qtbot, store, engine):
+    """Pause is remembered across starts, and can be set in the Privacy panel: the tray
+    item still said "Pause all" then, and clicking it resumed collection."""
+    from app.ui.main_window import MainWindow
+    store.consent.set_paused(True)                   # as the last run left it
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    assert window.tray_pause.text() == "Resume collection"
+    window.tray_pause.trigger()
+    assert not store.consent.paused and window.tray_pause.text() == "Pause all"
+    window.close()
+
+
 def test_data_view_counts_samples_per_session(qtbot, store):
     session = store.samples.start_session("test")
     store.consent.set("pointer", True)

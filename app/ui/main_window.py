@@ -194,12 +194,14 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.camera_dot)
         self.statusBar().addPermanentWidget(self.collection_label)
         self.tray = None
+        # The menu exists without a tray too; its pause item always says what a click does
+        # (_update_collection_indicator): pause is remembered across starts.
+        tray_menu = QMenu(self)
+        self.tray_pause = tray_menu.addAction("Pause all", self.toggle_pause)
+        tray_menu.addAction("Show Glance", self.showNormal)
         if QSystemTrayIcon.isSystemTrayAvailable():
             self.tray = QSystemTrayIcon(_dot_icon(None), self)
             self.tray.setToolTip("Glance")
-            tray_menu = QMenu(self)
-            self.tray_pause = tray_menu.addAction("Pause all", self.toggle_pause)
-            tray_menu.addAction("Show Glance", self.showNormal)
             self.tray.setContextMenu(tray_menu)
             self.tray.show()
         # Retention is enforced at start (FeedbackStore.open) and then daily.
@@ -725,8 +727,6 @@ class MainWindow(QMainWindow):
     def toggle_pause(self) -> None:
         paused = self.session.toggle_pause()
         self.capture.sync()
-        if self.tray is not None:
-            self.tray_pause.setText("Resume collection" if paused else "Pause all")
         self._update_collection_indicator()
         self.statusBar().showMessage("All collection paused." if paused else "Collection resumed.",
                                      4000)
@@ -736,6 +736,8 @@ class MainWindow(QMainWindow):
         state = self.session.recording_state(
             incognito=bool(self.tree and self.tree.conversation.incognito))
         self.camera_dot.setVisible(state.camera_on)
+        self.tray_pause.setText("Resume collection" if self.session.store.consent.paused
+                                else "Pause all")
         if self.tray is not None:
             self.tray.setIcon(_dot_icon("#d00000" if state.camera_on else None))
             self.tray.setToolTip("Glance — camera on" if state.camera_on else "Glance")
