@@ -109,6 +109,29 @@ def test_the_tray_pause_item_says_what_a_click_does(qtbot, store, engine):
     window.close()
 
 
+def test_settings_chosen_in_an_incognito_chat_are_not_written(qtbot, store, window):
+    """They became the stored default for every new chat (the system prompt too), though
+    an incognito chat writes nothing."""
+    from PySide6.QtCore import QTimer
+    from app.ui.dialogs import SettingsDialog
+
+    def choose(prompt):
+        def fill():
+            dialog = QApplication.activeModalWidget()
+            assert isinstance(dialog, SettingsDialog)
+            dialog.system_prompt.setPlainText(prompt)
+            dialog.accept()
+        QTimer.singleShot(0, fill)
+        window.open_settings()
+    window.new_chat(incognito=True)
+    choose("You are my secret diary.")
+    assert window.tree.settings().system_prompt == "You are my secret diary."   # in this chat
+    assert "secret diary" not in str(store.settings.get("generation"))
+    window.new_chat()
+    choose("Answer briefly.")                         # a stored chat sets the default
+    assert store.settings.get("generation")["system_prompt"] == "Answer briefly."
+
+
 def test_data_view_counts_samples_per_session(qtbot, store):
     session = store.samples.start_session("test")
     store.consent.set("pointer", True)

@@ -711,7 +711,8 @@ class MainWindow(QMainWindow):
             try:
                 settings = dialog.settings()
                 self.service.set_settings(self.tree, settings)
-                self.session.remember_default_settings(settings.to_dict())
+                if not self.tree.conversation.incognito:    # nothing of it is written
+                    self.session.remember_default_settings(settings.to_dict())
             except EngineError as error:
                 self._error(str(error))
 
