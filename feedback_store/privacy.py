@@ -24,6 +24,12 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
     if destination.exists() and not destination.is_dir():
         raise StoreError(f"Cannot export to {destination}: it is a file, not a folder. "
                          "Choose a folder (it is created if it does not exist).")
+    home = Path(store.data_dir).resolve()
+    if destination.resolve() == home or home in destination.resolve().parents:
+        # An export there is not encrypted, and "delete everything" takes the folder for
+        # one shared with the user's own files: it would stay.
+        raise StoreError(f"Cannot export into Glance's data folder {home}: the export is not "
+                         "encrypted and must live somewhere you choose. Choose another folder.")
     try:
         destination.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".glance-export-", dir=destination))

@@ -236,6 +236,16 @@ def test_export_to_unwritable_folder_leaves_nothing(store, tmp_path):
     assert list(out.iterdir()) == [blocker] and blocker.read_text() == "x"
 
 
+def test_export_into_the_data_folder_is_refused(store):
+    """An export there is plaintext beside the encrypted database, and made "delete
+    everything" take the folder for one shared with the user's files: it stayed."""
+    before = sorted(p.name for p in store.data_dir.iterdir())
+    for inside in (store.data_dir, store.data_dir / "exports", store.data_dir / "cache" / ".." / "x"):
+        with pytest.raises(StoreError, match="Cannot export into Glance's data folder"):
+            export_all(store, inside)
+    assert sorted(p.name for p in store.data_dir.iterdir()) == before
+
+
 def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
     with FeedbackStore.open(home) as store:
         store.consent.set("pointer", True)
