@@ -1,6 +1,7 @@
 """The real window (offscreen Qt) on the real model and store, driven like a user would."""
 import pytest
 from PySide6.QtCore import QPoint, Qt
+from PySide6.QtWidgets import QAbstractButton
 
 from app.ui.main_window import MainWindow
 from conftest import quick_settings
@@ -86,6 +87,29 @@ def long_reply_streaming(qtbot, window, store):
     window.input.setPlainText("Write a very long story about a ship.")
     window.send()
     qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
+
+
+def test_no_button_of_the_conversation_looks_usable_while_a_reply_is_written(qtbot, window,
+                                                                             store):
+    """The rows are rebuilt when the message is committed, after the buttons were disabled:
+    Edit and ‹ › looked usable while the reply streamed and did nothing when clicked."""
+    def usable():
+        return [b.text() for w in window.chat_view.widgets
+                for b in w.findChildren(QAbstractButton) if b.isEnabled() and b.text() != "Copy"]
+
+    def stop():
+        window.stop()
+        qtbot.waitUntil(lambda: not window.is_generating(), timeout=REPLY_TIMEOUT_MS)
+    long_reply_streaming(qtbot, window, store)
+    assert usable() == []
+    stop()
+    assert "Edit" in usable()
+    window.regenerate(window.tree.active_path()[-1].id)         # two replies: ‹ › to switch
+    qtbot.waitUntil(lambda: not window.is_generating(), timeout=REPLY_TIMEOUT_MS)
+    assert "‹" in usable()
+    long_reply_streaming(qtbot, window, store)
+    assert usable() == []
+    stop()
 
 
 def test_closing_the_window_mid_reply_is_not_a_stop(qtbot, window, store):

@@ -105,6 +105,7 @@ class MessageWidget(QFrame):
         role.setFont(bold)
         header.addWidget(role)
         header.addStretch()
+        self._sibling_buttons = []           # (button, whether it has somewhere to go)
         if len(siblings) > 1:
             index = [s.id for s in siblings].index(message.id)
             previous = QToolButton(text="‹")
@@ -113,6 +114,7 @@ class MessageWidget(QFrame):
             following = QToolButton(text="›")
             following.setEnabled(index < len(siblings) - 1)
             following.clicked.connect(lambda: self.sibling_requested.emit(siblings[index + 1].id))
+            self._sibling_buttons = [(previous, index > 0), (following, index < len(siblings) - 1)]
             self.sibling_label = QLabel(f"{index + 1}/{len(siblings)}")
             for widget in (previous, self.sibling_label, following):
                 header.addWidget(widget)
@@ -186,6 +188,8 @@ class MessageWidget(QFrame):
                        self.thumb_up, self.thumb_down, self.retry_button):
             if button is not None:
                 button.setEnabled(enabled)
+        for button, can_go in self._sibling_buttons:
+            button.setEnabled(enabled and can_go)
 
     @staticmethod
     def _meta_text(message: Message) -> str:

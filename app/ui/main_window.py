@@ -381,6 +381,9 @@ class MainWindow(QMainWindow):
                                                retry_last=not self.is_generating())
         if keyboard_in_rows:     # the button or reply that had it is gone with its row
             self.input.setFocus()
+        if self.is_generating():   # rebuilt mid-reply (the message just sent): they would do nothing
+            for widget in widgets:
+                widget.set_actions_enabled(False)
         if self.chat_view.pair is not None:
             self.chat_view.pair.picked.connect(self.pick)
         for widget in widgets:
