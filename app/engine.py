@@ -18,6 +18,50 @@ from .models import ModelError, default_model_path, inspect_model
 DEFAULT_SYSTEM_PROMPT = "You are Glance, a helpful, concise assistant."
 
 
+@dataclass(frozen=True)
+class TemplateRules:
+    """What a model's chat template refuses, so Glance reshapes the conversation instead
+    of failing every message: Gemma's templates raise on a system role, Mistral's unless
+    user and assistant alternate (two user turns follow each other when a reply was
+    stopped before any text)."""
+    fold_system: bool = False     # the system prompt goes at the top of the first user turn
+    merge_turns: bool = False     # consecutive turns of one role become one
+
+    def apply(self, messages: list[dict]) -> list[dict]:
+        out = [dict(m) for m in messages]
+        if self.fold_system and out and out[0]["role"] == "system":
+            system = out.pop(0)["content"]
+            if out and out[0]["role"] == "user":
+                out[0]["content"] = f"{system}\n\n{out[0]['content']}" if system else out[0]["content"]
+        if self.merge_turns:
+            merged: list[dict] = []
+            for message in out:
+                if merged and merged[-1]["role"] == message["role"]:
+                    merged[-1]["content"] += "\n\n" + message["content"]
+                else:
+                    merged.append(message)
+            out = merged
+        return out
+
+
+def template_rules(formatter, name: str) -> TemplateRules:
+    """Find a template's rules by trying it on small conversations."""
+    def renders(messages) -> bool:
+        try:
+            formatter(messages=messages)
+            return True
+        except Exception:  # noqa: BLE001 - a template raises whatever its author chose
+            return False
+    system, user, other = ({"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                           {"role": "user", "content": "v"})
+    rules = TemplateRules(fold_system=not renders([system, user]),
+                          merge_turns=not renders([user, other]))
+    if not renders(rules.apply([system, user])):
+        raise ModelError(f"The chat template of {name} cannot format even a one-message "
+                         "conversation, so Glance cannot chat with it. Choose another model.")
+    return rules
+
+
 @dataclass
 class GenerationSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -82,6 +126,7 @@ class ChatEngine:
         self.llm = None
         self.model_info: dict | None = None
         self._formatter = None
+        self._rules = TemplateRules()
         self._lock = threading.Lock()  # a Llama context is not thread-safe
         # The personal LoRA adapter (align --nightly publishes it): checked before every
         # reply, so a newly published version is used without a restart.
@@ -113,13 +158,22 @@ class ChatEngine:
                              "The previous model is still in use.") from error
         # The same formatter llama-cpp builds from the GGUF, so token counts match.
         eos, bos = llm.token_eos(), llm.token_bos()
-        formatter = Jinja2ChatFormatter(
-            template=info["chat_template"],
-            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-            bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
+        try:
+            formatter = Jinja2ChatFormatter(
+                template=info["chat_template"],
+                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
+            rules = template_rules(formatter, Path(path).name)
+        except Exception as error:
+            llm.close()
+            if isinstance(error, ModelError):
+                raise
+            raise ModelError(f"The chat template of {Path(path).name} does not compile "
+                             f"({error}), so Glance cannot chat with it. The previous model "
+                             "is still in use.") from error
         with self._lock:
             old, self.llm = self.llm, llm
-            self.model_info, self._formatter = info, formatter
+            self.model_info, self._formatter, self._rules = info, formatter, rules
             self._adapter, self.adapter_version = None, None  # freed with the old model
         if old is not None:
             old.close()
@@ -127,7 +181,7 @@ class ChatEngine:
 
     # --- prompt fitting --------------------------------------------------------------
     def count_prompt_tokens(self, messages: list[dict]) -> int:
-        prompt = self._formatter(messages=messages).prompt
+        prompt = self._formatter(messages=self._rules.apply(messages)).prompt
         return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
     def fit_to_context(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int, int]:
@@ -177,7 +231,7 @@ class ChatEngine:
                 # same reply twice. Evaluate the whole prompt afresh when asked for one.
                 self.llm.reset()
             stream = self.llm.create_chat_completion(
-                messages=fitted, stream=True, temperature=settings.temperature,
+                messages=self._rules.apply(fitted), stream=True, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_tokens,
                 seed=settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little"))
             try:

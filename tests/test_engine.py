@@ -4,6 +4,7 @@ import threading
 import pytest
 
 from app.engine import DEFAULT_SYSTEM_PROMPT, EmptyPrompt, PromptTooLong
+from app.models import ModelError
 from conftest import quick_settings
 
 
@@ -66,3 +67,50 @@ def test_prompt_longer_than_context_is_refused(engine):
 def test_empty_prompt_is_refused(engine):
     with pytest.raises(EmptyPrompt):
         engine.generate(chat("   "), quick_settings())
+
+
+# Chat templates as they ship in popular GGUFs: Gemma-2 refuses a system role, Mistral's
+# refuses anything but alternating user and assistant turns.
+GEMMA_2 = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role "
+           "not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == "
+           "'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must "
+           "alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == "
+           "'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+           "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + "
+           "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+           "{{'<start_of_turn>model\\n'}}{% endif %}")
+MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+           "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+           "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+           "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+           "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only "
+           "user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+def test_a_template_that_refuses_a_system_role_or_repeated_turns_still_gets_the_chat():
+    """With Gemma's or Mistral's template every message failed ("System role not
+    supported"): the system prompt is folded into the first user turn, and two user turns
+    in a row (a reply stopped before any text) become one."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from app.engine import TemplateRules, template_rules
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Stop"},
+               {"role": "user", "content": "Tell me about owls."}]
+    for template in (GEMMA_2, MISTRAL):
+        formatter = Jinja2ChatFormatter(template=template, eos_token="</s>", bos_token="<s>")
+        with pytest.raises(Exception):
+            formatter(messages=history)
+        rules = template_rules(formatter, "model.gguf")
+        assert rules == TemplateRules(fold_system=True, merge_turns=True)
+        prompt = formatter(messages=rules.apply(history)).prompt
+        assert "Be brief.\n\nHi" in prompt and "Stop\n\nTell me about owls." in prompt
+    refusing = Jinja2ChatFormatter(template="{{ raise_exception('no') }}", eos_token="", bos_token="")
+    with pytest.raises(ModelError, match="cannot format even a one-message conversation"):
+        template_rules(refusing, "model.gguf")
+
+
+def test_the_embedded_models_template_takes_the_conversation_as_it_is(engine):
+    from app.engine import TemplateRules
+    assert engine._rules == TemplateRules()
+    messages = chat("Name a colour.")
+    assert engine._rules.apply(messages) == messages
