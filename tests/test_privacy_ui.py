@@ -132,6 +132,32 @@ def test_settings_chosen_in_an_incognito_chat_are_not_written(qtbot, store, wind
     assert store.settings.get("generation")["system_prompt"] == "Answer briefly."
 
 
+def test_delete_everything_that_cannot_finish_says_so_and_the_window_stops(
+        qtbot, store, monkeypatch):
+    """The store is closed before the files go; when another Glance process took the file
+    meanwhile (the nightly job waits for it), the refusal escaped the slot: no message, and
+    the window went on with a closed database."""
+    from PySide6.QtWidgets import QMessageBox
+    import feedback_store.privacy as privacy
+    from feedback_store import DatabaseLocked
+    said = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: said.append(a[2]))
+    monkeypatch.setattr(QApplication, "quit", lambda *a: said.append("quit"))
+
+    def taken(path):
+        raise DatabaseLocked(path, "align --nightly (PID 4242)")
+    monkeypatch.setattr(privacy, "_refuse_if_in_use", taken)
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.delete_everything()
+    assert said[0].startswith("Not everything could be deleted: The Glance database")
+    assert "PID 4242" in said[0] and "glance data delete --all --yes" in said[0]
+    assert said[1:] == ["quit"] and panel.deleted_everything and not panel.isVisible()
+    assert (store.data_dir / "glance.db").exists() and (store.data_dir / "glance.key").exists()
+
+
 def test_data_view_counts_samples_per_session(qtbot, store):
     session = store.samples.start_session("test")
     store.consent.set("pointer", True)

@@ -276,9 +276,20 @@ class PrivacyPanel(QDialog):
                 != QMessageBox.StandardButton.Yes:
             return
         from PySide6.QtWidgets import QApplication
+        from feedback_store import StoreError
         from feedback_store.privacy import delete_everything
-        kept = delete_everything(self.store.data_dir, self.store)
-        self.deleted_everything = True
+        try:
+            kept = delete_everything(self.store.data_dir, self.store)
+        except (StoreError, OSError) as error:
+            # The store is closed by then: the window cannot go on with it, so it closes
+            # too, saying what to do (another Glance process took the file meanwhile, say).
+            QMessageBox.warning(
+                self, "Delete everything",
+                f"Not everything could be deleted: {error} Glance closes now. To finish, "
+                "close whatever else uses the data folder and choose Delete everything "
+                "again, or run `glance data delete --all --yes`.")
+            kept = None
+        self.deleted_everything = True      # (or the store closed trying): the window stops
         if kept:
             QMessageBox.information(
                 self, "Deleted everything",
