@@ -71,3 +71,36 @@ def test_download_dialog_fetches_and_verifies(qtbot, tmp_path, monkeypatch):
         assert dialog.progress.value() == dialog.progress.maximum()
     finally:
         server.shutdown()
+
+
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_escape_stops_a_download_it_does_not_go_on_unseen(qtbot, tmp_path, monkeypatch):
+    from test_download import HubHandler
+    import http.server
+    import threading
+    from PySide6.QtCore import Qt
+    from app.models import default_model_path
+    from app.ui.dialogs import DownloadDialog
+    HubHandler.payload = default_model_path().read_bytes()
+    HubHandler.requests = []
+    monkeypatch.setattr(HubHandler, "seconds_per_mib", 0.05)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    try:
+        dialog = DownloadDialog(tmp_path)
+        qtbot.addWidget(dialog)
+        dialog.show()
+        dialog.repo.setText("owner/repo")
+        dialog.file.setText("model.gguf")
+        dialog.start_button.click()
+        qtbot.waitUntil(lambda: "MiB" in dialog.status.text(), timeout=60_000)
+        qtbot.keyClick(dialog, Qt.Key.Key_Escape)
+        assert not dialog.isVisible() and not dialog.thread.isRunning()
+        assert [p.name for p in tmp_path.iterdir()] == ["model.gguf.part"]     # resumable
+        size = (tmp_path / "model.gguf.part").stat().st_size
+        qtbot.wait(300)
+        assert (tmp_path / "model.gguf.part").stat().st_size == size < len(HubHandler.payload)
+    finally:
+        server.shutdown()

@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import threading
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 class HubHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
     requests: list = []
+    seconds_per_mib = 0.0      # a slow link
 
     def do_GET(self):
         self.requests.append((self.path, self.headers.get("Range")))
@@ -32,6 +34,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         try:
             for offset in range(0, len(body), 1 << 20):
                 self.wfile.write(body[offset:offset + (1 << 20)])
+                time.sleep(self.seconds_per_mib)
         except (BrokenPipeError, ConnectionResetError):
             pass
 

@@ -108,8 +108,18 @@ class DownloadDialog(QDialog):
         self.start_button.setText("Resume")
 
     def cancel(self) -> None:
+        """Stop a running download (it can be resumed), else close."""
         if self.thread is not None and self.thread.isRunning():
             self.thread.cancel.set()
             self.thread.wait()
         else:
             self.reject()
+
+    def reject(self) -> None:
+        # Esc and the window's close button too: the download went on unseen, and a second
+        # one of the same file appended to the same partial file.
+        if self.thread is not None and self.thread.isRunning():
+            self.status.setText("Cancelling…")
+            self.thread.cancel.set()
+            self.thread.wait()
+        super().reject()
