@@ -479,6 +479,48 @@ def test_while_a_delete_rewrites_the_file_thumbs_wait_and_closing_finishes_it(qt
     assert finished == [True]
 
 
+def test_while_a_delete_rewrites_the_file_the_window_says_so_instead_of_freezing(
+        qtbot, window, store):
+    """Reads wait while a delete rewrites the file (seconds for months of samples): New
+    chat, typing in the search box, Send, Regenerate and Privacy… froze the window until
+    it was done. They now say so and change nothing; what was typed stays."""
+    import threading
+    reply = send_by_keyboard(qtbot, window, "Say yes.")
+    release = threading.Event()
+    holding = threading.Event()
+
+    def rewrite():                   # holds the file as a delete's rewrite does
+        with store._reading.exclusive():
+            holding.set()
+            release.wait(10)
+    window._run_store_job("Deleting…", rewrite, done_text="done")
+    holding.wait(10)
+    safety = threading.Timer(5.0, release.set)   # a frozen window is let go, and fails below
+    safety.start()
+    shown = window.tree.id
+    window.new_chat()
+    window.search.setText("yes")
+    window.input.setPlainText("And a no?")
+    window.send()
+    window.regenerate(reply.id)
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    def close_a_panel_that_opened():
+        if QApplication.activeModalWidget() is not None:
+            QApplication.activeModalWidget().reject()
+    QTimer.singleShot(200, close_a_panel_that_opened)
+    window.open_privacy()
+    assert not release.is_set(), "the window waited for the rewrite"
+    assert window.tree.id == shown and window.input.toPlainText() == "And a no?"
+    assert "still finishing a delete" in window.statusBar().currentMessage()
+    release.set()
+    safety.cancel()
+    qtbot.waitUntil(lambda: not window.is_store_busy(), timeout=10_000)
+    qtbot.waitUntil(lambda: window.conversation_list.isEnabled(), timeout=10_000)
+    assert window.conversation_list.count() == 1                  # the search, applied after
+
+
 def test_a_message_whose_reply_failed_can_be_retried(qtbot, window, store, monkeypatch):
     """A reply that failed left the message without one, and no way to ask again but to
     send it a second time, under the first."""

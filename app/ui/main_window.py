@@ -222,6 +222,8 @@ class MainWindow(QMainWindow):
 
     # --- conversations -------------------------------------------------------------------
     def _refresh_conversations(self) -> None:
+        if self.is_store_busy():      # the list is disabled meanwhile and refreshed after
+            return
         self.conversation_list.clear()
         for conversation in self.service.conversations(self.search.text().strip() or None):
             item = QListWidgetItem(conversation.title)
@@ -242,7 +244,7 @@ class MainWindow(QMainWindow):
         return True
 
     def new_chat(self, incognito: bool = False) -> None:
-        if self._writing_a_reply():
+        if self._writing_a_reply() or not self._store_free():
             return
         self.tree = self.service.new_conversation(incognito=incognito)
         self._leave_conversation_state()
@@ -302,7 +304,8 @@ class MainWindow(QMainWindow):
         menu.exec(self.conversation_list.mapToGlobal(point))
 
     def _store_free(self) -> bool:
-        """While a delete or export runs, writes would wait for it: say so instead."""
+        """While a delete or export runs, writes (and, while a delete rewrites the file,
+        reads) would wait for it, and the window with them: say so instead."""
         if self.is_store_busy():
             self.statusBar().showMessage("One moment: Glance is still finishing a delete or "
                                          "export. Try again when it is done.", 5000)
@@ -430,7 +433,7 @@ class MainWindow(QMainWindow):
     def send(self) -> None:
         """Commit the message on the generation thread (the window never waits on the
         store), show it as sent only once committed, then stream the reply."""
-        if self.is_generating():
+        if self.is_generating() or not self._store_free():    # (what was typed stays)
             return
         text = self.input.toPlainText()
         if not text.strip():
@@ -462,7 +465,7 @@ class MainWindow(QMainWindow):
                                             content=""))
 
     def regenerate(self, assistant_message_id: str) -> None:
-        if self.is_generating():
+        if self.is_generating() or not self._store_free():
             return
         self.capture.action("regenerate", assistant_message_id)
         parent = self.tree.messages[assistant_message_id].parent_id
@@ -485,7 +488,7 @@ class MainWindow(QMainWindow):
 
     def compare(self, assistant_message_id: str) -> None:
         """A second reply to the same prompt, then both side by side until a pick."""
-        if self.is_generating() or self.comparing:
+        if self.is_generating() or self.comparing or not self._store_free():
             return
         self.capture.action("compare", assistant_message_id)
         self._compare_original = assistant_message_id
@@ -720,6 +723,8 @@ class MainWindow(QMainWindow):
                 self._error(str(error))
 
     def open_privacy(self) -> None:
+        if not self._store_free():     # it reads the counts, which wait for the rewrite
+            return
         from .privacy import PrivacyPanel
         panel = PrivacyPanel(self.session.store, self, capture_note=self.capture.describe())
         panel.exec()
