@@ -521,6 +521,33 @@ def test_while_a_delete_rewrites_the_file_the_window_says_so_instead_of_freezing
     assert window.conversation_list.count() == 1                  # the search, applied after
 
 
+def test_an_edit_left_unsent_comes_back_with_its_chat(qtbot, window, store):
+    """Opening another chat (or editing another message) threw a changed, unsent edit
+    away without asking."""
+    first = send_by_keyboard(qtbot, window, "Name a bird.")
+    second = send_by_keyboard(qtbot, window, "Name a tree.")
+    bird, tree = first.parent_id, second.parent_id
+    chat = window.tree.id
+    window.begin_edit(bird)
+    window.input.setPlainText("Name a fish.")
+    window.begin_edit(tree)                        # another message: the first edit waits
+    assert window.input.toPlainText() == "Name a tree."
+    window.input.setPlainText("Name a flower.")
+    window.begin_edit(bird)
+    assert window.input.toPlainText() == "Name a fish."
+    window.input.setPlainText("Name a fish, please.")
+    window.new_chat()                              # another chat: the draft from before Edit
+    assert window.editing_message_id is None and window.input.toPlainText() == ""
+    window.input.setPlainText("a new draft")
+    window.open_conversation(chat)
+    assert window.editing_message_id == bird and window.input.toPlainText() == "Name a fish, please."
+    assert "unsent edit" in window.statusBar().currentMessage()
+    window.stop()                                  # Esc: the user lets this edit go
+    assert window.input.toPlainText() == "a new draft"
+    window.begin_edit(tree)
+    assert window.input.toPlainText() == "Name a flower."
+
+
 def test_a_message_whose_reply_failed_can_be_retried(qtbot, window, store, monkeypatch):
     """A reply that failed left the message without one, and no way to ask again but to
     send it a second time, under the first."""

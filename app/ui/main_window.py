@@ -71,6 +71,10 @@ class MainWindow(QMainWindow):
         self.store_job: CallThread | None = None   # delete / export running off the UI thread
         self.editing_message_id: str | None = None
         self._draft_before_edit: str | None = None     # what was in the box when Edit was clicked
+        self._edit_origin: tuple[str, str] | None = None   # (conversation, text) of the edited message
+        # Edits changed and left unsent (another chat opened, another message edited):
+        # message id → (conversation id, text). Back in that chat, the newest comes back.
+        self._unsent_edits: dict[str, tuple[str, str]] = {}
         self._sent_text: str | None = None   # the message being committed (the box keeps the rest)
         self._leaf_before_regenerate: str | None = None   # shown again if the new reply fails
         self.comparing: tuple[str, str] | None = None   # (left, right) awaiting a pick
@@ -268,8 +272,22 @@ class MainWindow(QMainWindow):
         """Another conversation is shown: an unfinished edit or Compare of the one left
         ends (the draft typed before Edit comes back; a Compare left without a pick would
         otherwise block Compare everywhere and point Alt+1/2 at replies no longer shown)."""
+        self._keep_unsent_edit()
         self._end_edit()
         self.comparing = None
+        waiting = [m for m, (c, _) in self._unsent_edits.items()
+                   if c == self.tree.id and m in self.tree.messages]
+        if waiting:
+            self.begin_edit(waiting[-1], log=False)
+            self.statusBar().showMessage("Your unsent edit of this chat is back.", 6000)
+
+    def _keep_unsent_edit(self) -> None:
+        if self.editing_message_id is None:
+            return
+        conversation, original = self._edit_origin
+        text = self.input.toPlainText()
+        if text.strip() and text != original:
+            self._unsent_edits[self.editing_message_id] = (conversation, text)
 
     def _show_banner(self) -> None:
         """The line above the chat: editing mode, an incognito chat, or nothing."""
@@ -335,6 +353,8 @@ class MainWindow(QMainWindow):
             return
         if self.tree is not None and self.tree.id == conversation_id:
             self.new_chat()
+        self._unsent_edits = {m: kept for m, kept in self._unsent_edits.items()
+                              if kept[0] != conversation_id}
         self._run_store_job("Deleting the conversation and rewriting the database…",
                             self.session.delete_conversation, conversation_id,
                             done_text="Conversation deleted; no trace of it remains.")
@@ -509,14 +529,20 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage({1: "Kept the left reply.", -1: "Kept the right reply.",
                                       0: "A tie: kept the left reply."}[value], 4000)
 
-    def begin_edit(self, user_message_id: str) -> None:
+    def begin_edit(self, user_message_id: str, log: bool = True) -> None:
         if self.is_generating():
             return
-        self.capture.action("edit", user_message_id)
+        if log:
+            self.capture.action("edit", user_message_id)
         if self.editing_message_id is None:      # keep the draft being typed, not an edit
             self._draft_before_edit = self.input.toPlainText()
+        else:
+            self._keep_unsent_edit()             # the other message's edit stays for later
+        original = self.tree.messages[user_message_id].content
         self.editing_message_id = user_message_id
-        self.input.setPlainText(self.tree.messages[user_message_id].content)
+        self._edit_origin = (self.tree.id, original)
+        _, text = self._unsent_edits.pop(user_message_id, (None, original))
+        self.input.setPlainText(text)
         self.input.setFocus()
         self._show_banner()
 
