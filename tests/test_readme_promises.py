@@ -240,7 +240,9 @@ def test_model_that_llama_cpp_refuses_keeps_the_old_one_in_the_window(
     bad = write_gguf(tmp_path / "broken.gguf", architecture, with_tensor)
     assert inspect_model(bad)["architecture"] == architecture   # inspection passes
     before = window.engine.model_info["path"]
-    assert window.switch_model(str(bad)) is False
+    with qtbot.waitSignal(window.model_loaded, timeout=120_000) as blocker:
+        assert window.switch_model(str(bad)) is True      # checked, then loaded off the UI thread
+    assert blocker.args[0] == window.last_error
     assert "could not load broken.gguf" in window.last_error
     assert "previous model is still in use" in window.last_error
     assert window.engine.model_info["path"] == before

@@ -217,6 +217,29 @@ def test_bad_model_keeps_the_previous_one(qtbot, window, tmp_path):
     assert reply.content
 
 
+def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, window, tmp_path):
+    """llama.cpp loaded the chosen model on the UI thread: the window froze for seconds
+    with a big model. Choosing the loaded model again reloaded it."""
+    import shutil
+    from app.models import default_model_path
+    loaded = window.engine.llm
+    assert window.switch_model(str(default_model_path())) is True
+    assert window.engine.llm is loaded and not window.is_loading_model()       # no reload
+    copy = tmp_path / "SmolLM2-copy.gguf"
+    shutil.copyfile(default_model_path(), copy)
+    with qtbot.waitSignal(window.model_loaded, timeout=120_000) as blocker:
+        assert window.switch_model(str(copy)) is True
+        assert window.is_loading_model() and not window.model_picker.isEnabled()
+        window.input.setPlainText("Hello?")
+        window.send()                                      # refused meanwhile; text kept
+        assert window.input.toPlainText() == "Hello?" and not window.is_generating()
+    assert blocker.args == [None]
+    assert window.engine.model_info["path"] == str(copy)
+    assert window.model_picker.isEnabled() and window.model_picker.currentData() == str(copy)
+    window.input.clear()
+    assert send_by_keyboard(qtbot, window, "Still there?").content
+
+
 def test_prompt_longer_than_context_keeps_the_text(qtbot, window, store):
     long_text = "word " * 4000
     window.input.setPlainText(long_text)

@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
     reply_finished = Signal(object)   # emitted after a reply is committed and shown
     store_job_finished = Signal(object)  # None, or the error text
     adapters_changed = Signal()          # the nightly job published or retired a version
+    model_loaded = Signal(object)        # after a switch of model: None, or the error text
 
     def __init__(self, store: FeedbackStore, engine: ChatEngine):
         super().__init__()
@@ -69,6 +70,7 @@ class MainWindow(QMainWindow):
         self.tree: ConversationTree | None = None
         self.generation: GenerationThread | None = None
         self.store_job: CallThread | None = None   # delete / export running off the UI thread
+        self.model_job: CallThread | None = None   # a model being loaded off the UI thread
         self.editing_message_id: str | None = None
         self._draft_before_edit: str | None = None     # what was in the box when Edit was clicked
         self._edit_origin: tuple[str, str] | None = None   # (conversation, text) of the edited message
@@ -455,6 +457,9 @@ class MainWindow(QMainWindow):
         store), show it as sent only once committed, then stream the reply."""
         if self.is_generating() or not self._store_free():    # (what was typed stays)
             return
+        if self.is_loading_model():
+            self.statusBar().showMessage("One moment: the model is still loading.", 5000)
+            return
         text = self.input.toPlainText()
         if not text.strip():
             self._error(EmptyPrompt().args[0])
@@ -685,21 +690,50 @@ class MainWindow(QMainWindow):
         else:
             self.switch_model(choice)
 
+    def is_loading_model(self) -> bool:
+        return self.model_job is not None and self.model_job.isRunning()
+
     def switch_model(self, path: str) -> bool:
-        """Load ``path``; on any error say why and keep the previous model."""
-        if self.is_generating():
+        """Check ``path`` now and load it off the UI thread (seconds for a big model; the
+        previous one answers until then); on any error say why and keep the previous
+        model. False when refused at once; ``model_loaded`` says how the load ended."""
+        if self.is_generating() or self.is_loading_model():
             return False
         try:
             info = inspect_model(path)
-            self.engine.load(path)
-            self.session.remember_model(info)
-            ok = True
-        except (ModelError, StoreError) as error:
+        except ModelError as error:
             self._error(str(error))
-            ok = False
+            self._refresh_models()
+            return False
+        if info["path"] == (self.engine.model_info or {}).get("path"):
+            self._refresh_models()           # chosen again: it is loaded already
+            return True
+        job = CallThread(self.engine.load, info["path"], parent=self)
+        job.done.connect(lambda _: self._model_loaded(info, None))
+        job.failed.connect(lambda text: self._model_loaded(info, text))
+        self.model_job = job
+        self.model_picker.setEnabled(False)
+        self.send_button.setEnabled(False)
+        self.statusBar().showMessage(f"Loading {info['name']}…")
+        job.start()
+        return True
+
+    def _model_loaded(self, info: dict, error: str | None) -> None:
+        self.model_job.wait()
+        if error is None:
+            try:
+                self.session.remember_model(info)
+            except StoreError as failure:
+                error = str(failure)
+        if error:
+            self._error(error)
+        else:
+            self.statusBar().showMessage(f"Chatting with {info['name']} from now on.", 5000)
+        self.model_picker.setEnabled(not self.is_generating())
+        self.send_button.setEnabled(not self.is_generating())
         self._refresh_models()
         self._update_adapter_indicator()     # an adapter fits only the model it was trained on
-        return ok
+        self.model_loaded.emit(error)
 
     # --- the personal adapter (align --nightly) -------------------------------------------
     def _start_personalisation(self) -> None:
@@ -797,6 +831,8 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, "Glance", text)
 
     def closeEvent(self, event) -> None:
+        if self.is_loading_model():
+            self.model_job.wait()            # llama.cpp cannot stop a load half-way
         if self.is_generating():
             self.generation.stop()
             self.generation.wait()
