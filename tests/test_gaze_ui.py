@@ -168,6 +168,28 @@ def test_a_calibration_closed_while_it_fits_stays_closed(qtbot):
         camera.stop()
 
 
+def test_a_calibration_without_a_camera_cannot_be_started(qtbot):
+    """Gaze → Calibrate with the camera missing ran all the dots, for nothing, and then
+    said there were too few views of the face."""
+    require(_have_vision(), "OpenCV and MediaPipe are needed for the tracker")
+    from app.ui.gaze_calibration import CalibrationScreen
+    from gaze.tracker import GazeTracker
+    tracker = GazeTracker("/dev/video97", None)        # no such camera
+    tracker.start()
+    try:
+        widget = CalibrationScreen(tracker, QApplication.primaryScreen(), "9")
+        qtbot.addWidget(widget)
+        widget.showFullScreen()
+        qtbot.waitUntil(lambda: tracker.health().state == "no_camera", timeout=30_000)
+        qtbot.waitUntil(lambda: not widget.start_button.isEnabled(), timeout=5_000)
+        assert widget.face_status.text().startswith("✗") and not widget.quick_button.isEnabled()
+        widget.begin("9")
+        assert widget.state == "intro" and widget.recorder is None
+        widget.cancel()
+    finally:
+        tracker.stop()
+
+
 def test_calibration_that_fails_explains_and_offers_a_retry(qtbot, tmp_path):
     """A real replay: the astronaut photograph never moves her eyes, so whatever the
     targets, the estimate cannot follow: validation fails, advice is shown, gaze stays off."""

@@ -190,6 +190,12 @@ class CalibrationScreen(QWidget):
         else:
             text = ("✗ " if h.state != "ok" else "") + h.message
         self.face_status.setText(text)
+        # Without a camera the dots would be followed for nothing, then "too few views".
+        for button in (self.start_button, self.quick_button, self.retry_button):
+            button.setEnabled(self._camera_ready())
+
+    def _camera_ready(self) -> bool:
+        return self.tracker.health().state not in ("no_camera", "camera_busy")
 
     # --- the run ---------------------------------------------------------------------------------
     @property
@@ -197,6 +203,9 @@ class CalibrationScreen(QWidget):
         return screen_geometry(self.qscreen, self.distance.value() * 10.0)
 
     def begin(self, kind: str) -> None:
+        if not self._camera_ready():          # (Enter on the intro, or the menu's entry)
+            self._show_face_status()
+            return
         self.kind = kind
         self.recorder = cal.CalibrationRecorder(self.geometry_, kind, settle_s=self.settle_s)
         self.result = self.report = self.error = None
