@@ -42,7 +42,7 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
         raise DownloadError("Give a hub repository as owner/name and a file name ending "
                             "in .gguf, e.g. HuggingFaceTB/SmolLM2-360M-Instruct-GGUF.")
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
-        raise DownloadError(f"--sha256 wants the file's 64 hexadecimal digits, not {sha256!r}.")
+        raise DownloadError(f"A SHA-256 is the file's 64 hexadecimal digits, not {sha256!r}.")
     directory = Path(directory)
     target = directory / Path(filename).name
     if target.exists():

@@ -90,11 +90,13 @@ class ConversationManager:
 
     def list(self, search: str | None = None) -> list[Conversation]:
         if search:
-            pattern = f"%{search}%"
+            # The words as typed: "100%" or "snake_case" are not patterns.
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
             rows = self.store._rows(
-                "SELECT * FROM conversations c WHERE c.title ILIKE ? OR EXISTS ("
-                " SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content ILIKE ?)"
-                " ORDER BY updated_wall_ns DESC", (pattern, pattern))
+                "SELECT * FROM conversations c WHERE c.title ILIKE ? ESCAPE '\\' OR EXISTS ("
+                " SELECT 1 FROM messages m WHERE m.conversation_id = c.id"
+                " AND m.content ILIKE ? ESCAPE '\\') ORDER BY updated_wall_ns DESC", (pattern, pattern))
         else:
             rows = self.store._rows("SELECT * FROM conversations ORDER BY updated_wall_ns DESC")
         return [self._conversation(row) for row in rows]

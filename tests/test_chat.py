@@ -87,3 +87,10 @@ def test_search_finds_titles_and_message_text(service, store):
     service.send(tree, "Tell me about zebras")
     assert [c.id for c in store.conversations.list("ZEBRA")] == [tree.id]
     assert store.conversations.list("giraffe") == []
+    # What is typed is searched as typed: % and _ are not wildcards.
+    other = new_tree(service)
+    service.send(other, "Is 100% of snake_case code tested?")
+    assert [c.id for c in store.conversations.list("100%")] == [other.id]
+    assert [c.id for c in store.conversations.list("snake_case")] == [other.id]
+    assert store.conversations.list("e_t") == [] and store.conversations.list("1%0") == []
+    assert store.conversations.list("\\") == []
