@@ -110,10 +110,16 @@ class EmptyPrompt(EngineError):
 
 
 class PromptTooLong(EngineError):
-    def __init__(self, tokens: int, room: int):
-        super().__init__(
-            f"This message is {tokens} tokens long, but the model's context leaves room for "
-            f"{room}. Shorten it, lower 'max tokens', or choose a model with a longer context.")
+    def __init__(self, tokens: int, room: int, system_tokens: int = 0):
+        if system_tokens * 2 >= room:      # the system prompt is what does not fit
+            text = (f"The system prompt alone is {system_tokens} tokens long, and the model's "
+                    f"context leaves room for {room} with the reply. Shorten the system prompt "
+                    "(Settings…), lower 'max tokens', or choose a model with a longer context.")
+        else:
+            text = (f"This message is {tokens} tokens long, but the model's context leaves room "
+                    f"for {room}. Shorten it, lower 'max tokens', or choose a model with a "
+                    "longer context.")
+        super().__init__(text)
         self.tokens, self.room = tokens, room
 
 
@@ -203,7 +209,9 @@ class ChatEngine:
             if tokens <= room:
                 return kept, dropped, tokens
             if dropped >= len(turns) - 1:
-                raise PromptTooLong(tokens, room)
+                system_tokens = self.count_prompt_tokens(
+                    system + [{"role": "user", "content": "?"}]) if system else 0
+                raise PromptTooLong(tokens, room, system_tokens)
             dropped += 1
             # Never start the kept history on an assistant turn.
             while dropped < len(turns) - 1 and turns[dropped]["role"] == "assistant":

@@ -61,7 +61,18 @@ def test_long_history_drops_oldest_turns(engine):
 def test_prompt_longer_than_context_is_refused(engine):
     with pytest.raises(PromptTooLong) as raised:
         engine.generate(chat("word " * 5000), quick_settings())
-    assert "context" in str(raised.value)
+    assert str(raised.value).startswith("This message is ") and "context" in str(raised.value)
+
+
+def test_a_system_prompt_too_long_for_the_context_is_named_not_the_message(engine):
+    """Every message was refused as too long, however short, and the system prompt set
+    in Settings was never mentioned."""
+    messages = [{"role": "system", "content": "Always remember: " + "be kind. " * 1500},
+                {"role": "user", "content": "Hi"}]
+    with pytest.raises(PromptTooLong) as raised:
+        engine.generate(messages, quick_settings())
+    assert str(raised.value).startswith("The system prompt alone is ")
+    assert "Shorten the system prompt (Settings…)" in str(raised.value)
 
 
 def test_empty_prompt_is_refused(engine):
