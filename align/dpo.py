@@ -108,11 +108,10 @@ def tokenize_pair(pair, tokenizer, settings: DPOSettings) -> dict:
     completion is what follows the rendered prompt: with the end-of-turn token when the
     reply ended by itself, without it when it was cut short (stopped, or at its limit)."""
     prompt = fit_prompt(list(pair.prompt), tokenizer, settings.max_prompt_tokens)
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_text = chat_text(tokenizer, prompt, add_generation_prompt=True)
     prompt_ids = _ids(tokenizer, prompt_text)
-    full = [_ids(tokenizer, tokenizer.apply_chat_template(
-        prompt + [{"role": "assistant", "content": reply}], tokenize=False)
-        if finished else prompt_text + reply)
+    full = [_ids(tokenizer, chat_text(tokenizer, prompt + [{"role": "assistant", "content": reply}])
+                 if finished else prompt_text + reply)
         for reply, finished in ((pair.chosen, pair.chosen_finished),
                                 (pair.rejected, pair.rejected_finished))]
     # The completion starts where prompt and prompt+reply stop agreeing (a token can
@@ -123,6 +122,19 @@ def tokenize_pair(pair, tokenizer, settings: DPOSettings) -> dict:
     return {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
             "epsilon": float(pair.epsilon),
             "length": len(prompt_ids) + max(len(chosen), len(rejected))}
+
+
+def chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The tokenizer's chat template over ``messages`` reshaped as the app reshapes them
+    for this template (align.templates: a system prompt folded in, repeated turns merged)."""
+    from .templates import template_rules
+    rules = getattr(tokenizer, "glance_template_rules", None)
+    if rules is None:
+        rules = template_rules(lambda m: tokenizer.apply_chat_template(
+            m, tokenize=False, add_generation_prompt=True))
+        tokenizer.glance_template_rules = rules
+    return tokenizer.apply_chat_template(rules.apply(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
 
 
 def fit_prompt(messages: list[dict], tokenizer, limit: int) -> list[dict]:
@@ -136,8 +148,7 @@ def fit_prompt(messages: list[dict], tokenizer, limit: int) -> list[dict]:
     turns = messages[len(system):]
 
     def length(kept):
-        return len(_ids(tokenizer, tokenizer.apply_chat_template(
-            kept, tokenize=False, add_generation_prompt=True)))
+        return len(_ids(tokenizer, chat_text(tokenizer, kept, add_generation_prompt=True)))
     dropped = 0
     while length(system + turns[dropped:]) > limit and dropped < len(turns) - 1:
         dropped += 1

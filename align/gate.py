@@ -176,7 +176,9 @@ def prompt_tokens(llm, messages: list[dict]) -> list[int]:
     formatter = Jinja2ChatFormatter(
         template=template, eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
         bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
-    text = formatter(messages=messages).prompt
+    from .templates import template_rules
+    rules = template_rules(lambda m: formatter(messages=m))     # as the app reshapes them
+    text = formatter(messages=rules.apply(messages)).prompt
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
 

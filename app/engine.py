@@ -13,53 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from align.templates import TemplateRefused, TemplateRules, template_rules
 from .models import ModelError, default_model_path, inspect_model
 
 DEFAULT_SYSTEM_PROMPT = "You are Glance, a helpful, concise assistant."
-
-
-@dataclass(frozen=True)
-class TemplateRules:
-    """What a model's chat template refuses, so Glance reshapes the conversation instead
-    of failing every message: Gemma's templates raise on a system role, Mistral's unless
-    user and assistant alternate (two user turns follow each other when a reply was
-    stopped before any text)."""
-    fold_system: bool = False     # the system prompt goes at the top of the first user turn
-    merge_turns: bool = False     # consecutive turns of one role become one
-
-    def apply(self, messages: list[dict]) -> list[dict]:
-        out = [dict(m) for m in messages]
-        if self.fold_system and out and out[0]["role"] == "system":
-            system = out.pop(0)["content"]
-            if out and out[0]["role"] == "user":
-                out[0]["content"] = f"{system}\n\n{out[0]['content']}" if system else out[0]["content"]
-        if self.merge_turns:
-            merged: list[dict] = []
-            for message in out:
-                if merged and merged[-1]["role"] == message["role"]:
-                    merged[-1]["content"] += "\n\n" + message["content"]
-                else:
-                    merged.append(message)
-            out = merged
-        return out
-
-
-def template_rules(formatter, name: str) -> TemplateRules:
-    """Find a template's rules by trying it on small conversations."""
-    def renders(messages) -> bool:
-        try:
-            formatter(messages=messages)
-            return True
-        except Exception:  # noqa: BLE001 - a template raises whatever its author chose
-            return False
-    system, user, other = ({"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                           {"role": "user", "content": "v"})
-    rules = TemplateRules(fold_system=not renders([system, user]),
-                          merge_turns=not renders([user, other]))
-    if not renders(rules.apply([system, user])):
-        raise ModelError(f"The chat template of {name} cannot format even a one-message "
-                         "conversation, so Glance cannot chat with it. Choose another model.")
-    return rules
 
 
 @dataclass
@@ -169,11 +126,13 @@ class ChatEngine:
                 template=info["chat_template"],
                 eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
                 bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
-            rules = template_rules(formatter, Path(path).name)
+            rules = template_rules(lambda messages: formatter(messages=messages))
         except Exception as error:
             llm.close()
-            if isinstance(error, ModelError):
-                raise
+            if isinstance(error, TemplateRefused):
+                raise ModelError(f"The chat template of {Path(path).name} cannot format even "
+                                 "a one-message conversation, so Glance cannot chat with it. "
+                                 "Choose another model.") from error
             raise ModelError(f"The chat template of {Path(path).name} does not compile "
                              f"({error}), so Glance cannot chat with it. The previous model "
                              "is still in use.") from error

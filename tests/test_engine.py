@@ -4,7 +4,6 @@ import threading
 import pytest
 
 from app.engine import DEFAULT_SYSTEM_PROMPT, EmptyPrompt, PromptTooLong
-from app.models import ModelError
 from conftest import quick_settings
 
 
@@ -103,7 +102,7 @@ def test_a_template_that_refuses_a_system_role_or_repeated_turns_still_gets_the_
     supported"): the system prompt is folded into the first user turn, and two user turns
     in a row (a reply stopped before any text) become one."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    from app.engine import TemplateRules, template_rules
+    from align.templates import TemplateRefused, TemplateRules, template_rules
     history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Stop"},
                {"role": "user", "content": "Tell me about owls."}]
@@ -111,17 +110,17 @@ def test_a_template_that_refuses_a_system_role_or_repeated_turns_still_gets_the_
         formatter = Jinja2ChatFormatter(template=template, eos_token="</s>", bos_token="<s>")
         with pytest.raises(Exception):
             formatter(messages=history)
-        rules = template_rules(formatter, "model.gguf")
+        rules = template_rules(lambda messages: formatter(messages=messages))
         assert rules == TemplateRules(fold_system=True, merge_turns=True)
         prompt = formatter(messages=rules.apply(history)).prompt
         assert "Be brief.\n\nHi" in prompt and "Stop\n\nTell me about owls." in prompt
     refusing = Jinja2ChatFormatter(template="{{ raise_exception('no') }}", eos_token="", bos_token="")
-    with pytest.raises(ModelError, match="cannot format even a one-message conversation"):
-        template_rules(refusing, "model.gguf")
+    with pytest.raises(TemplateRefused, match="cannot format even a one-message conversation"):
+        template_rules(lambda messages: refusing(messages=messages))
 
 
 def test_the_embedded_models_template_takes_the_conversation_as_it_is(engine):
-    from app.engine import TemplateRules
+    from align.templates import TemplateRules
     assert engine._rules == TemplateRules()
     messages = chat("Name a colour.")
     assert engine._rules.apply(messages) == messages

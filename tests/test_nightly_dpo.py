@@ -79,6 +79,27 @@ def test_a_long_prompt_keeps_the_app_layout_and_a_cut_reply_has_no_end_of_turn(c
 
 
 @pytest.mark.timeout(900)
+def test_training_reshapes_a_conversation_as_the_app_does_for_its_template(checkpoint):
+    """A base model whose template refuses a system role or two user turns in a row (the
+    app folds and merges them: align.templates) made every nightly run fail in the
+    tokenizer; it now trains on the prompt the app sends."""
+    from transformers import AutoTokenizer
+    from align.dpo import DPOSettings, tokenize_pair
+    from test_engine import GEMMA_2
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.chat_template = GEMMA_2
+    stopped = Pair(prompt=({"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "Name a fruit."},
+                           {"role": "user", "content": "A red one."}),
+                   chosen="An apple.", rejected="A rock.", source="thumbs", epsilon=0.1,
+                   conversation_id="c", prompt_id="p", chosen_id="g", rejected_id="b")
+    example = tokenize_pair(stopped, tokenizer, DPOSettings())
+    text = tokenizer.decode(example["prompt_ids"])
+    assert "<start_of_turn>user\nBe brief.\n\nName a fruit.\n\nA red one.<end_of_turn>" in text
+    assert text.endswith("<start_of_turn>model\n")
+    assert tokenizer.decode(example["chosen_ids"]).startswith("An apple.")
+
+
 def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_path):
     import torch
     from align.dpo import DPOSettings, Scorer, make_trainer
