@@ -238,6 +238,8 @@ def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, w
     assert window.model_picker.isEnabled() and window.model_picker.currentData() == str(copy)
     window.input.clear()
     assert send_by_keyboard(qtbot, window, "Still there?").content
+    with qtbot.waitSignal(window.model_loaded, timeout=120_000):    # the engine is shared
+        window.switch_model(str(default_model_path()))
 
 
 def test_prompt_longer_than_context_keeps_the_text(qtbot, window, store):
@@ -259,7 +261,8 @@ def test_new_chat_rename_search_delete(qtbot, window, store):
     window.rename_conversation(apples, "Fruit talk")
     assert store.conversations.get(apples).title == "Fruit talk"
     window.search.setText("apples")
-    assert [window.conversation_list.item(i).text() for i in range(window.conversation_list.count())] == ["Fruit talk"]
+    qtbot.waitUntil(lambda: [window.conversation_list.item(i).text()
+                             for i in range(window.conversation_list.count())] == ["Fruit talk"])
     window.search.setText("")
     with qtbot.waitSignal(window.store_job_finished, timeout=60_000) as deleted:
         window.delete_conversation(apples, confirm=False)   # runs off the UI thread

@@ -135,7 +135,10 @@ class MainWindow(QMainWindow):
         side = QVBoxLayout(sidebar)
         side.setContentsMargins(4, 4, 4, 4)
         self.search = QLineEdit(placeholderText="Search conversations")
-        self.search.textChanged.connect(lambda _: self._refresh_conversations())
+        # Searched once typing pauses: each search scans every message's text.
+        self._search_timer = QTimer(self, singleShot=True, interval=250)
+        self._search_timer.timeout.connect(self._refresh_conversations)
+        self.search.textChanged.connect(lambda _: self._search_timer.start())
         side.addWidget(self.search)
         self.conversation_list = QListWidget()
         # Long titles end in "…" (full title and time in the tooltip) rather than giving
@@ -831,6 +834,7 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, "Glance", text)
 
     def closeEvent(self, event) -> None:
+        self._search_timer.stop()            # it would read a store closed below
         if self.is_loading_model():
             self.model_job.wait()            # llama.cpp cannot stop a load half-way
         if self.is_generating():
