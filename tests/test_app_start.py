@@ -10,6 +10,7 @@ from app.ui.main import run_app
 from app.ui.main_window import MainWindow
 from app.ui.privacy import ConsentDialog
 from feedback_store import FeedbackStore
+from test_download import hub  # noqa: F401 - the loopback hub, a fixture
 
 
 def test_first_start_asks_consent_then_opens_the_window(qtbot, home):
@@ -44,63 +45,39 @@ def test_first_start_asks_consent_then_opens_the_window(qtbot, home):
 
 @pytest.mark.enable_socket
 @pytest.mark.allow_hosts(["127.0.0.1"])
-def test_download_dialog_fetches_and_verifies(qtbot, tmp_path, monkeypatch):
-    from test_download import HubHandler  # the same loopback hub
-    import http.server
-    import threading
-    from app.models import default_model_path
+def test_download_dialog_fetches_and_verifies(qtbot, tmp_path, hub):
     from app.ui.dialogs import DownloadDialog
-    HubHandler.payload = default_model_path().read_bytes()
-    HubHandler.requests = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    try:
-        dialog = DownloadDialog(tmp_path)
-        qtbot.addWidget(dialog)
-        dialog.repo.setText("owner/repo")
-        dialog.file.setText("model.gguf")
-        dialog.sha256.setText("f" * 64)
+    dialog = DownloadDialog(tmp_path)
+    qtbot.addWidget(dialog)
+    dialog.repo.setText("owner/repo")
+    dialog.file.setText("model.gguf")
+    dialog.sha256.setText("f" * 64)
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=60_000)
+    assert "Checksum mismatch" in dialog.status.text()
+    dialog.sha256.setText(hashlib.sha256(hub.payload).hexdigest())
+    with qtbot.waitSignal(dialog.accepted, timeout=60_000):
         dialog.start_button.click()
-        qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=60_000)
-        assert "Checksum mismatch" in dialog.status.text()
-        dialog.sha256.setText(hashlib.sha256(HubHandler.payload).hexdigest())
-        with qtbot.waitSignal(dialog.accepted, timeout=60_000):
-            dialog.start_button.click()
-        assert dialog.path.read_bytes() == HubHandler.payload
-        assert dialog.progress.value() == dialog.progress.maximum()
-    finally:
-        server.shutdown()
+    assert dialog.path.read_bytes() == hub.payload
+    assert dialog.progress.value() == dialog.progress.maximum()
 
 
 @pytest.mark.enable_socket
 @pytest.mark.allow_hosts(["127.0.0.1"])
-def test_escape_stops_a_download_it_does_not_go_on_unseen(qtbot, tmp_path, monkeypatch):
-    from test_download import HubHandler
-    import http.server
-    import threading
+def test_escape_stops_a_download_it_does_not_go_on_unseen(qtbot, tmp_path, hub, monkeypatch):
     from PySide6.QtCore import Qt
-    from app.models import default_model_path
     from app.ui.dialogs import DownloadDialog
-    HubHandler.payload = default_model_path().read_bytes()
-    HubHandler.requests = []
-    monkeypatch.setattr(HubHandler, "seconds_per_mib", 0.05)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    try:
-        dialog = DownloadDialog(tmp_path)
-        qtbot.addWidget(dialog)
-        dialog.show()
-        dialog.repo.setText("owner/repo")
-        dialog.file.setText("model.gguf")
-        dialog.start_button.click()
-        qtbot.waitUntil(lambda: "MiB" in dialog.status.text(), timeout=60_000)
-        qtbot.keyClick(dialog, Qt.Key.Key_Escape)
-        assert not dialog.isVisible() and not dialog.thread.isRunning()
-        assert [p.name for p in tmp_path.iterdir()] == ["model.gguf.part"]     # resumable
-        size = (tmp_path / "model.gguf.part").stat().st_size
-        qtbot.wait(300)
-        assert (tmp_path / "model.gguf.part").stat().st_size == size < len(HubHandler.payload)
-    finally:
-        server.shutdown()
+    monkeypatch.setattr(hub, "seconds_per_mib", 0.05)       # a slow link
+    dialog = DownloadDialog(tmp_path)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.repo.setText("owner/repo")
+    dialog.file.setText("model.gguf")
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: "MiB" in dialog.status.text(), timeout=60_000)
+    qtbot.keyClick(dialog, Qt.Key.Key_Escape)
+    assert not dialog.isVisible() and not dialog.thread.isRunning()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf.part"]     # resumable
+    size = (tmp_path / "model.gguf.part").stat().st_size
+    qtbot.wait(300)
+    assert (tmp_path / "model.gguf.part").stat().st_size == size < len(hub.payload)
