@@ -574,6 +574,30 @@ def test_an_edit_left_unsent_comes_back_with_its_chat(qtbot, window, store):
     assert window.input.toPlainText() == "Name a flower."
 
 
+def test_quitting_with_something_typed_and_unsent_asks_first(qtbot, window, monkeypatch):
+    """Ctrl+Q or the window's close button threw a typed message or an edit away."""
+    from PySide6.QtGui import QCloseEvent
+    from PySide6.QtWidgets import QMessageBox
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
+    reply = send_by_keyboard(qtbot, window, "Name a bird.")
+    window.input.setPlainText("And a long message I was writing")
+    window.request_quit()
+    assert asked == ["You have a message you have not sent. Quit and lose it?"]
+    assert window.isVisible() and window.input.toPlainText().startswith("And a long")
+    window.input.clear()
+    window.begin_edit(reply.parent_id)
+    window.input.setPlainText("Name a fish.")
+    closing = QCloseEvent()
+    monkeypatch.setattr(closing, "spontaneous", lambda: True)     # the window's close button
+    window.closeEvent(closing)
+    assert not closing.isAccepted() and asked[-1].startswith("You have an edit you have not sent")
+    window.stop()                                   # Esc: the edit is let go
+    window.request_quit()                           # nothing unsent: no question
+    assert len(asked) == 2 and not window.isVisible()
+
+
 def test_a_message_whose_reply_failed_can_be_retried(qtbot, window, store, monkeypatch):
     """A reply that failed left the message without one, and no way to ask again but to
     send it a second time, under the first."""

@@ -220,7 +220,7 @@ class MainWindow(QMainWindow):
         self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
-        QShortcut(QKeySequence.StandardKey.Quit, self, activated=self.close)
+        QShortcut(QKeySequence.StandardKey.Quit, self, activated=self.request_quit)
         self.pause_shortcut = QShortcut(QKeySequence("Ctrl+Shift+P"), self,
                                         activated=self.toggle_pause)
         self.pause_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
@@ -833,7 +833,31 @@ class MainWindow(QMainWindow):
         if QApplication.platformName() != "offscreen" or getattr(self, "modal_errors", False):
             QMessageBox.warning(self, "Glance", text)
 
+    def request_quit(self) -> None:
+        """Ctrl+Q: close, unless that would throw away something typed and not sent."""
+        if self._may_discard_unsent():
+            self.close()
+
+    def _may_discard_unsent(self) -> bool:
+        typed = self.input.toPlainText()
+        editing = self.editing_message_id is not None
+        edited = bool(self._unsent_edits) or (editing and typed.strip() != "" and
+                                              typed != self._edit_origin[1])
+        drafted = (self._draft_before_edit or "") if editing else typed
+        if not edited and not drafted.strip():
+            return True
+        what = "an edit you have not sent" if edited else "a message you have not sent"
+        return QMessageBox.question(
+            self, "Quit Glance", f"You have {what}. Quit and lose it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No) == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event) -> None:
+        # Closed by the user (the window's close button); Ctrl+Q has asked already, and a
+        # close from code (the app quitting after "Delete everything") does not ask.
+        if event.spontaneous() and not self._may_discard_unsent():
+            event.ignore()
+            return
         self._search_timer.stop()            # it would read a store closed below
         if self.is_loading_model():
             self.model_job.wait()            # llama.cpp cannot stop a load half-way
