@@ -132,7 +132,7 @@ class ChatEngine:
             if isinstance(error, TemplateRefused):
                 raise ModelError(f"The chat template of {Path(path).name} cannot format even "
                                  "a one-message conversation, so Glance cannot chat with it. "
-                                 "Choose another model.") from error
+                                 "The previous model is still in use.") from error
             raise ModelError(f"The chat template of {Path(path).name} does not compile "
                              f"({error}), so Glance cannot chat with it. The previous model "
                              "is still in use.") from error
