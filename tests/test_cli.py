@@ -134,13 +134,15 @@ def test_with_glance_open_doctor_and_data_status_ask_the_window(home):
 
 
 def test_sigkill_mid_stream_keeps_every_committed_message(home):
+    # Seeded: with a random seed the "very long essay" sometimes ended after 36 tokens,
+    # before the kill. Seed 3 runs it to the 2,000-token limit (about 25 s).
     first = run_glance("chat", "--prompt", "Remember the word PELICAN.", "--max-tokens", "8",
-                       "--json", home=home)
+                       "--seed", "3", "--json", home=home)
     conversation = json.loads(first.stdout.strip().splitlines()[-1])["conversation_id"]
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "chat", "--conversation", conversation, "--prompt",
          "Now write a very long essay about the sea.", "--max-tokens", "2000",
-         "--temperature", "1.0"],
+         "--temperature", "1.0", "--seed", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
         env=dict(os.environ, GLANCE_HOME=str(home)))
     # Wait until tokens are streaming, then kill without any chance to clean up.
@@ -151,6 +153,7 @@ def test_sigkill_mid_stream_keeps_every_committed_message(home):
         received += process.stdout.read() or b""
         time.sleep(0.01)
     assert len(received) >= 20, "the reply never started streaming"
+    assert process.poll() is None, "the reply ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     with FeedbackStore.open(home) as store:
