@@ -158,6 +158,23 @@ def test_delete_everything_that_cannot_finish_says_so_and_the_window_stops(
     assert (store.data_dir / "glance.db").exists() and (store.data_dir / "glance.key").exists()
 
 
+def test_the_settings_dialog_changes_only_what_was_changed(qtbot):
+    """A seed from the command line above the box's 2^31 - 1 made the dialog fail to open
+    (an overflow in the slot: nothing shown); a temperature with three decimals was
+    silently rounded by pressing OK."""
+    from app.engine import GenerationSettings
+    from app.ui.dialogs import SettingsDialog
+    given = GenerationSettings(temperature=0.735, seed=3_000_000_000)
+    dialog = SettingsDialog(given)
+    qtbot.addWidget(dialog)
+    assert dialog.settings() == given                     # OK as shown: nothing changes
+    dialog.seed.setValue(7)
+    dialog.temperature.setValue(0.5)
+    assert (dialog.settings().seed, dialog.settings().temperature) == (7, 0.5)
+    dialog.seed.setValue(-1)                              # "random"
+    assert dialog.settings().seed is None
+
+
 def test_data_view_counts_samples_per_session(qtbot, store):
     session = store.samples.start_session("test")
     store.consent.set("pointer", True)

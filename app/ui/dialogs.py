@@ -22,8 +22,8 @@ class SettingsDialog(QDialog):
                                           value=settings.temperature)
         self.top_p = QDoubleSpinBox(minimum=0.01, maximum=1.0, singleStep=0.05, value=settings.top_p)
         self.max_tokens = QSpinBox(minimum=1, maximum=32768, value=settings.max_tokens)
-        self.seed = QSpinBox(minimum=-1, maximum=2**31 - 1,
-                             value=-1 if settings.seed is None else settings.seed)
+        self.seed = QSpinBox(minimum=-1, maximum=2**31 - 1,   # Qt's limit (shown clamped)
+                             value=-1 if settings.seed is None else min(settings.seed, 2**31 - 1))
         self.seed.setSpecialValueText("random")
         form.addRow("System prompt", self.system_prompt)
         form.addRow("Temperature", self.temperature)
@@ -35,13 +35,24 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+        # A field left as shown keeps the exact value it was given: the boxes round
+        # (temperature to 2 decimals) and stop where Qt's do (a seed from the command line
+        # can be up to 2^32 - 1, the box's maximum is 2^31 - 1), and OK must not change them.
+        self._given = settings
+        self._shown = {name: getattr(self, name).value()
+                       for name in ("temperature", "top_p", "max_tokens", "seed")}
+
+    def _value(self, name: str):
+        value = getattr(self, name).value()
+        return getattr(self._given, name) if value == self._shown[name] else value
 
     def settings(self) -> GenerationSettings:
+        seed = self._value("seed")
         return GenerationSettings(
             system_prompt=self.system_prompt.toPlainText(),
-            temperature=self.temperature.value(), top_p=self.top_p.value(),
-            max_tokens=self.max_tokens.value(),
-            seed=None if self.seed.value() < 0 else self.seed.value())
+            temperature=self._value("temperature"), top_p=self._value("top_p"),
+            max_tokens=self._value("max_tokens"),
+            seed=None if seed is None or seed < 0 else seed)
 
 
 class DownloadDialog(QDialog):
