@@ -3,7 +3,9 @@
 Runs alternate in ABBA order (raw, glance, glance, raw, ...) so drift on a shared machine hits both
 sides alike; medians are reported: tokens/s from 25 long replies, time to first token
 from 60 one-token replies (fresh prompt evaluation each, as a fixed seed implies). Then the real window (offscreen) streams a reply while
-a 5 ms QTimer records the largest gap between its ticks: how long the UI thread was busy.
+a 5 ms QTimer records the largest gap between its ticks: how long the UI thread was busy;
+then the same for a turn in a conversation already holding --history messages
+(``ui_max_gap_long_ms``: each turn rebuilds and re-measures every row on screen).
 
     .venv/bin/python bench/chat_throughput.py --json
 """
@@ -46,7 +48,11 @@ def glance_run(engine, settings) -> tuple[float, float, int]:
     return reply.ttft_s, reply.tokens_per_s, reply.tokens
 
 
-def ui_max_gap_ms(engine, max_tokens: int) -> float:
+LONG_REPLY = ("A bicycle turns the push of your legs into motion: the pedals turn the crank, "
+              "the chain carries it to the rear wheel, and the gears trade speed for force. ") * 4
+
+
+def ui_max_gap_ms(engine, max_tokens: int, history: int = 0) -> float:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-")
     os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
@@ -60,6 +66,17 @@ def ui_max_gap_ms(engine, max_tokens: int) -> float:
     store.settings.set("generation", GenerationSettings(seed=1, max_tokens=max_tokens).to_dict())
     window = MainWindow(store, engine)
     window.show()
+    if history:
+        from feedback_store import Conversation, Message
+        conversation = store.conversations.create(Conversation(title="long"))
+        parent = None
+        for turn in range(history // 2):
+            question = store.conversations.add_message(Message(
+                conversation.id, "user", f"Question {turn} about bicycles?", parent_id=parent))
+            parent = store.conversations.add_message(Message(
+                conversation.id, "assistant", LONG_REPLY, parent_id=question.id)).id
+        window.open_conversation(conversation.id)
+        app.processEvents()
     meter = GapMeter()
     window.reply_finished.connect(lambda _: app.quit())
     window.input.setPlainText(PROMPT)
@@ -78,6 +95,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--ttft-runs", type=int, default=60,
                         help="extra alternating 1-token runs: TTFT is ~0.15 s and noisy")
+    parser.add_argument("--history", type=int, default=40,
+                        help="messages already in the conversation for ui_max_gap_long_ms")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -123,6 +142,8 @@ def main() -> int:
     report["throughput_ratio"] = report["glance_tokens_per_s"] / report["raw_tokens_per_s"]
     report["ttft_ratio"] = report["glance_ttft_s"] / report["raw_ttft_s"]
     report["ui_max_gap_ms"] = ui_max_gap_ms(engine, args.max_tokens)
+    report["ui_max_gap_long_ms"] = ui_max_gap_ms(engine, args.max_tokens, history=args.history)
+    report["long_history_messages"] = args.history
     engine.close()
     print_result(report, args.json, width=22)
     return 0
