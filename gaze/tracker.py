@@ -229,12 +229,11 @@ class GazeTracker:
         """A click at (x, y): the estimates from 50–400 ms before it become a background
         calibration point. Returns True if one was added."""
         t = time.monotonic_ns() if mono_ns is None else mono_ns
-        with self._lock:
+        with self._lock:                # the tracker thread refits and expires the same list
             recal = self.recalibrator
             raw = [p for (tn, p) in self._recent if t - 400_000_000 <= tn <= t - 50_000_000]
-        if recal is None or len(raw) < 2:
-            return False
-        with self._lock:                # the tracker thread refits and expires the same list
+            if recal is None or len(raw) < 2:
+                return False
             recal.add(np.median(np.array(raw), axis=0), (x, y))
         return True
 

@@ -61,6 +61,10 @@ def screen_layout() -> list[dict]:
 
 
 # --- the calibration screen ------------------------------------------------------------------------
+def _camera_ready(health) -> bool:
+    return health.state not in ("no_camera", "camera_busy")
+
+
 class CalibrationScreen(QWidget):
     """Full screen: intro → targets (each glides to its place, then shrinks while the
     frames are recorded) → fitting → 4 validation targets → result with accuracy and
@@ -192,10 +196,7 @@ class CalibrationScreen(QWidget):
         self.face_status.setText(text)
         # Without a camera the dots would be followed for nothing, then "too few views".
         for button in (self.start_button, self.quick_button, self.retry_button):
-            button.setEnabled(self._camera_ready())
-
-    def _camera_ready(self) -> bool:
-        return self.tracker.health().state not in ("no_camera", "camera_busy")
+            button.setEnabled(_camera_ready(h))
 
     # --- the run ---------------------------------------------------------------------------------
     @property
@@ -203,7 +204,7 @@ class CalibrationScreen(QWidget):
         return screen_geometry(self.qscreen, self.distance.value() * 10.0)
 
     def begin(self, kind: str) -> None:
-        if not self._camera_ready():          # (Enter on the intro, or the menu's entry)
+        if not _camera_ready(self.tracker.health()):   # (Enter on the intro, or the menu's entry)
             self._show_face_status()
             return
         self.kind = kind

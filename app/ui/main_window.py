@@ -286,13 +286,17 @@ class MainWindow(QMainWindow):
             self.begin_edit(waiting[-1], log=False)
             self.statusBar().showMessage("Your unsent edit of this chat is back.", 6000)
 
-    def _keep_unsent_edit(self) -> None:
+    def _changed_edit(self) -> str | None:
+        """The edit in the box, if it changes its message (else None)."""
         if self.editing_message_id is None:
-            return
-        conversation, original = self._edit_origin
+            return None
         text = self.input.toPlainText()
-        if text.strip() and text != original:
-            self._unsent_edits[self.editing_message_id] = (conversation, text)
+        return text if text.strip() and text != self._edit_origin[1] else None
+
+    def _keep_unsent_edit(self) -> None:
+        text = self._changed_edit()
+        if text is not None:
+            self._unsent_edits[self.editing_message_id] = (self._edit_origin[0], text)
 
     def _show_banner(self) -> None:
         """The line above the chat: editing mode, an incognito chat, or nothing."""
@@ -839,11 +843,9 @@ class MainWindow(QMainWindow):
             self.close()
 
     def _may_discard_unsent(self) -> bool:
-        typed = self.input.toPlainText()
         editing = self.editing_message_id is not None
-        edited = bool(self._unsent_edits) or (editing and typed.strip() != "" and
-                                              typed != self._edit_origin[1])
-        drafted = (self._draft_before_edit or "") if editing else typed
+        edited = bool(self._unsent_edits) or self._changed_edit() is not None
+        drafted = (self._draft_before_edit or "") if editing else self.input.toPlainText()
         if not edited and not drafted.strip():
             return True
         what = "an edit you have not sent" if edited else "a message you have not sent"
