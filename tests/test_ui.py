@@ -149,6 +149,40 @@ def test_regenerate_keeps_sibling_and_edit_branches(qtbot, window, store):
     assert len(store.conversations.messages(window.tree.id)) == 5  # 2 users, 3 replies: nothing deleted
 
 
+def test_a_turn_keeps_the_rows_already_on_screen_and_their_buttons_answer_once(qtbot, window,
+                                                                              store):
+    """A turn appends its rows. Rebuilding and re-measuring every row twice a turn held the
+    window for 0.2 s in a chat of a hundred messages (bench/chat_throughput.py)."""
+    store.consent.set("pointer", True)          # so a copy is logged, and can be counted
+    window.capture.sync()
+    first = send_by_keyboard(qtbot, window, "Name a fruit.")
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+        pass                                     # measured once the layout has settled
+    rows = list(window.chat_view.widgets)
+    kept_key, kept = window.probe._measured[first.id]
+    second = send_by_keyboard(qtbot, window, "Name a colour.")
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+        pass
+    assert [id(w) for w in window.chat_view.widgets[:2]] == [id(w) for w in rows]
+    key, geometry = window.probe._measured[first.id]
+    assert geometry is kept or key != kept_key   # measured again only if its width changed
+    assert [w.message.id for w in window.chat_view.widgets][2:] == [second.parent_id, second.id]
+    # A kept row's buttons are connected once: one click, one copy logged.
+    qtbot.mouseClick(rows[1].copy_button, Qt.MouseButton.LeftButton)
+    store.flush()
+    assert store._rows("SELECT message_id FROM reply_actions WHERE kind = 'copy'") == \
+        [{"message_id": first.id}]
+    # What changed is rebuilt: the regenerated reply's row says 2/2, the rows above stay.
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
+        window.regenerate(second.id)
+    third = blocker.args[0]
+    assert [id(w) for w in window.chat_view.widgets[:2]] == [id(w) for w in rows]
+    assert widget_for(window, third.id).sibling_label.text() == "2/2"
+    window.switch_branch(second.id)
+    assert widget_for(window, second.id).sibling_label.text() == "1/2"
+    assert [w.message.id for w in window.chat_view.widgets][-1] == second.id
+
+
 def test_thumbs_are_stored(qtbot, window, store):
     reply = send_by_keyboard(qtbot, window, "Say yes.")
     qtbot.mouseClick(widget_for(window, reply.id).thumb_up, Qt.MouseButton.LeftButton)

@@ -80,6 +80,13 @@ class ReplyBrowser(QTextBrowser):
         return QSize(400, self.height())
 
 
+def row_key(message: Message, siblings: list[Message], unanswered: bool) -> tuple:
+    """Everything a message's row shows but its thumb (which is set in place): a row
+    whose key is unchanged is kept on screen as it is."""
+    return (message.id, message.role, message.content, tuple(s.id for s in siblings),
+            unanswered, MessageWidget._meta_text(message))
+
+
 class MessageWidget(QFrame):
     copy_requested = Signal(str)
     edit_requested = Signal(str)
@@ -93,6 +100,7 @@ class MessageWidget(QFrame):
                  unanswered: bool = False):
         super().__init__(parent)
         self.message = message
+        self.row_key = row_key(message, siblings, unanswered)
         self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
         self.setFrameShape(QFrame.Shape.StyledPanel)
         layout = QVBoxLayout(self)
@@ -243,7 +251,16 @@ class ComparePair(QFrame):
 
 
 class ChatView(QScrollArea):
-    """A scrolling column of MessageWidgets plus, while streaming, a live reply."""
+    """A scrolling column of MessageWidgets plus, while streaming, a live reply. The
+    rows' buttons are forwarded as the view's own signals."""
+    copy_requested = Signal(str)
+    edit_requested = Signal(str)
+    regenerate_requested = Signal(str)
+    compare_requested = Signal(str)
+    thumb_requested = Signal(str, int)
+    sibling_requested = Signal(str)
+    retry_requested = Signal(str)
+    picked = Signal(int)
 
     def __init__(self, probe, parent=None):
         super().__init__(parent)
@@ -287,25 +304,50 @@ class ChatView(QScrollArea):
                       retry_last: bool = False) -> list[MessageWidget]:
         """The active branch; with ``compare``, its last reply is shown as two columns
         (left, right) to pick from; with ``retry_last``, a last message of the user's
-        (its reply failed) offers Retry."""
-        self.clear()
+        (its reply failed) offers Retry. Returns the rows it had to build.
+
+        Rows already on screen that show the same thing are kept: a turn appends its two
+        rows instead of rebuilding (and re-measuring) the whole conversation, which in a
+        chat of a hundred messages held the window for a fifth of a second per turn."""
+        self._drop_stream()
+        self._drop_pair()
         shown = [m for m in path if m.role in ("user", "assistant")]
+        rows = []
         for message in shown:
             if compare and message.id in (compare[0].id, compare[1].id):
                 continue
             unanswered = retry_last and message is shown[-1] and message.role == "user"
-            self._add(MessageWidget(message, siblings_of(message.id), thumbs.get(message.id, 0),
-                                    unanswered=unanswered))
-        self.pair = None
+            rows.append((message, siblings_of(message.id), unanswered))
+        kept = 0
+        for widget, row in zip(self.widgets, rows):
+            if widget.row_key != row_key(*row):
+                break
+            kept += 1
+        for widget in self.widgets[kept:]:
+            self._remove(widget)
+        self.widgets = self.widgets[:kept]
+        for widget, (message, _, _) in zip(self.widgets, rows):
+            widget.message = message          # the same message, perhaps a fresh copy of it
+            widget.set_thumb(thumbs.get(message.id, 0))
+        added = []
+        for message, siblings, unanswered in rows[kept:]:
+            widget = MessageWidget(message, siblings, thumbs.get(message.id, 0),
+                                   unanswered=unanswered)
+            self._forward(widget)
+            self._add(widget)
+            added.append(widget)
         if compare:
             self.pair = ComparePair(*compare)
+            self.pair.picked.connect(self.picked)
             self.column.addWidget(self.pair)
             for widget in self.pair.sides:
+                self._forward(widget)
                 self.widgets.append(widget)
                 self.probe.register(widget.message.id, widget.browser)
+                added.append(widget)
         self.placeholder.setVisible(not self.widgets)
         QTimer.singleShot(0, self.scroll_to_bottom)
-        return self.widgets
+        return added
 
     def append_message(self, message: Message, siblings: list[Message]) -> MessageWidget:
         widget = MessageWidget(message, siblings)
@@ -314,23 +356,41 @@ class ChatView(QScrollArea):
         QTimer.singleShot(0, self.scroll_to_bottom)
         return widget
 
+    def _forward(self, widget: MessageWidget) -> None:
+        """A row's buttons speak through the view (connected once by the window). The
+        row being streamed is not forwarded: its message is not stored yet."""
+        for name in ("copy_requested", "edit_requested", "regenerate_requested",
+                     "compare_requested", "thumb_requested", "sibling_requested",
+                     "retry_requested"):
+            getattr(widget, name).connect(getattr(self, name))
+
     def _add(self, widget: MessageWidget) -> None:
         self.column.addWidget(widget)
         self.widgets.append(widget)
         if widget.message.role == "assistant":
             self.probe.register(widget.message.id, widget.browser)
 
+    def _remove(self, widget: MessageWidget) -> None:
+        self.probe.unregister(widget.message.id)
+        widget.setParent(None)
+        widget.deleteLater()
+
+    def _drop_pair(self) -> None:
+        if self.pair is None:
+            return
+        for widget in self.pair.sides:
+            self.widgets.remove(widget)
+            self.probe.unregister(widget.message.id)
+        self.pair.setParent(None)
+        self.pair.deleteLater()
+        self.pair = None
+
     def clear(self) -> None:
-        self.probe.clear()
-        if getattr(self, "pair", None) is not None:
-            self.pair.setParent(None)
-            self.pair.deleteLater()
-            self.pair = None
+        self._drop_stream()
+        self._drop_pair()
         for widget in self.widgets:
-            widget.setParent(None)
-            widget.deleteLater()
+            self._remove(widget)
         self.widgets = []
-        self.streaming = None
         self.placeholder.show()
 
     # --- streaming -----------------------------------------------------------------------
@@ -353,11 +413,12 @@ class ChatView(QScrollArea):
 
     def end_stream(self) -> None:
         self._render_timer.stop()
+        self._drop_stream()
+
+    def _drop_stream(self) -> None:
         if self.streaming is not None:
-            self.probe.unregister(self.streaming.message.id)
             self.widgets.remove(self.streaming)
-            self.streaming.setParent(None)
-            self.streaming.deleteLater()
+            self._remove(self.streaming)
             self.streaming = None
 
     def scroll_to_bottom(self) -> None:

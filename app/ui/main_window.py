@@ -162,6 +162,15 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         column.addWidget(self.banner)
         self.chat_view = ChatView(self.probe)
+        for signal, slot in ((self.chat_view.copy_requested, self.copy_message),
+                             (self.chat_view.edit_requested, self.begin_edit),
+                             (self.chat_view.regenerate_requested, self.regenerate),
+                             (self.chat_view.compare_requested, self.compare),
+                             (self.chat_view.thumb_requested, self.thumb),
+                             (self.chat_view.sibling_requested, self.switch_branch),
+                             (self.chat_view.retry_requested, self.retry),
+                             (self.chat_view.picked, self.pick)):
+            signal.connect(slot)
         column.addWidget(self.chat_view, 1)
         row = QHBoxLayout()
         self.input = InputBox()
@@ -408,24 +417,16 @@ class MainWindow(QMainWindow):
         compare = None
         if self.comparing and all(m in tree.messages for m in self.comparing):
             compare = tuple(tree.messages[m] for m in self.comparing)
+        focused = QApplication.focusWidget()
         keyboard_in_rows = self._keyboard_in_chat()
-        widgets = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare,
-                                               retry_last=not self.is_generating())
-        if keyboard_in_rows:     # the button or reply that had it is gone with its row
-            self.input.setFocus()
-        if self.is_generating():   # rebuilt mid-reply (the message just sent): they would do nothing
-            for widget in widgets:
+        added = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare,
+                                             retry_last=not self.is_generating())
+        if keyboard_in_rows and (focused is None or not self.chat_view.isAncestorOf(focused)):
+            self.input.setFocus()     # the button or reply that had it is gone with its row
+        if self.is_generating():   # shown mid-reply (the message just sent): they would do nothing
+            for widget in self.chat_view.widgets:
                 widget.set_actions_enabled(False)
-        if self.chat_view.pair is not None:
-            self.chat_view.pair.picked.connect(self.pick)
-        for widget in widgets:
-            widget.copy_requested.connect(self.copy_message)
-            widget.edit_requested.connect(self.begin_edit)
-            widget.regenerate_requested.connect(self.regenerate)
-            widget.compare_requested.connect(self.compare)
-            widget.thumb_requested.connect(self.thumb)
-            widget.sibling_requested.connect(self.switch_branch)
-            widget.retry_requested.connect(self.retry)
+        for widget in added:
             if widget.message.role == "assistant":
                 self.capture.watch_browser(widget.message.id, widget.browser)
         self._show_banner()
