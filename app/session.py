@@ -133,8 +133,9 @@ class AppSession:
         consent = self.store.consent
         running = tuple(s for s in SIGNALS if self.collectors.get(s) and consent.is_on(s)
                         and not consent.paused and not incognito)
-        camera_on = bool(self.collectors.get("gaze")) and consent.is_on("gaze") \
-            and not consent.paused
+        # The dot shows the camera, not the permission: a camera still closing after a
+        # pause or a withdrawn consent is on until it has closed (its points are not used).
+        camera_on = bool(self.collectors.get("gaze"))
         if consent.paused:
             text = "Recording paused"
         elif running:

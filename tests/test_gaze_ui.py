@@ -277,6 +277,52 @@ def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, wind
     assert controller.tracker is None
 
 
+def test_turning_gaze_off_does_not_wait_for_the_camera_to_close(qtbot, window, tmp_path):
+    """Closing a camera can take seconds in its driver. "Turn gaze off", the pause shortcut
+    and a withdrawn consent waited for it on the UI thread: the window froze meanwhile.
+    It now closes on its own thread; no point is used from the moment gaze is off, and
+    the red dot stays on until the camera has really closed."""
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    from gaze import calibration as C
+    from gaze import synthetic
+    from test_gaze_video import still_calibration
+    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    window.session.store.consent.set("gaze", True)
+    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
+                             tracker_kw={"realtime": True, "loop": True})
+    C.save(still_calibration(path), controller.calibration_file())
+    controller.calibration = C.load(controller.calibration_file())
+    received = []
+    controller.add_point_listener(received.append)
+    assert controller.start()
+    qtbot.waitUntil(lambda: window.camera_dot.isVisible() and bool(received), timeout=60_000)
+    tracker = controller.tracker
+    let_go = threading.Event()
+    driver_stop = tracker.stop
+
+    def slow_driver(timeout=3.0):       # a driver that takes its time to release the camera
+        let_go.wait(10)
+        return driver_stop(timeout)
+    tracker.stop = slow_driver
+    frames = tracker.frames
+    controller.stop()
+    assert controller.tracker is None and controller.label.text() == "Gaze: off"
+    assert window.camera_dot.isVisible() and tracker.running      # still open: the dot says so
+    qtbot.waitUntil(lambda: tracker.frames > frames + 2, timeout=10_000)   # it still reads
+    used, frames = len(received), tracker.frames     # (a point under way at the stop is in)
+    qtbot.waitUntil(lambda: tracker.frames > frames + 5, timeout=10_000)
+    assert len(received) == used                                   # but nothing is used
+    let_go.set()
+    qtbot.waitUntil(lambda: not window.camera_dot.isVisible(), timeout=10_000)
+    assert not tracker.running
+    # On again at once: the new camera opens once the old one has let go.
+    assert controller.start()
+    qtbot.waitUntil(window.camera_dot.isVisible, timeout=30_000)
+    controller.stop_and_wait()
+    assert not window.camera_dot.isVisible()
+
+
 # Tests that open gaze screens from the window (window.screen()) come last: once such a
 # window is destroyed, PySide may hand a later test a dead QScreen wrapper for the same
 # screen (seen as "Internal C++ object (QScreen) already deleted" in the simulated camera).

@@ -52,8 +52,10 @@ def test_recording_state_needs_a_running_collector_consent_and_no_pause(store):
     assert state.text == "Recording: mouse, camera" and state.camera_on
     assert session.toggle_pause() is True
     state = session.recording_state(incognito=False)
-    assert state.text == "Recording paused" and not state.camera_on and state.recording == ()
+    assert state.text == "Recording paused" and state.recording == ()
+    assert state.camera_on           # the dot shows the camera until it has closed
     session.set_collector("gaze", None)
+    assert not session.recording_state(incognito=False).camera_on
     session.toggle_pause()
     assert session.recording_state(incognito=False).text == "Recording: mouse"
 

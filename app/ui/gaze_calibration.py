@@ -11,6 +11,7 @@ file (replay).
 """
 import getpass
 import os
+import threading
 import time
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QRect, Qt, QTimer, Signal
@@ -389,6 +390,9 @@ class GazeController(QObject):
     point = Signal(object)
     cursor = Signal(float, float)
     health_changed = Signal(object)
+    camera_closed = Signal(object)      # a stopped tracker whose camera has closed
+
+    CLOSE_TIMEOUT_S = 3.0               # the longest a restart or quitting waits for it
 
     def __init__(self, window, source=None, data_dir=None, tracker_kw: dict | None = None):
         super().__init__(window)
@@ -405,6 +409,8 @@ class GazeController(QObject):
         self.overlay = None
         self.screen_widget: CalibrationScreen | None = None
         self._listeners = []
+        self._closing: dict[GazeTracker, threading.Thread] = {}   # cameras being closed
+        self.camera_closed.connect(self._on_camera_closed)
         self._last_health: Health | None = None
         self._last_click = None
         self._layout = screen_layout()
@@ -437,7 +443,7 @@ class GazeController(QObject):
         self._timer.timeout.connect(self._poll)
         self._timer.start()
         window.installEventFilter(self)       # its Close turns the camera off
-        QApplication.instance().aboutToQuit.connect(self.stop)
+        QApplication.instance().aboutToQuit.connect(self.stop_and_wait)
         if self._allowed() and self.calibration is not None and self.calibration.enabled:
             QTimer.singleShot(1500, self.start)     # after the window is up
 
@@ -459,19 +465,25 @@ class GazeController(QObject):
         self._listeners.append(fn)
 
     def _on_point(self, point: GazePoint) -> None:      # tracker thread
+        if self.tracker is None:       # stopped: its camera is closing, its points are not used
+            return
         for fn in list(self._listeners):
             fn(point)
         self.point.emit(point)
 
     def _on_cursor(self, x: float, y: float) -> None:   # tracker thread
-        self.cursor.emit(x, y)
+        if self.tracker is not None:
+            self.cursor.emit(x, y)
 
     def start(self) -> bool:
         if not self._allowed():
             return False
         if self.tracker is None or not self.tracker.running:
             if self.tracker is not None:        # ended by an error: its camera must close first
-                self.tracker.stop()
+                self.stop()
+            # Turned off and on again: the camera opens once the old tracker has let go of
+            # it (else it is found busy). The one wait on this thread, and only then.
+            self.wait_closed()
             self.tracker = GazeTracker(self.source, self.calibration, self._on_point,
                                        on_cursor=self._on_cursor, **self.tracker_kw)
             self.tracker.start()
@@ -485,26 +497,57 @@ class GazeController(QObject):
         return True
 
     def stop(self) -> None:
+        """Camera off. Closing it can take seconds in its driver, so it closes on a thread
+        of its own: the window goes on at once, no point of it is used from now on, and
+        the red dot stays on until the camera has really closed."""
         if self.screen_widget is not None:   # paused or consent withdrawn mid-calibration:
             self.screen_widget.cancel()      # it would go on over a camera that is closed
         if self.tracker is not None:
-            self.tracker.stop()
-            self.tracker = None
+            tracker, self.tracker = self.tracker, None
             QApplication.instance().removeEventFilter(self)
-        self.window.set_collector("gaze", None)
+            closing = threading.Thread(target=self._close, args=(tracker,),
+                                       name="gaze-close", daemon=True)
+            self._closing[tracker] = closing
+            closing.start()
         self.label.setText("Gaze: off")
         self.label.setToolTip("")
+
+    def _close(self, tracker: GazeTracker) -> None:         # closing thread
+        # A read stuck in the driver holds the camera: the dot stays on until it lets go.
+        while not tracker.stop(self.CLOSE_TIMEOUT_S):
+            pass
+        try:
+            self.camera_closed.emit(tracker)
+        except RuntimeError:          # the controller is gone (the app has quit)
+            pass
+
+    def _on_camera_closed(self, tracker: GazeTracker) -> None:
+        self._closing.pop(tracker, None)
+        if self.window.session.collectors.get("gaze") is tracker:
+            self.window.set_collector("gaze", None)
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait for cameras still closing (a restart, the app quitting)."""
+        deadline = time.monotonic() + (self.CLOSE_TIMEOUT_S if timeout is None else timeout)
+        for tracker, thread in list(self._closing.items()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if not thread.is_alive():
+                self._on_camera_closed(tracker)
+
+    def stop_and_wait(self) -> None:
+        self.stop()
+        self.wait_closed()
 
     def detach(self) -> None:
         """Take back everything ``__init__`` added to the window (attach_gaze replaces a
         controller this way when asked for another camera or folder)."""
-        self.stop()
+        self.stop_and_wait()
         self._timer.stop()
         app = QApplication.instance()
         app.removeEventFilter(self)
         self.window.removeEventFilter(self)
         try:
-            app.aboutToQuit.disconnect(self.stop)
+            app.aboutToQuit.disconnect(self.stop_and_wait)
         except (RuntimeError, TypeError):
             pass
         for toolbar in self.window.findChildren(QToolBar):

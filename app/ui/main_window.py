@@ -873,7 +873,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Finishing the delete before closing…")
             self.store_job.wait()
         self.capture.shutdown()
-        self.gaze.stop()
+        self.gaze.stop_and_wait()            # the camera is released before the app goes
         self.gaze_recorder.stop()
         self._mark_hidden()
         self.session.close()
