@@ -98,6 +98,7 @@ class ChatEngine:
         self.adapter_version: str | None = None  # the version in use (None: base model)
         self.adapter_error: str | None = None
         self._adapter = None                     # (llama.cpp handle, file) while attached
+        self._abort_callback = None              # while a prompt is read (_abort_prompt_on)
         self.load(model_path or default_model_path())
 
     @property
@@ -201,8 +202,10 @@ class ChatEngine:
                 messages=self._rules.apply(fitted), stream=True, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_tokens,
                 seed=settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little"))
+            self._abort_prompt_on(cancel)
             try:
                 for chunk in stream:
+                    self._abort_prompt_on(None)       # the prompt is read: pieces from here
                     choice = chunk["choices"][0]
                     piece = choice["delta"].get("content")
                     if piece:
@@ -217,7 +220,13 @@ class ChatEngine:
                     if cancel is not None and cancel.is_set():
                         finish = "cancelled"
                         break
+            except RuntimeError:               # llama_decode aborted by _abort_prompt_on
+                if cancel is None or not cancel.is_set():
+                    raise
+                finish = "cancelled"
+                self.llm.reset()               # its cache holds a prompt read part-way
             finally:
+                self._abort_prompt_on(None)
                 stream.close()
         tokens = len(pieces)
         decode_s = (last_at - first_at) if first_at is not None else 0.0
@@ -227,6 +236,26 @@ class ChatEngine:
             ttft_s=(first_at - started) if first_at is not None else None,
             tokens_per_s=((tokens - 1) / decode_s) if tokens > 1 and decode_s > 0 else None,
             finish_reason=finish, dropped_turns=dropped, settings=settings.to_dict())
+
+    def _abort_prompt_on(self, cancel: threading.Event | None) -> None:
+        """Until the first piece, a cancel also stops llama.cpp reading the prompt.
+
+        The prompt is read in one call that the check between streamed pieces cannot
+        reach: a long chat on a big model held Stop (and closing the window) for as long
+        as it took, up to minutes on a CPU. llama.cpp asks an abort callback between the
+        steps of its computation. A Python callback costs a few percent of decoding speed
+        (≈ 600 calls a token), so it is set only while the prompt is read."""
+        if cancel is None and self._abort_callback is None:
+            return                             # (every piece asks)
+        import llama_cpp
+        if cancel is None:
+            llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx,
+                                               llama_cpp.ggml_abort_callback(0), None)
+            self._abort_callback = None
+            return
+        # Kept on self: llama.cpp holds only the C pointer.
+        self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: cancel.is_set())
+        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback, None)
 
     # --- the personal adapter ---------------------------------------------------------
     def use_adapters(self, directory: str | os.PathLike | None) -> None:

@@ -43,6 +43,22 @@ def test_cancel_stops_mid_stream(engine):
     assert engine.generate(chat("Say hi."), quick_settings()).text
 
 
+def test_cancel_stops_the_reading_of_a_long_prompt(engine):
+    """The prompt is read in one llama.cpp call that the check between pieces cannot
+    reach: Stop (or closing the window) waited for all of it, minutes for a long chat on a
+    big model. A cancel now stops the reading too, and the engine answers normally after."""
+    cancel = threading.Event()
+    cancel.set()                     # e.g. the window closed as the message was sent
+    long_prompt = chat("Summarise this: " + "the quick brown fox jumps over the lazy dog " * 120)
+    reply = engine.generate(long_prompt, quick_settings(max_tokens=50), cancel=cancel)
+    assert reply.finish_reason == "cancelled" and reply.tokens == 0
+    assert reply.prompt_tokens > 1000
+    assert engine.llm.n_tokens < reply.prompt_tokens        # stopped before its end
+    first = engine.generate(chat("Tell me a fact about owls."), quick_settings(seed=11))
+    second = engine.generate(chat("Tell me a fact about owls."), quick_settings(seed=11))
+    assert first.text and first.text == second.text
+
+
 def test_long_history_drops_oldest_turns(engine):
     history = [{"role": "system", "content": "Be brief."}]
     for turn in range(10):
