@@ -62,6 +62,26 @@ def test_download_dialog_fetches_and_verifies(qtbot, tmp_path, hub):
     assert dialog.progress.value() == dialog.progress.maximum()
 
 
+def test_a_model_downloaded_before_is_offered_instead_of_refused(qtbot, tmp_path):
+    """A second download of a file already in the models folder is refused; the dialog
+    said only that, and not how to use the file that is there."""
+    from app.ui.dialogs import DownloadDialog
+    there = tmp_path / "model.gguf"
+    there.write_bytes(b"x" * 2048)
+    dialog = DownloadDialog(tmp_path)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.repo.setText("owner/repo")
+    dialog.file.setText("model.gguf")
+    assert not dialog.use_button.isVisible()
+    dialog.start_button.click()
+    assert "already downloaded" in dialog.status.text() and str(tmp_path) in dialog.status.text()
+    assert dialog.thread is None                          # nothing was fetched
+    with qtbot.waitSignal(dialog.accepted, timeout=5_000):
+        dialog.use_button.click()
+    assert dialog.path == there
+
+
 @pytest.mark.enable_socket
 @pytest.mark.allow_hosts(["127.0.0.1"])
 def test_escape_stops_a_download_it_does_not_go_on_unseen(qtbot, tmp_path, hub, monkeypatch):

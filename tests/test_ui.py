@@ -251,6 +251,27 @@ def test_bad_model_keeps_the_previous_one(qtbot, window, tmp_path):
     assert reply.content
 
 
+def test_a_downloaded_model_that_cannot_be_used_is_offered_for_deletion(qtbot, window, tmp_path,
+                                                                         monkeypatch):
+    """It stayed in the models folder, out of the picker and unseen, and a new download of
+    it was refused. A model chosen from elsewhere is the user's file: never offered."""
+    from PySide6.QtWidgets import QMessageBox
+    from feedback_store import glance_home
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: (
+        asked.append(args[2]), QMessageBox.StandardButton.Yes)[1])
+    elsewhere = tmp_path / "broken.gguf"
+    elsewhere.write_bytes(b"not a model at all")
+    assert window.switch_model(str(elsewhere)) is False
+    assert asked == [] and elsewhere.exists()
+    downloaded = glance_home() / "models" / "broken.gguf"
+    downloaded.parent.mkdir(parents=True, exist_ok=True)
+    downloaded.write_bytes(b"not a model at all")
+    assert window.switch_model(str(downloaded)) is False
+    assert "not a GGUF" in window.last_error
+    assert len(asked) == 1 and "broken.gguf" in asked[0] and not downloaded.exists()
+
+
 def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, window, tmp_path):
     """llama.cpp loaded the chosen model on the UI thread: the window froze for seconds
     with a big model. Choosing the loaded model again reloaded it."""

@@ -1,4 +1,6 @@
 """Settings and model-download dialogs."""
+from pathlib import Path
+
 from PySide6.QtWidgets import (
     QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
     QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
@@ -81,16 +83,35 @@ class DownloadDialog(QDialog):
         layout.addWidget(self.status)
         row = QHBoxLayout()
         self.start_button = QPushButton("Download")
+        self.use_button = QPushButton("Use it")      # the file is there already
+        self.use_button.hide()
         self.cancel_button = QPushButton("Cancel")
         row.addStretch()
+        row.addWidget(self.use_button)
         row.addWidget(self.start_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         self.start_button.clicked.connect(self.start)
+        self.use_button.clicked.connect(self._use_existing)
         self.cancel_button.clicked.connect(self.cancel)
         self.thread = None
 
+    def _existing(self) -> Path | None:
+        name = Path(self.file.text().strip()).name
+        target = Path(self.directory) / name if name else None
+        return target if target is not None and target.is_file() else None
+
     def start(self) -> None:
+        existing = self._existing()
+        if existing is not None:
+            # Downloaded before (perhaps from another repository with the same file name):
+            # a second download is refused, so say where it is and offer it.
+            self.status.setText(f"{existing.name} is already downloaded "
+                                f"({existing.stat().st_size / 2**20:.1f} MiB in {existing.parent}). "
+                                "Use it, or delete it there to download it again.")
+            self.use_button.show()
+            return
+        self.use_button.hide()
         self.start_button.setEnabled(False)
         self.status.setText("Downloading…")
         thread = CallThread(download_model, self.repo.text().strip(), self.file.text().strip(),
@@ -108,6 +129,11 @@ class DownloadDialog(QDialog):
             self.progress.setMaximum(1000)
             self.progress.setValue(int(1000 * done / total))
             self.status.setText(f"{done / 2**20:.1f} of {total / 2**20:.1f} MiB")
+
+    def _use_existing(self) -> None:
+        self.path = self._existing()
+        if self.path is not None:
+            self.accept()
 
     def _on_done(self, path) -> None:
         self.path = path

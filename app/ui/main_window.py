@@ -711,6 +711,7 @@ class MainWindow(QMainWindow):
             info = inspect_model(path)
         except ModelError as error:
             self._error(str(error))
+            self._offer_to_delete_download(path)
             self._refresh_models()
             return False
         if info["path"] == (self.engine.model_info or {}).get("path"):
@@ -726,6 +727,20 @@ class MainWindow(QMainWindow):
         job.start()
         return True
 
+    def _offer_to_delete_download(self, path: str) -> None:
+        """A downloaded model Glance cannot use would stay in its models folder, out of the
+        picker and unseen (gigabytes), and a new download of it is refused: offer to delete
+        it. Models chosen from elsewhere are the user's files and are never offered."""
+        file = Path(path)
+        if file.parent.resolve() != (glance_home() / "models").resolve() or not file.is_file():
+            return
+        answer = QMessageBox.question(
+            self, "Glance", f"Delete the downloaded file {file.name} "
+            f"({file.stat().st_size / 2**20:.0f} MiB)? Glance cannot use it.")
+        if answer == QMessageBox.StandardButton.Yes:
+            file.unlink()
+            self.statusBar().showMessage(f"Deleted {file.name}.", 6000)
+
     def _model_loaded(self, info: dict, error: str | None) -> None:
         self.model_job.wait()
         if error is None:
@@ -735,6 +750,7 @@ class MainWindow(QMainWindow):
                 error = str(failure)
         if error:
             self._error(error)
+            self._offer_to_delete_download(info["path"])
         else:
             self.statusBar().showMessage(f"Chatting with {info['name']} from now on.", 5000)
         self.model_picker.setEnabled(not self.is_generating())
