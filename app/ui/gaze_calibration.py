@@ -480,7 +480,8 @@ class GazeController(QObject):
             return False
         if self.tracker is None or not self.tracker.running:
             if self.tracker is not None:        # ended by an error: its camera must close first
-                self.stop()
+                self._close_in_background(self.tracker)
+                self.tracker = None
             # Turned off and on again: the camera opens once the old tracker has let go of
             # it (else it is found busy). The one wait on this thread, and only then.
             self.wait_closed()
@@ -505,12 +506,15 @@ class GazeController(QObject):
         if self.tracker is not None:
             tracker, self.tracker = self.tracker, None
             QApplication.instance().removeEventFilter(self)
-            closing = threading.Thread(target=self._close, args=(tracker,),
-                                       name="gaze-close", daemon=True)
-            self._closing[tracker] = closing
-            closing.start()
+            self._close_in_background(tracker)
         self.label.setText("Gaze: off")
         self.label.setToolTip("")
+
+    def _close_in_background(self, tracker: GazeTracker) -> None:
+        closing = threading.Thread(target=self._close, args=(tracker,), name="gaze-close",
+                                   daemon=True)
+        self._closing[tracker] = closing
+        closing.start()
 
     def _close(self, tracker: GazeTracker) -> None:         # closing thread
         # A read stuck in the driver holds the camera: the dot stays on until it lets go.
