@@ -55,8 +55,7 @@ class TrainingLink:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        server.listen(4)
-        server.settimeout(0.5)
+        server.listen(4)            # accept() waits without a timeout: stop() wakes it
         self._server = server
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="glance-training-link", daemon=True)
@@ -66,6 +65,13 @@ class TrainingLink:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._server is not None:
+            # Wakes the accept() at once (it fails with EINVAL). It polled every 0.5 s
+            # before, and closing the window waited for the poll.
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -112,11 +118,10 @@ class TrainingLink:
         while not self._stopping.is_set():
             try:
                 connection, _ = self._server.accept()
-            except (socket.timeout, TimeoutError):
-                continue
             except OSError:
                 if self._stopping.is_set():
                     return
+                self._stopping.wait(0.1)     # (out of file handles: do not spin)
                 continue
             with connection:
                 connection.settimeout(30)

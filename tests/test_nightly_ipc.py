@@ -69,6 +69,16 @@ def app(home):
     store.close()
 
 
+def test_stopping_the_link_ends_its_thread_at_once(app):
+    """Closing the window waited for the link's accept poll (0.5 s). accept() now waits
+    without a timeout, so stop() must wake it: else the thread outlives the window."""
+    _, link = app
+    thread = link._thread
+    assert link._server.gettimeout() is None
+    link.stop()
+    assert not thread.is_alive() and not link.path.exists()
+
+
 def test_app_open_the_job_asks_the_app_and_never_opens_the_file(app, home):
     store, link = app
     assert stat.S_IMODE(os.stat(link.path).st_mode) == 0o600
