@@ -2,7 +2,7 @@
 the desktop app to a window that accepts input.
 
 Every measurement is a fresh process started from here, timed from Popen to exit (or
-to the app's 'glance-ready' line), "warm": one untimed run of each first, so the page
+to the app's 'glance-ready' line, then from there to its exit: ``window_quit_s``), "warm": one untimed run of each first, so the page
 cache holds the model and Python's bytecode cache is written. The CLI and the raw
 script alternate in ABBA order (raw, cli, cli, raw, ...) so drift on a shared machine
 hits both alike; medians are reported. Peak RSS is each child's own ru_maxrss from
@@ -64,8 +64,11 @@ def run(argv: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def window_ready(argv: list[str], env: dict, timeout: float = 120.0) -> tuple[float, float]:
-    """Seconds from Popen to the app's 'glance-ready' line, and the app's peak RSS (MB)."""
+def window_ready(argv: list[str], env: dict,
+                 timeout: float = 120.0) -> tuple[float, float, float]:
+    """Seconds from Popen to the app's 'glance-ready' line, seconds from there to the
+    process's end (it quits when ready: the window closes, its threads stop, the store
+    closes), and the app's peak RSS (MB)."""
     started = time.perf_counter()
     child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
@@ -79,12 +82,13 @@ def window_ready(argv: list[str], env: dict, timeout: float = 120.0) -> tuple[fl
                 break
         child.stdout.close()
         _, status, usage = os.wait4(child.pid, 0)
+        quit_s = time.perf_counter() - started - ready if ready is not None else None
     finally:
         watchdog.cancel()
     child.returncode = os.waitstatus_to_exitcode(status)
     if ready is None or child.returncode:
         sys.exit(f"the app never reported ready, or failed (exit {child.returncode})")
-    return ready, usage.ru_maxrss / 1024
+    return ready, quit_s, usage.ru_maxrss / 1024
 
 
 def main() -> int:
@@ -127,10 +131,11 @@ def main() -> int:
             run([python, "-m", "app.cli", "consent", "set", signal, "off"], app_env)
         app = [python, "-m", "app.cli"]
         window_ready(app, app_env)  # warm
-        ready, app_rss = [], []
+        ready, quits, app_rss = [], [], []
         for _ in range(args.window_runs):
-            seconds, peak = window_ready(app, app_env)
+            seconds, quit_s, peak = window_ready(app, app_env)
             ready.append(seconds)
+            quits.append(quit_s)
             app_rss.append(peak)
 
     cli_s, raw_s = statistics.median(times["cli"]), statistics.median(times["raw"])
@@ -141,6 +146,7 @@ def main() -> int:
         "raw_one_shot_s": raw_s,
         "cli_ratio": cli_s / raw_s,
         "window_ready_s": statistics.median(ready),
+        "window_quit_s": statistics.median(quits),
         "window_runs": args.window_runs,
         "cli_rss_mb": max(rss["cli"]),
         "raw_rss_mb": max(rss["raw"]),
@@ -154,10 +160,11 @@ def main() -> int:
         "cli_runs_s": times["cli"],
         "raw_runs_s": times["raw"],
         "window_runs_s": ready,
+        "window_quit_runs_s": quits,
     }
     if not args.json:
         for key in ("cli_one_shot_s", "raw_one_shot_s", "cli_ratio", "window_ready_s",
-                    "cli_rss_mb", "raw_rss_mb", "app_rss_mb"):
+                    "window_quit_s", "cli_rss_mb", "raw_rss_mb", "app_rss_mb"):
             print(f"{key:16} {result[key]:.3f}")
     print(json.dumps(result))
     return 0
