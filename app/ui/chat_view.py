@@ -1,5 +1,5 @@
 """The conversation on screen: one MessageWidget per message on the active branch."""
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QColor, QFont, QPainter, QPalette, QTextBlockFormat, QTextCursor,
                            QTextFormat, QTextOption)
 from PySide6.QtWidgets import (
@@ -80,6 +80,20 @@ class ReplyBrowser(QTextBrowser):
         return QSize(400, self.height())
 
 
+class RowActions(QObject):
+    """What the buttons of a conversation's rows ask for. The rows of a view share one,
+    so the window connects once however often rows are built; a row built alone (the
+    reply being streamed) gets its own, connected to nothing."""
+    copy_requested = Signal(str)
+    edit_requested = Signal(str)
+    regenerate_requested = Signal(str)
+    compare_requested = Signal(str)
+    thumb_requested = Signal(str, int)
+    sibling_requested = Signal(str)
+    retry_requested = Signal(str)
+    picked = Signal(int)   # in a compare pair: +1 left, 0 tie, -1 right
+
+
 def row_key(message: Message, siblings: list[Message], unanswered: bool) -> tuple:
     """Everything a message's row shows but its thumb (which is set in place): a row
     whose key is unchanged is kept on screen as it is."""
@@ -88,18 +102,12 @@ def row_key(message: Message, siblings: list[Message], unanswered: bool) -> tupl
 
 
 class MessageWidget(QFrame):
-    copy_requested = Signal(str)
-    edit_requested = Signal(str)
-    regenerate_requested = Signal(str)
-    compare_requested = Signal(str)
-    thumb_requested = Signal(str, int)
-    sibling_requested = Signal(str)
-    retry_requested = Signal(str)
-
     def __init__(self, message: Message, siblings: list[Message], thumb: int = 0, parent=None,
-                 unanswered: bool = False):
+                 unanswered: bool = False, actions: RowActions | None = None):
         super().__init__(parent)
         self.message = message
+        self.actions = actions if actions is not None else RowActions(self)
+        act = self.actions
         self.row_key = row_key(message, siblings, unanswered)
         self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
         self.setFrameShape(QFrame.Shape.StyledPanel)
@@ -118,10 +126,10 @@ class MessageWidget(QFrame):
             index = [s.id for s in siblings].index(message.id)
             previous = QToolButton(text="‹")
             previous.setEnabled(index > 0)
-            previous.clicked.connect(lambda: self.sibling_requested.emit(siblings[index - 1].id))
+            previous.clicked.connect(lambda: act.sibling_requested.emit(siblings[index - 1].id))
             following = QToolButton(text="›")
             following.setEnabled(index < len(siblings) - 1)
-            following.clicked.connect(lambda: self.sibling_requested.emit(siblings[index + 1].id))
+            following.clicked.connect(lambda: act.sibling_requested.emit(siblings[index + 1].id))
             self._sibling_buttons = [(previous, index > 0), (following, index < len(siblings) - 1)]
             self.sibling_label = QLabel(f"{index + 1}/{len(siblings)}")
             for widget in (previous, self.sibling_label, following):
@@ -134,38 +142,38 @@ class MessageWidget(QFrame):
 
         actions = QHBoxLayout()
         self.copy_button = QPushButton("Copy")
-        self.copy_button.clicked.connect(lambda: self.copy_requested.emit(self.message.id))
+        self.copy_button.clicked.connect(lambda: act.copy_requested.emit(self.message.id))
         actions.addWidget(self.copy_button)
         self.thumb_up = self.thumb_down = self.regenerate_button = self.edit_button = None
         self.compare_button = self.retry_button = None
         if message.role == "assistant":
             self.regenerate_button = QPushButton("Regenerate")
             self.regenerate_button.clicked.connect(
-                lambda: self.regenerate_requested.emit(self.message.id))
+                lambda: act.regenerate_requested.emit(self.message.id))
             actions.addWidget(self.regenerate_button)
             self.compare_button = QPushButton("Compare")
             self.compare_button.setToolTip("Write a second reply beside this one and pick the "
                                            "better (or call it a tie)")
             self.compare_button.clicked.connect(
-                lambda: self.compare_requested.emit(self.message.id))
+                lambda: act.compare_requested.emit(self.message.id))
             actions.addWidget(self.compare_button)
             self.thumb_up = QToolButton(text="▲ Good")
             self.thumb_down = QToolButton(text="▼ Bad")
             for button, value in ((self.thumb_up, 1), (self.thumb_down, -1)):
                 button.setCheckable(True)
                 button.setToolTip("Good reply" if value > 0 else "Bad reply")
-                button.clicked.connect(lambda checked, v=value: self.thumb_requested.emit(
+                button.clicked.connect(lambda checked, v=value: act.thumb_requested.emit(
                     self.message.id, v if checked else 0))
                 actions.addWidget(button)
             self.set_thumb(thumb)
         else:
             self.edit_button = QPushButton("Edit")
-            self.edit_button.clicked.connect(lambda: self.edit_requested.emit(self.message.id))
+            self.edit_button.clicked.connect(lambda: act.edit_requested.emit(self.message.id))
             actions.addWidget(self.edit_button)
             if unanswered:       # its reply failed: ask again, without a second copy of it
                 self.retry_button = QPushButton("Retry")
                 self.retry_button.setToolTip("Ask for a reply to this message again")
-                self.retry_button.clicked.connect(lambda: self.retry_requested.emit(self.message.id))
+                self.retry_button.clicked.connect(lambda: act.retry_requested.emit(self.message.id))
                 actions.addWidget(self.retry_button)
         actions.addStretch()
         self.meta = ElidedLabel()
@@ -219,9 +227,7 @@ class MessageWidget(QFrame):
 
 class ComparePair(QFrame):
     """Two replies to one prompt side by side, and the pick: left, tie or right."""
-    picked = Signal(int)   # +1 left, 0 tie, -1 right
-
-    def __init__(self, left: Message, right: Message, parent=None):
+    def __init__(self, left: Message, right: Message, actions: RowActions, parent=None):
         super().__init__(parent)
         self.setObjectName("comparePair")
         layout = QVBoxLayout(self)
@@ -231,7 +237,8 @@ class ComparePair(QFrame):
         title.setWordWrap(True)
         layout.addWidget(title)
         columns = QHBoxLayout()
-        self.sides = [MessageWidget(left, [left]), MessageWidget(right, [right])]
+        self.sides = [MessageWidget(left, [left], actions=actions),
+                      MessageWidget(right, [right], actions=actions)]
         for side in self.sides:
             # Only Copy in a column: the other actions (and the speed line) would make
             # each column wider than half the view.
@@ -245,26 +252,19 @@ class ComparePair(QFrame):
         self.tie_button = QPushButton("About the same")
         self.right_button = QPushButton("Right is better ▶")
         for button, value in ((self.left_button, 1), (self.tie_button, 0), (self.right_button, -1)):
-            button.clicked.connect(lambda _=False, v=value: self.picked.emit(v))
+            button.clicked.connect(lambda _=False, v=value: actions.picked.emit(v))
             buttons.addWidget(button)
         layout.addLayout(buttons)
 
 
 class ChatView(QScrollArea):
-    """A scrolling column of MessageWidgets plus, while streaming, a live reply. The
-    rows' buttons are forwarded as the view's own signals."""
-    copy_requested = Signal(str)
-    edit_requested = Signal(str)
-    regenerate_requested = Signal(str)
-    compare_requested = Signal(str)
-    thumb_requested = Signal(str, int)
-    sibling_requested = Signal(str)
-    retry_requested = Signal(str)
-    picked = Signal(int)
+    """A scrolling column of MessageWidgets plus, while streaming, a live reply. What the
+    rows' buttons ask for comes out of ``actions``."""
 
     def __init__(self, probe, parent=None):
         super().__init__(parent)
         self.probe = probe
+        self.actions = RowActions(self)
         self.setWidgetResizable(True)
         # Replies wrap to the view's width; nothing is ever scrolled sideways.
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -332,16 +332,13 @@ class ChatView(QScrollArea):
         added = []
         for message, siblings, unanswered in rows[kept:]:
             widget = MessageWidget(message, siblings, thumbs.get(message.id, 0),
-                                   unanswered=unanswered)
-            self._forward(widget)
+                                   unanswered=unanswered, actions=self.actions)
             self._add(widget)
             added.append(widget)
         if compare:
-            self.pair = ComparePair(*compare)
-            self.pair.picked.connect(self.picked)
+            self.pair = ComparePair(*compare, actions=self.actions)
             self.column.addWidget(self.pair)
             for widget in self.pair.sides:
-                self._forward(widget)
                 self.widgets.append(widget)
                 self.probe.register(widget.message.id, widget.browser)
                 added.append(widget)
@@ -355,14 +352,6 @@ class ChatView(QScrollArea):
         self.placeholder.hide()
         QTimer.singleShot(0, self.scroll_to_bottom)
         return widget
-
-    def _forward(self, widget: MessageWidget) -> None:
-        """A row's buttons speak through the view (connected once by the window). The
-        row being streamed is not forwarded: its message is not stored yet."""
-        for name in ("copy_requested", "edit_requested", "regenerate_requested",
-                     "compare_requested", "thumb_requested", "sibling_requested",
-                     "retry_requested"):
-            getattr(widget, name).connect(getattr(self, name))
 
     def _add(self, widget: MessageWidget) -> None:
         self.column.addWidget(widget)

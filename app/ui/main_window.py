@@ -162,14 +162,15 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         column.addWidget(self.banner)
         self.chat_view = ChatView(self.probe)
-        for signal, slot in ((self.chat_view.copy_requested, self.copy_message),
-                             (self.chat_view.edit_requested, self.begin_edit),
-                             (self.chat_view.regenerate_requested, self.regenerate),
-                             (self.chat_view.compare_requested, self.compare),
-                             (self.chat_view.thumb_requested, self.thumb),
-                             (self.chat_view.sibling_requested, self.switch_branch),
-                             (self.chat_view.retry_requested, self.retry),
-                             (self.chat_view.picked, self.pick)):
+        actions = self.chat_view.actions
+        for signal, slot in ((actions.copy_requested, self.copy_message),
+                             (actions.edit_requested, self.begin_edit),
+                             (actions.regenerate_requested, self.regenerate),
+                             (actions.compare_requested, self.compare),
+                             (actions.thumb_requested, self.thumb),
+                             (actions.sibling_requested, self.switch_branch),
+                             (actions.retry_requested, self.retry),
+                             (actions.picked, self.pick)):
             signal.connect(slot)
         column.addWidget(self.chat_view, 1)
         row = QHBoxLayout()
