@@ -76,6 +76,7 @@ class AppSession:
         self.id = store.samples.start_session(__version__, screen)
         self._shown: dict[str, str] = {}          # message id -> shown_replies id
         self.collectors: dict[str, object] = {}   # signal -> running capture
+        self.cameras_closing: set = set()          # stopped cameras not closed yet (red dot)
         self.training_link = None                 # app.training_link.TrainingLink once started
         from align.scoring import ReplyScorer
         # Each reply that leaves the screen is scored by the installed reward model.
@@ -135,7 +136,7 @@ class AppSession:
                         and not consent.paused and not incognito)
         # The dot shows the camera, not the permission: a camera still closing after a
         # pause or a withdrawn consent is on until it has closed (its points are not used).
-        camera_on = bool(self.collectors.get("gaze"))
+        camera_on = bool(self.collectors.get("gaze")) or bool(self.cameras_closing)
         if consent.paused:
             text = "Recording paused"
         elif running:

@@ -309,6 +309,7 @@ def test_turning_gaze_off_does_not_wait_for_the_camera_to_close(qtbot, window, t
     controller.stop()
     assert controller.tracker is None and controller.label.text() == "Gaze: off"
     assert window.camera_dot.isVisible() and tracker.running      # still open: the dot says so
+    assert window.collection_label.text() == "Not recording"      # but nothing is recorded
     qtbot.waitUntil(lambda: tracker.frames > frames + 2, timeout=10_000)   # it still reads
     used, frames = len(received), tracker.frames     # (a point under way at the stop is in)
     qtbot.waitUntil(lambda: tracker.frames > frames + 5, timeout=10_000)
@@ -321,6 +322,35 @@ def test_turning_gaze_off_does_not_wait_for_the_camera_to_close(qtbot, window, t
     qtbot.waitUntil(window.camera_dot.isVisible, timeout=30_000)
     controller.stop_and_wait()
     assert not window.camera_dot.isVisible()
+
+
+def test_a_close_the_user_takes_back_leaves_gaze_on(qtbot, window, tmp_path, monkeypatch):
+    """The window's close button asks first when a message is typed and not sent. Gaze
+    was turned off by the close event before that question: answering No left the window
+    open and the camera off."""
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from PySide6.QtGui import QCloseEvent
+    from PySide6.QtWidgets import QMessageBox
+    from app.ui.gaze_calibration import attach_gaze
+    from gaze import synthetic
+    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    window.session.store.consent.set("gaze", True)
+    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
+                             tracker_kw={"realtime": True, "loop": True})
+    assert controller.start()
+    qtbot.waitUntil(window.camera_dot.isVisible, timeout=30_000)
+    tracker = controller.tracker
+    window.input.setPlainText("A message I am still writing")
+    answer = [QMessageBox.StandardButton.No]
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answer[0])
+    closing = QCloseEvent()
+    monkeypatch.setattr(closing, "spontaneous", lambda: True)     # the window's close button
+    QApplication.sendEvent(window, closing)
+    assert not closing.isAccepted() and window.isVisible()
+    assert controller.tracker is tracker and tracker.running and window.camera_dot.isVisible()
+    answer[0] = QMessageBox.StandardButton.Yes
+    window.close()
+    assert controller.tracker is None and not tracker.running     # closed with the window
 
 
 # Tests that open gaze screens from the window (window.screen()) come last: once such a

@@ -56,6 +56,9 @@ def test_recording_state_needs_a_running_collector_consent_and_no_pause(store):
     assert state.camera_on           # the dot shows the camera until it has closed
     session.set_collector("gaze", None)
     assert not session.recording_state(incognito=False).camera_on
+    session.cameras_closing.add("a camera still closing")
+    assert session.recording_state(incognito=False).camera_on
+    session.cameras_closing.clear()
     session.toggle_pause()
     assert session.recording_state(incognito=False).text == "Recording: mouse"
 

@@ -410,6 +410,8 @@ class GazeController(QObject):
         self.screen_widget: CalibrationScreen | None = None
         self._listeners = []
         self._closing: dict[GazeTracker, threading.Thread] = {}   # cameras being closed
+        self._waited_out: set[threading.Thread] = set()          # ... stuck in their driver
+        self._detached = False
         self.camera_closed.connect(self._on_camera_closed)
         self._last_health: Health | None = None
         self._last_click = None
@@ -442,7 +444,8 @@ class GazeController(QObject):
         self._timer.setInterval(500)
         self._timer.timeout.connect(self._poll)
         self._timer.start()
-        window.installEventFilter(self)       # its Close turns the camera off
+        # The window's closeEvent turns the camera off (once it is sure to close: it may
+        # ask first whether to lose an unsent message), or else quitting does.
         QApplication.instance().aboutToQuit.connect(self.stop_and_wait)
         if self._allowed() and self.calibration is not None and self.calibration.enabled:
             QTimer.singleShot(1500, self.start)     # after the window is up
@@ -507,6 +510,7 @@ class GazeController(QObject):
             tracker, self.tracker = self.tracker, None
             QApplication.instance().removeEventFilter(self)
             self._close_in_background(tracker)
+        self.window.set_collector("gaze", None)      # not recording; the dot waits (above)
         self.label.setText("Gaze: off")
         self.label.setToolTip("")
 
@@ -514,6 +518,7 @@ class GazeController(QObject):
         closing = threading.Thread(target=self._close, args=(tracker,), name="gaze-close",
                                    daemon=True)
         self._closing[tracker] = closing
+        self.window.camera_closing(tracker, True)
         closing.start()
 
     def _close(self, tracker: GazeTracker) -> None:         # closing thread
@@ -522,20 +527,27 @@ class GazeController(QObject):
             pass
         try:
             self.camera_closed.emit(tracker)
-        except RuntimeError:          # the controller is gone (the app has quit)
+        except RuntimeError:          # the app has quit
             pass
 
     def _on_camera_closed(self, tracker: GazeTracker) -> None:
-        self._closing.pop(tracker, None)
-        if self.window.session.collectors.get("gaze") is tracker:
-            self.window.set_collector("gaze", None)
+        if self._closing.pop(tracker, None) is None:
+            return                    # (told twice: by wait_closed, then by the signal)
+        self.window.camera_closing(tracker, False)
+        if self._detached and not self._closing:
+            self.deleteLater()        # it waited for its last camera (detach)
 
     def wait_closed(self, timeout: float | None = None) -> None:
-        """Wait for cameras still closing (a restart, the app quitting)."""
+        """Wait for cameras still closing (a restart, the app quitting). A camera stuck
+        in its driver is waited for once: quitting does not wait for it again."""
         deadline = time.monotonic() + (self.CLOSE_TIMEOUT_S if timeout is None else timeout)
         for tracker, thread in list(self._closing.items()):
+            if thread in self._waited_out:
+                continue
             thread.join(max(0.0, deadline - time.monotonic()))
-            if not thread.is_alive():
+            if thread.is_alive():
+                self._waited_out.add(thread)
+            else:
                 self._on_camera_closed(tracker)
 
     def stop_and_wait(self) -> None:
@@ -549,7 +561,6 @@ class GazeController(QObject):
         self._timer.stop()
         app = QApplication.instance()
         app.removeEventFilter(self)
-        self.window.removeEventFilter(self)
         try:
             app.aboutToQuit.disconnect(self.stop_and_wait)
         except (RuntimeError, TypeError):
@@ -558,7 +569,9 @@ class GazeController(QObject):
             toolbar.removeAction(self.action)
         self.window.statusBar().removeWidget(self.label)
         self.label.deleteLater()
-        self.deleteLater()
+        self._detached = True
+        if not self._closing:         # else once its last camera has closed, which the
+            self.deleteLater()        # window's red dot waits for
 
     def health(self) -> Health | None:
         return self.tracker.health() if self.tracker is not None else None
@@ -675,7 +688,7 @@ class GazeController(QObject):
         h = self.tracker.health()
         # The red camera dot means the camera is really open, not merely wanted.
         camera_open = self.tracker.camera_state == "ok"
-        if camera_open != (self.window.session.collectors.get("gaze") is not None):
+        if camera_open != (self.window.session.collectors.get("gaze") is self.tracker):
             self.window.set_collector("gaze", self.tracker if camera_open else None)
         text = "Gaze: " + SHORT.get(h.state, h.state)
         if h.drift:
@@ -701,9 +714,7 @@ class GazeController(QObject):
     def eventFilter(self, obj, event) -> bool:
         """Clicks anywhere in the app become background calibration points (a press is
         seen once per object it passes through: count it once, by its timestamp)."""
-        if obj is self.window and event.type() == QEvent.Type.Close:
-            self.stop()                          # the window is closing: camera off
-        elif (self.tracker is not None and isinstance(event, QMouseEvent)
+        if (self.tracker is not None and isinstance(event, QMouseEvent)
               and event.type() == QEvent.Type.MouseButtonPress):
             key = (event.timestamp(), event.globalPosition().x(), event.globalPosition().y())
             if key != self._last_click:

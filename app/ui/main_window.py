@@ -842,6 +842,14 @@ class MainWindow(QMainWindow):
         self.session.set_collector(signal, collector)
         self._update_collection_indicator()
 
+    def camera_closing(self, camera, closing: bool) -> None:
+        """A stopped camera closing on its own thread (the red dot stays until it has)."""
+        if closing:
+            self.session.cameras_closing.add(camera)
+        else:
+            self.session.cameras_closing.discard(camera)
+        self._update_collection_indicator()
+
     # --- misc ----------------------------------------------------------------------------
     def showEvent(self, event) -> None:
         super().showEvent(event)
