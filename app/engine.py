@@ -99,6 +99,7 @@ class ChatEngine:
         self.adapter_error: str | None = None
         self._adapter = None                     # (llama.cpp handle, file) while attached
         self._abort_callback = None              # while a prompt is read (_abort_prompt_on)
+        self._prompt_aborted = False             # ... and whether it stopped the reading
         self.load(model_path or default_model_path())
 
     @property
@@ -202,6 +203,7 @@ class ChatEngine:
                 messages=self._rules.apply(fitted), stream=True, temperature=settings.temperature,
                 top_p=settings.top_p, max_tokens=settings.max_tokens,
                 seed=settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little"))
+            self._prompt_aborted = False
             self._abort_prompt_on(cancel)
             try:
                 for chunk in stream:
@@ -221,7 +223,7 @@ class ChatEngine:
                         finish = "cancelled"
                         break
             except RuntimeError:               # llama_decode aborted by _abort_prompt_on
-                if cancel is None or not cancel.is_set():
+                if not self._prompt_aborted:
                     raise
                 finish = "cancelled"
                 self.llm.reset()               # its cache holds a prompt read part-way
@@ -253,8 +255,12 @@ class ChatEngine:
                                                llama_cpp.ggml_abort_callback(0), None)
             self._abort_callback = None
             return
+        def abort(_data) -> bool:
+            if cancel.is_set():
+                self._prompt_aborted = True    # (any other error is not a cancel)
+            return self._prompt_aborted
         # Kept on self: llama.cpp holds only the C pointer.
-        self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: cancel.is_set())
+        self._abort_callback = llama_cpp.ggml_abort_callback(abort)
         llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_callback, None)
 
     # --- the personal adapter ---------------------------------------------------------

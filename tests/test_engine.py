@@ -59,6 +59,19 @@ def test_cancel_stops_the_reading_of_a_long_prompt(engine):
     assert first.text and first.text == second.text
 
 
+def test_an_error_while_a_cancel_is_pending_is_not_taken_for_the_cancel(engine):
+    """Only llama.cpp stopping at the cancel is a cancel: another error raised meanwhile
+    (here by the consumer of the pieces) still surfaces."""
+    cancel = threading.Event()
+
+    def on_token(piece):
+        cancel.set()
+        raise RuntimeError("the consumer failed")
+    with pytest.raises(RuntimeError, match="the consumer failed"):
+        engine.generate(chat("Say hi."), quick_settings(), on_token=on_token, cancel=cancel)
+    assert engine.generate(chat("Say hi."), quick_settings()).text
+
+
 def test_long_history_drops_oldest_turns(engine):
     history = [{"role": "system", "content": "Be brief."}]
     for turn in range(10):
