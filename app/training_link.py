@@ -66,12 +66,18 @@ class TrainingLink:
     def stop(self) -> None:
         self._stopping.set()
         if self._server is not None:
-            # Wakes the accept() at once (it fails with EINVAL). It polled every 0.5 s
-            # before, and closing the window waited for the poll.
+            # Wake the accept() at once: it polled every 0.5 s before, and closing the
+            # window waited for the poll. Linux wakes it on shutdown() (EINVAL); elsewhere
+            # shutdown() of a listening socket fails, and a connection wakes it.
             try:
                 self._server.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waker:
+                        waker.settimeout(1)
+                        waker.connect(str(self.path))
+                except OSError:
+                    pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -123,6 +129,9 @@ class TrainingLink:
                     return
                 self._stopping.wait(0.1)     # (out of file handles: do not spin)
                 continue
+            if self._stopping.is_set():      # stop()'s own wake-up call
+                connection.close()
+                return
             with connection:
                 connection.settimeout(30)
                 try:
