@@ -45,6 +45,12 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
         raise DownloadError(f"A SHA-256 is the file's 64 hexadecimal digits, not {sha256!r}.")
     directory = Path(directory)
     target = directory / Path(filename).name
+    if target.exists() and sha256 is not None:
+        if _sha256(target) == sha256.strip().lower():
+            return target            # downloaded before, and it is the file asked for
+        raise DownloadError(f"{target} already exists and its SHA-256 is not the one given "
+                            "(another file with the same name?). Remove it first to download "
+                            "this one; nothing was downloaded.")
     if target.exists():
         raise DownloadError(f"{target} already exists (a model downloaded before, maybe from "
                             "another repository with the same file name). Remove it first to "

@@ -77,6 +77,10 @@ def test_a_model_downloaded_before_is_offered_instead_of_refused(qtbot, tmp_path
     dialog.start_button.click()
     assert "already downloaded" in dialog.status.text() and str(tmp_path) in dialog.status.text()
     assert dialog.thread is None                          # nothing was fetched
+    dialog.file.setText("other.gguf")                 # it offered model.gguf, not this
+    assert not dialog.use_button.isVisible()
+    dialog.file.setText("model.gguf")
+    dialog.start_button.click()
     with qtbot.waitSignal(dialog.accepted, timeout=5_000):
         dialog.use_button.click()
     assert dialog.path == there

@@ -90,3 +90,18 @@ def test_checksum_mismatch_deletes_the_file(hub, tmp_path):
 def test_missing_file_on_the_hub(hub, tmp_path):
     with pytest.raises(DownloadError, match="404"):
         download_model("owner/repo", "other.gguf", tmp_path)
+
+
+def test_a_file_already_there_is_used_when_its_checksum_matches(hub, tmp_path):
+    """Checked against the SHA-256 given, without the network; another file of the same
+    name is refused, and kept."""
+    there = tmp_path / "model.gguf"
+    there.write_bytes(hub.payload)
+    expected = hashlib.sha256(hub.payload).hexdigest()
+    assert download_model("owner/repo", "model.gguf", tmp_path, sha256=expected) == there
+    assert hub.requests == []
+    with pytest.raises(DownloadError, match="its SHA-256 is not the one given"):
+        download_model("owner/repo", "model.gguf", tmp_path, sha256="0" * 64)
+    with pytest.raises(DownloadError, match="already exists"):
+        download_model("owner/repo", "model.gguf", tmp_path)
+    assert there.read_bytes() == hub.payload and hub.requests == []

@@ -270,6 +270,22 @@ def test_a_downloaded_model_that_cannot_be_used_is_offered_for_deletion(qtbot, w
     assert window.switch_model(str(downloaded)) is False
     assert "not a GGUF" in window.last_error
     assert len(asked) == 1 and "broken.gguf" in asked[0] and not downloaded.exists()
+    # A model that loads is never offered, even when remembering it in the store fails.
+    from app.models import default_model_path
+    from feedback_store import StoreError
+    import shutil
+    usable = glance_home() / "models" / "usable.gguf"
+    shutil.copyfile(default_model_path(), usable)
+
+    def store_busy(info):
+        raise StoreError("The database is busy.")
+    monkeypatch.setattr(window.session, "remember_model", store_busy)
+    with qtbot.waitSignal(window.model_loaded, timeout=120_000) as blocker:
+        assert window.switch_model(str(usable)) is True
+    assert blocker.args == ["The database is busy."] and len(asked) == 1 and usable.exists()
+    monkeypatch.undo()
+    with qtbot.waitSignal(window.model_loaded, timeout=120_000):    # the engine is shared
+        window.switch_model(str(default_model_path()))
 
 
 def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, window, tmp_path):

@@ -93,6 +93,7 @@ class DownloadDialog(QDialog):
         layout.addLayout(row)
         self.start_button.clicked.connect(self.start)
         self.use_button.clicked.connect(self._use_existing)
+        self.file.textChanged.connect(self.use_button.hide)   # it offered that file
         self.cancel_button.clicked.connect(self.cancel)
         self.thread = None
 
@@ -103,9 +104,10 @@ class DownloadDialog(QDialog):
 
     def start(self) -> None:
         existing = self._existing()
-        if existing is not None:
+        if existing is not None and not self.sha256.text().strip():
             # Downloaded before (perhaps from another repository with the same file name):
-            # a second download is refused, so say where it is and offer it.
+            # a second download is refused, so say where it is and offer it. (With a
+            # SHA-256, the download checks the file there and uses it if it matches.)
             self.status.setText(f"{existing.name} is already downloaded "
                                 f"({existing.stat().st_size / 2**20:.1f} MiB in {existing.parent}). "
                                 "Use it, or delete it there to download it again.")

@@ -744,6 +744,7 @@ class MainWindow(QMainWindow):
 
     def _model_loaded(self, info: dict, error: str | None) -> None:
         self.model_job.wait()
+        unusable = error is not None         # (not when only remembering it failed)
         if error is None:
             try:
                 self.session.remember_model(info)
@@ -751,7 +752,8 @@ class MainWindow(QMainWindow):
                 error = str(failure)
         if error:
             self._error(error)
-            self._offer_to_delete_download(info["path"])
+            if unusable:
+                self._offer_to_delete_download(info["path"])
         else:
             self.statusBar().showMessage(f"Chatting with {info['name']} from now on.", 5000)
         self.model_picker.setEnabled(not self.is_generating())
