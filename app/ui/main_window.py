@@ -737,7 +737,7 @@ class MainWindow(QMainWindow):
             return
         answer = QMessageBox.question(
             self, "Glance", f"Delete the downloaded file {file.name} "
-            f"({file.stat().st_size / 2**20:.0f} MiB)? Glance cannot use it.")
+            f"({file.stat().st_size / 2**20:.0f} MiB)? Glance could not load it.")
         if answer == QMessageBox.StandardButton.Yes:
             file.unlink()
             self.statusBar().showMessage(f"Deleted {file.name}.", 6000)
