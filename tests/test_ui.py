@@ -183,6 +183,16 @@ def test_a_turn_keeps_the_rows_already_on_screen_and_their_buttons_answer_once(q
     assert [w.message.id for w in window.chat_view.widgets][-1] == second.id
 
 
+def test_a_reply_not_begun_yet_does_not_say_it_was_stopped(qtbot, window, store):
+    """While the prompt is read (seconds on a big model) the new row said "(stopped
+    before any text)"."""
+    from feedback_store import Message
+    row = window.chat_view.begin_stream(Message(conversation_id=window.tree.id,
+                                                role="assistant", content=""))
+    assert row.browser.toPlainText() == "…"
+    window.chat_view.end_stream()
+
+
 def test_thumbs_are_stored(qtbot, window, store):
     reply = send_by_keyboard(qtbot, window, "Say yes.")
     qtbot.mouseClick(widget_for(window, reply.id).thumb_up, Qt.MouseButton.LeftButton)

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (
 from feedback_store import Message
 
 STREAM_RENDER_INTERVAL_MS = 40  # re-render markdown at most 25x/s while streaming
+WAITING_FOR_FIRST_PIECE = "…"
 CODE_BACKGROUND = QColor("#f0f2f5")
 
 
@@ -386,6 +387,9 @@ class ChatView(QScrollArea):
     def begin_stream(self, placeholder: Message) -> MessageWidget:
         self.streaming = self.append_message(placeholder, [placeholder])
         self.streaming.set_actions_enabled(False)
+        # Until the first piece (the prompt is being read: seconds on a big model). An
+        # empty row said "stopped before any text" meanwhile.
+        self.streaming.set_text(WAITING_FOR_FIRST_PIECE)
         self._stream_text = ""
         self._render_timer.start()
         return self.streaming
