@@ -485,6 +485,7 @@ class GazeController(QObject):
             if self.tracker is not None:        # ended by an error: its camera must close first
                 self._close_in_background(self.tracker)
                 self.tracker = None
+                self.window.set_collector("gaze", None)
             # Turned off and on again: the camera opens once the old tracker has let go of
             # it (else it is found busy). The one wait on this thread, and only then.
             self.wait_closed()
