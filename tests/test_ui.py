@@ -187,10 +187,17 @@ def test_a_reply_not_begun_yet_does_not_say_it_was_stopped(qtbot, window, store)
     """While the prompt is read (seconds on a big model) the new row said "(stopped
     before any text)"."""
     from feedback_store import Message
-    row = window.chat_view.begin_stream(Message(conversation_id=window.tree.id,
-                                                role="assistant", content=""))
+    view = window.chat_view
+    row = view.begin_stream(Message(conversation_id=window.tree.id, role="assistant",
+                                    content=""))
     assert row.browser.toPlainText() == "…"
-    window.chat_view.end_stream()
+    view.append_token("The last piece")   # a reply whose last piece was not rendered...
+    view.end_stream()
+    row = view.begin_stream(Message(conversation_id=window.tree.id, role="assistant",
+                                    content=""))
+    view._render_stream()                 # ... blanked the next one at its first tick
+    assert row.browser.toPlainText() == "…"
+    view.end_stream()
 
 
 def test_thumbs_are_stored(qtbot, window, store):

@@ -391,6 +391,7 @@ class ChatView(QScrollArea):
         # empty row said "stopped before any text" meanwhile.
         self.streaming.set_text(WAITING_FOR_FIRST_PIECE)
         self._stream_text = ""
+        self._stream_dirty = False    # (the last reply's final pieces were never rendered)
         self._render_timer.start()
         return self.streaming
 
