@@ -46,7 +46,7 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     directory = Path(directory)
     target = directory / Path(filename).name
     if target.exists() and sha256 is not None:
-        if _sha256(target) == sha256.strip().lower():
+        if _sha256(target, cancel) == sha256.strip().lower():
             return target            # downloaded before, and it is the file asked for
         raise DownloadError(f"{target} already exists and its SHA-256 is not the one given "
                             "(another file with the same name?). Remove it first to download "
@@ -103,7 +103,7 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
                 raise DownloadError(f"The download stopped at {have} of {total} bytes. "
                                     "Start it again to resume.")
     if sha256:
-        digest = _sha256(partial)
+        digest = _sha256(partial, cancel)
         if digest != sha256.strip().lower():
             partial.unlink()
             raise DownloadError(f"Checksum mismatch for {filename}: expected {sha256}, got "
@@ -112,9 +112,12 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     return target
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, cancel: threading.Event | None = None) -> str:
+    """Seconds for a model of gigabytes: a cancel stops it (the dialog waits for it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled()
             digest.update(block)
     return digest.hexdigest()

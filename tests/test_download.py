@@ -105,3 +105,9 @@ def test_a_file_already_there_is_used_when_its_checksum_matches(hub, tmp_path):
     with pytest.raises(DownloadError, match="already exists"):
         download_model("owner/repo", "model.gguf", tmp_path)
     assert there.read_bytes() == hub.payload and hub.requests == []
+    # Reading gigabytes takes seconds, and the dialog waits for a cancel: it stops it.
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(DownloadCancelled):
+        download_model("owner/repo", "model.gguf", tmp_path, sha256=expected, cancel=cancel)
+    assert there.read_bytes() == hub.payload

@@ -115,7 +115,9 @@ class DownloadDialog(QDialog):
             return
         self.use_button.hide()
         self.start_button.setEnabled(False)
-        self.status.setText("Downloading…")
+        self.status.setText("Downloading…" if existing is None else
+                            f"Checking {existing.name}, downloaded before, against the "
+                            "SHA-256…")
         thread = CallThread(download_model, self.repo.text().strip(), self.file.text().strip(),
                             self.directory, sha256=self.sha256.text().strip() or None, parent=self)
         thread.kwargs["cancel"] = thread.cancel
