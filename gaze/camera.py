@@ -97,6 +97,9 @@ class FrameGrabber:
     def __init__(self, config: CameraConfig):
         self.config = config
         self.state = CameraState("opening", "Opening the camera…")
+        # The device itself, from its opening until it has been released (the app's red
+        # dot): the state above says "no camera" a moment before a failing one is released.
+        self.device_open = False
         self.frames_read = 0
         self.frames_dropped = 0
         self.fps = 0.0
@@ -186,6 +189,7 @@ class FrameGrabber:
                         self._missing_state()
                         self._stop.wait(self.config.retry_s)
                         continue
+                    self.device_open = True
                     if self.config.is_file:
                         rate = cap.get(cv2.CAP_PROP_FPS)
                         period = 1.0 / rate if rate and rate > 1 else 1.0 / self.config.fps
@@ -202,6 +206,7 @@ class FrameGrabber:
                     if fails >= 15 or self.config.is_file:
                         cap.release()
                         cap = None
+                        self.device_open = False
                         if self.frames_read > 0:
                             self._set("no_camera", UNPLUGGED)
                         else:
@@ -231,3 +236,4 @@ class FrameGrabber:
         finally:
             if cap is not None:
                 cap.release()
+            self.device_open = False

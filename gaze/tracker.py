@@ -218,6 +218,12 @@ class GazeTracker:
         return grabber.state.state
 
     @property
+    def camera_open(self) -> bool:
+        """The camera device is open: from its opening until it has been released."""
+        grabber = self._grabber
+        return grabber is not None and grabber.device_open
+
+    @property
     def face_in_view(self) -> bool:
         return self.frames > 0 and self._no_face_run == 0
 

@@ -227,7 +227,7 @@ def test_no_camera_says_so_and_nothing_crashes(vision):
     while tracker.health().state != "no_camera" and time.monotonic() < deadline:
         time.sleep(0.05)
     health = tracker.health()
-    assert health.state == "no_camera"
+    assert health.state == "no_camera" and not tracker.camera_open
     assert "No camera was found" in health.message and "Glance works without it" in health.message
     assert tracker.stop()
     assert not tracker.running
@@ -271,8 +271,9 @@ def test_stop_returns_while_a_camera_is_streaming(vision, tmp_path):
     while tracker.frames < 15 and time.monotonic() < deadline:   # looped at least once
         time.sleep(0.05)
     assert tracker.frames >= 15
+    assert tracker.camera_open                 # the window's red dot is on
     assert tracker.stop(timeout=60.0)          # returned because the thread ended, not timed out
-    assert not tracker.running
+    assert not tracker.running and not tracker.camera_open
 
 
 def test_a_failing_pipeline_closes_the_camera_and_says_so(vision, tmp_path, monkeypatch):
@@ -299,7 +300,8 @@ def test_a_failing_pipeline_closes_the_camera_and_says_so(vision, tmp_path, monk
             time.sleep(0.05)
         assert not tracker.running
         assert not tracker._grabber.running            # the camera was released
-        assert tracker.camera_state == "no_camera"     # so the window's camera dot goes off
+        assert tracker.camera_state == "no_camera"
+        assert not tracker.camera_open                 # so the window's camera dot goes off
         health = tracker.health()
         assert health.state != "ok" and "Gaze stopped after an error" in health.message
         assert "graph error" in health.message

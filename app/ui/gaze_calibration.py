@@ -687,8 +687,9 @@ class GazeController(QObject):
         if self.tracker is None:
             return
         h = self.tracker.health()
-        # The red camera dot means the camera is really open, not merely wanted.
-        camera_open = self.tracker.camera_state == "ok"
+        # The red camera dot means the camera is really open, not merely wanted, and until
+        # it has been released (a failing camera says "no camera" a moment before).
+        camera_open = self.tracker.camera_open
         if camera_open != (self.window.session.collectors.get("gaze") is self.tracker):
             self.window.set_collector("gaze", self.tracker if camera_open else None)
         text = "Gaze: " + SHORT.get(h.state, h.state)
