@@ -34,6 +34,11 @@ def hub_url(repo: str, filename: str, revision: str = "main") -> str:
             f"{urllib.parse.quote(filename)}")
 
 
+def download_target(directory: Path, filename: str) -> Path:
+    """Where ``filename`` (perhaps given with the repository's folders) is saved."""
+    return Path(directory) / Path(filename).name
+
+
 def download_model(repo: str, filename: str, directory: Path, revision: str = "main",
                    sha256: str | None = None,
                    progress: Callable[[int, int | None], None] | None = None,
@@ -44,7 +49,7 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
         raise DownloadError(f"A SHA-256 is the file's 64 hexadecimal digits, not {sha256!r}.")
     directory = Path(directory)
-    target = directory / Path(filename).name
+    target = download_target(directory, filename)
     if target.exists() and sha256 is not None:
         if _sha256(target, cancel) == sha256.strip().lower():
             return target            # downloaded before, and it is the file asked for

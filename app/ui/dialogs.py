@@ -6,7 +6,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
 )
 
-from ..download import download_model
+from ..download import download_model, download_target
 from ..engine import GenerationSettings
 from .workers import CallThread
 
@@ -98,8 +98,8 @@ class DownloadDialog(QDialog):
         self.thread = None
 
     def _existing(self) -> Path | None:
-        name = Path(self.file.text().strip()).name
-        target = Path(self.directory) / name if name else None
+        name = self.file.text().strip()
+        target = download_target(self.directory, name) if name else None
         return target if target is not None and target.is_file() else None
 
     def start(self) -> None:
@@ -148,19 +148,22 @@ class DownloadDialog(QDialog):
         self.start_button.setEnabled(True)
         self.start_button.setText("Resume")
 
+    def _stop_download(self) -> bool:
+        """Stop a running download (it can be resumed); False if none runs."""
+        if self.thread is None or not self.thread.isRunning():
+            return False
+        self.status.setText("Cancelling…")
+        self.thread.cancel.set()
+        self.thread.wait()
+        return True
+
     def cancel(self) -> None:
-        """Stop a running download (it can be resumed), else close."""
-        if self.thread is not None and self.thread.isRunning():
-            self.thread.cancel.set()
-            self.thread.wait()
-        else:
+        """Stop a running download, else close."""
+        if not self._stop_download():
             self.reject()
 
     def reject(self) -> None:
         # Esc and the window's close button too: the download went on unseen, and a second
         # one of the same file appended to the same partial file.
-        if self.thread is not None and self.thread.isRunning():
-            self.status.setText("Cancelling…")
-            self.thread.cancel.set()
-            self.thread.wait()
+        self._stop_download()
         super().reject()
