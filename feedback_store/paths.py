@@ -1,5 +1,6 @@
 """Where Glance keeps its files. GLANCE_HOME overrides every path."""
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -14,14 +15,19 @@ def glance_home() -> Path:
     return Path(platformdirs.user_data_dir("Glance", appauthor=False))
 
 
+WRITE_PROBE_PREFIX = ".write-probe-"
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (0700) and check we can write in it."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path, 0o700)
-        probe = path / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A probe of its own: the app and the nightly job check the same folder at once,
+        # and a shared name let one remove the other's probe (a false "unwritable").
+        descriptor, probe = tempfile.mkstemp(prefix=WRITE_PROBE_PREFIX, dir=path)
+        os.close(descriptor)
+        os.unlink(probe)
     except OSError as error:
         raise DataDirUnwritable(path, error.strerror or str(error)) from error
     return path
