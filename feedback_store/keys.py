@@ -73,14 +73,18 @@ def _delete_keyring(data_dir: Path, staged: bool = False) -> None:
         pass
 
 
-def _write_file_durably(path: Path, value: str) -> None:
-    """Write a 0600 file and fsync it and its folder, so a crash cannot lose it."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_synced(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_file_durably(path: Path, value: str) -> None:
+    """Write a 0600 file and fsync it and its folder, so a crash cannot lose it."""
+    temporary = path.with_name(path.name + ".tmp")
+    _write_synced(temporary, value)
     os.replace(temporary, path)
     fsync_path(path.parent)
 
@@ -109,14 +113,18 @@ def _shred_file(path: Path) -> None:
         pass
 
 
+def _read_key_file(key_file: Path, database_file: Path) -> DatabaseKey:
+    # Checked before use: anything else would reach DuckDB's ATTACH as SQL text.
+    text = key_file.read_bytes().strip()
+    if not re.fullmatch(rb"[0-9a-f]{64}", text):
+        raise DamagedKey(key_file, database_file)
+    return DatabaseKey(text.decode(), "file")
+
+
 def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     key_file = data_dir / KEY_FILE_NAME
     if key_file.exists():
-        # Checked before use: anything else would reach DuckDB's ATTACH as SQL text.
-        text = key_file.read_bytes().strip()
-        if not re.fullmatch(rb"[0-9a-f]{64}", text):
-            raise DamagedKey(key_file, database_file)
-        return DatabaseKey(text.decode(), "file")
+        return _read_key_file(key_file, database_file)
     stored = _read_keyring(data_dir)
     if stored:
         return DatabaseKey(stored, "keyring")
@@ -126,11 +134,18 @@ def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     fresh = secrets.token_hex(32)
     if _write_keyring(data_dir, fresh):
         return DatabaseKey(fresh, "keyring")
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(fresh)
-        handle.flush()
-        os.fsync(handle.fileno())
+    # Written beside it, then linked into place: the key file never exists half
+    # written, and of two Glance processes making one at once (the app and the nightly
+    # job on a fresh folder) the second gets the first's key, never a second key.
+    temporary = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    _write_synced(temporary, fresh)
+    try:
+        os.link(temporary, key_file)
+    except FileExistsError:
+        return _read_key_file(key_file, database_file)
+    finally:
+        temporary.unlink()
+    fsync_path(data_dir)
     return DatabaseKey(fresh, "file")
 
 

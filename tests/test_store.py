@@ -13,6 +13,7 @@ from feedback_store import (
     Conversation, DataDirUnwritable, DatabaseLocked, FeedbackStore, GazeSample, Message,
     PointerSample, SchemaTooNew,
 )
+from conftest import ROOT
 from feedback_store.connection import open_encrypted
 from feedback_store.keys import load_or_create_key
 
@@ -80,6 +81,47 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DataDirUnwritable) as raised:
         FeedbackStore.open(blocker / "glance")
     assert "GLANCE_HOME" in str(raised.value)
+
+
+def test_processes_checking_the_data_dir_at_once_do_not_fail_each_other(tmp_path):
+    """The app and the nightly job open the same folder at the same moment (CI caught
+    the app told its folder was unwritable: the job had removed the app's write probe)."""
+    home = tmp_path / "glance"
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from feedback_store.paths import ensure_private_dir
+        for _ in range(2000):
+            ensure_private_dir(Path(sys.argv[1]))
+    """)
+    checkers = [subprocess.Popen([sys.executable, "-c", script, str(home)], cwd=ROOT,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    failures = [checker.communicate()[1] for checker in checkers if checker.wait() != 0]
+    assert failures == []
+    assert list(home.iterdir()) == []          # no probe is left behind
+
+
+def test_processes_making_the_first_key_at_once_share_one_key(tmp_path):
+    """A fresh folder opened by two processes at once gets one key, never two (the
+    second used to fail on the file the first had just made, or read it half written)."""
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from feedback_store.keys import load_or_create_key
+        home = Path(sys.argv[1])
+        print(load_or_create_key(home, home / "glance.db").hex)
+    """)
+    for attempt in range(15):
+        home = tmp_path / f"glance-{attempt}"
+        home.mkdir()
+        makers = [subprocess.Popen([sys.executable, "-c", script, str(home)], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for _ in range(3)]
+        answers = [maker.communicate() for maker in makers]
+        assert [error for _, error in answers if error] == []
+        keys = {key.strip() for key, _ in answers}
+        assert keys == {(home / "glance.key").read_text()}
+        assert [entry.name for entry in home.iterdir()] == ["glance.key"]
 
 
 def test_samples_are_flushed_without_being_asked(store):
