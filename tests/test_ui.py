@@ -183,6 +183,62 @@ def test_a_turn_keeps_the_rows_already_on_screen_and_their_buttons_answer_once(q
     assert [w.message.id for w in window.chat_view.widgets][-1] == second.id
 
 
+def test_a_long_conversation_opens_on_its_last_rows_and_builds_older_ones_on_the_way_up(
+        qtbot, window, store):
+    """Each row is a rich-text view: opening a chat of 300 messages built every one and
+    held the window for ≈ 0.2 s (bench/chat_throughput.py --history 300)."""
+    from app.ui.chat_view import ROWS_AT_OPEN, ROWS_PER_PAGE
+    from feedback_store import Conversation, Message
+    store.consent.set("pointer", True)          # so a selection is logged, and can be seen
+    window.capture.sync()
+    conversation = store.conversations.create(Conversation(title="long"))
+    ids, parent = [], None
+    for turn in range(40):
+        question = store.conversations.add_message(Message(
+            conversation.id, "user", f"Question {turn}?", parent_id=parent))
+        parent = store.conversations.add_message(Message(
+            conversation.id, "assistant", f"Answer {turn}, in a few words.",
+            parent_id=question.id)).id
+        ids += [question.id, parent]
+    window.open_conversation(conversation.id)
+    view, bar = window.chat_view, window.chat_view.verticalScrollBar()
+    shown = lambda: [w.message.id for w in view.widgets]
+    assert shown() == ids[-ROWS_AT_OPEN:]
+    assert view.earlier.isVisible() and f"({80 - ROWS_AT_OPEN} in all)" in view.earlier.text()
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+        pass                                     # laid out, at the bottom
+    assert bar.maximum() > 0 and bar.value() == bar.maximum()
+    # The user scrolls to the top: the next rows are built above, and the row that was
+    # at the top stays where it was on screen.
+    top_row = view.widgets[0]
+    bar.setValue(bar.minimum())
+    was_at = top_row.mapTo(view.viewport(), QPoint(0, 0)).y()
+    qtbot.waitUntil(lambda: len(view.widgets) == ROWS_AT_OPEN + ROWS_PER_PAGE, timeout=5_000)
+    assert shown() == ids[-(ROWS_AT_OPEN + ROWS_PER_PAGE):]
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+        pass
+    assert top_row.mapTo(view.viewport(), QPoint(0, 0)).y() == was_at
+    assert bar.value() > bar.minimum()
+    # Rows built on the way up are the window's like the others: mapped, and watched.
+    older = view.widgets[1]
+    assert older.message.role == "assistant" and older.message.id in window.probe.message_ids()
+    older.browser.selectAll()
+    store.flush()
+    assert {"message_id": older.message.id} in store._rows(
+        "SELECT message_id FROM reply_actions WHERE kind = 'select'")
+    # The rest by the button; then a turn keeps every row built.
+    qtbot.mouseClick(view.earlier, Qt.MouseButton.LeftButton)
+    assert shown() == ids and not view.earlier.isVisible()
+    rows = list(view.widgets)
+    reply = send_by_keyboard(qtbot, window, "One more?")
+    assert [id(w) for w in view.widgets[:80]] == [id(w) for w in rows]
+    assert shown()[-1] == reply.id
+    # Opened again, it opens on its last rows again.
+    window.new_chat()
+    window.open_conversation(conversation.id)
+    assert shown() == (ids + [reply.parent_id, reply.id])[-ROWS_AT_OPEN:]
+
+
 def test_a_reply_not_begun_yet_does_not_say_it_was_stopped(qtbot, window, store):
     """While the prompt is read (seconds on a big model) the new row said "(stopped
     before any text)"."""

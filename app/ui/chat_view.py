@@ -10,6 +10,10 @@ from PySide6.QtWidgets import (
 from feedback_store import Message
 
 STREAM_RENDER_INTERVAL_MS = 40  # re-render markdown at most 25x/s while streaming
+# A long conversation opens on its last rows; older ones are built as the user scrolls up
+# (each row is a rich-text view: building 300 of them held the window ≈ 0.2 s).
+ROWS_AT_OPEN = 30
+ROWS_PER_PAGE = 30
 WAITING_FOR_FIRST_PIECE = "…"
 CODE_BACKGROUND = QColor("#f0f2f5")
 
@@ -262,6 +266,8 @@ class ChatView(QScrollArea):
     """A scrolling column of MessageWidgets plus, while streaming, a live reply. What the
     rows' buttons ask for comes out of ``actions``."""
 
+    rows_built = Signal(list)     # older rows built on the way up (the MessageWidgets)
+
     def __init__(self, probe, parent=None):
         super().__init__(parent)
         self.probe = probe
@@ -275,6 +281,17 @@ class ChatView(QScrollArea):
         self.column.setSpacing(8)
         self.setWidget(self.container)
         self.widgets: list[MessageWidget] = []
+        # The branch's rows (message, siblings, unanswered), their keys and thumbs; rows
+        # from ``_first`` on are built (``widgets``), the ones before wait for a scroll up.
+        self._rows: list[tuple] = []
+        self._keys: list[tuple] = []
+        self._thumbs: dict[str, int] = {}
+        self._first = 0
+        self.earlier = QPushButton()
+        self.earlier.setFlat(True)
+        self.earlier.clicked.connect(self.show_earlier)
+        self.earlier.hide()
+        self.column.addWidget(self.earlier)
         self.placeholder = QLabel("Ask anything. Everything stays on this computer.")
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.column.addWidget(self.placeholder)
@@ -289,15 +306,29 @@ class ChatView(QScrollArea):
         # the layout has grown by what was just added, so the scroll happens when the
         # range changes, not when the text is set.
         self._follow_bottom = True
+        # After rows are built above, the rows in view stay put: the distance to the
+        # bottom is kept while the layout grows, until the user scrolls.
+        self._keep_from_bottom: int | None = None
+        self._keeping = False
         bar = self.verticalScrollBar()
         bar.valueChanged.connect(self._note_position)
         bar.rangeChanged.connect(self._keep_following)
 
     def _note_position(self, value: int) -> None:
-        self._follow_bottom = value >= self.verticalScrollBar().maximum() - 4
+        bar = self.verticalScrollBar()
+        self._follow_bottom = value >= bar.maximum() - 4
+        if self._keeping:
+            return
+        self._keep_from_bottom = None
+        if value == bar.minimum() and bar.maximum() > 0 and self._first > 0:
+            QTimer.singleShot(0, self._show_earlier_if_at_top)
 
     def _keep_following(self, _minimum: int, maximum: int) -> None:
-        if self._follow_bottom:
+        if self._keep_from_bottom is not None:
+            self._keeping = True
+            self.verticalScrollBar().setValue(maximum - self._keep_from_bottom)
+            self._keeping = False
+        elif self._follow_bottom:
             self.verticalScrollBar().setValue(maximum)
 
     def show_messages(self, path: list[Message], siblings_of, thumbs: dict[str, int],
@@ -312,6 +343,7 @@ class ChatView(QScrollArea):
         chat of a hundred messages held the window for a fifth of a second per turn."""
         self._drop_stream()
         self._drop_pair()
+        self._keep_from_bottom = None
         shown = [m for m in path if m.role in ("user", "assistant")]
         rows = []
         for message in shown:
@@ -319,23 +351,24 @@ class ChatView(QScrollArea):
                 continue
             unanswered = retry_last and message is shown[-1] and message.role == "user"
             rows.append((message, siblings_of(message.id), unanswered))
-        kept = 0
-        for widget, row in zip(self.widgets, rows):
-            if widget.row_key != row_key(*row):
+        keys = [row_key(*row) for row in rows]
+        same = 0
+        for old, new in zip(self._keys, keys):
+            if old != new:
                 break
-            kept += 1
-        for widget in self.widgets[kept:]:
-            self._remove(widget)
-        self.widgets = self.widgets[:kept]
-        for widget, (message, _, _) in zip(self.widgets, rows):
+            same += 1
+        if same < self._first or len(rows) - same > ROWS_AT_OPEN:   # another conversation
+            self._remove_rows(self.widgets)
+            self._first = max(0, len(rows) - ROWS_AT_OPEN)
+            same = self._first
+        self._remove_rows(self.widgets[same - self._first:])
+        self._rows, self._keys, self._thumbs = rows, keys, thumbs
+        for widget, (message, _, _) in zip(self.widgets, rows[self._first:]):
             widget.message = message          # the same message, perhaps a fresh copy of it
             widget.set_thumb(thumbs.get(message.id, 0))
-        added = []
-        for message, siblings, unanswered in rows[kept:]:
-            widget = MessageWidget(message, siblings, thumbs.get(message.id, 0),
-                                   unanswered=unanswered, actions=self.actions)
+        added = [self._build(row) for row in rows[same:]]
+        for widget in added:
             self._add(widget)
-            added.append(widget)
         if compare:
             self.pair = ComparePair(*compare, actions=self.actions)
             self.column.addWidget(self.pair)
@@ -344,8 +377,53 @@ class ChatView(QScrollArea):
                 self.probe.register(widget.message.id, widget.browser)
                 added.append(widget)
         self.placeholder.setVisible(not self.widgets)
+        self._show_earlier_button()
         QTimer.singleShot(0, self.scroll_to_bottom)
         return added
+
+    def _build(self, row: tuple) -> "MessageWidget":
+        message, siblings, unanswered = row
+        return MessageWidget(message, siblings, self._thumbs.get(message.id, 0),
+                             unanswered=unanswered, actions=self.actions)
+
+    def _remove_rows(self, widgets: list["MessageWidget"]) -> None:
+        for widget in list(widgets):
+            self.widgets.remove(widget)
+            self._remove(widget)
+
+    # --- older rows, built on the way up ---------------------------------------------------
+    def _show_earlier_button(self) -> None:
+        if self._first:
+            self.earlier.setText(f"↑ Show {min(self._first, ROWS_PER_PAGE)} earlier messages "
+                                 f"({self._first} in all)")
+        self.earlier.setVisible(self._first > 0)
+
+    def _show_earlier_if_at_top(self) -> None:
+        bar = self.verticalScrollBar()
+        if bar.value() == bar.minimum() and not self._follow_bottom:
+            self.show_earlier()
+
+    def show_earlier(self) -> list["MessageWidget"]:
+        """Build the next rows above those on screen, keeping what is in view where it is;
+        the rows built are announced (``rows_built``) so the window watches them too."""
+        if self._first == 0:
+            return []
+        start = max(0, self._first - ROWS_PER_PAGE)
+        bar = self.verticalScrollBar()
+        self._keep_from_bottom = bar.maximum() - bar.value()
+        at = self.column.indexOf(self.placeholder) + 1
+        built = []
+        for offset, row in enumerate(self._rows[start:self._first]):
+            widget = self._build(row)
+            self.column.insertWidget(at + offset, widget)
+            if widget.message.role == "assistant":
+                self.probe.register(widget.message.id, widget.browser)
+            built.append(widget)
+        self.widgets[:0] = built
+        self._first = start
+        self._show_earlier_button()
+        self.rows_built.emit(built)
+        return built
 
     def append_message(self, message: Message, siblings: list[Message]) -> MessageWidget:
         widget = MessageWidget(message, siblings)
@@ -378,9 +456,9 @@ class ChatView(QScrollArea):
     def clear(self) -> None:
         self._drop_stream()
         self._drop_pair()
-        for widget in self.widgets:
-            self._remove(widget)
-        self.widgets = []
+        self._remove_rows(self.widgets)
+        self._rows, self._keys, self._first = [], [], 0
+        self._show_earlier_button()
         self.placeholder.show()
 
     # --- streaming -----------------------------------------------------------------------
@@ -411,11 +489,11 @@ class ChatView(QScrollArea):
 
     def _drop_stream(self) -> None:
         if self.streaming is not None:
-            self.widgets.remove(self.streaming)
-            self._remove(self.streaming)
+            self._remove_rows([self.streaming])
             self.streaming = None
 
     def scroll_to_bottom(self) -> None:
         """To the bottom now, and stay there as the content grows."""
         self._follow_bottom = True
+        self._keep_from_bottom = None
         self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())

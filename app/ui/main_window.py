@@ -172,6 +172,7 @@ class MainWindow(QMainWindow):
                              (actions.retry_requested, self.retry),
                              (actions.picked, self.pick)):
             signal.connect(slot)
+        self.chat_view.rows_built.connect(self._rows_built)
         column.addWidget(self.chat_view, 1)
         row = QHBoxLayout()
         self.input = InputBox()
@@ -427,15 +428,27 @@ class MainWindow(QMainWindow):
         if self.is_generating():   # shown mid-reply (the message just sent): they would do nothing
             for widget in self.chat_view.widgets:
                 widget.set_actions_enabled(False)
-        for widget in added:
-            if widget.message.role == "assistant":
-                self.capture.watch_browser(widget.message.id, widget.browser)
+        self._watch_rows(added)
         self._show_banner()
         self.setWindowTitle(f"Glance — {tree.conversation.title}")
         self._refresh_conversations()
         self._update_collection_indicator()
         # Replies are recorded as shown once the window is exposed and the layout has
         # settled (CaptureController.publish), never from a half-laid-out column.
+        self.capture.layout_changed("layout")
+
+    def _watch_rows(self, widgets) -> None:
+        for widget in widgets:
+            if widget.message.role == "assistant":
+                self.capture.watch_browser(widget.message.id, widget.browser)
+
+    def _rows_built(self, widgets) -> None:
+        """Older rows, built as the user scrolled up: watched like the others, and as
+        still as the others while a reply streams."""
+        if self.is_generating():
+            for widget in widgets:
+                widget.set_actions_enabled(False)
+        self._watch_rows(widgets)
         self.capture.layout_changed("layout")
 
     def record_shown_replies(self, snapshot) -> None:
