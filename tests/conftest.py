@@ -115,6 +115,19 @@ def run_glance(*args, home: Path, timeout=120, **kwargs):
                           text=True, timeout=timeout, env=env, cwd=ROOT, **kwargs)
 
 
+def nightly_settings(home: Path, **sections) -> Path:
+    """``training/settings.json`` for a nightly job a test starts. The job runs at normal
+    priority: at its real, idle priority it gets nothing while anything else on a busy
+    machine runs, and a test waiting for it would time out (the priority itself has a
+    test of its own)."""
+    import json
+    settings = {"nightly": {"lower_priority": False}, **sections}
+    path = home / "training" / "settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings))
+    return path
+
+
 def files_contain(directory: Path, marker: bytes) -> list[Path]:
     """Every file under ``directory`` whose raw bytes contain ``marker``."""
     return [p for p in directory.rglob("*") if p.is_file() and marker in p.read_bytes()]

@@ -7,7 +7,7 @@ import sys
 import time
 
 from feedback_store import FeedbackStore
-from conftest import ROOT, run_glance
+from conftest import ROOT, nightly_settings, run_glance
 
 
 def test_chat_json_then_continue(home):
@@ -90,6 +90,7 @@ def test_doctor_says_how_the_last_night_went(home):
     assert "Adapter:  none: the chat answers with the base model" in text
     with FeedbackStore.open(home) as store:
         store.consent.set("personalise", True)
+    nightly_settings(home)
     done = subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "--json"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env=dict(os.environ, GLANCE_HOME=str(home)))

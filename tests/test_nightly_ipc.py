@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.training_link import TrainingLink, open_store_waiting
-from conftest import ROOT, files_contain
+from conftest import ROOT, files_contain, nightly_settings
 from feedback_store import Conversation, FeedbackStore, Message
 from nightly_support import job_env, last_json
 
@@ -49,6 +49,7 @@ def consenting_home(home: Path, marker: str = "nothing to learn") -> Path:
         time.sleep(0.002)
         c = store.conversations.create(Conversation(title="chat"))
         store.conversations.add_message(Message(conversation_id=c.id, role="user", content=marker))
+    nightly_settings(home)
     return home
 
 
@@ -138,9 +139,8 @@ def test_pairs_from_one_conversation_are_not_trained_on_and_the_job_says_why(hom
         assert result["status"] == "nothing_new" and not result["trained"], result
         assert "one conversation" in result["message"] and "split" not in result
     # settings.json's pair settings hold unless the command line says otherwise
-    import json
     assert sum(result["pairs"].values()) == 1
-    (home / "training" / "settings.json").write_text(json.dumps({"pairs": {"max_pairs": 0}}))
+    nightly_settings(home, pairs={"max_pairs": 0})
     assert last_json(run_job(home).stdout)["pairs"] == {}
 
 

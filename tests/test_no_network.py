@@ -35,7 +35,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, require
+from conftest import ROOT, nightly_settings, require
 
 
 @pytest.fixture(autouse=True)
@@ -226,6 +226,7 @@ def seeded_home(home):
         store.conversations.create(conversation)
         store.conversations.add_message(Message(conversation_id=conversation.id, role="user",
                                                 content="seeded question"))
+    nightly_settings(home)
     return home, conversation.id
 
 
