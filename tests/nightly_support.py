@@ -62,13 +62,22 @@ def smollm2_checkpoint() -> Path:
 def smollm2_f16() -> Path:
     """SmolLM2 with every tensor dequantised to F16: llama.cpp on the same weights torch
     trains on, without Q4_1 noise."""
+    import hashlib
     from align.export_gguf import write_float_gguf
     source = smollm2_gguf()
-    stat = source.stat()
-    target = cache_root() / f"smollm2-f16-{stat.st_size}-{stat.st_mtime_ns}.gguf"
+    with open(source, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+    # Named by content, not by the file's date: every fresh checkout's venv holds its own
+    # copy of the model, and copies named by date piled up (72 of them, 20 GB).
+    target = cache_root() / f"smollm2-f16-{digest}.gguf"
     with cache_lock("f16"):
         if not target.exists():
-            write_float_gguf(source, target, "f16")
+            partial = target.with_suffix(".part")     # (a run killed mid-way leaves no copy)
+            write_float_gguf(source, partial, "f16")
+            partial.replace(target)
+        for older in cache_root().glob("smollm2-f16-*.gguf"):
+            if older != target:
+                older.unlink()
     return target
 
 
