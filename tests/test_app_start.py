@@ -81,7 +81,7 @@ def test_a_model_downloaded_before_is_offered_instead_of_refused(qtbot, tmp_path
     assert not dialog.use_button.isVisible()
     dialog.file.setText("model.gguf")
     dialog.start_button.click()
-    with qtbot.waitSignal(dialog.accepted, timeout=5_000):
+    with qtbot.waitSignal(dialog.accepted, timeout=30_000):
         dialog.use_button.click()
     assert dialog.path == there
 

@@ -88,7 +88,7 @@ def test_retention_is_applied_once_chosen_and_a_shorter_one_only_when_agreed(
 def test_pause_shortcut_in_the_window(qtbot, store, window):
     assert window.collection_label.text() == "Not recording"
     window.activateWindow()         # the shortcut works where the window has the keyboard
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=30_000)
     window.input.setFocus()
     qtbot.keyClick(window.input, Qt.Key.Key_P, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert store.consent.paused and window.collection_label.text() == "Recording paused"
@@ -267,6 +267,6 @@ def test_switching_chats_stops_mapping_points_to_the_replies_that_left(qtbot, st
     reply = send_by_keyboard(qtbot, window, "Say hi.")
     recorder = window.capture.recorder
     qtbot.waitUntil(lambda: any(r.geometry.message_id == reply.id for r in recorder.snapshot.replies),
-                    timeout=10_000)
+                    timeout=30_000)
     window.new_chat()
     assert recorder.snapshot.replies == () and recorder.snapshot.conversation_id == window.tree.id

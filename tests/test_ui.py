@@ -72,7 +72,7 @@ def test_escape_stops_mid_stream(qtbot, window, store):
     assert store.conversations.messages(window.tree.id)[-1].finish_reason == "cancelled"
     assert "stopped" in widget_for(window, reply.id).meta.text()
     # The stop is logged on the reply it cut short: "stopped", an input of the reward model.
-    qtbot.waitUntil(lambda: window.session.shown_id(reply.id) is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.session.shown_id(reply.id) is not None, timeout=30_000)
     store.flush()
     assert store._rows("SELECT message_id FROM reply_actions WHERE kind = 'stop'") == \
         [{"message_id": reply.id}]
@@ -156,12 +156,12 @@ def test_a_turn_keeps_the_rows_already_on_screen_and_their_buttons_answer_once(q
     store.consent.set("pointer", True)          # so a copy is logged, and can be counted
     window.capture.sync()
     first = send_by_keyboard(qtbot, window, "Name a fruit.")
-    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass                                     # measured once the layout has settled
     rows = list(window.chat_view.widgets)
     kept_key, kept = window.probe._measured[first.id]
     second = send_by_keyboard(qtbot, window, "Name a colour.")
-    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass
     assert [id(w) for w in window.chat_view.widgets[:2]] == [id(w) for w in rows]
     key, geometry = window.probe._measured[first.id]
@@ -205,7 +205,7 @@ def test_a_long_conversation_opens_on_its_last_rows_and_builds_older_ones_on_the
     shown = lambda: [w.message.id for w in view.widgets]
     assert shown() == ids[-ROWS_AT_OPEN:]
     assert view.earlier.isVisible() and f"({80 - ROWS_AT_OPEN} in all)" in view.earlier.text()
-    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass                                     # laid out, at the bottom
     assert bar.maximum() > 0 and bar.value() == bar.maximum()
     # The user scrolls to the top: the next rows are built above, and the row that was
@@ -213,9 +213,9 @@ def test_a_long_conversation_opens_on_its_last_rows_and_builds_older_ones_on_the
     top_row = view.widgets[0]
     bar.setValue(bar.minimum())
     was_at = top_row.mapTo(view.viewport(), QPoint(0, 0)).y()
-    qtbot.waitUntil(lambda: len(view.widgets) == ROWS_AT_OPEN + ROWS_PER_PAGE, timeout=5_000)
+    qtbot.waitUntil(lambda: len(view.widgets) == ROWS_AT_OPEN + ROWS_PER_PAGE, timeout=30_000)
     assert shown() == ids[-(ROWS_AT_OPEN + ROWS_PER_PAGE):]
-    with qtbot.waitSignal(window.capture.snapshot_published, timeout=10_000):
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass
     assert top_row.mapTo(view.viewport(), QPoint(0, 0)).y() == was_at
     assert bar.value() > bar.minimum()
@@ -406,7 +406,8 @@ def test_new_chat_rename_search_delete(qtbot, window, store):
     assert store.conversations.get(apples).title == "Fruit talk"
     window.search.setText("apples")
     qtbot.waitUntil(lambda: [window.conversation_list.item(i).text()
-                             for i in range(window.conversation_list.count())] == ["Fruit talk"])
+                             for i in range(window.conversation_list.count())] == ["Fruit talk"],
+                    timeout=30_000)
     window.search.setText("")
     with qtbot.waitSignal(window.store_job_finished, timeout=60_000) as deleted:
         window.delete_conversation(apples, confirm=False)   # runs off the UI thread
@@ -465,7 +466,7 @@ def test_compare_side_by_side_pick_with_the_keyboard_and_read_both_traces(qtbot,
     pair = window.chat_view.pair
     assert [side.message.id for side in pair.sides] == [original.id, second.id]
     # Once the two columns are laid out, the capture publishes their geometry.
-    with qtbot.waitSignal(window.capture.snapshot_published, timeout=5000):
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass
     shown = {m: window.session.shown_id(m) for m in (original.id, second.id)}
     assert all(shown.values())
@@ -495,7 +496,7 @@ def test_objects_alive_when_the_window_is_up_are_kept_out_of_full_collections(qt
 
     def scanned(obj) -> bool:                  # frozen objects are in no generation
         return any(o is obj for o in gc.get_objects())
-    qtbot.waitUntil(lambda: not scanned(window), timeout=5_000)
+    qtbot.waitUntil(lambda: not scanned(window), timeout=30_000)
     assert scanned(type("Fresh", (), {})())    # what comes after the window is still collected
 
 
@@ -528,7 +529,7 @@ def test_the_view_follows_a_reply_to_its_last_line_and_buttons(qtbot, window):
 
     def bottom():
         return buttons.mapTo(view.viewport(), QPoint(0, buttons.height())).y()
-    qtbot.waitUntil(lambda: 0 < bottom() <= view.viewport().height(), timeout=3000)
+    qtbot.waitUntil(lambda: 0 < bottom() <= view.viewport().height(), timeout=30_000)
     assert view.verticalScrollBar().maximum() > 0          # the chat overflows the view
 
 
@@ -662,10 +663,10 @@ def test_while_a_delete_rewrites_the_file_the_window_says_so_instead_of_freezing
     def rewrite():                   # holds the file as a delete's rewrite does
         with store._reading.exclusive():
             holding.set()
-            release.wait(10)
+            release.wait(60)
     window._run_store_job("Deleting…", rewrite, done_text="done")
-    holding.wait(10)
-    safety = threading.Timer(5.0, release.set)   # a frozen window is let go, and fails below
+    assert holding.wait(60)
+    safety = threading.Timer(30.0, release.set)  # a frozen window is let go, and fails below
     safety.start()
     shown = window.tree.id
     window.new_chat()
@@ -686,8 +687,8 @@ def test_while_a_delete_rewrites_the_file_the_window_says_so_instead_of_freezing
     assert "still finishing a delete" in window.statusBar().currentMessage()
     release.set()
     safety.cancel()
-    qtbot.waitUntil(lambda: not window.is_store_busy(), timeout=10_000)
-    qtbot.waitUntil(lambda: window.conversation_list.isEnabled(), timeout=10_000)
+    qtbot.waitUntil(lambda: not window.is_store_busy(), timeout=30_000)
+    qtbot.waitUntil(lambda: window.conversation_list.isEnabled(), timeout=30_000)
     assert window.conversation_list.count() == 1                  # the search, applied after
 
 
