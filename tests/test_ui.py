@@ -98,18 +98,33 @@ def test_no_button_of_the_conversation_looks_usable_while_a_reply_is_written(qtb
                 for b in w.findChildren(QAbstractButton) if b.isEnabled() and b.text() != "Copy"]
 
     def stop():
-        window.stop()
-        qtbot.waitUntil(lambda: not window.is_generating(), timeout=REPLY_TIMEOUT_MS)
+        with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+            window.stop()            # (its thread may end a moment before the window hears)
     long_reply_streaming(qtbot, window, store)
     assert usable() == []
     stop()
     assert "Edit" in usable()
-    window.regenerate(window.tree.active_path()[-1].id)         # two replies: ‹ › to switch
-    qtbot.waitUntil(lambda: not window.is_generating(), timeout=REPLY_TIMEOUT_MS)
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.regenerate(window.tree.active_path()[-1].id)     # two replies: ‹ › to switch
     assert "‹" in usable()
     long_reply_streaming(qtbot, window, store)
     assert usable() == []
     stop()
+
+
+def test_a_reply_whose_end_the_window_has_not_heard_yet_is_still_being_written(qtbot, window,
+                                                                             store):
+    """Its thread ends a moment before the window handles its end. A send in between
+    started a second reply, whose row the first one's end then dropped."""
+    window.input.setPlainText("Say yes.")
+    window.send()
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.generation.wait()                 # ended; the window has not heard yet
+        assert window.is_generating()
+        window.input.setPlainText("And no?")
+        window.send()                            # refused: the text stays
+        assert window.input.toPlainText() == "And no?"
+    assert [m.content for m in window.tree.active_path() if m.role == "user"] == ["Say yes."]
 
 
 def test_closing_the_window_mid_reply_is_not_a_stop(qtbot, window, store):
@@ -376,6 +391,10 @@ def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, w
         assert window.is_loading_model() and not window.model_picker.isEnabled()
         window.input.setPlainText("Hello?")
         window.send()                                      # refused meanwhile; text kept
+        assert window.input.toPlainText() == "Hello?" and not window.is_generating()
+        window.model_job.wait()      # loaded, and the window has not heard yet: still busy
+        assert window.is_loading_model()
+        window.send()
         assert window.input.toPlainText() == "Hello?" and not window.is_generating()
     assert blocker.args == [None]
     assert window.engine.model_info["path"] == str(copy)

@@ -472,7 +472,14 @@ class MainWindow(QMainWindow):
 
     # --- turns ---------------------------------------------------------------------------
     def is_generating(self) -> bool:
-        return self.generation is not None and self.generation.isRunning()
+        # Until the reply's end is handled here, not until its thread ends: in between, a
+        # send by Enter started a second reply, whose row the first one's end then dropped.
+        return self.generation is not None
+
+    def _generation_ended(self) -> None:
+        self.generation.wait()
+        self.generation.deleteLater()
+        self.generation = None
 
     def send(self) -> None:
         """Commit the message on the generation thread (the window never waits on the
@@ -594,7 +601,7 @@ class MainWindow(QMainWindow):
             self._end_edit()
 
     def _on_reply(self, message: Message) -> None:
-        self.generation.wait()
+        self._generation_ended()
         self._leaf_before_regenerate = None
         if self._stopped_by_user and message is not None:
             # A stop belongs to the reply it cut short (the reward model reads "stopped"
@@ -626,7 +633,7 @@ class MainWindow(QMainWindow):
             # The regenerated reply never came: show the one it was to replace again.
             self.tree.conversation.active_leaf_id = self._leaf_before_regenerate
         self._leaf_before_regenerate = None
-        self.generation.wait()
+        self._generation_ended()
         self.chat_view.end_stream()
         self._set_busy(False)
         self._show_tree()
@@ -713,7 +720,9 @@ class MainWindow(QMainWindow):
             self.switch_model(choice)
 
     def is_loading_model(self) -> bool:
-        return self.model_job is not None and self.model_job.isRunning()
+        # Until its outcome is handled here, not until its thread ends: in between, the
+        # picker and Send were still disabled while a send by Enter was let through.
+        return self.model_job is not None
 
     def switch_model(self, path: str) -> bool:
         """Check ``path`` now and load it off the UI thread (seconds for a big model; the
@@ -757,6 +766,7 @@ class MainWindow(QMainWindow):
 
     def _model_loaded(self, info: dict, error: str | None) -> None:
         self.model_job.wait()
+        self.model_job = None
         unusable = error is not None         # (not when only remembering it failed)
         if error is None:
             try:
