@@ -127,6 +127,21 @@ def test_a_reply_whose_end_the_window_has_not_heard_yet_is_still_being_written(q
     assert [m.content for m in window.tree.active_path() if m.role == "user"] == ["Say yes."]
 
 
+def test_a_store_job_whose_end_the_window_has_not_heard_yet_still_holds_the_store(
+        qtbot, window, store, tmp_path):
+    """A second delete or export started in between had the first one's end wait for it
+    on the UI thread."""
+    send_by_keyboard(qtbot, window, "Say yes.")
+    with qtbot.waitSignal(window.store_job_finished, timeout=60_000) as finished:
+        window.export_data(str(tmp_path))
+        window.store_job.wait()                  # done; the window has not heard yet
+        assert window.is_store_busy()
+        shown = window.tree.id
+        window.new_chat()                        # refused, and said so
+        assert window.tree.id == shown
+    assert finished.args == [None] and not window.is_store_busy()
+
+
 def test_closing_the_window_mid_reply_is_not_a_stop(qtbot, window, store):
     """Closing the window cancels the reply being written; the user did not stop it, so
     the reward model must not read it as stopped."""

@@ -384,7 +384,9 @@ class MainWindow(QMainWindow):
                             done_text="Exported to {}.")
 
     def is_store_busy(self) -> bool:
-        return self.store_job is not None and self.store_job.isRunning()
+        # Until its end is handled here (like a reply): a second job started in between
+        # had the first one's end wait for it on the UI thread.
+        return self.store_job is not None
 
     def _run_store_job(self, busy_text: str, fn, *args, done_text: str) -> None:
         job = CallThread(fn, *args, parent=self)
@@ -401,6 +403,8 @@ class MainWindow(QMainWindow):
 
     def _store_job_finished(self, text: str | None, error: str | None = None) -> None:
         self.store_job.wait()
+        self.store_job.deleteLater()
+        self.store_job = None
         self.conversation_list.setEnabled(True)
         self._refresh_conversations()
         if error:
