@@ -97,6 +97,8 @@ def main() -> int:
             window.capture.recorder.flush()
             store.flush()
             return {"pointer_samples": store.counts()["pointer_samples"]}
+        if kind == "received":       # pointer events the recorder has been handed
+            return {"received": window.capture.recorder.received}
         if kind == "screenshot":
             window.capture.publish()
             store.flush()

@@ -22,7 +22,12 @@ hotkey.start()
 listener = pointer.listener
 (out.parent / "hooks-ready").write_text("ready")
 deadline = time.monotonic() + 60
+seen = out.parent / "hooks-seen.json"
 while not (out.parent / "hooks-stop").exists() and time.monotonic() < deadline:
+    # What has arrived so far, for the test to wait on (pynput delivers in its own time).
+    progress = seen.with_suffix(".tmp")
+    progress.write_text(json.dumps({"events": list(events), "pauses": len(pauses)}))
+    progress.replace(seen)
     time.sleep(0.05)
 pointer.stop()       # returns at once: pynput's join would wait for one more input event
 hotkey.stop()

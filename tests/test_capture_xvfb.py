@@ -51,6 +51,18 @@ class Session:
         self.count += 1
         return answer
 
+    def received(self) -> int:
+        return self.command("received")["received"]
+
+    def pointer(self, *args, timeout=30):
+        """xdotool, then wait until the window's recorder has the event: pynput delivers
+        in its own time, and under load a burst of moves is coalesced into one."""
+        before = self.received()
+        self.xdotool(*args)
+        deadline = time.monotonic() + timeout
+        while self.received() <= before:
+            assert time.monotonic() < deadline, f"the window never heard xdotool {args}"
+
     def xdotool(self, *args):
         subprocess.run(["xdotool", *map(str, args)], check=True, timeout=30,
                        env=dict(os.environ, DISPLAY=self.display))
@@ -77,19 +89,16 @@ def test_the_real_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_pat
     targets = long_words(ready)
     assert len(targets) >= 3, ready["text"]
     for word in targets:
-        x, y = session.point_at(word)
-        session.xdotool("mousemove", "--sync", x, y)
-        time.sleep(0.15)
+        session.pointer("mousemove", "--sync", *session.point_at(word))
     clicked = targets[1]
-    session.xdotool("mousemove", "--sync", *session.point_at(clicked))
-    session.xdotool("click", "1")
+    session.pointer("mousemove", "--sync", *session.point_at(clicked))
+    session.pointer("click", "1")
     time.sleep(1.0)   # so the double click below is not read as a triple click
     session.xdotool("click", "--repeat", "2", "--delay", "60", "1")   # double click selects a word
     time.sleep(0.2)
     session.xdotool("key", "ctrl+c")
-    session.xdotool("mousemove", "--sync", *ready["chat_view"])
-    session.xdotool("click", "5")                                       # wheel down
-    time.sleep(0.3)
+    session.pointer("mousemove", "--sync", *ready["chat_view"])
+    session.pointer("click", "5")                                       # wheel down
     flushed = session.command("flush")["pointer_samples"]
     assert flushed > 0
     session.quit()
@@ -179,9 +188,8 @@ def test_minimised_samples_say_so_and_viewport_events_follow(xvfb_display, home,
         time.sleep(0.2)
     session.command("minimize")
     time.sleep(0.5)
-    session.xdotool("mousemove", "--sync", 300, 300)
-    session.xdotool("mousemove", "--sync", 320, 310)
-    time.sleep(0.3)
+    session.pointer("mousemove", "--sync", 300, 300)
+    session.pointer("mousemove", "--sync", 320, 310)
     session.command("flush")
     session.command("restore")
     session.quit()

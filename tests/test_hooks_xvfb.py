@@ -34,7 +34,21 @@ def test_global_pointer_and_pause_hotkey_and_a_stop_that_does_not_hang(xvfb_disp
     xdotool("click", "5")
     xdotool("key", "ctrl+shift+p")
     xdotool("key", "ctrl+p")          # not the combination: no pause
-    time.sleep(0.5)
+
+    def arrived():
+        try:
+            seen = json.loads((tmp_path / "hooks-seen.json").read_text())
+        except (OSError, ValueError):
+            return False
+        kinds = {event[0] for event in seen["events"]}
+        return ["move", 300, 320] in seen["events"] and {"click", "scroll"} <= kinds \
+            and seen["pauses"] >= 1
+    deadline = time.monotonic() + 30
+    while not arrived():              # delivered in pynput's own time, under load too
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "the hooks did not report the input in 30 s"
+        time.sleep(0.05)
+    time.sleep(0.5)                   # and a moment for a wrong pause (ctrl+p) to show
     (tmp_path / "hooks-stop").write_text("stop")
     # The process ends by itself: stop() did not wait for another input event (with
     # pynput's join it would hang here until the test timeout).
