@@ -6,7 +6,8 @@ from 60 one-token replies (fresh prompt evaluation each, as a fixed seed implies
 a 5 ms QTimer records the largest gap between its ticks: how long the UI thread was busy;
 then the same for a turn in a conversation already holding --history messages
 (``ui_max_gap_long_ms``, measured once the opened conversation has settled on screen), and
-the largest gap while that conversation is opened and laid out (``ui_open_long_ms``).
+the largest gap while that conversation is opened and laid out (``ui_open_long_ms``);
+last, how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``).
 
     .venv/bin/python bench/chat_throughput.py --json
 """
@@ -51,6 +52,34 @@ def glance_run(engine, settings) -> tuple[float, float, int]:
 
 LONG_REPLY = ("A bicycle turns the push of your legs into motion: the pedals turn the crank, "
               "the chain carries it to the rear wheel, and the gears trade speed for force. ") * 4
+
+
+LONG_MARKDOWN = ("A paragraph about **bicycles**, gears and `chains`, with a few more words.\n\n"
+                 "```python\nfor gear in range(10):\n    print(gear)\n```\n\n") * 300
+
+
+def show_long_reply_ms() -> float:
+    """How long a row takes to show a 40 000-character reply with 300 code blocks (the
+    markdown laid out and shaded, the row sized): opening a chat that holds one, or one
+    render of it while it streams."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.chat_view import MessageWidget
+    from feedback_store import Message
+    app = QApplication.instance() or QApplication([])
+    times = []
+    for _ in range(3):
+        row = MessageWidget(Message("bench", "assistant", ""), [])
+        row.resize(800, 600)
+        row.show()
+        app.processEvents()
+        started = time.perf_counter()
+        row.set_text(LONG_MARKDOWN)
+        app.processEvents()
+        times.append((time.perf_counter() - started) * 1000)
+        row.deleteLater()
+    return statistics.median(times)
 
 
 SETTLE_MS = 1500   # longer than capture's settle delay: the opened chat is measured and recorded
@@ -159,6 +188,8 @@ def main() -> int:
     report["ui_max_gap_long_ms"], report["ui_open_long_ms"] = ui_max_gap_ms(
         engine, args.max_tokens, history=args.history)
     report["long_history_messages"] = args.history
+    report["show_long_reply_ms"] = show_long_reply_ms()
+    report["long_reply_chars"] = len(LONG_MARKDOWN)
     engine.close()
     print_result(report, args.json, width=22)
     return 0

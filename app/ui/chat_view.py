@@ -1,4 +1,6 @@
 """The conversation on screen: one MessageWidget per message on the active branch."""
+import time
+
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (QColor, QFont, QPainter, QPalette, QTextBlockFormat, QTextCursor,
                            QTextFormat, QTextOption)
@@ -10,6 +12,9 @@ from PySide6.QtWidgets import (
 from feedback_store import Message
 
 STREAM_RENDER_INTERVAL_MS = 40  # re-render markdown at most 25x/s while streaming
+# ... and, as a reply grows long enough for one render to take a while (80 ms at 38 000
+# characters), no more often than leaves the window this many times the render free.
+STREAM_RENDER_FREE_FACTOR = 3
 # A long conversation opens on its last rows; older ones are built as the user scrolls up
 # (each row is a rich-text view: building 300 of them held the window ≈ 0.2 s).
 ROWS_AT_OPEN = 30
@@ -62,14 +67,19 @@ class ReplyBrowser(QTextBrowser):
     def _shade_code_blocks(self) -> None:
         """Fenced code gets a tinted background, as in every chat app (Qt's markdown
         import marks the blocks but does not colour them)."""
+        shaded = QTextBlockFormat()
+        shaded.setBackground(CODE_BACKGROUND)
+        cursor = QTextCursor(self.document())
+        # One edit: each change on its own re-laid out the whole document, and a long
+        # reply with code took seconds (1.2 s at 38 000 characters) to show.
+        cursor.beginEditBlock()
         block = self.document().begin()
         while block.isValid():
             if block.blockFormat().hasProperty(QTextFormat.Property.BlockCodeFence):
-                cursor = QTextCursor(block)
-                shaded = QTextBlockFormat()
-                shaded.setBackground(CODE_BACKGROUND)
+                cursor.setPosition(block.position())
                 cursor.mergeBlockFormat(shaded)
             block = block.next()
+        cursor.endEditBlock()
 
     def _fit_height(self, *_):
         self.document().setTextWidth(self.viewport().width())
@@ -470,7 +480,7 @@ class ChatView(QScrollArea):
         self.streaming.set_text(WAITING_FOR_FIRST_PIECE)
         self._stream_text = ""
         self._stream_dirty = False    # (the last reply's final pieces were never rendered)
-        self._render_timer.start()
+        self._render_timer.start(STREAM_RENDER_INTERVAL_MS)
         return self.streaming
 
     def append_token(self, piece: str) -> None:
@@ -480,8 +490,12 @@ class ChatView(QScrollArea):
     def _render_stream(self) -> None:
         if self.streaming is None or not self._stream_dirty:
             return
+        started = time.perf_counter()
         self.streaming.set_text(self._stream_text)   # the view follows if at the bottom
         self._stream_dirty = False
+        took_ms = (time.perf_counter() - started) * 1000
+        self._render_timer.setInterval(max(STREAM_RENDER_INTERVAL_MS,
+                                           int(took_ms * STREAM_RENDER_FREE_FACTOR)))
 
     def end_stream(self) -> None:
         self._render_timer.stop()
