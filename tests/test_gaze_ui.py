@@ -351,8 +351,17 @@ def test_a_close_the_user_takes_back_leaves_gaze_on(qtbot, window, tmp_path, mon
     assert not closing.isAccepted() and window.isVisible()
     assert controller.tracker is tracker and tracker.running and window.camera_dot.isVisible()
     answer[0] = QMessageBox.StandardButton.Yes
+    visible_while_the_camera_closed = []
+    driver_stop = tracker.stop
+
+    def stop(timeout=3.0):
+        visible_while_the_camera_closed.append(window.isVisible())
+        return driver_stop(timeout)
+    tracker.stop = stop
     window.close()
     assert controller.tracker is None and not tracker.running     # closed with the window
+    # The window went at once: it did not stay on screen, frozen, while the camera closed.
+    assert visible_while_the_camera_closed[:1] == [False]
 
 
 # Tests that open gaze screens from the window (window.screen()) come last: once such a

@@ -916,16 +916,19 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._search_timer.stop()            # it would read a store closed below
-        if self.is_loading_model():
-            self.model_job.wait()            # llama.cpp cannot stop a load half-way
-        if self.is_generating():
-            self.generation.stop()
-            self.generation.wait()
         if self.is_store_busy():
             # A delete's rewrite must finish: closing the store under it would leave the
             # deleted conversation readable in the file's free blocks.
             self.statusBar().showMessage("Finishing the delete before closing…")
             self.store_job.wait()
+        # What is left is Glance tidying up (a model load finishing, the camera let go, the
+        # last replies scored: up to seconds); a window frozen meanwhile looks hung.
+        self.hide()
+        if self.is_loading_model():
+            self.model_job.wait()            # llama.cpp cannot stop a load half-way
+        if self.is_generating():
+            self.generation.stop()
+            self.generation.wait()
         self.capture.shutdown()
         self.gaze.stop_and_wait()            # the camera is released before the app goes
         self.gaze_recorder.stop()
