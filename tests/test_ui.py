@@ -238,17 +238,31 @@ def test_a_long_conversation_opens_on_its_last_rows_and_builds_older_ones_on_the
     with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass                                     # laid out, at the bottom
     assert bar.maximum() > 0 and bar.value() == bar.maximum()
-    # The user scrolls to the top: the next rows are built above, and the row that was
-    # at the top stays where it was on screen.
+    # A reply is being written below (as when a question was just sent)...
+    view.begin_stream(Message(conversation_id=conversation.id, role="assistant", content=""))
+    with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
+        pass
+    # ... and the user scrolls to the top: the next rows are built above, and the row
+    # that was at the top stays where it was on screen.
     top_row = view.widgets[0]
     bar.setValue(bar.minimum())
     was_at = top_row.mapTo(view.viewport(), QPoint(0, 0)).y()
-    qtbot.waitUntil(lambda: len(view.widgets) == ROWS_AT_OPEN + ROWS_PER_PAGE, timeout=30_000)
-    assert shown() == ids[-(ROWS_AT_OPEN + ROWS_PER_PAGE):]
+    qtbot.waitUntil(lambda: len(view.widgets) == ROWS_AT_OPEN + ROWS_PER_PAGE + 1,
+                    timeout=30_000)
+    assert shown()[:-1] == ids[-(ROWS_AT_OPEN + ROWS_PER_PAGE):]
     with qtbot.waitSignal(window.capture.snapshot_published, timeout=30_000):
         pass
     assert top_row.mapTo(view.viewport(), QPoint(0, 0)).y() == was_at
     assert bar.value() > bar.minimum()
+    # It stays there while a reply below grows (the distance to the bottom was kept, and
+    # the view slid down with every render).
+    for _ in range(3):
+        height = view.container.height()
+        view.append_token("A line of the reply being written below. " * 20 + "\n\n")
+        view._render_stream()
+        qtbot.waitUntil(lambda: view.container.height() > height, timeout=30_000)
+        assert top_row.mapTo(view.viewport(), QPoint(0, 0)).y() == was_at
+    view.end_stream()
     # Rows built on the way up are the window's like the others: mapped, and watched.
     older = view.widgets[1]
     assert older.message.role == "assistant" and older.message.id in window.probe.message_ids()

@@ -316,9 +316,10 @@ class ChatView(QScrollArea):
         # the layout has grown by what was just added, so the scroll happens when the
         # range changes, not when the text is set.
         self._follow_bottom = True
-        # After rows are built above, the rows in view stay put: the distance to the
-        # bottom is kept while the layout grows, until the user scrolls.
-        self._keep_from_bottom: int | None = None
+        # After rows are built above, the rows in view stay put: the row that was at the
+        # top keeps its place in view while the layout grows, until the user scrolls. (Not
+        # the distance to the bottom: a reply streaming there would slide the view away.)
+        self._anchor: tuple[QWidget, int] | None = None
         self._keeping = False
         bar = self.verticalScrollBar()
         bar.valueChanged.connect(self._note_position)
@@ -329,14 +330,15 @@ class ChatView(QScrollArea):
         self._follow_bottom = value >= bar.maximum() - 4
         if self._keeping:
             return
-        self._keep_from_bottom = None
+        self._anchor = None
         if value == bar.minimum() and bar.maximum() > 0 and self._first > 0:
             QTimer.singleShot(0, self._show_earlier_if_at_top)
 
     def _keep_following(self, _minimum: int, maximum: int) -> None:
-        if self._keep_from_bottom is not None:
+        if self._anchor is not None:
+            row, offset = self._anchor
             self._keeping = True
-            self.verticalScrollBar().setValue(maximum - self._keep_from_bottom)
+            self.verticalScrollBar().setValue(row.y() - offset)
             self._keeping = False
         elif self._follow_bottom:
             self.verticalScrollBar().setValue(maximum)
@@ -353,7 +355,7 @@ class ChatView(QScrollArea):
         chat of a hundred messages held the window for a fifth of a second per turn."""
         self._drop_stream()
         self._drop_pair()
-        self._keep_from_bottom = None
+        self._anchor = None
         shown = [m for m in path if m.role in ("user", "assistant")]
         rows = []
         for message in shown:
@@ -419,8 +421,8 @@ class ChatView(QScrollArea):
         if self._first == 0:
             return []
         start = max(0, self._first - ROWS_PER_PAGE)
-        bar = self.verticalScrollBar()
-        self._keep_from_bottom = bar.maximum() - bar.value()
+        top = self.widgets[0]
+        self._anchor = (top, top.y() - self.verticalScrollBar().value())
         at = self.column.indexOf(self.placeholder) + 1
         built = []
         for offset, row in enumerate(self._rows[start:self._first]):
@@ -509,5 +511,5 @@ class ChatView(QScrollArea):
     def scroll_to_bottom(self) -> None:
         """To the bottom now, and stay there as the content grows."""
         self._follow_bottom = True
-        self._keep_from_bottom = None
+        self._anchor = None
         self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())
