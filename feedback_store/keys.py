@@ -129,24 +129,44 @@ def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     if stored:
         return DatabaseKey(stored, "keyring")
     if database_file.exists():
+        if key_file.exists():
+            # Another Glance process made the key and the database since we looked.
+            return _read_key_file(key_file, database_file)
         # Never create a fresh key for an existing database: it would lock the user out.
         raise MissingKey(database_file)
     fresh = secrets.token_hex(32)
     if _write_keyring(data_dir, fresh):
         return DatabaseKey(fresh, "keyring")
-    # Written beside it, then linked into place: the key file never exists half
-    # written, and of two Glance processes making one at once (the app and the nightly
-    # job on a fresh folder) the second gets the first's key, never a second key.
-    temporary = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    _write_synced(temporary, fresh)
     try:
-        os.link(temporary, key_file)
+        _create_key_file(key_file, fresh)
     except FileExistsError:
+        # Two Glance processes on a fresh folder (the app and the nightly job): the
+        # second uses the first's key, never a second key.
         return _read_key_file(key_file, database_file)
-    finally:
-        temporary.unlink()
     fsync_path(data_dir)
     return DatabaseKey(fresh, "file")
+
+
+def _create_key_file(key_file: Path, value: str) -> None:
+    """Create the key file, never over one that exists (FileExistsError). Written beside
+    it and linked into place, so another process never reads it half written; where the
+    file system has no links (FAT, some network mounts), created in place."""
+    temporary = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    _write_synced(temporary, value)
+    try:
+        os.link(temporary, key_file)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    finally:
+        temporary.unlink()
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 # --- rotation ---------------------------------------------------------------------------

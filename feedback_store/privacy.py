@@ -70,7 +70,7 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
 # .wal, glance.compact.db, glance.key, glance.key.next, ...), these files, and these
 # folders with what Glance puts in them. GLANCE_HOME may name a folder that also holds
 # the user's own files (a typo, or their home folder); those are never Glance's to delete.
-GLANCE_FILES = ("nightly.sock",)
+GLANCE_FILES = ("nightly.sock", ".write-probe")   # (the probe's name before 2026-12-07)
 GLANCE_FOLDERS = {
     "adapters": ("active.json", "v[0-9]*", ".staging-*", ".pending-*", ".active.json.*"),
     "cache": ("gguf-headers.json*", "httpfs-verified*", "hf", "*.tmp"),

@@ -99,6 +99,10 @@ def test_processes_checking_the_data_dir_at_once_do_not_fail_each_other(tmp_path
     failures = [checker.communicate()[1] for checker in checkers if checker.wait() != 0]
     assert failures == []
     assert list(home.iterdir()) == []          # no probe is left behind
+    # One left by a crash (this probe, or an older version's) is Glance's to delete.
+    from feedback_store.privacy import is_glance_entry
+    assert all(is_glance_entry(home / name) for name in (".write-probe", ".write-probe-x1"))
+    assert not is_glance_entry(home / "my-notes.txt")
 
 
 def test_processes_making_the_first_key_at_once_share_one_key(tmp_path):
@@ -122,6 +126,39 @@ def test_processes_making_the_first_key_at_once_share_one_key(tmp_path):
         keys = {key.strip() for key, _ in answers}
         assert keys == {(home / "glance.key").read_text()}
         assert [entry.name for entry in home.iterdir()] == ["glance.key"]
+
+
+def test_a_key_and_database_made_by_another_process_meanwhile_are_used(tmp_path, monkeypatch):
+    """Between looking for the key file and for the database, another process made both:
+    this one said the key was missing, inviting the user to wipe their data."""
+    from feedback_store import keys
+    home = tmp_path / "glance"
+    home.mkdir()
+    theirs = "ab" * 32
+
+    def the_other_process_meanwhile(*_args, **_kwargs):
+        (home / "glance.key").write_text(theirs)
+        (home / "glance.db").write_bytes(b"made by the other process")
+        return None                            # (and no keyring here)
+    monkeypatch.setattr(keys, "_read_keyring", the_other_process_meanwhile)
+    assert keys.load_or_create_key(home, home / "glance.db").hex == theirs
+
+
+def test_a_key_file_is_made_where_the_file_system_has_no_links(tmp_path, monkeypatch):
+    """FAT, exFAT and some network mounts refuse hard links: Glance could not start."""
+    from feedback_store import keys
+
+    def no_links(*_args):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(keys.os, "link", no_links)
+    monkeypatch.setattr(keys, "_write_keyring", lambda *a, **k: False)
+    home = tmp_path / "glance"
+    home.mkdir()
+    key = keys.load_or_create_key(home, home / "glance.db")
+    assert [entry.name for entry in home.iterdir()] == ["glance.key"]
+    assert (home / "glance.key").read_text() == key.hex and key.storage == "file"
+    assert (home / "glance.key").stat().st_mode & 0o777 == 0o600
+    assert keys.load_or_create_key(home, home / "glance.db").hex == key.hex
 
 
 def test_samples_are_flushed_without_being_asked(store):
