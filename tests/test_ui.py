@@ -142,6 +142,17 @@ def test_a_store_job_whose_end_the_window_has_not_heard_yet_still_holds_the_stor
     assert finished.args == [None] and not window.is_store_busy()
 
 
+def test_a_store_job_that_raises_what_is_not_an_exception_still_frees_the_window(qtbot,
+                                                                                 window):
+    """The window is busy until a job says done or failed; a job ended by SystemExit said
+    neither, and the window stayed busy until restarted."""
+    def ends_abruptly():
+        raise SystemExit(3)
+    with qtbot.waitSignal(window.store_job_finished, timeout=30_000) as finished:
+        window._run_store_job("Working…", ends_abruptly, done_text="done")
+    assert finished.args == ["3"] and not window.is_store_busy()
+
+
 def test_closing_the_window_mid_reply_is_not_a_stop(qtbot, window, store):
     """Closing the window cancels the reply being written; the user did not stop it, so
     the reward model must not read it as stopped."""

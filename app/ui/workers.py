@@ -24,8 +24,9 @@ class GenerationThread(QThread):
     def run(self) -> None:
         try:
             result = self.job(on_token=self.token.emit, cancel=self.cancel)
-        except Exception as error:  # shown to the user; nothing is lost (see ChatService)
-            self.failed.emit(str(error))
+        except BaseException as error:  # shown to the user; nothing is lost (see ChatService)
+            # (BaseException too: the window is busy until it hears done or failed)
+            self.failed.emit(str(error) or type(error).__name__)
         else:
             self.done.emit(result)
 
@@ -47,7 +48,7 @@ class CallThread(QThread):
     def run(self) -> None:
         try:
             result = self.fn(*self.args, **self.kwargs)
-        except Exception as error:
-            self.failed.emit(str(error))
+        except BaseException as error:   # (the window is busy until it hears one or other)
+            self.failed.emit(str(error) or type(error).__name__)
         else:
             self.done.emit(result)
