@@ -421,6 +421,7 @@ def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, w
     with a big model. Choosing the loaded model again reloaded it."""
     import shutil
     from app.models import default_model_path
+    reply = send_by_keyboard(qtbot, window, "Say yes.")
     loaded = window.engine.llm
     assert window.switch_model(str(default_model_path())) is True
     assert window.engine.llm is loaded and not window.is_loading_model()       # no reload
@@ -432,6 +433,9 @@ def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, w
         window.input.setPlainText("Hello?")
         window.send()                                      # refused meanwhile; text kept
         assert window.input.toPlainText() == "Hello?" and not window.is_generating()
+        window.regenerate(reply.id)                        # and so is any other reply
+        window.compare(reply.id)
+        assert not window.is_generating()
         window.model_job.wait()      # loaded, and the window has not heard yet: still busy
         assert window.is_loading_model()
         window.send()

@@ -485,13 +485,20 @@ class MainWindow(QMainWindow):
         self.generation.deleteLater()
         self.generation = None
 
+    def _may_start_a_reply(self) -> bool:
+        """Not while a reply is written, the store is held, or a model loads (the reply
+        would come from the model being replaced, and its end re-enabled the picker)."""
+        if self.is_generating() or not self._store_free():
+            return False
+        if self.is_loading_model():
+            self.statusBar().showMessage("One moment: the model is still loading.", 5000)
+            return False
+        return True
+
     def send(self) -> None:
         """Commit the message on the generation thread (the window never waits on the
         store), show it as sent only once committed, then stream the reply."""
-        if self.is_generating() or not self._store_free():    # (what was typed stays)
-            return
-        if self.is_loading_model():
-            self.statusBar().showMessage("One moment: the model is still loading.", 5000)
+        if not self._may_start_a_reply():     # (what was typed stays)
             return
         text = self.input.toPlainText()
         if not text.strip():
@@ -523,7 +530,7 @@ class MainWindow(QMainWindow):
                                             content=""))
 
     def regenerate(self, assistant_message_id: str) -> None:
-        if self.is_generating() or not self._store_free():
+        if not self._may_start_a_reply():
             return
         self.capture.action("regenerate", assistant_message_id)
         parent = self.tree.messages[assistant_message_id].parent_id
@@ -539,14 +546,14 @@ class MainWindow(QMainWindow):
     def retry(self, user_message_id: str) -> None:
         """A message whose reply failed (the model, the context): ask for a reply to it
         again. Sending it again would have put a second copy under the first."""
-        if self.is_generating() or not self._store_free():
+        if not self._may_start_a_reply():
             return
         self._start_generation(lambda **stream: self.service.generate_reply(
             self.tree, user_message_id, **stream))
 
     def compare(self, assistant_message_id: str) -> None:
         """A second reply to the same prompt, then both side by side until a pick."""
-        if self.is_generating() or self.comparing or not self._store_free():
+        if self.comparing or not self._may_start_a_reply():
             return
         self.capture.action("compare", assistant_message_id)
         self._compare_original = assistant_message_id
