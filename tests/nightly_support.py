@@ -75,9 +75,11 @@ def smollm2_f16() -> Path:
             partial = target.with_suffix(".part")     # (a run killed mid-way leaves no copy)
             write_float_gguf(source, partial, "f16")
             partial.replace(target)
-        for older in cache_root().glob("smollm2-f16-*.gguf"):
-            if older != target:
-                older.unlink()
+        # Older copies (another model file) and a killed run's half copy go, once a day
+        # old: a run of another checkout at the same time may still be using its copy.
+        for older in cache_root().glob("smollm2-f16-*"):
+            if older != target and time.time() - older.stat().st_mtime > 86400:
+                older.unlink(missing_ok=True)
     return target
 
 
