@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DamagedKey, KeyringLocked, MissingKey
+from .locks import lock_file, unlock_file
 
 KEYRING_SERVICE = "Glance"
 KEY_FILE_NAME = "glance.key"
 NEXT_KEY_FILE_NAME = "glance.key.next"
+FIRST_KEY_LOCK = "glance.key.lock"   # only while a fresh folder's first key is made
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,32 @@ def _read_key_file(key_file: Path, database_file: Path) -> DatabaseKey:
 
 
 def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
+    key = _existing_key(data_dir, database_file)
+    if key is not None:
+        return key
+    # The first key is made by one process at a time. Two Glance processes starting on a
+    # fresh folder (the app and a command, or the nightly job) each made one: with a
+    # keyring the second overwrote the first's, and the database the first made with it
+    # could never be opened again.
+    lock_path = data_dir / FIRST_KEY_LOCK
+    with open(lock_path, "a+") as lock:
+        lock_file(lock, blocking=True)
+        try:
+            key = _existing_key(data_dir, database_file)     # made meanwhile
+            if key is None:
+                key = _create_key(data_dir, database_file)
+            return key
+        finally:
+            # Gone once the key is there: a process still waiting on this file finds
+            # the key when it gets the lock, and a later one never needs it.
+            try:
+                lock_path.unlink(missing_ok=True)
+            except OSError:
+                pass                     # (Windows: not while open; it is harmless)
+            unlock_file(lock)
+
+
+def _existing_key(data_dir: Path, database_file: Path) -> DatabaseKey | None:
     key_file = data_dir / KEY_FILE_NAME
     if key_file.exists():
         return _read_key_file(key_file, database_file)
@@ -134,15 +162,17 @@ def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
             return _read_key_file(key_file, database_file)
         # Never create a fresh key for an existing database: it would lock the user out.
         raise MissingKey(database_file)
+    return None
+
+
+def _create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     fresh = secrets.token_hex(32)
     if _write_keyring(data_dir, fresh):
         return DatabaseKey(fresh, "keyring")
     try:
-        _create_key_file(key_file, fresh)
-    except FileExistsError:
-        # Two Glance processes on a fresh folder (the app and the nightly job): the
-        # second uses the first's key, never a second key.
-        return _read_key_file(key_file, database_file)
+        _create_key_file(data_dir / KEY_FILE_NAME, fresh)
+    except FileExistsError:             # (made by an older Glance, which takes no lock)
+        return _read_key_file(data_dir / KEY_FILE_NAME, database_file)
     fsync_path(data_dir)
     return DatabaseKey(fresh, "file")
 

@@ -1,5 +1,6 @@
 """feedback_store against a real encrypted DuckDB file."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -126,6 +127,53 @@ def test_processes_making_the_first_key_at_once_share_one_key(tmp_path):
         keys = {key.strip() for key, _ in answers}
         assert keys == {(home / "glance.key").read_text()}
         assert [entry.name for entry in home.iterdir()] == ["glance.key"]
+
+
+def test_processes_making_the_first_key_in_a_keyring_at_once_share_one_key(tmp_path):
+    """With a keyring, each process making the first key wrote its own: the second
+    overwrote the first's, and a database made with the first could never be opened."""
+    script = textwrap.dedent("""
+        import json, sys, time
+        from pathlib import Path
+        import keyring, keyring.backend
+
+        class SharedKeyring(keyring.backend.KeyringBackend):   # one file all processes see
+            priority = 1
+            path = Path(sys.argv[2])
+
+            def _read(self):
+                return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+            def get_password(self, service, user):
+                return self._read().get(f"{service}/{user}")
+
+            def set_password(self, service, user, value):
+                time.sleep(0.5)           # a slow keyring: between a look and a write
+                entries = self._read()
+                entries[f"{service}/{user}"] = value
+                self.path.write_text(json.dumps(entries))
+
+            def delete_password(self, service, user):
+                pass
+        keyring.set_keyring(SharedKeyring())
+        from feedback_store.keys import load_or_create_key
+        home = Path(sys.argv[1])
+        key = load_or_create_key(home, home / "glance.db")
+        print(key.hex, key.storage)
+    """)
+    for attempt in range(3):
+        home, shared = tmp_path / f"glance-{attempt}", tmp_path / f"keyring-{attempt}.json"
+        home.mkdir()
+        makers = [subprocess.Popen([sys.executable, "-c", script, str(home), str(shared)],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True) for _ in range(3)]
+        answers = [maker.communicate() for maker in makers]
+        assert [error for _, error in answers if error] == []
+        keys = {out.split()[0] for out, _ in answers}
+        assert {out.split()[1] for out, _ in answers} == {"keyring"}
+        assert keys == set(json.loads(shared.read_text()).values())
+        assert len(keys) == 1
+        assert list(home.iterdir()) == []        # nothing left of the lock
 
 
 def test_a_key_and_database_made_by_another_process_meanwhile_are_used(tmp_path, monkeypatch):
