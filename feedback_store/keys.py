@@ -75,8 +75,10 @@ def _delete_keyring(data_dir: Path, staged: bool = False) -> None:
         pass
 
 
-def _write_synced(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_synced(path: Path, value: str, exclusive: bool = False) -> None:
+    """A 0600 file, synced; ``exclusive``: never over one that exists (FileExistsError)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
         handle.flush()
@@ -192,11 +194,7 @@ def _create_key_file(key_file: Path, value: str) -> None:
         pass
     finally:
         temporary.unlink()
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
-        handle.flush()
-        os.fsync(handle.fileno())
+    _write_synced(key_file, value, exclusive=True)
 
 
 # --- rotation ---------------------------------------------------------------------------

@@ -123,7 +123,6 @@ class MessageWidget(QFrame):
         self.message = message
         self.actions = actions if actions is not None else RowActions(self)
         act = self.actions
-        self.row_key = row_key(message, siblings, unanswered)
         self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
         self.setFrameShape(QFrame.Shape.StyledPanel)
         layout = QVBoxLayout(self)

@@ -777,6 +777,7 @@ class MainWindow(QMainWindow):
 
     def _model_loaded(self, info: dict, error: str | None) -> None:
         self.model_job.wait()
+        self.model_job.deleteLater()
         self.model_job = None
         unusable = error is not None         # (not when only remembering it failed)
         if error is None:
