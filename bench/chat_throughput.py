@@ -7,7 +7,9 @@ a 5 ms QTimer records the largest gap between its ticks: how long the UI thread 
 then the same for a turn in a conversation already holding --history messages
 (``ui_max_gap_long_ms``, measured once the opened conversation has settled on screen), and
 the largest gap while that conversation is opened and laid out (``ui_open_long_ms``);
-last, how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``).
+how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``);
+last, fitting a 300-message chat into the prompt, on the first send and the next
+(``fit_long_chat_first_ms``, ``fit_long_chat_next_ms``).
 
     .venv/bin/python bench/chat_throughput.py --json
 """
@@ -80,6 +82,27 @@ def show_long_reply_ms() -> float:
         times.append((time.perf_counter() - started) * 1000)
         row.deleteLater()
     return statistics.median(times)
+
+
+def fit_long_chat_ms(engine, messages: int = 300) -> tuple[float, float]:
+    """Fitting a chat of ``messages`` messages (far more than the context holds) into the
+    prompt: the first send after start, and the next (the messages' own token counts are
+    cached by then)."""
+    import random
+    rng = random.Random(7)
+    history = [{"role": "system", "content": SYSTEM}]
+    for turn in range(messages // 2):
+        history.append({"role": "user", "content": f"Question {turn}: "
+                        + "lorem ipsum " * rng.randint(20, 120)})
+        history.append({"role": "assistant", "content": "Answer "
+                        + "dolor sit amet, " * rng.randint(20, 120)})
+    history.append({"role": "user", "content": PROMPT})
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        engine.fit_to_context(history, 512)
+        times.append((time.perf_counter() - started) * 1000)
+    return times[0], times[1]
 
 
 SETTLE_MS = 1500   # longer than capture's settle delay: the opened chat is measured and recorded
@@ -189,6 +212,7 @@ def main() -> int:
         engine, args.max_tokens, history=args.history)
     report["long_history_messages"] = args.history
     report["show_long_reply_ms"] = show_long_reply_ms()
+    report["fit_long_chat_first_ms"], report["fit_long_chat_next_ms"] = fit_long_chat_ms(engine)
     report["long_reply_chars"] = len(LONG_MARKDOWN)
     engine.close()
     print_result(report, args.json, width=22)

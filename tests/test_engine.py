@@ -86,6 +86,56 @@ def test_long_history_drops_oldest_turns(engine):
     assert kept[-1]["content"] == "What is 2 + 2?"
 
 
+def reference_fit(engine, messages, max_tokens):
+    """The definition: drop one turn more at a time (never starting on an assistant
+    turn) until the whole prompt, counted exactly, leaves room for the reply."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    room = engine.llm.n_ctx() - min(max_tokens, engine.llm.n_ctx() // 4)
+    dropped = 0
+    while True:
+        tokens = engine.count_prompt_tokens(system + turns[dropped:])
+        if tokens <= room or dropped >= len(turns) - 1:
+            return system + turns[dropped:], dropped, tokens
+        dropped += 1
+        while dropped < len(turns) - 1 and turns[dropped]["role"] == "assistant":
+            dropped += 1
+
+
+def test_a_long_chat_is_fitted_with_a_few_counts_not_one_per_dropped_turn(engine):
+    """Each send counted the whole prompt once per turn left out: quadratic, 12 s a count
+    in a chat of 300 messages (and twice per send). The answer is the same as dropping
+    one turn at a time; the number of whole-prompt counts no longer grows with the chat."""
+    import random
+    rng = random.Random(7)
+    calls = []
+    count = engine.count_prompt_tokens
+
+    def counting(messages):
+        calls.append(len(messages))
+        return count(messages)
+    for size in (40, 300):
+        history = [{"role": "system", "content": "Be brief."}]
+        for turn in range(size // 2):
+            history.append({"role": "user", "content": f"Question {turn}: "
+                            + "lorem ipsum " * rng.randint(1, 80)})
+            history.append({"role": "assistant", "content": "Answer "
+                            + "dolor sit amet, " * rng.randint(1, 60)})
+        history.append({"role": "user", "content": "And what is 2 + 2?"})
+        for max_tokens in (16, 400):
+            expected = reference_fit(engine, history, max_tokens)
+            calls.clear()
+            engine.count_prompt_tokens = counting
+            try:
+                assert engine.fit_to_context(history, max_tokens) == expected
+            finally:
+                del engine.count_prompt_tokens
+            assert expected[1] > 0 and len(calls) <= 8, (size, max_tokens, len(calls))
+    # A message that can never fit is refused after counting it alone, not the history.
+    with pytest.raises(PromptTooLong):
+        engine.fit_to_context(history[:-1] + [{"role": "user", "content": "word " * 5000}], 16)
+
+
 def test_prompt_longer_than_context_is_refused(engine):
     with pytest.raises(PromptTooLong) as raised:
         engine.generate(chat("word " * 5000), quick_settings())
