@@ -194,13 +194,18 @@ def test_minimised_samples_say_so_and_viewport_events_follow(xvfb_display, home,
     session.command("restore")
     session.quit()
     with FeedbackStore.open(home) as store:
-        events = store._rows("SELECT kind, first_line, last_line, window_visible "
-                             "FROM viewport_events ORDER BY mono_ns")
+        events = store._rows("SELECT kind, first_line, last_line, window_visible, "
+                             "shown_reply_id FROM viewport_events ORDER BY mono_ns")
         hidden = store._rows("SELECT text_offset FROM pointer_samples "
                              "WHERE window_visible = false AND kind = 'move'")
         activity = store.traces.activity(session.ready["shown_reply_id"])
-    scrolled = [(e["first_line"], e["last_line"]) for e in events if e["kind"] == "scroll"]
-    assert len(set(scrolled)) >= 2, events      # the visible line range changed
+    # The reply's visible lines as shown, then as the wheel moved it (events of the reply
+    # still being written, which has no shown reply yet, are not recorded).
+    assert all(e["shown_reply_id"] == session.ready["shown_reply_id"] for e in events
+               if e["kind"] in ("layout", "scroll")), events
+    seen = [(e["first_line"], e["last_line"]) for e in events if e["kind"] in ("layout", "scroll")]
+    assert any(e["kind"] == "scroll" for e in events)
+    assert len(set(seen)) >= 2, events          # the visible line range changed
     assert any(e["kind"] == "minimized" and e["window_visible"] is False for e in events)
     assert hidden and all(h["text_offset"] is None for h in hidden)
     # Shown at its end (the chat follows a new reply down); the wheel brought earlier lines
