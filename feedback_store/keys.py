@@ -138,9 +138,13 @@ def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
         lock_file(lock, blocking=True)
         try:
             key = _existing_key(data_dir, database_file)     # made meanwhile
-            if key is None:
-                key = _create_key(data_dir, database_file)
-            return key
+            if key is not None:
+                return key
+            if database_file.exists():
+                # Never create a fresh key for an existing database: it would lock the
+                # user out. (Its key is made before it, under this lock: it is lost.)
+                raise MissingKey(database_file)
+            return _create_key(data_dir, database_file)
         finally:
             # Gone once the key is there: a process still waiting on this file finds
             # the key when it gets the lock, and a later one never needs it.
@@ -156,15 +160,7 @@ def _existing_key(data_dir: Path, database_file: Path) -> DatabaseKey | None:
     if key_file.exists():
         return _read_key_file(key_file, database_file)
     stored = _read_keyring(data_dir)
-    if stored:
-        return DatabaseKey(stored, "keyring")
-    if database_file.exists():
-        if key_file.exists():
-            # Another Glance process made the key and the database since we looked.
-            return _read_key_file(key_file, database_file)
-        # Never create a fresh key for an existing database: it would lock the user out.
-        raise MissingKey(database_file)
-    return None
+    return DatabaseKey(stored, "keyring") if stored else None
 
 
 def _create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
