@@ -123,7 +123,7 @@ def nightly_settings(home: Path, **sections) -> Path:
     import json
     settings = {"nightly": {"lower_priority": False}, **sections}
     path = home / "training" / "settings.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_text(json.dumps(settings))
     return path
 

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import require
+from conftest import nightly_settings, require
 
 SYSTEM = "You are Glance, a helpful, concise assistant."
 TOPICS = ["tea", "rain", "maps", "clocks", "bread", "rivers", "chess", "glass", "bees", "kites"]
@@ -113,8 +113,7 @@ def seed_home(home: Path, topics=TOPICS[:8], settings: dict = FAST) -> dict:
             store.conversations.set_thumb(c.id, good.id, 1)
             store.conversations.set_thumb(c.id, bad.id, -1)
             ids[topic] = {"conversation": c.id, "prompt": q.id, "good": good.id, "bad": bad.id}
-    (home / "training").mkdir(exist_ok=True, mode=0o700)
-    (home / "training" / "settings.json").write_text(json.dumps(settings))
+    nightly_settings(home, **settings)
     return ids
 
 

@@ -385,7 +385,7 @@ class ChatView(QScrollArea):
             self.column.addWidget(self.pair)
             for widget in self.pair.sides:
                 self.widgets.append(widget)
-                self.probe.register(widget.message.id, widget.browser)
+                self._measure(widget)
                 added.append(widget)
         self.placeholder.setVisible(not self.widgets)
         self._show_earlier_button()
@@ -427,8 +427,7 @@ class ChatView(QScrollArea):
         for offset, row in enumerate(self._rows[start:self._first]):
             widget = self._build(row)
             self.column.insertWidget(at + offset, widget)
-            if widget.message.role == "assistant":
-                self.probe.register(widget.message.id, widget.browser)
+            self._measure(widget)
             built.append(widget)
         self.widgets[:0] = built
         self._first = start
@@ -439,6 +438,10 @@ class ChatView(QScrollArea):
     def _add(self, widget: MessageWidget) -> None:
         self.column.addWidget(widget)
         self.widgets.append(widget)
+        self._measure(widget)
+
+    def _measure(self, widget: MessageWidget) -> None:
+        """Replies are measured for capture (where their words are on screen)."""
         if widget.message.role == "assistant":
             self.probe.register(widget.message.id, widget.browser)
 

@@ -23,7 +23,7 @@ from ..session import AppSession, ReplyOnScreen
 from ..capture.recorder import GazeRecorder
 from .capture import CaptureController
 from .gaze_calibration import attach_gaze
-from .workers import CallThread, GenerationThread
+from .workers import CallThread, GenerationThread, retire
 
 ADD_MODEL = "__add__"
 DOWNLOAD_MODEL = "__download__"
@@ -402,9 +402,7 @@ class MainWindow(QMainWindow):
         job.start()
 
     def _store_job_finished(self, text: str | None, error: str | None = None) -> None:
-        self.store_job.wait()
-        self.store_job.deleteLater()
-        self.store_job = None
+        self.store_job = retire(self.store_job)
         self.conversation_list.setEnabled(True)
         self._refresh_conversations()
         if error:
@@ -479,11 +477,6 @@ class MainWindow(QMainWindow):
         # Until the reply's end is handled here, not until its thread ends: in between, a
         # send by Enter started a second reply, whose row the first one's end then dropped.
         return self.generation is not None
-
-    def _generation_ended(self) -> None:
-        self.generation.wait()
-        self.generation.deleteLater()
-        self.generation = None
 
     def _may_start_a_reply(self) -> bool:
         """Not while a reply is written, the store is held, or a model loads (the reply
@@ -612,7 +605,7 @@ class MainWindow(QMainWindow):
             self._end_edit()
 
     def _on_reply(self, message: Message) -> None:
-        self._generation_ended()
+        self.generation = retire(self.generation)
         self._leaf_before_regenerate = None
         if self._stopped_by_user and message is not None:
             # A stop belongs to the reply it cut short (the reward model reads "stopped"
@@ -644,7 +637,7 @@ class MainWindow(QMainWindow):
             # The regenerated reply never came: show the one it was to replace again.
             self.tree.conversation.active_leaf_id = self._leaf_before_regenerate
         self._leaf_before_regenerate = None
-        self._generation_ended()
+        self.generation = retire(self.generation)
         self.chat_view.end_stream()
         self._set_busy(False)
         self._show_tree()
@@ -776,9 +769,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Deleted {file.name}.", 6000)
 
     def _model_loaded(self, info: dict, error: str | None) -> None:
-        self.model_job.wait()
-        self.model_job.deleteLater()
-        self.model_job = None
+        self.model_job = retire(self.model_job)
         unusable = error is not None         # (not when only remembering it failed)
         if error is None:
             try:

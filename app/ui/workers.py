@@ -52,3 +52,10 @@ class CallThread(QThread):
             self.failed.emit(str(error) or type(error).__name__)
         else:
             self.done.emit(result)
+
+
+def retire(thread: QThread) -> None:
+    """A worker whose end the window has handled: waited for (it has ended or is about
+    to) and deleted. Returns None, for ``self.job = retire(self.job)``."""
+    thread.wait()
+    thread.deleteLater()
