@@ -800,7 +800,7 @@ def test_while_a_delete_rewrites_the_file_the_window_says_so_instead_of_freezing
     safety.cancel()
     qtbot.waitUntil(lambda: not window.is_store_busy(), timeout=30_000)
     qtbot.waitUntil(lambda: window.conversation_list.isEnabled(), timeout=30_000)
-    assert window.conversation_list.count() == 1                  # the search, applied after
+    qtbot.waitUntil(lambda: window.conversation_list.count() == 1, timeout=30_000)   # the search, applied after
 
 
 def test_an_edit_left_unsent_comes_back_with_its_chat(qtbot, window, store):

@@ -6,7 +6,7 @@ from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QApplication, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
-    QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QMenu, QMessageBox, QPlainTextEdit,
+    QLineEdit, QMainWindow, QMenu, QMessageBox, QPlainTextEdit,
     QPushButton, QSplitter, QSystemTrayIcon, QToolBar, QVBoxLayout, QWidget,
 )
 
@@ -17,6 +17,7 @@ from ..engine import ChatEngine, EmptyPrompt, EngineError
 from ..memory import freeze_long_lived
 from ..models import ModelError, default_model_path, inspect_model
 from .chat_view import ChatView
+from .conversation_list import ConversationList, ConversationSearch
 from .dialogs import DownloadDialog, SettingsDialog
 from .layout_probe import LayoutProbe
 from ..session import AppSession, ReplyOnScreen
@@ -95,8 +96,8 @@ class MainWindow(QMainWindow):
         self.gaze.add_point_listener(self.gaze_recorder.point)
         self._start_personalisation()
         self._refresh_models()
-        self._refresh_conversations()
         latest = self.service.conversations()
+        self._show_conversations(latest)
         if latest:
             self.open_conversation(latest[0].id)
         else:
@@ -139,8 +140,11 @@ class MainWindow(QMainWindow):
         self._search_timer = QTimer(self, singleShot=True, interval=250)
         self._search_timer.timeout.connect(self._refresh_conversations)
         self.search.textChanged.connect(lambda _: self._search_timer.start())
+        self.conversation_search = ConversationSearch(self.service.conversations, self)
+        self.conversation_search.found.connect(self._show_conversations)
+        self.conversation_search.failed.connect(lambda text: self.statusBar().showMessage(text, 8000))
         side.addWidget(self.search)
-        self.conversation_list = QListWidget()
+        self.conversation_list = ConversationList()
         # Long titles end in "…" (full title and time in the tooltip) rather than giving
         # the list a sideways scroll bar.
         self.conversation_list.setTextElideMode(Qt.TextElideMode.ElideRight)
@@ -244,15 +248,16 @@ class MainWindow(QMainWindow):
     def _refresh_conversations(self) -> None:
         if self.is_store_busy():      # the list is disabled meanwhile and refreshed after
             return
-        self.conversation_list.clear()
-        for conversation in self.service.conversations(self.search.text().strip() or None):
-            item = QListWidgetItem(conversation.title)
-            item.setData(Qt.ItemDataRole.UserRole, conversation.id)
-            item.setToolTip(conversation.title + "\n" + time.strftime(
-                "%Y-%m-%d %H:%M", time.localtime(conversation.updated_wall_ns / 1e9)))
-            self.conversation_list.addItem(item)
-            if self.tree is not None and conversation.id == self.tree.id:
-                item.setSelected(True)
+        term = self.search.text().strip()
+        if term:        # every message's text is scanned: off the UI thread
+            self.conversation_search.request(term)
+        else:           # one small table, read in milliseconds
+            self.conversation_search.cancel()
+            self._show_conversations(self.service.conversations())
+
+    def _show_conversations(self, conversations) -> None:
+        self.conversation_list.show_conversations(
+            conversations, self.tree.id if self.tree is not None else None)
 
     def _writing_a_reply(self) -> bool:
         """While a reply streams, another chat cannot be opened or deleted: say so, rather
@@ -915,6 +920,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._search_timer.stop()            # it would read a store closed below
+        self.conversation_search.close()
         if self.is_store_busy():
             # A delete's rewrite must finish: closing the store under it would leave the
             # deleted conversation readable in the file's free blocks.
