@@ -7,7 +7,9 @@ a 5 ms QTimer records the largest gap between its ticks: how long the UI thread 
 then the same for a turn in a conversation already holding --history messages
 (``ui_max_gap_long_ms``, measured once the opened conversation has settled on screen), and
 the largest gap while that conversation is opened and laid out (``ui_open_long_ms``);
-how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``);
+how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``),
+and the end of such a reply streamed into the chat (``end_long_reply_ms``: the streamed
+row becomes the committed reply's row);
 last, fitting a 300-message chat into the prompt, on the first send and the next
 (``fit_long_chat_first_ms``, ``fit_long_chat_next_ms``).
 
@@ -81,6 +83,38 @@ def show_long_reply_ms() -> float:
         app.processEvents()
         times.append((time.perf_counter() - started) * 1000)
         row.deleteLater()
+    return statistics.median(times)
+
+
+def end_long_reply_ms() -> float:
+    """The chat view at the end of a streamed 40 000-character reply: the stream ends and
+    the conversation is shown with the committed reply (the window's ``_on_reply``)."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.chat_view import ChatView
+    from app.ui.layout_probe import LayoutProbe
+    from feedback_store import Message
+    app = QApplication.instance() or QApplication([])
+    view = ChatView(LayoutProbe())
+    view.resize(900, 700)
+    view.show()
+    user = Message("bench", "user", "Show me loops.")
+    times = []
+    for _ in range(3):
+        view.clear()
+        view.show_messages([user], lambda _id: [], {})
+        view.begin_stream(Message("bench", "assistant", ""))
+        view.append_token(LONG_MARKDOWN)
+        view._render_stream()
+        app.processEvents()
+        reply = Message("bench", "assistant", LONG_MARKDOWN, parent_id=user.id)
+        started = time.perf_counter()
+        view.end_stream()
+        view.show_messages([user, reply], lambda _id: [], {})
+        app.processEvents()
+        times.append((time.perf_counter() - started) * 1000)
+    view.deleteLater()
     return statistics.median(times)
 
 
@@ -212,6 +246,7 @@ def main() -> int:
         engine, args.max_tokens, history=args.history)
     report["long_history_messages"] = args.history
     report["show_long_reply_ms"] = show_long_reply_ms()
+    report["end_long_reply_ms"] = end_long_reply_ms()
     report["fit_long_chat_first_ms"], report["fit_long_chat_next_ms"] = fit_long_chat_ms(engine)
     report["long_reply_chars"] = len(LONG_MARKDOWN)
     engine.close()

@@ -89,6 +89,27 @@ def long_reply_streaming(qtbot, window, store):
     qtbot.waitUntil(lambda: len(window.chat_view._stream_text) > 10, timeout=REPLY_TIMEOUT_MS)
 
 
+def test_the_streamed_view_becomes_the_reply_row_with_the_whole_reply(qtbot, window):
+    """The end of a reply built its row anew: a long reply was laid out twice (65 ms at
+    40 000 characters). The pieces that came after the last render are shown too."""
+    from app.ui.chat_view import MessageWidget
+    window.tree.conversation.settings = quick_settings(max_tokens=120).to_dict()
+    window.input.setPlainText("Describe a river in a few sentences.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as finished:
+        window.send()
+        qtbot.waitUntil(lambda: window.chat_view.streaming is not None, timeout=REPLY_TIMEOUT_MS)
+        streamed = window.chat_view.streaming.browser
+        window.chat_view._render_timer.stop()   # as if the end came before the next render
+    reply = finished.args[0]
+    row = widget_for(window, reply.id)
+    assert row.browser is streamed
+    qtbot.waitUntil(row.browser.isVisible, timeout=30_000)      # (rows show once added)
+    fresh = MessageWidget(reply, [reply])
+    assert row.browser.toPlainText() == fresh.browser.toPlainText()
+    assert row.message.id == reply.id and row.regenerate_button.isEnabled()
+    fresh.deleteLater()
+
+
 def test_no_button_of_the_conversation_looks_usable_while_a_reply_is_written(qtbot, window,
                                                                              store):
     """The rows are rebuilt when the message is committed, after the buttons were disabled:

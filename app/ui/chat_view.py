@@ -118,7 +118,8 @@ def row_key(message: Message, siblings: list[Message], unanswered: bool) -> tupl
 
 class MessageWidget(QFrame):
     def __init__(self, message: Message, siblings: list[Message], thumb: int = 0, parent=None,
-                 unanswered: bool = False, actions: RowActions | None = None):
+                 unanswered: bool = False, actions: RowActions | None = None,
+                 browser: "ReplyBrowser | None" = None):
         super().__init__(parent)
         self.message = message
         self.actions = actions if actions is not None else RowActions(self)
@@ -150,9 +151,14 @@ class MessageWidget(QFrame):
                 header.addWidget(widget)
         layout.addLayout(header)
 
-        self.browser = ReplyBrowser(self)
-        layout.addWidget(self.browser)
-        self.set_text(message.content, final=True)
+        if browser is None:
+            self.browser = ReplyBrowser(self)
+            layout.addWidget(self.browser)
+            self.set_text(message.content, final=True)
+        else:                 # the streamed reply's own view, its text already laid out
+            self.browser = browser
+            layout.addWidget(browser)
+            browser.show()
 
         actions = QHBoxLayout()
         self.copy_button = QPushButton("Copy")
@@ -307,6 +313,10 @@ class ChatView(QScrollArea):
         self.streaming: MessageWidget | None = None
         self.pair: ComparePair | None = None
         self._stream_text = ""
+        self._rendered = None     # the text the streaming row shows (None: the "…" before it)
+        # A finished stream's view (its full text, the view) for the committed reply's row:
+        # laying out a long reply again took as long as a render (65 ms at 40 000 chars).
+        self._streamed: tuple[str, ReplyBrowser] | None = None
         self._stream_dirty = False
         self._render_timer = QTimer(self)
         self._render_timer.setInterval(STREAM_RENDER_INTERVAL_MS)
@@ -378,6 +388,7 @@ class ChatView(QScrollArea):
             widget.message = message          # the same message, perhaps a fresh copy of it
             widget.set_thumb(thumbs.get(message.id, 0))
         added = [self._build(row) for row in rows[same:]]
+        self._discard_streamed()                  # not taken: the reply failed or differs
         for widget in added:
             self._add(widget)
         if compare:
@@ -394,8 +405,15 @@ class ChatView(QScrollArea):
 
     def _build(self, row: tuple) -> "MessageWidget":
         message, siblings, unanswered = row
+        browser = None
+        if self._streamed is not None and message.role == "assistant" and message.content \
+                and message.content == self._streamed[0]:
+            _, browser = self._streamed
+            self._streamed = None
+            if self._rendered != message.content:    # its last pieces were not rendered yet
+                browser.set_markdown(message.content)
         return MessageWidget(message, siblings, self._thumbs.get(message.id, 0),
-                             unanswered=unanswered, actions=self.actions)
+                             unanswered=unanswered, actions=self.actions, browser=browser)
 
     def _remove_rows(self, widgets: list["MessageWidget"]) -> None:
         for widget in list(widgets):
@@ -462,6 +480,7 @@ class ChatView(QScrollArea):
 
     def clear(self) -> None:
         self._drop_stream()
+        self._discard_streamed()
         self._drop_pair()
         self._remove_rows(self.widgets)
         self._rows, self._keys, self._first = [], [], 0
@@ -482,7 +501,7 @@ class ChatView(QScrollArea):
         # Until the first piece (the prompt is being read: seconds on a big model). An
         # empty row said "stopped before any text" meanwhile.
         self.streaming.set_text(WAITING_FOR_FIRST_PIECE)
-        self._stream_text = ""
+        self._stream_text, self._rendered = "", None
         self._stream_dirty = False    # (the last reply's final pieces were never rendered)
         self._render_timer.start(STREAM_RENDER_INTERVAL_MS)
         return self.streaming
@@ -496,14 +515,26 @@ class ChatView(QScrollArea):
             return
         started = time.perf_counter()
         self.streaming.set_text(self._stream_text)   # the view follows if at the bottom
-        self._stream_dirty = False
+        self._rendered, self._stream_dirty = self._stream_text, False
         took_ms = (time.perf_counter() - started) * 1000
         self._render_timer.setInterval(max(STREAM_RENDER_INTERVAL_MS,
                                            int(took_ms * STREAM_RENDER_FREE_FACTOR)))
 
     def end_stream(self) -> None:
+        """The reply has ended; its view waits for the committed reply's row (the next
+        ``show_messages``), which takes it over if the text is the same."""
         self._render_timer.stop()
+        self._discard_streamed()
+        if self.streaming is not None:
+            browser = self.streaming.browser
+            browser.setParent(self.container)       # out of the row dropped below (hidden)
+            self._streamed = (self._stream_text, browser)
         self._drop_stream()
+
+    def _discard_streamed(self) -> None:
+        if self._streamed is not None:
+            self._streamed[1].deleteLater()
+            self._streamed = None
 
     def _drop_stream(self) -> None:
         if self.streaming is not None:
