@@ -916,3 +916,33 @@ def test_opening_or_deleting_a_chat_while_a_reply_streams_says_why_it_waits(qtbo
     with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
         window.stop()
     assert first.conversation_id == other and store.conversations.get(other) is not None
+
+
+def test_a_long_message_of_the_users_shows_its_start_until_asked(qtbot, window, store):
+    """A pasted document was laid out whole at every opening of its chat (100 000
+    characters: 135 ms) and pushed the reply out of sight."""
+    from PySide6.QtWidgets import QApplication
+
+    from feedback_store import Conversation, Message
+    pasted = "".join(f"Paragraph {n}: the river runs over the stones.\n" for n in range(2200))
+    chat = store.conversations.create(Conversation(title="Pasted"))
+    user = store.conversations.add_message(Message(chat.id, "user", pasted))
+    store.conversations.add_message(Message(chat.id, "assistant", "A long text.",
+                                            parent_id=user.id))
+    window.open_conversation(chat.id)
+    row = widget_for(window, user.id)
+    shown = row.browser.toPlainText()
+    assert len(shown) < 3100 and pasted.startswith(shown.removesuffix(" …"))
+    assert row.fold_button.text() == f"Show all ({len(pasted):,} characters)"
+    qtbot.mouseClick(row.fold_button, Qt.MouseButton.LeftButton)
+    assert row.browser.toPlainText() == pasted
+    assert row.fold_button.text() == "Show less"
+    qtbot.mouseClick(row.fold_button, Qt.MouseButton.LeftButton)
+    assert row.browser.toPlainText() == shown
+    qtbot.mouseClick(row.copy_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == pasted           # the whole message
+    qtbot.mouseClick(row.edit_button, Qt.MouseButton.LeftButton)
+    assert window.input.toPlainText() == pasted
+    short = widget_for(window, [m for m in window.tree.messages.values()
+                                if m.role == "assistant"][0].id)
+    assert short.fold_button is None

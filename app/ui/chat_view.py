@@ -20,6 +20,10 @@ STREAM_RENDER_FREE_FACTOR = 3
 ROWS_AT_OPEN = 30
 ROWS_PER_PAGE = 30
 WAITING_FOR_FIRST_PIECE = "…"
+# A longer message of the user's (a pasted document) shows its start and "Show all": laid
+# out whole, 100 000 characters held the window 135 ms at every opening of its chat, and
+# pushed the reply out of sight.
+USER_TEXT_FOLD_CHARS = 3000
 CODE_BACKGROUND = QColor("#f0f2f5")
 
 
@@ -95,6 +99,13 @@ class ReplyBrowser(QTextBrowser):
         return QSize(400, self.height())
 
 
+def fold(text: str) -> str:
+    """The start of a long text, cut after a word, and "…"."""
+    start = text[:USER_TEXT_FOLD_CHARS]
+    cut = max(start.rfind(" "), start.rfind("\n"))
+    return (start[:cut] if cut > USER_TEXT_FOLD_CHARS // 2 else start).rstrip() + " …"
+
+
 class RowActions(QObject):
     """What the buttons of a conversation's rows ask for. The rows of a view share one,
     so the window connects once however often rows are built; a row built alone (the
@@ -151,6 +162,11 @@ class MessageWidget(QFrame):
                 header.addWidget(widget)
         layout.addLayout(header)
 
+        self.fold_button = None        # a long message of the user's: "Show all" / "Show less"
+        if message.role == "user" and len(message.content) > USER_TEXT_FOLD_CHARS:
+            self.fold_button = QToolButton()
+            self.fold_button.setCheckable(True)
+            self.fold_button.toggled.connect(lambda _: self.set_text(self.message.content))
         if browser is None:
             self.browser = ReplyBrowser(self)
             layout.addWidget(self.browser)
@@ -190,6 +206,8 @@ class MessageWidget(QFrame):
             self.edit_button = QPushButton("Edit")
             self.edit_button.clicked.connect(lambda: act.edit_requested.emit(self.message.id))
             actions.addWidget(self.edit_button)
+            if self.fold_button is not None:
+                actions.addWidget(self.fold_button)
             if unanswered:       # its reply failed: ask again, without a second copy of it
                 self.retry_button = QPushButton("Retry")
                 self.retry_button.setToolTip("Ask for a reply to this message again")
@@ -210,7 +228,11 @@ class MessageWidget(QFrame):
             shown = text if text or not final else "*(stopped before any text)*"
             self.browser.set_markdown(shown)
         else:
-            self.browser.setPlainText(text)
+            folded = self.fold_button is not None and not self.fold_button.isChecked()
+            if self.fold_button is not None:
+                self.fold_button.setText("Show less" if not folded else
+                                         f"Show all ({len(text):,} characters)")
+            self.browser.setPlainText(fold(text) if folded else text)
             self.browser._fit_height()
 
     def set_thumb(self, value: int) -> None:
