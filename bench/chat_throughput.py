@@ -16,7 +16,6 @@ last, fitting a 300-message chat into the prompt, on the first send and the next
     .venv/bin/python bench/chat_throughput.py --json
 """
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -15,7 +15,6 @@ Three measurements on the real encrypted store:
    thread; ``ui_added_ms`` is the difference of the largest gaps.
 """
 import argparse
-import json
 import os
 import resource
 import statistics

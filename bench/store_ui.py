@@ -12,7 +12,6 @@ A 5 ms QTimer runs on the UI thread; a gap is the time between two of its ticks.
 baseline is the same timer with nothing running.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -6,7 +6,7 @@ import time
 from PySide6.QtCore import Qt
 
 from feedback_store import Conversation, Message
-from test_ui import REPLY_TIMEOUT_MS, send_by_keyboard
+from test_ui import send_by_keyboard
 
 
 def add_chat(store, title: str, text: str) -> str:

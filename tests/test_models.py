@@ -3,7 +3,6 @@ import os
 
 import pytest
 
-from app.engine import ChatEngine
 from app.models import ModelError, default_model_path, inspect_model
 
 

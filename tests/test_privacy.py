@@ -1,7 +1,6 @@
 """Consent, incognito, encryption, deletion, export and no-network, enforced by the store."""
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -2,10 +2,8 @@
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from app.ui.main_window import MainWindow
 from app.ui.privacy import ConsentDialog, PrivacyPanel
 from feedback_store import CONSENT_TEXT_VERSION, SIGNALS, PointerSample
-from conftest import quick_settings
 
 
 def test_consent_dialog_needs_a_choice_and_defaults_off(qtbot, store):

@@ -15,8 +15,6 @@ from feedback_store import (
     PointerSample, SchemaTooNew,
 )
 from conftest import ROOT
-from feedback_store.connection import open_encrypted
-from feedback_store.keys import load_or_create_key
 
 
 def sample_row(conversation_id, i=0, kind="move"):

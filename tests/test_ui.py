@@ -1,5 +1,4 @@
 """The real window (offscreen Qt) on the real model and store, driven like a user would."""
-import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QAbstractButton
 

@@ -39,13 +39,12 @@ class ConversationList(QListWidget):
             self._order.remove(conversation_id)
             del self._items[conversation_id], self._shown[conversation_id]
         for position, conversation in enumerate(conversations):
-            if position < len(self._order) and self._order[position] == conversation.id:
-                pass
-            elif conversation.id in self._items:
+            in_place = position < len(self._order) and self._order[position] == conversation.id
+            if not in_place and conversation.id in self._items:      # moved
                 self.insertItem(position, self.takeItem(self._order.index(conversation.id)))
                 self._order.remove(conversation.id)
                 self._order.insert(position, conversation.id)
-            else:
+            elif not in_place:                                       # new
                 item = QListWidgetItem()
                 item.setData(Qt.ItemDataRole.UserRole, conversation.id)
                 self._items[conversation.id] = item

@@ -1,11 +1,10 @@
 """The main window: conversation list, chat view, input box, model picker, status bar."""
-import time
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (
-    QApplication, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
+    QApplication, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
     QLineEdit, QMainWindow, QMenu, QMessageBox, QPlainTextEdit,
     QPushButton, QSplitter, QSystemTrayIcon, QToolBar, QVBoxLayout, QWidget,
 )
@@ -920,7 +919,6 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._search_timer.stop()            # it would read a store closed below
-        self.conversation_search.close()
         if self.is_store_busy():
             # A delete's rewrite must finish: closing the store under it would leave the
             # deleted conversation readable in the file's free blocks.
@@ -938,5 +936,6 @@ class MainWindow(QMainWindow):
         self.gaze.stop_and_wait()            # the camera is released before the app goes
         self.gaze_recorder.stop()
         self._mark_hidden()
+        self.conversation_search.close()     # (a search under way ends first)
         self.session.close()
         super().closeEvent(event)
