@@ -49,12 +49,15 @@ def test_a_turn_moves_its_chat_to_the_top_and_keeps_every_item(qtbot, store, eng
     assert titles(window) == ["chat 2", "chat 1", "chat 0"]
     items = {window.conversation_list.item(i).data(Qt.ItemDataRole.UserRole):
              window.conversation_list.item(i) for i in range(3)}
-    window.open_conversation(ids[0])
+    listed = window.conversation_list
+    qtbot.mouseClick(listed.viewport(), Qt.MouseButton.LeftButton,
+                     pos=listed.visualItemRect(items[ids[0]]).center())
+    assert window.tree.id == ids[0]
     send_by_keyboard(qtbot, window, "Name a colour.")
     assert titles(window) == ["chat 0", "chat 2", "chat 1"]
-    assert [window.conversation_list.item(i) for i in range(3)] == [
-        items[ids[0]], items[ids[2]], items[ids[1]]]
+    assert [listed.item(i) for i in range(3)] == [items[ids[0]], items[ids[2]], items[ids[1]]]
     assert [items[i].isSelected() for i in ids] == [True, False, False]
+    assert listed.currentItem() is items[ids[0]]     # where the keyboard acts: not a neighbour
     window.rename_conversation(ids[1], "Renamed")
     assert titles(window) == ["Renamed", "chat 0", "chat 2"]          # (renamed: updated)
     assert window.conversation_list.item(0) is items[ids[1]]
@@ -121,3 +124,19 @@ def test_the_list_shows_any_change_of_order_titles_and_membership(qtbot):
         assert [view.item(i).text() for i in range(view.count())] == [c.title for c in shown]
         assert [view.item(i).isSelected() for i in range(view.count())] == [
             c.id == current for c in shown]
+
+
+def test_a_listed_chat_that_cannot_be_opened_does_not_stay_selected(qtbot, window, store):
+    """A chat deleted while a search was still listing it: clicked, it said why it could
+    not open, and stayed highlighted while another chat was on screen."""
+    kept = add_chat(store, "Kept", "I like apples.")
+    gone = add_chat(store, "Gone", "I like leeks.")
+    window.open_conversation(kept)
+    store.delete_conversation(gone, compact=False)   # the list has not heard yet
+    listed = window.conversation_list
+    item = next(listed.item(i) for i in range(listed.count())
+                if listed.item(i).data(Qt.ItemDataRole.UserRole) == gone)
+    qtbot.mouseClick(listed.viewport(), Qt.MouseButton.LeftButton,
+                     pos=listed.visualItemRect(item).center())
+    assert window.tree.id == kept and window.last_error
+    assert [i.data(Qt.ItemDataRole.UserRole) for i in listed.selectedItems()] == [kept]

@@ -936,6 +936,10 @@ def test_a_long_message_of_the_users_shows_its_start_until_asked(qtbot, window, 
     qtbot.mouseClick(row.fold_button, Qt.MouseButton.LeftButton)
     assert row.browser.toPlainText() == pasted
     assert row.fold_button.text() == "Show less"
+    window.new_chat()
+    window.open_conversation(chat.id)             # its rows built again: still whole
+    row = widget_for(window, user.id)
+    assert row.browser.toPlainText() == pasted and row.fold_button.text() == "Show less"
     qtbot.mouseClick(row.fold_button, Qt.MouseButton.LeftButton)
     assert row.browser.toPlainText() == shown
     qtbot.mouseClick(row.copy_button, Qt.MouseButton.LeftButton)

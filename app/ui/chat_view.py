@@ -130,7 +130,7 @@ def row_key(message: Message, siblings: list[Message], unanswered: bool) -> tupl
 class MessageWidget(QFrame):
     def __init__(self, message: Message, siblings: list[Message], thumb: int = 0, parent=None,
                  unanswered: bool = False, actions: RowActions | None = None,
-                 browser: "ReplyBrowser | None" = None):
+                 browser: "ReplyBrowser | None" = None, expanded: set[str] | None = None):
         super().__init__(parent)
         self.message = message
         self.actions = actions if actions is not None else RowActions(self)
@@ -162,11 +162,19 @@ class MessageWidget(QFrame):
                 header.addWidget(widget)
         layout.addLayout(header)
 
-        self.fold_button = None        # a long message of the user's: "Show all" / "Show less"
+        # A long message of the user's: "Show all" / "Show less". ``expanded`` (the view's
+        # ids shown whole) keeps it open when its row is built again.
+        self.fold_button = None
         if message.role == "user" and len(message.content) > USER_TEXT_FOLD_CHARS:
             self.fold_button = QToolButton()
             self.fold_button.setCheckable(True)
-            self.fold_button.toggled.connect(lambda _: self.set_text(self.message.content))
+            self.fold_button.setChecked(expanded is not None and message.id in expanded)
+
+            def unfold(whole: bool) -> None:
+                if expanded is not None:
+                    (expanded.add if whole else expanded.discard)(self.message.id)
+                self.set_text(self.message.content)
+            self.fold_button.toggled.connect(unfold)
         if browser is None:
             self.browser = ReplyBrowser(self)
             layout.addWidget(self.browser)
@@ -323,6 +331,7 @@ class ChatView(QScrollArea):
         self._rows: list[tuple] = []
         self._keys: list[tuple] = []
         self._thumbs: dict[str, int] = {}
+        self._expanded: set[str] = set()   # long messages of the user's shown whole
         self._first = 0
         self.earlier = QPushButton()
         self.earlier.setFlat(True)
@@ -435,7 +444,8 @@ class ChatView(QScrollArea):
             if self._rendered != message.content:    # its last pieces were not rendered yet
                 browser.set_markdown(message.content)
         return MessageWidget(message, siblings, self._thumbs.get(message.id, 0),
-                             unanswered=unanswered, actions=self.actions, browser=browser)
+                             unanswered=unanswered, actions=self.actions, browser=browser,
+                             expanded=self._expanded)
 
     def _remove_rows(self, widgets: list["MessageWidget"]) -> None:
         for widget in list(widgets):

@@ -56,12 +56,17 @@ class ConversationList(QListWidget):
                 item.setText(conversation.title)
                 item.setToolTip(_tooltip(conversation))
                 self._shown[conversation.id] = seen
-        # (Qt selects what the user clicks: a chat that could not be opened is unselected.)
-        for item in self.selectedItems():
-            if item.data(Qt.ItemDataRole.UserRole) != current_id:
-                item.setSelected(False)
+        self.select(current_id)
+
+    def select(self, current_id: str | None) -> None:
+        """The chat on screen is the selected and the current item. (Qt selects what the
+        user clicks, even a chat that could not be opened; and an item taken out to move
+        left Qt's current item, where the keyboard acts, on its neighbour.)"""
         if current_id in self._items:
-            self._items[current_id].setSelected(True)
+            self.setCurrentItem(self._items[current_id])
+        else:
+            self.clearSelection()
+            self.setCurrentRow(-1)
 
     def conversation_ids(self) -> list[str]:
         return [self.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.count())]

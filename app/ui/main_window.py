@@ -278,11 +278,12 @@ class MainWindow(QMainWindow):
         if self.tree is not None and self.tree.id == conversation_id:
             return
         if self._writing_a_reply():
-            self._refresh_conversations()        # the list shows the chat still open
+            self.conversation_list.select(self.tree.id)      # it shows the chat still open
             return
         try:
             self.tree = self.service.open(conversation_id)
-        except StoreError as error:
+        except StoreError as error:     # e.g. deleted, still listed until a search lands
+            self.conversation_list.select(self.tree.id if self.tree is not None else None)
             self._error(str(error))
             return
         self._leave_conversation_state()
