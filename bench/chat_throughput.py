@@ -9,7 +9,8 @@ then the same for a turn in a conversation already holding --history messages
 the largest gap while that conversation is opened and laid out (``ui_open_long_ms``);
 how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``),
 and the end of such a reply streamed into the chat (``end_long_reply_ms``: the streamed
-row becomes the committed reply's row);
+row becomes the committed reply's row); opening a chat whose message is a pasted
+100 000-character document (``open_pasted_message_ms``: it shows its start);
 last, fitting a 300-message chat into the prompt, on the first send and the next
 (``fit_long_chat_first_ms``, ``fit_long_chat_next_ms``).
 
@@ -110,6 +111,33 @@ def end_long_reply_ms() -> float:
         reply = Message("bench", "assistant", LONG_MARKDOWN, parent_id=user.id)
         started = time.perf_counter()
         view.end_stream()
+        view.show_messages([user, reply], lambda _id: [], {})
+        app.processEvents()
+        times.append((time.perf_counter() - started) * 1000)
+    view.deleteLater()
+    return statistics.median(times)
+
+
+def open_pasted_message_ms() -> float:
+    """Opening a chat whose user message is a pasted 100 000-character document."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.chat_view import ChatView
+    from app.ui.layout_probe import LayoutProbe
+    from feedback_store import Message
+    app = QApplication.instance() or QApplication([])
+    view = ChatView(LayoutProbe())
+    view.resize(900, 700)
+    view.show()
+    pasted = "".join(f"Paragraph {n}: the river runs over the stones.\n" for n in range(2200))
+    user = Message("bench", "user", pasted)
+    reply = Message("bench", "assistant", "A long text.", parent_id=user.id)
+    times = []
+    for _ in range(3):
+        view.clear()
+        app.processEvents()
+        started = time.perf_counter()
         view.show_messages([user, reply], lambda _id: [], {})
         app.processEvents()
         times.append((time.perf_counter() - started) * 1000)
@@ -246,6 +274,7 @@ def main() -> int:
     report["long_history_messages"] = args.history
     report["show_long_reply_ms"] = show_long_reply_ms()
     report["end_long_reply_ms"] = end_long_reply_ms()
+    report["open_pasted_message_ms"] = open_pasted_message_ms()
     report["fit_long_chat_first_ms"], report["fit_long_chat_next_ms"] = fit_long_chat_ms(engine)
     report["long_reply_chars"] = len(LONG_MARKDOWN)
     engine.close()
