@@ -79,6 +79,9 @@ def test_a_search_never_holds_the_window(qtbot, window, store):
     release.set()
     safety.cancel()
     qtbot.waitUntil(lambda: titles(window) == ["Fruit"], timeout=30_000)
+    window.search.setText("zebra")
+    qtbot.waitUntil(lambda: titles(window) == [], timeout=30_000)
+    assert window.statusBar().currentMessage() == "No conversation mentions “zebra”."
     window.search.setText("")
     qtbot.waitUntil(lambda: titles(window) == ["Veg", "Fruit"], timeout=30_000)
 

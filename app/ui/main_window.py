@@ -140,7 +140,7 @@ class MainWindow(QMainWindow):
         self._search_timer.timeout.connect(self._refresh_conversations)
         self.search.textChanged.connect(lambda _: self._search_timer.start())
         self.conversation_search = ConversationSearch(self.service.conversations, self)
-        self.conversation_search.found.connect(self._show_conversations)
+        self.conversation_search.found.connect(self._show_search_result)
         self.conversation_search.failed.connect(lambda text: self.statusBar().showMessage(text, 8000))
         side.addWidget(self.search)
         self.conversation_list = ConversationList()
@@ -253,6 +253,12 @@ class MainWindow(QMainWindow):
         else:           # one small table, read in milliseconds
             self.conversation_search.cancel()
             self._show_conversations(self.service.conversations())
+
+    def _show_search_result(self, conversations) -> None:
+        self._show_conversations(conversations)
+        if not conversations:       # an empty list alone looks like a list not filled yet
+            self.statusBar().showMessage(
+                f"No conversation mentions “{self.search.text().strip()}”.", 6000)
 
     def _show_conversations(self, conversations) -> None:
         self.conversation_list.show_conversations(
