@@ -198,6 +198,14 @@ class AppSession:
     def set_use_personal_adapter(self, enabled: bool) -> None:
         self.store.settings.set("use_personal_adapter", bool(enabled))
 
+    # --- the window's place -----------------------------------------------------------------
+    def window_layout(self) -> dict:
+        return dict(self.store.settings.get("window_layout") or {})
+
+    def remember_window_layout(self, layout: dict) -> None:
+        if not self.store.closed:        # (after "Delete everything" the window closes last)
+            self.store.settings.set("window_layout", layout)
+
     # --- models and defaults ---------------------------------------------------------------
     def known_models(self) -> list[dict]:
         return self.store.models.list()

@@ -971,3 +971,31 @@ def test_a_long_message_of_the_users_shows_its_start_until_asked(qtbot, window, 
     short = widget_for(window, [m for m in window.tree.messages.values()
                                 if m.role == "assistant"][0].id)
     assert short.fold_button is None
+
+
+def test_the_window_opens_as_it_was_left(qtbot, home, store, engine):
+    """Its size and the sidebar's width were back to the defaults at every start."""
+    from PySide6.QtCore import QSize
+
+    from feedback_store import FeedbackStore
+    first = MainWindow(store, engine)
+    qtbot.addWidget(first)
+    first.show()
+    qtbot.waitExposed(first)
+    first.resize(700, 500)                           # (within the offscreen screen's 800 × 600)
+    first.splitter.setSizes([180, 520])
+    QApplication.processEvents()
+    sidebar = first.splitter.sizes()[0]
+    first.close()
+    store.close()
+    reopened = FeedbackStore.open(home)              # kept in the store, not in memory
+    try:
+        second = MainWindow(reopened, engine)
+        qtbot.addWidget(second)
+        second.show()
+        qtbot.waitExposed(second)
+        assert second.size() == QSize(700, 500)
+        assert second.splitter.sizes()[0] == sidebar
+        second.close()
+    finally:
+        reopened.close()

@@ -1,7 +1,7 @@
 """The main window: conversation list, chat view, input box, model picker, status bar."""
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QApplication, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
+        self._restore_layout()
         self.capture = CaptureController(self)
         self.capture.sync()
         # Gaze: the "Gaze…" button and the tracker (camera off until allowed and asked);
@@ -194,7 +195,7 @@ class MainWindow(QMainWindow):
         row.addLayout(buttons)
         column.addLayout(row)
 
-        splitter = QSplitter()
+        self.splitter = splitter = QSplitter()
         splitter.addWidget(sidebar)
         splitter.addWidget(main)
         splitter.setStretchFactor(1, 1)
@@ -242,6 +243,20 @@ class MainWindow(QMainWindow):
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.stop)
         for keys, value in (("Alt+1", 1), ("Alt+0", 0), ("Alt+2", -1)):
             QShortcut(QKeySequence(keys), self, activated=lambda v=value: self.pick(v))
+
+    # --- where the window was left ----------------------------------------------------------
+    def _restore_layout(self) -> None:
+        """The size, place (and maximised or not) and sidebar width it had when closed."""
+        saved = self.session.window_layout()
+        if saved.get("geometry"):
+            self.restoreGeometry(QByteArray.fromBase64(saved["geometry"].encode()))
+        if saved.get("splitter"):
+            self.splitter.restoreState(QByteArray.fromBase64(saved["splitter"].encode()))
+
+    def _remember_layout(self) -> None:
+        self.session.remember_window_layout({
+            "geometry": bytes(self.saveGeometry().toBase64()).decode(),
+            "splitter": bytes(self.splitter.saveState().toBase64()).decode()})
 
     # --- conversations -------------------------------------------------------------------
     def _refresh_conversations(self) -> None:
@@ -931,6 +946,7 @@ class MainWindow(QMainWindow):
             # deleted conversation readable in the file's free blocks.
             self.statusBar().showMessage("Finishing the delete before closing…")
             self.store_job.wait()
+        self._remember_layout()
         # What is left is Glance tidying up (a model load finishing, the camera let go, the
         # last replies scored: up to seconds); a window frozen meanwhile looks hung.
         self.hide()
