@@ -79,7 +79,9 @@ def test_a_search_never_holds_the_window(qtbot, window, store):
     release.set()
     safety.cancel()
     qtbot.waitUntil(lambda: titles(window) == ["Fruit"], timeout=30_000)
-    window.search.setText("zebra")
+    qtbot.keyClick(window, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)
+    assert window.search.hasFocus() and window.search.selectedText() == "apples"
+    qtbot.keyClicks(window.search, "zebra")                  # replaces the term
     qtbot.waitUntil(lambda: titles(window) == [], timeout=30_000)
     assert window.statusBar().currentMessage() == "No conversation mentions “zebra”."
     window.search.setText("")

@@ -235,6 +235,7 @@ class MainWindow(QMainWindow):
         self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
+        QShortcut(QKeySequence.StandardKey.Find, self, activated=self._focus_search)
         QShortcut(QKeySequence.StandardKey.Quit, self, activated=self.request_quit)
         self.pause_shortcut = QShortcut(QKeySequence("Ctrl+Shift+P"), self,
                                         activated=self.toggle_pause)
@@ -268,6 +269,10 @@ class MainWindow(QMainWindow):
         else:           # one small table, read in milliseconds
             self.conversation_search.cancel()
             self._show_conversations(self.service.conversations())
+
+    def _focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()          # typing replaces the last term
 
     def _show_search_result(self, conversations) -> None:
         self._show_conversations(conversations)
