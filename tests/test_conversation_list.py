@@ -37,6 +37,18 @@ def hold_the_store(store):
     return release, safety
 
 
+def search_waiting_for_the_store(qtbot, window, store):
+    """Two chats, and a search for "apples" asked while the store is held."""
+    add_chat(store, "Fruit", "I like apples.")
+    add_chat(store, "Veg", "I like leeks.")
+    release, safety = hold_the_store(store)
+    search = window.conversation_search
+    before = search._request
+    window.search.setText("apples")
+    qtbot.waitUntil(lambda: search._request > before, timeout=30_000)   # asked (after 250 ms)
+    return search, release, safety
+
+
 def test_a_turn_moves_its_chat_to_the_top_and_keeps_every_item(qtbot, store, engine):
     """Every turn rebuilt the whole list (1 500 chats: 18-57 ms on the UI thread)."""
     from app.ui.main_window import MainWindow
@@ -67,13 +79,7 @@ def test_a_turn_moves_its_chat_to_the_top_and_keeps_every_item(qtbot, store, eng
 def test_a_search_never_holds_the_window(qtbot, window, store):
     """The search scanned every message's text on the UI thread; behind a delete's
     rewrite, the window waited with it."""
-    add_chat(store, "Fruit", "I like apples.")
-    add_chat(store, "Veg", "I like leeks.")
-    release, safety = hold_the_store(store)
-    search = window.conversation_search
-    before = search._request
-    window.search.setText("apples")
-    qtbot.waitUntil(lambda: search._request > before, timeout=30_000)   # asked (after 250 ms)
+    search, release, safety = search_waiting_for_the_store(qtbot, window, store)
     qtbot.wait(300)
     assert not release.is_set(), "the window waited for the search"
     release.set()
@@ -90,13 +96,7 @@ def test_a_search_never_holds_the_window(qtbot, window, store):
 
 def test_a_search_cleared_while_it_runs_is_not_shown(qtbot, window, store):
     """Its result came after the whole list and replaced it with the matches."""
-    add_chat(store, "Fruit", "I like apples.")
-    add_chat(store, "Veg", "I like leeks.")
-    release, safety = hold_the_store(store)
-    search = window.conversation_search
-    before = search._request
-    window.search.setText("apples")
-    qtbot.waitUntil(lambda: search._request > before, timeout=30_000)   # waits for the store
+    search, release, safety = search_waiting_for_the_store(qtbot, window, store)
     asked = search._request
 
     def release_once_cleared():        # (the whole list is then read on the UI thread)
