@@ -1,8 +1,9 @@
 """The main window: conversation list, chat view, input box, model picker, status bar."""
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
+from PySide6.QtCore import QByteArray, QEvent, Qt, QTimer, Signal
+from PySide6.QtGui import (QAction, QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut,
+                           QTextCursor)
 from PySide6.QtWidgets import (
     QApplication, QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
     QLineEdit, QMainWindow, QMenu, QMessageBox, QPlainTextEdit,
@@ -121,6 +122,7 @@ class MainWindow(QMainWindow):
         self.model_picker = QComboBox()
         self.model_picker.setMinimumWidth(280)
         self.model_picker.activated.connect(self._on_model_chosen)
+        self.model_picker.installEventFilter(self)
         toolbar.addWidget(self.model_picker)
         self.adapter_action = QAction("Personal", self, checkable=True)
         self.adapter_action.toggled.connect(self.set_personal_adapter)
@@ -296,9 +298,11 @@ class MainWindow(QMainWindow):
     def new_chat(self, incognito: bool = False) -> None:
         if self._writing_a_reply() or not self._store_free():
             return
+        left = self.tree
         self.tree = self.service.new_conversation(incognito=incognito)
-        self._leave_conversation_state()
+        self._leave_conversation_state(left)
         self._show_tree()
+        self.input.setFocus()            # (not left in the list: typing there picks a chat)
 
     def open_conversation(self, conversation_id: str) -> None:
         if self.tree is not None and self.tree.id == conversation_id:
@@ -306,20 +310,24 @@ class MainWindow(QMainWindow):
         if self._writing_a_reply():
             self.conversation_list.select(self.tree.id)      # it shows the chat still open
             return
+        left = self.tree
         try:
             self.tree = self.service.open(conversation_id)
         except StoreError as error:     # e.g. deleted, still listed until a search lands
             self.conversation_list.select(self.tree.id if self.tree is not None else None)
             self._error(str(error))
             return
-        self._leave_conversation_state()
+        self._leave_conversation_state(left)
         self._show_tree()
+        self.input.setFocus()            # (not left in the list: typing there picks a chat)
 
-    def _leave_conversation_state(self) -> None:
+    def _leave_conversation_state(self, left: ConversationTree | None) -> None:
         """Another conversation is shown: an unfinished edit or Compare of the one left
         ends (the draft typed before Edit comes back; a Compare left without a pick would
-        otherwise block Compare everywhere and point Alt+1/2 at replies no longer shown)."""
-        self._keep_unsent_edit()
+        otherwise block Compare everywhere and point Alt+1/2 at replies no longer shown).
+        An incognito chat left is gone for good, and its unsent edit with it."""
+        if left is None or not left.conversation.incognito:
+            self._keep_unsent_edit()
         self._end_edit()
         self.comparing = None
         waiting = [m for m, (c, _) in self._unsent_edits.items()
@@ -358,7 +366,7 @@ class MainWindow(QMainWindow):
         if self.editing_message_id is None:
             return
         self.editing_message_id = None
-        self.input.setPlainText(self._draft_before_edit or "")
+        self._fill_input(self._draft_before_edit or "")
         self._draft_before_edit = None
         self._show_banner()
 
@@ -390,6 +398,8 @@ class MainWindow(QMainWindow):
             if not ok:
                 return
         self.service.rename(tree, title)
+        if tree is self.tree:
+            self.setWindowTitle(f"Glance — {tree.conversation.title}")
         self._refresh_conversations()
 
     def delete_conversation(self, conversation_id: str, confirm: bool = True) -> None:
@@ -443,7 +453,9 @@ class MainWindow(QMainWindow):
         self.store_job_finished.emit(error)
 
     # --- showing -------------------------------------------------------------------------
-    def _show_tree(self) -> None:
+    def _show_tree(self, replying: bool = False) -> None:
+        """``replying``: a reply is about to be written, so the last message is not
+        offered a Retry (a greyed one showed, and its row was built twice)."""
         tree = self.tree
         keep = {m.id for m in tree.active_path()}
         self.capture.narrow(keep, tree.id)
@@ -455,7 +467,7 @@ class MainWindow(QMainWindow):
         focused = QApplication.focusWidget()
         keyboard_in_rows = self._keyboard_in_chat()
         added = self.chat_view.show_messages(tree.active_path(), tree.siblings, thumbs, compare,
-                                             retry_last=not self.is_generating())
+                                             retry_last=not (replying or self.is_generating()))
         if keyboard_in_rows and (focused is None or not self.chat_view.isAncestorOf(focused)):
             self.input.setFocus()     # the button or reply that had it is gone with its row
         if self.is_generating():   # shown mid-reply (the message just sent): they would do nothing
@@ -512,7 +524,11 @@ class MainWindow(QMainWindow):
     def _may_start_a_reply(self) -> bool:
         """Not while a reply is written, the store is held, or a model loads (the reply
         would come from the model being replaced, and its end re-enabled the picker)."""
-        if self.is_generating() or not self._store_free():
+        if self.is_generating():
+            self.statusBar().showMessage("A reply is being written: send this when it ends, "
+                                         "or stop it (Esc).", 5000)
+            return False
+        if not self._store_free():
             return False
         if self.is_loading_model():
             self.statusBar().showMessage("One moment: the model is still loading.", 5000)
@@ -526,7 +542,7 @@ class MainWindow(QMainWindow):
             return
         text = self.input.toPlainText()
         if not text.strip():
-            self._error(EmptyPrompt().args[0])
+            self._error(EmptyPrompt().args[0], modal=False)   # (one Enter too many)
             return
         tree, editing = self.tree, self.editing_message_id
         self._sent_text = text
@@ -545,7 +561,7 @@ class MainWindow(QMainWindow):
         # Committed: only now is the message shown as sent. What was typed meanwhile (a
         # slow commit, e.g. behind a delete's rewrite) stays in the box.
         typed, sent = self.input.toPlainText(), self._sent_text or ""
-        self.input.setPlainText(typed[len(sent):].lstrip() if typed.startswith(sent) else typed)
+        self._fill_input(typed[len(sent):].lstrip() if typed.startswith(sent) else typed)
         self._sent_text = None
         self._end_edit()                 # an edit sent: the draft from before it comes back
         self.comparing = None            # a new turn: the pair left without a pick is over
@@ -563,7 +579,7 @@ class MainWindow(QMainWindow):
         self._leaf_before_regenerate = self.tree.conversation.active_leaf_id
         self.comparing = None
         self.tree.conversation.active_leaf_id = parent
-        self._show_tree()
+        self._show_tree(replying=True)
         self._start_generation(lambda **stream: self.service.regenerate(
             self.tree, assistant_message_id, **stream))
 
@@ -611,9 +627,14 @@ class MainWindow(QMainWindow):
         self.editing_message_id = user_message_id
         self._edit_origin = (self.tree.id, original)
         _, text = self._unsent_edits.pop(user_message_id, (None, original))
-        self.input.setPlainText(text)
+        self._fill_input(text)
         self.input.setFocus()
         self._show_banner()
+
+    def _fill_input(self, text: str) -> None:
+        """Typing goes on at the end of what the box is given (not before it)."""
+        self.input.setPlainText(text)
+        self.input.moveCursor(QTextCursor.MoveOperation.End)
 
     def _start_generation(self, job, placeholder_now: bool = True) -> None:
         if placeholder_now:
@@ -646,7 +667,12 @@ class MainWindow(QMainWindow):
         self.chat_view.end_stream()
         self._set_busy(False)
         if self._compare_original is not None and message is not None:
-            self.comparing = (self._compare_original, message.id)
+            if message.finish_reason == "cancelled":     # a pick against a cut-off reply
+                self.service.switch_to(self.tree, self._compare_original)
+                self.statusBar().showMessage("Compare stopped: the first reply stays (the "
+                                             "stopped one is under ‹ ›).", 6000)
+            else:
+                self.comparing = (self._compare_original, message.id)
         self._compare_original = None
         self._show_tree()
         self.capture.reply_finished()
@@ -676,15 +702,16 @@ class MainWindow(QMainWindow):
         self.reply_finished.emit(None)
 
     def _set_busy(self, busy: bool) -> None:
-        keyboard_on_disabled = busy and (self._keyboard_in_chat() or self.send_button.hasFocus()
-                                         or self.model_picker.hasFocus())
+        keyboard_on_disabled = (self.stop_button.hasFocus() if not busy else
+                                self._keyboard_in_chat() or self.send_button.hasFocus()
+                                or self.model_picker.hasFocus())
         self.send_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
         self.model_picker.setEnabled(not busy)
         for widget in self.chat_view.widgets:
             widget.set_actions_enabled(not busy)
-        if keyboard_on_disabled:   # type the next message (or Esc) while this one streams
-            self.input.setFocus()
+        if keyboard_on_disabled:   # type the next message (or Esc) while this one streams,
+            self.input.setFocus()  # and after Stop was clicked
 
     def _keyboard_in_chat(self) -> bool:
         """Whether the keyboard is on a reply or one of its buttons (or nowhere). Those
@@ -699,6 +726,7 @@ class MainWindow(QMainWindow):
         QApplication.clipboard().setText(content)
         self.capture.action("copy", message_id, 0, len(content))
         self.statusBar().showMessage("Copied.", 2000)
+        self.input.setFocus()            # the follow-up is typed next, not a second copy
 
     def thumb(self, message_id: str, value: int) -> None:
         widgets = [w for w in self.chat_view.widgets if w.message.id == message_id]
@@ -753,6 +781,14 @@ class MainWindow(QMainWindow):
                 self._refresh_models()
         else:
             self.switch_model(choice)
+        self.input.setFocus()   # (letters typed into the picker chose another model)
+
+    def eventFilter(self, watched, event) -> bool:
+        # The wheel over the picker chose the next model and loaded it (seconds), when
+        # all the user did was scroll past the toolbar.
+        if watched is self.model_picker and event.type() == QEvent.Type.Wheel:
+            return True
+        return super().eventFilter(watched, event)
 
     def is_loading_model(self) -> bool:
         # Until its outcome is handled here, not until its thread ends: in between, the
@@ -916,9 +952,11 @@ class MainWindow(QMainWindow):
             self._frozen_once = True
             QTimer.singleShot(0, freeze_long_lived)   # once the window is up (app/memory.py)
 
-    def _error(self, text: str) -> None:
+    def _error(self, text: str, modal: bool = True) -> None:
         self.last_error = text
         self.statusBar().showMessage(text, 15000)
+        if not modal:
+            return
         if QApplication.platformName() != "offscreen" or getattr(self, "modal_errors", False):
             QMessageBox.warning(self, "Glance", text)
 
