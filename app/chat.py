@@ -21,6 +21,9 @@ class ConversationTree:
     conversation: Conversation
     messages: dict[str, Message] = field(default_factory=dict)
     stored: bool = True  # False until its first message: empty chats are never written
+    # An incognito chat's thumbs: in memory only, as the chat is (they were lost at the
+    # next turn, when the rows are shown again from what the store has: nothing).
+    memory_thumbs: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -84,7 +87,9 @@ class ChatService:
         return self.store.conversations.list(search)
 
     def thumbs(self, tree: ConversationTree) -> dict[str, int]:
-        if not tree.stored or tree.conversation.incognito:
+        if tree.conversation.incognito:
+            return dict(tree.memory_thumbs)
+        if not tree.stored:
             return {}
         return self.store.conversations.thumbs(tree.id)
 
@@ -195,7 +200,9 @@ class ChatService:
         self.store.conversations.record_pick(tree.id, left_id, right_id, value)
 
     def thumb(self, tree: ConversationTree, message_id: str, value: int) -> None:
-        self.store.conversations.set_thumb(tree.id, message_id, value)
+        self.store.conversations.set_thumb(tree.id, message_id, value)   # (not if incognito)
+        if tree.conversation.incognito:
+            tree.memory_thumbs[message_id] = value
 
     @staticmethod
     def _chat_messages(tree: ConversationTree, path: list[Message]) -> list[dict]:

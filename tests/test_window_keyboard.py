@@ -124,3 +124,24 @@ def test_an_edit_left_in_an_incognito_chat_goes_with_it(qtbot, window, store):
     window.new_chat()
     assert window._unsent_edits == {} and window.editing_message_id is None
     assert window._may_discard_unsent()            # nothing to ask about
+
+
+def test_a_thumb_in_an_incognito_chat_stays_until_the_chat_goes(qtbot, window, store):
+    """It was cleared at the next turn: the rows' thumbs come from the store, which keeps
+    nothing of an incognito chat."""
+    window.new_chat(incognito=True)
+    reply = send_by_keyboard(qtbot, window, "A secret.")
+    qtbot.mouseClick(widget_for(window, reply.id).thumb_up, Qt.MouseButton.LeftButton)
+    send_by_keyboard(qtbot, window, "Another secret.")
+    assert widget_for(window, reply.id).thumb_up.isChecked()
+    store.flush()
+    assert store.counts()["feedback"] == 0
+
+
+def test_compare_while_a_pair_waits_says_to_pick_first(qtbot, window, store):
+    first = send_by_keyboard(qtbot, window, "Name a bird.")
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.compare(first.id)
+    assert window.comparing is not None
+    window.compare(window.comparing[1])
+    assert "Pick the better of the two replies first" in window.statusBar().currentMessage()

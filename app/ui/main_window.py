@@ -593,7 +593,11 @@ class MainWindow(QMainWindow):
 
     def compare(self, assistant_message_id: str) -> None:
         """A second reply to the same prompt, then both side by side until a pick."""
-        if self.comparing or not self._may_start_a_reply():
+        if self.comparing:
+            self.statusBar().showMessage("Pick the better of the two replies first (Alt+1 "
+                                         "left, Alt+0 tie, Alt+2 right).", 5000)
+            return
+        if not self._may_start_a_reply():
             return
         self.capture.action("compare", assistant_message_id)
         self._compare_original = assistant_message_id
