@@ -107,6 +107,16 @@ class LayoutSnapshot:
     # The conversation on screen: a sample over no reply belongs to it (it goes with the
     # conversation, and the store refuses it when the conversation is incognito).
     conversation_id: str | None = None
+    # The window's area on screen (x0, y0, x1, y1), where it is known: a point elsewhere,
+    # or any point while the window is minimised or hidden, is another application's
+    # business, and is not kept (consent covers the pointer and eyes over Glance).
+    window_rect: tuple[float, float, float, float] | None = None
+
+    def on_window(self, x: float, y: float) -> bool:
+        if self.window_rect is None:
+            return True
+        x0, y0, x1, y1 = self.window_rect
+        return self.window_visible and x0 <= x < x1 and y0 <= y < y1
 
     def map(self, xs, ys) -> Mapped:
         xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))

@@ -154,3 +154,34 @@ def test_gaze_points_and_fixations_are_mapped_and_stored_with_consent_only(store
     assert rows[0]["word_index"] == 1 and rows[0]["text_offset"] == 6     # 'b' of brave
     assert rows[-1]["line"] == 1 and rows[-1]["duration_ms"] == 120.0
     assert {r["shown_reply_id"] for r in rows} == {"shown-1"}
+
+
+def test_points_over_other_applications_are_not_kept(qtbot, window, store):
+    """The desktop-wide hook and the webcam kept every point, over any application and
+    while the window was minimised: the consent covers the pointer and eyes over Glance."""
+    import time
+
+    from gaze.points import GazePoint
+    store.consent.set("pointer", True)
+    store.consent.set("gaze", True)
+    window.capture.sync()
+    window.capture.publish()
+    recorder, gaze = window.capture.recorder, window.gaze_recorder
+    x0, y0, x1, y1 = recorder.snapshot.window_rect
+    inside, outside = (x0 + 50, y0 + 50), (x1 + 40, y0 + 50)
+    for x, y in (inside, outside):
+        recorder.event("move", x, y, "pynput")
+        now = time.monotonic_ns()
+        gaze.point(GazePoint(now, time.time_ns(), x, y))
+    window.showMinimized()
+    qtbot.waitUntil(lambda: not recorder.snapshot.window_visible, timeout=30_000)
+    recorder.event("move", *inside, "pynput")
+    gaze.point(GazePoint(time.monotonic_ns(), time.time_ns(), *inside))
+    recorder.flush()
+    gaze.flush()
+    store.flush()
+    kept = store._rows("SELECT x, y FROM pointer_samples")
+    looked = store._rows("SELECT x, y FROM gaze_samples")
+    assert [(r["x"], r["y"]) for r in kept] == [inside]
+    assert [(r["x"], r["y"]) for r in looked] == [inside]
+    assert recorder.off_window == 2 and gaze.off_window == 2

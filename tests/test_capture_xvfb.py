@@ -206,7 +206,10 @@ def test_minimised_samples_say_so_and_viewport_events_follow(xvfb_display, home,
     assert any(e["kind"] == "scroll" for e in events)
     assert len(set(seen)) >= 2, events          # the visible line range changed
     assert any(e["kind"] == "minimized" and e["window_visible"] is False for e in events)
-    assert hidden and all(h["text_offset"] is None for h in hidden)
+    # The pointer moved while the window was minimised: it was over other applications,
+    # which the consent does not cover. The recorder heard the moves (session.pointer waits
+    # for that) and kept none.
+    assert hidden == []
     # Shown at its end (the chat follows a new reply down); the wheel brought earlier lines
     # on screen: more of its lines were seen than at first, while the furthest line
     # reached, the classic scroll depth, was the last one all along.

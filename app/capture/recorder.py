@@ -34,6 +34,7 @@ class BatchingRecorder:
         self._lock = threading.Lock()
         self._buffer: list = []
         self.received = 0        # events in
+        self.off_window = 0      # points over another application (or none shown): not kept
         self.submitted = 0       # samples handed to the store
         self.refused = 0         # samples the store refused (no consent, paused, ...)
         self._stop = threading.Event()
@@ -108,6 +109,10 @@ class GazeRecorder(BatchingRecorder):
             with self._lock:
                 self.straddling += 1
             return
+        if not snapshot.on_window(point.x, point.y):   # looking at another application
+            with self._lock:
+                self.off_window += 1
+            return
         placed, offset, word, line = snapshot.map_one(point.x, point.y)
         sample = GazeSample(
             self.session_id, placed.shown_reply_id if placed else None,
@@ -140,6 +145,12 @@ class PointerRecorder(BatchingRecorder):
               dx: float | None = None, dy: float | None = None) -> None:
         mono_ns = time.monotonic_ns() if mono_ns is None else mono_ns
         wall_ns = time.time_ns() if wall_ns is None else wall_ns
+        if not self.snapshot.on_window(x, y):      # over another application: not kept
+            with self._lock:
+                self.received += 1
+                self.off_window += 1
+                self.last_event_mono_ns = mono_ns   # (the user is not away, though)
+            return
         sample = self._map(kind, x, y, source, mono_ns, wall_ns, button, dx, dy)
         with self._lock:
             self.received += 1
