@@ -459,3 +459,79 @@ def test_degrees_are_the_same_on_a_hidpi_screen():
     # A logical px at ratio 2 is two device px: half as many of them to the millimetre.
     assert abs(one["px_per_mm"] - one["width_px"] / one["width_mm"]) < 1e-9
     assert abs(2 * two["px_per_mm"] - one["px_per_mm"]) < 1e-9
+
+
+def _replayed_gaze(window, tmp_path):
+    """A calibrated camera (a replayed video of a still face), gaze allowed: what
+    attach_gaze would start by itself at launch."""
+    from app.ui.gaze_calibration import screen_layout
+    from gaze import calibration as C
+    from gaze import synthetic
+    from test_gaze_video import still_calibration
+    import getpass
+    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    window.session.store.consent.set("gaze", True)
+    C.save(still_calibration(path), C.calibration_path(tmp_path, getpass.getuser(), str(path),
+                                                       screen_layout()))
+    return str(path)
+
+
+def test_gaze_turned_off_stays_off_at_the_next_start(qtbot, window, tmp_path):
+    """"Turn gaze off" was forgotten: at the next start the camera came on again."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    source = _replayed_gaze(window, tmp_path)
+    kw = {"source": source, "data_dir": tmp_path, "tracker_kw": {"realtime": True, "loop": True}}
+    first = attach_gaze(window, **kw)
+    qtbot.waitUntil(lambda: first.tracker is not None, timeout=30_000)   # on by itself
+    first.off_action.trigger()
+    first.stop_and_wait()
+    second = attach_gaze(window, **kw)                 # the next start
+    qtbot.wait(2500)                                   # (it starts 1.5 s after the window)
+    assert second.tracker is None
+    second.activate()                                  # Gaze…: on again, and wanted again
+    qtbot.waitUntil(lambda: second.tracker is not None, timeout=30_000)
+    second.stop_and_wait()
+    third = attach_gaze(window, **kw)
+    qtbot.waitUntil(lambda: third.tracker is not None, timeout=30_000)
+    third.stop_and_wait()
+
+
+def test_gaze_comes_back_when_collection_resumes(qtbot, window, tmp_path):
+    """A pause stopped the camera; resuming said "Collection resumed." and left it off."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    source = _replayed_gaze(window, tmp_path)
+    gaze = attach_gaze(window, source=source, data_dir=tmp_path,
+                       tracker_kw={"realtime": True, "loop": True})
+    window.gaze = gaze
+    qtbot.waitUntil(lambda: gaze.tracker is not None, timeout=30_000)
+    window.toggle_pause()
+    qtbot.waitUntil(lambda: gaze.tracker is None, timeout=30_000)      # paused: off
+    window.toggle_pause()
+    qtbot.waitUntil(lambda: gaze.tracker is not None, timeout=30_000)  # resumed: on again
+    gaze.stop_and_wait()
+
+
+def test_a_calibration_closed_by_the_window_manager_ends_as_cancelled(qtbot):
+    """Alt+F4 closed the screen without ending it: the window kept waiting for its result
+    and every Calibrate did nothing from then on."""
+    widget, camera, results = simulated_calibration(
+        qtbot, "5", dwell_s=0.6, move_s=0.1, settle_s=0.2, kinds=("ridge",))
+    try:
+        widget.close()
+        assert results == [None] and not widget._timer.isActive()
+        widget.cancel()                     # ended once only
+        assert results == [None]
+    finally:
+        camera.stop()
+
+
+def test_the_debug_overlay_goes_with_gaze(qtbot, window):
+    """Left on screen after "Turn gaze off" (or a pause), its frozen dot looked like
+    tracking still running."""
+    gaze = window.gaze
+    gaze.overlay_action.setChecked(True)
+    assert gaze.overlay is not None and gaze.overlay.isVisible()
+    gaze.turn_off()
+    assert gaze.overlay is None and not gaze.overlay_action.isChecked()

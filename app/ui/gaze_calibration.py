@@ -99,6 +99,7 @@ class CalibrationScreen(QWidget):
         self._t0 = 0.0
         self._from = self._to = (0.0, 0.0)
         self._fit_thread = None
+        self._ended = False             # finished has been emitted (once)
         self._build()
         self._timer = QTimer(self)
         self._timer.setInterval(16)
@@ -330,7 +331,16 @@ class CalibrationScreen(QWidget):
     def cancel(self) -> None:
         self._close(None)
 
+    def closeEvent(self, event) -> None:
+        # Closed by the window manager (Alt+F4): ended as a cancel, or the window kept it
+        # as the calibration under way and every Calibrate did nothing from then on.
+        self.cancel()
+        super().closeEvent(event)
+
     def _close(self, result) -> None:
+        if self._ended:                # (its own close() comes back here through closeEvent)
+            return
+        self._ended = True
         self._timer.stop()
         self._status_timer.stop()
         self.tracker.remove_frame_listener(self._on_frame)
@@ -429,7 +439,7 @@ class GazeController(QObject):
         self.overlay_action.setCheckable(True)
         self.overlay_action.toggled.connect(self.show_overlay)
         self.menu.addSeparator()
-        self.off_action = self.menu.addAction("Turn gaze off", self.stop)
+        self.off_action = self.menu.addAction("Turn gaze off", self.turn_off)
         self.action = QAction("Gaze…", window)
         self.action.setToolTip("Webcam gaze: calibrate, show the overlay, turn it off")
         self.action.setMenu(self.menu)
@@ -447,7 +457,8 @@ class GazeController(QObject):
         # The window's closeEvent turns the camera off (once it is sure to close: it may
         # ask first whether to lose an unsent message), or else quitting does.
         QApplication.instance().aboutToQuit.connect(self.stop_and_wait)
-        if self._allowed() and self.calibration is not None and self.calibration.enabled:
+        if self._allowed() and self._wanted() and self.calibration is not None \
+                and self.calibration.enabled:
             QTimer.singleShot(1500, self.start)     # after the window is up
 
     # --- files and consent ---------------------------------------------------------------------
@@ -457,6 +468,26 @@ class GazeController(QObject):
 
     def _store(self):
         return self.window.session.store
+
+    def _wanted(self) -> bool:
+        """Whether the user last turned gaze on (Gaze…, Calibrate) rather than off ("Turn
+        gaze off"): turned off, the camera came on again at the next start."""
+        return bool(self._store().settings.get("gaze_wanted", True))
+
+    def _set_wanted(self, wanted: bool) -> None:
+        if self._wanted() != wanted:
+            self._store().settings.set("gaze_wanted", wanted)
+
+    def turn_off(self) -> None:
+        """The user's "Turn gaze off": off now, and at the next start too."""
+        self._set_wanted(False)
+        self.stop()
+
+    def resume(self) -> None:
+        """Collection resumed after a pause: the camera comes back if gaze was on."""
+        if self._allowed() and self._wanted() and self.calibration is not None \
+                and self.calibration.enabled and self.tracker is None:
+            self.start()
 
     def _allowed(self) -> bool:
         consent = self._store().consent
@@ -512,6 +543,7 @@ class GazeController(QObject):
             QApplication.instance().removeEventFilter(self)
             self._close_in_background(tracker)
         self.window.set_collector("gaze", None)      # not recording; the dot waits (above)
+        self.overlay_action.setChecked(False)        # a frozen dot looked like tracking on
         self.label.setText("Gaze: off")
         self.label.setToolTip("")
 
@@ -597,6 +629,7 @@ class GazeController(QObject):
             self.window.statusBar().showMessage(
                 "Collection is paused (Ctrl+Shift+P to resume); gaze stays off.", 8000)
             return
+        self._set_wanted(True)
         self.start()
         self._continue_activate(time.monotonic() + 5.0)
 

@@ -920,6 +920,8 @@ class MainWindow(QMainWindow):
     def toggle_pause(self) -> None:
         paused = self.session.toggle_pause()
         self.capture.sync()
+        if not paused:
+            self.gaze.resume()       # (the pause stopped the camera; it was left off)
         self._update_collection_indicator()
         self.statusBar().showMessage("All collection paused." if paused else "Collection resumed.",
                                      4000)
