@@ -535,3 +535,21 @@ def test_the_debug_overlay_goes_with_gaze(qtbot, window):
     assert gaze.overlay is not None and gaze.overlay.isVisible()
     gaze.turn_off()
     assert gaze.overlay is None and not gaze.overlay_action.isChecked()
+
+
+def test_a_first_calibration_cancelled_turns_the_camera_off(qtbot, window, tmp_path):
+    """Without a calibration the open camera can give no gaze point, yet the red dot and
+    "recording" stayed on."""
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    from gaze import synthetic
+    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    window.session.store.consent.set("gaze", True)
+    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
+                             tracker_kw={"realtime": True, "loop": True})
+    screen = controller.calibrate("5")
+    assert screen is not None and controller.tracker is not None
+    screen.cancel()
+    assert controller.tracker is None and controller.label.text() == "Gaze: off"
+    controller.stop_and_wait()
+    assert not window.camera_dot.isVisible()

@@ -677,6 +677,10 @@ class GazeController(QObject):
                 "again.", 15000)
             result = None
         if result is None:
+            if self.calibration is None or not self.calibration.enabled:
+                # Nothing to map the eyes with: a camera left open only showed the red dot
+                # and "recording" while no gaze point could come of it.
+                self.stop()
             self._poll()
             return
         self.calibration = result
