@@ -145,3 +145,14 @@ def test_compare_while_a_pair_waits_says_to_pick_first(qtbot, window, store):
     assert window.comparing is not None
     window.compare(window.comparing[1])
     assert "Pick the better of the two replies first" in window.statusBar().currentMessage()
+
+
+def test_typing_counts_as_being_there(qtbot, window):
+    """A minute of typing without touching the mouse was recorded as idle, and told the
+    nightly job the user was away."""
+    capture = window.capture
+    capture._last_input -= 600                       # last pointer input ten minutes ago
+    capture.recorder.last_event_mono_ns -= 600 * 10**9
+    assert capture.seconds_since_input() > 500
+    qtbot.keyClicks(window.input, "a long message")
+    assert capture.seconds_since_input() < 60

@@ -230,6 +230,7 @@ class CaptureController(QObject):
 
     def _typed(self) -> None:
         """Timing of the next message only: when typing began, never what was typed."""
+        self._last_input = time.monotonic()   # typing is being there (not "idle", not away)
         if self._first_key_mono is None and self.window.input.toPlainText():
             self._first_key_mono = time.monotonic()
             if self._reply_finished_mono is not None:
