@@ -114,6 +114,9 @@ class AppSession:
 
     def replies_hidden(self, keep: set[str] = frozenset()) -> list[str]:
         """Replies that left the screen get their hidden time; returns their message ids."""
+        if self.store.closed:       # everything was deleted: nothing left to mark or score
+            self._shown.clear()
+            return []
         gone = [m for m in self._shown if m not in keep]
         for message_id in gone:
             shown_id = self._shown.pop(message_id)

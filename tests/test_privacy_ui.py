@@ -268,3 +268,23 @@ def test_switching_chats_stops_mapping_points_to_the_replies_that_left(qtbot, st
                     timeout=30_000)
     window.new_chat()
     assert recorder.snapshot.replies == () and recorder.snapshot.conversation_id == window.tree.id
+
+
+def test_the_window_closes_cleanly_after_everything_was_deleted(qtbot, window, store,
+                                                               monkeypatch):
+    """Its close marked the replies on screen as hidden in the closed store: the error
+    cut the close short, before the session's threads were stopped."""
+    from PySide6.QtWidgets import QMessageBox
+    from test_ui import send_by_keyboard
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    send_by_keyboard(qtbot, window, "Hello.")
+    qtbot.waitUntil(lambda: bool(window.session.shown_ids()), timeout=30_000)
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(QMessageBox, "information", lambda *a, **k: None)
+    monkeypatch.setattr(QApplication, "quit", lambda *a: None)
+    panel = PrivacyPanel(store, window)
+    panel.delete_everything()
+    assert panel.deleted_everything and store.closed
+    window.close()                                   # (pytest-qt fails on an error in it)
+    assert not window.session.scorer._thread.is_alive()
