@@ -18,7 +18,8 @@ Operations (protocol 1):
                                training rows, model, last_fingerprint, retired; the app
                                records the run as started
   finish run_id, outcome     → the app records how the run ended (store.training.finish_run)
-  existing ids               → which of these conversations still exist
+  existing ids               → which of these conversations still exist, and whether
+                               personalisation is still allowed
   runs limit                 → the newest recorded runs (align status)
 
 Who may talk: the socket file is 0600 inside the 0700 data folder, and the server checks

@@ -166,10 +166,13 @@ class _Direct:
         finally:
             store.close()
 
-    def existing(self, ids) -> set:
+    def existing(self, ids) -> dict:
+        """Which of these conversations still exist, and whether personalisation is still
+        allowed (either may have changed while the job trained)."""
         store = self._open()
         try:
-            return store.training.existing_conversations(ids)
+            return {"ids": store.training.existing_conversations(ids),
+                    "personalise": store.consent.is_on("personalise")}
         finally:
             store.close()
 
@@ -195,8 +198,9 @@ class _App:
     def finish(self, run_id: str, outcome: dict) -> None:
         self.client.request("finish", run_id=run_id, outcome=outcome)
 
-    def existing(self, ids) -> set:
-        return set(self.client.request("existing", ids=list(ids))["ids"])
+    def existing(self, ids) -> dict:
+        answer = self.client.request("existing", ids=list(ids))
+        return {"ids": set(answer["ids"]), "personalise": answer.get("personalise", True)}
 
 
 def _with_store(data_dir: Path, action, wait_s: float, log):
@@ -325,11 +329,15 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     # Was a conversation it learned from deleted while it trained?
     needed = {p.conversation_id for p in pairs if p.source != "imported"}
     check_not_deleted(data_dir)
-    existing = _with_store(data_dir, lambda s: s.existing(needed), config.wait_for_store_s, log)
-    gone = needed - existing
+    # And was personalisation turned off meanwhile?
+    now = _with_store(data_dir, lambda s: s.existing(needed), config.wait_for_store_s, log)
+    gone = needed - now["ids"]
     if gone and outcome["publish"]:
         outcome["publish"] = False
         outcome["reasons"].append(f"{len(gone)} conversation(s) it learned from were deleted meanwhile")
+    if not now["personalise"] and outcome["publish"]:
+        outcome["publish"] = False
+        outcome["reasons"].append("personalisation was turned off while it trained")
     return _publish_and_record(config, result, outcome, train, heldout, model_path, gone,
                                started, clock, log)
 

@@ -209,7 +209,8 @@ class TrainingLink:
         return {"runs": self.store.training.runs(limit)}
 
     def _op_existing(self, ids: list) -> dict:
-        return {"ids": sorted(self.store.training.existing_conversations(ids))}
+        return {"ids": sorted(self.store.training.existing_conversations(ids)),
+                "personalise": self.store.consent.is_on("personalise")}
 
 
 def open_store_waiting(data_dir: Path | None = None, on_wait: Callable[[str], None] | None = None,

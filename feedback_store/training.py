@@ -213,6 +213,8 @@ class TrainingManager:
         now = time.time_ns()
         used = [tuple([run_id] + [pair.get(name) for name, _ in PAIR_COLUMNS[1:]])
                 for pair in outcome.get("pairs_used") or []]
+        if not self.store.consent.is_on("personalise"):
+            used = []     # turned off while the run trained: which replies it paired goes too
         adapter = outcome.get("adapter")
 
         def finish(con):

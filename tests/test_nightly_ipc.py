@@ -290,3 +290,56 @@ def test_a_run_that_fails_before_it_began_is_a_failure_not_a_deletion(tmp_path):
     result = run_nightly(NightlyConfig(data_dir=home, lower_priority=False), log=lambda m: None)
     assert result["status"] == "failed" and result["recorded"], result
     assert "dpo.epochs" in result["message"]
+
+
+def test_personalisation_turned_off_while_the_job_trained_is_heard_before_publishing(home):
+    """Withdrawing the consent mid-run changed nothing: the job published its adapter and
+    the app recorded which replies it had paired."""
+    from align.ipc import AppClient
+    import align.nightly as nightly
+    store = FeedbackStore.open(home)
+    store.consent.set("personalise", True)
+    chat = store.conversations.create(Conversation(title="a"))
+    store.conversations.add_message(Message(conversation_id=chat.id, role="user", content="hi"))
+    store.training.begin_run("run-1", "app", "model.gguf")
+    link = TrainingLink(store).start()
+    try:
+        client = AppClient.find(home)
+        assert nightly._App(client).existing({chat.id}) == {"ids": {chat.id}, "personalise": True}
+        store.consent.set("personalise", False)                   # while it trained
+        assert nightly._App(client).existing({chat.id})["personalise"] is False
+        pair = {"conversation_id": chat.id, "prompt_message_id": "p", "chosen_message_id": "c",
+                "rejected_message_id": "r", "source": "thumbs", "epsilon": 0.1, "split": "train"}
+        client.request("finish", run_id="run-1", outcome={
+            "status": "not_published", "published": False, "pairs_used": [pair]})
+        assert store.training.pairs_used("run-1") == []
+    finally:
+        link.stop()
+        store.close()
+    direct = nightly._Direct(home, log=lambda m: None)
+    assert direct.existing({chat.id}) == {"ids": {chat.id}, "personalise": False}
+
+
+def test_a_run_whose_personalisation_was_turned_off_while_it_trained_is_not_published(
+        home, tmp_path, monkeypatch):
+    """The job checks, before publishing, that it may still: the user turned
+    personalisation off while it trained (the training itself is not what is tested here:
+    it stands aside, and says it would publish)."""
+    import align.nightly as nightly
+    from nightly_support import seed_home
+    seed_home(home)
+
+    def trained_while_the_user_says_no(*args, **kwargs):
+        with FeedbackStore.open(home) as store:          # (the app is closed: direct)
+            store.consent.set("personalise", False)
+        (tmp_path / "work").mkdir()
+        return {"publish": True, "reasons": [], "work": tmp_path / "work", "gguf": None,
+                "peft": None, "report": {}}
+    monkeypatch.setattr(nightly, "_train_and_gate", trained_while_the_user_says_no)
+    result = nightly.run_nightly(nightly.NightlyConfig(data_dir=home, lower_priority=False),
+                                 log=lambda m: None)
+    assert result["status"] == "not_published" and not result["published"], result
+    assert "personalisation was turned off while it trained" in result["message"]
+    assert not (home / "adapters").exists() or not any((home / "adapters").glob("v*"))
+    with FeedbackStore.open(home) as store:
+        assert store.training.pairs_used(result["run_id"]) == []
