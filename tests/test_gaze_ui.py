@@ -553,3 +553,29 @@ def test_a_first_calibration_cancelled_turns_the_camera_off(qtbot, window, tmp_p
     assert controller.tracker is None and controller.label.text() == "Gaze: off"
     controller.stop_and_wait()
     assert not window.camera_dot.isVisible()
+
+
+def test_a_gaze_health_message_takes_the_status_bar_once(qtbot, window):
+    """Looking down at the keyboard made "face not seen" take the status bar for 15 s each
+    time, over what the window had to say; the gaze label says it every time."""
+    from gaze.points import Health
+
+    class TrackerStandIn:          # the health a camera reports (the tracker is not tested)
+        camera_open = running = True
+        now = Health("ok", "Tracking.")
+
+        def health(self):
+            return self.now
+    window.session.store.consent.set("gaze", True)
+    gaze, tracker = window.gaze, TrackerStandIn()
+    gaze.tracker = tracker
+    said = []
+    for state in ("face_lost", "ok", "face_lost", "ok", "face_lost"):
+        window.statusBar().clearMessage()
+        tracker.now = Health(state, "Your face is not seen." if state != "ok" else "Tracking.")
+        gaze._poll_health()
+        said.append(window.statusBar().currentMessage())
+        assert gaze.label.toolTip().startswith(tracker.now.message)   # said every time
+    assert said == ["Your face is not seen.", "", "", "", ""]
+    gaze.tracker = None
+    window.set_collector("gaze", None)

@@ -424,6 +424,7 @@ class GazeController(QObject):
         self._detached = False
         self.camera_closed.connect(self._on_camera_closed)
         self._last_health: Health | None = None
+        self._said: set[tuple] = set()     # health messages said in the status bar once
         self._last_click = None
         self._layout = screen_layout()
         self._calibrating_layout = None       # the layout a running calibration began on
@@ -737,7 +738,11 @@ class GazeController(QObject):
         last = self._last_health
         if last is None or (last.state, last.drift, last.hint) != (h.state, h.drift, h.hint):
             self._last_health = h
-            if h.state != "ok" or h.hint:
+            # Said in the status bar the first time only (the label and its tooltip say it
+            # every time): looking down at the keyboard made "face not seen" take the
+            # status bar for 15 s, over what the window had to say.
+            if (h.state != "ok" or h.hint) and (h.state, h.hint) not in self._said:
+                self._said.add((h.state, h.hint))
                 self.window.statusBar().showMessage(h.hint or h.message, 15000)
             self.health_changed.emit(h)
 
