@@ -97,7 +97,8 @@ class ChatEngine:
         self.adapters_dir: Path | None = None    # <data dir>/adapters; None: never use one
         self.adapter_enabled = True              # False: chat with the base model
         self.adapter_version: str | None = None  # the version in use (None: base model)
-        self.adapter_error: str | None = None
+        self.adapter_error: str | None = None    # why the wanted adapter is not in use
+        self._failed_adapter: str | None = None  # its file: not tried again at every reply
         self._adapter = None                     # (llama.cpp handle, file) while attached
         self._abort_callback = None              # while a prompt is read (_abort_prompt_on)
         self._prompt_aborted = False             # ... and whether it stopped the reading
@@ -144,6 +145,7 @@ class ChatEngine:
             self.model_info, self._formatter, self._rules = info, formatter, rules
             self._token_counts = {}            # (another model, another tokenizer)
             self._adapter, self.adapter_version = None, None  # freed with the old model
+            self.adapter_error = self._failed_adapter = None
         if old is not None:
             old.close()
         return info
@@ -322,19 +324,26 @@ class ChatEngine:
         if self.adapters_dir is not None and self.adapter_enabled:
             info = active_adapter(self.adapters_dir, self.model_info["path"])
         wanted = info["path"] if info else None
+        if wanted != self._failed_adapter:
+            self.adapter_error = self._failed_adapter = None    # (another one, or none, wanted)
+        elif wanted is not None:
+            # Failed once: tried again at every reply, each try also threw the prompt
+            # cache away. A new version (another file) is tried.
+            wanted, info = None, None
         if wanted == (self._adapter[1] if self._adapter else None):
             return
         handle = None
         if wanted is not None:
             handle = llama_cpp.llama_adapter_lora_init(self.llm._model.model, wanted.encode())
             if not handle:
-                self.adapter_error = f"llama.cpp could not load the adapter {wanted}; using the base model."
+                self.adapter_error = (f"llama.cpp could not load the personal adapter "
+                                      f"{info['version']}; replies come from the base model.")
+                self._failed_adapter = wanted
                 wanted, info = None, None
         ctx = self.llm._ctx.ctx
         if handle:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
             llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
-            self.adapter_error = None
         else:
             llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
         if self._adapter is not None:

@@ -33,9 +33,11 @@ class AdapterState:
     enabled: bool        # the user wants it (off: chat with the base model)
 
 
-def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:
+def describe_adapter(active: dict | None, enabled: bool,
+                     load_error: str | None = None) -> AdapterState:
     """What the next reply will come from: the active published adapter (from
-    ``align.adapters.active_adapter``), or the base model and why."""
+    ``align.adapters.active_adapter``), or the base model and why (``load_error``: the
+    engine could not load it)."""
     if active is None:
         return AdapterState("Base model", "No personal adapter yet for this model: the nightly "
                             "job (align --nightly) trains one from the replies you rated, "
@@ -48,6 +50,9 @@ def describe_adapter(active: dict | None, enabled: bool) -> AdapterState:
     if not enabled:
         return AdapterState(f"Base model (personal {active['version']} off)",
                             tooltip + " Switched off: replies come from the base model.", True, False)
+    if load_error:
+        return AdapterState(f"Base model (personal {active['version']} did not load)",
+                            tooltip + " " + load_error, True, True)
     return AdapterState(f"Personal {active['version']}", tooltip, True, True)
 
 
@@ -190,10 +195,11 @@ class AppSession:
             self.training_link = None
         self.scorer.stop()
 
-    def adapter_state(self, model_path: str | None, enabled: bool) -> AdapterState:
+    def adapter_state(self, model_path: str | None, enabled: bool,
+                      load_error: str | None = None) -> AdapterState:
         from align.adapters import active_adapter
         active = active_adapter(self.adapters_dir, model_path) if model_path else None
-        return describe_adapter(active, enabled)
+        return describe_adapter(active, enabled, load_error)
 
     def use_personal_adapter(self) -> bool:
         return bool(self.store.settings.get("use_personal_adapter", True))

@@ -156,3 +156,42 @@ def test_typing_counts_as_being_there(qtbot, window):
     assert capture.seconds_since_input() > 500
     qtbot.keyClicks(window.input, "a long message")
     assert capture.seconds_since_input() < 60
+
+
+def test_a_personal_adapter_that_does_not_load_is_said_once_and_not_retried(
+        qtbot, home, store, engine, monkeypatch):
+    """The toolbar said "Personal v0001" while replies came from the base model; the error
+    came back after every reply, each of which tried the file again and threw the prompt
+    cache away."""
+    import json
+
+    import llama_cpp
+
+    from align.adapters import base_identity
+    from app.ui.main_window import MainWindow
+    version = home / "adapters" / "v0001"
+    version.mkdir(parents=True)
+    (version / "adapter.gguf").write_bytes(b"not a GGUF file")
+    (version / "manifest.json").write_text(json.dumps(
+        {"base": base_identity(engine.model_info["path"])}))
+    (home / "adapters" / "active.json").write_text(json.dumps({"version": "v0001", "counter": 1}))
+    tries = []
+    real_init = llama_cpp.llama_adapter_lora_init
+    monkeypatch.setattr(llama_cpp, "llama_adapter_lora_init",
+                        lambda *args: tries.append(args) or real_init(*args))
+    store.settings.set("generation", quick_settings().to_dict())
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        send_by_keyboard(qtbot, window, "Hello.")
+        assert "did not load" in window.adapter_label.text()
+        assert "could not load the personal adapter v0001" in window.statusBar().currentMessage()
+        window.statusBar().clearMessage()
+        send_by_keyboard(qtbot, window, "Hello again.")
+        assert window.statusBar().currentMessage() == ""            # said once
+        assert len(tries) == 1 and engine.adapter_version is None  # tried once
+    finally:
+        window.close()
+        engine.use_adapters(None)
+        engine._sync_adapter()

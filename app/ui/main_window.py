@@ -83,6 +83,7 @@ class MainWindow(QMainWindow):
         self.comparing: tuple[str, str] | None = None   # (left, right) awaiting a pick
         self._compare_original: str | None = None
         self._stopped_by_user = False    # Esc or Stop, not the window closed mid-reply
+        self._adapter_error_said: str | None = None
         self.setWindowTitle("Glance")
         self.resize(1100, 720)
         self._build()
@@ -687,8 +688,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(
                 f"{message.dropped_turns} oldest turns were left out to fit the context.", 8000)
         self._update_adapter_indicator()
-        if self.engine.adapter_error:
-            self.statusBar().showMessage(self.engine.adapter_error, 10000)
+        if self.engine.adapter_error and self.engine.adapter_error != self._adapter_error_said:
+            self.statusBar().showMessage(self.engine.adapter_error, 10000)   # once, not per reply
+        self._adapter_error_said = self.engine.adapter_error
         self.reply_finished.emit(message)
 
     def _on_generation_failed(self, text: str) -> None:
@@ -884,7 +886,7 @@ class MainWindow(QMainWindow):
 
     def _update_adapter_indicator(self) -> None:
         state = self.session.adapter_state((self.engine.model_info or {}).get("path"),
-                                           self.engine.adapter_enabled)
+                                           self.engine.adapter_enabled, self.engine.adapter_error)
         self.adapter_label.setText(state.text)
         self.adapter_label.setToolTip(state.tooltip)
         self.adapter_action.blockSignals(True)
