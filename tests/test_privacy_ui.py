@@ -288,3 +288,30 @@ def test_the_window_closes_cleanly_after_everything_was_deleted(qtbot, window, s
     assert panel.deleted_everything and store.closed
     window.close()                                   # (pytest-qt fails on an error in it)
     assert not window.session.scorer._thread.is_alive()
+
+
+def test_the_panel_closed_while_it_exports_closes_once_the_export_is_done(
+        qtbot, store, tmp_path, monkeypatch):
+    """Closed under a running export, the export's thread went with the panel (Qt aborts
+    the process for a thread destroyed while it runs)."""
+    import threading
+    from PySide6.QtWidgets import QMessageBox
+    monkeypatch.setattr(QMessageBox, "information", lambda *a: None)
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    panel.show()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():                                  # the export waits for the store
+        with store.reading().exclusive():
+            held.set()
+            release.wait(30)
+    threading.Thread(target=hold, daemon=True).start()
+    assert held.wait(30)
+    with qtbot.waitSignal(panel.export_finished, timeout=60_000):
+        panel.export(str(tmp_path / "mine"))
+        panel.reject()                           # Esc / the close button
+        assert panel.isVisible() and "Still exporting" in panel.export_status.text()
+        release.set()
+    qtbot.waitUntil(lambda: not panel.isVisible(), timeout=30_000)
+    assert (tmp_path / "mine").exists()

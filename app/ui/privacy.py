@@ -99,6 +99,7 @@ class PrivacyPanel(QDialog):
         super().__init__(parent)
         self.store = store
         self.export_job: CallThread | None = None
+        self._close_after_export: int | None = None   # closed while exporting: closes after
         self.setWindowTitle("Privacy")
         self.setMinimumSize(760, 720)
         layout = QVBoxLayout(self)
@@ -226,8 +227,19 @@ class PrivacyPanel(QDialog):
         self.store.apply_retention(wait=False)  # runs on the writer; the panel never waits
 
     def done(self, result: int) -> None:
+        if self.export_job is not None and self.export_job.isRunning():
+            # Closed under it, the export's thread went with the panel (a crash), or the
+            # window quit mid-export without a word: the panel closes once it is done.
+            self._close_after_export = result
+            self.export_status.setText("Still exporting: the panel closes when it is done.")
+            return
         self.apply_retention()          # closed with a new period typed but not confirmed
         super().done(result)
+
+    def _closing_after_export(self) -> None:
+        if self._close_after_export is not None:
+            result, self._close_after_export = self._close_after_export, None
+            self.done(result)
 
     def _fill_sessions(self) -> None:
         rows = self.store.samples.session_summary()
@@ -260,6 +272,7 @@ class PrivacyPanel(QDialog):
         self.export_status.setText("")
         self.export_finished.emit(str(folder))
         QMessageBox.information(self, "Exported", f"Your data is in {folder}.")
+        self._closing_after_export()
 
     def _export_failed(self, text: str) -> None:
         self.export_job.wait()
@@ -267,6 +280,7 @@ class PrivacyPanel(QDialog):
         self.export_status.setText("")
         self.export_finished.emit(None)
         QMessageBox.warning(self, "Export failed", text)
+        self._closing_after_export()
 
     def delete_everything(self) -> None:
         if QMessageBox.question(
