@@ -367,17 +367,22 @@ def test_a_close_the_user_takes_back_leaves_gaze_on(qtbot, window, tmp_path, mon
 # Tests that open gaze screens from the window (window.screen()) come last: once such a
 # window is destroyed, PySide may hand a later test a dead QScreen wrapper for the same
 # screen (seen as "Internal C++ object (QScreen) already deleted" in the simulated camera).
-def test_stopping_gaze_ends_an_open_calibration(qtbot, window, tmp_path):
-    """Pausing or withdrawing the consent during a calibration closed the camera but left
-    the full-screen calibration running over it, to end in "too few clear views"; the next
-    Calibrate handed back that same dead screen."""
+def uncalibrated_gaze(window, tmp_path):
+    """Gaze allowed, a replayed camera (a still face, looping), no calibration yet."""
     require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
     from app.ui.gaze_calibration import attach_gaze
     from gaze import synthetic
     path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
     window.session.store.consent.set("gaze", True)
-    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
-                             tracker_kw={"realtime": True, "loop": True})
+    return attach_gaze(window, source=str(path), data_dir=tmp_path,
+                       tracker_kw={"realtime": True, "loop": True})
+
+
+def test_stopping_gaze_ends_an_open_calibration(qtbot, window, tmp_path):
+    """Pausing or withdrawing the consent during a calibration closed the camera but left
+    the full-screen calibration running over it, to end in "too few clear views"; the next
+    Calibrate handed back that same dead screen."""
+    controller = uncalibrated_gaze(window, tmp_path)
     screen = controller.calibrate("5")
     assert screen is not None and screen.isVisible()
     controller.stop()
@@ -540,13 +545,7 @@ def test_the_debug_overlay_goes_with_gaze(qtbot, window):
 def test_a_first_calibration_cancelled_turns_the_camera_off(qtbot, window, tmp_path):
     """Without a calibration the open camera can give no gaze point, yet the red dot and
     "recording" stayed on."""
-    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
-    from app.ui.gaze_calibration import attach_gaze
-    from gaze import synthetic
-    path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
-    window.session.store.consent.set("gaze", True)
-    controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
-                             tracker_kw={"realtime": True, "loop": True})
+    controller = uncalibrated_gaze(window, tmp_path)
     screen = controller.calibrate("5")
     assert screen is not None and controller.tracker is not None
     screen.cancel()
