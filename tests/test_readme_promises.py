@@ -155,7 +155,9 @@ def test_incognito_chat_in_the_window_writes_nothing(qtbot, window, store, home)
     with FeedbackStore.open(home) as reopened:
         # (one setting more: where the window was left, written as it closed)
         assert reopened.counts() == {**counts, "app_settings": counts["app_settings"] + 1}
-        assert set(reopened.settings.get("window_layout")) == {"geometry", "splitter"}
+        layout = reopened.settings.get("window_layout")
+        assert set(layout) == {"geometry", "splitter", "conversation"}
+        assert layout["conversation"] is None                  # not the incognito chat
         assert reopened.conversations.list("secret") == []
 
 

@@ -974,16 +974,22 @@ def test_a_long_message_of_the_users_shows_its_start_until_asked(qtbot, window, 
 
 
 def test_the_window_opens_as_it_was_left(qtbot, home, store, engine):
-    """Its size and the sidebar's width were back to the defaults at every start."""
+    """Its size and the sidebar's width were back to the defaults at every start, and it
+    opened the newest chat rather than the one left open."""
     from PySide6.QtCore import QSize
 
-    from feedback_store import FeedbackStore
+    from feedback_store import Conversation, FeedbackStore, Message
+    chats = [store.conversations.create(Conversation(title=title)) for title in ("older", "newer")]
+    for chat in chats:
+        store.conversations.add_message(Message(chat.id, "user", f"In the {chat.title} chat."))
     first = MainWindow(store, engine)
     qtbot.addWidget(first)
     first.show()
     qtbot.waitExposed(first)
     first.resize(700, 500)                           # (within the offscreen screen's 800 × 600)
     first.splitter.setSizes([180, 520])
+    assert first.tree.id == chats[1].id                  # (the newest, at a first start)
+    first.open_conversation(chats[0].id)
     QApplication.processEvents()
     sidebar = first.splitter.sizes()[0]
     first.close()
@@ -996,6 +1002,7 @@ def test_the_window_opens_as_it_was_left(qtbot, home, store, engine):
         qtbot.waitExposed(second)
         assert second.size() == QSize(700, 500)
         assert second.splitter.sizes()[0] == sidebar
+        assert second.tree.id == chats[0].id
         second.close()
     finally:
         reopened.close()

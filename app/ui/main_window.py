@@ -100,8 +100,10 @@ class MainWindow(QMainWindow):
         self._refresh_models()
         latest = self.service.conversations()
         self._show_conversations(latest)
-        if latest:
-            self.open_conversation(latest[0].id)
+        if latest:     # the chat open when the window was closed, else the newest
+            left_open = self.session.window_layout().get("conversation")
+            self.open_conversation(left_open if left_open in {c.id for c in latest}
+                                   else latest[0].id)
         else:
             self.new_chat()
         self.input.setFocus()
@@ -258,9 +260,12 @@ class MainWindow(QMainWindow):
             self.splitter.restoreState(QByteArray.fromBase64(saved["splitter"].encode()))
 
     def _remember_layout(self) -> None:
+        tree = self.tree
         self.session.remember_window_layout({
             "geometry": bytes(self.saveGeometry().toBase64()).decode(),
-            "splitter": bytes(self.splitter.saveState().toBase64()).decode()})
+            "splitter": bytes(self.splitter.saveState().toBase64()).decode(),
+            "conversation": tree.id if tree is not None and tree.stored
+            and not tree.conversation.incognito else None})
 
     # --- conversations -------------------------------------------------------------------
     def _refresh_conversations(self) -> None:
