@@ -185,3 +185,16 @@ def test_points_over_other_applications_are_not_kept(qtbot, window, store):
     assert [(r["x"], r["y"]) for r in kept] == [inside]
     assert [(r["x"], r["y"]) for r in looked] == [inside]
     assert recorder.off_window == 2 and gaze.off_window == 2
+
+
+def test_no_point_is_kept_before_the_window_says_where_it_is(qtbot, store, engine):
+    """Before the first layout snapshot, the recorders knew no window: every point of the
+    desktop-wide hook was kept."""
+    from app.ui.main_window import MainWindow
+    store.consent.set("pointer", True)
+    window = MainWindow(store, engine)          # not shown: nothing published yet
+    qtbot.addWidget(window)
+    recorder = window.capture.recorder
+    recorder.event("move", 500, 300, "pynput")
+    assert recorder.off_window == 1
+    window.close()

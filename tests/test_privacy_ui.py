@@ -244,6 +244,7 @@ def test_an_incognito_chat_stores_no_pointer_sample_even_over_no_reply(qtbot, st
     recorder = window.capture.recorder
     window.new_chat(incognito=True)
     assert recorder.snapshot.conversation_id == window.tree.id      # at once, not once settled
+    qtbot.waitUntil(lambda: recorder.snapshot.on_window(3, 3), timeout=30_000)   # (placed)
     recorder.event("click", 3, 3, "test", button="left")            # the toolbar: no reply
     recorder.flush()
     store.flush()

@@ -15,6 +15,7 @@ from PySide6.QtGui import QGuiApplication, QKeyEvent, QKeySequence, QMouseEvent,
 from PySide6.QtWidgets import QApplication
 
 from feedback_store import ReplyAction, ViewportEvent
+from feedback_store.layout import LayoutSnapshot
 
 from ..capture.hooks import GlobalPauseHotkey, GlobalPointerHook, global_hooks_available
 from ..capture.recorder import PointerRecorder
@@ -35,6 +36,9 @@ class CaptureController(QObject):
         self.window = window
         self.session = window.session
         self.recorder = PointerRecorder(window.session.store, window.session.id)
+        # Until the first snapshot says where the window is, no point is on it (the
+        # recorders' default, "not known", keeps every point).
+        self.recorder.set_snapshot(LayoutSnapshot(window_rect=(0.0, 0.0, 0.0, 0.0)))
         self.recorders = [self.recorder]   # every recorder that maps against the layout
         self.global_ok, self.global_why = global_hooks_available()
         self.hook: GlobalPointerHook | None = None
