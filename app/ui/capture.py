@@ -127,7 +127,8 @@ class CaptureController(QObject):
     def describe(self) -> str:
         """For the privacy panel: how the pointer is captured here."""
         if self.global_ok:
-            return "Pointer: captured system-wide while a reply is on screen (X11 hook)."
+            return ("Pointer: read system-wide (X11 hook); only points over Glance's window are "
+                    "kept, none over other applications or while it is minimised.")
         return "Pointer: " + self.global_why
 
     # --- layout ------------------------------------------------------------------------
