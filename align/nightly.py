@@ -166,7 +166,7 @@ class _Direct:
         finally:
             store.close()
 
-    def existing(self, ids) -> dict:
+    def before_publishing(self, ids) -> dict:
         """Which of these conversations still exist, and whether personalisation is still
         allowed (either may have changed while the job trained)."""
         store = self._open()
@@ -198,7 +198,7 @@ class _App:
     def finish(self, run_id: str, outcome: dict) -> None:
         self.client.request("finish", run_id=run_id, outcome=outcome)
 
-    def existing(self, ids) -> dict:
+    def before_publishing(self, ids) -> dict:
         answer = self.client.request("existing", ids=list(ids))
         return {"ids": set(answer["ids"]), "personalise": answer.get("personalise", True)}
 
@@ -330,7 +330,7 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     needed = {p.conversation_id for p in pairs if p.source != "imported"}
     check_not_deleted(data_dir)
     # And was personalisation turned off meanwhile?
-    now = _with_store(data_dir, lambda s: s.existing(needed), config.wait_for_store_s, log)
+    now = _with_store(data_dir, lambda s: s.before_publishing(needed), config.wait_for_store_s, log)
     gone = needed - now["ids"]
     if gone and outcome["publish"]:
         outcome["publish"] = False

@@ -305,9 +305,9 @@ def test_personalisation_turned_off_while_the_job_trained_is_heard_before_publis
     link = TrainingLink(store).start()
     try:
         client = AppClient.find(home)
-        assert nightly._App(client).existing({chat.id}) == {"ids": {chat.id}, "personalise": True}
+        assert nightly._App(client).before_publishing({chat.id}) == {"ids": {chat.id}, "personalise": True}
         store.consent.set("personalise", False)                   # while it trained
-        assert nightly._App(client).existing({chat.id})["personalise"] is False
+        assert nightly._App(client).before_publishing({chat.id})["personalise"] is False
         pair = {"conversation_id": chat.id, "prompt_message_id": "p", "chosen_message_id": "c",
                 "rejected_message_id": "r", "source": "thumbs", "epsilon": 0.1, "split": "train"}
         client.request("finish", run_id="run-1", outcome={
@@ -317,7 +317,7 @@ def test_personalisation_turned_off_while_the_job_trained_is_heard_before_publis
         link.stop()
         store.close()
     direct = nightly._Direct(home, log=lambda m: None)
-    assert direct.existing({chat.id}) == {"ids": {chat.id}, "personalise": False}
+    assert direct.before_publishing({chat.id}) == {"ids": {chat.id}, "personalise": False}
 
 
 def test_a_run_whose_personalisation_was_turned_off_while_it_trained_is_not_published(

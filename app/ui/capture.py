@@ -10,7 +10,7 @@ that slips through.
 import time
 from dataclasses import replace
 
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeyEvent, QKeySequence, QMouseEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
@@ -19,6 +19,7 @@ from feedback_store.layout import LayoutSnapshot
 
 from ..capture.hooks import GlobalPauseHotkey, GlobalPointerHook, global_hooks_available
 from ..capture.recorder import PointerRecorder
+from .layout_probe import global_rect
 from ..session import ReplyOnScreen
 
 SETTLE_MS = 40          # layout changes are published once they stop for this long
@@ -163,13 +164,13 @@ class CaptureController(QObject):
         if exposed and not window.isMinimized():
             window.record_shown_replies(snapshot)
         ids = {m: (self.session.shown_id(m), conversation_id) for m in window.probe.message_ids()}
-        origin = window.mapToGlobal(QPoint(0, 0))
+        area = global_rect(window)
         snapshot = replace(window.probe.snapshot(ids, clip_to=window.chat_view.viewport()),
                            conversation_id=conversation_id,
                            window_visible=window.isVisible() and not window.isMinimized(),
-                           window_rect=(float(origin.x()), float(origin.y()),
-                                        float(origin.x() + window.width()),
-                                        float(origin.y() + window.height())))
+                           window_rect=(float(area.left()), float(area.top()),
+                                        float(area.left() + area.width()),
+                                        float(area.top() + area.height())))
         for recorder in self.recorders:
             recorder.set_snapshot(snapshot)
         self.snapshot_published.emit(snapshot)

@@ -349,11 +349,12 @@ class ChatView(QScrollArea):
         self.streaming: MessageWidget | None = None
         self.pair: ComparePair | None = None
         self._stream_text = ""
-        self._rendered = None     # the text the streaming row shows (None: the "…" before it)
+        # The text the streaming row shows (None: the "…" before the first piece); pieces
+        # received since are rendered at the next tick.
+        self._rendered = None
         # A finished stream's view (its full text, the view) for the committed reply's row:
         # laying out a long reply again took as long as a render (65 ms at 40 000 chars).
         self._streamed: tuple[str, ReplyBrowser] | None = None
-        self._stream_dirty = False
         self._render_timer = QTimer(self)
         self._render_timer.setInterval(STREAM_RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_stream)
@@ -539,20 +540,18 @@ class ChatView(QScrollArea):
         # empty row said "stopped before any text" meanwhile.
         self.streaming.set_text(WAITING_FOR_FIRST_PIECE)
         self._stream_text, self._rendered = "", None
-        self._stream_dirty = False    # (the last reply's final pieces were never rendered)
         self._render_timer.start(STREAM_RENDER_INTERVAL_MS)
         return self.streaming
 
     def append_token(self, piece: str) -> None:
         self._stream_text += piece
-        self._stream_dirty = True
 
     def _render_stream(self) -> None:
-        if self.streaming is None or not self._stream_dirty:
+        if self.streaming is None or not self._stream_text or self._rendered == self._stream_text:
             return
         started = time.perf_counter()
         self.streaming.set_text(self._stream_text)   # the view follows if at the bottom
-        self._rendered, self._stream_dirty = self._stream_text, False
+        self._rendered = self._stream_text
         took_ms = (time.perf_counter() - started) * 1000
         self._render_timer.setInterval(max(STREAM_RENDER_INTERVAL_MS,
                                            int(took_ms * STREAM_RENDER_FREE_FACTOR)))

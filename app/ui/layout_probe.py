@@ -64,7 +64,7 @@ def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
         char_x=char_x)
 
 
-def _global_rect(widget: QWidget) -> QRect:
+def global_rect(widget: QWidget) -> QRect:
     return QRect(widget.mapToGlobal(QPoint(0, 0)), widget.size())
 
 
@@ -114,9 +114,9 @@ class LayoutProbe:
             window = browser.window()
             window_visible = window.isVisible() and not window.isMinimized()
             viewport = browser.viewport()
-            area = _global_rect(viewport)
+            area = global_rect(viewport)
             if clip_to is not None:
-                area = area.intersected(_global_rect(clip_to))
+                area = area.intersected(global_rect(clip_to))
             origin = viewport.mapToGlobal(QPoint(0, 0))
             shown_id, conversation_id = (ids or {}).get(message_id, (None, None))
             placed.append(PlacedReply(
