@@ -58,6 +58,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from app.engine import ChatEngine, GenerationSettings
+    from app.ui.layout_probe import global_rect
     from app.ui.main_window import MainWindow
     from feedback_store import FeedbackStore
 
@@ -79,6 +80,7 @@ def main() -> int:
 
     def announce(message):
         window.capture.publish()
+        area = global_rect(window)
         write("ready.json", {
             "message_id": message.id, "conversation_id": window.tree.id,
             "shown_reply_id": window.session.shown_id(message.id),
@@ -87,6 +89,7 @@ def main() -> int:
             "line_boxes": window.probe.line_boxes(message.id),
             "indicator": window.collection_label.text(),
             "global_hooks": window.capture.global_ok,
+            "window": [area.left(), area.top(), area.right() + 1, area.bottom() + 1],
             "chat_view": list(window.chat_view.viewport().mapToGlobal(
                 window.chat_view.viewport().rect().center()).toTuple())})
         poll.start()
@@ -98,7 +101,8 @@ def main() -> int:
             store.flush()
             return {"pointer_samples": store.counts()["pointer_samples"]}
         if kind == "received":       # pointer events the recorder has been handed
-            return {"received": window.capture.recorder.received}
+            return {"received": window.capture.recorder.received,
+                    "over_window": window.capture.recorder.over_window}
         if kind == "screenshot":
             window.capture.publish()
             store.flush()

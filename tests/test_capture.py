@@ -198,3 +198,30 @@ def test_no_point_is_kept_before_the_window_says_where_it_is(qtbot, store, engin
     recorder.event("move", 500, 300, "pynput")
     assert recorder.off_window == 1
     window.close()
+
+
+def test_points_while_the_pointer_is_over_a_covering_window_are_not_kept(qtbot, window, store):
+    """Another application's window over part of Glance's: points there are inside the
+    window's area but not over it. The window system says so with leave and enter."""
+    from PySide6.QtCore import QEvent, QPoint
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    window.capture.publish()
+    recorder = window.capture.recorder
+    x0, y0, _, _ = recorder.snapshot.window_rect
+    QApplication.sendEvent(window, QEvent(QEvent.Type.Leave))
+    recorder.event("move", x0 + 50, y0 + 50, "pynput")
+    QApplication.sendEvent(window, QEvent(QEvent.Type.Enter))
+    recorder.event("move", x0 + 60, y0 + 50, "pynput")
+    assert recorder.off_window == 1
+    # Without a desktop-wide hook, Qt's own pointer events come back with the pointer.
+    QApplication.sendEvent(window, QEvent(QEvent.Type.Leave))
+    assert window.capture.qt_fallback
+    QTest.mouseMove(window.chat_view.viewport(), QPoint(30, 30))
+    recorder.stop()                          # stores a move held back by the 120 Hz limit
+    store.flush()
+    kept = store._rows("SELECT x, source FROM pointer_samples ORDER BY mono_ns")
+    assert [(r["x"], r["source"]) for r in kept][:1] == [(x0 + 60, "pynput")]
+    assert [r["source"] for r in kept][1:] == ["qt"]

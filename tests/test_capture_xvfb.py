@@ -231,3 +231,70 @@ def test_samples_flushed_before_a_kill_survive(xvfb_display, home, tmp_path):
     session.process.wait(timeout=30)
     with FeedbackStore.open(home) as store:
         assert store.counts()["pointer_samples"] >= flushed
+
+
+COVER = """
+import sys
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QWidget
+app = QApplication([])
+cover = QWidget()
+cover.setWindowTitle("another application")
+cover.setGeometry(*map(int, sys.argv[1:5]))
+cover.show()
+QTimer.singleShot(500, lambda: print("shown", flush=True))
+app.exec()
+"""
+
+
+def test_points_over_another_application_covering_the_window_are_not_kept(
+        xvfb_display, home, tmp_path):
+    """Another application's window over part of Glance's: the pointer over it is inside
+    Glance's area, over words that cannot be seen, and is not kept."""
+    session = Session(xvfb_display, home, tmp_path)
+    words = long_words(session.ready, 20)
+    lines = sorted({w["line"] for w in words})
+    assert len(lines) >= 2, session.ready["text"]
+    hidden = [w for w in words if w["line"] == lines[0]]
+    shown = [w for w in words if w["line"] == lines[-1]]
+    top = min(w["y0"] for w in hidden) - 2
+    bottom = max(w["y1"] for w in hidden) + 2
+    assert bottom < min(w["y0"] for w in shown)
+    left, right = session.ready["window"][0], session.ready["window"][2]
+    session.pointer("mousemove", "--sync", *session.point_at(shown[0]))
+    assert session.command("received")["over_window"] is True
+    cover = subprocess.Popen(
+        [sys.executable, "-c", COVER, str(left), str(int(top)), str(right - left),
+         str(int(bottom - top))], env=dict(os.environ, DISPLAY=xvfb_display,
+                                           QT_QPA_PLATFORM="xcb"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert cover.stdout.readline().strip() == "shown"
+        x, y = session.point_at(hidden[0])
+        session.pointer("mousemove", "--sync", x, y)       # onto the other application
+        deadline = time.monotonic() + 30
+        while session.command("received")["over_window"]:
+            assert time.monotonic() < deadline, "Glance never heard the pointer leave"
+            time.sleep(0.05)
+        under_cover = (x + 3, y + 1)
+        session.pointer("mousemove", "--sync", *under_cover)
+    finally:
+        cover.kill()
+        cover.wait(timeout=30)
+    deadline = time.monotonic() + 30                        # gone from under the pointer
+    while not session.command("received")["over_window"]:
+        assert time.monotonic() < deadline, "Glance never heard the pointer come back"
+        time.sleep(0.05)
+    uncovered = (x - 3, y)
+    session.pointer("mousemove", "--sync", *uncovered)
+    session.pointer("mousemove", "--sync", *session.point_at(shown[-1]))
+    session.command("flush")
+    session.quit()
+    with FeedbackStore.open(home) as store:
+        moves = store._rows("SELECT x, y FROM pointer_samples WHERE kind = 'move'")
+
+    def kept(x, y):
+        return any(abs(m["x"] - x) < 1 and abs(m["y"] - y) < 1 for m in moves)
+    assert not kept(*under_cover), "a point over the covering application was kept"
+    assert kept(*uncovered), "the words uncovered again were not recorded"
+    assert kept(*session.point_at(shown[-1])), moves

@@ -137,6 +137,11 @@ class PointerRecorder(BatchingRecorder):
         self._last_move_ns = -(1 << 62)
         self.coalesced = 0       # moves replaced by a newer one within 1/120 s
         self.last_event_mono_ns = time.monotonic_ns()   # for idle detection
+        # Whether the pointer is over Glance's window rather than over another application
+        # covering part of it: the window's area alone cannot tell. Set by the UI thread
+        # from the window system's enter and leave events (the hook may hear the first
+        # move onto a covering window a moment before the leave arrives: that one is kept).
+        self.over_window = True
 
     # --- producers -------------------------------------------------------------------
 
@@ -145,7 +150,7 @@ class PointerRecorder(BatchingRecorder):
               dx: float | None = None, dy: float | None = None) -> None:
         mono_ns = time.monotonic_ns() if mono_ns is None else mono_ns
         wall_ns = time.time_ns() if wall_ns is None else wall_ns
-        if not self.snapshot.on_window(x, y):      # over another application: not kept
+        if not (self.over_window and self.snapshot.on_window(x, y)):   # over another app
             with self._lock:
                 self.received += 1
                 self.off_window += 1

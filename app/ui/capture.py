@@ -83,6 +83,7 @@ class CaptureController(QObject):
             self._start_hotkey()
 
     def start(self) -> None:
+        self.recorder.over_window = self.window.underMouse()
         self.recorder.start()
         if self.global_ok:
             try:
@@ -281,6 +282,10 @@ class CaptureController(QObject):
                 self._window_state("minimized" if self.window.isMinimized() else "restored")
             elif kind in (QEvent.Type.Hide, QEvent.Type.Show):
                 self._window_state("hidden" if kind == QEvent.Type.Hide else "restored")
+            elif kind in (QEvent.Type.Enter, QEvent.Type.Leave):
+                # Leave also comes when the pointer moves onto a window that covers part
+                # of Glance's (another application's, or a dialog): not over a reply then.
+                self.recorder.over_window = kind == QEvent.Type.Enter
             return False
         if isinstance(event, QKeyEvent):
             if event.type() != QEvent.Type.KeyPress or not event.matches(QKeySequence.StandardKey.Copy):
