@@ -52,7 +52,7 @@ def ensure_checkpoint(gguf_path: str | os.PathLike, config: CheckpointConfig,
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = cache / checkpoint_key(gguf_path)
     # One converter at a time (a test run and a nightly job may race for the same file).
-    from .locks import lock_file
+    from feedback_store.locks import lock_file
     with open(cache / ".lock", "a+") as lock:
         lock_file(lock, blocking=True)
         if not (target / MARKER).exists() or (

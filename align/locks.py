@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from feedback_store.locks import lock_file, unlock_file
+from feedback_store.locks import FileLock, HeldElsewhere, held_elsewhere
 
 LOCK_FILE = Path("training") / "nightly.lock"   # under the data folder
 
@@ -16,35 +16,23 @@ class AlreadyRunning(RuntimeError):
 
 
 class TrainingLock:
-    """One nightly job at a time per data folder (fcntl lock, released by the OS if the
-    process dies)."""
+    """One nightly job at a time per data folder."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file = None
+        self._lock = FileLock(self.path, f"PID {os.getpid()}")
 
     def acquire(self) -> "TrainingLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        if not lock_file(handle, blocking=False):
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise AlreadyRunning(f"Another nightly training is running ({holder}); "
+        try:
+            self._lock.acquire()
+        except HeldElsewhere as held:
+            raise AlreadyRunning(f"Another nightly training is running ({held.holder}); "
                                  "this one stops here. Try again when it has finished.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"PID {os.getpid()}")
-        handle.flush()
-        os.chmod(self.path, 0o600)
-        self._file = handle
         return self
 
     def release(self) -> None:
-        if self._file is not None:
-            unlock_file(self._file)
-            self._file.close()
-            self._file = None
+        self._lock.release()
 
     def __enter__(self):
         return self.acquire()
@@ -55,11 +43,4 @@ class TrainingLock:
 
 def job_running(data_dir: Path) -> bool:
     """Whether a nightly job holds the training lock of ``data_dir`` now."""
-    path = Path(data_dir) / LOCK_FILE
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        if not lock_file(handle, blocking=False):
-            return True
-        unlock_file(handle)
-    return False
+    return held_elsewhere(Path(data_dir) / LOCK_FILE) is not None

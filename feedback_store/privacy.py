@@ -14,6 +14,7 @@ from . import tables
 from .connection import quote, translate
 from .errors import DatabaseLocked, StoreError
 from .keys import forget_key
+from .locks import STORE_LOCK_FILE, held_elsewhere
 from .paths import WRITE_PROBE_PREFIX
 
 
@@ -133,6 +134,9 @@ def _refuse_if_in_use(path: Path) -> None:
     files under it would leave it writing into unlinked files and creating new ones
     beside a deleted key, i.e. half-deleted. Refuse, naming it; nothing is deleted.
     Needs no key: DuckDB checks the file lock before the encryption."""
+    holder = held_elsewhere(path.with_name(STORE_LOCK_FILE))
+    if holder is not None:
+        raise DatabaseLocked(path, holder)
     if not path.exists():
         return
     con = duckdb.connect(":memory:")

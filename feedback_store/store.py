@@ -22,8 +22,9 @@ from .connection import (ATTACH_ALIAS, VERIFIED_FILE, attach, connect, detach, t
                          translate)
 from .consent import ConsentManager
 from .conversations import Conversation, ConversationManager, Message, new_id  # noqa: F401
-from .errors import SchemaTooNew, StoreError
+from .errors import DatabaseLocked, SchemaTooNew, StoreError
 from .keys import DatabaseKey, load_or_create_key
+from .locks import STORE_LOCK_FILE, FileLock, HeldElsewhere, this_process
 from .paths import ensure_private_dir, glance_home
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
@@ -77,8 +78,10 @@ class _SharedExclusiveLock:
 
 
 class FeedbackStore:
-    def __init__(self, data_dir: Path, con, key: DatabaseKey, capacity: int):
+    def __init__(self, data_dir: Path, con, key: DatabaseKey, capacity: int,
+                 lock: FileLock | None = None):
         self.data_dir = data_dir
+        self._lock = lock
         self.path = data_dir / DATABASE_FILE
         self._key = key
         self._con = con
@@ -112,6 +115,19 @@ class FeedbackStore:
         os.umask(0o077)
         data_dir = ensure_private_dir(Path(data_dir) if data_dir else glance_home())
         path = data_dir / DATABASE_FILE
+        lock = FileLock(data_dir / STORE_LOCK_FILE, this_process())
+        try:
+            lock.acquire()
+        except HeldElsewhere as held:
+            raise DatabaseLocked(path, held.holder) from None
+        try:
+            return cls._open_locked(data_dir, path, capacity, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, data_dir: Path, path: Path, capacity: int, lock) -> "FeedbackStore":
         key = load_or_create_key(data_dir, path)
         con = connect(data_dir, verified_note=data_dir / VERIFIED_FILE)
         try:
@@ -138,7 +154,7 @@ class FeedbackStore:
             con.close()
             raise translate(error, path) from error
         try:
-            store = cls(data_dir, con, key, capacity)   # reads settings, consents, ...
+            store = cls(data_dir, con, key, capacity, lock)   # reads settings, consents, ...
         except duckdb.Error as error:                  # a damaged block is met here too
             con.close()
             raise translate(error, path) from error
@@ -169,7 +185,9 @@ class FeedbackStore:
             self._con.execute("CHECKPOINT")
         finally:
             self._con.close()
-        self._restrict_file_modes()
+            self._restrict_file_modes()
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self):
         return self

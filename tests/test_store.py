@@ -65,10 +65,15 @@ def test_database_locked_by_another_process_names_it(home):
         """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         assert holder.stdout.readline().strip() == "open"
+        # The holder may be compacting: the open that is refused must not touch its
+        # half-written copy (the recovery of a crashed compaction deleted it first).
+        compacting = home / "glance.compact.db"
+        compacting.write_bytes(b"being written by the holder")
         with pytest.raises(DatabaseLocked) as raised:
             FeedbackStore.open(home)
         assert f"PID {holder.pid}" in str(raised.value)
         assert "another process" in str(raised.value)
+        assert compacting.read_bytes() == b"being written by the holder"
     finally:
         holder.kill()
         holder.wait()
