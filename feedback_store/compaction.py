@@ -26,6 +26,9 @@ from .keys import (DatabaseKey, discard_staged_key, fsync_path, promote_staged_k
                    stage_next_key, staged_key)
 
 FRESH_FILE = "glance.compact.db"
+# Set (in app_settings) with the deletion that needs a compaction at close, so a process
+# killed before its close leaves the next one to do it; the compacted copy never has it.
+PENDING_SETTING = "compaction_pending"
 STEPS = ("stage_key", "write_fresh", "detach_old", "swap_file", "promote_key", "reattach")
 
 
@@ -43,6 +46,7 @@ def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> Da
 
     con.execute(f"ATTACH '{quote(fresh)}' AS glance_fresh (ENCRYPTION_KEY '{new_key.hex}')")
     con.execute(f"COPY FROM DATABASE {alias} TO glance_fresh")
+    con.execute("DELETE FROM glance_fresh.app_settings WHERE key = ?", [PENDING_SETTING])
     rewrite_second_header(con, "glance_fresh")
     con.execute("DETACH glance_fresh")
     fsync_path(fresh)

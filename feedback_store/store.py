@@ -26,6 +26,7 @@ from .errors import DatabaseLocked, SchemaTooNew, StoreError
 from .keys import DatabaseKey, load_or_create_key
 from .locks import STORE_LOCK_FILE, FileLock, HeldElsewhere, this_process
 from .paths import ensure_private_dir, glance_home
+from .privacy import is_glance_entry
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
 from .traces import TraceReader
@@ -89,7 +90,6 @@ class FeedbackStore:
         self._cursors: list = []            # every thread's read cursor, to close them all
         self._cursors_lock = threading.Lock()
         self._reading = _SharedExclusiveLock()
-        self._expired_pending = False       # retention deleted rows: compact on close
         self.writer = Writer(con, capacity=capacity)
         self.settings = SettingsManager(self)
         self.models = ModelList(self)
@@ -103,6 +103,9 @@ class FeedbackStore:
         self.writer.keep_rows = self.samples.not_deleted
         self.writer.start()
         self.closed = False
+        # Rows expired in a session that never closed (killed, logged out) are still in
+        # the file's blocks: this close compacts them.
+        self._expired_pending = bool(self.settings.get(compaction.PENDING_SETTING, False))
 
     @property
     def key_storage(self) -> str:
@@ -196,8 +199,10 @@ class FeedbackStore:
         self.close()
 
     def _restrict_file_modes(self) -> None:
+        # Glance's files only: the folder may also hold the user's (GLANCE_HOME set to a
+        # folder in use); their scripts stayed 0600, no longer executable.
         for child in self.data_dir.iterdir():
-            if child.is_file():
+            if child.is_file() and not child.is_symlink() and is_glance_entry(child):
                 os.chmod(child, 0o600)
 
     # --- reading and writing -------------------------------------------------------------
@@ -269,6 +274,7 @@ class FeedbackStore:
         with self._reading.exclusive():
             self._drop_cursors()   # they hold the old catalog
             self._key = compaction.rewrite(con, self.data_dir, self.path, self._key, ATTACH_ALIAS)
+            self._expired_pending = False      # the rewrite left every deleted row behind
         self._restrict_file_modes()
 
     def apply_retention(self, now_wall_ns: int | None = None, wait: bool = True) -> int | None:
@@ -286,6 +292,9 @@ class FeedbackStore:
                 for table in tables.expiring_tables():
                     removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
                                            [cutoff]).fetchone()[0]
+                if removed:     # in the same transaction: a kill before close still compacts
+                    con.execute("INSERT OR REPLACE INTO app_settings VALUES (?, 'true')",
+                                [compaction.PENDING_SETTING])
             if removed:
                 self._expired_pending = True
             return removed

@@ -321,6 +321,40 @@ def test_expired_text_is_gone_from_the_file_not_only_from_the_tables(store, home
     assert not any(b"EXPIRED-MARKER-8812" in block.plaintext for block in blocks)
 
 
+def test_rows_expired_by_a_session_that_was_killed_are_compacted_by_the_next(home):
+    """The compaction owed to expired rows was remembered only in memory: a window killed
+    before it closed (logout, a crash) left the expired text in the file for good, as
+    the next day's retention pass found nothing more to delete."""
+    script = textwrap.dedent(f"""
+        import os, time
+        from feedback_store import FeedbackStore
+        store = FeedbackStore.open({str(home)!r})
+        store.consent.set("pointer", True)
+        shown = store.samples.record_shown_reply(
+            session_id="s", message_id="EXPIRED-MARKER-5120", conversation_id="c",
+            geometry=(0, 0, 10, 10), device_pixel_ratio=1.0,
+            rendered_text="EXPIRED-MARKER-5120 the reply as shown", layout=[])
+        store._write("UPDATE shown_replies SET shown_wall_ns = ? WHERE id = ?",
+                     (time.time_ns() - 100 * 86_400 * 10**9, shown))
+        store.flush()
+        store.compact()
+        store._write("CHECKPOINT")
+        assert store.apply_retention() == 1
+        os._exit(0)                                 # killed: no close
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)
+    from feedback_store.audit import decrypt_database_files
+    key = load_or_create_key(home, home / "glance.db")
+    assert any(b"EXPIRED-MARKER-5120" in block.plaintext      # control: still readable
+               for block in decrypt_database_files(home, key.hex))
+    FeedbackStore.open(home).close()                # the next session's close compacts
+    key = load_or_create_key(home, home / "glance.db")
+    assert not any(b"EXPIRED-MARKER-5120" in block.plaintext
+                   for block in decrypt_database_files(home, key.hex))
+    with FeedbackStore.open(home) as store:         # and owes nothing more
+        assert store._expired_pending is False
+
+
 def test_cli_data_and_consent_commands(home, tmp_path):
     assert run_glance("consent", "set", "pointer", "on", home=home).returncode == 0
     bad = run_glance("consent", "set", "telepathy", "on", home=home)

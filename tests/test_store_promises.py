@@ -175,6 +175,17 @@ def test_delete_all_while_the_app_runs_is_refused_naming_it(stored_home, qtbot):
     assert list(stored_home.iterdir()) == []
 
 
+def test_the_users_own_files_in_the_data_folder_keep_their_modes(stored_home):
+    """Every file in the folder was made 0600 at each open and close: a script of the
+    user's in a GLANCE_HOME they also use was no longer executable."""
+    script = stored_home / "backup.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    FeedbackStore.open(stored_home).close()
+    assert script.stat().st_mode & 0o777 == 0o755
+    assert (stored_home / "glance.db").stat().st_mode & 0o777 == 0o600
+
+
 def test_delete_everything_deletes_only_what_glance_made(stored_home, tmp_path):
     """GLANCE_HOME may name a folder with the user's own files in it (a typo, their home
     folder): `data delete --all` removes Glance's files and leaves theirs, saying so."""
