@@ -67,12 +67,14 @@ def delete_conversation(store: FeedbackStore, conversation_id: str, training_lin
     """Delete a conversation (store: rows, compaction under a new key), then retire every
     personal adapter that learned from it (docs/nightly.md §8). The window and
     ``glance data delete`` both come here."""
-    store.delete_conversation(conversation_id)
-    if training_link is not None:
-        training_link.tidy()          # also tells the window the active version changed
-    else:
-        from align.adapters import adapters_dir, retire_stale
-        retire_stale(store, adapters_dir(store.data_dir))
+    try:
+        store.delete_conversation(conversation_id)
+    finally:    # deleted even when its compaction failed: no adapter may keep it either
+        if training_link is not None:
+            training_link.tidy()          # also tells the window the active version changed
+        else:
+            from align.adapters import adapters_dir, retire_stale
+            retire_stale(store, adapters_dir(store.data_dir))
 
 
 class AppSession:

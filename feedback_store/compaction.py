@@ -7,7 +7,9 @@ destroying the old one makes every such leftover undecryptable.
 
 The steps, in order, each safe to be killed after:
   stage_key    a new key is written durably beside the key in force
-  write_fresh  every live row is copied into glance.compact.db under the new key
+  copy_rows    every live row is copied into glance.compact.db under the new key
+  write_fresh  ... and that file is complete and on disk (a failure before here, a full
+               disk typically, leaves the old file and key in force and the store usable)
   detach_old   the old file is checkpointed and closed
   swap_file    glance.compact.db atomically replaces glance.db (fsynced)
   promote_key  the new key becomes the key in force; the old key is overwritten
@@ -29,7 +31,7 @@ FRESH_FILE = "glance.compact.db"
 # Set (in app_settings) with the deletion that needs a compaction at close, so a process
 # killed before its close leaves the next one to do it; the compacted copy never has it.
 PENDING_SETTING = "compaction_pending"
-STEPS = ("stage_key", "write_fresh", "detach_old", "swap_file", "promote_key", "reattach")
+STEPS = ("stage_key", "copy_rows", "write_fresh", "detach_old", "swap_file", "promote_key", "reattach")
 
 
 def _after_step(name: str) -> None:
@@ -44,12 +46,20 @@ def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> Da
     new_key = stage_next_key(data_dir, key.storage)
     _after_step("stage_key")
 
-    con.execute(f"ATTACH '{quote(fresh)}' AS glance_fresh (ENCRYPTION_KEY '{new_key.hex}')")
-    con.execute(f"COPY FROM DATABASE {alias} TO glance_fresh")
-    con.execute("DELETE FROM glance_fresh.app_settings WHERE key = ?", [PENDING_SETTING])
-    rewrite_second_header(con, "glance_fresh")
-    con.execute("DETACH glance_fresh")
-    fsync_path(fresh)
+    try:
+        con.execute(f"ATTACH '{quote(fresh)}' AS glance_fresh (ENCRYPTION_KEY '{new_key.hex}')")
+        con.execute(f"COPY FROM DATABASE {alias} TO glance_fresh")
+        _after_step("copy_rows")
+        con.execute("DELETE FROM glance_fresh.app_settings WHERE key = ?", [PENDING_SETTING])
+        rewrite_second_header(con, "glance_fresh")
+        con.execute("DETACH glance_fresh")
+        fsync_path(fresh)
+    except BaseException:
+        # (A full disk, typically: the copy needs as much room again.) The old file and
+        # key stay in force and the store stays usable; left attached, the copy made
+        # every later compaction of this session fail.
+        _abandon_fresh(con, fresh, data_dir)
+        raise
     _after_step("write_fresh")
 
     con.execute("USE memory")
@@ -68,6 +78,15 @@ def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> Da
     con.execute(f"USE {alias}")
     _after_step("reattach")
     return in_force
+
+
+def _abandon_fresh(con, fresh: Path, data_dir: Path) -> None:
+    try:
+        con.execute("DETACH DATABASE IF EXISTS glance_fresh")
+    except Exception:  # noqa: BLE001 - cleaning up after the error being raised
+        pass
+    fresh.unlink(missing_ok=True)
+    discard_staged_key(data_dir)
 
 
 def rewrite_second_header(con, alias: str) -> None:

@@ -78,6 +78,13 @@ class _SharedExclusiveLock:
         return _Exclusive()
 
 
+def owe_compaction(con) -> None:
+    """Inside a deletion's transaction: the file must be compacted, by this session's
+    close or, if it never closes, by the next one's."""
+    con.execute("INSERT OR REPLACE INTO app_settings VALUES (?, 'true')",
+                [compaction.PENDING_SETTING])
+
+
 class FeedbackStore:
     def __init__(self, data_dir: Path, con, key: DatabaseKey, capacity: int,
                  lock: FileLock | None = None):
@@ -105,7 +112,7 @@ class FeedbackStore:
         self.closed = False
         # Rows expired in a session that never closed (killed, logged out) are still in
         # the file's blocks: this close compacts them.
-        self._expired_pending = bool(self.settings.get(compaction.PENDING_SETTING, False))
+        self._compaction_owed = bool(self.settings.get(compaction.PENDING_SETTING, False))
 
     @property
     def key_storage(self) -> str:
@@ -182,7 +189,7 @@ class FeedbackStore:
                 # transactions active" at the end of `glance data status`).
                 self._drop_cursors()
             self.consent.persist_refusals(self._con)
-            if self._expired_pending:       # expired rows: crypto-erase before closing
+            if self._compaction_owed:       # deleted or expired rows: crypto-erase before closing
                 self._key = compaction.rewrite(self._con, self.data_dir, self.path, self._key,
                                                ATTACH_ALIAS)
             self._con.execute("CHECKPOINT")
@@ -261,9 +268,19 @@ class FeedbackStore:
                 for table in tables.conversation_tables():
                     column = "id" if table.name == "conversations" else table.key_column
                     con.execute(f"DELETE FROM {table.name} WHERE {column} = ?", [conversation_id])
+                if compact:         # done at once below; if that fails, owed till it works
+                    owe_compaction(con)
+            self._compaction_owed = compact or self._compaction_owed
         self.writer.call(delete)
         if compact:
-            self.compact()
+            try:
+                self.compact()
+            except Exception as error:  # noqa: BLE001 - said to the user, retried at close
+                reason = getattr(error, "strerror", None) or str(error)
+                raise StoreError(
+                    "The conversation was deleted, but the database could not be rewritten "
+                    f"to erase its text from the file for good ({reason}). Free some disk "
+                    "space: Glance tries again when it closes.") from error
 
     def compact(self) -> None:
         """Rewrite the database into a fresh file under a new key (crypto-erase)."""
@@ -274,7 +291,7 @@ class FeedbackStore:
         with self._reading.exclusive():
             self._drop_cursors()   # they hold the old catalog
             self._key = compaction.rewrite(con, self.data_dir, self.path, self._key, ATTACH_ALIAS)
-            self._expired_pending = False      # the rewrite left every deleted row behind
+            self._compaction_owed = False      # the rewrite left every deleted row behind
         self._restrict_file_modes()
 
     def apply_retention(self, now_wall_ns: int | None = None, wait: bool = True) -> int | None:
@@ -293,10 +310,9 @@ class FeedbackStore:
                     removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
                                            [cutoff]).fetchone()[0]
                 if removed:     # in the same transaction: a kill before close still compacts
-                    con.execute("INSERT OR REPLACE INTO app_settings VALUES (?, 'true')",
-                                [compaction.PENDING_SETTING])
+                    owe_compaction(con)
             if removed:
-                self._expired_pending = True
+                self._compaction_owed = True
             return removed
         if wait:
             return self.writer.call(purge)

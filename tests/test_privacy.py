@@ -352,7 +352,7 @@ def test_rows_expired_by_a_session_that_was_killed_are_compacted_by_the_next(hom
     assert not any(b"EXPIRED-MARKER-5120" in block.plaintext
                    for block in decrypt_database_files(home, key.hex))
     with FeedbackStore.open(home) as store:         # and owes nothing more
-        assert store._expired_pending is False
+        assert store._compaction_owed is False
 
 
 def test_cli_data_and_consent_commands(home, tmp_path):

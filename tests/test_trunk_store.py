@@ -190,8 +190,47 @@ def test_a_kill_after_any_compaction_step_leaves_a_database_that_opens(home, ste
         ids = {c.id for c in store.conversations.list()}
         assert "kept" in ids and "doomed" not in ids   # the delete committed before compaction
         assert [m.content for m in store.conversations.messages("kept")] == ["kept text"]
+        # Killed before the compacted file took over: its close owes the compaction.
+        assert store._compaction_owed == (STEPS.index(step) < STEPS.index("swap_file"))
     assert not (home / "glance.key.next").exists()
     assert not (home / "glance.compact.db").exists()
+
+
+def test_a_compaction_that_fails_leaves_the_store_working_and_is_owed(home, monkeypatch):
+    """A full disk during the copy (it needs the database's size again) left the copy
+    attached: every later deletion of the session failed with a binder error, and the
+    deleted text was never erased. Now the failure says what happened, the next deletion
+    compacts, and one left owed is done when the store closes."""
+    from feedback_store import compaction
+    from feedback_store.errors import StoreError
+
+    def full_disk(step):
+        if step == "copy_rows":
+            raise OSError(28, "No space left on device")
+    store = FeedbackStore.open(home)
+    for name in ("first", "second", "kept"):
+        store.conversations.create(Conversation(title=name, id=name))
+    old_key = (home / "glance.key").read_text()
+    monkeypatch.setattr(compaction, "_after_step", full_disk)
+    with pytest.raises(StoreError, match="No space left on device") as raised:
+        store.delete_conversation("first")
+    assert "was deleted" in str(raised.value)
+    assert not (home / "glance.compact.db").exists() and not (home / "glance.key.next").exists()
+    assert (home / "glance.key").read_text() == old_key
+    assert store._compaction_owed
+    monkeypatch.undo()                                   # space freed
+    store.delete_conversation("second")
+    assert (home / "glance.key").read_text() != old_key
+    assert not store._compaction_owed
+    monkeypatch.setattr(compaction, "_after_step", full_disk)
+    with pytest.raises(StoreError):
+        store.delete_conversation("kept")
+    monkeypatch.undo()
+    key_before_close = (home / "glance.key").read_text()
+    store.close()                                        # the owed compaction
+    assert (home / "glance.key").read_text() != key_before_close
+    with FeedbackStore.open(home) as store:
+        assert store.conversations.list() == [] and not store._compaction_owed
 
 
 def test_no_fragment_of_the_key_stays_in_a_new_or_compacted_file(home):
