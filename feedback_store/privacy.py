@@ -21,7 +21,7 @@ from .paths import WRITE_PROBE_PREFIX
 def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
     """Write every table as Parquet plus manifest.json into a new folder under
     ``destination``. Written to a hidden temporary folder first and renamed at the end,
-    so a failure (unwritable, disk full) leaves no partial export behind."""
+    so a failure (unwritable, disk full, Ctrl-C) leaves no partial export behind."""
     destination = Path(destination).expanduser()
     if destination.exists() and not destination.is_dir():
         raise StoreError(f"Cannot export to {destination}: it is a file, not a folder. "
@@ -34,6 +34,11 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
                          "encrypted and must live somewhere you choose. Choose another folder.")
     try:
         destination.mkdir(parents=True, exist_ok=True)
+        # An export killed half-way (there is no cleaning up after a kill) left plain
+        # copies of some tables here: the next export to this folder removes them.
+        for stale in destination.glob(".glance-export-*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".glance-export-", dir=destination))
     except OSError as error:
         raise StoreError(f"Cannot export to {destination}: {error.strerror or error}. "
@@ -59,8 +64,10 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
         if final.exists():
             final = final.with_name(final.name + f"-{os.getpid()}")
         staging.rename(final)
-    except Exception as error:
+    except BaseException as error:          # Ctrl-C too: no partial plain copy stays
         shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, Exception):
+            raise
         reason = getattr(error, "strerror", None) or str(error)
         raise StoreError(f"Export to {destination} failed ({reason}); nothing was left "
                          "behind. Free some space or choose another folder.") from error

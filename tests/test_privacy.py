@@ -14,7 +14,8 @@ import keyring.errors
 import pytest
 
 from feedback_store import (
-    CONSENT_TEXT_VERSION, GazeSample, PointerSample, FeedbackStore, KeyringLocked, MissingKey, StoreError, WrongKey,
+    CONSENT_TEXT_VERSION, GazeSample, PointerSample, FeedbackStore, KeyringLocked, Message,
+    MissingKey, StoreError, WrongKey,
 )
 from feedback_store.connection import open_encrypted
 from feedback_store.keys import load_or_create_key
@@ -270,6 +271,25 @@ def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
     assert "REFUSED" in result.stdout, result.stdout + result.stderr
     assert "nothing was left" in result.stdout
     assert list(destination.iterdir()) == []
+
+
+def test_an_export_stopped_half_way_leaves_no_plain_copy(store, tmp_path):
+    """Ctrl-C during an export left its hidden staging folder, with plain copies of the
+    tables written so far; one left by a killed export stayed for good."""
+    store.conversations.add_message(Message(conversation_id="c", role="user",
+                                            content="EXPORT-MARKER-4471"))
+    destination = tmp_path / "exports"
+
+    def interrupted(done, total):
+        raise KeyboardInterrupt                      # what Ctrl-C raises, after a table
+    with pytest.raises(KeyboardInterrupt):
+        export_all(store, destination, progress=interrupted)
+    assert list(destination.iterdir()) == []
+    killed = destination / ".glance-export-k1ll3d"    # as a kill leaves it
+    killed.mkdir()
+    (killed / "messages.parquet").write_text("EXPORT-MARKER-4471")
+    done = export_all(store, destination)
+    assert list(destination.iterdir()) == [done]
 
 
 def test_retention_removes_old_signals_only(service, store):
