@@ -6,6 +6,7 @@ enforced here rather than in the UI. No Qt in this package.
 """
 from .errors import (
     StoreError, DatabaseLocked, SchemaTooNew, WrongKey, MissingKey, KeyringLocked,
+    KeyringUnavailable,
     DataDirUnwritable, ConsentRequired, UnknownConversation,
 )
 from .paths import glance_home
@@ -17,6 +18,6 @@ from .store import Conversation, FeedbackStore, Message
 __all__ = [
     "FeedbackStore", "Message", "Conversation", "glance_home", "SIGNALS", "Signal",
     "CONSENT_TEXT_VERSION", "PointerSample", "GazeSample", "ViewportEvent", "ReplyAction", "MalformedSample", "StoreError",
-    "DatabaseLocked", "SchemaTooNew", "WrongKey", "MissingKey", "KeyringLocked",
+    "DatabaseLocked", "SchemaTooNew", "WrongKey", "MissingKey", "KeyringLocked", "KeyringUnavailable",
     "DataDirUnwritable", "ConsentRequired", "UnknownConversation",
 ]

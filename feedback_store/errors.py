@@ -63,6 +63,16 @@ class KeyringLocked(StoreError):
         )
 
 
+class KeyringUnavailable(StoreError):
+    def __init__(self, path, reason: str):
+        super().__init__(
+            f"The key of the database {path} is kept in the system keyring, which cannot be "
+            f"reached from here ({reason}). Nothing was changed, and the key is not lost. "
+            "Run Glance in your desktop session (not over ssh, cron or before you log in), "
+            "or start the keyring service."
+        )
+
+
 class DataDirUnwritable(StoreError):
     def __init__(self, path, reason: str):
         super().__init__(

@@ -15,13 +15,17 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DamagedKey, KeyringLocked, MissingKey
+from .errors import DamagedKey, KeyringLocked, KeyringUnavailable, MissingKey
 from .locks import lock_file, unlock_file
 
 KEYRING_SERVICE = "Glance"
 KEY_FILE_NAME = "glance.key"
 NEXT_KEY_FILE_NAME = "glance.key.next"
 FIRST_KEY_LOCK = "glance.key.lock"   # only while a fresh folder's first key is made
+# Says the key is in the keyring (no secret in it): without it, a keyring that cannot be
+# reached (ssh, cron, before login) looked the same as a lost key, and the advice was to
+# reset, i.e. to delete data whose key was safe.
+KEYRING_NOTE = "glance.keyring"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,25 @@ def _write_keyring(data_dir: Path, value: str, staged: bool = False) -> bool:
         raise KeyringLocked() from error
     except keyring.errors.KeyringError:
         return False
+
+
+def _keyring_problem(data_dir: Path) -> str | None:
+    """Why the keyring cannot be asked now (None: it answers)."""
+    keyring = _keyring()
+    try:
+        keyring.get_password(KEYRING_SERVICE, _keyring_user(data_dir))
+    except keyring.errors.KeyringError as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def _note_key_in_keyring(data_dir: Path, in_keyring: bool) -> None:
+    note = data_dir / KEYRING_NOTE
+    if in_keyring and not note.exists():
+        _write_synced(note, f"The database key of this folder is in the system keyring "
+                            f"(service {KEYRING_SERVICE!r}, user {_keyring_user(data_dir)!r}).\n")
+    elif not in_keyring:
+        note.unlink(missing_ok=True)
 
 
 def _delete_keyring(data_dir: Path, staged: bool = False) -> None:
@@ -142,7 +165,11 @@ def load_or_create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
                 return key
             if database_file.exists():
                 # Never create a fresh key for an existing database: it would lock the
-                # user out. (Its key is made before it, under this lock: it is lost.)
+                # user out. (Its key is made before it, under this lock: it is lost,
+                # unless it is in a keyring that cannot be reached from here.)
+                problem = ((data_dir / KEYRING_NOTE).exists() and _keyring_problem(data_dir))
+                if problem:
+                    raise KeyringUnavailable(database_file, problem)
                 raise MissingKey(database_file)
             return _create_key(data_dir, database_file)
         finally:
@@ -160,12 +187,16 @@ def _existing_key(data_dir: Path, database_file: Path) -> DatabaseKey | None:
     if key_file.exists():
         return _read_key_file(key_file, database_file)
     stored = _read_keyring(data_dir)
-    return DatabaseKey(stored, "keyring") if stored else None
+    if not stored:
+        return None
+    _note_key_in_keyring(data_dir, True)      # (folders made before the note existed)
+    return DatabaseKey(stored, "keyring")
 
 
 def _create_key(data_dir: Path, database_file: Path) -> DatabaseKey:
     fresh = secrets.token_hex(32)
     if _write_keyring(data_dir, fresh):
+        _note_key_in_keyring(data_dir, True)
         return DatabaseKey(fresh, "keyring")
     try:
         _create_key_file(data_dir / KEY_FILE_NAME, fresh)
@@ -226,11 +257,13 @@ def promote_staged_key(data_dir: Path, staged: DatabaseKey) -> DatabaseKey:
         _shred_file(key_file)
         key_file.unlink(missing_ok=True)
         _delete_keyring(data_dir, staged=True)
+        _note_key_in_keyring(data_dir, True)
         return DatabaseKey(staged.hex, "keyring")
     _shred_file(key_file)
     os.replace(data_dir / NEXT_KEY_FILE_NAME, key_file)
     fsync_path(data_dir)
     _delete_keyring(data_dir)  # a key file now rules; never leave an older keyring copy
+    _note_key_in_keyring(data_dir, False)
     return DatabaseKey(staged.hex, "file")
 
 
@@ -249,3 +282,4 @@ def forget_key(data_dir: Path) -> None:
         (data_dir / name).unlink(missing_ok=True)
     _delete_keyring(data_dir)
     _delete_keyring(data_dir, staged=True)
+    _note_key_in_keyring(data_dir, False)

@@ -198,6 +198,28 @@ def test_missing_key_is_refused_never_replaced(home):
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
 
 
+def test_a_keyring_out_of_reach_is_not_called_a_lost_key(home):
+    """Over ssh, from cron or before login the keyring cannot be asked: that was reported
+    as a missing key, with the advice to reset (delete all data whose key was safe)."""
+    import keyring.backends.fail
+    from feedback_store import KeyringUnavailable
+    previous = keyring.get_keyring()
+    keyring.set_keyring(MemoryKeyring())
+    try:
+        FeedbackStore.open(home).close()
+        assert not (home / "glance.key").exists()         # the key is in the keyring
+        database = home / "glance.db"
+        before = hashlib.sha256(database.read_bytes()).hexdigest()
+        keyring.set_keyring(keyring.backends.fail.Keyring())
+        with pytest.raises(KeyringUnavailable) as raised:
+            FeedbackStore.open(home)
+        assert "not lost" in str(raised.value) and "delete" not in str(raised.value)
+        assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+        assert not (home / "glance.key").exists()
+    finally:
+        keyring.set_keyring(previous)
+
+
 def test_locked_keyring_is_a_clear_error(home):
     class LockedKeyring(MemoryKeyring):
         def get_password(self, service, username):
