@@ -57,6 +57,9 @@ def ensure_checkpoint(gguf_path: str | os.PathLike, config: CheckpointConfig,
         lock_file(lock, blocking=True)
         if not (target / MARKER).exists() or (
                 tokenizer and not json.loads((target / MARKER).read_text()).get("tokenizer", True)):
+            # First: a conversion that failed or was killed left a float32 copy of a
+            # model (GBs) that a failing conversion each night would add to, up to a full disk.
+            _remove_stale_conversions(cache)
             _convert(gguf_path, target, log, tokenizer)
         os.utime(target / MARKER)   # last use, for pruning
         _prune(cache, config.keep, target)
@@ -72,16 +75,20 @@ def _convert(gguf_path: Path, target: Path, log, with_tokenizer: bool = True) ->
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     folder, name = str(gguf_path.parent), gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    # The GGUF quantizer stays attached after dequantising; save_pretrained and the
-    # trainers refuse a model that still says it is quantized.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    model.save_pretrained(staging)
-    if with_tokenizer:
-        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(staging)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # The GGUF quantizer stays attached after dequantising; save_pretrained and the
+        # trainers refuse a model that still says it is quantized.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        model.save_pretrained(staging)
+        if with_tokenizer:
+            AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     info = {"tokenizer": with_tokenizer, "gguf": str(gguf_path), "size": gguf_path.stat().st_size,
             "mtime_ns": gguf_path.stat().st_mtime_ns,
             "model_type": model.config.model_type,
@@ -98,6 +105,10 @@ def _prune(cache: Path, keep: int, current: Path) -> None:
     for old in done[max(keep, 1):]:
         if old != current:
             shutil.rmtree(old, ignore_errors=True)
+    _remove_stale_conversions(cache)
+
+
+def _remove_stale_conversions(cache: Path) -> None:
     for stale in cache.glob(".*.tmp-*"):     # a conversion killed half-way
         pid = stale.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _alive(int(pid)):

@@ -1,6 +1,7 @@
 """The DPO stage: the trainer's loss is the robust DPO + NLL loss with each pair's own ε
 (matched to a hand computation), the split forward equals the plain one, an interrupted
 run resumes from its checkpoint, and the job is polite (priority, lock, battery)."""
+import importlib.util
 import math
 import os
 import shutil
@@ -260,3 +261,21 @@ def test_battery_detection_reads_the_power_supplies(tmp_path):
     (tmp_path / "AC" / "online").write_text("1\n")
     assert on_battery(tmp_path) is False
     assert on_battery(tmp_path / "missing") is False
+
+
+def test_a_failed_conversion_leaves_no_copy_of_the_model_behind(tmp_path):
+    """A conversion that fails (a full disk, a model transformers cannot read) left its
+    partial float32 copy, and each night's new try added one more: nothing removed them
+    but a conversion that worked."""
+    require(importlib.util.find_spec("transformers") is not None, "transformers is missing")
+    from align.checkpoint import CheckpointConfig, ensure_checkpoint
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    left = cache / ".0123456789abcdef.tmp-999999999"      # last night's, its process gone
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"\0" * 1024)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(Exception):
+        ensure_checkpoint(broken, CheckpointConfig(cache_dir=cache), log=lambda m: None)
+    assert [p.name for p in cache.iterdir()] == [".lock"]
