@@ -36,6 +36,9 @@ GGUF_NAMES = {
 ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False),
                  "qwen3": ("qwen3", False), "gemma3": ("gemma3", False),
                  "gemma3_text": ("gemma3", False)}
+# A model's GGUF says its llama.cpp architecture (general.architecture): the nightly job
+# asks this before hours of training that could not be exported.
+EXPORTABLE = {architecture for architecture, _ in ARCHITECTURES.values()}
 _PEFT_KEY = re.compile(r"layers\.(\d+)\.((?:self_attn|mlp)\.\w+)\.lora_([AB])\.weight$")
 
 

@@ -321,9 +321,12 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
         return _record(config, result, started, clock, log, status="nothing_new",
                        message=f"Nothing new to learn: the same {len(pairs)} pairs as last time.")
 
+    model_path = Path(source["model"])
+    unsupported = _not_exportable(model_path)
+    if unsupported:
+        return _record(config, result, started, clock, log, status="skipped", message=unsupported)
     train, heldout = split_by_conversation(pairs, config.gate)   # both sides non-empty
     result["split"] = {"train": len(train), "heldout": len(heldout)}
-    model_path = Path(source["model"])
     outcome = _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log)
 
     # Was a conversation it learned from deleted while it trained?
@@ -392,6 +395,22 @@ def _refresh_reward_models(data_dir: Path) -> dict:
                                                "the next night will do it"}
     except Exception as error:  # noqa: BLE001 - the adapter's training does not depend on it
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+
+
+def _not_exportable(model_path: Path) -> str | None:
+    """Why no adapter can be made for this model (None: one can). Read from its GGUF
+    header in milliseconds: found at export, it cost a whole night's training, every night."""
+    from app.models import ModelError, inspect_model
+    from .export_gguf import EXPORTABLE
+    try:
+        architecture = inspect_model(model_path)["architecture"]
+    except ModelError as error:
+        return f"The chat model cannot be trained on: {error}"
+    if architecture in EXPORTABLE:
+        return None
+    return (f"Personal adapters cannot be made for {model_path.name} yet: its architecture "
+            f"({architecture}) is not one Glance can export ({', '.join(sorted(EXPORTABLE))}). "
+            "The chat keeps using the model as it is.")
 
 
 def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log) -> dict:

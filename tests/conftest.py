@@ -192,3 +192,21 @@ def xvfb_display():
     server.terminate()
     server.wait()
     stderr.close()
+
+
+def write_gguf(path, architecture: str, with_tensor: bool):
+    """A well-formed GGUF with a chat template that inspection accepts but llama.cpp
+    cannot load (an architecture it does not know, or a llama without its weights)."""
+    import numpy as np
+    from gguf import GGUFWriter
+    writer = GGUFWriter(str(path), arch=architecture)
+    writer.add_name(f"broken {architecture}")
+    writer.add_context_length(2048)
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    if with_tensor:
+        writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

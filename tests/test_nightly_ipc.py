@@ -343,3 +343,21 @@ def test_a_run_whose_personalisation_was_turned_off_while_it_trained_is_not_publ
     assert not (home / "adapters").exists() or not any((home / "adapters").glob("v*"))
     with FeedbackStore.open(home) as store:
         assert store.training.pairs_used(result["run_id"]) == []
+
+
+def test_a_model_no_adapter_can_be_made_for_is_said_before_any_training(home, tmp_path):
+    """transformers converts more architectures than Glance can export to llama.cpp: the
+    job trained all night and failed at the export, every night."""
+    from conftest import write_gguf
+    from nightly_support import seed_home
+    seed_home(home, topics=["tea", "maps"])
+    other = write_gguf(tmp_path / "phi.gguf", "phi3", True)
+    from app.models import inspect_model
+    with FeedbackStore.open(home) as store:
+        store.models.remember(inspect_model(other))          # the model the chat uses now
+    done = run_job(home)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["status"] == "skipped" and not result["trained"], result
+    assert "phi3" in result["message"] and "phi.gguf" in result["message"]
+    assert "checkpoint" not in result["timings"], result

@@ -4,7 +4,6 @@ that passes inspection but that llama.cpp refuses. The real window (offscreen Qt
 real model and the real encrypted store; dialogs are answered the way a user would."""
 import json
 
-import numpy as np
 import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QDialogButtonBox, QToolButton
@@ -14,7 +13,7 @@ from app.models import default_model_path
 from app.ui.dialogs import SettingsDialog
 from app.ui.main_window import MainWindow
 from feedback_store import FeedbackStore
-from conftest import quick_settings, run_glance
+from conftest import quick_settings, run_glance, write_gguf
 
 from test_ui import REPLY_TIMEOUT_MS, send_by_keyboard, widget_for
 
@@ -217,23 +216,6 @@ def test_dropped_turns_note_on_the_command_line(home):
 
 
 # --- a model llama.cpp refuses ------------------------------------------------------------------
-def write_gguf(path, architecture: str, with_tensor: bool):
-    """A well-formed GGUF with a chat template that inspection accepts but llama.cpp
-    cannot load (an architecture it does not know, or a llama without its weights)."""
-    from gguf import GGUFWriter
-    writer = GGUFWriter(str(path), arch=architecture)
-    writer.add_name(f"broken {architecture}")
-    writer.add_context_length(2048)
-    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    if with_tensor:
-        writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 BROKEN = [("glance_unknown_arch", True), ("llama", False)]
 
 
