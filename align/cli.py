@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from . import nightly_cli
     if nightly_cli.wants_nightly(args):
+        if args.command is not None:       # it ran the training and ignored the command
+            print(f"align: --nightly is a command of its own; run `align {args.command} …` "
+                  "without it", file=sys.stderr)
+            return 2
         return nightly_cli.run_nightly_command(args)
     stray = nightly_cli.stray_nightly_options(args)
     if stray:

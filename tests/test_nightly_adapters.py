@@ -194,6 +194,10 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
     stray = subprocess.run([sys.executable, "-m", "align.cli", "--max-pairs", "5", "status"],
                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert stray.returncode == 2 and "--max-pairs only go with --nightly" in stray.stderr
+    # --nightly with a command ran the training and ignored the command (no timer made).
+    both = subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "schedule", "install"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert both.returncode == 2 and "--nightly is a command of its own" in both.stderr
     # A database that cannot be read (here: the wrong key) is said, not hidden behind
     # "kept versions", and the command fails.
     (home / "glance.key").write_text("0" * 64)
