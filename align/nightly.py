@@ -78,9 +78,35 @@ def load_settings(config: NightlyConfig) -> NightlyConfig:
             current = getattr(target, key)
             if not _fits(target, key, value):
                 raise ValueError(f"{path}: {name}.{key} wants {_kind(target, key)}, not {value!r}")
+            wrong = _out_of_range(name, key, value)
+            if wrong:
+                raise ValueError(f"{path}: {name}.{key} {wrong}, not {value!r}")
             setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
     config.dpo = dpo
     return config
+
+
+# Whole numbers that may be 0 (the rest count things: 0 divided by zero, or kept nothing).
+_MAY_BE_ZERO = {"seed"}
+_NOT_SETTABLE = {("nightly", "data_dir"): "cannot be set here (this file belongs to its folder)"}
+
+
+def _out_of_range(section: str, key: str, value) -> str | None:
+    """Why a value of the right type still cannot be used (None: it can). Found late, a
+    batch of 0 pairs failed after the conversion with ZeroDivisionError, and keep_versions
+    -1 deleted every version that could be rolled back to."""
+    import math
+    if (section, key) in _NOT_SETTABLE:
+        return _NOT_SETTABLE[section, key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return "wants a finite number"
+    if isinstance(value, int) and key not in _MAY_BE_ZERO and value < 1:
+        return "wants a whole number of at least 1"
+    if value < 0:
+        return "wants a number of at least 0"
+    return None
 
 
 # A settings.json value for each declared type (``int | None`` ...), and its words.

@@ -23,7 +23,7 @@ def register(parser: argparse.ArgumentParser, subcommands) -> None:
     group.add_argument("--max-pairs", type=_positive, metavar="N",
                        help="train on at most N pairs (the most certain first)")
     group.add_argument("--skip-on-battery", action="store_true", help="do nothing on battery power")
-    group.add_argument("--skip-if-active", type=float, metavar="SECONDS",
+    group.add_argument("--skip-if-active", type=_seconds, metavar="SECONDS",
                        help="do nothing if the app saw you within SECONDS")
     group.add_argument("--json", dest="nightly_json", action="store_true",
                        help="with --nightly: print the result as JSON")
@@ -61,6 +61,17 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"wants a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"wants a number of seconds of at least 0, not {text!r}")
     return value
 
 

@@ -198,6 +198,11 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
     both = subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "schedule", "install"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert both.returncode == 2 and "--nightly is a command of its own" in both.stderr
+    for seconds in ("nan", "-5"):                   # the skip could never happen
+        odd = subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "--skip-if-active",
+                              seconds], capture_output=True, text=True, cwd=ROOT, env=env,
+                             timeout=120)
+        assert odd.returncode == 2 and "at least 0" in odd.stderr, odd.stderr
     # A database that cannot be read (here: the wrong key) is said, not hidden behind
     # "kept versions", and the command fails.
     (home / "glance.key").write_text("0" * 64)
@@ -303,13 +308,20 @@ def test_a_broken_settings_file_is_named_with_what_is_wrong(tmp_path):
                        ('{"dpo": {"epochs": "lots"}}', "dpo.epochs wants a whole number, not 'lots'"),
                        ('{"dpo": {"epochs": 1.5}}', "dpo.epochs wants a whole number, not 1.5"),
                        ('{"pairs": {"include_imported": 1}}', "wants true or false, not 1"),
-                       ('{"gate": {"nonsense": 1}}', "unknown gate setting 'nonsense'")):
+                       ('{"gate": {"nonsense": 1}}', "unknown gate setting 'nonsense'"),
+                       # the right type, and still unusable: found hours later, or never
+                       ('{"dpo": {"batch_pairs": 0}}', "dpo.batch_pairs wants a whole number "
+                                                       "of at least 1, not 0"),
+                       ('{"nightly": {"keep_versions": -1}}', "at least 1, not -1"),
+                       ('{"pairs": {"max_pairs": 0}}', "at least 1, not 0"),
+                       ('{"gate": {"max_kl_per_token": -0.1}}', "of at least 0, not -0.1"),
+                       ('{"nightly": {"data_dir": "/elsewhere"}}', "cannot be set here")):
         path.write_text(text)
         with pytest.raises(ValueError, match=re.escape(says)) as caught:
             load_settings(NightlyConfig(data_dir=tmp_path))
         assert str(path) in str(caught.value)
     path.write_text('{"dpo": {"epochs": 1, "target_modules": ["q_proj"], "token_budget": null,'
-                    ' "beta": 1}, "pairs": {"max_pairs": 5}}')
+                    ' "beta": 1, "seed": 0}, "pairs": {"max_pairs": 5}}')
     config = load_settings(NightlyConfig(data_dir=tmp_path))
     assert (config.dpo.epochs, config.dpo.target_modules, config.pairs.max_pairs) == (1, ("q_proj",), 5)
     assert config.dpo.token_budget is None and config.dpo.beta == 1   # null where None is allowed
