@@ -152,6 +152,10 @@ class DataDeleted(RuntimeError):
     or left behind (opening the store would create a new database in the wiped folder)."""
 
 
+class NoData(Exception):
+    pass
+
+
 def check_not_deleted(data_dir: Path) -> None:
     if not (Path(data_dir) / "glance.db").exists():
         raise DataDeleted("Glance's data was deleted while the nightly training ran: "
@@ -167,6 +171,11 @@ class _Direct:
 
     def _open(self):
         from feedback_store import FeedbackStore
+        if not (Path(self.data_dir) / "glance.db").exists():
+            # Opening would make a new database and key: after *Delete everything* the
+            # scheduled job or `align status` brought Glance's files back each night.
+            raise NoData(f"No Glance data in {self.data_dir} (Glance was not used there yet, "
+                         "or everything was deleted): nothing to train on.")
         return FeedbackStore.open(self.data_dir)
 
     def begin(self, run_id: str, include_imported: bool) -> dict:
@@ -261,6 +270,11 @@ def run_nightly(config: NightlyConfig, log=None) -> dict:
     started, clock = time.time_ns(), time.perf_counter()
     result = {"run_id": new_run_id(), "status": None, "pairs": {}, "trained": False,
               "adapter": None, "published": False, "eval": None, "seconds": 0.0, "timings": {}}
+    if not (data_dir / "glance.db").exists() and AppClient.find(data_dir) is None:
+        # Nothing to read, and nothing made here (not even the lock's folder).
+        return dict(result, status="skipped", recorded=False, seconds=0.0,
+                    message=f"No Glance data in {data_dir} (Glance was not used there yet, "
+                            "or everything was deleted): nothing to train on.")
     try:
         lock = TrainingLock(data_dir / LOCK_FILE).acquire()
     except AlreadyRunning as error:
@@ -596,6 +610,8 @@ def status(data_dir: Path) -> dict:
     try:
         found = _with_store(data_dir, read, 5.0, lambda m: None)
         out["runs"], out["via"] = found["runs"], found["via"]
+    except NoData as nothing:        # not an error: no runs yet (or none left)
+        out["no_data"] = str(nothing)
     except Exception as error:  # noqa: BLE001 - status still shows the files
         out["runs_error"] = str(error)
     return out

@@ -143,6 +143,8 @@ def cmd_status(args) -> int:
         print("a nightly training is running now")
     for run in result.get("runs") or []:
         print(f"run {run['id']}: {run['status']} — {run.get('message') or ''}")
+    if result.get("no_data"):
+        print(result["no_data"])
     if result.get("runs_error"):
         # The adapters above are read from their files; the runs need the database.
         print(f"align status: the runs could not be read: {result['runs_error']}", file=sys.stderr)

@@ -4,6 +4,7 @@ Three ways it can meet the app, each with a real FeedbackStore in this test proc
 app open → the job never opens the file; app closed → it opens it briefly itself;
 app started while the job holds it → the app waits with a message, the job records
 through the app. Plus: the snapshot the app hands over is encrypted under a one-off key."""
+import json
 import os
 import stat
 import subprocess
@@ -281,15 +282,32 @@ def test_delete_everything_during_a_run_leaves_nothing_and_records_nothing(home,
 
 def test_a_run_that_fails_before_it_began_is_a_failure_not_a_deletion(tmp_path):
     """Only a run that found its database and then lost it was cut short by a deletion;
-    one that failed before (here: its settings file) in a folder never opened is a plain
-    failure, and is recorded."""
+    one that failed before (here: its settings file) is a plain failure, and is recorded."""
     from align.nightly import NightlyConfig, run_nightly
     home = tmp_path / "fresh"
+    FeedbackStore.open(home).close()
     (home / "training").mkdir(parents=True)
     (home / "training" / "settings.json").write_text('{"dpo": {"epochs": "lots"}}')
     result = run_nightly(NightlyConfig(data_dir=home, lower_priority=False), log=lambda m: None)
     assert result["status"] == "failed" and result["recorded"], result
     assert "dpo.epochs" in result["message"]
+
+
+def test_a_folder_without_data_is_left_as_it_is(tmp_path):
+    """After *Delete everything* (or before Glance was ever used) the scheduled job and
+    `align status` opened the store, which made a new database and key every night."""
+    home = tmp_path / "wiped"
+    home.mkdir()
+    done = run_job(home)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["status"] == "skipped" and "No Glance data" in result["message"], result
+    status = subprocess.run([sys.executable, "-m", "align.cli", "status", "--json"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env=job_env(home))
+    assert status.returncode == 0, status.stderr
+    assert "No Glance data" in json.loads(status.stdout)["no_data"]
+    assert list(home.iterdir()) == []
 
 
 def test_personalisation_turned_off_while_the_job_trained_is_heard_before_publishing(home):
