@@ -309,3 +309,30 @@ def retire_stale(store, root: Path) -> list[str]:
         store.training.set_adapter_status(
             version, "retired", "it learned from a conversation that has since been deleted")
     return stale
+
+
+# --- unfinished training state (``training/work/<key>``) --------------------------------------
+LEARNED_FROM = "conversations.json"
+
+
+def note_learned_from(work: Path, conversation_ids) -> None:
+    """Which conversations an unfinished run's weights learned from, so they can be kept
+    for it to resume while those all still exist."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / LEARNED_FROM).write_text(json.dumps(sorted(conversation_ids)))
+
+
+def remove_stale_work(store, work_root: Path) -> list[str]:
+    """Remove unfinished training state that learned from a conversation deleted since
+    (or whose note is missing or unreadable). The rest stays: removed at every app start,
+    an interrupted run could never resume, though the README says it does."""
+    removed = []
+    for work in sorted(work_root.iterdir()) if work_root.is_dir() else []:
+        try:
+            ids = set(json.loads((work / LEARNED_FROM).read_text()))
+        except (OSError, ValueError, TypeError):
+            ids = None
+        if ids is None or store.training.existing_conversations(ids) != ids:
+            shutil.rmtree(work, ignore_errors=True)
+            removed.append(work.name)
+    return removed

@@ -470,6 +470,7 @@ def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, 
     for other in (data_dir / WORK).glob("*") if (data_dir / WORK).is_dir() else []:
         if other != work:
             shutil.rmtree(other, ignore_errors=True)      # another pair set: cannot resume it
+    adapter_files.note_learned_from(work, {p.conversation_id for p in pairs})
     log(f"Training on {len(train)} pairs ({len(heldout)} held out)…")
     trained = train_dpo(train, checkpoint, work, dpo, log=log)
     result["trained"] = True

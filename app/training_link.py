@@ -109,12 +109,13 @@ class TrainingLink:
 
     def tidy(self) -> list[str]:
         """Retire adapters trained on conversations deleted since, and (when no job is
-        running) remove leftover snapshots and unfinished training state. Call after
-        deleting a conversation; runs at start too."""
+        running) remove leftover snapshots and unfinished training state that learned from
+        them (the rest stays for the next run to resume). Call after deleting a
+        conversation; runs at start too."""
         retired = adapter_files.retire_stale(self.store, adapter_files.adapters_dir(self.data_dir))
         if not self.job_running():
             shutil.rmtree(self.data_dir / SNAPSHOTS, ignore_errors=True)
-            shutil.rmtree(self.data_dir / "training" / "work", ignore_errors=True)
+            adapter_files.remove_stale_work(self.store, self.data_dir / "training" / "work")
         if retired and self.on_adapters_changed is not None:
             self.on_adapters_changed()
         return retired

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.training_link import TrainingLink, open_store_waiting
-from conftest import ROOT, files_contain, nightly_settings
+from conftest import ROOT, files_contain, nightly_settings, run_glance
 from feedback_store import Conversation, FeedbackStore, Message
 from nightly_support import job_env, last_json
 
@@ -379,3 +379,26 @@ def test_a_model_no_adapter_can_be_made_for_is_said_before_any_training(home, tm
     assert result["status"] == "skipped" and not result["trained"], result
     assert "phi3" in result["message"] and "phi.gguf" in result["message"]
     assert "checkpoint" not in result["timings"], result
+
+
+def test_an_interrupted_runs_state_stays_for_it_to_resume_until_its_conversation_goes(home):
+    """The window removed every unfinished run's checkpoints at each start, so a run
+    stopped by a shutdown started over the next night (the README says it resumes); and
+    `glance data delete --conversation` left weights learned from the deleted chat."""
+    from align.adapters import note_learned_from
+    from align.nightly import WORK
+    with FeedbackStore.open(home) as store:
+        for name in ("kept", "doomed"):
+            store.conversations.create(Conversation(title=name, id=name))
+    resumable, unnamed = home / WORK / "resumable", home / WORK / "unnamed"
+    note_learned_from(resumable, {"kept", "doomed"})
+    (resumable / "trainer").mkdir()
+    (unnamed / "trainer").mkdir(parents=True)            # no note: whose it is is not known
+    store = FeedbackStore.open(home)
+    link = TrainingLink(store, model_path=lambda: "/models/chat.gguf").start()   # app start
+    link.stop()
+    store.close()
+    assert sorted(p.name for p in (home / WORK).iterdir()) == ["resumable"]
+    deleted = run_glance("data", "delete", "--conversation", "doomed", "--yes", home=home)
+    assert deleted.returncode == 0, deleted.stderr
+    assert list((home / WORK).iterdir()) == []
