@@ -152,3 +152,16 @@ def ask_open_app(data_dir: Path, call, what: str, locked: Exception):
         return call(client)
     except (LinkError, OSError) as error:       # an older window, or it closed meanwhile
         raise StoreError(f"Glance is open and could not hand over {what} ({error}).") from error
+
+
+def tell_app_adapters_changed(data_dir: Path) -> bool:
+    """Tell a running window that the active adapter changed (its label follows), if one
+    runs. False when none answered: it reads the adapters when it next starts anyway."""
+    client = AppClient.find(data_dir, timeout=5.0)
+    if client is None:
+        return False
+    try:
+        client.request("adapters_changed", timeout=5.0)
+    except (OSError, LinkError, ValueError):
+        return False
+    return True

@@ -537,6 +537,9 @@ def _publish_and_record(config, result, outcome, train, heldout, model_path, gon
         if "result" not in recorded:
             raise RuntimeError("the run could not be recorded, so its adapter was not used")
         result = recorded["result"]
+        if version is not None:
+            from .ipc import tell_app_adapters_changed
+            tell_app_adapters_changed(data_dir)      # now in use: the window's label follows
         if version is None:
             result.update(published=False, status="not_published", message=(
                 f"Adapter {result['adapter']} was retired as it was published: a conversation "

@@ -171,11 +171,13 @@ def cmd_adapters_list(args) -> int:
 
 def cmd_rollback(args) -> int:
     from .adapters import AdapterConfig, adapters_dir, rollback
+    from .ipc import tell_app_adapters_changed
     try:
         active = rollback(AdapterConfig(adapters_dir(_data_dir())))
     except ValueError as error:     # nothing active: already on the base model
         print(json.dumps({"active": None, "message": str(error)}) if args.json else str(error))
         return 0
+    tell_app_adapters_changed(_data_dir())          # an open window's label follows
     if args.json:
         print(json.dumps({"active": active}))
     else:

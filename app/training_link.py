@@ -206,6 +206,13 @@ class TrainingLink:
             self.on_adapters_changed()
         return {"retired": retired}
 
+    def _op_adapters_changed(self) -> dict:
+        """A version became active or was rolled back after the job's record (the job
+        records before it activates, so the label read the old one at ``finish``)."""
+        if self.on_adapters_changed is not None:
+            self.on_adapters_changed()
+        return {}
+
     def _op_runs(self, limit: int = 10) -> dict:
         return {"runs": self.store.training.runs(limit)}
 

@@ -55,6 +55,8 @@ def test_the_run_trained_published_and_recorded_through_the_app(run):
     assert result["pairs"] == {"thumbs": 8}
     assert result["adapter"] == "v0001" and (version_dir(run) / "adapter.gguf").exists()
     assert link.served.count("snapshot") == 1 and link.served.count("finish") == 1
+    # Told again once the version is in use (it is recorded before: the label lagged).
+    assert link.served[link.served.index("finish"):].count("adapters_changed") == 1
     # The job's log says what it does in sentences, not a library bar per model load.
     assert "Training on" in run["stderr"] and "Loading weights" not in run["stderr"], run["stderr"]
     gate = result["eval"]["reward"]

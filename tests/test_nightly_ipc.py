@@ -402,3 +402,31 @@ def test_an_interrupted_runs_state_stays_for_it_to_resume_until_its_conversation
     deleted = run_glance("data", "delete", "--conversation", "doomed", "--yes", home=home)
     assert deleted.returncode == 0, deleted.stderr
     assert list((home / WORK).iterdir()) == []
+
+
+def test_an_open_window_hears_when_the_active_adapter_changes_after_the_record(home, tmp_path):
+    """The job records a run before its adapter becomes active, and the window read the
+    label at the record: it kept saying "Base model" (or the old version) all morning.
+    `align rollback` said nothing to it either."""
+    from align import adapters
+    consenting_home(home)
+    config = adapters.AdapterConfig(adapters.adapters_dir(home))
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"GGUF" + b"\0" * 60)
+    for n in (1, 2):
+        (tmp_path / f"a{n}.gguf").write_bytes(f"adapter {n}".encode())
+        adapters.publish(config, tmp_path / f"a{n}.gguf", None,
+                         {"base": adapters.base_identity(base), "pairs": {"train": n}})
+    heard = []
+    store = FeedbackStore.open(home)
+    link = TrainingLink(store, model_path=lambda: str(base),
+                        on_adapters_changed=lambda: heard.append(
+                            adapters.read_active(config.root).get("version"))).start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "align.cli", "rollback"], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT, env=job_env(home))
+        assert done.returncode == 0, done.stderr
+        assert heard == ["v0001"]
+    finally:
+        link.stop()
+        store.close()
