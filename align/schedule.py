@@ -64,7 +64,10 @@ class ScheduleConfig:
         return [self.python, *self.arguments]
 
     def environment(self) -> dict:
-        return {"GLANCE_HOME": os.environ["GLANCE_HOME"]} if os.environ.get("GLANCE_HOME") else {}
+        # The folder as resolved now: a relative GLANCE_HOME, or an XDG_DATA_HOME the
+        # scheduler does not have, made the job train on another folder, out of sight.
+        from feedback_store.paths import glance_home
+        return {"GLANCE_HOME": str(glance_home())}
 
 
 # --- where things go -----------------------------------------------------------------------------
@@ -303,6 +306,7 @@ def remove(config: ScheduleConfig) -> dict:
 
 def status(config: ScheduleConfig) -> dict:
     kind = detect() if config.kind == "auto" else config.kind
+    not_running = None          # why the files are there but nothing will run them
     if kind == "systemd":
         timer = systemd_dir() / f"{NAME}.timer"
         installed = timer.exists()
@@ -310,10 +314,16 @@ def status(config: ScheduleConfig) -> dict:
         detail = {"files": [str(p) for p in (timer, systemd_dir() / f"{NAME}.service") if p.exists()],
                   "active": active if ok else None}
         when = _systemd_time(timer) if installed else None
+        if installed and config.activate and shutil.which("systemctl") and not ok:
+            not_running = f"systemctl --user is-active says {active or 'nothing'!r}"
     elif kind == "cron":
         installed = cron_copy().exists()
         when = _cron_time(cron_copy().read_text()) if installed else None
         detail = {"files": [str(cron_copy())] if installed else []}
+        if installed and config.activate and shutil.which("crontab"):
+            ok, table = _run(["crontab", "-l"])
+            if not (ok and CRON_MARK in table):
+                not_running = "its line is not in your crontab"
     elif kind == "launchd":
         installed = launchd_plist().exists()
         when = None
@@ -327,7 +337,11 @@ def status(config: ScheduleConfig) -> dict:
         detail = {"files": [str(windows_xml())] if installed else []}
     message = (f"Nightly training is scheduled with {kind}" + (f" at {when}." if when else ".")
                if installed else "Nightly training is not scheduled (align schedule install).")
-    return {"kind": kind, "installed": installed, "at": when, "message": message, **detail}
+    if not_running:
+        message = (f"Nightly training is set up with {kind} but will not run: {not_running}. "
+                   "Run `align schedule install` again.")
+    return {"kind": kind, "installed": installed, "at": when, "message": message,
+            "will_run": installed and not not_running, **detail}
 
 
 def _systemd_time(timer: Path) -> str | None:

@@ -244,6 +244,16 @@ def test_systemd_timer_is_persistent_and_runs_the_job_politely(fresh_home):
     assert not schedule.status(schedule.ScheduleConfig(kind="systemd", activate=False))["installed"]
 
 
+def test_the_schedule_names_the_data_folder_as_resolved_when_installed(fresh_home, monkeypatch):
+    """A relative GLANCE_HOME went into the unit as typed: the job, started elsewhere,
+    trained on another folder every night, out of sight."""
+    monkeypatch.chdir(fresh_home)
+    monkeypatch.setenv("GLANCE_HOME", "my-glance")
+    schedule.install(schedule.ScheduleConfig(kind="systemd", activate=False))
+    service = (fresh_home / "config" / "systemd" / "user" / "glance-nightly.service").read_text()
+    assert f'Environment="GLANCE_HOME={fresh_home / "my-glance"}"' in service
+
+
 def test_cron_line_goes_into_the_users_crontab_and_comes_out_again(fresh_home, tmp_path, monkeypatch):
     # crontab is the system's tool: a stand-in that keeps the table in a file.
     bin_dir = tmp_path / "bin"
@@ -263,6 +273,11 @@ def test_cron_line_goes_into_the_users_crontab_and_comes_out_again(fresh_home, t
     schedule.install(schedule.ScheduleConfig(at="04:05", kind="cron"))     # idempotent
     assert len(table.read_text().splitlines()) == 2
     assert schedule.status(schedule.ScheduleConfig(kind="cron"))["at"] == "04:05"
+    assert schedule.status(schedule.ScheduleConfig(kind="cron"))["will_run"]
+    table.write_text("0 1 * * * backup.sh\n")               # the line removed by hand
+    gone = schedule.status(schedule.ScheduleConfig(kind="cron"))
+    assert not gone["will_run"] and "will not run" in gone["message"], gone   # (said "scheduled")
+    schedule.install(schedule.ScheduleConfig(at="04:05", kind="cron"))
     schedule.remove(schedule.ScheduleConfig(kind="cron"))
     assert table.read_text().splitlines() == ["0 1 * * * backup.sh"]
 
