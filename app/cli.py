@@ -4,8 +4,10 @@ import gc
 import json
 import os
 import platform
+import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
                             glance_home)
@@ -150,6 +152,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+@contextmanager
+def _ctrl_c_stops(cancel: threading.Event):
+    """Ctrl-C stops the reply as Esc does in the window: the reply so far is stored and
+    the conversation stays a turn-by-turn one. Raised through, it lost the reply and
+    left the question unanswered (the next turn sent two user messages in a row). A
+    second Ctrl-C interrupts at once."""
+    def stop(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_chat(args) -> int:
     from .chat import ChatService
     from .engine import ChatEngine
@@ -175,13 +197,12 @@ def cmd_chat(args) -> int:
             stream_to_terminal = not args.json
             cancel = threading.Event()
             on_token = (lambda piece: print(piece, end="", flush=True)) if stream_to_terminal else None
-            try:
+            with _ctrl_c_stops(cancel):
                 user, reply = service.send(tree, args.prompt, on_token=on_token, cancel=cancel)
-            except KeyboardInterrupt:
-                cancel.set()
-                raise
         finally:
             engine.close()
+    if reply.finish_reason == "cancelled" and stream_to_terminal:
+        print("\n(stopped: the reply so far is kept, as in the window)", end="", file=sys.stderr)
     if reply.dropped_turns:
         print(f"\n(note: {reply.dropped_turns} oldest turns were left out to fit the context)",
               file=sys.stderr)
@@ -386,9 +407,9 @@ def cmd_data(args) -> int:
                                                      if status["app_open"] else ""))
         print(f"Encryption: {'on (AES-GCM)' if status['encryption'] else 'off'}; key in "
               f"{'the system keyring' if status['key_storage'] == 'keyring' else 'a 0600 key file'}")
-        for signal, decision in status["consents"].items():
+        for name, decision in status["consents"].items():
             state = "not decided" if decision is None else ("on" if decision["on"] else "off")
-            print(f"Consent {signal:12} {state}")
+            print(f"Consent {name:12} {state}")
         for table, rows in status["counts"].items():
             print(f"  {table:18} {rows} rows")
         return 0

@@ -30,6 +30,27 @@ def test_chat_json_then_continue(home):
         assert by_id[again["message_id"]].parent_id in by_id
 
 
+def test_ctrl_c_stops_the_reply_and_keeps_it_as_the_window_does(home):
+    """Ctrl-C in `glance chat` lost the reply written so far and left the question
+    unanswered: the next turn of the conversation sent two user messages in a row."""
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "chat", "--prompt", "Write a long story about a lighthouse.",
+         "--max-tokens", "400", "--seed", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT, env=dict(os.environ, GLANCE_HOME=str(home)))
+    printed = chat.stdout.read(20)                     # the reply is streaming
+    chat.send_signal(signal.SIGINT)
+    out, err = chat.communicate(timeout=120)
+    assert chat.returncode == 0, err
+    assert "stopped" in err
+    with FeedbackStore.open(home) as store:
+        [conversation] = store.conversations.list()
+        messages = store.conversations.messages(conversation.id)
+    assert [m.role for m in messages] == ["user", "assistant"]
+    kept = messages[1]
+    assert kept.content.startswith(printed.strip()[:10]) and kept.finish_reason == "cancelled"
+    assert kept.tokens < 400
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
