@@ -143,10 +143,19 @@ def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> d
         return None
     if model_path is not None:
         try:
-            if not same_base(info.get("base"), base_identity(model_path)):
-                return None
+            current = base_identity(model_path)
         except OSError:
             return None
+        if not same_base(info.get("base"), current):
+            # The active version is another model's (one active.json for all models):
+            # this model's newest kept version, not the base model. Switching to a
+            # model and back hid its adapter until another night retrained it.
+            version = next((v for v in reversed(versions(root))
+                            if _number(v) < _number(read_active(root).get("version"))
+                            and same_base((manifest(root, v) or {}).get("base"), current)), None)
+            if version is None:
+                return None
+            info, path = manifest(root, version), Path(root) / version / GGUF_NAME
     return dict(info, version=version, path=str(path))
 
 
@@ -250,10 +259,18 @@ def rollback(config: AdapterConfig) -> str | None:
     current = read_active(root).get("version")
     if current is None:
         raise ValueError("No adapter is active: Glance already answers with the base model.")
-    older = [v for v in versions(root) if _number(v) < _number(current)]
+    older = _older_of_the_same_model(root, current)
     target = older[-1] if older else None
     set_active(config, target)
     return target
+
+
+def _older_of_the_same_model(root: Path, version: str) -> list[str]:
+    """The kept versions before ``version`` trained on its base model, oldest first: one
+    of another model's would be "in use" only in name (the chat checks the base)."""
+    base = (manifest(root, version) or {}).get("base")
+    return [v for v in versions(root) if _number(v) < _number(version)
+            and (base is None or same_base((manifest(root, v) or {}).get("base"), base))]
 
 
 def retire(config: AdapterConfig, version: str) -> str | None:
@@ -263,7 +280,7 @@ def retire(config: AdapterConfig, version: str) -> str | None:
     state = read_active(root)
     active = state.get("version")
     if active == version:
-        older = [v for v in versions(root) if _number(v) < _number(version)]
+        older = _older_of_the_same_model(root, version)
         active = older[-1] if older else None
         _write_active(root, {"version": active, "counter": state.get("counter", 0)})
     shutil.rmtree(root / version, ignore_errors=True)

@@ -169,6 +169,24 @@ def test_retiring_the_active_version_falls_back_to_the_one_before(tmp_path, mode
     assert adapters.retire(config, "v0001") == "v0002"          # not active: just removed
 
 
+def test_each_model_keeps_its_own_adapter_when_the_chat_switches_between_them(tmp_path, model):
+    """One active.json for all models: after a night trained another model's version,
+    switching back showed "No personal adapter yet" although this model's was kept, and
+    rollback named a version of the other model that the chat would never use."""
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\1" * 90)
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    mine = publish(config, tmp_path, model, 1)
+    theirs = adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
+                              {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    assert adapters.read_active(config.root)["version"] == theirs
+    assert adapters.active_adapter(config.root, other)["version"] == theirs
+    assert adapters.active_adapter(config.root, model)["version"] == mine     # (was None)
+    assert adapters.rollback(config) is None        # the other model's line: to its base
+    mine_again = publish(config, tmp_path, model, 2)
+    assert adapters.rollback(config) == mine and adapters.rollback(config) is None
+
+
 def test_cli_lists_and_rolls_back(tmp_path, model):
     home = tmp_path / "home"
     config = adapters.AdapterConfig(adapters.adapters_dir(home))
@@ -205,6 +223,8 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
         assert odd.returncode == 2 and "at least 0" in odd.stderr, odd.stderr
     # A database that cannot be read (here: the wrong key) is said, not hidden behind
     # "kept versions", and the command fails.
+    from feedback_store import FeedbackStore
+    FeedbackStore.open(home).close()
     (home / "glance.key").write_text("0" * 64)
     done = subprocess.run([sys.executable, "-m", "align.cli", "status"], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)
