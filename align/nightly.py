@@ -289,9 +289,10 @@ def run_nightly(config: NightlyConfig, log=None) -> dict:
                                message="On battery: the nightly training waits for mains power.")
             return _run(config, config.dpo, result, started, clock, log)
         except DataDeleted as error:
-            # What the job wrote after the wipe: checkpoints learnt from deleted chats, and
-            # adapter state (the user's wish was that nothing of it stays).
-            for folder in (WORK.parent, Path("adapters")):
+            # What the job wrote after the wipe: checkpoints learnt from deleted chats,
+            # adapter state, and the converted base model it may have written there again
+            # (GBs; the user's wish was that nothing of it stays).
+            for folder in (WORK.parent, Path("adapters"), Path("cache") / "hf"):
                 shutil.rmtree(data_dir / folder, ignore_errors=True)
             return dict(result, status="cancelled", message=str(error), recorded=False,
                         published=False, adapter=None)

@@ -272,12 +272,13 @@ def test_delete_everything_during_a_run_leaves_nothing_and_records_nothing(home,
         (checkpoints / "adapter_model.safetensors").write_bytes(b"weights")
         assert delete_everything(home) == []
         checkpoints.mkdir(parents=True)           # written again by the run after the wipe
+        (home / "cache" / "hf" / "0123").mkdir(parents=True)   # and the converted base model
     monkeypatch.setattr(nightly, "_before_recording", user_deletes_everything)
     result = run_nightly(NightlyConfig(data_dir=home, lower_priority=False), log=lambda m: None)
     assert result["status"] == "cancelled" and not result["recorded"], result
     assert "deleted while the nightly training ran" in result["message"]
     assert not (home / "glance.db").exists() and not (home / "glance.key").exists()
-    assert not (home / WORK).exists()
+    assert not (home / WORK).exists() and not (home / "cache" / "hf").exists()
 
 
 def test_a_run_that_fails_before_it_began_is_a_failure_not_a_deletion(tmp_path):
