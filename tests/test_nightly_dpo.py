@@ -222,6 +222,9 @@ def test_one_job_at_a_time_and_the_lock_dies_with_its_holder(tmp_path):
     from align.locks import AlreadyRunning, TrainingLock
     from align.nightly import NightlyConfig, run_nightly
 
+    from feedback_store import FeedbackStore
+    FeedbackStore.open(tmp_path).close()
+    database = (tmp_path / "glance.db").read_bytes()
     lock_path = tmp_path / "training" / "nightly.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
@@ -238,7 +241,7 @@ def test_one_job_at_a_time_and_the_lock_dies_with_its_holder(tmp_path):
         # A second nightly run stops at once, touching nothing.
         result = run_nightly(NightlyConfig(data_dir=tmp_path), log=lambda m: None)
         assert result["status"] == "skipped" and "Another nightly training" in result["message"]
-        assert not (tmp_path / "glance.db").exists()
+        assert (tmp_path / "glance.db").read_bytes() == database
     finally:
         holder.kill()
         holder.wait()
