@@ -225,3 +225,24 @@ def test_points_while_the_pointer_is_over_a_covering_window_are_not_kept(qtbot, 
     kept = store._rows("SELECT x, source FROM pointer_samples ORDER BY mono_ns")
     assert [(r["x"], r["source"]) for r in kept][:1] == [(x0 + 60, "pynput")]
     assert [r["source"] for r in kept][1:] == ["qt"]
+
+
+def test_gaze_is_not_kept_while_the_window_is_minimised_without_the_pointer_consent(
+        qtbot, window, store):
+    """Minimise and restore reached the layout snapshot only when the pointer was being
+    recorded: with the gaze consent alone, the minimised window still said it was
+    visible, and gaze at other applications was stored as reading of its replies."""
+    import time
+
+    from gaze.points import GazePoint
+    store.consent.set("gaze", True)                   # and not the pointer
+    window.capture.publish()
+    gaze = window.gaze_recorder
+    assert not window.capture.running and gaze.snapshot.window_visible
+    x0, y0, _, _ = gaze.snapshot.window_rect
+    window.showMinimized()
+    qtbot.waitUntil(lambda: not gaze.snapshot.window_visible, timeout=30_000)
+    gaze.point(GazePoint(time.monotonic_ns(), time.time_ns(), x0 + 50, y0 + 50))
+    gaze.flush()
+    store.flush()
+    assert store.counts()["gaze_samples"] == 0 and gaze.off_window == 1

@@ -413,12 +413,16 @@ def test_a_new_screen_layout_stops_using_the_old_calibration(qtbot, window, tmp_
     docked = [{"x": 0, "y": 0, "w": 2560, "h": 1440, "dpr": 1.0},
               *[dict(s, x=s["x"] + 2560) for s in laptop]]
     monkeypatch.setattr(gc, "screen_layout", lambda: docked)
+    tracker = controller.tracker
     controller._poll()
-    assert controller.calibration is None and controller.tracker.calibration is None
+    assert controller.calibration is None and tracker.calibration is None
+    # Nothing to map the eyes with: the camera goes off (it stayed on, red dot and all).
+    assert controller.tracker is None and controller.label.text() == "Gaze: off"
     assert "The screens changed" in window.statusBar().currentMessage()
     monkeypatch.setattr(gc, "screen_layout", lambda: laptop)      # undocked again
     controller._poll()
     assert controller.calibration is not None and controller.calibration.enabled
+    assert controller.tracker is not None                          # back on by itself
     assert controller.tracker.calibration is controller.calibration
     # A calibration that ends after the screens changed under it is not kept: it was
     # fitted on the old geometry and would be saved under the new layout's file.
@@ -578,3 +582,48 @@ def test_a_gaze_health_message_takes_the_status_bar_once(qtbot, window):
     assert said == ["Your face is not seen.", "", "", "", ""]
     gaze.tracker = None
     window.set_collector("gaze", None)
+
+
+def test_the_dots_of_a_recalibration_are_not_stored_as_reading(qtbot, window, tmp_path):
+    """While recalibrating, the old calibration keeps mapping: the eyes following each
+    dot were stored as a fixation of a second on the reply words behind the screen.
+    Calibrating also turns gaze on, as Gaze… does: after "Turn gaze off" and Calibrate,
+    gaze did not come back after a pause, nor at the next start."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    source = _replayed_gaze(window, tmp_path)
+    gaze = attach_gaze(window, source=source, data_dir=tmp_path,
+                       tracker_kw={"realtime": True, "loop": True})
+    received = []
+    gaze.add_point_listener(received.append)
+    gaze._set_wanted(False)                      # "Turn gaze off" earlier
+    screen = gaze.calibrate("5")
+    assert screen is not None and gaze._wanted()
+    qtbot.waitUntil(lambda: gaze.tracker.health().fps > 5, timeout=60_000)   # frames flow
+    qtbot.wait(1000)
+    assert received == []
+    screen.cancel()                              # the old calibration stays, and maps again
+    qtbot.waitUntil(lambda: len(received) > 0, timeout=30_000)
+    gaze.stop_and_wait()
+
+
+def test_gaze_is_not_stored_while_a_dialog_of_glances_covers_the_window(qtbot, window):
+    """A modal dialog (Privacy…, Settings…) over a reply: the eyes are on the dialog."""
+    import time
+    from PySide6.QtWidgets import QMessageBox
+    from gaze.points import GazePoint
+    store = window.session.store
+    store.consent.set("gaze", True)
+    window.capture.publish()
+    recorder = window.gaze_recorder
+    x0, y0, _, _ = recorder.snapshot.window_rect
+    box = QMessageBox(QMessageBox.Icon.Information, "Glance", "A dialog", parent=window)
+    box.open()                                   # window-modal, without a nested loop
+    qtbot.waitUntil(lambda: recorder.covered, timeout=10_000)
+    recorder.point(GazePoint(time.monotonic_ns(), time.time_ns(), x0 + 50, y0 + 50))
+    box.close()
+    qtbot.waitUntil(lambda: not recorder.covered, timeout=10_000)
+    recorder.point(GazePoint(time.monotonic_ns(), time.time_ns(), x0 + 60, y0 + 50))
+    recorder.flush()
+    store.flush()
+    assert [r["x"] for r in store._rows("SELECT x FROM gaze_samples")] == [x0 + 60]

@@ -35,6 +35,10 @@ class BatchingRecorder:
         self._buffer: list = []
         self.received = 0        # events in
         self.off_window = 0      # points over another application (or none shown): not kept
+        # A window of Glance's own is over the main one (a modal dialog, the calibration
+        # screen): the eyes are on it, not on a reply. Set by the UI thread; gaze checks it
+        # (the pointer has the window system's enter and leave).
+        self.covered = False
         self.submitted = 0       # samples handed to the store
         self.refused = 0         # samples the store refused (no consent, paused, ...)
         self._stop = threading.Event()
@@ -109,7 +113,7 @@ class GazeRecorder(BatchingRecorder):
             with self._lock:
                 self.straddling += 1
             return
-        if not snapshot.on_window(point.x, point.y):   # looking at another application
+        if self.covered or not snapshot.on_window(point.x, point.y):   # looking elsewhere
             with self._lock:
                 self.off_window += 1
             return

@@ -202,9 +202,11 @@ class CaptureController(QObject):
             self.session.record(events)
 
     def _window_state(self, kind: str) -> None:
-        if self.running:
-            self._reason = kind
-            self.publish()
+        # Published whether or not the pointer is recorded: gaze maps against the same
+        # snapshot, and with only the gaze consent a minimised window still said it was
+        # visible, so gaze at other applications was stored as reading of its replies.
+        self._reason = kind
+        self.publish()
 
     def _app_state(self, state) -> None:
         self._window_state("focus" if state == Qt.ApplicationState.ApplicationActive else "blur")
@@ -282,6 +284,10 @@ class CaptureController(QObject):
                 self._window_state("minimized" if self.window.isMinimized() else "restored")
             elif kind in (QEvent.Type.Hide, QEvent.Type.Show):
                 self._window_state("hidden" if kind == QEvent.Type.Hide else "restored")
+            elif kind in (QEvent.Type.WindowBlocked, QEvent.Type.WindowUnblocked):
+                # One of Glance's dialogs is over the window: the eyes are on it.
+                for recorder in self.recorders:
+                    recorder.covered = kind == QEvent.Type.WindowBlocked
             elif kind in (QEvent.Type.Enter, QEvent.Type.Leave):
                 # Leave also comes when the pointer moves onto a window that covers part
                 # of Glance's (another application's, or a dialog): not over a reply then.

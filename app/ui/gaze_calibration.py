@@ -502,6 +502,11 @@ class GazeController(QObject):
     def _on_point(self, point: GazePoint) -> None:      # tracker thread
         if self.tracker is None:       # stopped: its camera is closing, its points are not used
             return
+        if self.screen_widget is not None:
+            # Recalibrating (the old calibration maps meanwhile): the eyes follow the dots,
+            # over the replies behind the screen; stored, that was a second of "reading"
+            # per dot.
+            return
         for fn in list(self._listeners):
             fn(point)
         self.point.emit(point)
@@ -655,6 +660,7 @@ class GazeController(QObject):
         if not self.start():
             self.activate()
             return None
+        self._set_wanted(True)         # (calibrating is turning gaze on, as Gaze… is)
         if self.screen_widget is not None:
             return self.screen_widget
         qscreen = self.window.screen() or QApplication.primaryScreen()
@@ -754,6 +760,14 @@ class GazeController(QObject):
         self.calibration = cal.load(self.calibration_file())
         if self.tracker is not None:
             self.tracker.set_calibration(self.calibration)
+            if self.calibration is None or not self.calibration.enabled:
+                # Nothing to map the eyes with here: the camera would stay on, red dot and
+                # "recording", while no point can come of it (as at start, where it is
+                # never opened without a calibration). Calibrating opens it again.
+                self.stop()
+        elif self._allowed() and self._wanted() and self.calibration is not None \
+                and self.calibration.enabled:
+            self.start()               # back on the screens it was calibrated for
 
     def eventFilter(self, obj, event) -> bool:
         """Clicks anywhere in the app become background calibration points (a press is
