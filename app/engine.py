@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Callable
 
 from align.templates import TemplateRefused, TemplateRules, template_rules
-from .models import ModelError, default_model_path, inspect_model
+from .models import ModelError, available_memory_bytes, default_model_path, inspect_model
 
 DEFAULT_SYSTEM_PROMPT = "You are Glance, a helpful, concise assistant."
+# The context a model starts with, and how far it may grow (by its own limit, this, and
+# the memory free for its cache). Starting small keeps start-up fast (a 8 192-token
+# context costs SmolLM2 ≈ 0.1 s and 135 MB more to create); a conversation that needs
+# more reloads the context once, larger. Fixed at 2 048, a pasted page was refused with
+# "choose a model with a longer context" on models that had 8 k or 128 k.
+START_CONTEXT = 2048
+MAX_CONTEXT = 32_768
 
 
 @dataclass
@@ -81,9 +88,10 @@ class PromptTooLong(EngineError):
 
 
 class ChatEngine:
-    def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 2048,
-                 n_threads: int = 2):
+    def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = START_CONTEXT,
+                 n_threads: int = 2, max_ctx: int | None = MAX_CONTEXT):
         self.n_ctx = n_ctx
+        self.max_ctx = max_ctx if max_ctx is not None else n_ctx   # (a test's fixed context)
         # FACTS: llama-cpp's default is cpu_count // 2 = 1 here; 2 threads is 1.6x faster.
         self.n_threads = n_threads
         self.llm = None
@@ -149,6 +157,43 @@ class ChatEngine:
         if old is not None:
             old.close()
         return info
+
+    # --- context size ----------------------------------------------------------------
+    @property
+    def context_limit(self) -> int:
+        """The most tokens of context this model may get here."""
+        trained = self.model_info.get("context_length") or self.llm.n_ctx()
+        return max(self.llm.n_ctx(), min(trained, self.max_ctx))
+
+    def _grow_context(self, messages: list[dict], max_tokens: int) -> None:
+        """A larger context when the conversation and its reply do not fit the current
+        one and the model allows more (lock held). Reloading costs about what loading
+        did; the prompt is read afresh anyway, as it is new to the cache."""
+        current = self.llm.n_ctx()
+        needed = sum(self._own_tokens(m) + 8 for m in messages) + max_tokens
+        if needed <= current - current // 8 or current >= self.context_limit:
+            return
+        target = current
+        while target < needed + needed // 4 and target < self.context_limit:
+            target *= 2
+        target = min(target, self.context_limit)
+        per_token = _cache_bytes_per_token(self.llm.metadata)
+        free = available_memory_bytes()
+        if per_token is None:
+            return                         # the cache's size cannot be told: stay
+        while free is not None and target > current and (target - current) * per_token > free // 2:
+            target //= 2                   # (its cache in half the memory free, at most)
+        if target <= current:
+            return
+        from llama_cpp import Llama
+        try:
+            llm = Llama(model_path=self.model_info["path"], n_ctx=target, n_threads=self.n_threads,
+                        n_threads_batch=self.n_threads, verbose=False)
+        except Exception:  # noqa: BLE001 - the current context stays, and turns are dropped
+            return
+        old, self.llm = self.llm, llm
+        self._adapter, self.adapter_version = None, None   # attached again by _sync_adapter
+        old.close()
 
     # --- prompt fitting --------------------------------------------------------------
     def count_prompt_tokens(self, messages: list[dict]) -> int:
@@ -232,6 +277,7 @@ class ChatEngine:
         with self._lock:
             # The clock starts before prompt fitting: its cost is part of the user's wait.
             started = time.perf_counter()
+            self._grow_context(messages, settings.max_tokens)
             self._sync_adapter()
             fitted, dropped, prompt_tokens = self.fit_to_context(messages, settings.max_tokens)
             pieces: list[str] = []
@@ -357,3 +403,19 @@ class ChatEngine:
             if self.llm is not None:
                 self.llm.close()
                 self.llm = None
+
+
+def _cache_bytes_per_token(metadata: dict) -> int | None:
+    """The KV cache's bytes per token of context (f16 keys and values), from the GGUF's
+    metadata; None when it does not say."""
+    arch = metadata.get("general.architecture")
+    try:
+        layers = int(metadata[f"{arch}.block_count"])
+        heads = int(metadata[f"{arch}.attention.head_count"])
+        kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", heads))
+        key = int(metadata.get(f"{arch}.attention.key_length")
+                  or int(metadata[f"{arch}.embedding_length"]) // heads)
+        value = int(metadata.get(f"{arch}.attention.value_length") or key)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return layers * kv_heads * (key + value) * 2

@@ -234,7 +234,7 @@ def main() -> int:
     model = default_model_path()
     settings = GenerationSettings(system_prompt=SYSTEM, temperature=0.7, top_p=0.95,
                                   max_tokens=args.max_tokens, seed=1234)
-    engine = ChatEngine(model, n_ctx=2048, n_threads=2)
+    engine = ChatEngine(model, n_ctx=2048, n_threads=2, max_ctx=None)   # as the raw one
     raw = Llama(model_path=str(model), n_ctx=2048, n_threads=2, n_threads_batch=2, verbose=False)
     raw_run(raw, settings)          # warm both (page cache, allocations)
     glance_run(engine, settings)

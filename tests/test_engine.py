@@ -72,7 +72,9 @@ def test_an_error_while_a_cancel_is_pending_is_not_taken_for_the_cancel(engine):
     assert engine.generate(chat("Say hi."), quick_settings()).text
 
 
-def test_long_history_drops_oldest_turns(engine):
+def test_long_history_drops_oldest_turns():
+    from app.engine import ChatEngine
+    engine = ChatEngine(max_ctx=None)            # 2 048 tokens, never more
     history = [{"role": "system", "content": "Be brief."}]
     for turn in range(10):
         history.append({"role": "user", "content": f"Question {turn}: " + "lorem ipsum " * 120})
@@ -84,6 +86,25 @@ def test_long_history_drops_oldest_turns(engine):
     kept, dropped, _ = engine.fit_to_context(history, 16)
     assert kept[0]["role"] == "system" and kept[1]["role"] == "user"
     assert kept[-1]["content"] == "What is 2 + 2?"
+    engine.close()
+
+
+def test_a_conversation_longer_than_the_start_context_gets_a_larger_one():
+    """The context was fixed at 2 048 tokens whatever the model allowed: a pasted page of
+    ~3 000 tokens was refused with "choose a model with a longer context" on SmolLM2,
+    which has 8 192. The context now grows, once, when a conversation needs it."""
+    from app.engine import ChatEngine
+    engine = ChatEngine()
+    try:
+        assert engine.llm.n_ctx() == 2048 and engine.context_limit == 8192
+        page = " ".join(f"Line {i}: the tide came in at dawn and left at noon." for i in range(135))
+        reply = engine.generate([{"role": "user", "content": page + "\nSummarise."}],
+                                quick_settings(max_tokens=4))
+        assert reply.prompt_tokens > 2048 and reply.dropped_turns == 0
+        assert engine.llm.n_ctx() > reply.prompt_tokens
+        assert engine.generate(chat("Say hi."), quick_settings()).text     # still usable
+    finally:
+        engine.close()
 
 
 def reference_fit(engine, messages, max_tokens):
@@ -138,14 +159,14 @@ def test_a_long_chat_is_fitted_with_a_few_counts_not_one_per_dropped_turn(engine
 
 def test_prompt_longer_than_context_is_refused(engine):
     with pytest.raises(PromptTooLong) as raised:
-        engine.generate(chat("word " * 5000), quick_settings())
+        engine.generate(chat("word " * 9000), quick_settings())    # > SmolLM2's 8 192
     assert str(raised.value).startswith("This message is ") and "context" in str(raised.value)
 
 
 def test_a_system_prompt_too_long_for_the_context_is_named_not_the_message(engine):
     """Every message was refused as too long, however short, and the system prompt set
     in Settings was never mentioned."""
-    messages = [{"role": "system", "content": "Always remember: " + "be kind. " * 1500},
+    messages = [{"role": "system", "content": "Always remember: " + "be kind. " * 3000},
                 {"role": "user", "content": "Hi"}]
     with pytest.raises(PromptTooLong) as raised:
         engine.generate(messages, quick_settings())

@@ -163,7 +163,7 @@ def test_incognito_chat_in_the_window_writes_nothing(qtbot, window, store, home)
 # --- dropped turns --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_context_engine():
-    engine = ChatEngine(default_model_path(), n_ctx=256)
+    engine = ChatEngine(default_model_path(), n_ctx=256, max_ctx=None)   # never grows
     yield engine
     engine.close()
 
@@ -192,11 +192,11 @@ def test_dropped_turns_note_in_the_window(qtbot, store, tiny_context_engine):
 
 
 def test_dropped_turns_note_on_the_command_line(home):
-    """`glance chat` on a conversation longer than its 2048-token context says so. One
-    old turn of two ~1,100-token messages: both must go, and what is left is short (so
-    the test does not spend minutes evaluating a 2,000-token prompt)."""
+    """`glance chat` on a conversation longer than the model's whole context (8 192 tokens
+    for SmolLM2) says so. One old turn of two ~4,500-token messages: both must go, and
+    what is left is short (so the test does not spend minutes evaluating a long prompt)."""
     from feedback_store import Conversation, Message
-    paragraph = " ".join(f"Fact {i}: the lighthouse keeper logged the weather." for i in range(90))
+    paragraph = " ".join(f"Fact {i}: the lighthouse keeper logged the weather." for i in range(370))
     with FeedbackStore.open(home) as store:
         conversation = Conversation(title="long", settings=quick_settings(max_tokens=8).to_dict())
         store.conversations.create(conversation)

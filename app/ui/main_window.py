@@ -773,7 +773,7 @@ class MainWindow(QMainWindow):
         index = self.model_picker.findData(current)
         self.model_picker.setCurrentIndex(max(index, 0))
         info = self.engine.model_info or {}
-        self.model_label.setText(f"Model: {info.get('name', 'none')} · context {self.engine.llm.n_ctx()}")
+        self.model_label.setText(f"Model: {info.get('name', 'none')} · context up to {self.engine.context_limit:,} tokens")
 
     def _on_model_chosen(self, index: int) -> None:
         choice = self.model_picker.itemData(index)
