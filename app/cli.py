@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
                             glance_home)
@@ -15,7 +16,7 @@ from feedback_store.errors import permission_message
 
 from . import __version__
 from .engine import EmptyPrompt, EngineError
-from .models import ModelError, choose_model, default_model_path, inspect_model
+from .models import ModelError, choose_model, default_model_path, inspect_model, require_chat_template
 
 
 def _number(kind, low, high, what):
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.add_parser("list", help="the default model and the ones you added")
     add = model_commands.add_parser("add", help="check a .gguf file and add it to the list")
     add.add_argument("path", type=_text("the model path"))
+    remove = model_commands.add_parser("remove", help="take a model off the list (the file stays)")
+    remove.add_argument("path", type=_text("the model path"))
     download = model_commands.add_parser("download", help="download a GGUF from the Hugging Face hub")
     download.add_argument("repo", type=_text("the repository"))
     download.add_argument("file", type=_text("the file name"))
@@ -182,7 +185,16 @@ def cmd_chat(args) -> int:
         known = store.conversations.get(args.conversation) if args.conversation else None
         if args.conversation and known is None:
             raise UnknownConversation(args.conversation)
-        engine = ChatEngine(choose_model(store, args.model))
+        try:
+            engine = ChatEngine(choose_model(store, args.model))
+        except ModelError as error:
+            if args.model:
+                raise
+            # The start model does not load (any more): as the window does, say so and
+            # use the default, which then starts (the same failure came at every chat).
+            print(f"glance: {error} Using the default model instead.", file=sys.stderr)
+            engine = ChatEngine()
+            store.models.remember(engine.model_info)
         if args.model:
             store.models.remember(engine.model_info)  # only once it has loaded
         try:
@@ -364,9 +376,19 @@ def cmd_models(args) -> int:
                       f"{model['size_bytes'] / 2**20:.0f} MiB]{missing}")
         elif args.models_command == "add":
             info = inspect_model(args.path)
+            require_chat_template(info)        # as loading it would (it became the start model)
             store.models.remember(info)
             print(f"Added {info['name']} ({info['path']}); Glance now starts with it "
                   "(`glance --model PATH` picks another).")
+        elif args.models_command == "remove":
+            path = str(Path(args.path).expanduser().resolve())
+            if path not in {model["path"] for model in store.models.list()}:
+                print(f"glance: {args.path} is not in the list (`glance models list`).",
+                      file=sys.stderr)
+                return 2
+            store.models.forget(path)
+            print(f"Removed {path} from the list; the file stays. Glance starts with "
+                  f"{Path(choose_model(store)).name}.")
         elif args.models_command == "download":
             from .download import DownloadError, download_model
             def progress(done, total):

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from align.templates import TemplateRefused, TemplateRules, template_rules
-from .models import ModelError, available_memory_bytes, default_model_path, inspect_model
+from .models import (ModelError, available_memory_bytes, default_model_path, inspect_model,
+                     require_chat_template)
 
 DEFAULT_SYSTEM_PROMPT = "You are Glance, a helpful, concise assistant."
 # The context a model starts with, and how far it may grow (by its own limit, this, and
@@ -119,9 +120,7 @@ class ChatEngine:
     def load(self, path: str | os.PathLike) -> dict:
         """Load a model. On any failure the previous model stays loaded and usable."""
         info = inspect_model(path)
-        if not info["chat_template"]:
-            raise ModelError(f"{Path(path).name} has no chat template, so Glance cannot "
-                             "format a conversation for it. Choose an instruct/chat model.")
+        require_chat_template(info)
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         context = min(self.n_ctx, info["context_length"] or self.n_ctx)

