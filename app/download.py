@@ -6,6 +6,7 @@ No Qt here: the dialog calls this from a worker thread.
 """
 import hashlib
 import http.client
+import json
 import os
 import re
 import threading
@@ -62,10 +63,21 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
                             "download it again; nothing was downloaded.")
     directory.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
+    # Whose bytes the partial holds: named after the file only, a partial of owner-a's
+    # model.gguf was resumed with owner-b's, one file made of two. An ETag, where the hub
+    # gives one, also catches a file changed on the hub since (If-Range: 200, all of it).
+    note = partial.with_name(partial.name + ".json")
+    source = {"repo": repo, "revision": revision, "file": filename}
     have = partial.stat().st_size if partial.exists() else 0
+    noted = _read_note(note) if have else None
+    if have and noted is not None and noted.get("source") != source:
+        partial.unlink()
+        have = 0
     request = urllib.request.Request(hub_url(repo, filename, revision))
     if have:
         request.add_header("Range", f"bytes={have}-")
+        if noted and noted.get("etag"):
+            request.add_header("If-Range", noted["etag"])
     try:
         response = urllib.request.urlopen(request, timeout=30)
     except urllib.error.HTTPError as error:
@@ -86,7 +98,9 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     if response is not None:
         with response:
             if response.status == 200:
-                have = 0  # server ignored the range: start over
+                have = 0  # server ignored the range (or the file changed): start over
+            if have == 0:
+                _write_note(note, {"source": source, "etag": response.headers.get("ETag")})
             length = response.headers.get("Content-Length")
             total = have + int(length) if length else None
             with open(partial, "ab" if have else "wb") as out:
@@ -111,10 +125,27 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
         digest = _sha256(partial, cancel)
         if digest != sha256.strip().lower():
             partial.unlink()
+            note.unlink(missing_ok=True)
             raise DownloadError(f"Checksum mismatch for {filename}: expected {sha256}, got "
                                 f"{digest}. The file was deleted; download it again.")
     os.replace(partial, target)
+    note.unlink(missing_ok=True)
     return target
+
+
+def _read_note(path: Path) -> dict | None:
+    """The partial's note, or None where there is none (a partial from before notes)."""
+    try:
+        noted = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return noted if isinstance(noted, dict) else None
+
+
+def _write_note(path: Path, data: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, path)
 
 
 def _sha256(path: Path, cancel: threading.Event | None = None) -> str:

@@ -83,7 +83,7 @@ GLANCE_FOLDERS = {
     "adapters": ("active.json", "v[0-9]*", ".staging-*", ".pending-*", ".active.json.*"),
     "cache": ("gguf-headers.json*", "httpfs-verified*", "hf", "*.tmp"),
     "gaze": ("calibration-*.json", "*.tmp"),
-    "models": ("*.gguf", "*.gguf.part"),
+    "models": ("*.gguf", "*.gguf.part", "*.gguf.part.json"),
     "reward": ("reward-*.json*",),
     "tmp": ("duckdb_temp*", "*.tmp", "*.block"),
     "training": ("nightly.lock", "settings.json", "work", "snapshots", "*.tmp"),

@@ -22,12 +22,15 @@ class Hub(http.server.BaseHTTPRequestHandler):
     "ignore-range" (always 200 with the whole file), "short" (promises the whole file,
     sends half, closes), "reset" (sends half, then resets the connection)."""
     payload = b""
+    other = b""          # another repository's file of the same name (/other/repo/...)
     mode = "ok"
     requests: list = []
 
     def do_GET(self):
         self.requests.append((self.path, self.headers.get("Range")))
-        if self.path != "/owner/repo/resolve/main/model.gguf":
+        if self.path == "/other/repo/resolve/main/model.gguf":
+            self.payload = self.other
+        elif self.path != "/owner/repo/resolve/main/model.gguf":
             self.send_error(404)
             return
         start = 0
@@ -74,7 +77,7 @@ def model_bytes():
 
 @pytest.fixture
 def hub(monkeypatch, model_bytes):
-    Hub.payload, Hub.mode, Hub.requests = model_bytes, "ok", []
+    Hub.payload, Hub.other, Hub.mode, Hub.requests = model_bytes, b"", "ok", []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -234,6 +237,23 @@ def test_a_cut_download_is_kept_for_resume_then_resumed(hub, home, mode):
     assert result.returncode == 0, result.stderr
     assert hub.requests[-1][1] == (f"bytes={kept}-" if kept else None)
     assert (home / "models" / "model.gguf").read_bytes() == hub.payload
+
+
+def test_a_partial_of_another_repositorys_file_is_not_resumed_with_this_one(hub, home):
+    """The partial was named after the file only: a cut download of owner/repo's
+    model.gguf was resumed with other/repo's model.gguf, one model made of two files."""
+    mark = 20 << 20          # past the header, inside the half a cut download keeps
+    hub.other = (hub.payload[:mark] + bytes(b ^ 0xFF for b in hub.payload[mark:mark + 4096])
+                 + hub.payload[mark + 4096:])
+    hub.mode = "short"
+    assert_clean_failure(download(home), "Start it again to resume")
+    assert (home / "models" / "model.gguf.part").stat().st_size > 0
+    hub.mode = "ok"
+    done = run_glance("models", "download", "other/repo", "model.gguf", home=home, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert hub.requests[-1] == ("/other/repo/resolve/main/model.gguf", None)   # from byte 0
+    assert (home / "models" / "model.gguf").read_bytes() == hub.other
+    assert sorted(p.name for p in (home / "models").iterdir()) == ["model.gguf"]
 
 
 def test_unreachable_hub(home, monkeypatch):
