@@ -18,6 +18,7 @@ from typing import Callable
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK_BYTES = 1 << 20
+PROGRESS_BYTES = 1 << 18     # progress is told at most every 256 KiB (a chunk can be bytes)
 
 
 class DownloadError(Exception):
@@ -103,12 +104,15 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
                 _write_note(note, {"source": source, "etag": response.headers.get("ETag")})
             length = response.headers.get("Content-Length")
             total = have + int(length) if length else None
+            told = have
             with open(partial, "ab" if have else "wb") as out:
                 while True:
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled()
                     try:
-                        block = response.read(CHUNK_BYTES)
+                        # What has arrived, up to a chunk: read() waited for a whole MiB,
+                        # and a cancel on a slow link waited seconds for it.
+                        block = response.read1(CHUNK_BYTES)
                     except (OSError, http.client.HTTPException) as error:  # reset, timeout
                         raise DownloadError(f"The download was interrupted at {have} bytes "
                                             f"({error}). Start it again to resume.") from error
@@ -116,7 +120,8 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
                         break
                     out.write(block)
                     have += len(block)
-                    if progress:
+                    if progress and (have - told >= PROGRESS_BYTES or have == total):
+                        told = have
                         progress(have, total)
             if total is not None and have < total:
                 raise DownloadError(f"The download stopped at {have} of {total} bytes. "

@@ -91,7 +91,7 @@ def test_a_model_downloaded_before_is_offered_instead_of_refused(qtbot, tmp_path
 def test_escape_stops_a_download_it_does_not_go_on_unseen(qtbot, tmp_path, hub, monkeypatch):
     from PySide6.QtCore import Qt
     from app.ui.dialogs import DownloadDialog
-    monkeypatch.setattr(hub, "seconds_per_mib", 0.05)       # a slow link
+    monkeypatch.setattr(hub, "seconds_per_mib", 0.5)        # a slow link
     dialog = DownloadDialog(tmp_path)
     qtbot.addWidget(dialog)
     dialog.show()
@@ -100,8 +100,13 @@ def test_escape_stops_a_download_it_does_not_go_on_unseen(qtbot, tmp_path, hub, 
     dialog.start_button.click()
     qtbot.waitUntil(lambda: "MiB" in dialog.status.text(), timeout=60_000)
     qtbot.keyClick(dialog, Qt.Key.Key_Escape)
-    assert not dialog.isVisible() and not dialog.thread.isRunning()
-    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf.part"]     # resumable
+    # Not waited for on the UI thread (it froze until the next MiB had come): the
+    # download stops at its next read, and the dialog closes then.
+    assert dialog.thread.isRunning() and dialog.status.text() == "Cancelling…"
+    qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=30_000)
+    assert not dialog.thread.isRunning()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf.part",      # resumable
+                                                          "model.gguf.part.json"]
     size = (tmp_path / "model.gguf.part").stat().st_size
     qtbot.wait(300)
     assert (tmp_path / "model.gguf.part").stat().st_size == size < len(hub.payload)

@@ -148,22 +148,26 @@ class DownloadDialog(QDialog):
         self.start_button.setEnabled(True)
         self.start_button.setText("Resume")
 
-    def _stop_download(self) -> bool:
-        """Stop a running download (it can be resumed); False if none runs."""
+    def _stop_download(self, then) -> bool:
+        """Stop a running download (it can be resumed), and ``then()`` once it has
+        stopped; False if none runs. Not waited for here: the window froze until the
+        download's next read returned."""
         if self.thread is None or not self.thread.isRunning():
             return False
         self.status.setText("Cancelling…")
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(False)
+        self.thread.finished.connect(then)
         self.thread.cancel.set()
-        self.thread.wait()
         return True
 
     def cancel(self) -> None:
         """Stop a running download, else close."""
-        if not self._stop_download():
+        if not self._stop_download(lambda: self.cancel_button.setEnabled(True)):
             self.reject()
 
     def reject(self) -> None:
         # Esc and the window's close button too: the download went on unseen, and a second
-        # one of the same file appended to the same partial file.
-        self._stop_download()
-        super().reject()
+        # one of the same file appended to the same partial file. Closed once it stopped.
+        if not self._stop_download(lambda: QDialog.reject(self)):
+            super().reject()
