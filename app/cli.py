@@ -362,6 +362,8 @@ def _reward_models() -> dict:
 
 
 def cmd_models(args) -> int:
+    if args.models_command == "download":
+        return _download_model(args)
     with FeedbackStore.open() as store:
         if args.models_command == "list":
             # "*": the model Glance starts with (the last one used that still exists).
@@ -389,21 +391,33 @@ def cmd_models(args) -> int:
             store.models.forget(path)
             print(f"Removed {path} from the list; the file stays. Glance starts with "
                   f"{Path(choose_model(store)).name}.")
-        elif args.models_command == "download":
-            from .download import DownloadError, download_model
-            def progress(done, total):
-                if total:
-                    print(f"\r{done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
-            try:
-                path = download_model(args.repo, args.file, glance_home() / "models",
-                                      revision=args.revision, sha256=args.sha256, progress=progress)
-            except DownloadError as error:  # unreachable hub, 404, short body, checksum
-                print(f"\nglance: {error}", file=sys.stderr)
-                return 2
-            print()
-            info = inspect_model(path)
-            store.models.remember(info)
-            print(f"Downloaded {info['name']} to {path}")
+    return 0
+
+
+def _download_model(args) -> int:
+    """Without the database: it is held only to remember the file, not for the minutes
+    or hours of the download (the window and the nightly job waited, then gave up)."""
+    from .download import DownloadError, download_model
+    FeedbackStore.open().close()        # the folder and the database are usable: say so now
+
+    def progress(done, total):
+        if total:
+            print(f"\r{done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
+    try:
+        path = download_model(args.repo, args.file, glance_home() / "models",
+                              revision=args.revision, sha256=args.sha256, progress=progress)
+    except DownloadError as error:  # unreachable hub, 404, short body, checksum
+        print(f"\nglance: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:        # a full disk: the part downloaded is kept for resuming
+        print(f"\nglance: the download stopped: {error.strerror or error}. Free some space "
+              "and run the same command again to resume.", file=sys.stderr)
+        return 1
+    print()
+    info = inspect_model(path)
+    with FeedbackStore.open() as store:
+        store.models.remember(info)
+    print(f"Downloaded {info['name']} to {path}")
     return 0
 
 

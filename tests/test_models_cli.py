@@ -2,10 +2,12 @@
 against a loopback HTTP server that misbehaves the ways real servers and networks do."""
 import hashlib
 import http.server
+import os
 import shutil
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -18,7 +20,7 @@ pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 class Hub(http.server.BaseHTTPRequestHandler):
     """Serves one file at /owner/repo/resolve/main/model.gguf.
 
-    mode: "ok" (honours Range, 416 past the end with Content-Range */size),
+    mode: "ok" (honours Range, 416 past the end with Content-Range */size), "slow",
     "ignore-range" (always 200 with the whole file), "short" (promises the whole file,
     sends half, closes), "reset" (sends half, then resets the connection)."""
     payload = b""
@@ -53,6 +55,11 @@ class Hub(http.server.BaseHTTPRequestHandler):
         if self.mode in ("short", "reset"):
             body = body[: len(body) // 2]
         try:
+            if self.mode == "slow":                      # a MiB every 0.2 s
+                for offset in range(0, len(body), 1 << 20):
+                    self.wfile.write(body[offset:offset + (1 << 20)])
+                    self.wfile.flush()
+                    time.sleep(0.2)
             self.wfile.write(body)
             self.wfile.flush()
             if self.mode == "reset":
@@ -254,6 +261,32 @@ def test_a_partial_of_another_repositorys_file_is_not_resumed_with_this_one(hub,
     assert hub.requests[-1] == ("/other/repo/resolve/main/model.gguf", None)   # from byte 0
     assert (home / "models" / "model.gguf").read_bytes() == hub.other
     assert sorted(p.name for p in (home / "models").iterdir()) == ["model.gguf"]
+
+
+def test_the_database_is_not_held_while_a_model_downloads(hub, home):
+    """`glance models download` held the database for the whole download: the window
+    waited at start, then gave up, and the nightly job could not run, for hours."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from feedback_store import FeedbackStore
+    FeedbackStore.open(home).close()
+    hub.mode = "slow"
+    downloading = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "models", "download", "owner/repo", "model.gguf"],
+        cwd=ROOT, env=dict(os.environ, GLANCE_HOME=str(home)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        partial = home / "models" / "model.gguf.part"
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert time.monotonic() < deadline and downloading.poll() is None
+            time.sleep(0.05)
+        FeedbackStore.open(home).close()              # (DatabaseLocked before)
+        assert downloading.poll() is None             # and it was still downloading
+    finally:
+        downloading.kill()
+        downloading.wait()
 
 
 def test_unreachable_hub(home, monkeypatch):
