@@ -61,10 +61,20 @@ def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
 FIRST_SHOWING = "QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY shown_wall_ns, id) = 1"
 
 
+# A reply first shown this long after it was written was shown before: its first showings
+# expired with the retention period (a chat reopened after 90 days, or after the period was
+# shortened), and this one is a re-read of all its replies at once.
+NEW_REPLY_NS = 15 * 60 * 10**9
+
+
 def is_first_showing(store, shown: dict) -> bool:
-    rows = store._rows("SELECT id FROM shown_replies WHERE message_id = ? "
-                       "ORDER BY shown_wall_ns, id LIMIT 1", (shown["message_id"],))
-    return bool(rows) and rows[0]["id"] == shown["id"]
+    rows = store._rows("SELECT s.id, s.shown_wall_ns, m.created_wall_ns FROM shown_replies s "
+                       "LEFT JOIN messages m ON m.id = s.message_id WHERE s.message_id = ? "
+                       "ORDER BY s.shown_wall_ns, s.id LIMIT 1", (shown["message_id"],))
+    if not rows or rows[0]["id"] != shown["id"]:
+        return False
+    written = rows[0]["created_wall_ns"]
+    return written is None or rows[0]["shown_wall_ns"] - written <= NEW_REPLY_NS
 
 
 def previous_shown(store, shown: dict) -> dict | None:

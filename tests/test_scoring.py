@@ -144,6 +144,27 @@ def test_a_reopened_conversation_is_not_scored_again_and_keeps_its_comparisons(s
     reopened.close()
 
 
+def test_a_chat_reopened_after_its_showings_expired_is_not_scored_as_new_reading(store):
+    """Retention deletes a reply's showings with the other signals: reopened after 90
+    days (or after the period was shortened), each reply's showing was its "first", and
+    every reply was scored, all shown at once, without a next message."""
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    pointwise_model(model_dir(store.data_dir))
+    conversation, first, second = regenerated_pair(store)
+    long_ago = time.time_ns() - 100 * 86_400 * 10**9
+    store._write("UPDATE messages SET created_wall_ns = ? WHERE conversation_id = ?",
+                 (long_ago, conversation.id))
+    session = AppSession(store)
+    for message in (first, second):
+        show_and_read(store, session, conversation.id, message.id, moves=20)
+    session.scorer.wait()
+    assert session.scorer.errors == [] and session.scorer.history is not None   # it ran
+    store.flush()
+    assert store.scores.for_message(first.id) == store.scores.for_message(second.id) == []
+    session.close()
+
+
 def test_a_reply_is_read_until_the_next_message_not_until_it_leaves_the_screen(store):
     """The study's window of an answer ends at the next query, and the model's "time to
     the next message" is that length. A reply stays on screen under the next turns, so
