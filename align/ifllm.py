@@ -256,6 +256,9 @@ def _read(directory: Path) -> IfllmData:
         if row[0] is None or row[1] is None:
             report["dropped"]["queries_without_worker_or_task"] += 1
             continue
+        if row[2] is None:              # (a traceback before: int(None) when it was used)
+            report["dropped"]["queries_without_query_id"] += 1
+            continue
         tasks.setdefault((row[0], int(row[1])), []).append(row)
     task_keys = sorted(tasks)
     if not task_keys:

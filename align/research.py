@@ -155,6 +155,7 @@ def import_ifllm(store, directory, progress=None) -> dict:
             for table in RESEARCH_TABLES:
                 column = "id" if table == "research_imports" else "import_id"
                 con.execute(f"DELETE FROM {table} WHERE {column} = ?", [import_id])
+            superseded = _supersede(con, cols["conversations"]["id"])
             written = {}
             written["research_conversations"] = _insert(con, "research_batch", cols["conversations"], f"""
                 INSERT INTO research_conversations SELECT '{import_id}', id, user_id, task_id,
@@ -182,33 +183,66 @@ def import_ifllm(store, directory, progress=None) -> dict:
                 con.unregister("research_reply_ids")
             con.execute("INSERT INTO research_imports VALUES (?, 'ifllm', ?, ?, ?)",
                         [import_id, str(directory.resolve()), time.time_ns(), json.dumps(report)])
-            return replaced, written
+            return replaced, written, superseded
 
-    replaced, written = store.writer.call(write)
+    replaced, written, superseded = store.writer.call(write)
     report.update({"replaced_previous_import": bool(replaced), "written": written,
+                   "superseded": superseded,
                    "seconds": round(time.monotonic() - started, 1)})
     return report
 
 
+def _supersede(con, conversation_ids) -> dict[str, int]:
+    """Rows of earlier imports for the conversations being imported now: row ids are the
+    study's own (worker, task, query), so a folder that overlaps an earlier one (a subset
+    of the same study, or a corrected copy) doubled every shared trace. The newest import
+    holds them; an earlier import left with nothing is removed."""
+    con.register("research_incoming", {"id": np.asarray(conversation_ids, dtype=object)})
+    try:
+        gone = {"research_samples": con.execute(
+            "DELETE FROM research_samples WHERE shown_reply_id IN (SELECT id FROM "
+            "research_shown_replies WHERE conversation_id IN (SELECT id FROM research_incoming))"
+        ).fetchone()[0]}
+        for table in ("research_shown_replies", "research_feedback", "research_turns"):
+            gone[table] = con.execute(f"DELETE FROM {table} WHERE conversation_id IN "
+                                      "(SELECT id FROM research_incoming)").fetchone()[0]
+        gone["research_conversations"] = con.execute(
+            "DELETE FROM research_conversations WHERE id IN (SELECT id FROM research_incoming)"
+        ).fetchone()[0]
+    finally:
+        con.unregister("research_incoming")
+    gone["research_imports"] = con.execute(
+        "DELETE FROM research_imports WHERE id NOT IN (SELECT import_id FROM research_conversations)"
+    ).fetchone()[0]
+    return {table: n for table, n in gone.items() if n}
+
+
 def remove_research(store, directory=None, compact: bool = True) -> dict:
-    """Delete imported research data (every import, or only ``directory``'s), then
-    rewrite the file so the space is given back."""
+    """Delete imported research data (every import, or only ``directory``'s: the import
+    of its content, or the one made from that path, if the folder changed or is gone),
+    then rewrite the file so the space is given back."""
     _check_schema(store)
-    import_id = folder_fingerprint(directory) if directory else None
+    ids = None
+    if directory:
+        ids = {row["id"] for row in store._rows(
+            "SELECT id FROM research_imports WHERE directory = ?", (str(Path(directory).resolve()),))}
+        if Path(directory).is_dir():
+            ids.add(folder_fingerprint(directory))
 
     def delete(con):
         with transaction(con):
             removed = {}
             for table in RESEARCH_TABLES:
                 column = "id" if table == "research_imports" else "import_id"
-                where, params = (f" WHERE {column} = ?", [import_id]) if import_id else ("", [])
+                where, params = (f" WHERE list_contains(?, {column})", [sorted(ids)]) \
+                    if ids is not None else ("", [])
                 removed[table] = con.execute(f"DELETE FROM {table}{where}", params).fetchone()[0]
             return removed
 
     removed = store.writer.call(delete)
     if compact and any(removed.values()):
         store.compact()
-    return {"removed": removed, "import_id": import_id}
+    return {"removed": removed, "import_id": ",".join(sorted(ids)) if ids else None}
 
 
 def imports(store) -> list[dict]:

@@ -56,6 +56,35 @@ def test_import_is_complete_idempotent_and_reads_back_exactly(store, folder, cac
             assert b.origin == "imported" and b.estimated == a.estimated
 
 
+def test_an_overlapping_folder_replaces_the_turns_it_shares_instead_of_doubling_them(
+        store, folder, cache, tmp_path):
+    """Row ids are the study's own, and only rows of the same folder content were
+    replaced: a one-worker subset, then a two-worker folder holding it, gave that
+    worker's turns twice and every sample of their traces twice. A folder moved or
+    deleted since could not be removed by its path either."""
+    import shutil
+    from align.ifllm import read_ifllm, write_subset
+    from align.research import import_ifllm, read_research, remove_research
+    one = tmp_path / "one-worker"
+    write_subset(folder, one, WORKERS[:1])
+    first = import_ifllm(store, one)
+    second = import_ifllm(store, folder)              # both workers, the first one again
+    whole = read_ifllm(folder)
+    back = read_research(store)
+    assert sorted(t.query_id for t in back.turns) == sorted(t.query_id for t in whole.turns)
+    assert research_counts(store)["research_samples"] == \
+        sum(len(tr) for t in whole.turns for tr in (*t.traces, t.page))
+    assert second["superseded"]["research_imports"] == 1     # the subset held nothing more
+    assert first["import_id"] != second["import_id"]
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, tmp_path / "copy")
+    import_ifllm(store, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", moved)              # the folder imported is gone from there
+    gone = remove_research(store, tmp_path / "copy")
+    assert gone["removed"]["research_imports"] == 1
+    assert set(research_counts(store).values()) == {0}
+
+
 def test_research_scope_survives_retention_and_conversation_deletion(store, folder, cache):
     from align.research import import_ifllm, remove_research
     from feedback_store import Conversation, Message
@@ -191,3 +220,23 @@ def test_a_subset_never_overwrites_a_folder(folder, tmp_path):
     from align.ifllm import IfllmFormatError, read_ifllm
     with pytest.raises(IfllmFormatError, match="holds no study turns"):     # not a DuckDB error
         read_ifllm(tmp_path / "nobody")
+
+
+def test_a_query_without_an_id_is_dropped_and_counted(folder, tmp_path):
+    """Lenient as the issue asks: a row without a worker or task was dropped and counted,
+    one without a query id stopped the import with a TypeError traceback."""
+    import shutil
+    import duckdb
+    from align.ifllm import read_ifllm
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    queries = damaged / "queries.parquet"
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * REPLACE (CASE WHEN query_ID = (SELECT max(query_ID) FROM "
+                f"'{queries}') THEN NULL ELSE query_ID END AS query_ID) FROM '{queries}') "
+                f"TO '{tmp_path / 'q.parquet'}' (FORMAT parquet)")
+    con.close()
+    shutil.move(tmp_path / "q.parquet", queries)
+    data = read_ifllm(damaged)
+    assert data.report["dropped"]["queries_without_query_id"] == 1
+    assert len(data.turns) == len(read_ifllm(folder).turns) - 1
