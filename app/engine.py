@@ -90,11 +90,13 @@ class PromptTooLong(EngineError):
 
 class ChatEngine:
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = START_CONTEXT,
-                 n_threads: int = 2, max_ctx: int | None = MAX_CONTEXT):
+                 n_threads: int | None = None, max_ctx: int | None = MAX_CONTEXT):
         self.n_ctx = n_ctx
         self.max_ctx = max_ctx if max_ctx is not None else n_ctx   # (a test's fixed context)
-        # FACTS: llama-cpp's default is cpu_count // 2 = 1 here; 2 threads is 1.6x faster.
-        self.n_threads = n_threads
+        # llama-cpp's default, cpu_count // 2, is 1 on a 2-core machine, where 2 threads are
+        # 1.6x faster (FACTS); elsewhere it is the physical cores of most machines, and 2
+        # left a 16-core one reading a long prompt on two.
+        self.n_threads = n_threads or max(2, (os.cpu_count() or 2) // 2)
         self.llm = None
         self.model_info: dict | None = None
         self._formatter = None
