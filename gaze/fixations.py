@@ -127,6 +127,15 @@ class FixationDetector:
         self._reset([held, sample])
         return done
 
+    def expire(self, t_ns: int) -> Fixation | None:
+        """No usable sample at ``t_ns`` (a blink, the face lost, a point off the screen).
+        A fixation whose last sample is ``max_gap_ms`` old has ended: it is reported now,
+        not when the eyes come back, seconds later, when the recorder would map it onto
+        whatever the screen shows by then (another reply, scrolled text)."""
+        if self._last_t is None or not self._t or t_ns - self._last_t < self.max_gap_ns:
+            return None
+        return self.flush()
+
     def flush(self) -> Fixation | None:
         """End of data: close the open fixation."""
         done = self._close()

@@ -285,6 +285,7 @@ class GazeTracker:
                 if item is None:
                     if not self._grabber.running:
                         break
+                    self._expire_fixation(time.monotonic_ns())     # no frame: no sample
                     continue
                 frame, mono_ns, wall_ns = item
                 t_s = mono_ns / 1e9
@@ -297,7 +298,8 @@ class GazeTracker:
                 del frame, item                     # the image goes no further
                 self.frames += 1
                 try:
-                    self._process(result, mono_ns, wall_ns, t_s, blink)
+                    if not self._process(result, mono_ns, wall_ns, t_s, blink):
+                        self._expire_fixation(mono_ns)
                     failures = 0
                 except Exception as error:      # numerical trouble on one odd frame
                     failures += 1
@@ -327,14 +329,22 @@ class GazeTracker:
             except Exception:
                 self.callback_errors += 1
 
+    def _expire_fixation(self, now_ns: int) -> None:
+        det = self.fixation_detector
+        fix = det.expire(now_ns) if det is not None else None
+        if fix is not None:
+            self.fixations += 1
+            self._emit(fixation_point(fix))
+
     def _process(self, result, mono_ns: int, wall_ns: int, t_s: float,
-                 blink: BlinkDetector) -> None:
+                 blink: BlinkDetector) -> bool:
+        """One frame's gaze: True if it gave a point (and a sample to the fixations)."""
         with self._lock:
             listeners = list(self._listeners)
         if result.landmarks is None:
             self._no_face_run += 1
             self._tell(listeners, None, result, False, t_s)
-            return
+            return False
         self._no_face_run = 0
         self.faces_found += 1
         if self.reference is None:
@@ -347,13 +357,13 @@ class GazeTracker:
         self._tell(listeners, None if self._several else result.landmarks, result, blinking, t_s)
         if blinking:
             self.blinks_dropped += 1
-            return
+            return False
         cal = self.calibration
         if cal is None or not cal.enabled or self._several:
-            return
+            return False
         if f.fit_residual > MAX_FIT_RESIDUAL:
             self.rejected += 1
-            return
+            return False
         raw = cal.mapper.uncorrected(f.vector[None])[0]
         recal = self.recalibrator
         x, y = recal.affine.apply(raw) if recal is not None else raw
@@ -362,7 +372,7 @@ class GazeTracker:
         if not (screen.left_px - mx <= x <= screen.left_px + screen.width_px + mx
                 and screen.top_px - my <= y <= screen.top_px + screen.height_px + my):
             self.rejected += 1
-            return
+            return False
         confidence = float(np.clip(1 - f.fit_residual / MAX_FIT_RESIDUAL, 0, 1)
                            * np.clip(1 - abs(f.scale - 1) / 0.5, 0, 1))
         with self._lock:
@@ -387,6 +397,7 @@ class GazeTracker:
             with self._lock:            # click() adds on the UI thread
                 if recal.points and recal.points[0].expires <= time.monotonic():
                     recal.refit()
+        return True
 
 
 class _FaceCounter:

@@ -123,3 +123,22 @@ def test_one_euro_steadies_a_resting_point_and_follows_a_jump():
     assert settled <= 10                           # within ≈ 1/3 s of the jump
     single = OneEuroFilter()
     assert single(5.0, 0.0) == 5.0                 # first value passes through
+
+
+def test_a_fixation_ends_when_the_samples_stop_not_when_they_come_back():
+    """Samples from a blink, a lost face or a point off the screen never reach the
+    detector: an open fixation ended only at the next accepted sample, seconds later, and
+    was then mapped onto whatever the screen showed by then."""
+    from gaze.fixations import FixationDetector
+    det = FixationDetector(px_per_degree=40.0)
+    t = 0
+    for _ in range(9):                                # 300 ms at one place
+        assert det.add(t, 500.0, 300.0) is None
+        t += 33_333_333
+    last = t - 33_333_333
+    assert det.expire(last + 100_000_000) is None     # within the gap allowed: still open
+    done = det.expire(last + 200_000_000)             # the eyes are gone: it ended
+    assert done is not None and done.n == 9 and abs(done.x - 500.0) < 1e-9
+    assert done.end_ns < last + 100_000_000
+    assert det.add(last + 5_000_000_000, 900.0, 300.0) is None   # not reported twice
+    assert det.expire(last + 5_100_000_000) is None               # one sample: no fixation

@@ -222,6 +222,30 @@ def test_points_and_fixations_from_a_replayed_camera(vision, tmp_path):
     assert stats["latency_p95_ms"] is not None
 
 
+def test_a_fixation_is_reported_when_the_face_goes_not_when_it_comes_back(vision, tmp_path):
+    """The face leaves the picture (the user looks down at the keyboard): the fixation
+    before was reported only when the face came back, after that frame's point, and the
+    app mapped it onto whatever the screen showed by then."""
+    from gaze import synthetic
+    from gaze.tracker import GazeTracker
+    base = synthetic.base_frame()
+    away = np.zeros_like(base)
+    path = synthetic.write_video(tmp_path / "away.avi", [],
+                                 frames=[base] * 20 + [away] * 20 + [base] * 20)
+    cal = still_calibration(synthetic.write_video(tmp_path / "still.avi", [], frames=[base] * 30))
+    points = []
+    tracker = GazeTracker(path, cal, points.append, realtime=True)   # frames 33 ms apart
+    tracker.start()
+    assert tracker.wait_finished(240)
+    assert tracker.stop()
+    raw = [i for i, p in enumerate(points) if p.kind == "raw"]
+    fixations = [i for i, p in enumerate(points) if p.kind == "fixation"]
+    gap = next(n for n, (a, b) in enumerate(zip(raw, raw[1:]))
+               if points[b].mono_ns - points[a].mono_ns > 300_000_000)
+    back = raw[gap + 1]                   # the first point after the face came back
+    assert fixations and fixations[0] < back, [(p.kind, p.mono_ns) for p in points]
+
+
 def test_no_camera_says_so_and_nothing_crashes(vision):
     import cv2
     cap = cv2.VideoCapture(99)
