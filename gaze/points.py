@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 HEALTH_STATES = ("ok", "no_camera", "face_lost", "several_faces", "camera_busy",
-                 "not_calibrated")
+                 "not_calibrated", "other_screen")   # (the last: said by the window)
 
 
 @dataclass(frozen=True)

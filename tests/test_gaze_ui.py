@@ -627,3 +627,20 @@ def test_gaze_is_not_stored_while_a_dialog_of_glances_covers_the_window(qtbot, w
     recorder.flush()
     store.flush()
     assert [r["x"] for r in store._rows("SELECT x FROM gaze_samples")] == [x0 + 60]
+
+
+def test_gaze_on_another_screen_than_the_calibrated_one_says_so(qtbot, window, tmp_path):
+    """The tracker keeps only points on the screen it was calibrated on: with the window
+    moved to another monitor, gaze said "on" and recorded nothing."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    source = _replayed_gaze(window, tmp_path)         # calibrated for a 1920×1080 screen
+    g = window.screen().geometry()
+    assert (g.x(), g.y(), g.width(), g.height()) != (0, 0, 1920, 1080)   # (offscreen's)
+    gaze = attach_gaze(window, source=source, data_dir=tmp_path,
+                       tracker_kw={"realtime": True, "loop": True})
+    qtbot.waitUntil(lambda: gaze.tracker is not None and gaze.tracker.frames > 5,
+                    timeout=60_000)
+    qtbot.waitUntil(lambda: gaze.label.text() == "Gaze: other screen", timeout=30_000)
+    assert "another screen" in window.statusBar().currentMessage()
+    gaze.stop_and_wait()

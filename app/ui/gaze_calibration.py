@@ -37,7 +37,10 @@ TIPS = ("<ul><li>Sit about an arm's length from the screen, facing it.</li>"
 MODEL_NAMES = {"ridge": "ridge", "kernel": "kernel ridge", "mlp": "small MLP"}
 SHORT = {"ok": "on", "no_camera": "no camera", "face_lost": "face not seen",
          "several_faces": "several faces", "camera_busy": "camera busy",
-         "not_calibrated": "not calibrated"}
+         "not_calibrated": "not calibrated", "other_screen": "other screen"}
+OTHER_SCREEN = ("Glance is on another screen than the one gaze was calibrated on, so no gaze "
+                "is recorded. Calibrate on this screen (Gaze… → Calibrate), or move the "
+                "window back.")
 
 
 # --- screens ---------------------------------------------------------------------------------
@@ -731,6 +734,10 @@ class GazeController(QObject):
         if self.tracker is None:
             return
         h = self.tracker.health()
+        if h.state == "ok" and self._on_another_screen():
+            # Points are kept only on the calibrated screen (the tracker drops the rest):
+            # on another one, gaze said "on" and recorded nothing.
+            h = Health("other_screen", OTHER_SCREEN, fps=h.fps)
         # The red camera dot means the camera is really open, not merely wanted, and until
         # it has been released (a failing camera says "no camera" a moment before).
         camera_open = self.tracker.camera_open
@@ -751,6 +758,15 @@ class GazeController(QObject):
                 self._said.add((h.state, h.hint))
                 self.window.statusBar().showMessage(h.hint or h.message, 15000)
             self.health_changed.emit(h)
+
+    def _on_another_screen(self) -> bool:
+        """Whether the window is on another screen than the one gaze was calibrated on."""
+        cal, qscreen = self.calibration, self.window.screen()
+        if cal is None or qscreen is None:
+            return False
+        g, s = qscreen.geometry(), cal.mapper.screen
+        return (g.x(), g.y(), g.width(), g.height()) != (s.left_px, s.top_px, s.width_px,
+                                                         s.height_px)
 
     def _screens_changed(self, layout: list[dict]) -> None:
         """A screen plugged in, removed, moved or rescaled: the calibration maps the eyes to
