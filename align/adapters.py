@@ -133,8 +133,9 @@ def list_versions(root: Path) -> list[dict]:
 
 def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> dict | None:
     """The active version's manifest plus ``path`` (its GGUF), or None for the base.
-    With ``model_path``, None also when the adapter was trained on another model."""
-    version = read_active(root).get("version")
+    With ``model_path``, when the active version was trained on another model: this
+    model's newest version older than it, or None."""
+    version = active = read_active(root).get("version")
     if not version:
         return None
     info = manifest(root, version)
@@ -150,8 +151,7 @@ def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> d
             # The active version is another model's (one active.json for all models):
             # this model's newest kept version, not the base model. Switching to a
             # model and back hid its adapter until another night retrained it.
-            version = next((v for v in reversed(versions(root))
-                            if _number(v) < _number(read_active(root).get("version"))
+            version = next((v for v in reversed(versions(root)) if _number(v) < _number(active)
                             and same_base((manifest(root, v) or {}).get("base"), current)), None)
             if version is None:
                 return None

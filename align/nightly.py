@@ -153,7 +153,11 @@ class DataDeleted(RuntimeError):
 
 
 class NoData(Exception):
-    pass
+    """No database in the folder: opening one would make it (and a key)."""
+
+    def __init__(self, data_dir):
+        super().__init__(f"No Glance data in {data_dir} (Glance was not used there yet, or "
+                         "everything was deleted): nothing to train on.")
 
 
 def check_not_deleted(data_dir: Path) -> None:
@@ -174,8 +178,7 @@ class _Direct:
         if not (Path(self.data_dir) / "glance.db").exists():
             # Opening would make a new database and key: after *Delete everything* the
             # scheduled job or `align status` brought Glance's files back each night.
-            raise NoData(f"No Glance data in {self.data_dir} (Glance was not used there yet, "
-                         "or everything was deleted): nothing to train on.")
+            raise NoData(self.data_dir)
         return FeedbackStore.open(self.data_dir)
 
     def begin(self, run_id: str, include_imported: bool) -> dict:
@@ -273,8 +276,7 @@ def run_nightly(config: NightlyConfig, log=None) -> dict:
     if not (data_dir / "glance.db").exists() and AppClient.find(data_dir) is None:
         # Nothing to read, and nothing made here (not even the lock's folder).
         return dict(result, status="skipped", recorded=False, seconds=0.0,
-                    message=f"No Glance data in {data_dir} (Glance was not used there yet, "
-                            "or everything was deleted): nothing to train on.")
+                    message=str(NoData(data_dir)))
     try:
         lock = TrainingLock(data_dir / LOCK_FILE).acquire()
     except AlreadyRunning as error:
@@ -541,7 +543,7 @@ def _publish_and_record(config, result, outcome, train, heldout, model_path, gon
         if version is not None:
             from .ipc import tell_app_adapters_changed
             tell_app_adapters_changed(data_dir)      # now in use: the window's label follows
-        if version is None:
+        else:
             result.update(published=False, status="not_published", message=(
                 f"Adapter {result['adapter']} was retired as it was published: a conversation "
                 "it learned from was deleted meanwhile. The chat keeps its previous state."))
