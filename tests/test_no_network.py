@@ -163,6 +163,7 @@ INVOCATIONS = {
     ("glance", "doctor"): [["doctor"], ["doctor", "--json"]],
     ("glance", "models", "list"): [["models", "list"]],
     ("glance", "models", "add"): [["models", "add", "{model}"]],
+    ("glance", "models", "remove"): [["models", "remove", "{model}"]],
     ("glance", "models", "download"): [
         ["models", "download", "owner/repo", "model.gguf", "--sha256", "0" * 64]],
     ("glance", "data", "status"): [["data", "status"], ["data", "status", "--json"]],
@@ -192,6 +193,7 @@ INVOCATIONS = {
 # Keyed by (command, index of the invocation).
 EXPECTED_EXIT = {(("glance",), 0): 2,                         # no display
                  (("glance", "models", "download"), 0): 2,    # the hub is unreachable
+                 (("glance", "models", "remove"), 0): 2,      # not in this folder's list
                  (("align", "reward"), 0): 2}                 # no subcommand: help, as an error
 DOWNLOADS = {("glance", "models", "download")}
 
