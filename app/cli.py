@@ -4,7 +4,6 @@ import gc
 import json
 import os
 import platform
-import signal
 import sys
 import threading
 from contextlib import contextmanager
@@ -161,6 +160,8 @@ def _ctrl_c_stops(cancel: threading.Event):
     the conversation stays a turn-by-turn one. Raised through, it lost the reply and
     left the question unanswered (the next turn sent two user messages in a row). A
     second Ctrl-C interrupts at once."""
+    import signal
+
     def stop(signum, frame):
         if cancel.is_set():
             raise KeyboardInterrupt

@@ -16,6 +16,14 @@ def glance_home() -> Path:
 
 
 WRITE_PROBE_PREFIX = ".write-probe-"
+# Files Glance makes at the top of its folder besides its glance.* files (the database,
+# key, lock...). (The probe's name before 2026-12-07 without its dash.)
+GLANCE_FILES = ("nightly.sock", ".write-probe")
+
+
+def is_glance_file(name: str) -> bool:
+    """Whether a file at the top of the data folder is one Glance makes."""
+    return name.startswith(("glance.", WRITE_PROBE_PREFIX)) or name in GLANCE_FILES
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -15,7 +15,7 @@ from .connection import quote, translate
 from .errors import DatabaseLocked, StoreError
 from .keys import forget_key
 from .locks import STORE_LOCK_FILE, held_elsewhere
-from .paths import WRITE_PROBE_PREFIX
+from .paths import is_glance_file
 
 
 def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
@@ -78,7 +78,6 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
 # .wal, glance.compact.db, glance.key, glance.key.next, ...), these files, and these
 # folders with what Glance puts in them. GLANCE_HOME may name a folder that also holds
 # the user's own files (a typo, or their home folder); those are never Glance's to delete.
-GLANCE_FILES = ("nightly.sock", ".write-probe")   # (the probe's name before 2026-12-07)
 GLANCE_FOLDERS = {
     "adapters": ("active.json", "v[0-9]*", ".staging-*", ".pending-*", ".active.json.*"),
     "cache": ("gguf-headers.json*", "httpfs-verified*", "hf", "*.tmp"),
@@ -95,7 +94,7 @@ def is_glance_entry(path: Path, shared: bool = False) -> bool:
     shared with other files, a folder of Glance's name counts only if all it holds looks
     like Glance's, and ``models`` never does (a user's own models folder looks the same)."""
     name = path.name
-    if name.startswith(("glance.", WRITE_PROBE_PREFIX)) or name in GLANCE_FILES:
+    if is_glance_file(name):
         return True
     if name not in GLANCE_FOLDERS or not path.is_dir() or path.is_symlink():
         return False

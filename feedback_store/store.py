@@ -25,8 +25,7 @@ from .conversations import Conversation, ConversationManager, Message, new_id  #
 from .errors import DatabaseLocked, SchemaTooNew, StoreError
 from .keys import DatabaseKey, load_or_create_key
 from .locks import STORE_LOCK_FILE, FileLock, HeldElsewhere, this_process
-from .paths import ensure_private_dir, glance_home
-from .privacy import is_glance_entry
+from .paths import ensure_private_dir, glance_home, is_glance_file
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
 from .traces import TraceReader
@@ -209,7 +208,7 @@ class FeedbackStore:
         # Glance's files only: the folder may also hold the user's (GLANCE_HOME set to a
         # folder in use); their scripts stayed 0600, no longer executable.
         for child in self.data_dir.iterdir():
-            if child.is_file() and not child.is_symlink() and is_glance_entry(child):
+            if child.is_file() and not child.is_symlink() and is_glance_file(child.name):
                 os.chmod(child, 0o600)
 
     # --- reading and writing -------------------------------------------------------------
