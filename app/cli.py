@@ -282,6 +282,9 @@ def cmd_doctor(args) -> int:
         print(f"Data dir: {report['data_dir']}")
         camera = report["camera"]
         print(f"Camera:   {', '.join(camera['devices']) if camera['available'] else 'none found'}")
+        if len(camera["devices"]) > 1 or os.environ.get("GLANCE_CAMERA"):
+            print(f"          gaze uses {camera['gaze_uses']} (GLANCE_CAMERA=/dev/videoN, or a "
+                  "/dev/v4l/by-id/ name, chooses another)")
         database = report["database"]
         print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
                               f"{database['schema_version']}"

@@ -20,7 +20,11 @@ def camera_status() -> dict:
         opencv = True
     except ImportError:
         opencv = False
-    return {"available": bool(devices), "devices": devices, "opencv_installed": opencv}
+    # The one gaze opens (GLANCE_CAMERA, else the first): with two cameras (a laptop's and
+    # a USB one) nothing said which, nor how to choose the other.
+    chosen = os.environ.get("GLANCE_CAMERA") or "0"
+    return {"available": bool(devices), "devices": devices, "opencv_installed": opencv,
+            "gaze_uses": f"/dev/video{chosen}" if chosen.isdigit() else chosen}
 
 
 @dataclass(frozen=True)

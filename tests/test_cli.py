@@ -80,7 +80,13 @@ def test_doctor_json(home):
     assert report["data_dir"] == str(home)
     assert report["database"]["ok"] and report["database"]["encryption"] is True
     assert "available" in report["camera"]
+    assert report["camera"]["gaze_uses"] == "/dev/video0"     # the one gaze opens by default
     assert report["reward"] == {"pointwise": None, "pairwise": None}   # Glance ships none
+    chosen = subprocess.run([sys.executable, "-m", "app.cli", "doctor"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120,
+                            env=dict(os.environ, GLANCE_HOME=str(home),
+                                     GLANCE_CAMERA="/dev/v4l/by-id/usb-cam"))
+    assert "gaze uses /dev/v4l/by-id/usb-cam" in chosen.stdout, chosen.stdout
 
 
 def test_doctor_names_the_reward_model_the_app_scores_with(home):
