@@ -171,8 +171,10 @@ class ChatEngine:
         one and the model allows more (lock held). Reloading costs about what loading
         did; the prompt is read afresh anyway, as it is new to the cache."""
         current = self.llm.n_ctx()
+        if current >= self.context_limit:
+            return
         needed = sum(self._own_tokens(m) + 8 for m in messages) + max_tokens
-        if needed <= current - current // 8 or current >= self.context_limit:
+        if needed <= current - current // 8:
             return
         target = current
         while target < needed + needed // 4 and target < self.context_limit:
