@@ -130,8 +130,10 @@ class ChatService:
             path = tree.active_path()
             parent_id = path[-1].id if path else None
         history = self._chat_messages(tree, tree.path_to(parent_id))
+        # Against the largest context the model may get: the engine grows it when the
+        # reply is written (checked against the current one, a pasted page was refused).
         self.engine.fit_to_context(history + [{"role": "user", "content": text}],
-                                   tree.settings().max_tokens)
+                                   tree.settings().max_tokens, n_ctx=self.engine.context_limit)
         message = Message(conversation_id=tree.id, role="user", content=text,
                           parent_id=parent_id)
         if not tree.stored:

@@ -176,6 +176,10 @@ class ChatEngine:
         needed = sum(self._own_tokens(m) + 8 for m in messages) + max_tokens
         if needed <= current - current // 8:
             return
+        kept = [messages[-1]] + [m for m in messages[:1] if m["role"] == "system" and len(messages) > 1]
+        if sum(self._own_tokens(m) for m in kept) + min(max_tokens, self.context_limit // 4) \
+                > self.context_limit:
+            return                         # refused however large: not worth a reload
         target = current
         while target < needed + needed // 4 and target < self.context_limit:
             target *= 2
@@ -203,18 +207,22 @@ class ChatEngine:
         prompt = self._formatter(messages=self._rules.apply(messages)).prompt
         return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
-    def fit_to_context(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int, int]:
+    def fit_to_context(self, messages: list[dict], max_tokens: int,
+                       n_ctx: int | None = None) -> tuple[list[dict], int, int]:
         """Drop the oldest turns until the prompt leaves room for the reply.
 
         Returns (messages that fit, number of turns dropped, prompt tokens). The system
         prompt and the newest message are always kept; if they alone do not fit,
         PromptTooLong is raised. The kept history never starts on an assistant turn.
+        ``n_ctx``: fit a context of that size rather than the current one (the largest
+        it may grow to, for a message not sent yet).
         """
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system):]
+        n_ctx = n_ctx or self.llm.n_ctx()
         # Keep at least a quarter of the context for the reply, even if max_tokens is larger.
-        reserve = min(max_tokens, self.llm.n_ctx() // 4)
-        room = self.llm.n_ctx() - reserve
+        reserve = min(max_tokens, n_ctx // 4)
+        room = n_ctx - reserve
 
         def count(start: int) -> int:
             return self.count_prompt_tokens(system + turns[start:])

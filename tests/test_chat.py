@@ -94,3 +94,25 @@ def test_search_finds_titles_and_message_text(service, store):
     assert [c.id for c in store.conversations.list("snake_case")] == [other.id]
     assert store.conversations.list("e_t") == [] and store.conversations.list("1%0") == []
     assert store.conversations.list("\\") == []
+
+
+def test_a_page_longer_than_the_start_context_is_answered_in_a_larger_one(store):
+    """The context was fixed at 2 048 tokens whatever the model allowed: a pasted page of
+    ~2 200 tokens was refused with "choose a model with a longer context" on SmolLM2,
+    which has 8 192. The context now grows, once, when a conversation needs it; the
+    message is checked against that limit before it is stored, as the window and
+    `glance chat` send it."""
+    from app.chat import ChatService
+    from app.engine import ChatEngine
+    engine = ChatEngine()                        # its own: it grows
+    try:
+        assert engine.llm.n_ctx() == 2048 and engine.context_limit == 8192
+        service = ChatService(store, engine)
+        tree = service.new_conversation()
+        service.set_settings(tree, quick_settings(max_tokens=4))
+        page = " ".join(f"Line {i}: the tide came in at dawn and left at noon." for i in range(135))
+        user, reply = service.send(tree, page + "\nSummarise.")
+        assert reply.prompt_tokens > 2048 and reply.dropped_turns == 0
+        assert engine.llm.n_ctx() > reply.prompt_tokens
+    finally:
+        engine.close()

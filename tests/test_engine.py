@@ -89,24 +89,6 @@ def test_long_history_drops_oldest_turns():
     engine.close()
 
 
-def test_a_conversation_longer_than_the_start_context_gets_a_larger_one():
-    """The context was fixed at 2 048 tokens whatever the model allowed: a pasted page of
-    ~3 000 tokens was refused with "choose a model with a longer context" on SmolLM2,
-    which has 8 192. The context now grows, once, when a conversation needs it."""
-    from app.engine import ChatEngine
-    engine = ChatEngine()
-    try:
-        assert engine.llm.n_ctx() == 2048 and engine.context_limit == 8192
-        page = " ".join(f"Line {i}: the tide came in at dawn and left at noon." for i in range(135))
-        reply = engine.generate([{"role": "user", "content": page + "\nSummarise."}],
-                                quick_settings(max_tokens=4))
-        assert reply.prompt_tokens > 2048 and reply.dropped_turns == 0
-        assert engine.llm.n_ctx() > reply.prompt_tokens
-        assert engine.generate(chat("Say hi."), quick_settings()).text     # still usable
-    finally:
-        engine.close()
-
-
 def reference_fit(engine, messages, max_tokens):
     """The definition: drop one turn more at a time (never starting on an assistant
     turn) until the whole prompt, counted exactly, leaves room for the reply."""
@@ -224,3 +206,15 @@ def test_the_embedded_models_template_takes_the_conversation_as_it_is(engine):
     assert engine._rules == TemplateRules()
     messages = chat("Name a colour.")
     assert engine._rules.apply(messages) == messages
+
+
+def test_a_message_refused_at_any_size_does_not_reload_the_model(engine):
+    """The context grows by reloading the model: for a message (or system prompt) longer
+    than the model's whole context that reload bought nothing but the wait."""
+    before = engine.llm
+    for messages in ([{"role": "user", "content": "word " * 9000}],
+                     [{"role": "system", "content": "be kind. " * 3000},
+                      {"role": "user", "content": "Hi"}]):
+        with pytest.raises(PromptTooLong):
+            engine.generate(messages, quick_settings())
+    assert engine.llm is before

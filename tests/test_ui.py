@@ -470,7 +470,7 @@ def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, w
 
 
 def test_prompt_longer_than_context_keeps_the_text(qtbot, window, store):
-    long_text = "word " * 4000
+    long_text = "word " * 9000            # more than SmolLM2's whole 8 192-token context
     window.input.setPlainText(long_text)
     with qtbot.waitSignal(window.reply_finished, timeout=60_000):
         window.send()   # checked and refused on the generation thread
