@@ -16,6 +16,10 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
     requests: list = []
     seconds_per_mib = 0.0      # a slow link
+    # A link that stalls: the first ``stall_after`` bytes, then nothing until the test
+    # opens ``resume`` (then a few bytes more, and nothing until ``finish``).
+    stall_after: int | None = None
+    resume = finish = None
 
     def do_GET(self):
         self.requests.append((self.path, self.headers.get("Range")))
@@ -32,6 +36,14 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
+            if self.stall_after is not None:
+                self.wfile.write(body[:self.stall_after])
+                self.wfile.flush()
+                self.resume.wait(60)
+                self.wfile.write(body[self.stall_after:self.stall_after + 4096])
+                self.wfile.flush()
+                self.finish.wait(60)
+                return
             for offset in range(0, len(body), 1 << 20):
                 self.wfile.write(body[offset:offset + (1 << 20)])
                 time.sleep(self.seconds_per_mib)
@@ -46,11 +58,15 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 def hub(monkeypatch):
     HubHandler.payload = default_model_path().read_bytes()
     HubHandler.requests = []
+    HubHandler.stall_after = None
+    HubHandler.resume, HubHandler.finish = threading.Event(), threading.Event()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("GLANCE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     yield HubHandler
+    HubHandler.resume.set()
+    HubHandler.finish.set()
     server.shutdown()
 
 

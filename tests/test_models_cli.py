@@ -60,8 +60,9 @@ class Hub(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(body[offset:offset + (1 << 20)])
                     self.wfile.flush()
                     time.sleep(0.2)
-            self.wfile.write(body)
-            self.wfile.flush()
+            else:
+                self.wfile.write(body)
+                self.wfile.flush()
             if self.mode == "reset":
                 # An abortive close (linger 0): the client gets a reset, not an end of
                 # stream. rfile holds a reference to the socket: close it first.

@@ -282,3 +282,30 @@ def test_a_failed_conversion_leaves_no_copy_of_the_model_behind(tmp_path):
     with pytest.raises(Exception):
         ensure_checkpoint(broken, CheckpointConfig(cache_dir=cache), log=lambda m: None)
     assert [p.name for p in cache.iterdir()] == [".lock"]
+
+
+def test_a_conversion_that_fails_half_way_removes_what_it_wrote(tmp_path, monkeypatch):
+    """A conversion that failed after writing (a full disk while saving the float32
+    weights) left its folder; the next night's sweep spares a living process's folder,
+    so only the conversion's own cleanup removes it. transformers stands in for the disk."""
+    require(importlib.util.find_spec("transformers") is not None, "transformers is missing")
+    import errno
+    from pathlib import Path
+    import transformers
+    from align.checkpoint import CheckpointConfig, ensure_checkpoint
+
+    class HalfSaved:
+        config = type("Config", (), {"model_type": "llama"})()
+
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "model-00001.safetensors").write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: HalfSaved())
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    cache = tmp_path / "hf"
+    with pytest.raises(OSError, match="No space"):
+        ensure_checkpoint(gguf, CheckpointConfig(cache_dir=cache), log=lambda m: None)
+    assert [p.name for p in cache.iterdir()] == [".lock"]

@@ -211,21 +211,21 @@ def test_a_compaction_that_fails_leaves_the_store_working_and_is_owed(home, monk
     for name in ("first", "second", "kept"):
         store.conversations.create(Conversation(title=name, id=name))
     old_key = (home / "glance.key").read_text()
-    monkeypatch.setattr(compaction, "_after_step", full_disk)
-    with pytest.raises(StoreError, match="No space left on device") as raised:
-        store.delete_conversation("first")
+    with monkeypatch.context() as disk:
+        disk.setattr(compaction, "_after_step", full_disk)
+        with pytest.raises(StoreError, match="No space left on device") as raised:
+            store.delete_conversation("first")
     assert "was deleted" in str(raised.value)
     assert not (home / "glance.compact.db").exists() and not (home / "glance.key.next").exists()
     assert (home / "glance.key").read_text() == old_key
     assert store._compaction_owed
-    monkeypatch.undo()                                   # space freed
-    store.delete_conversation("second")
+    store.delete_conversation("second")                  # space freed
     assert (home / "glance.key").read_text() != old_key
     assert not store._compaction_owed
-    monkeypatch.setattr(compaction, "_after_step", full_disk)
-    with pytest.raises(StoreError):
-        store.delete_conversation("kept")
-    monkeypatch.undo()
+    with monkeypatch.context() as disk:
+        disk.setattr(compaction, "_after_step", full_disk)
+        with pytest.raises(StoreError):
+            store.delete_conversation("kept")
     key_before_close = (home / "glance.key").read_text()
     store.close()                                        # the owed compaction
     assert (home / "glance.key").read_text() != key_before_close
