@@ -151,6 +151,10 @@ class SampleManager:
         conversations = self.store.conversations
         if conversations.is_incognito(conversation_id) or conversation_id in conversations._deleted:
             return None
+        if self.store.consent.paused:
+            # "Pause all collection": what was on screen, and for how long, is collection
+            # too. The window records it once collection resumes.
+            return None
         shown_id = new_id()
         x, y, width, height = geometry
         row = (shown_id, session_id, message_id, conversation_id, time.time_ns(),

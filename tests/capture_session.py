@@ -110,6 +110,13 @@ def main() -> int:
             row = store._rows("SELECT layout FROM shown_replies WHERE message_id = ?",
                               (command["message_id"],))
             return {"stored_layout": json.loads(row[0]["layout"])}
+        if kind == "pointer_consent":       # as the Privacy panel changes it
+            store.consent.set("pointer", command["on"])
+            window.apply_collection()
+            return {"hotkey": window.capture.hotkey is not None}
+        if kind == "pause":
+            window.toggle_pause()
+            return {"hotkey": window.capture.hotkey is not None}
         if kind == "minimize":
             window.showMinimized()
             return {}

@@ -298,3 +298,16 @@ def test_points_over_another_application_covering_the_window_are_not_kept(
     assert not kept(*under_cover), "a point over the covering application was kept"
     assert kept(*uncovered), "the words uncovered again were not recorded"
     assert kept(*session.point_at(shown[-1])), moves
+
+
+def test_the_desktop_wide_hotkey_goes_with_the_pointer_consent(xvfb_display, home, tmp_path):
+    """The pause hotkey is a keyboard hook on the whole desktop (it keeps no key, but it
+    sees them all): withdrawing the consent it came with left it running until quit.
+    Paused, it stays: it is how collection resumes from another application."""
+    session = Session(xvfb_display, home, tmp_path)
+    assert session.ready["global_hooks"] is True
+    assert session.command("pause")["hotkey"] is True          # paused: kept to resume
+    assert session.command("pause")["hotkey"] is True
+    assert session.command("pointer_consent", on=False)["hotkey"] is False
+    assert session.command("pointer_consent", on=True)["hotkey"] is True
+    session.quit()

@@ -644,3 +644,26 @@ def test_gaze_on_another_screen_than_the_calibrated_one_says_so(qtbot, window, t
     qtbot.waitUntil(lambda: gaze.label.text() == "Gaze: other screen", timeout=30_000)
     assert "another screen" in window.statusBar().currentMessage()
     gaze.stop_and_wait()
+
+
+def test_the_camera_follows_the_privacy_panel_at_once(qtbot, window, tmp_path):
+    """Resuming in the Privacy panel, or giving the gaze consent back there, left the
+    camera off until the next start (only the hotkey and the tray brought it back)."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    from app.ui.privacy import PrivacyPanel
+    source = _replayed_gaze(window, tmp_path)
+    gaze = window.gaze = attach_gaze(window, source=source, data_dir=tmp_path,
+                                     tracker_kw={"realtime": True, "loop": True})
+    qtbot.waitUntil(lambda: gaze.tracker is not None, timeout=30_000)
+    panel = PrivacyPanel(window.session.store, window, on_change=window.apply_collection)
+    qtbot.addWidget(panel)
+    panel.pause_box.setChecked(True)
+    assert gaze.tracker is None                      # off at once, not at the next poll
+    panel.pause_box.setChecked(False)
+    assert gaze.tracker is not None                  # and back
+    panel.boxes["gaze"].setChecked(False)
+    assert gaze.tracker is None
+    panel.boxes["gaze"].setChecked(True)
+    assert gaze.tracker is not None
+    gaze.stop_and_wait()

@@ -423,3 +423,18 @@ def test_cli_data_and_consent_commands(home, tmp_path):
     wiped = run_glance("data", "delete", "--all", "--yes", home=home)
     assert wiped.returncode == 0
     assert list(home.iterdir()) == []
+
+
+def test_what_was_on_screen_is_not_recorded_while_collection_is_paused(store):
+    """Paused, the window still recorded each reply shown, when, and (at its hiding) for
+    how long: "Pause all collection" had left that out."""
+    def show(message_id):
+        return store.samples.record_shown_reply(
+            session_id="s", message_id=message_id, conversation_id="c",
+            geometry=(0, 0, 10, 10), device_pixel_ratio=1.0, rendered_text="a reply", layout=[])
+    store.consent.set_paused(True)
+    assert show("while-paused") is None
+    store.consent.set_paused(False)
+    assert show("after") is not None
+    store.flush()
+    assert [r["message_id"] for r in store._rows("SELECT message_id FROM shown_replies")] == ["after"]

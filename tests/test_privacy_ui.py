@@ -223,6 +223,53 @@ def test_panel_export(qtbot, store, tmp_path, monkeypatch):
     assert str(exported[0]) in shown[0]
 
 
+def test_delete_everything_waits_for_the_export_and_asks_with_no_as_the_answer(
+        qtbot, store, tmp_path, monkeypatch):
+    """Delete everything could be chosen while an export ran: the data went, the export
+    failed, and the user, who wanted a copy first, had neither. Enter in its question (and
+    in the shorter-retention one) answered Yes: the focus was on Yes."""
+    from PySide6.QtWidgets import QMessageBox
+    asked = []
+    monkeypatch.setattr(QMessageBox, "information", lambda *a: None)
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a: asked.append(a) or QMessageBox.StandardButton.No)
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.export_finished, timeout=60_000):
+        panel.export(str(tmp_path / "mine"))
+        assert not panel.delete_button.isEnabled()
+        panel.delete_everything()                    # (a click that got through)
+        assert asked == [] and not store.closed
+    assert panel.delete_button.isEnabled()
+    panel.delete_everything()
+    panel.retention.setValue(30)
+    panel.apply_retention()
+    assert [a[1] for a in asked] == ["Delete everything", "Keep reading signals for less time"]
+    assert all(a[4] == QMessageBox.StandardButton.No for a in asked)     # the default
+    assert not store.closed and store.settings.retention_days == 90
+
+
+def test_the_panel_the_tray_and_the_hotkey_agree_on_the_pause(qtbot, store, window):
+    """The panel's pause took effect when it closed, and the tray (still "Pause all")
+    then resumed collection while the panel's box stayed ticked; the panel's consents
+    waited for it to close too."""
+    store.consent.set("pointer", True)
+    window.apply_collection()
+    assert window.capture.running
+    panel = PrivacyPanel(store, window, on_change=window.apply_collection)
+    qtbot.addWidget(panel)
+    window._privacy_panel = panel                    # as open_privacy does while it is open
+    panel.pause_box.setChecked(True)
+    assert not window.capture.running and window.tray_pause.text() == "Resume collection"
+    assert window.collection_label.text() == "Recording paused"
+    window.toggle_pause()                            # the tray's item, or the hotkey
+    assert not store.consent.paused and not panel.pause_box.isChecked()
+    assert window.capture.running
+    panel.boxes["pointer"].setChecked(False)         # withdrawn: stops now
+    assert not window.capture.running
+    window._privacy_panel = None
+
+
 def test_camera_red_dot_follows_the_running_camera(qtbot, store, window):
     assert not window.camera_dot.isVisible()
     store.consent.set("gaze", True)
@@ -316,3 +363,17 @@ def test_the_panel_closed_while_it_exports_closes_once_the_export_is_done(
         release.set()
     qtbot.waitUntil(lambda: not panel.isVisible(), timeout=30_000)
     assert (tmp_path / "mine").exists()
+
+
+def test_the_panel_says_what_is_stored_in_all(qtbot, store):
+    """The README promises counts and bytes; the panel showed this session's pointer and
+    gaze samples only, nothing of conversations, screen events, actions or picks."""
+    from feedback_store import Conversation, Message
+    store.conversations.create(Conversation(title="kept", id="kept"))
+    store.conversations.add_message(Message(conversation_id="kept", role="user", content="hi"))
+    store.flush()
+    panel = PrivacyPanel(store)
+    qtbot.addWidget(panel)
+    text = panel.totals.text()
+    assert "1 conversations, 1 messages" in text and "MB in the database files" in text
+    assert "actions (selections, copies, typing times)" in text

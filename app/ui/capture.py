@@ -81,6 +81,12 @@ class CaptureController(QObject):
             self.stop()
         if self.global_ok and self.hotkey is None and self.running:
             self._start_hotkey()
+        elif self.hotkey is not None and not consent.is_on("pointer"):
+            # A desktop-wide keyboard hook (it sees every key, keeps none) goes with the
+            # consent; while paused it stays, to resume with. It stayed until quitting.
+            self.hotkey.stop()
+            self.hotkey = None
+            self.window.pause_shortcut.setEnabled(True)
 
     def start(self) -> None:
         self.recorder.over_window = self.window.underMouse()

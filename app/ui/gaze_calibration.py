@@ -487,6 +487,15 @@ class GazeController(QObject):
         self._set_wanted(False)
         self.stop()
 
+    def sync(self) -> None:
+        """Consent or pause changed (the panel, the tray, the hotkey): the camera goes off
+        now, or comes back if gaze was on (the panel's changes waited for a restart)."""
+        if not self._allowed():
+            if self.tracker is not None:
+                self.stop()
+            return
+        self.resume()
+
     def resume(self) -> None:
         """Collection resumed after a pause: the camera comes back if gaze was on."""
         if self._allowed() and self._wanted() and self.calibration is not None \

@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
         self.service = ChatService(store, engine)
         self.session = AppSession(store)
         self._frozen_once = False          # long-lived objects frozen once shown (app/memory.py)
+        self._privacy_panel = None         # while the Privacy panel is open
         self.probe = LayoutProbe()
         self.tree: ConversationTree | None = None
         self.generation: GenerationThread | None = None
@@ -416,7 +417,9 @@ class MainWindow(QMainWindow):
         if confirm and QMessageBox.question(
                 self, "Delete conversation",
                 "Delete this conversation and everything recorded while reading it? "
-                "This cannot be undone.") != QMessageBox.StandardButton.Yes:
+                "This cannot be undone.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
             return
         if self.tree is not None and self.tree.id == conversation_id:
             self.new_chat()
@@ -842,7 +845,9 @@ class MainWindow(QMainWindow):
             return
         answer = QMessageBox.question(
             self, "Glance", f"Delete the downloaded file {file.name} "
-            f"({file.stat().st_size / 2**20:.0f} MiB)? Glance could not load it.")
+            f"({file.stat().st_size / 2**20:.0f} MiB)? Glance could not load it.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
         if answer == QMessageBox.StandardButton.Yes:
             file.unlink()
             self.statusBar().showMessage(f"Deleted {file.name}.", 6000)
@@ -918,19 +923,32 @@ class MainWindow(QMainWindow):
         if not self._store_free():     # it reads the counts, which wait for the rewrite
             return
         from .privacy import PrivacyPanel
-        panel = PrivacyPanel(self.session.store, self, capture_note=self.capture.describe())
-        panel.exec()
+        panel = PrivacyPanel(self.session.store, self, capture_note=self.capture.describe(),
+                             on_change=self.apply_collection)
+        self._privacy_panel = panel
+        try:
+            panel.exec()
+        finally:
+            self._privacy_panel = None
         if not panel.deleted_everything:
             self._refresh_conversations()
-            self.capture.sync()
-            self._update_collection_indicator()
+            self.apply_collection()
+
+    def apply_collection(self) -> None:
+        """A consent or the pause changed: the pointer hook, the camera, the indicator and
+        the tray follow at once (the panel's changes waited for it to close, or for a
+        restart, while the tray said the opposite)."""
+        if self.session.store.closed:
+            return
+        self.capture.sync()
+        self.gaze.sync()
+        self._update_collection_indicator()
+        if self._privacy_panel is not None:
+            self._privacy_panel.show_paused(self.session.store.consent.paused)
 
     def toggle_pause(self) -> None:
         paused = self.session.toggle_pause()
-        self.capture.sync()
-        if not paused:
-            self.gaze.resume()       # (the pause stopped the camera; it was left off)
-        self._update_collection_indicator()
+        self.apply_collection()
         self.statusBar().showMessage("All collection paused." if paused else "Collection resumed.",
                                      4000)
 

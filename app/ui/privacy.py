@@ -1,5 +1,5 @@
 """First-run consent and the privacy panel. The store enforces; these only ask and show."""
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QDialog, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton,
     QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
@@ -63,7 +63,8 @@ class ConsentDialog(QDialog):
             layout.addWidget(box)
             layout.addWidget(_signal_explanation(signal))
         note = QLabel("Conversation text is stored (encrypted) so your chats are there next "
-                      "time; any chat can be made incognito, deleted, or exported.")
+                      "time. A new chat can be incognito (never stored); any chat can be "
+                      "deleted, and everything exported.")
         note.setWordWrap(True)
         layout.addWidget(note)
         row = QHBoxLayout()
@@ -95,9 +96,11 @@ class ConsentDialog(QDialog):
 class PrivacyPanel(QDialog):
     export_finished = Signal(object)   # the export folder, or None when it failed
 
-    def __init__(self, store, parent=None, capture_note: str | None = None):
+    def __init__(self, store, parent=None, capture_note: str | None = None, on_change=None):
         super().__init__(parent)
         self.store = store
+        # Called after a consent or the pause changes here: the window applies it at once.
+        self.on_change = on_change or (lambda: None)
         self.export_job: CallThread | None = None
         self._close_after_export: int | None = None   # closed while exporting: closes after
         self.setWindowTitle("Privacy")
@@ -109,7 +112,7 @@ class PrivacyPanel(QDialog):
         self.boxes = {}
         for signal in SIGNALS:
             box = _signal_box(signal, store.consent.is_on(signal))
-            box.toggled.connect(lambda on, s=signal: self.store.consent.set(s, on))
+            box.toggled.connect(lambda on, s=signal: self._set_consent(s, on))
             self.boxes[signal] = box
             box_layout.addWidget(box)
             box_layout.addWidget(_signal_explanation(signal))
@@ -121,7 +124,7 @@ class PrivacyPanel(QDialog):
         self.pause_box = QCheckBox("Pause all collection (Ctrl+Shift+P, anywhere while "
                                    "Glance records the pointer; also in the tray menu)")
         self.pause_box.setChecked(store.consent.paused)
-        self.pause_box.toggled.connect(store.consent.set_paused)
+        self.pause_box.toggled.connect(self._set_paused)
         box_layout.addWidget(self.pause_box)
         layout.addWidget(consents)
 
@@ -149,7 +152,8 @@ class PrivacyPanel(QDialog):
             warning.setWordWrap(True)
             warning.setStyleSheet("color: #8a4b00;")
             storage_layout.addWidget(warning)
-        network = QLabel("No network: Glance opens no connections. The webcam library is "
+        network = QLabel("No network: Glance opens no connections, except to download a "
+                         "model when you ask it to (Model → Download). The webcam library is "
                          "pinned to MediaPipe 0.10.21 on purpose: newer releases send usage "
                          "metrics to Google.")
         network.setWordWrap(True)
@@ -180,11 +184,17 @@ class PrivacyPanel(QDialog):
         self.table.setMaximumHeight(150)
         data_layout.addWidget(self.table)
         self._fill_sessions()
+        # Everything stored, not only this session's: the README promises counts and bytes.
+        self.totals = QLabel()
+        self.totals.setObjectName("storedTotals")
+        self.totals.setWordWrap(True)
+        data_layout.addWidget(self.totals)
+        self._fill_totals()
         buttons = QHBoxLayout()
         export = self.export_button = QPushButton("Export all my data…")
         export.clicked.connect(lambda: self.export())
         self.export_status = QLabel("")
-        delete_all = QPushButton("Delete everything…")
+        delete_all = self.delete_button = QPushButton("Delete everything…")
         delete_all.setObjectName("deleteEverything")
         delete_all.clicked.connect(self.delete_everything)
         buttons.addWidget(export)
@@ -204,6 +214,20 @@ class PrivacyPanel(QDialog):
             button.setDefault(False)
         self.deleted_everything = False
 
+    def _set_consent(self, signal: str, on: bool) -> None:
+        self.store.consent.set(signal, on)
+        self.on_change()
+
+    def _set_paused(self, paused: bool) -> None:
+        self.store.consent.set_paused(paused)
+        self.on_change()
+
+    def show_paused(self, paused: bool) -> None:
+        """Paused or resumed elsewhere (the tray, the hotkey) while the panel is open."""
+        self.pause_box.blockSignals(True)
+        self.pause_box.setChecked(paused)
+        self.pause_box.blockSignals(False)
+
     def apply_retention(self) -> None:
         """Keep the period in the field; a shorter one only once the user agrees to what
         it deletes."""
@@ -217,7 +241,9 @@ class PrivacyPanel(QDialog):
                 agreed = QMessageBox.question(
                     self, "Keep reading signals for less time",
                     f"Reading signals older than {days} days will be deleted now, for good "
-                    f"(they are kept {current} days now). Keep {days} days?")
+                    f"(they are kept {current} days now). Keep {days} days?",
+                    QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                    QMessageBox.StandardButton.No)      # Enter does not delete
             finally:
                 self._asking = False
             if agreed != QMessageBox.StandardButton.Yes:
@@ -225,6 +251,7 @@ class PrivacyPanel(QDialog):
                 return
         self.store.settings.set_retention_days(days)
         self.store.apply_retention(wait=False)  # runs on the writer; the panel never waits
+        QTimer.singleShot(1000, self, self._fill_totals)   # (once the deletion is done)
 
     def done(self, result: int) -> None:
         if self.export_job is not None and self.export_job.isRunning():
@@ -250,6 +277,21 @@ class PrivacyPanel(QDialog):
                                             row["scored"])):
                 self.table.setItem(index, column, QTableWidgetItem(str(value)))
 
+    def _fill_totals(self) -> None:
+        if self.store.closed:
+            return
+        counts = self.store.counts()
+        size = sum(self.store.file_sizes().values())
+        shown = [("conversations", "conversations"), ("messages", "messages"),
+                 ("shown_replies", "replies shown"), ("pointer_samples", "pointer samples"),
+                 ("gaze_samples", "gaze samples"), ("viewport_events", "on-screen changes"),
+                 ("reply_actions", "actions (selections, copies, typing times)"),
+                 ("feedback", "picks and thumbs"), ("reply_scores", "scores"),
+                 ("training_pairs", "training pairs"), ("research_turns", "imported study turns")]
+        self.totals.setText("Stored in all: " + ", ".join(
+            f"{counts.get(table, 0):,} {words}" for table, words in shown)
+            + f". {size / 2**20:.1f} MB in the database files.")
+
     def export(self, directory: str | None = None) -> None:
         """Runs off the UI thread (a big database takes seconds), with progress."""
         directory = directory or QFileDialog.getExistingDirectory(self, "Export to folder")
@@ -263,12 +305,14 @@ class PrivacyPanel(QDialog):
         job.failed.connect(self._export_failed)
         self.export_job = job
         self.export_button.setEnabled(False)
+        self.delete_button.setEnabled(False)    # the copy being made would go with the data
         self.export_status.setText("Exporting…")
         job.start()
 
     def _export_done(self, folder) -> None:
         self.export_job.wait()
         self.export_button.setEnabled(True)
+        self.delete_button.setEnabled(True)
         self.export_status.setText("")
         self.export_finished.emit(str(folder))
         QMessageBox.information(self, "Exported", f"Your data is in {folder}.")
@@ -277,17 +321,21 @@ class PrivacyPanel(QDialog):
     def _export_failed(self, text: str) -> None:
         self.export_job.wait()
         self.export_button.setEnabled(True)
+        self.delete_button.setEnabled(True)
         self.export_status.setText("")
         self.export_finished.emit(None)
         QMessageBox.warning(self, "Export failed", text)
         self._closing_after_export()
 
     def delete_everything(self) -> None:
+        if self.export_job is not None and self.export_job.isRunning():
+            return          # (the button is off meanwhile: deleting lost the export too)
         if QMessageBox.question(
                 self, "Delete everything",
                 "Delete every conversation, every recorded signal, trained adapters and the "
-                "encryption key? Glance will close. This cannot be undone.") \
-                != QMessageBox.StandardButton.Yes:
+                "encryption key? Glance will close. This cannot be undone.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
             return
         from PySide6.QtWidgets import QApplication
         from feedback_store import StoreError
