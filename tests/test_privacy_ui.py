@@ -377,3 +377,20 @@ def test_the_panel_says_what_is_stored_in_all(qtbot, store):
     text = panel.totals.text()
     assert "1 conversations, 1 messages" in text and "MB in the database files" in text
     assert "actions (selections, copies, typing times)" in text
+
+
+def test_on_a_small_screen_the_panel_scrolls_instead_of_squeezing_its_text(qtbot, store):
+    """On a 768-pixel-high screen the consent explanations were squeezed into each other
+    (each label lower than its text); the panel's content now scrolls."""
+    from PySide6.QtWidgets import QLabel
+    panel = PrivacyPanel(store, capture_note="Pointer: a note of two lines at this width, "
+                         "as the window gives it to the panel, long enough to wrap once.")
+    qtbot.addWidget(panel)
+    panel.resize(700, 520)
+    panel.show()
+    qtbot.waitExposed(panel)
+    wrapped = [label for label in panel.findChildren(QLabel)
+               if label.wordWrap() and label.isVisible() and label.text()]
+    assert len(wrapped) >= 6
+    for label in wrapped:
+        assert label.height() >= label.heightForWidth(label.width()) - 1, label.text()[:40]

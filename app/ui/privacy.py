@@ -1,8 +1,9 @@
 """First-run consent and the privacy panel. The store enforces; these only ask and show."""
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QDialog, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QPushButton,
-    QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
+    QApplication, QCheckBox, QDialog, QFileDialog, QFrame, QGroupBox, QHBoxLayout, QLabel,
+    QMessageBox, QPushButton, QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem,
+    QVBoxLayout, QWidget,
 )
 
 from feedback_store import SIGNALS
@@ -104,8 +105,16 @@ class PrivacyPanel(QDialog):
         self.export_job: CallThread | None = None
         self._close_after_export: int | None = None   # closed while exporting: closes after
         self.setWindowTitle("Privacy")
-        self.setMinimumSize(760, 720)
-        layout = QVBoxLayout(self)
+        # Its content scrolls: on a 768-pixel-high screen, and with the totals, the
+        # consent texts were squeezed into each other.
+        outer = QVBoxLayout(self)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
 
         consents = QGroupBox("What Glance may record")
         box_layout = QVBoxLayout(consents)
@@ -206,7 +215,15 @@ class PrivacyPanel(QDialog):
         layout.addWidget(data)
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
-        layout.addWidget(close, alignment=Qt.AlignmentFlag.AlignRight)
+        outer.addWidget(close, alignment=Qt.AlignmentFlag.AlignRight)
+        self.setMinimumSize(560, 420)
+        room = (parent.screen() if parent is not None else QApplication.primaryScreen())
+        available = room.availableGeometry() if room is not None else None
+        width = max(scroll.widget().sizeHint().width() + 40, 780)
+        height = scroll.widget().sizeHint().height() + close.sizeHint().height() + 40
+        if available is not None:
+            width, height = min(width, available.width() - 40), min(height, available.height() - 60)
+        self.resize(width, height)
         # Enter (in the retention field, say) must not press a button: the first one was
         # the dialog's default, so Enter opened the export.
         for button in self.findChildren(QPushButton):
@@ -337,7 +354,6 @@ class PrivacyPanel(QDialog):
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                 QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
             return
-        from PySide6.QtWidgets import QApplication
         from feedback_store import StoreError
         from feedback_store.privacy import delete_everything
         try:
