@@ -4,6 +4,9 @@ Everything that writes goes through :class:`FeedbackStore`: one writer thread ow
 write connection, producers submit to a bounded queue, and consent / incognito rules are
 enforced here rather than in the UI. No Qt in this package.
 """
+from .duckdb_import import without_package_metadata
+
+without_package_metadata()              # before anything here imports duckdb
 from .errors import (
     StoreError, DatabaseLocked, SchemaTooNew, WrongKey, MissingKey, KeyringLocked,
     KeyringUnavailable,

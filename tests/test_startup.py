@@ -50,6 +50,23 @@ def test_cli_and_window_import_nothing_heavy():
     assert heavy_modules_after_start() == []
 
 
+def test_duckdb_is_imported_without_reading_its_package_metadata():
+    """duckdb's version module imported importlib.metadata (email, zipfile, csv...): about
+    20 ms of every start, with the one-shot chat at its 1.3x limit. duckdb is given its
+    version from the engine it bundles, the same one the package metadata states."""
+    probe = ("import sys, json, app.cli, app.ui.main, app.ui.main_window, duckdb; "
+             "print(json.dumps(['importlib.metadata' in sys.modules, duckdb.__version__, "
+             "duckdb.version()]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    loaded, version, long_version = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded is False
+    from importlib.metadata import version as package_version
+    assert version == package_version("duckdb") and version in long_version
+
+
 def test_the_import_probe_sees_a_heavy_import():
     # The control: were a start-up module to import gguf, the probe would report it.
     gguf_package()
