@@ -1,14 +1,22 @@
-"""Settings and model-download dialogs."""
+"""Settings and model-download dialogs, and the question every destructive step asks."""
 from pathlib import Path
 
 from PySide6.QtWidgets import (
     QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
+    QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
 )
 
 from ..download import download_model, download_target
 from ..engine import GenerationSettings
 from .workers import CallThread
+
+
+def confirm(parent, title: str, text: str) -> bool:
+    """Yes or No to something that cannot be undone; Enter answers No (the focus was on
+    Yes, and Enter deleted everything)."""
+    return QMessageBox.question(
+        parent, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No) == QMessageBox.StandardButton.Yes
 
 
 class SettingsDialog(QDialog):

@@ -461,8 +461,7 @@ class GazeController(QObject):
         # The window's closeEvent turns the camera off (once it is sure to close: it may
         # ask first whether to lose an unsent message), or else quitting does.
         QApplication.instance().aboutToQuit.connect(self.stop_and_wait)
-        if self._allowed() and self._wanted() and self.calibration is not None \
-                and self.calibration.enabled:
+        if self._should_track():
             QTimer.singleShot(1500, self.start)     # after the window is up
 
     # --- files and consent ---------------------------------------------------------------------
@@ -493,14 +492,16 @@ class GazeController(QObject):
         if not self._allowed():
             if self.tracker is not None:
                 self.stop()
-            return
-        self.resume()
-
-    def resume(self) -> None:
-        """Collection resumed after a pause: the camera comes back if gaze was on."""
-        if self._allowed() and self._wanted() and self.calibration is not None \
-                and self.calibration.enabled and self.tracker is None:
+        elif self.tracker is None and self._should_track():
             self.start()
+
+    def _has_calibration(self) -> bool:
+        """A calibration that maps the eyes on these screens."""
+        return self.calibration is not None and self.calibration.enabled
+
+    def _should_track(self) -> bool:
+        """Allowed, wanted, and calibrated: the camera may be on without being asked."""
+        return self._allowed() and self._wanted() and self._has_calibration()
 
     def _allowed(self) -> bool:
         consent = self._store().consent
@@ -663,7 +664,7 @@ class GazeController(QObject):
             self.window.statusBar().showMessage(h.message, 15000)
             self._poll()
             return
-        if self.calibration is None or not self.calibration.enabled:
+        if not self._has_calibration():
             self.calibrate("9")
         else:
             self.menu.popup(self.window.mapToGlobal(self.window.rect().center()))
@@ -696,7 +697,7 @@ class GazeController(QObject):
                 "again.", 15000)
             result = None
         if result is None:
-            if self.calibration is None or not self.calibration.enabled:
+            if not self._has_calibration():
                 # Nothing to map the eyes with: a camera left open only showed the red dot
                 # and "recording" while no gaze point could come of it.
                 self.stop()
@@ -731,7 +732,7 @@ class GazeController(QObject):
         if changed:
             self._screens_changed(layout)
         self._poll_health()
-        if changed and (self.calibration is None or not self.calibration.enabled):
+        if changed and not self._has_calibration():
             self.window.statusBar().showMessage(     # after the health message, not under it
                 "The screens changed: gaze waits for a calibration for this layout (Gaze… → "
                 "Calibrate).", 15000)
@@ -785,13 +786,12 @@ class GazeController(QObject):
         self.calibration = cal.load(self.calibration_file())
         if self.tracker is not None:
             self.tracker.set_calibration(self.calibration)
-            if self.calibration is None or not self.calibration.enabled:
+            if not self._has_calibration():
                 # Nothing to map the eyes with here: the camera would stay on, red dot and
                 # "recording", while no point can come of it (as at start, where it is
                 # never opened without a calibration). Calibrating opens it again.
                 self.stop()
-        elif self._allowed() and self._wanted() and self.calibration is not None \
-                and self.calibration.enabled:
+        elif self._should_track():
             self.start()               # back on the screens it was calibrated for
 
     def eventFilter(self, obj, event) -> bool:

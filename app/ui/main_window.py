@@ -19,6 +19,7 @@ from ..models import ModelError, NotEnoughMemory, default_model_path, inspect_mo
 from .chat_view import ChatView
 from .conversation_list import ConversationList, ConversationSearch
 from .dialogs import DownloadDialog, SettingsDialog
+from .dialogs import confirm as ask
 from .layout_probe import LayoutProbe
 from ..session import AppSession, ReplyOnScreen
 from ..capture.recorder import GazeRecorder
@@ -414,12 +415,9 @@ class MainWindow(QMainWindow):
         so it runs off the UI thread while the window stays usable."""
         if self._writing_a_reply() or not self._store_free():
             return
-        if confirm and QMessageBox.question(
-                self, "Delete conversation",
-                "Delete this conversation and everything recorded while reading it? "
-                "This cannot be undone.",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
+        if confirm and not ask(self, "Delete conversation",
+                               "Delete this conversation and everything recorded while reading "
+                               "it? This cannot be undone."):
             return
         if self.tree is not None and self.tree.id == conversation_id:
             self.new_chat()
@@ -843,12 +841,8 @@ class MainWindow(QMainWindow):
         file = Path(path)
         if file.parent.resolve() != (glance_home() / "models").resolve() or not file.is_file():
             return
-        answer = QMessageBox.question(
-            self, "Glance", f"Delete the downloaded file {file.name} "
-            f"({file.stat().st_size / 2**20:.0f} MiB)? Glance could not load it.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No)
-        if answer == QMessageBox.StandardButton.Yes:
+        if ask(self, "Glance", f"Delete the downloaded file {file.name} "
+               f"({file.stat().st_size / 2**20:.0f} MiB)? Glance could not load it."):
             file.unlink()
             self.statusBar().showMessage(f"Deleted {file.name}.", 6000)
 
@@ -1004,10 +998,7 @@ class MainWindow(QMainWindow):
         if not edited and not drafted.strip():
             return True
         what = "an edit you have not sent" if edited else "a message you have not sent"
-        return QMessageBox.question(
-            self, "Quit Glance", f"You have {what}. Quit and lose it?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No) == QMessageBox.StandardButton.Yes
+        return ask(self, "Quit Glance", f"You have {what}. Quit and lose it?")
 
     def closeEvent(self, event) -> None:
         # Closed by the user (the window's close button); Ctrl+Q has asked already, and a

@@ -10,6 +10,7 @@ from feedback_store import SIGNALS
 from feedback_store.privacy import export_all
 
 from feedback_store.times import local_minute
+from .dialogs import confirm
 from .workers import CallThread
 
 CONSENT_INTRO = (
@@ -255,15 +256,13 @@ class PrivacyPanel(QDialog):
         if days < current:
             self._asking = True
             try:
-                agreed = QMessageBox.question(
+                agreed = confirm(
                     self, "Keep reading signals for less time",
                     f"Reading signals older than {days} days will be deleted now, for good "
-                    f"(they are kept {current} days now). Keep {days} days?",
-                    QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                    QMessageBox.StandardButton.No)      # Enter does not delete
+                    f"(they are kept {current} days now). Keep {days} days?")
             finally:
                 self._asking = False
-            if agreed != QMessageBox.StandardButton.Yes:
+            if not agreed:
                 self.retention.setValue(current)
                 return
         self.store.settings.set_retention_days(days)
@@ -347,12 +346,9 @@ class PrivacyPanel(QDialog):
     def delete_everything(self) -> None:
         if self.export_job is not None and self.export_job.isRunning():
             return          # (the button is off meanwhile: deleting lost the export too)
-        if QMessageBox.question(
-                self, "Delete everything",
-                "Delete every conversation, every recorded signal, trained adapters and the "
-                "encryption key? Glance will close. This cannot be undone.",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
+        if not confirm(self, "Delete everything",
+                       "Delete every conversation, every recorded signal, trained adapters and "
+                       "the encryption key? Glance will close. This cannot be undone."):
             return
         from feedback_store import StoreError
         from feedback_store.privacy import delete_everything
