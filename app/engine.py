@@ -123,12 +123,10 @@ class ChatEngine:
         """Load a model. On any failure the previous model stays loaded and usable."""
         info = inspect_model(path)
         require_chat_template(info)
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         context = min(self.n_ctx, info["context_length"] or self.n_ctx)
         try:
-            llm = Llama(model_path=info["path"], n_ctx=context, n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads, verbose=False)
+            llm = self._llama(info["path"], context)
         except Exception as error:
             raise ModelError(f"llama.cpp could not load {Path(path).name}: {error}. "
                              "The previous model is still in use.") from error
@@ -158,6 +156,11 @@ class ChatEngine:
         if old is not None:
             old.close()
         return info
+
+    def _llama(self, path: str, n_ctx: int):
+        from llama_cpp import Llama
+        return Llama(model_path=path, n_ctx=n_ctx, n_threads=self.n_threads,
+                     n_threads_batch=self.n_threads, verbose=False)
 
     # --- context size ----------------------------------------------------------------
     @property
@@ -192,10 +195,8 @@ class ChatEngine:
             target //= 2                   # (its cache in half the memory free, at most)
         if target <= current:
             return
-        from llama_cpp import Llama
         try:
-            llm = Llama(model_path=self.model_info["path"], n_ctx=target, n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads, verbose=False)
+            llm = self._llama(self.model_info["path"], target)
         except Exception:  # noqa: BLE001 - the current context stays, and turns are dropped
             return
         old, self.llm = self.llm, llm

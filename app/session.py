@@ -73,11 +73,8 @@ def delete_conversation(store: FeedbackStore, conversation_id: str, training_lin
         if training_link is not None:
             training_link.tidy()          # also tells the window the active version changed
         else:                             # (glance data delete: the window is not open)
-            from align.adapters import adapters_dir, remove_stale_work, retire_stale
-            from align.locks import job_running
-            retire_stale(store, adapters_dir(store.data_dir))
-            if not job_running(store.data_dir):
-                remove_stale_work(store, store.data_dir / "training" / "work")
+            from .training_link import tidy_training
+            tidy_training(store, store.data_dir)
 
 
 class AppSession:

@@ -28,6 +28,18 @@ from feedback_store import DatabaseLocked, FeedbackStore
 SNAPSHOTS = Path("training") / "snapshots"
 
 
+def tidy_training(store, data_dir: Path) -> list[str]:
+    """Retire adapters trained on conversations deleted since, and (when no job is running)
+    remove leftover snapshots and unfinished training state that learned from them (the
+    rest stays for the next run to resume). Returns the versions retired. The window (its
+    link) and ``glance data delete`` both come here."""
+    retired = adapter_files.retire_stale(store, adapter_files.adapters_dir(data_dir))
+    if not job_running(data_dir):
+        shutil.rmtree(Path(data_dir) / SNAPSHOTS, ignore_errors=True)
+        adapter_files.remove_stale_work(store, Path(data_dir) / "training" / "work")
+    return retired
+
+
 class TrainingLink:
     def __init__(self, store: FeedbackStore, model_path: Callable[[], str | None] | None = None,
                  idle_seconds: Callable[[], float | None] | None = None,
@@ -108,14 +120,9 @@ class TrainingLink:
         return job_running(self.data_dir)
 
     def tidy(self) -> list[str]:
-        """Retire adapters trained on conversations deleted since, and (when no job is
-        running) remove leftover snapshots and unfinished training state that learned from
-        them (the rest stays for the next run to resume). Call after deleting a
-        conversation; runs at start too."""
-        retired = adapter_files.retire_stale(self.store, adapter_files.adapters_dir(self.data_dir))
-        if not self.job_running():
-            shutil.rmtree(self.data_dir / SNAPSHOTS, ignore_errors=True)
-            adapter_files.remove_stale_work(self.store, self.data_dir / "training" / "work")
+        """:func:`tidy_training`, and the window hears of adapters retired. Call after
+        deleting a conversation; runs at start too."""
+        retired = tidy_training(self.store, self.data_dir)
         if retired and self.on_adapters_changed is not None:
             self.on_adapters_changed()
         return retired
