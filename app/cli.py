@@ -262,6 +262,7 @@ def cmd_doctor(args) -> int:
     report["camera"] = camera_status()
     try:
         status, runs, scoring = _store_status()
+        report["camera"] = camera_status(status.get("gaze_camera"))   # the window's choice
         if scoring is not None:          # only the open window scores
             report["scoring"] = scoring
         report["database"] = {"ok": True, "encryption": status["encryption"],
@@ -282,9 +283,9 @@ def cmd_doctor(args) -> int:
         print(f"Data dir: {report['data_dir']}")
         camera = report["camera"]
         print(f"Camera:   {', '.join(camera['devices']) if camera['available'] else 'none found'}")
-        if len(camera["devices"]) > 1 or os.environ.get("GLANCE_CAMERA"):
-            print(f"          gaze uses {camera['gaze_uses']} (GLANCE_CAMERA=/dev/videoN, or a "
-                  "/dev/v4l/by-id/ name, chooses another)")
+        if len(camera["devices"]) > 1 or camera["chosen_by"] != "default":
+            print(f"          gaze uses {camera['gaze_uses']} (chosen by {camera['chosen_by']}; "
+                  "Gaze… → Camera in the window, or GLANCE_CAMERA=/dev/videoN, chooses another)")
         database = report["database"]
         print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
                               f"{database['schema_version']}"

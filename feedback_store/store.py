@@ -356,6 +356,7 @@ class FeedbackStore:
             "dropped_queue_full": self.writer.dropped_full,
             "writer_failures": self.writer.failures,
             "writer_error": self.writer.last_failure,
+            "gaze_camera": self.settings.get("gaze_camera"),  # gaze.camera.SETTING: the doctor says it
         }
 
 

@@ -12,19 +12,73 @@ import time
 from dataclasses import dataclass
 
 
-def camera_status() -> dict:
-    """Is there a camera? Answered without opening it (opening turns its light on)."""
+SETTING = "gaze_camera"     # the camera chosen in the window (store settings), a source
+
+
+@dataclass(frozen=True)
+class CameraDevice:
+    source: str      # what gaze opens and the calibration is keyed by
+    name: str        # what the driver calls it ("Integrated Camera: Integrated C")
+    device: str      # /dev/videoN it is now
+
+
+def list_cameras(dev_dir: str = "/dev", sysfs_dir: str = "/sys/class/video4linux") -> list[CameraDevice]:
+    """The cameras gaze can use, found without opening any (opening turns its light on).
+
+    A UVC webcam has two device nodes: the pictures (sysfs ``index`` 0) and its metadata
+    (index 1), which cannot capture; only the first is listed. Where udev gave the camera
+    a stable name under ``/dev/v4l/by-id`` that name is the source, so a choice (and its
+    calibration) survives replugging, which renumbers /dev/videoN."""
+    stable = {}
+    for link in sorted(glob.glob(os.path.join(dev_dir, "v4l", "by-id", "*"))):
+        stable.setdefault(os.path.realpath(link), link)
+    found = []
+    for device in sorted(glob.glob(os.path.join(dev_dir, "video*")),
+                         key=lambda path: (len(path), path)):
+        node = os.path.join(sysfs_dir, os.path.basename(device))
+        if _read(os.path.join(node, "index")) not in (None, "0"):
+            continue
+        name = _read(os.path.join(node, "name")) or os.path.basename(device)
+        found.append(CameraDevice(stable.get(os.path.realpath(device), device), name, device))
+    return found
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def chosen_camera(setting: str | None = None) -> str:
+    """The source gaze opens: ``GLANCE_CAMERA`` if set, else the camera chosen in the
+    window (``setting``), else the first (index 0)."""
+    return os.environ.get("GLANCE_CAMERA") or setting or "0"
+
+
+def same_camera(a, b) -> bool:
+    """Whether two sources name one device (``0``, ``/dev/video0`` and its by-id name)."""
+    paths = [CameraConfig(source).device_path or str(source) for source in (a, b)]
+    return os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+
+
+def camera_status(setting: str | None = None) -> dict:
+    """Is there a camera, and which one gaze opens (``setting``: the window's choice)?
+    Answered without opening it (opening turns its light on)."""
     devices = sorted(glob.glob("/dev/video*"))
     try:
         import cv2  # noqa: F401  (installed with the gaze extra)
         opencv = True
     except ImportError:
         opencv = False
-    # The one gaze opens (GLANCE_CAMERA, else the first): with two cameras (a laptop's and
-    # a USB one) nothing said which, nor how to choose the other.
-    chosen = os.environ.get("GLANCE_CAMERA") or "0"
+    # The one gaze opens: with two cameras (a laptop's and a USB one) nothing said which,
+    # nor how to choose the other.
+    chosen = chosen_camera(setting)
     return {"available": bool(devices), "devices": devices, "opencv_installed": opencv,
-            "gaze_uses": f"/dev/video{chosen}" if chosen.isdigit() else chosen}
+            "gaze_uses": f"/dev/video{chosen}" if chosen.isdigit() else chosen,
+            "chosen_by": ("GLANCE_CAMERA" if os.environ.get("GLANCE_CAMERA")
+                          else "the window" if setting else "default")}
 
 
 @dataclass(frozen=True)

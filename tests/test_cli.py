@@ -87,6 +87,12 @@ def test_doctor_json(home):
                             env=dict(os.environ, GLANCE_HOME=str(home),
                                      GLANCE_CAMERA="/dev/v4l/by-id/usb-cam"))
     assert "gaze uses /dev/v4l/by-id/usb-cam" in chosen.stdout, chosen.stdout
+    # The camera chosen in the window (Gaze… → Camera) is the one the doctor names.
+    with FeedbackStore.open(home) as store:
+        store.settings.set("gaze_camera", "/dev/v4l/by-id/usb-other-video-index0")
+    report = json.loads(run_glance("doctor", "--json", home=home).stdout)
+    assert report["camera"]["gaze_uses"] == "/dev/v4l/by-id/usb-other-video-index0"
+    assert report["camera"]["chosen_by"] == "the window"
 
 
 def test_doctor_names_the_reward_model_the_app_scores_with(home):

@@ -364,6 +364,59 @@ def test_a_close_the_user_takes_back_leaves_gaze_on(qtbot, window, tmp_path, mon
     assert visible_while_the_camera_closed[:1] == [False]
 
 
+def test_the_camera_chosen_in_the_menu_is_used_with_its_own_calibration(qtbot, window, tmp_path,
+                                                                        monkeypatch):
+    """Gaze… → Camera: another camera is used at once and at the next start, with the
+    calibration made for it; one without a calibration waits for one (the eyes seen from
+    elsewhere would map to the wrong place). GLANCE_CAMERA rules over the choice."""
+    require(_have_vision(), "OpenCV and MediaPipe (the gaze extra) are needed")
+    from app.ui.gaze_calibration import attach_gaze
+    from gaze import calibration as C
+    from gaze import camera as cameras
+    from gaze import synthetic
+    from test_gaze_video import still_calibration
+    monkeypatch.delenv("GLANCE_CAMERA", raising=False)
+    first = str(synthetic.write_video(tmp_path / "first.avi", [],
+                                      frames=[synthetic.base_frame()] * 30))
+    second = str(synthetic.write_video(tmp_path / "second.avi", [],
+                                       frames=[synthetic.base_frame()] * 30))
+    kw = {"data_dir": tmp_path, "tracker_kw": {"realtime": True, "loop": True}}
+    window.session.store.consent.set("gaze", True)
+    controller = attach_gaze(window, source=first, **kw)
+    C.save(still_calibration(first), controller.calibration_file())
+    controller.calibration = C.load(controller.calibration_file())
+    assert controller.start()
+    qtbot.waitUntil(window.camera_dot.isVisible, timeout=30_000)
+
+    controller.use_camera(second)                 # no calibration for it yet
+    assert controller.tracker is None and controller.calibration is None
+    assert controller.label.text() == "Gaze: not calibrated"
+    assert "Calibrate" in window.statusBar().currentMessage()
+    assert window.session.store.settings.get(cameras.SETTING) == second
+    qtbot.waitUntil(lambda: not window.camera_dot.isVisible(), timeout=30_000)
+
+    controller.use_camera(first)                  # back to the calibrated one: on again
+    assert controller.source == first and controller.calibration is not None
+    assert controller.tracker is not None and controller.tracker.running
+    qtbot.waitUntil(window.camera_dot.isVisible, timeout=30_000)
+
+    again = attach_gaze(window, **kw)             # the next start uses the chosen camera
+    assert again.source == first and again.calibration is not None
+    again.fill_camera_menu()                      # the cameras this machine has, or says none
+    entries = [a.text() for a in again.camera_menu.actions()]
+    found = cameras.list_cameras()
+    assert entries == ([f"{c.name} ({c.device})" for c in found] or ["No camera found"])
+    again.stop_and_wait()
+
+    monkeypatch.setenv("GLANCE_CAMERA", second)
+    ruled = attach_gaze(window, **kw)
+    assert ruled.source == second
+    ruled.fill_camera_menu()
+    assert [(a.text(), a.isEnabled()) for a in ruled.camera_menu.actions()] == [
+        (f"{second} (set by GLANCE_CAMERA)", False)]
+    ruled.stop_and_wait()
+
+
 # Tests that open gaze screens from the window (window.screen()) come last: once such a
 # window is destroyed, PySide may hand a later test a dead QScreen wrapper for the same
 # screen (seen as "Internal C++ object (QScreen) already deleted" in the simulated camera).
@@ -667,3 +720,4 @@ def test_the_camera_follows_the_privacy_panel_at_once(qtbot, window, tmp_path):
     panel.boxes["gaze"].setChecked(True)
     assert gaze.tracker is not None
     gaze.stop_and_wait()
+

@@ -374,3 +374,31 @@ def test_landmarks_read_from_bytes_equal_the_attribute_way(vision):
     b = odd.landmark.add()
     b.x, b.y, b.z = 0.125, 0.75, -0.5
     assert np.array_equal(landmarks_array(odd), [[0.5, 0.25, 0.0], [0.125, 0.75, -0.5]])
+
+
+def test_cameras_are_listed_by_their_stable_names_without_metadata_nodes(tmp_path):
+    """Gaze… → Camera lists what the machine has, as udev lays it out: a UVC webcam's
+    second node (sysfs index 1, metadata) cannot capture and is left out; a camera with
+    a /dev/v4l/by-id name is chosen by that name, which survives replugging."""
+    from gaze.camera import list_cameras, same_camera
+    dev, sysfs = tmp_path / "dev", tmp_path / "sys"
+    (dev / "v4l" / "by-id").mkdir(parents=True)
+    for number, name, index in ((0, "Integrated Camera", "0"), (1, "Integrated Camera", "1"),
+                                (2, "USB Webcam C920", "0"), (10, None, None)):
+        (dev / f"video{number}").write_text("")        # stands in for the device node
+        if name is not None:
+            (sysfs / f"video{number}").mkdir(parents=True)
+            (sysfs / f"video{number}" / "name").write_text(name + "\n")
+            (sysfs / f"video{number}" / "index").write_text(index + "\n")
+    stable = dev / "v4l" / "by-id" / "usb-Logitech_C920-video-index0"
+    stable.symlink_to("../../video2")
+    found = list_cameras(str(dev), str(sysfs))
+    assert [(c.source, c.name, c.device) for c in found] == [
+        (str(dev / "video0"), "Integrated Camera", str(dev / "video0")),
+        (str(stable), "USB Webcam C920", str(dev / "video2")),
+        (str(dev / "video10"), "video10", str(dev / "video10")),   # no sysfs entry: its node name
+    ]
+    assert same_camera(str(stable), str(dev / "video2"))
+    assert not same_camera(str(stable), str(dev / "video0"))
+    assert same_camera(0, "/dev/video0") and same_camera("0", 0)
+    assert list_cameras(str(tmp_path / "none"), str(sysfs)) == []

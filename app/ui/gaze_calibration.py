@@ -6,8 +6,8 @@ the tracker.
 The camera is used only with the gaze consent on and collection not paused; it is
 started when the user asks (or at launch when a valid calibration is already saved for
 this user, camera and screen layout). No camera → a plain message, gaze off, the app
-carries on. ``GLANCE_CAMERA`` picks the camera: a device index, /dev/videoN, or a video
-file (replay).
+carries on. The camera is chosen under Gaze… → Camera (kept in the store's settings);
+``GLANCE_CAMERA`` overrides it: a device index, /dev/videoN, or a video file (replay).
 """
 import getpass
 import os
@@ -15,7 +15,7 @@ import threading
 import time
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QRect, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QColor, QFont, QMouseEvent, QPainter, QPen
+from PySide6.QtGui import QAction, QActionGroup, QColor, QFont, QMouseEvent, QPainter, QPen
 from PySide6.QtWidgets import (
     QApplication, QHBoxLayout, QLabel, QMenu, QMessageBox, QPushButton, QSpinBox, QToolBar,
     QToolButton, QVBoxLayout, QWidget,
@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from ..memory import freeze_long_lived
 from gaze import calibration as cal
+from gaze import camera as cameras
 from gaze.geometry import ScreenGeometry
 from gaze.points import GazePoint, Health
 from gaze.tracker import GazeTracker
@@ -412,8 +413,11 @@ class GazeController(QObject):
         self.tracker_kw = dict(tracker_kw or {})
         from feedback_store.paths import glance_home
         self.window = window
-        env = os.environ.get("GLANCE_CAMERA")
-        source = source if source is not None else (env if env else 0)
+        # GLANCE_CAMERA (or a source given here: a video, a test) rules over the camera
+        # chosen in the menu, which then only says so.
+        self.camera_set_by_env = source is None and bool(os.environ.get("GLANCE_CAMERA"))
+        if source is None:
+            source = cameras.chosen_camera(self._store().settings.get(cameras.SETTING))
         if isinstance(source, str) and source.isdigit():
             source = int(source)
         self.source = source
@@ -439,6 +443,8 @@ class GazeController(QObject):
         self.menu = QMenu(window)
         self.menu.addAction("Calibrate (9 points)…", lambda: self.calibrate("9"))
         self.menu.addAction("Quick calibration (5 points)…", lambda: self.calibrate("5"))
+        self.camera_menu = self.menu.addMenu("Camera")
+        self.camera_menu.aboutToShow.connect(self.fill_camera_menu)
         self.overlay_action = self.menu.addAction("Show debug overlay")
         self.overlay_action.setCheckable(True)
         self.overlay_action.toggled.connect(self.show_overlay)
@@ -471,6 +477,49 @@ class GazeController(QObject):
 
     def _store(self):
         return self.window.session.store
+
+    # --- the camera ----------------------------------------------------------------------------
+    def fill_camera_menu(self) -> None:
+        """Gaze… → Camera: the cameras found as the menu opens (one plugged in since the
+        start is there), the one in use checked."""
+        menu = self.camera_menu
+        menu.clear()
+        if self.camera_set_by_env:
+            menu.addAction(f"{self.source} (set by GLANCE_CAMERA)").setEnabled(False)
+            return
+        found = cameras.list_cameras()
+        if not found:
+            menu.addAction("No camera found").setEnabled(False)
+            return
+        group = QActionGroup(menu)
+        for camera in found:
+            action = menu.addAction(f"{camera.name} ({camera.device})")
+            action.setCheckable(True)
+            action.setChecked(cameras.same_camera(camera.source, self.source))
+            action.setData(camera.source)
+            group.addAction(action)
+            action.triggered.connect(lambda _=False, source=camera.source: self.use_camera(source))
+
+    def use_camera(self, source: str) -> None:
+        """Use another camera, now and at the next start, with the calibration made for it:
+        calibrations are kept per camera (another camera sees the eyes from elsewhere), so
+        a camera without one waits for a calibration, as a new screen layout does."""
+        if cameras.same_camera(source, self.source):
+            return
+        self._store().settings.set(cameras.SETTING, source)
+        was_on = self.tracker is not None
+        if was_on:
+            self.stop()          # the old camera closes on its own thread
+        self.source = int(source) if source.isdigit() else source
+        self.calibration = cal.load(self.calibration_file())
+        self._last_health = None
+        if self._should_track():
+            self.start()
+        elif was_on or (self._allowed() and self._wanted()):
+            self.label.setText("Gaze: not calibrated")
+            self.window.statusBar().showMessage(
+                f"Gaze now uses {source}, which has no calibration yet: Gaze… → Calibrate.",
+                15000)
 
     def _wanted(self) -> bool:
         """Whether the user last turned gaze on (Gaze…, Calibrate) rather than off ("Turn
