@@ -582,7 +582,7 @@ def validation_report(pred: np.ndarray, target: np.ndarray, groups: np.ndarray,
                             int(len(pred)), threshold_deg, passed, advice)
 
 
-# --- the result, saved per user, camera and screen layout ------------------------------------
+# --- the result, saved per user, camera, screen layout and screen ------------------------------------
 @dataclass
 class Calibration:
     mapper: GazeMapper
@@ -619,14 +619,29 @@ class Calibration:
                    validation=ValidationReport(**v) if v else None)
 
 
-def calibration_key(user: str, camera: str, screens: list[dict]) -> str:
-    """Calibrations are kept per user, camera and screen layout."""
-    text = json.dumps({"user": user, "camera": camera, "screens": screens}, sort_keys=True)
+def calibration_key(user: str, camera: str, screens: list[dict],
+                    screen: tuple[int, int, int, int] | None = None) -> str:
+    """Calibrations are kept per user, camera, screen layout and the screen they were made
+    on (x, y, width, height): with two monitors, calibrating on the second must not throw
+    away the first's. Without ``screen``: the key of a calibration saved before they were
+    kept per screen (one per layout), still read."""
+    fields = {"user": user, "camera": camera, "screens": screens}
+    if screen is not None:
+        fields["screen"] = list(screen)
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def calibration_path(data_dir, user: str, camera: str, screens: list[dict]) -> Path:
-    return Path(data_dir) / "gaze" / f"calibration-{calibration_key(user, camera, screens)}.json"
+def calibration_path(data_dir, user: str, camera: str, screens: list[dict],
+                     screen: tuple[int, int, int, int] | None = None) -> Path:
+    key = calibration_key(user, camera, screens, screen)
+    return Path(data_dir) / "gaze" / f"calibration-{key}.json"
+
+
+def screen_of(calibration: "Calibration") -> tuple[int, int, int, int]:
+    """The screen a calibration maps onto (x, y, width, height in logical pixels)."""
+    s = calibration.mapper.screen
+    return (int(s.left_px), int(s.top_px), int(s.width_px), int(s.height_px))
 
 
 def save(calibration: Calibration, path) -> Path:

@@ -721,3 +721,35 @@ def test_the_camera_follows_the_privacy_panel_at_once(qtbot, window, tmp_path):
     assert gaze.tracker is not None
     gaze.stop_and_wait()
 
+
+
+def test_each_screen_keeps_its_own_calibration(tmp_path):
+    """With two monitors, calibrating on the second threw the first one's calibration
+    away (one per screen layout): moving the window back meant calibrating again. Now
+    each screen keeps its own, and gaze follows the window from one to the other."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    import json
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from gaze import synthetic
+    video = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
+    config = tmp_path / "screens.json"
+    config.write_text(json.dumps({"screens": [
+        {"name": "left", "x": 0, "y": 0, "width": 1920, "height": 1080},
+        {"name": "right", "x": 1920, "y": 0, "width": 1280, "height": 1024}]}))
+    env = dict(os.environ, GLANCE_HOME=str(tmp_path / "home"),
+               QT_QPA_PLATFORM=f"offscreen:configfile={config}")
+    env.pop("GLANCE_CAMERA", None)
+    run = subprocess.run([sys.executable, "tests/two_screens_session.py", str(video),
+                          str(tmp_path / "data")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["screens"] == 2
+    assert seen["left_calibrated"] and seen["right_uncalibrated"] and seen["right_calibrated"]
+    assert seen["right_tracker_screen"] == [1920, 0, 1280, 1024]
+    assert len(seen["files"]) == 2                       # one per screen, both kept
+    assert seen["back_left"] and seen["left_tracker_screen"] == [0, 0, 1920, 1080]
+    assert seen["next_start_screen"] == [1920, 0, 1280, 1024]

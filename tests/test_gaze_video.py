@@ -58,13 +58,13 @@ def replay(path, calibration=None, listener=None, before_start=None, **kw):
     return tracker, points
 
 
-def still_calibration(path, threshold_deg=180.0):
+def still_calibration(path, threshold_deg=180.0, screen=SCREEN):
     """A calibration recorded through the tracker's frame listener and the real
     CalibrationRecorder on a video of a still face (the astronaut does not move her
     eyes, so it is useless for accuracy; the threshold is raised so it is 'enabled' and
     the pipeline after it can be tested)."""
     from gaze.calibration import CalibrationRecorder
-    rec = CalibrationRecorder(SCREEN, "5", settle_s=0.0)
+    rec = CalibrationRecorder(screen, "5", settle_s=0.0)
     count = [0]
 
     def listen(landmarks, w, h, blink, t):

@@ -434,8 +434,9 @@ class GazeController(QObject):
         self._said: set[tuple] = set()     # health messages said in the status bar once
         self._last_click = None
         self._layout = screen_layout()
+        self._screen = self._window_screen()   # the screen the window is on
         self._calibrating_layout = None       # the layout a running calibration began on
-        self.calibration = cal.load(self.calibration_file())
+        self.calibration = self._load_calibration()
 
         self.label = QLabel("Gaze: off")
         self.label.setObjectName("gaze_status")
@@ -471,9 +472,36 @@ class GazeController(QObject):
             QTimer.singleShot(1500, self.start)     # after the window is up
 
     # --- files and consent ---------------------------------------------------------------------
-    def calibration_file(self):
+    def _window_screen(self) -> tuple[int, int, int, int] | None:
+        """The screen the window's centre is on (x, y, width, height), found among the
+        application's screens: asked at every poll, ``window.screen()``'s wrapper later
+        came back dead in another window ("QScreen already deleted", seen in tests)."""
+        centre = self.window.frameGeometry().center()
+        screens = [s.geometry() for s in QApplication.screens()]
+        for g in screens:
+            if g.contains(centre):
+                return (g.x(), g.y(), g.width(), g.height())
+        return (screens[0].x(), screens[0].y(), screens[0].width(), screens[0].height()) \
+            if screens else None
+
+    def calibration_file(self, screen: tuple[int, int, int, int] | None = None):
+        """Where the calibration for ``screen`` (the window's by default) is kept, for this
+        user, camera and screen layout."""
         return cal.calibration_path(self.data_dir, getpass.getuser(), str(self.source),
-                                    screen_layout())
+                                    screen_layout(), screen or self._window_screen())
+
+    def _load_calibration(self):
+        """The calibration made on the window's screen; else one made on another screen of
+        this layout (gaze then says "other screen": back there, it tracks again); else
+        one saved before calibrations were kept per screen."""
+        here = self._window_screen()
+        others = [(s["x"], s["y"], s["w"], s["h"]) for s in screen_layout()]
+        for screen in [here] + [s for s in others if s != here]:
+            found = cal.load(self.calibration_file(screen))
+            if found is not None:
+                return found
+        return cal.load(cal.calibration_path(self.data_dir, getpass.getuser(), str(self.source),
+                                             screen_layout()))
 
     def _store(self):
         return self.window.session.store
@@ -511,7 +539,7 @@ class GazeController(QObject):
         if was_on:
             self.stop()          # the old camera closes on its own thread
         self.source = int(source) if source.isdigit() else source
-        self.calibration = cal.load(self.calibration_file())
+        self.calibration = self._load_calibration()
         self._last_health = None
         if self._should_track():
             self.start()
@@ -753,7 +781,7 @@ class GazeController(QObject):
             self._poll()
             return
         self.calibration = result
-        cal.save(result, self.calibration_file())
+        cal.save(result, self.calibration_file(cal.screen_of(result)))   # (the one it was made on)
         if self.tracker is not None:
             self.tracker.set_calibration(result)
         self.window.statusBar().showMessage(result.validation.summary(), 10000)
@@ -776,10 +804,11 @@ class GazeController(QObject):
 
     # --- status, pause, clicks -------------------------------------------------------------------
     def _poll(self) -> None:
-        layout = screen_layout()
+        layout, screen = screen_layout(), self._window_screen()
         changed = layout != self._layout
-        if changed:
-            self._screens_changed(layout)
+        if changed or screen != self._screen:
+            self._layout, self._screen = layout, screen
+            self._use_calibration(self._load_calibration())
         self._poll_health()
         if changed and not self._has_calibration():
             self.window.statusBar().showMessage(     # after the health message, not under it
@@ -820,19 +849,16 @@ class GazeController(QObject):
 
     def _on_another_screen(self) -> bool:
         """Whether the window is on another screen than the one gaze was calibrated on."""
-        cal, qscreen = self.calibration, self.window.screen()
-        if cal is None or qscreen is None:
-            return False
-        g, s = qscreen.geometry(), cal.mapper.screen
-        return (g.x(), g.y(), g.width(), g.height()) != (s.left_px, s.top_px, s.width_px,
-                                                         s.height_px)
+        here = self._window_screen()
+        return self.calibration is not None and here is not None \
+            and here != cal.screen_of(self.calibration)
 
-    def _screens_changed(self, layout: list[dict]) -> None:
-        """A screen plugged in, removed, moved or rescaled: the calibration maps the eyes to
-        where the screens were, so points would land elsewhere (and still be stored). Use
-        the calibration made for this layout, or none until the user calibrates again."""
-        self._layout = layout
-        self.calibration = cal.load(self.calibration_file())
+    def _use_calibration(self, found) -> None:
+        """The screens changed (one plugged in, removed, moved or rescaled: the calibration
+        maps the eyes to where the screens were, so points would land elsewhere and still
+        be stored) or the window went to another screen: use the calibration made for
+        where it is now, or none until the user calibrates again."""
+        self.calibration = found
         if self.tracker is not None:
             self.tracker.set_calibration(self.calibration)
             if not self._has_calibration():
