@@ -136,7 +136,8 @@ class ChatEngine:
             formatter = Jinja2ChatFormatter(
                 template=info["chat_template"],
                 eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
+                bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos] if eos != -1 else None)
             rules = template_rules(lambda messages: formatter(messages=messages))
         except Exception as error:
             llm.close()
@@ -147,6 +148,7 @@ class ChatEngine:
             raise ModelError(f"The chat template of {Path(path).name} does not compile "
                              f"({error}), so Glance cannot chat with it. The previous model "
                              "is still in use.") from error
+        llm.chat_handler = formatter.to_chat_handler()
         with self._lock:
             old, self.llm = self.llm, llm
             self.model_info, self._formatter, self._rules = info, formatter, rules
@@ -158,6 +160,10 @@ class ChatEngine:
         return info
 
     def _llama(self, path: str, n_ctx: int):
+        """A llama.cpp context. Its ``chat_handler`` is then set to the template's formatter
+        (the one prompts are counted with and the nightly job trains on): left alone,
+        llama-cpp-python swaps a template it recognises (ChatML, Mistral-instruct,
+        Llama-3) for a formatter of its own, whose spacing and BOS differ."""
         from llama_cpp import Llama
         return Llama(model_path=path, n_ctx=n_ctx, n_threads=self.n_threads,
                      n_threads_batch=self.n_threads, verbose=False)
@@ -199,6 +205,7 @@ class ChatEngine:
             llm = self._llama(self.model_info["path"], target)
         except Exception:  # noqa: BLE001 - the current context stays, and turns are dropped
             return
+        llm.chat_handler = self._formatter.to_chat_handler()
         old, self.llm = self.llm, llm
         self._adapter, self.adapter_version = None, None   # attached again by _sync_adapter
         old.close()

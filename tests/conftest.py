@@ -194,6 +194,32 @@ def xvfb_display():
     stderr.close()
 
 
+def copy_gguf_with_template(source, target, template: str):
+    """A copy of a GGUF model with another chat template (weights kept as they are)."""
+    import gguf
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(target), reader.fields["general.architecture"].contents())
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = template if name == "tokenizer.chat_template" else field.contents()
+        main = field.types[0]
+        if main == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, value, main, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(name, value, main)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype,
+                               tensor.data.nbytes, tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data)
+    writer.close()
+    return target
+
+
 def write_gguf(path, architecture: str, with_tensor: bool):
     """A well-formed GGUF with a chat template that inspection accepts but llama.cpp
     cannot load (an architecture it does not know, or a llama without its weights)."""

@@ -218,3 +218,30 @@ def test_a_message_refused_at_any_size_does_not_reload_the_model(engine):
         with pytest.raises(PromptTooLong):
             engine.generate(messages, quick_settings())
     assert engine.llm is before
+
+
+def test_the_chat_reads_the_prompt_glance_counts_and_trains_on(tmp_path):
+    """llama-cpp-python swaps a chat template it recognises (ChatML, Mistral-instruct,
+    Llama-3) for a formatter of its own: for a Mistral-style model it read "</s>[INST]"
+    and its own BOS where the model's template, which Glance fits the context with and
+    the nightly job trains on, says "</s> [INST]". The chat now reads the template."""
+    from llama_cpp.llama_chat_format import MISTRAL_INSTRUCT_CHAT_TEMPLATE
+    from app.engine import ChatEngine
+    from app.models import default_model_path
+    from conftest import copy_gguf_with_template
+    model = copy_gguf_with_template(default_model_path(), tmp_path / "mistral-style.gguf",
+                                    MISTRAL_INSTRUCT_CHAT_TEMPLATE)
+    engine = ChatEngine(model, max_ctx=None)
+    try:
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Bye"}]
+        engine.generate(messages, quick_settings(max_tokens=2))
+        template = engine._formatter(messages=engine._rules.apply(messages)).prompt
+        assert "<|im_end|> [INST] Bye" in template       # (this model's end-of-sequence)
+        expected = engine.llm.tokenize(template.encode(), add_bos=False, special=True)
+        assert engine.count_prompt_tokens(messages) == len(expected)
+        read = [int(t) for t in engine.llm.input_ids[:len(expected)]]
+        assert engine.llm.detokenize(read, special=True) == engine.llm.detokenize(expected, special=True)
+        assert read == expected
+    finally:
+        engine.close()
