@@ -457,7 +457,7 @@ def _not_exportable(model_path: Path) -> str | None:
 
 
 def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, log) -> dict:
-    from .checkpoint import CheckpointConfig, checkpoint_key, ensure_checkpoint
+    from .checkpoint import CheckpointConfig, ensure_checkpoint
     from .dpo import load_scorer, train_dpo
     from .export_gguf import export_adapter
     from .gate import evaluate
@@ -467,9 +467,7 @@ def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, 
         or data_dir / "cache" / "hf"
     checkpoint = ensure_checkpoint(model_path, CheckpointConfig(cache_dir=Path(cache)), log=log)
     at = _step(result, "checkpoint", at)
-    key = fingerprint(pairs) + "-" + checkpoint_key(model_path)[:8] + "-" + \
-        _settings_key(dpo.to_dict())
-    work = data_dir / WORK / key
+    work = work_folder(data_dir, train, model_path, dpo)
     for other in (data_dir / WORK).glob("*") if (data_dir / WORK).is_dir() else []:
         if other != work:
             shutil.rmtree(other, ignore_errors=True)      # another pair set: cannot resume it
@@ -566,6 +564,17 @@ def _gate_summary(report: dict) -> dict:
             "sign_test_p": reward.get("sign_test_p"), "policy_accuracy": reward.get("policy_accuracy"),
             "base_accuracy": reward.get("base_accuracy"), "kl_per_token": drift.get("kl_per_token"),
             "length_ratio": drift.get("length_ratio"), "reasons": report.get("reasons")}
+
+
+def work_folder(data_dir, train, model_path, dpo) -> Path:
+    """Where a run trains, and an interrupted one resumes: named by the pairs its weights
+    learn from (the training side of the split only: a changed split, the gate's seed or
+    held-out share, must never resume weights that learned from conversations now held
+    out to judge them), the base model and the settings that shape the adapter."""
+    from .checkpoint import checkpoint_key
+    key = fingerprint(train) + "-" + checkpoint_key(model_path)[:8] + "-" + \
+        _settings_key(dpo.to_dict())
+    return Path(data_dir) / WORK / key
 
 
 def _settings_key(settings: dict) -> str:

@@ -295,7 +295,7 @@ def build_pairs(rows: dict, config: PairConfig | None = None,
         report.dropped_over_max = len(pairs) - config.max_pairs
         pairs = pairs[:config.max_pairs]
     report.by_source = dict(Counter(p.source for p in pairs))
-    report.skipped = dict(skipped)
+    report.skipped = {**skipped, **report.skipped}    # (identical replies: counted above)
     report.conversations = len({p.conversation_id for p in pairs})
     report.length_bias = length_bias(pairs)
     return pairs, report
@@ -377,10 +377,15 @@ def length_bias(pairs: list[Pair]) -> dict:
 
 
 def fingerprint(pairs: list[Pair], context: str = "") -> str:
-    """The identity of a pair set: same pairs, labels and ε (and ``context``: what they
-    would be trained for, e.g. the base model and the settings) → same fingerprint."""
-    return _digest([context] + sorted(f"{p.source}|{p.epsilon:.4f}|{'|'.join(p.key)}"
-                                      for p in pairs))[:24]
+    """The identity of a pair set: same pairs, labels, ε and texts (and ``context``: what
+    they would be trained for, e.g. the base model and the settings) → same fingerprint.
+    The texts count: a conversation's system prompt changed afterwards changes every
+    prompt of its pairs, which is something new to learn."""
+    return _digest([context] + sorted(
+        f"{p.source}|{p.epsilon:.4f}|{'|'.join(p.key)}|{int(p.chosen_finished)}"
+        f"{int(p.rejected_finished)}|" + _digest([json.dumps(p.prompt, sort_keys=True),
+                                                   p.chosen, p.rejected])
+        for p in pairs))[:24]
 
 
 def _digest(parts) -> str:

@@ -297,3 +297,48 @@ def test_the_run_fingerprint_changes_with_the_base_model_and_what_shapes_the_ada
                            NightlyConfig(tmp_path, dpo=DPOSettings(threads=1, progress=True))) == stamp
     assert run_fingerprint(pairs, "/models/SmolLM2-135M.gguf",
                            NightlyConfig(tmp_path, dpo=DPOSettings(beta=0.2))) != stamp
+
+
+def test_a_changed_system_prompt_is_something_new_and_identical_replies_are_counted(consenting):
+    """The fingerprint named pairs by ids and labels only: a conversation's system prompt
+    changed afterwards (every prompt of its pairs with it) was "nothing new to learn"
+    every night, and the adapter stayed trained on the old one. And the report's count
+    of identical replies was overwritten by the other reasons."""
+    import dataclasses
+    store = consenting
+    thumbed_siblings(store)
+    c = conversation(store)
+    q = add(store, c.id, "user", "Say hi.")
+    same = [add(store, c.id, "assistant", "hi", q.id) for _ in range(2)]
+    store.conversations.set_thumb(c.id, same[0].id, 1)
+    store.conversations.set_thumb(c.id, same[1].id, -1)
+    pairs, report = build_pairs(store.training.rows())
+    assert len(pairs) == 1 and report.skipped.get("identical_replies") == 1
+    pair = pairs[0]
+    other_system = ({"role": "system", "content": "Answer in French."},) + tuple(pair.prompt[1:])
+    assert pair.prompt[0]["role"] == "system" and pair.prompt[0]["content"] != other_system[0]["content"]
+    assert fingerprint([dataclasses.replace(pair, prompt=other_system)]) != fingerprint(pairs)
+    assert fingerprint([dataclasses.replace(pair, chosen=pair.chosen + "!")]) != fingerprint(pairs)
+    assert fingerprint([dataclasses.replace(pair)]) == fingerprint(pairs)
+
+
+def test_a_changed_split_never_resumes_weights_that_learned_from_the_held_out_side(consenting,
+                                                                                   tmp_path):
+    """An interrupted run resumes from its work folder. The folder was named by all the
+    pairs, not by the side trained on: with the gate's seed or held-out share changed,
+    the next night resumed weights that had learned from conversations now held out."""
+    from align.dpo import DPOSettings
+    from align.gate import GateConfig, split_by_conversation
+    from align.nightly import work_folder
+    from app.models import default_model_path
+    store = consenting
+    for i in range(8):
+        thumbed_siblings(store, prompt=f"Question {i}?", texts=(f"good {i}", f"bad {i}"))
+    pairs, _ = build_pairs(store.training.rows())
+    model, dpo = default_model_path(), DPOSettings()
+    splits = {seed: split_by_conversation(pairs, GateConfig(seed=seed))[0] for seed in range(6)}
+    trained_on = {seed: {p.conversation_id for p in train} for seed, train in splits.items()}
+    first, other = 0, next(s for s in splits if trained_on[s] != trained_on[0])
+    assert work_folder(tmp_path, splits[first], model, dpo) != work_folder(tmp_path, splits[other], model, dpo)
+    assert work_folder(tmp_path, splits[first], model, dpo) == \
+        work_folder(tmp_path, split_by_conversation(pairs, GateConfig(seed=first))[0], model, dpo)
