@@ -536,6 +536,7 @@ class ChatView(QScrollArea):
         self.placeholder.hide()
         QTimer.singleShot(0, self.scroll_to_bottom)
         self.streaming.set_actions_enabled(False)
+        self.streaming.copy_button.setEnabled(False)   # nothing is committed to copy yet
         # Until the first piece (the prompt is being read: seconds on a big model). An
         # empty row said "stopped before any text" meanwhile.
         self.streaming.set_text(WAITING_FOR_FIRST_PIECE)

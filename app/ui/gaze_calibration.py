@@ -15,7 +15,8 @@ import threading
 import time
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QRect, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QColor, QFont, QMouseEvent, QPainter, QPen
+from PySide6.QtGui import (QAction, QActionGroup, QColor, QFont, QKeySequence, QMouseEvent,
+                           QPainter, QPen)
 from PySide6.QtWidgets import (
     QApplication, QHBoxLayout, QLabel, QMenu, QMessageBox, QPushButton, QSpinBox, QToolBar,
     QToolButton, QVBoxLayout, QWidget,
@@ -452,7 +453,9 @@ class GazeController(QObject):
         self.menu.addSeparator()
         self.off_action = self.menu.addAction("Turn gaze off", self.turn_off)
         self.action = QAction("Gaze…", window)
-        self.action.setToolTip("Webcam gaze: calibrate, show the overlay, turn it off")
+        self.action.setShortcut(QKeySequence("Ctrl+Shift+G"))
+        self.action.setToolTip("Webcam gaze: calibrate, choose the camera, show the overlay, "
+                               "turn it off (Ctrl+Shift+G)")
         self.action.setMenu(self.menu)
         self.action.triggered.connect(self.activate)
         toolbars = window.findChildren(QToolBar)
@@ -696,6 +699,7 @@ class GazeController(QObject):
             pass
         for toolbar in self.window.findChildren(QToolBar):
             toolbar.removeAction(self.action)
+        self.action.setShortcut(QKeySequence())        # the next controller's takes it
         self.window.statusBar().removeWidget(self.label)
         self.label.deleteLater()
         self._detached = True

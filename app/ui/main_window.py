@@ -119,7 +119,9 @@ class MainWindow(QMainWindow):
         new_action.triggered.connect(lambda: self.new_chat())
         toolbar.addAction(new_action)
         self.incognito_action = QAction("New incognito chat", self)
-        self.incognito_action.setToolTip("A chat whose messages and signals are never written")
+        self.incognito_action.setShortcut(QKeySequence("Ctrl+Shift+N"))
+        self.incognito_action.setToolTip("A chat whose messages and signals are never written "
+                                         "(Ctrl+Shift+N)")
         self.incognito_action.triggered.connect(lambda: self.new_chat(incognito=True))
         toolbar.addAction(self.incognito_action)
         toolbar.addSeparator()
@@ -128,14 +130,23 @@ class MainWindow(QMainWindow):
         self.model_picker.setMinimumWidth(280)
         self.model_picker.activated.connect(self._on_model_chosen)
         self.model_picker.installEventFilter(self)
+        self.model_picker.setToolTip("The model that answers (Ctrl+M, then ↓ to choose)")
         toolbar.addWidget(self.model_picker)
         self.adapter_action = QAction("Personal", self, checkable=True)
+        self.adapter_action.setShortcut(QKeySequence("Ctrl+Shift+A"))
         self.adapter_action.toggled.connect(self.set_personal_adapter)
         toolbar.addAction(self.adapter_action)
+        # Toolbar buttons take no keyboard focus: each has a shortcut instead (a keyboard
+        # user could reach neither Settings nor Privacy, where consent and deletion are).
         settings_action = QAction("Settings…", self)
+        settings_action.setShortcut(QKeySequence("Ctrl+,"))
+        settings_action.setToolTip("Generation settings and the system prompt (Ctrl+,)")
         settings_action.triggered.connect(self.open_settings)
         toolbar.addAction(settings_action)
         self.privacy_action = QAction("Privacy…", self)
+        self.privacy_action.setShortcut(QKeySequence("Ctrl+Shift+D"))
+        self.privacy_action.setToolTip("What is recorded, consent, export and deletion "
+                                       "(Ctrl+Shift+D)")
         self.privacy_action.triggered.connect(self.open_privacy)
         toolbar.addAction(self.privacy_action)
 
@@ -162,6 +173,10 @@ class MainWindow(QMainWindow):
             lambda item: self.open_conversation(item.data(Qt.ItemDataRole.UserRole)))
         self.conversation_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.conversation_list.customContextMenuRequested.connect(self._conversation_menu)
+        for keys, act in ((QKeySequence.StandardKey.Delete, self.delete_conversation),
+                          (QKeySequence("F2"), self.rename_conversation)):
+            shortcut = QShortcut(keys, self.conversation_list, context=Qt.ShortcutContext.WidgetShortcut)
+            shortcut.activated.connect(lambda act=act: self._on_current_conversation(act))
         side.addWidget(self.conversation_list)
 
         main = QWidget()
@@ -188,6 +203,7 @@ class MainWindow(QMainWindow):
         row = QHBoxLayout()
         self.input = InputBox()
         self.input.setPlaceholderText("Message Glance (Enter to send, Shift+Enter for a new line)")
+        self.input.setTabChangesFocus(True)   # Tab goes on to Send (it typed a tab character)
         self.input.setFixedHeight(80)
         self.input.submitted.connect(self.send)
         row.addWidget(self.input, 1)
@@ -242,6 +258,7 @@ class MainWindow(QMainWindow):
         self.retention_timer.start()
 
         QShortcut(QKeySequence("Ctrl+N"), self, activated=lambda: self.new_chat())
+        QShortcut(QKeySequence("Ctrl+M"), self, activated=lambda: self.model_picker.setFocus())
         QShortcut(QKeySequence.StandardKey.Find, self, activated=self._focus_search)
         QShortcut(QKeySequence.StandardKey.Quit, self, activated=self.request_quit)
         self.pause_shortcut = QShortcut(QKeySequence("Ctrl+Shift+P"), self,
@@ -384,9 +401,18 @@ class MainWindow(QMainWindow):
             return
         conversation_id = item.data(Qt.ItemDataRole.UserRole)
         menu = QMenu(self)
-        menu.addAction("Rename…", lambda: self.rename_conversation(conversation_id))
-        menu.addAction("Delete…", lambda: self.delete_conversation(conversation_id))
+        menu.addAction("Rename… (F2)", lambda: self.rename_conversation(conversation_id))
+        menu.addAction("Delete… (Del)", lambda: self.delete_conversation(conversation_id))
         menu.exec(self.conversation_list.mapToGlobal(point))
+        # The right click made the item under it Qt's current one: dismissed, or answered
+        # No, the list showed another chat selected than the one open.
+        self.conversation_list.select(self.tree.id if self.tree is not None else None)
+
+    def _on_current_conversation(self, act) -> None:
+        """Del and F2 in the conversation list: delete or rename the chat the keyboard is on."""
+        item = self.conversation_list.currentItem()
+        if item is not None:
+            act(item.data(Qt.ItemDataRole.UserRole))
 
     def _store_free(self) -> bool:
         """While a delete or export runs, writes (and, while a delete rewrites the file,
@@ -405,6 +431,10 @@ class MainWindow(QMainWindow):
             title, ok = QInputDialog.getText(self, "Rename", "Title", text=tree.conversation.title)
             if not ok:
                 return
+        if not title.strip():
+            # It became "New chat", and the next message then named it after itself.
+            self.statusBar().showMessage(f"A chat needs a title: it stays “{tree.conversation.title}”.", 6000)
+            return
         self.service.rename(tree, title)
         if tree is self.tree:
             self.setWindowTitle(f"Glance — {tree.conversation.title}")
@@ -413,7 +443,7 @@ class MainWindow(QMainWindow):
     def delete_conversation(self, conversation_id: str, confirm: bool = True) -> None:
         """Delete, then rewrite the file under a new key: seconds for a big conversation,
         so it runs off the UI thread while the window stays usable."""
-        if self._writing_a_reply() or not self._store_free():
+        if self._writing_a_reply() or not self._store_free() or self._loading_a_model():
             return
         if confirm and not ask(self, "Delete conversation",
                                "Delete this conversation and everything recorded while reading "
@@ -426,6 +456,14 @@ class MainWindow(QMainWindow):
         self._run_store_job("Deleting the conversation and rewriting the database…",
                             self.session.delete_conversation, conversation_id,
                             done_text="Conversation deleted; no trace of it remains.")
+
+    def _loading_a_model(self) -> bool:
+        """A load ends by noting the model in the store: behind a delete's rewrite, the
+        window would wait for the whole rewrite."""
+        if self.is_loading_model():
+            self.statusBar().showMessage("One moment: a model is still loading. Try again "
+                                         "when it is done.", 5000)
+        return self.is_loading_model()
 
     def export_data(self, directory: str) -> None:
         self._run_store_job("Exporting your data…", self.session.export, directory,
@@ -447,11 +485,15 @@ class MainWindow(QMainWindow):
         self.store_job = job
         self.statusBar().showMessage(busy_text)
         self.conversation_list.setEnabled(False)
+        # The picker reads the model list, and a load ends by writing to it: during a
+        # delete's rewrite either would freeze the window until the rewrite is done.
+        self.model_picker.setEnabled(False)
         job.start()
 
     def _store_job_finished(self, text: str | None, error: str | None = None) -> None:
         self.store_job = retire(self.store_job)
         self.conversation_list.setEnabled(True)
+        self.model_picker.setEnabled(not self.is_generating() and not self.is_loading_model())
         self._refresh_conversations()
         if error:
             self._error(error)
@@ -568,9 +610,16 @@ class MainWindow(QMainWindow):
         # Committed: only now is the message shown as sent. What was typed meanwhile (a
         # slow commit, e.g. behind a delete's rewrite) stays in the box.
         typed, sent = self.input.toPlainText(), self._sent_text or ""
-        self._fill_input(typed[len(sent):].lstrip() if typed.startswith(sent) else typed)
+        extra = typed[len(sent):].lstrip() if typed.startswith(sent) else typed
         self._sent_text = None
-        self._end_edit()                 # an edit sent: the draft from before it comes back
+        if self.editing_message_id is not None:
+            # An edit sent: the draft from before it comes back, and what was typed since
+            # after it (the draft alone overwrote it).
+            draft = self._draft_before_edit or ""
+            self._draft_before_edit = draft + ("\n" if draft and extra else "") + extra
+            self._end_edit()
+        else:
+            self._fill_input(extra)
         self.comparing = None            # a new turn: the pair left without a pick is over
         self._show_tree()
         self.chat_view.begin_stream(Message(conversation_id=self.tree.id, role="assistant",
@@ -669,7 +718,13 @@ class MainWindow(QMainWindow):
 
     def _on_reply(self, message: Message) -> None:
         self.generation = retire(self.generation)
-        self._leaf_before_regenerate = None
+        replaced, self._leaf_before_regenerate = self._leaf_before_regenerate, None
+        if replaced is not None and message is not None and message.finish_reason == "cancelled" \
+                and not message.content.strip():
+            # Regenerate stopped before a word: the reply the user had stays on screen (an
+            # empty "stopped" row took its place, the old one behind ‹ ›).
+            self.service.switch_to(self.tree, replaced)
+            self.statusBar().showMessage("Regenerate stopped: the previous reply stays.", 6000)
         if self._stopped_by_user and message is not None:
             # A stop belongs to the reply it cut short (the reward model reads "stopped"
             # from it); a reply cancelled because the window closed was not stopped.
@@ -755,6 +810,12 @@ class MainWindow(QMainWindow):
     def switch_branch(self, message_id: str) -> None:
         if self.is_generating() or not self._store_free():
             return
+        if self.editing_message_id is not None:
+            # The message being edited could leave the screen while the banner stayed,
+            # and sending then branched where the user could not see.
+            self.statusBar().showMessage("Send or cancel the edit (Esc) before switching "
+                                         "branches.", 6000)
+            return
         self.capture.action("sibling", message_id)
         self.comparing = None
         self.service.switch_to(self.tree, message_id)
@@ -800,6 +861,17 @@ class MainWindow(QMainWindow):
         # all the user did was scroll past the toolbar.
         if watched is self.model_picker and event.type() == QEvent.Type.Wheel:
             return True
+        # The arrows and letters on a closed picker chose the next model and loaded it
+        # (seconds) while a keyboard user was only looking: they open the list instead,
+        # where Enter chooses.
+        if watched is self.model_picker and event.type() == QEvent.Type.KeyPress \
+                and not self.model_picker.view().isVisible() \
+                and (event.key() in (Qt.Key.Key_Up, Qt.Key.Key_Down, Qt.Key.Key_PageUp,
+                                     Qt.Key.Key_PageDown, Qt.Key.Key_Home, Qt.Key.Key_End)
+                     or (event.text().strip() and not event.modifiers()
+                         & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier))):
+            self.model_picker.showPopup()
+            return True
         return super().eventFilter(watched, event)
 
     def is_loading_model(self) -> bool:
@@ -811,7 +883,7 @@ class MainWindow(QMainWindow):
         """Check ``path`` now and load it off the UI thread (seconds for a big model; the
         previous one answers until then); on any error say why and keep the previous
         model. False when refused at once; ``model_loaded`` says how the load ended."""
-        if self.is_generating() or self.is_loading_model():
+        if self.is_generating() or self.is_loading_model() or not self._store_free():
             return False
         try:
             info = inspect_model(path)
@@ -1007,15 +1079,15 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._search_timer.stop()            # it would read a store closed below
+        self._remember_layout()
+        # What is left is Glance tidying up (a delete's rewrite, a model load finishing, the
+        # camera let go, the last replies scored: up to seconds); a window frozen meanwhile
+        # looks hung.
+        self.hide()
         if self.is_store_busy():
             # A delete's rewrite must finish: closing the store under it would leave the
             # deleted conversation readable in the file's free blocks.
-            self.statusBar().showMessage("Finishing the delete before closing…")
             self.store_job.wait()
-        self._remember_layout()
-        # What is left is Glance tidying up (a model load finishing, the camera let go, the
-        # last replies scored: up to seconds); a window frozen meanwhile looks hung.
-        self.hide()
         if self.is_loading_model():
             self.model_job.wait()            # llama.cpp cannot stop a load half-way
         if self.is_generating():
