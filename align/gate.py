@@ -79,13 +79,13 @@ def split_by_conversation(pairs, config: GateConfig | None = None):
 
 
 # --- 1. implicit reward on held-out pairs -----------------------------------------------------
-def heldout_margins(scorer, tokenizer, pairs, dpo_settings, batch_pairs: int = 4) -> dict:
-    """Per pair: h, and the policy's and the base's per-token log-prob margins."""
+def heldout_margins(scorer, tokenizer, examples, batch_pairs: int = 4) -> dict:
+    """Per tokenised pair (``dpo.tokenize_pair``): h, and the policy's and the base's
+    per-token log-prob margins, from the trained (PEFT) adapter."""
     import torch
-    from .dpo import collate, tokenize_pair
+    from .dpo import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = [tokenize_pair(p, tokenizer, dpo_settings) for p in pairs]
     h, policy_margin, base_margin = [], [], []
     for start in range(0, len(examples), batch_pairs):
         chunk = examples[start:start + batch_pairs]
@@ -99,6 +99,52 @@ def heldout_margins(scorer, tokenizer, pairs, dpo_settings, batch_pairs: int = 4
         policy_margin += (pc / counts[:n] - pr / counts[n:]).tolist()
         base_margin += (rc / counts[:n] - rr / counts[n:]).tolist()
     return {"h": h, "policy_margin": policy_margin, "base_margin": base_margin}
+
+
+def completion_logp(llm, prompt_ids, completion_ids) -> float:
+    """log p(completion | prompt) in llama.cpp: one evaluation, every position's logits
+    (``llm`` made with ``logits_all=True``)."""
+    llm.reset()
+    llm.eval(list(prompt_ids) + list(completion_ids))
+    start, total = len(prompt_ids), 0.0
+    for i, token in enumerate(completion_ids):
+        row = np.asarray(llm.scores[start + i - 1], dtype=np.float64)   # predicts position start + i
+        total += row[token] - np.logaddexp.reduce(row)
+    return float(total)
+
+
+def published_margins(base_gguf: Path, adapter_gguf: Path, examples, threads: int = 2) -> list[float]:
+    """h per pair from the exported file, in llama.cpp, on the very token ids the trained
+    adapter was scored on. The file is what the chat will use: an export that flipped,
+    scaled or misplaced the update would pass a gate that judged the PEFT weights alone."""
+    from llama_cpp import Llama
+    longest = max(len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"]))
+                  for e in examples)
+    common = dict(n_ctx=longest + 16, n_threads=threads, n_threads_batch=threads,
+                  logits_all=True, verbose=False)
+    logps = {}
+    for name, extra in (("base", {}), ("policy", {"lora_path": str(adapter_gguf)})):
+        llm = Llama(str(base_gguf), **common, **extra)     # one at a time: every logit is kept
+        try:
+            logps[name] = [(completion_logp(llm, e["prompt_ids"], e["chosen_ids"]),
+                            completion_logp(llm, e["prompt_ids"], e["rejected_ids"]))
+                           for e in examples]
+        finally:
+            llm.close()
+    return [(pc - bc) - (pr - br) for (pc, pr), (bc, br) in zip(logps["policy"], logps["base"])]
+
+
+def published_report(trained_h, published_h) -> dict:
+    """The exported file's own verdict, and how closely it follows the trained adapter."""
+    trained, published = np.asarray(trained_h, dtype=np.float64), np.asarray(published_h, dtype=np.float64)
+    n = len(published)
+    wins, losses = int((published > 0).sum()), int((published < 0).sum())
+    spread = float((trained ** 2).sum())
+    return {"implicit_reward_accuracy": (wins + 0.5 * (n - wins - losses)) / n if n else None,
+            "mean_h": float(published.mean()) if n else None,
+            "same_sign_share": float(np.mean(np.sign(trained) == np.sign(published))) if n else None,
+            # published ≈ slope × trained: 1 when the file does what the weights do
+            "slope": float((trained * published).sum() / spread) if spread > 0 else None}
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -152,11 +198,14 @@ def _sample(llm, prompt, max_tokens, temperature, rng, judge=None):
         model.eval(prompt)
     tokens, log_ratio = [], 0.0
     for _ in range(max_tokens):
-        logp = _log_softmax(_last_logits(llm))
-        probs = np.exp(_log_softmax(logp / temperature))
+        # Both distributions at the sampling temperature: the samples come from the
+        # adapter's tempered one, so that is the one whose KL they estimate (the untempered
+        # log-probs summed over them estimated nothing at a temperature other than 1).
+        logp = _log_softmax(_last_logits(llm) / temperature)
+        probs = np.exp(logp)
         token = int(rng.choice(len(probs), p=probs / probs.sum()))
         if judge is not None:
-            log_ratio += float(logp[token] - _log_softmax(_last_logits(judge))[token])
+            log_ratio += float(logp[token] - _log_softmax(_last_logits(judge) / temperature)[token])
         tokens.append(token)
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
             break
@@ -223,11 +272,15 @@ def _capped_share(lengths, cap: int) -> float:
 # --- the decision -----------------------------------------------------------------------------
 def evaluate(scorer, tokenizer, heldout, base_gguf, adapter_gguf, prompts, dpo_settings,
              config: GateConfig | None = None) -> dict:
+    from .dpo import tokenize_pair
     config = config or GateConfig()
     report = {"config": config.to_dict()}
     if heldout:
-        report["reward"] = implicit_reward_report(
-            heldout_margins(scorer, tokenizer, heldout, dpo_settings, config.batch_pairs))
+        examples = [tokenize_pair(p, tokenizer, dpo_settings) for p in heldout]
+        margins = heldout_margins(scorer, tokenizer, examples, config.batch_pairs)
+        report["reward"] = implicit_reward_report(margins)
+        report["reward"]["published"] = published_report(
+            margins["h"], published_margins(base_gguf, adapter_gguf, examples, config.threads))
     report["drift"] = sample_drift(base_gguf, adapter_gguf, prompts, config)
     report["publish"], report["reasons"] = decide(report, config)
     return report
@@ -240,7 +293,8 @@ def decide(report: dict, config: GateConfig) -> tuple[bool, list[str]]:
         reasons.append("not enough held-out pairs to tell whether the adapter is better "
                        "(pairs from at least two conversations are needed)")
     else:
-        if not reward["implicit_reward_accuracy"] > 0.5 or not reward["mean_h"] > 0:
+        trained_better = reward["implicit_reward_accuracy"] > 0.5 and reward["mean_h"] > 0
+        if not trained_better:
             reasons.append(f"not better on held-out conversations (implicit-reward accuracy "
                            f"{reward['implicit_reward_accuracy']:.2f}, mean margin {reward['mean_h']:+.3f})")
         elif reward["policy_accuracy"] < reward["base_accuracy"]:
@@ -248,6 +302,15 @@ def decide(report: dict, config: GateConfig) -> tuple[bool, list[str]]:
                            f"({reward['policy_accuracy']:.2f} < {reward['base_accuracy']:.2f})")
         if config.max_p_value is not None and reward["sign_test_p"] > config.max_p_value:
             reasons.append(f"improvement not significant (p = {reward['sign_test_p']:.3f})")
+        published = reward.get("published")
+        if published and (not published["implicit_reward_accuracy"] > 0.5
+                          or not published["mean_h"] > 0):
+            reasons.append(f"the exported file, which the chat would use, is not better on "
+                           f"held-out conversations (implicit-reward accuracy "
+                           f"{published['implicit_reward_accuracy']:.2f}, mean margin "
+                           f"{published['mean_h']:+.3f})"
+                           + (": the export does not carry the trained weights over, which are"
+                              if trained_better else ""))
     drift = report.get("drift") or {}
     if drift.get("kl_per_token", 0.0) > config.max_kl_per_token:
         reasons.append(f"drifts too far from the base model (KL {drift['kl_per_token']:.3f} > "

@@ -77,22 +77,9 @@ def test_the_run_trained_published_and_recorded_through_the_app(run):
     assert not any((run["home"] / "training" / "snapshots").iterdir())
 
 
-def completion_logp(llm, prompt_tokens, completion_tokens):
-    """log p(completion | prompt) in llama.cpp (one evaluation, every position's logits)."""
-    llm.reset()
-    llm.eval(list(prompt_tokens) + list(completion_tokens))
-    scores = np.asarray(llm.scores[: llm.n_tokens], dtype=np.float64)
-    start = len(prompt_tokens)
-    total = 0.0
-    for i, token in enumerate(completion_tokens):
-        row = scores[start + i - 1]
-        total += row[token] - np.logaddexp.reduce(row)
-    return total
-
-
 def test_llama_cpp_loads_the_adapter_and_it_raises_the_chosen_margin(run):
     from llama_cpp import Llama
-    from align.gate import prompt_tokens
+    from align.gate import completion_logp, prompt_tokens
     adapter = version_dir(run) / "adapter.gguf"
     common = dict(n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False, logits_all=True)
     base = Llama(str(run["f16"]), **common)
@@ -155,6 +142,23 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
     assert report["reward"]["implicit_reward_accuracy"] > 0.5
     assert not report["publish"] and any("drifts too far" in r or "length" in r
                                          for r in report["reasons"]), report["reasons"]
+    assert report["reward"]["published"]["slope"] > 2      # the file does 6x what the weights do
+
+    # The published weights, exported the wrong way round: the trained adapter is better,
+    # the file the chat would use is worse. Judged on the weights alone, it was published.
+    export_adapter(published, tmp_path / "flipped.gguf", run["checkpoint"], ExportConfig(scale=-1.0))
+    report = evaluate(scorer, tokenizer, heldout, run["base"], tmp_path / "flipped.gguf",
+                      prompts, dpo, gate_config)
+    assert report["reward"]["implicit_reward_accuracy"] > 0.5
+    assert report["reward"]["published"]["implicit_reward_accuracy"] < 0.5
+    assert not report["publish"] and any("export does not carry" in r
+                                         for r in report["reasons"]), report["reasons"]
+    # And the file as published does what the weights do.
+    report = evaluate(scorer, tokenizer, heldout, run["base"], version_dir(run) / "adapter.gguf",
+                      prompts, dpo, gate_config)
+    assert report["publish"], report["reasons"]
+    assert 0.5 < report["reward"]["published"]["slope"] < 2
+    assert report["reward"]["published"]["same_sign_share"] == 1.0
 
 
 def test_the_chat_engine_uses_a_new_version_without_a_restart_and_a_toggle_for_the_base(run, tmp_path):
