@@ -7,10 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Qt's xcb platform plugin needs these; Xvfb + xdotool let tests drive a real X server;
-# strace lets a test prove that native code (DuckDB, llama.cpp) opens no network socket.
+# strace lets a test prove that native code (DuckDB, llama.cpp) opens no network socket;
+# venv and a C++ compiler (llama.cpp is built from source) are missing on a stock Debian.
 DEBIAN_PACKAGES=(xvfb xdotool libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
                  libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-                 strace)
+                 strace python3-venv build-essential)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
@@ -23,8 +24,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Glance runs on Python 3.11 (mediapipe 0.10.21 and the pins in pyproject.toml): python3
+# if it is 3.11, else python3.11 (Ubuntu's python3 is newer), else say so.
+PYTHON=python3
+if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    if command -v python3.11 >/dev/null; then
+        PYTHON=python3.11
+    else
+        echo "bootstrap: Glance needs Python 3.11 and found $(python3 --version 2>&1)." \
+             "Install python3.11 and python3.11-venv (e.g. from deadsnakes on Ubuntu), then run this again." >&2
+        exit 2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+    "$PYTHON" -m venv .venv
 fi
 PY=.venv/bin/python
 stamp=.venv/.glance-installed
