@@ -198,6 +198,13 @@ def cmd_chat(args) -> int:
             store.models.remember(engine.model_info)
         if args.model:
             store.models.remember(engine.model_info)  # only once it has loaded
+        if (store.data_dir / "adapters").is_dir():      # (align.adapters.adapters_dir)
+            # As the window answers: with the personal adapter published for this model,
+            # unless Personal is off. The one-shot chat answered with the base model.
+            from app.session import personal_adapter_wanted
+            from align.adapters import adapters_dir
+            engine.use_adapters(adapters_dir(store.data_dir))
+            engine.set_adapter_enabled(personal_adapter_wanted(store))
         try:
             service = ChatService(store, engine)
             tree = service.open(args.conversation) if args.conversation else service.new_conversation()
@@ -224,7 +231,7 @@ def cmd_chat(args) -> int:
             "reply": reply.content, "conversation_id": tree.id, "message_id": reply.id,
             "model": reply.model, "tokens": reply.tokens, "ttft_s": reply.ttft_s,
             "tokens_per_s": reply.tokens_per_s, "finish_reason": reply.finish_reason,
-            "dropped_turns": reply.dropped_turns}))
+            "dropped_turns": reply.dropped_turns, "adapter": engine.adapter_version}))
     else:
         print()
     return 0
@@ -296,7 +303,11 @@ def cmd_doctor(args) -> int:
             when = ("never run (align --nightly, or align schedule install)" if last is None else
                     f"last run {last['started']} {last['status']}: {last['message']}")
             print(f"Nightly:  {when}")
-            print("Adapter:  " + (f"{adapter} (the chat answers with it)" if adapter
+            # An adapter fits the model it was trained on, and Personal can turn it off:
+            # "the chat answers with it" was wrong after a switch of model or with it off.
+            print("Adapter:  " + (f"{adapter}, for {report['nightly']['adapter_model'] or 'its base model'} "
+                                  "(the chat answers with it on that model while Personal is on)"
+                                  if adapter
                                   else "none: the chat answers with the base model"))
         for task, model in report["reward"].items():
             if model is None:
@@ -335,14 +346,17 @@ def _store_status() -> tuple[dict, list, dict | None]:
 def _nightly(runs: list) -> dict:
     """The last nightly run (when, outcome, its one sentence) and the adapter the chat
     uses: whether the loop from reading to the model runs."""
-    from align.adapters import adapters_dir, read_active
+    from align.adapters import adapters_dir, manifest, read_active
     from feedback_store.times import local_minute
     last = None
     if runs:
         run = runs[0]
         last = {"started": local_minute(run["started_wall_ns"]), "status": run["status"],
                 "message": run["message"]}
-    return {"last_run": last, "active_adapter": read_active(adapters_dir(glance_home())).get("version")}
+    version = read_active(adapters_dir(glance_home())).get("version")
+    trained_for = ((manifest(adapters_dir(glance_home()), version) or {}).get("base") or {}).get("name") \
+        if version else None
+    return {"last_run": last, "active_adapter": version, "adapter_model": trained_for}
 
 
 def _reward_models() -> dict:

@@ -77,6 +77,11 @@ def delete_conversation(store: FeedbackStore, conversation_id: str, training_lin
             tidy_training(store, store.data_dir)
 
 
+def personal_adapter_wanted(store) -> bool:
+    """The window's *Personal* toggle: chat through the published adapter (the default)."""
+    return bool(store.settings.get("use_personal_adapter", True))
+
+
 class AppSession:
     def __init__(self, store: FeedbackStore, screen: dict | None = None):
         self.store = store
@@ -204,7 +209,7 @@ class AppSession:
         return describe_adapter(active, enabled, load_error)
 
     def use_personal_adapter(self) -> bool:
-        return bool(self.store.settings.get("use_personal_adapter", True))
+        return personal_adapter_wanted(self.store)
 
     def set_use_personal_adapter(self, enabled: bool) -> None:
         self.store.settings.set("use_personal_adapter", bool(enabled))

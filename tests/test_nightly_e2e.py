@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,32 @@ def test_the_chat_engine_uses_a_new_version_without_a_restart_and_a_toggle_for_t
         assert engine.generate(messages, settings).text == plain
     finally:
         engine.close()
+
+
+def test_glance_chat_answers_with_the_adapter_as_the_window_does(run, tmp_path):
+    """`glance chat` always answered with the base model, whatever the window used."""
+    from align.adapters import AdapterConfig, base_identity, publish
+    from conftest import run_glance
+    from feedback_store import FeedbackStore
+    home = tmp_path / "home"
+    version = publish(AdapterConfig(home / "adapters"), version_dir(run) / "adapter.gguf", None,
+                      {"base": base_identity(run["base"])})
+
+    def chat():
+        done = run_glance("chat", "--prompt", "Tell me one fact about bees.", "--seed", "3",
+                          "--temperature", "0", "--max-tokens", "24", "--json", home=home)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+    tuned = chat()
+    assert tuned["adapter"] == version
+    with FeedbackStore.open(home) as store:
+        store.settings.set("use_personal_adapter", False)      # the window's Personal off
+    plain = chat()
+    assert plain["adapter"] is None and plain["reply"] != tuned["reply"]
+    # The doctor says which model the adapter is for, not that the chat answers with it.
+    doctor = run_glance("doctor", home=home).stdout
+    assert f"Adapter:  {version}, for {Path(run['base']).name} (the chat answers with it on " \
+        "that model while Personal is on)" in doctor, doctor
 
 
 def test_the_window_shows_the_version_toggles_the_base_and_takes_a_new_one_without_restart(
