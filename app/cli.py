@@ -416,7 +416,12 @@ def cmd_models(args) -> int:
 def _download_model(args) -> int:
     """Without the database: it is held only to remember the file, not for the minutes
     or hours of the download (the window and the nightly job waited, then gave up)."""
-    from .download import DownloadError, download_model
+    from .download import DownloadError, check_request, download_model
+    try:
+        check_request(args.repo, args.file, args.sha256)   # before a database is made
+    except DownloadError as error:
+        print(f"glance: {error}", file=sys.stderr)
+        return 2
     FeedbackStore.open().close()        # the folder and the database are usable: say so now
 
     def progress(done, total):

@@ -41,15 +41,20 @@ def download_target(directory: Path, filename: str) -> Path:
     return Path(directory) / Path(filename).name
 
 
-def download_model(repo: str, filename: str, directory: Path, revision: str = "main",
-                   sha256: str | None = None,
-                   progress: Callable[[int, int | None], None] | None = None,
-                   cancel: threading.Event | None = None) -> Path:
+def check_request(repo: str, filename: str, sha256: str | None = None) -> None:
+    """What the user typed, checked before anything is opened or written."""
     if "/" not in repo or not filename.endswith(".gguf"):
         raise DownloadError("Give a hub repository as owner/name and a file name ending "
                             "in .gguf, e.g. HuggingFaceTB/SmolLM2-360M-Instruct-GGUF.")
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
         raise DownloadError(f"A SHA-256 is the file's 64 hexadecimal digits, not {sha256!r}.")
+
+
+def download_model(repo: str, filename: str, directory: Path, revision: str = "main",
+                   sha256: str | None = None,
+                   progress: Callable[[int, int | None], None] | None = None,
+                   cancel: threading.Event | None = None) -> Path:
+    check_request(repo, filename, sha256)
     directory = Path(directory)
     target = download_target(directory, filename)
     if target.exists() and sha256 is not None:

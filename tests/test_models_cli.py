@@ -191,7 +191,12 @@ def test_download_remembers_the_model(hub, home):
 def test_a_malformed_checksum_is_refused_before_downloading(hub, home):
     assert_clean_failure(download(home, "--sha256", "abc123"), "64 hexadecimal digits")
     assert hub.requests == []                      # refused before a byte was fetched
-    assert not (home / "models").exists() or not list((home / "models").iterdir())
+    # ... and before anything was made: a database and a key in a fresh folder (the
+    # README: every argument is checked before anything is written)
+    assert not home.exists() or not list(home.iterdir())
+    assert_clean_failure(run_glance("models", "download", "notarepo", "file.txt", home=home),
+                         "owner/name")
+    assert not home.exists() or not list(home.iterdir())
 
 
 def test_416_for_a_partial_that_is_already_complete(hub, home):
