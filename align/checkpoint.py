@@ -2,7 +2,7 @@
 
 transformers can read a GGUF (it dequantises every tensor to float32, ≈ 15 s for
 SmolLM2), but the model it returns still carries the GGUF quantizer: saving or training
-it raises. Recipe measured here (FACTS.md): load, detach the quantizer, save once, and
+it raises. Recipe measured on the development machines: load, detach the quantizer, save once, and
 train on the *reloaded* checkpoint (it reloads in 0.1 s with identical logits).
 
 The cache key is the GGUF's resolved path, size and modification time, so replacing or
