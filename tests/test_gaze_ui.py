@@ -749,6 +749,7 @@ def test_each_screen_keeps_its_own_calibration(tmp_path):
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["screens"] == 2
     assert seen["left_calibrated"] and seen["right_uncalibrated"] and seen["right_calibrated"]
+    assert seen["corrections_kept"]        # the same calibration is not installed afresh
     assert seen["right_tracker_screen"] == [1920, 0, 1280, 1024]
     assert len(seen["files"]) == 2                       # one per screen, both kept
     assert seen["back_left"] and seen["left_tracker_screen"] == [0, 0, 1920, 1080]

@@ -67,8 +67,10 @@ def main(video: str, data_dir: Path) -> int:
 
     calibrate_here("left")
     seen["left_calibrated"] = label_says("Gaze: on")
+    corrections = gaze.tracker.recalibrator          # what clicks taught it on this screen
     window.move(right.x() + 100, right.y() + 100)   # no calibration on this screen yet
     seen["right_uncalibrated"] = label_says("Gaze: other screen")
+    seen["corrections_kept"] = gaze.tracker.recalibrator is corrections   # same calibration
     calibrate_here("right")
     seen["right_calibrated"] = label_says("Gaze: on")
     seen["right_tracker_screen"] = tracker_screen()

@@ -395,6 +395,13 @@ class CalibrationScreen(QWidget):
         p.end()
 
 
+def _same_calibration(a, b) -> bool:
+    """One calibration, read twice from its file."""
+    if a is None or b is None:
+        return a is b
+    return (a.created_wall_s, cal.screen_of(a)) == (b.created_wall_s, cal.screen_of(b))
+
+
 # --- the controller the window holds --------------------------------------------------------------
 class GazeController(QObject):
     """Owns the tracker for the window: consent, pause, calibration, status bar, clicks.
@@ -812,7 +819,10 @@ class GazeController(QObject):
         changed = layout != self._layout
         if changed or screen != self._screen:
             self._layout, self._screen = layout, screen
-            self._use_calibration(self._load_calibration())
+            found = self._load_calibration()
+            if changed or not _same_calibration(found, self.calibration):
+                # (the same one kept: its click corrections and smoothing go on)
+                self._use_calibration(found)
         self._poll_health()
         if changed and not self._has_calibration():
             self.window.statusBar().showMessage(     # after the health message, not under it
