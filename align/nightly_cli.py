@@ -196,4 +196,5 @@ def cmd_schedule(args) -> int:
         print(json.dumps(result, default=str))
     else:
         print(result["message"])
-    return 0
+    # Written but not activated (the tool failed or is missing): nothing will run it.
+    return 1 if args.action == "install" and not result["activated"] else 0

@@ -240,10 +240,12 @@ def install(config: ScheduleConfig) -> dict:
                           enabled=config.activate))
     elif kind == "cron":
         line = cron_line(config)
+        # Asked before the copy is written: written first, `status` then said "scheduled"
+        # on a machine without cron, where nothing would ever run it.
+        kept, _ = _crontab_without_ours() if config.activate else ([], False)
         _write(cron_copy(), line + "\n")
         files.append(str(cron_copy()))
         if config.activate:
-            kept, _ = _crontab_without_ours()
             steps.append(_run(["crontab", "-"], stdin="\n".join(kept + [line]) + "\n"))
         else:
             steps.append(_run(["crontab"], enabled=False))
@@ -269,8 +271,42 @@ def install(config: ScheduleConfig) -> dict:
             "message": message}
 
 
+def _installed_kind(config: ScheduleConfig) -> str:
+    """The scheduler to report on or remove: the one asked for, else the one whose files
+    are there (installed with --kind, `status` looked at the detected one and said "not
+    scheduled"), else the one this system would use."""
+    if config.kind != "auto":
+        return config.kind
+    found = [kind for kind, path in _installed_files().items() if path.exists()]
+    return detect() if not found or detect() in found else found[0]
+
+
+def _installed_files() -> dict[str, Path]:
+    """Each scheduler's file naming the job (the command, its data folder, its time)."""
+    return {"systemd": systemd_dir() / f"{NAME}.service", "cron": cron_copy(),
+            "launchd": launchd_plist(), "windows": windows_xml()}
+
+
+def _runs_elsewhere(kind: str, config: ScheduleConfig) -> list[str]:
+    """What the installed job runs that is not this Glance: another Python (a moved or
+    deleted checkout: nothing runs) or another data folder (it trains out of sight)."""
+    path = _installed_files()[kind]
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-16") if kind == "windows" else raw.decode("utf-8", "replace")
+    except (OSError, UnicodeDecodeError):
+        return []
+    notes = []
+    if config.python not in text:
+        notes.append(f"it runs another Python than {config.python}")
+    folder = config.environment()["GLANCE_HOME"]
+    if folder not in text and escape(folder) not in text:
+        notes.append(f"it trains on another data folder than {folder}")
+    return notes
+
+
 def remove(config: ScheduleConfig) -> dict:
-    kind = detect() if config.kind == "auto" else config.kind
+    kind = _installed_kind(config)
     removed = []
     if kind == "systemd":
         _run(["systemctl", "--user", "disable", "--now", f"{NAME}.timer"], enabled=config.activate)
@@ -305,7 +341,7 @@ def remove(config: ScheduleConfig) -> dict:
 
 
 def status(config: ScheduleConfig) -> dict:
-    kind = detect() if config.kind == "auto" else config.kind
+    kind = _installed_kind(config)
     not_running = None          # why the files are there but nothing will run them
     if kind == "systemd":
         timer = systemd_dir() / f"{NAME}.timer"
@@ -320,7 +356,9 @@ def status(config: ScheduleConfig) -> dict:
         installed = cron_copy().exists()
         when = _cron_time(cron_copy().read_text()) if installed else None
         detail = {"files": [str(cron_copy())] if installed else []}
-        if installed and config.activate and shutil.which("crontab"):
+        if installed and config.activate and not shutil.which("crontab"):
+            not_running = "cron is not installed (there is no crontab command)"
+        elif installed and config.activate:
             ok, table = _run(["crontab", "-l"])
             if not (ok and CRON_MARK in table):
                 not_running = "its line is not in your crontab"
@@ -337,11 +375,16 @@ def status(config: ScheduleConfig) -> dict:
         detail = {"files": [str(windows_xml())] if installed else []}
     message = (f"Nightly training is scheduled with {kind}" + (f" at {when}." if when else ".")
                if installed else "Nightly training is not scheduled (align schedule install).")
+    elsewhere = _runs_elsewhere(kind, config) if installed else []
     if not_running:
         message = (f"Nightly training is set up with {kind} but will not run: {not_running}. "
-                   "Run `align schedule install` again.")
+                   + ("Install cron, then run `align schedule install` again."
+                      if "no crontab" in not_running else "Run `align schedule install` again."))
+    elif elsewhere:
+        message += (f" But {' and '.join(elsewhere)}: run `align schedule install` from this "
+                    "Glance to train on this one.")
     return {"kind": kind, "installed": installed, "at": when, "message": message,
-            "will_run": installed and not not_running, **detail}
+            "will_run": installed and not not_running, "runs_elsewhere": elsewhere, **detail}
 
 
 def _systemd_time(timer: Path) -> str | None:

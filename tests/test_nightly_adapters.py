@@ -360,3 +360,44 @@ def test_a_broken_settings_file_is_named_with_what_is_wrong(tmp_path):
     config = load_settings(NightlyConfig(data_dir=tmp_path))
     assert (config.dpo.epochs, config.dpo.target_modules, config.pairs.max_pairs) == (1, ("q_proj",), 5)
     assert config.dpo.token_budget is None and config.dpo.beta == 1   # null where None is allowed
+
+
+def test_the_schedule_status_says_what_will_not_run_and_what_runs_elsewhere(fresh_home, tmp_path,
+                                                                            monkeypatch):
+    """On a machine without cron, install wrote its copy and failed, then `status` said
+    "scheduled" (will_run true); installed with --kind, `status` looked at the detected
+    scheduler and said "not scheduled"; and nothing said when the job runs another
+    Python or trains on another data folder than this Glance."""
+    no_tools = tmp_path / "empty-bin"
+    no_tools.mkdir()
+    monkeypatch.setenv("PATH", str(no_tools))           # no crontab, no systemctl
+    with pytest.raises(schedule.ScheduleError, match="cron"):
+        schedule.install(schedule.ScheduleConfig(kind="cron"))
+    assert not schedule.cron_copy().exists()
+    assert not schedule.status(schedule.ScheduleConfig(kind="cron"))["will_run"]
+    schedule.install(schedule.ScheduleConfig(kind="cron", activate=False))   # written by hand
+    written = schedule.status(schedule.ScheduleConfig(kind="cron"))
+    assert written["installed"] and not written["will_run"]
+    assert "no crontab" in written["message"], written["message"]
+    schedule.remove(schedule.ScheduleConfig(kind="cron", activate=False))
+
+    schedule.install(schedule.ScheduleConfig(at="02:10", kind="systemd", activate=False))
+    found = schedule.status(schedule.ScheduleConfig(activate=False))          # --kind auto
+    assert found["kind"] == "systemd" and found["installed"] and found["at"] == "02:10"
+    assert found["runs_elsewhere"] == []
+    monkeypatch.setenv("GLANCE_HOME", str(tmp_path / "another folder"))
+    moved = schedule.status(schedule.ScheduleConfig(activate=False, python="/elsewhere/python"))
+    assert len(moved["runs_elsewhere"]) == 2, moved
+    assert "another data folder" in moved["message"] and "another Python" in moved["message"]
+    schedule.remove(schedule.ScheduleConfig(activate=False))                 # the installed one
+    assert not (fresh_home / "config" / "systemd" / "user" / "glance-nightly.timer").exists()
+
+
+def test_an_install_that_could_not_activate_exits_non_zero(fresh_home):
+    """It printed that it wrote the files but could not activate them, and exited 0: a
+    script or a user reading the code took the schedule as set."""
+    done = subprocess.run([sys.executable, "-m", "align.cli", "schedule", "install", "--kind",
+                           "launchd", "--json"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)      # (launchctl does not exist here)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert json.loads(done.stdout)["activated"] is False
