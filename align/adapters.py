@@ -75,10 +75,22 @@ def same_base(recorded: dict | None, current: dict) -> bool:
 
 # --- reading ---------------------------------------------------------------------------------
 def read_active(root: Path) -> dict:
+    """The active version and the version counter; the base model's state for a file
+    that does not read as one (JSON that is not an object, a version that is not a name:
+    `null` there was a traceback in every command and before every reply)."""
+    base = {"version": None, "counter": 0}
     try:
-        return json.loads((Path(root) / ACTIVE_FILE).read_text())
+        found = json.loads((Path(root) / ACTIVE_FILE).read_text())
     except (OSError, ValueError):
-        return {"version": None, "counter": 0}
+        return base
+    if not _well_formed(found):
+        return base
+    return found
+
+
+def _well_formed(active) -> bool:
+    return isinstance(active, dict) and isinstance(active.get("version"), (str, type(None))) \
+        and isinstance(active.get("counter", 0), int)
 
 
 def trained_pairs(info: dict) -> int | None:
@@ -96,7 +108,7 @@ def active_file_damaged(root: Path) -> bool:
     if not path.exists():
         return False
     try:
-        return not isinstance(json.loads(path.read_text()), dict)
+        return not _well_formed(json.loads(path.read_text()))
     except (OSError, ValueError):
         return True
 

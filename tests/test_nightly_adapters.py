@@ -208,6 +208,13 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
     (home / "adapters" / "active.json").write_text("{damaged")
     assert "active.json is damaged, so the chat uses the base model" in align("status")
     assert json.loads(align("status", "--json"))["active_file_damaged"] is True
+    for readable_but_wrong in ("null", "[]", '"v0001"', '{"version": 5}'):   # (tracebacks)
+        (home / "adapters" / "active.json").write_text(readable_but_wrong)
+        assert "active.json is damaged" in align("status"), readable_but_wrong
+        assert "v0001" in align("adapters", "list")
+        assert json.loads(align("rollback", "--json"))["active"] is None
+        (home / "adapters" / "active.json").write_text(readable_but_wrong)
+    assert adapters.active_adapter(config.root, model) is None
     # A nightly option without --nightly did nothing, silently.
     stray = subprocess.run([sys.executable, "-m", "align.cli", "--max-pairs", "5", "status"],
                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
