@@ -27,7 +27,7 @@ def _default_model_dir() -> str:
 
 def cmd_reward_train(args) -> int:
     _single_threaded()
-    from feedback_store import DatabaseLocked, FeedbackStore, StoreError
+    from feedback_store import DatabaseLocked, FeedbackStore, NoGlanceData, StoreError
     from .research import ResearchSchemaMissing
     from .train import TASKS, live_tables, train_data
 
@@ -40,22 +40,32 @@ def cmd_reward_train(args) -> int:
         return 2
     try:
         # The user's own labels (with the personalisation consent), plus the prior asked for.
-        live, research = None, None
+        live, research, consent_off = None, None, False
         try:
-            with FeedbackStore.open() as store:
+            with FeedbackStore.open_existing() as store:
                 live = live_tables(store)
+                consent_off = not store.consent.is_on("personalise")
                 if args.research:
                     from .research import read_research
                     research = read_research(store)
+                    if not research.pairwise_turns() and not research.pointwise_pairs():
+                        raise StoreError("No study data is imported: `align import-ifllm DIR` "
+                                         "first, or give the folder with --ifllm DIR.")
         except DatabaseLocked as locked:
             if args.research:
                 raise
             live = _labels_from_app(locked)  # Glance is open: it computes them
+        except NoGlanceData:
+            if args.research:
+                raise StoreError("No study data is imported (align import-ifllm DIR), and no "
+                                 "Glance data at all yet.") from None
+            # Nothing of the user's yet: the study alone (a database is not made for it).
         if args.ifllm:
             from .ifllm import read_ifllm
             research = read_ifllm(args.ifllm)
         written = train_data(research, out, tasks, args.features,
-                             source="research" if args.research else "ifllm", live=live)
+                             source="research" if args.research else "ifllm", live=live,
+                             consent_off=consent_off)
     except (StoreError, ResearchSchemaMissing, ValueError, OSError) as error:
         print(f"align reward train: {error}", file=sys.stderr)
         return 2
@@ -74,15 +84,17 @@ def cmd_reward_train(args) -> int:
 
 def cmd_reward_scores(args) -> int:
     """What the reward model made of the replies you read, newest first."""
-    from feedback_store import DatabaseLocked, FeedbackStore, StoreError
+    from feedback_store import DatabaseLocked, FeedbackStore, NoGlanceData, StoreError
     from .scoring import recent_scores
     if not 1 <= args.limit <= 100_000:
         print("align reward scores: --limit must be between 1 and 100000", file=sys.stderr)
         return 2
     try:
         try:
-            with FeedbackStore.open() as store:
+            with FeedbackStore.open_existing() as store:
                 scores = recent_scores(store, args.limit)
+        except NoGlanceData:
+            scores = []                      # (reading them made a database and a key)
         except DatabaseLocked as locked:
             from feedback_store.paths import glance_home
             from .ipc import ask_open_app
@@ -132,7 +144,7 @@ def _labels_from_app(locked: Exception) -> dict:
 
 
 def cmd_import_ifllm(args) -> int:
-    from feedback_store import FeedbackStore, StoreError
+    from feedback_store import FeedbackStore, NoGlanceData, StoreError
     from .research import ResearchSchemaMissing, import_ifllm, remove_research
 
     if not args.remove and not args.directory:
@@ -144,14 +156,17 @@ def cmd_import_ifllm(args) -> int:
         return 2
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
-        with FeedbackStore.open() as store:
+        # Removing from a folder without a database: nothing to remove (opening made one).
+        with (FeedbackStore.open_existing() if args.remove else FeedbackStore.open()) as store:
             if args.remove:
                 result = remove_research(store, args.directory)
             else:
                 result = import_ifllm(store, args.directory, progress=progress)
+    except NoGlanceData:
+        result = {"removed": {}}
     except (StoreError, ResearchSchemaMissing, ValueError) as error:
         print(f"align import-ifllm: {error}", file=sys.stderr)
-        return 1
+        return 2                        # (as every align command refusing its input or a held database)
     if args.json:
         print(json.dumps(result))
     elif args.remove and not any(result["removed"].values()):

@@ -189,7 +189,12 @@ def read_ifllm(directory, use_cache: bool = True) -> IfllmData:
             return _load_cache(cache_file, directory)
         except Exception:  # noqa: BLE001 - a stale or partial cache is rebuilt
             pass
-    data = _read(directory)
+    try:
+        data = _read(directory)
+    except duckdb.Error as error:
+        # The right columns with other types (x as text...): a DuckDB traceback before.
+        raise IfllmFormatError(f"{directory} cannot be read as IFLLM data "
+                               f"({str(error).splitlines()[0]})") from None
     if use_cache:
         try:
             _save_cache(cache_file, data)
@@ -202,6 +207,10 @@ def check_folder(directory: Path) -> None:
     """Refuse, with the reason, a folder whose files or columns the reader needs are not
     there (reads only the Parquet footers)."""
     directory = Path(directory)
+    if not directory.exists():
+        raise IfllmFormatError(f"{directory} does not exist")
+    if not directory.is_dir():
+        raise IfllmFormatError(f"{directory} is a file, not a folder of the study's Parquet files")
     missing = [name for name in COLUMNS if not (directory / name).is_file()]
     if missing:
         raise IfllmFormatError(f"{directory} is not an IFLLM folder: missing {', '.join(missing)}")
@@ -263,7 +272,7 @@ def _read(directory: Path) -> IfllmData:
     task_keys = sorted(tasks)
     if not task_keys:
         raise IfllmFormatError(f"{directory} holds no study turns: queries.parquet has no row "
-                               "with a worker and a task. Nothing was imported.")
+                               "with a worker and a task.")
     report["read"]["tasks_with_queries"] = len(task_keys)
     report["read"]["workers"] = len({k[0] for k in task_keys})
 

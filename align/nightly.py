@@ -174,12 +174,13 @@ class _Direct:
         self.data_dir, self.log = data_dir, log
 
     def _open(self):
-        from feedback_store import FeedbackStore
-        if not (Path(self.data_dir) / "glance.db").exists():
+        from feedback_store import FeedbackStore, NoGlanceData
+        try:
             # Opening would make a new database and key: after *Delete everything* the
             # scheduled job or `align status` brought Glance's files back each night.
-            raise NoData(self.data_dir)
-        return FeedbackStore.open(self.data_dir)
+            return FeedbackStore.open_existing(self.data_dir)
+        except NoGlanceData:
+            raise NoData(self.data_dir) from None
 
     def begin(self, run_id: str, include_imported: bool) -> dict:
         from app.models import choose_model

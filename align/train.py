@@ -28,6 +28,10 @@ NO_DATA = {
                  "before it yet, and no research prior (--ifllm DIR or --research)",
 }
 
+CONSENT_OFF = ("your picks and thumbs are not used while the personalisation consent is off "
+               "(glance consent set personalise on), and no research prior was given "
+               "(--ifllm DIR or --research)")
+
 
 MIN_ROWS = 10          # with a research prior (hundreds of rows) the user's own add to it
 MIN_OWN_ROWS = 30      # the user's labels alone: fewer would give confident, noisy scores
@@ -156,11 +160,11 @@ def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implic
 
 
 def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
-               source: str = "ifllm", live: dict | None = None) -> dict:
+               source: str = "ifllm", live: dict | None = None, consent_off: bool = False) -> dict:
     """Fit and save one model per task. ``data`` (research, may be None) gives both
     tasks; ``live`` (:func:`live_tables`: the user's own labelled rows per task) adds to
-    it. A task without enough labelled rows is skipped, with the reason in its entry;
-    ValueError if none trained."""
+    it. A task without enough labelled rows is skipped, with the reason in its entry
+    (``consent_off``: the user's labels are not read, say so); ValueError if none trained."""
     out_dir = Path(out_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     written = {}
@@ -174,7 +178,8 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         if own_rows:
             tables.append(own)
         if not tables:
-            written[task] = {"skipped": NO_DATA[task]}
+            # "No picks of yours yet" was said to a user with hundreds, the consent off.
+            written[task] = {"skipped": CONSENT_OFF if consent_off else NO_DATA[task]}
             continue
         table = tables[0] if len(tables) == 1 else _concat_tables(*tables)
         try:

@@ -10,7 +10,7 @@ without_package_metadata()              # before anything here imports duckdb
 from .errors import (
     StoreError, DatabaseLocked, SchemaTooNew, WrongKey, MissingKey, KeyringLocked,
     KeyringUnavailable,
-    DataDirUnwritable, ConsentRequired, UnknownConversation,
+    DataDirUnwritable, ConsentRequired, UnknownConversation, NoGlanceData,
 )
 from .paths import glance_home
 from .samples import GazeSample, MalformedSample, PointerSample, ReplyAction, ViewportEvent
@@ -22,5 +22,5 @@ __all__ = [
     "FeedbackStore", "Message", "Conversation", "glance_home", "SIGNALS", "Signal",
     "CONSENT_TEXT_VERSION", "PointerSample", "GazeSample", "ViewportEvent", "ReplyAction", "MalformedSample", "StoreError",
     "DatabaseLocked", "SchemaTooNew", "WrongKey", "MissingKey", "KeyringLocked", "KeyringUnavailable",
-    "DataDirUnwritable", "ConsentRequired", "UnknownConversation",
+    "DataDirUnwritable", "ConsentRequired", "UnknownConversation", "NoGlanceData",
 ]

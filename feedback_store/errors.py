@@ -81,6 +81,23 @@ class DataDirUnwritable(StoreError):
         )
 
 
+class DataDirIsAFile(StoreError):
+    def __init__(self, path):
+        super().__init__(f"Glance's data folder {path} is a file, not a folder: set GLANCE_HOME "
+                         "to a folder (Glance makes it if it does not exist).")
+
+
+class NoGlanceData(StoreError):
+    """No database in the folder: a command that only reads (or refuses) would otherwise
+    make one, and a key, in a folder Glance was never used in or was emptied by *Delete
+    everything*."""
+
+    def __init__(self, data_dir):
+        super().__init__(f"There is no Glance data in {data_dir} yet (Glance was not used "
+                         "with this data folder, or everything was deleted).")
+        self.data_dir = data_dir
+
+
 class ConsentRequired(StoreError):
     """Raised only where a caller asks for a strict write; samples are counted instead."""
 

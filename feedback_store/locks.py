@@ -87,7 +87,7 @@ def held_elsewhere(path: Path) -> str | None:
     """Who holds the lock on ``path`` now (None: nobody, or no such file)."""
     try:
         handle = open(path, "r")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):     # (no folder, or a file named as one)
         return None
     with handle:
         if lock_file(handle, blocking=False):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import DataDirUnwritable
+from .errors import DataDirIsAFile, DataDirUnwritable
 
 
 def glance_home() -> Path:
@@ -26,8 +26,16 @@ def is_glance_file(name: str) -> bool:
     return name.startswith(("glance.", WRITE_PROBE_PREFIX)) or name in GLANCE_FILES
 
 
+def refuse_a_file(path: Path) -> None:
+    """A data folder that is a file (a mistyped GLANCE_HOME): said so. mkdir's "File
+    exists" was reported as permissions to fix, and the lock check was a traceback."""
+    if path.exists() and not path.is_dir():
+        raise DataDirIsAFile(path)
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (0700) and check we can write in it."""
+    refuse_a_file(path)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path, 0o700)

@@ -22,10 +22,10 @@ from .connection import (ATTACH_ALIAS, VERIFIED_FILE, attach, connect, detach, t
                          translate)
 from .consent import ConsentManager
 from .conversations import Conversation, ConversationManager, Message, new_id  # noqa: F401
-from .errors import DatabaseLocked, SchemaTooNew, StoreError
+from .errors import DatabaseLocked, NoGlanceData, SchemaTooNew, StoreError
 from .keys import DatabaseKey, load_or_create_key
 from .locks import STORE_LOCK_FILE, FileLock, HeldElsewhere, this_process
-from .paths import ensure_private_dir, glance_home, is_glance_file
+from .paths import ensure_private_dir, glance_home, is_glance_file, refuse_a_file
 from .samples import SampleManager
 from .settings import ModelList, SettingsManager
 from .traces import TraceReader
@@ -118,6 +118,15 @@ class FeedbackStore:
         return self._key.storage
 
     # --- opening -----------------------------------------------------------------------
+    @classmethod
+    def open_existing(cls, data_dir: Path | None = None) -> "FeedbackStore":
+        """Open the database only if there is one (:class:`NoGlanceData` otherwise)."""
+        data_dir = Path(data_dir) if data_dir else glance_home()
+        if not (data_dir / DATABASE_FILE).exists():
+            refuse_a_file(data_dir)
+            raise NoGlanceData(data_dir)
+        return cls.open(data_dir)
+
     @classmethod
     def open(cls, data_dir: Path | None = None, capacity: int = 4096) -> "FeedbackStore":
         # Files DuckDB creates later (the WAL, spill files) must be the user's alone too.

@@ -134,10 +134,10 @@ def test_cli_refuses_a_folder_that_is_not_ifllm_before_opening_the_store(home, t
     # The same for training and evaluating: refused before the store opens or a fit starts.
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    for argv, says in ((["reward", "train", "--ifllm", str(tmp_path / "nowhere")], "missing"),
+    for argv, says in ((["reward", "train", "--ifllm", str(tmp_path / "nowhere")], "does not exist"),
                        (["reward", "train", "--out", str(a_file)], "is a file, not a folder"),
                        (["reward", "evaluate", "--ifllm", str(folder), "--holdout", str(a_file)],
-                        f"{a_file} is not an IFLLM folder")):
+                        f"{a_file} is a file, not a folder")):
         assert main(argv) == 2, argv
         assert says in capsys.readouterr().err, argv
     assert not home.exists()
@@ -155,7 +155,7 @@ def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp
     capsys.readouterr()
     out = tmp_path / "models"
     assert main(["reward", "train", "--out", str(out), "--json"]) == 2
-    assert "no side-by-side picks of yours yet" in capsys.readouterr().err
+    assert "not used while the personalisation consent is off" in capsys.readouterr().err
     assert not list(out.glob("reward-*.json"))
     assert main(["reward", "train", "--research", "--task", "pairwise", "--out", str(out), "--json"]) == 0
     written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -240,3 +240,54 @@ def test_a_query_without_an_id_is_dropped_and_counted(folder, tmp_path):
     data = read_ifllm(damaged)
     assert data.report["dropped"]["queries_without_query_id"] == 1
     assert len(data.turns) == len(read_ifllm(folder).turns) - 1
+
+
+def test_commands_that_only_read_make_nothing_and_bad_folders_get_one_line(home, tmp_path,
+                                                                           capsys, folder, cache):
+    """`align reward scores`, `import-ifllm --remove` and `reward train` made a database and
+    a key in a folder Glance was never used in (or emptied by Delete everything); a study
+    folder with the right columns of the wrong type was a DuckDB traceback; a missing
+    folder was "missing queries.parquet, samples.parquet"; GLANCE_HOME naming a file was
+    a traceback or "fix its permissions"; --research with nothing imported said "0
+    examples"."""
+    import duckdb
+    import shutil
+    from align.cli import main
+    assert main(["reward", "scores"]) == 0
+    assert "No reply has been scored yet" in capsys.readouterr().out
+    assert main(["import-ifllm", "--remove"]) == 0
+    assert "no study data is imported" in capsys.readouterr().out
+    assert main(["reward", "train", "--out", str(tmp_path / "models")]) == 2
+    assert "no side-by-side picks of yours yet" in capsys.readouterr().err
+    assert main(["reward", "train", "--research", "--out", str(tmp_path / "models")]) == 2
+    assert "No study data is imported" in capsys.readouterr().err
+    assert not home.exists()                            # nothing made for any of them
+    from feedback_store import FeedbackStore
+    FeedbackStore.open(home).close()                    # Glance used, no study imported
+    assert main(["reward", "train", "--research", "--out", str(tmp_path / "models")]) == 2
+    assert "No study data is imported" in capsys.readouterr().err
+
+    assert main(["reward", "evaluate", "--ifllm", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    typed = tmp_path / "typed"
+    shutil.copytree(folder, typed)
+    samples = typed / "samples.parquet"
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * REPLACE ('x' || x::varchar AS x) FROM '{samples}') "
+                f"TO '{tmp_path / 's.parquet'}' (FORMAT parquet)")
+    con.close()
+    shutil.move(tmp_path / "s.parquet", samples)
+    for argv in (["import-ifllm", str(typed)], ["reward", "evaluate", "--ifllm", str(typed)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "cannot be read as IFLLM data" in err and "Traceback" not in err, err
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    import os
+    os.environ["GLANCE_HOME"] = str(a_file)             # (home's monkeypatch restores it)
+    for argv in (["status"], ["reward", "scores"], ["import-ifllm", str(folder)]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code in (1, 2) and "is a file, not a folder" in err, (argv, err)
+        assert "permissions" not in err
