@@ -277,6 +277,24 @@ def rollback(config: AdapterConfig) -> str | None:
     return target
 
 
+def in_use(root: Path) -> dict[str, str | None]:
+    """For each base model some kept version was trained on (by file name): the version
+    its chats answer with now (as :func:`active_adapter` picks it), None for the base."""
+    root = Path(root)
+    active = read_active(root).get("version")
+    bases = {}
+    for version in versions(root):
+        base = (manifest(root, version) or {}).get("base")
+        if base and base.get("name"):
+            bases.setdefault(base["name"], base)
+    used = {}
+    for name, base in bases.items():
+        used[name] = next((v for v in reversed(versions(root)) if active is not None
+                           and _number(v) <= _number(active)
+                           and same_base((manifest(root, v) or {}).get("base"), base)), None)
+    return used
+
+
 def _older_of_the_same_model(root: Path, version: str) -> list[str]:
     """The kept versions before ``version`` trained on its base model, oldest first: one
     of another model's would be "in use" only in name (the chat checks the base)."""

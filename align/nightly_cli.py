@@ -170,18 +170,30 @@ def cmd_adapters_list(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from .adapters import AdapterConfig, adapters_dir, rollback
+    from .adapters import AdapterConfig, adapters_dir, in_use, manifest, rollback
     from .ipc import tell_app_adapters_changed
+    root = adapters_dir(_data_dir())
+    before = in_use(root)
     try:
-        active = rollback(AdapterConfig(adapters_dir(_data_dir())))
+        active = rollback(AdapterConfig(root))
     except ValueError as error:     # nothing active: already on the base model
         print(json.dumps({"active": None, "message": str(error)}) if args.json else str(error))
         return 0
     tell_app_adapters_changed(_data_dir())          # an open window's label follows
+    # One active version serves every model (each uses its newest version up to it): a
+    # step back in one model's line can take another model's version away, said here.
+    rolled = ((manifest(root, active) or {}).get("base") or {}).get("name") if active else None
+    after = in_use(root)
+    also = {name: {"before": before[name], "after": after.get(name)} for name in before
+            if name != rolled and before[name] != after.get(name)}
     if args.json:
-        print(json.dumps({"active": active}))
-    else:
-        print(f"Now using {active}." if active else "Now using the base model (no adapter).")
+        print(json.dumps({"active": active, "also_changed": also}))
+        return 0
+    print(f"Now using {active}" + (f" for {rolled}." if rolled else ".") if active
+          else "Now using the base model (no adapter).")
+    for name, change in also.items():
+        print(f"Also: chats with {name} now answer with "
+              f"{change['after'] or 'the base model'} (they used {change['before']}).")
     return 0
 
 

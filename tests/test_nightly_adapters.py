@@ -201,7 +201,7 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
         return done.stdout
     listed = json.loads(align("adapters", "list", "--json"))["versions"]
     assert [(v["version"], v["active"]) for v in listed] == [("v0001", False), ("v0002", True)]
-    assert json.loads(align("rollback", "--json")) == {"active": "v0001"}
+    assert json.loads(align("rollback", "--json")) == {"active": "v0001", "also_changed": {}}
     assert "base model" in align("rollback")
     assert json.loads(align("status", "--json"))["active"] is None
     assert "v0001" in align("adapters", "list")          # pairs shown as a number, not a dict
@@ -408,3 +408,30 @@ def test_an_install_that_could_not_activate_exits_non_zero(fresh_home):
                           timeout=120)      # (launchctl does not exist here)
     assert done.returncode == 1, done.stdout + done.stderr
     assert json.loads(done.stdout)["activated"] is False
+
+
+def test_rollback_says_when_it_takes_another_models_version_away(tmp_path, model):
+    """One active version serves every model: with v1 (this model), v2 (another) and v3
+    (this model) active, the other model's chats used v2; rollback stepped this model's
+    line back to v1 and the other model's chats silently lost v2."""
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\1" * 90)
+    home = tmp_path / "home"
+    config = adapters.AdapterConfig(adapters.adapters_dir(home))
+    publish(config, tmp_path, model, 1)
+    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
+                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish(config, tmp_path, model, 3)
+    assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0002"}
+    done = subprocess.run([sys.executable, "-m", "align.cli", "rollback", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, GLANCE_HOME=str(home)))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"active": "v0001", "also_changed": {
+        "other.gguf": {"before": "v0002", "after": None}}}
+    adapters.set_active(config, "v0003")
+    said = subprocess.run([sys.executable, "-m", "align.cli", "rollback"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
+    assert "Now using v0001 for base.gguf." in said.stdout
+    assert "Also: chats with other.gguf now answer with the base model (they used v0002)." \
+        in said.stdout, said.stdout
