@@ -84,6 +84,9 @@ class PlacedReply:
     conversation_id: str | None
     origin: tuple[float, float]
     clip: tuple[float, float, float, float]
+    # The whole text area on screen (x0, y0, x1, y1), clipped or not: where a scroll
+    # moves it, the visible part is this shifted and cut by the scrolling view.
+    area: tuple[float, float, float, float] | None = None
 
     def visible_lines(self) -> tuple[int, int] | None:
         return self.geometry.visible_lines(self.clip[1] - self.origin[1],
@@ -111,6 +114,43 @@ class LayoutSnapshot:
     # or any point while the window is minimised or hidden, is another application's
     # business, and is not kept (consent covers the pointer and eyes over Glance).
     window_rect: tuple[float, float, float, float] | None = None
+    # The scrolling view the replies are seen through (x0, y0, x1, y1), where known.
+    view: tuple[float, float, float, float] | None = None
+    # Each screen as (x, y, width, height) in Qt's logical pixels and its device pixel
+    # ratio: the global pointer hook reports device pixels (see to_logical).
+    screens: tuple[tuple[float, float, float, float, float], ...] = ()
+
+    def to_logical(self, x: float, y: float) -> tuple[float, float]:
+        """A point in the window system's device pixels (X11's, pynput's) in Qt's logical
+        pixels, which every geometry here is in. Qt keeps each screen's top-left where it
+        is and scales the rest of it by the screen's ratio; with a ratio of 2 (a HiDPI
+        screen, or QT_SCALE_FACTOR=2) every sample was mapped to the word at twice its
+        distance from the screen's corner."""
+        for sx, sy, width, height, ratio in self.screens:
+            if ratio != 1.0 and sx <= x < sx + width * ratio and sy <= y < sy + height * ratio:
+                return sx + (x - sx) / ratio, sy + (y - sy) / ratio
+        return x, y
+
+    def scrolled(self, dy: float) -> "LayoutSnapshot":
+        """The replies moved up by ``dy`` pixels in the scrolling view, at once: the next
+        measured snapshot comes once the scrolling settles, and meanwhile (a whole smooth
+        scroll) the points were mapped to where the words had been."""
+        if not dy or self.view is None:
+            return self
+        vx0, vy0, vx1, vy1 = self.view
+        moved = []
+        for placed in self.replies:
+            if placed.area is None:
+                return self              # (a snapshot without areas: wait for the next)
+            x0, y0, x1, y1 = placed.area
+            area = (x0, y0 - dy, x1, y1 - dy)
+            clip = (max(x0, vx0), max(area[1], vy0), min(x1, vx1), min(area[3], vy1))
+            if clip[0] >= clip[2] or clip[1] >= clip[3]:
+                clip = (0.0, 0.0, 0.0, 0.0)
+            moved.append(PlacedReply(placed.geometry, placed.shown_reply_id, placed.conversation_id,
+                                     (placed.origin[0], placed.origin[1] - dy), clip, area))
+        return LayoutSnapshot(tuple(moved), self.window_visible, self.conversation_id,
+                              self.window_rect, self.view, self.screens)
 
     def on_window(self, x: float, y: float) -> bool:
         if self.window_rect is None:

@@ -246,3 +246,70 @@ def test_gaze_is_not_kept_while_the_window_is_minimised_without_the_pointer_cons
     gaze.flush()
     store.flush()
     assert store.counts()["gaze_samples"] == 0 and gaze.off_window == 1
+
+
+def _chat_to_scroll(window, store):
+    """A stored conversation long enough to scroll, open in the window."""
+    from feedback_store import Message
+    chat = store.conversations.create(Conversation(title="Long"))
+    parent = None
+    for turn in range(6):
+        question = store.conversations.add_message(Message(chat.id, "user", f"Question {turn}?", parent_id=parent))
+        answer = store.conversations.add_message(Message(
+            chat.id, "assistant", " ".join(f"Answer {turn} sentence {i} about lighthouses and "
+                                           "the sea." for i in range(12)), parent_id=question.id))
+        parent = answer.id
+    window.open_conversation(chat.id)
+    return chat
+
+
+def _mapping_agrees_with_the_window(window) -> int:
+    """Points over the chat: the capture's snapshot maps each to the same reply and
+    character as the window's own fresh measurement. Returns how many were over text."""
+    from app.ui.layout_probe import global_rect
+    view = global_rect(window.chat_view.viewport())
+    over_text = 0
+    for fx in (0.2, 0.4, 0.6):
+        for fy in (0.1, 0.3, 0.5, 0.7, 0.9):
+            x, y = int(view.left() + fx * view.width()), int(view.top() + fy * view.height())
+            placed, offset, _, _ = window.capture.recorder.snapshot.map_one(x, y)
+            hit = window.probe.hit(x, y)
+            ours = (placed.geometry.message_id, offset if offset >= 0 else None) if placed else None
+            theirs = (hit.message_id, hit.offset) if hit else None
+            assert ours == theirs, ((x, y), ours, theirs)
+            over_text += theirs is not None and theirs[1] is not None
+    return over_text
+
+
+def test_while_the_chat_scrolls_points_map_to_where_the_words_are_now(qtbot, window, store):
+    """Each scroll step restarted a 40 ms wait before the layout was measured again:
+    for a whole smooth scroll, points were mapped to where the words had been."""
+    _chat_to_scroll(window, store)
+    bar = window.chat_view.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 300, timeout=30_000)
+    bar.setValue(bar.maximum())
+    window.capture.publish()
+    for step in (120, 37, 200):                  # no settling in between
+        bar.setValue(bar.value() - step)
+        assert _mapping_agrees_with_the_window(window) > 0
+
+
+def test_replies_moved_inside_the_window_are_measured_again(qtbot, window, store):
+    """The edit banner, "Show all" above a reply or the sidebar's splitter move the
+    replies without the window moving or resizing: nothing measured them again."""
+    chat = _chat_to_scroll(window, store)
+    bar = window.chat_view.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 300, timeout=30_000)
+    bar.setValue(0)
+    window.capture.publish()
+    first_question = window.tree.active_path()[0].id
+    window.begin_edit(first_question)                     # the banner pushes the chat down
+    qtbot.waitUntil(window.banner.isVisible, timeout=5_000)
+    qtbot.wait(200)                                       # (the layout settles in 40 ms)
+    assert _mapping_agrees_with_the_window(window) > 0
+    window.stop()
+    sizes = window.splitter.sizes()
+    window.splitter.setSizes([sizes[0] + 120, sizes[1] - 120])   # the sidebar dragged wider
+    qtbot.wait(200)
+    assert _mapping_agrees_with_the_window(window) > 0
+    assert chat.id == window.tree.id

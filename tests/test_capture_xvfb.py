@@ -19,13 +19,13 @@ pytestmark = [pytest.mark.xvfb, pytest.mark.timeout(600)]
 
 
 class Session:
-    def __init__(self, display, home, tmp_path, *args):
+    def __init__(self, display, home, tmp_path, *args, env=None):
         require(shutil.which("xdotool") is not None, "xdotool is missing (bootstrap installs it)")
         self.display, self.dir = display, tmp_path / "capture"
         self.dir.mkdir()
         self.count = 0
         env = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb", GLANCE_HOME=str(home),
-                   GLANCE_CAPTURE_DIR=str(self.dir))
+                   GLANCE_CAPTURE_DIR=str(self.dir), **(env or {}))
         self.process = subprocess.Popen([sys.executable, "tests/capture_session.py", *args],
                                         cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -132,6 +132,31 @@ def test_the_real_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_pat
         (clicked["start"], clicked["end"])
     # what the reward model reads of it: the word selected (once, however often logged), copied
     assert did["copied"] == 1.0 and did["selected_chars"] == clicked["end"] - clicked["start"]
+
+
+def test_on_a_hidpi_screen_the_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_path):
+    """The desktop-wide hook reports the X server's device pixels and the window's layout
+    is in Qt's logical pixels: at a device pixel ratio of 2 (a HiDPI screen's scaling,
+    here QT_SCALE_FACTOR=2) every sample was mapped to the word at twice its distance
+    from the screen's corner. Samples are stored in logical pixels, as the layout."""
+    session = Session(xvfb_display, home, tmp_path, "--height", "300", env={"QT_SCALE_FACTOR": "2"})
+    ready = session.ready
+    targets = [w for w in long_words(ready, 12) if 2 * w["x1"] < 1270 and 2 * w["y1"] < 790][:4]
+    assert len(targets) >= 2, ready["words"][:5]
+    for word in targets:
+        x, y = session.point_at(word)
+        session.pointer("mousemove", "--sync", 2 * x, 2 * y)       # the device pixels under it
+    session.command("flush")
+    session.quit()
+    with FeedbackStore.open(home) as store:
+        moves = store._rows("SELECT x, y, word_index, line, shown_reply_id FROM pointer_samples "
+                            "WHERE kind = 'move' ORDER BY mono_ns")
+    for word in targets:
+        x, y = session.point_at(word)
+        here = [m for m in moves if abs(m["x"] - x) <= 1 and abs(m["y"] - y) <= 1]
+        assert here, (word, [(m["x"], m["y"]) for m in moves][-8:])
+        assert here[-1]["shown_reply_id"] == ready["shown_reply_id"]
+        assert abs(here[-1]["word_index"] - word["word"]) <= 1 and here[-1]["line"] == word["line"]
 
 
 def test_stored_line_boxes_hold_the_ink_of_the_screenshot(xvfb_display, home, tmp_path):

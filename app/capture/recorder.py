@@ -154,6 +154,8 @@ class PointerRecorder(BatchingRecorder):
               dx: float | None = None, dy: float | None = None) -> None:
         mono_ns = time.monotonic_ns() if mono_ns is None else mono_ns
         wall_ns = time.time_ns() if wall_ns is None else wall_ns
+        if source == "pynput":                 # the window system's device pixels
+            x, y = self.snapshot.to_logical(x, y)
         if not (self.over_window and self.snapshot.on_window(x, y)):   # over another app
             with self._lock:
                 self.received += 1

@@ -59,8 +59,13 @@ class CaptureController(QObject):
         self.idle_timer.timeout.connect(self._check_idle)
         self.pause_requested.connect(window.toggle_pause)
         window.installEventFilter(self)
-        window.chat_view.verticalScrollBar().valueChanged.connect(
-            lambda _: self.layout_changed("scroll"))
+        self._scroll_value = window.chat_view.verticalScrollBar().value()
+        window.chat_view.verticalScrollBar().valueChanged.connect(self._scrolled)
+        # Replies move inside the window without it moving or resizing: "Show all" on a
+        # long message above them, the sidebar's splitter dragged, the edit banner shown.
+        self._view, self._column = window.chat_view.viewport(), window.chat_view.widget()
+        for inside in (self._view, self._column):
+            inside.installEventFilter(self)
         window.chat_view.viewport().setMouseTracking(True)
         QGuiApplication.instance().applicationStateChanged.connect(self._app_state)
         window.input.textChanged.connect(self._typed)
@@ -144,6 +149,15 @@ class CaptureController(QObject):
         if self._reason == "layout" or reason != "layout":
             self._reason = reason
         self.settle.start()
+
+    def _scrolled(self, value: int) -> None:
+        """The replies move with the scroll bar at once (a shifted snapshot, arithmetic
+        only); the measured one follows once the scrolling settles. Until then, for a
+        whole smooth scroll, points were mapped to where the words had been."""
+        dy, self._scroll_value = value - self._scroll_value, value
+        for recorder in self.recorders:
+            recorder.set_snapshot(recorder.snapshot.scrolled(dy))
+        self.layout_changed("scroll")
 
     def narrow(self, keep: set[str], conversation_id: str | None) -> None:
         """At once, before the layout settles: points stop mapping to replies that are
@@ -282,6 +296,10 @@ class CaptureController(QObject):
         # Installed on the whole application in the Qt fallback: thousands of events pass
         # on every re-render, so the ones ignored are told apart with identity and
         # isinstance checks (cheap), before any event.type() (an enum conversion, ≈ 2 µs).
+        if watched is self._view or watched is self._column:
+            if event.type() in (QEvent.Type.Resize, QEvent.Type.Move):
+                self.layout_changed("layout")
+            return False
         if watched is self.window:
             kind = event.type()
             if kind in (QEvent.Type.Move, QEvent.Type.Resize):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QPoint, QRect
-from PySide6.QtWidgets import QTextBrowser, QWidget
+from PySide6.QtWidgets import QApplication, QTextBrowser, QWidget
 
 from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
 
@@ -64,6 +64,11 @@ def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
         char_x=char_x)
 
 
+def _corners(rect: QRect) -> tuple[float, float, float, float]:
+    return (float(rect.left()), float(rect.top()), float(rect.left() + rect.width()),
+            float(rect.top() + rect.height()))
+
+
 def global_rect(widget: QWidget) -> QRect:
     return QRect(widget.mapToGlobal(QPoint(0, 0)), widget.size())
 
@@ -114,7 +119,7 @@ class LayoutProbe:
             window = browser.window()
             window_visible = window.isVisible() and not window.isMinimized()
             viewport = browser.viewport()
-            area = global_rect(viewport)
+            whole = area = global_rect(viewport)
             if clip_to is not None:
                 area = area.intersected(global_rect(clip_to))
             origin = viewport.mapToGlobal(QPoint(0, 0))
@@ -123,8 +128,14 @@ class LayoutProbe:
                 geometry=self.geometry(message_id), shown_reply_id=shown_id,
                 conversation_id=conversation_id, origin=(float(origin.x()), float(origin.y())),
                 clip=(float(area.left()), float(area.top()), float(area.left() + area.width()),
-                      float(area.top() + area.height())) if not area.isEmpty() else (0, 0, 0, 0)))
-        return LayoutSnapshot(tuple(placed), window_visible=window_visible)
+                      float(area.top() + area.height())) if not area.isEmpty() else (0, 0, 0, 0),
+                area=_corners(whole)))
+        return LayoutSnapshot(tuple(placed), window_visible=window_visible,
+                              view=_corners(global_rect(clip_to)) if clip_to is not None else None,
+                              screens=tuple((float(s.geometry().x()), float(s.geometry().y()),
+                                             float(s.geometry().width()), float(s.geometry().height()),
+                                             float(s.devicePixelRatio()))
+                                            for s in QApplication.screens()))
 
     # --- one point, for the window ---------------------------------------------------------
     def hit(self, global_x: int, global_y: int) -> TextHit | None:
