@@ -41,12 +41,30 @@ class ReplyGeometry:
             self.line_x.tolist(), (self.line_x + self.line_width).tolist(),
             self.line_start.tolist(), self.line_end.tolist(), self.char_x.tolist(),
             starts.tolist(), ends.tolist()))
+        # Lines one below the other, in order: a search on their tops finds the line at a
+        # height. A table's cells are laid out cell by cell, side by side (a left cell's
+        # second line comes before the right cell's first, above it): there the line at a
+        # point is the one whose box holds it, found among all lines.
+        stacked = bool(np.all(self.line_top[1:] >= self.line_top[:-1] + self.line_height[:-1] - 0.5)) \
+            if self.n_lines > 1 else True
+        object.__setattr__(self, "_stacked", stacked)
+
+    def _line_at(self, x: float, y: float) -> int:
+        """The visual line at a point: -1 none; with side-by-side lines (tables), the one
+        whose box holds ``x`` too, else the first at that height."""
+        tops, bottoms, lefts, rights = self._lists[:4]
+        if self._stacked:
+            line = bisect_right(tops, y) - 1
+            return line if line >= 0 and y < bottoms[line] else -1
+        level = [i for i in range(len(tops)) if tops[i] <= y < bottoms[i]]
+        inside = [i for i in level if lefts[i] <= x < rights[i]]
+        return (inside or level or [-1])[0]
 
     def locate(self, x: float, y: float) -> tuple[int, int, int]:
         """(offset, word, line) of one point in this text area's pixels; -1 = none."""
         tops, bottoms, lefts, rights, starts, ends, char_x, word_starts, word_ends = self._lists
-        line = bisect_right(tops, y) - 1
-        if line < 0 or y >= bottoms[line]:
+        line = self._line_at(x, y)
+        if line < 0:
             return -1, -1, -1
         start, end = starts[line], ends[line]
         if end <= start or not lefts[line] <= x < rights[line]:
@@ -176,6 +194,11 @@ class LayoutSnapshot:
             reply[inside] = index
             geometry = placed.geometry
             if geometry.n_lines == 0:
+                continue
+            if not geometry._stacked:          # (a table: point by point, as map_one)
+                for position in np.flatnonzero(inside):
+                    offset[position], word[position], line[position] = geometry.locate(
+                        xs[position] - placed.origin[0], ys[position] - placed.origin[1])
                 continue
             local_x = xs[inside] - placed.origin[0]
             local_y = ys[inside] - placed.origin[1]

@@ -313,3 +313,40 @@ def test_replies_moved_inside_the_window_are_measured_again(qtbot, window, store
     qtbot.wait(200)
     assert _mapping_agrees_with_the_window(window) > 0
     assert chat.id == window.tree.id
+
+
+def test_the_words_of_a_table_map_to_their_own_cell(qtbot, window, store):
+    """A markdown table's cells are laid out side by side: the search on line tops took
+    the right cell's line for points over the left cell (no word), and the line of a
+    wrapped left cell for the line above it."""
+    from feedback_store import Message
+    chat = store.conversations.create(Conversation(title="Table"))
+    question = store.conversations.add_message(Message(chat.id, "user", "Compare them."))
+    table = ("| Lighthouse | Notes |\n|---|---|\n"
+             "| Fastnet | " + "A tall granite tower on a rock far out in the sea, " * 4 + "|\n"
+             "| Eddystone | Rebuilt four times |\n")
+    reply = store.conversations.add_message(Message(chat.id, "assistant", table,
+                                                    parent_id=question.id))
+    window.resize(700, 600)
+    window.open_conversation(chat.id)
+    qtbot.waitUntil(lambda: reply.id in window.probe.message_ids(), timeout=10_000)
+    qtbot.wait(100)
+    window.capture.publish()
+    geometry = window.probe.geometry(reply.id)
+    assert not geometry._stacked                 # side-by-side lines: the case at hand
+    placed = next(p for p in window.capture.recorder.snapshot.replies
+                  if p.geometry.message_id == reply.id)
+    checked = 0
+    for i in range(geometry.n_lines):
+        if geometry.line_end[i] <= geometry.line_start[i] or geometry.line_width[i] < 4:
+            continue
+        x = float(geometry.line_x[i] + geometry.line_width[i] / 2)
+        y = float(geometry.line_top[i] + geometry.line_height[i] / 2)
+        offset, word, line = geometry.locate(x, y)
+        assert line == i and geometry.line_start[i] <= offset < geometry.line_end[i], (i, line, offset)
+        gx, gy = placed.origin[0] + x, placed.origin[1] + y
+        if placed.clip[0] <= gx < placed.clip[2] and placed.clip[1] <= gy < placed.clip[3]:
+            many = window.capture.recorder.snapshot.map([gx], [gy])
+            assert (many.offset[0], many.word[0], many.line[0]) == (offset, word, line)
+        checked += 1
+    assert checked >= 6
