@@ -350,3 +350,50 @@ def test_the_words_of_a_table_map_to_their_own_cell(qtbot, window, store):
             assert (many.offset[0], many.word[0], many.line[0]) == (offset, word, line)
         checked += 1
     assert checked >= 6
+
+
+def test_a_reply_shown_again_gets_its_first_view_written(qtbot, window, store):
+    """What was on screen was remembered per message: a chat left and reopened is a new
+    showing of its replies, but the same lines on screen wrote no viewport event for it,
+    so the reward features found nothing on screen for the new showing."""
+    from feedback_store import Message
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    chats = []
+    for name in ("A", "B"):
+        chat = store.conversations.create(Conversation(title=name))
+        question = store.conversations.add_message(Message(chat.id, "user", f"Question {name}?"))
+        store.conversations.add_message(Message(chat.id, "assistant", f"Answer {name}.",
+                                                parent_id=question.id))
+        chats.append(chat)
+    a, b = chats
+    for chat in (a, b, a):
+        window.open_conversation(chat.id)
+        qtbot.wait(150)                      # (the layout settles in 40 ms)
+        window.capture.publish()
+    store.flush()
+    shown = store._rows("SELECT s.id FROM shown_replies s JOIN messages m ON m.id = s.message_id "
+                        "WHERE m.conversation_id = ? AND m.role = 'assistant'", [a.id])
+    assert len(shown) == 2                   # two showings of A's reply
+    for row in shown:
+        assert store._rows("SELECT 1 FROM viewport_events WHERE shown_reply_id = ?", [row["id"]]), row
+
+
+def test_only_what_the_user_types_times_the_next_message(qtbot, window, store):
+    """Text the window puts in the box (Edit, a draft brought back) was logged as the
+    first keystroke after the reply, with a latency measured from it."""
+    from test_ui import send_by_keyboard
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    reply = send_by_keyboard(qtbot, window, "Say yes.")
+
+    def keystrokes():
+        store.flush()
+        return store._rows("SELECT value FROM reply_actions WHERE kind = 'first_keystroke'")
+    window.begin_edit(reply.parent_id)            # the box is filled with the message
+    window.stop()                                 # Esc: the draft comes back (empty)
+    assert keystrokes() == []
+    window.input.setFocus()
+    qtbot.keyClicks(window.input, "And no?")
+    typed = keystrokes()
+    assert len(typed) == 1 and typed[0]["value"] > 0

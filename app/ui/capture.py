@@ -46,12 +46,16 @@ class CaptureController(QObject):
         self.hotkey: GlobalPauseHotkey | None = None
         self.qt_fallback = False
         self.running = False
-        self._visible: dict[str, tuple | None] = {}   # message id -> last visible lines
+        # (message id, shown reply id) -> last visible lines: a reply shown again (its
+        # chat left and reopened) is a new showing, whose first view must be written.
+        self._visible: dict[tuple, tuple | None] = {}
         self._reason = "layout"
         self._last_input = time.monotonic()
         self._idle = False
         self._reply_finished_mono: float | None = None
+        self._reply_finished_in: str | None = None    # the conversation it finished in
         self._first_key_mono: float | None = None
+        self.filling = False          # the window puts text in the box: nobody typed it
         self._last_qt_event = None
         self.settle = QTimer(self, singleShot=True, interval=SETTLE_MS)
         self.settle.timeout.connect(self.publish)
@@ -198,13 +202,14 @@ class CaptureController(QObject):
         if not self.running:
             return
         now_mono, now_wall = time.monotonic_ns(), time.time_ns()
-        events = []
+        events, visible = [], {}
         for placed in snapshot.replies:
             message_id = placed.geometry.message_id
             lines = placed.visible_lines() if snapshot.window_visible else None
-            if reason in ("scroll", "layout") and self._visible.get(message_id, "?") == lines:
+            seen = (message_id, placed.shown_reply_id)
+            visible[seen], unchanged = lines, self._visible.get(seen, "?") == lines
+            if reason in ("scroll", "layout") and unchanged:
                 continue
-            self._visible[message_id] = lines
             events.append(ViewportEvent(
                 self.session.id, placed.shown_reply_id, conversation_id, now_mono, now_wall,
                 reason, lines[0] if lines else None, lines[1] if lines else None,
@@ -218,6 +223,7 @@ class CaptureController(QObject):
                                                                + geometry.line_height[-1])
                      if geometry.n_lines else 0),
                     1.0, geometry.text, geometry.line_boxes(*placed.origin)))
+        self._visible = visible            # (the replies on screen now)
         if events:
             self.session.record(events)
 
@@ -255,14 +261,20 @@ class CaptureController(QObject):
 
     def reply_finished(self) -> None:
         self._reply_finished_mono = time.monotonic()
+        self._reply_finished_in = self.window.tree.id if self.window.tree else None
         self._first_key_mono = None
 
     def _typed(self) -> None:
-        """Timing of the next message only: when typing began, never what was typed."""
+        """Timing of the next message only: when typing began, never what was typed. Text
+        the window puts in the box (an edit, a draft brought back) is not typing, and a
+        reply finished in another chat is not the one the next message answers."""
+        if self.filling:
+            return
         self._last_input = time.monotonic()   # typing is being there (not "idle", not away)
         if self._first_key_mono is None and self.window.input.toPlainText():
             self._first_key_mono = time.monotonic()
-            if self._reply_finished_mono is not None:
+            here = self.window.tree.id if self.window.tree else None
+            if self._reply_finished_mono is not None and self._reply_finished_in == here:
                 last = self._last_reply_id()
                 self.action("first_keystroke", last,
                             value=(self._first_key_mono - self._reply_finished_mono) * 1000)

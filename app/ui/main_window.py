@@ -693,7 +693,11 @@ class MainWindow(QMainWindow):
 
     def _fill_input(self, text: str) -> None:
         """Typing goes on at the end of what the box is given (not before it)."""
-        self.input.setPlainText(text)
+        self.capture.filling = True          # (not the user's typing: no keystroke timing)
+        try:
+            self.input.setPlainText(text)
+        finally:
+            self.capture.filling = False
         self.input.moveCursor(QTextCursor.MoveOperation.End)
 
     def _start_generation(self, job, placeholder_now: bool = True) -> None:
