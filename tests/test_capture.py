@@ -397,3 +397,28 @@ def test_only_what_the_user_types_times_the_next_message(qtbot, window, store):
     qtbot.keyClicks(window.input, "And no?")
     typed = keystrokes()
     assert len(typed) == 1 and typed[0]["value"] > 0
+
+
+def test_a_reply_whose_font_changes_is_measured_again(qtbot, window, store):
+    """The measured lines were cached by the document's revision, the width and the
+    scroll: a font change re-wraps the reply without touching any of them."""
+    from app.ui.layout_probe import measure
+    from feedback_store import Message
+    chat = store.conversations.create(Conversation(title="Font"))
+    question = store.conversations.add_message(Message(chat.id, "user", "Tell me."))
+    reply = store.conversations.add_message(Message(
+        chat.id, "assistant", "A lighthouse keeper kept the light burning every night. " * 6,
+        parent_id=question.id))
+    window.open_conversation(chat.id)
+    qtbot.waitUntil(lambda: reply.id in window.probe.message_ids(), timeout=10_000)
+    browser = window.probe.browser(reply.id)
+    qtbot.wait(50)
+    before = window.probe.geometry(reply.id).n_lines
+    assert before == measure(reply.id, browser).n_lines
+    font = browser.font()
+    font.setPointSizeF(font.pointSizeF() * 2)
+    browser.setFont(font)
+    qtbot.wait(50)
+    after = measure(reply.id, browser).n_lines
+    assert after != before
+    assert window.probe.geometry(reply.id).n_lines == after

@@ -97,8 +97,11 @@ class LayoutProbe:
 
     def geometry(self, message_id: str) -> ReplyGeometry:
         browser = self._views[message_id]
+        # The font and the pixel ratio re-wrap a reply without touching its document: left
+        # out, a reply given a larger font kept its old lines (10 measured, 20 on screen).
         key = (browser.document().revision(), browser.viewport().width(),
-               browser.verticalScrollBar().value())
+               browser.verticalScrollBar().value(), browser.font().key(),
+               browser.devicePixelRatioF())
         cached = self._measured.get(message_id)
         if cached is None or cached[0] != key:
             cached = (key, measure(message_id, browser))
