@@ -468,7 +468,7 @@ def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, 
         or data_dir / "cache" / "hf"
     checkpoint = ensure_checkpoint(model_path, CheckpointConfig(cache_dir=Path(cache)), log=log)
     at = _step(result, "checkpoint", at)
-    work = work_folder(data_dir, train, model_path, dpo)
+    work = work_folder(data_dir, pairs, config.gate, model_path, dpo)
     for other in (data_dir / WORK).glob("*") if (data_dir / WORK).is_dir() else []:
         if other != work:
             shutil.rmtree(other, ignore_errors=True)      # another pair set: cannot resume it
@@ -567,12 +567,13 @@ def _gate_summary(report: dict) -> dict:
             "length_ratio": drift.get("length_ratio"), "reasons": report.get("reasons")}
 
 
-def work_folder(data_dir, train, model_path, dpo) -> Path:
+def work_folder(data_dir, pairs, gate, model_path, dpo) -> Path:
     """Where a run trains, and an interrupted one resumes: named by the pairs its weights
-    learn from (the training side of the split only: a changed split, the gate's seed or
-    held-out share, must never resume weights that learned from conversations now held
-    out to judge them), the base model and the settings that shape the adapter."""
+    learn from — the training side of ``gate``'s split only: a changed split (the gate's
+    seed or held-out share) must never resume weights that learned from conversations now
+    held out to judge them — the base model and the settings that shape the adapter."""
     from .checkpoint import checkpoint_key
+    train, _ = split_by_conversation(pairs, gate)
     key = fingerprint(train) + "-" + checkpoint_key(model_path)[:8] + "-" + \
         _settings_key(dpo.to_dict())
     return Path(data_dir) / WORK / key

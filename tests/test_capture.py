@@ -248,6 +248,13 @@ def test_gaze_is_not_kept_while_the_window_is_minimised_without_the_pointer_cons
     assert store.counts()["gaze_samples"] == 0 and gaze.off_window == 1
 
 
+def settled(qtbot, window):
+    """Once the window's layout has settled and the capture has measured it (40 ms
+    after the last change; waited for, not slept: a busy machine takes longer)."""
+    qtbot.wait(1)                            # (events queued by the change are handled)
+    qtbot.waitUntil(lambda: not window.capture.settle.isActive(), timeout=10_000)
+
+
 def _chat_to_scroll(window, store):
     """A stored conversation long enough to scroll, open in the window."""
     from feedback_store import Message
@@ -305,12 +312,12 @@ def test_replies_moved_inside_the_window_are_measured_again(qtbot, window, store
     first_question = window.tree.active_path()[0].id
     window.begin_edit(first_question)                     # the banner pushes the chat down
     qtbot.waitUntil(window.banner.isVisible, timeout=5_000)
-    qtbot.wait(200)                                       # (the layout settles in 40 ms)
+    settled(qtbot, window)
     assert _mapping_agrees_with_the_window(window) > 0
     window.stop()
     sizes = window.splitter.sizes()
     window.splitter.setSizes([sizes[0] + 120, sizes[1] - 120])   # the sidebar dragged wider
-    qtbot.wait(200)
+    settled(qtbot, window)
     assert _mapping_agrees_with_the_window(window) > 0
     assert chat.id == window.tree.id
 
@@ -330,7 +337,7 @@ def test_the_words_of_a_table_map_to_their_own_cell(qtbot, window, store):
     window.resize(700, 600)
     window.open_conversation(chat.id)
     qtbot.waitUntil(lambda: reply.id in window.probe.message_ids(), timeout=10_000)
-    qtbot.wait(100)
+    settled(qtbot, window)
     window.capture.publish()
     geometry = window.probe.geometry(reply.id)
     assert not geometry._stacked                 # side-by-side lines: the case at hand
@@ -369,7 +376,7 @@ def test_a_reply_shown_again_gets_its_first_view_written(qtbot, window, store):
     a, b = chats
     for chat in (a, b, a):
         window.open_conversation(chat.id)
-        qtbot.wait(150)                      # (the layout settles in 40 ms)
+        settled(qtbot, window)
         window.capture.publish()
     store.flush()
     shown = store._rows("SELECT s.id FROM shown_replies s JOIN messages m ON m.id = s.message_id "
@@ -397,6 +404,14 @@ def test_only_what_the_user_types_times_the_next_message(qtbot, window, store):
     qtbot.keyClicks(window.input, "And no?")
     typed = keystrokes()
     assert len(typed) == 1 and typed[0]["value"] > 0
+    # Typing in another chat does not answer this reply: no latency measured from it.
+    window.input.clear()
+    window.new_chat()
+    send_by_keyboard(qtbot, window, "Say no.")
+    window.open_conversation(reply.conversation_id)
+    window.input.setFocus()
+    qtbot.keyClicks(window.input, "Back here")
+    assert len(keystrokes()) == 1
 
 
 def test_a_reply_whose_font_changes_is_measured_again(qtbot, window, store):
@@ -412,13 +427,12 @@ def test_a_reply_whose_font_changes_is_measured_again(qtbot, window, store):
     window.open_conversation(chat.id)
     qtbot.waitUntil(lambda: reply.id in window.probe.message_ids(), timeout=10_000)
     browser = window.probe.browser(reply.id)
-    qtbot.wait(50)
+    settled(qtbot, window)
     before = window.probe.geometry(reply.id).n_lines
     assert before == measure(reply.id, browser).n_lines
     font = browser.font()
     font.setPointSizeF(font.pointSizeF() * 2)
     browser.setFont(font)
-    qtbot.wait(50)
     after = measure(reply.id, browser).n_lines
     assert after != before
     assert window.probe.geometry(reply.id).n_lines == after

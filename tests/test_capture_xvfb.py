@@ -141,6 +141,7 @@ def test_on_a_hidpi_screen_the_pointer_maps_to_the_words_under_it(xvfb_display, 
     from the screen's corner. Samples are stored in logical pixels, as the layout."""
     session = Session(xvfb_display, home, tmp_path, "--height", "300", env={"QT_SCALE_FACTOR": "2"})
     ready = session.ready
+    assert ready["global_hooks"] is True           # (Qt's own events are logical already)
     targets = [w for w in long_words(ready, 12) if 2 * w["x1"] < 1270 and 2 * w["y1"] < 790][:4]
     assert len(targets) >= 2, ready["words"][:5]
     for word in targets:
@@ -149,8 +150,9 @@ def test_on_a_hidpi_screen_the_pointer_maps_to_the_words_under_it(xvfb_display, 
     session.command("flush")
     session.quit()
     with FeedbackStore.open(home) as store:
-        moves = store._rows("SELECT x, y, word_index, line, shown_reply_id FROM pointer_samples "
-                            "WHERE kind = 'move' ORDER BY mono_ns")
+        moves = store._rows("SELECT x, y, word_index, line, shown_reply_id, source FROM "
+                            "pointer_samples WHERE kind = 'move' ORDER BY mono_ns")
+    assert {m["source"] for m in moves} == {"pynput"}
     for word in targets:
         x, y = session.point_at(word)
         here = [m for m in moves if abs(m["x"] - x) <= 1 and abs(m["y"] - y) <= 1]

@@ -71,7 +71,8 @@ def test_bad_model_is_a_clear_error(home, tmp_path):
     assert before.returncode == 2 and "not a GGUF" in before.stderr
 
 
-def test_doctor_json(home):
+def test_doctor_json(home, monkeypatch):
+    monkeypatch.delenv("GLANCE_CAMERA", raising=False)   # (run_glance passes the environment on)
     result = run_glance("doctor", "--json", home=home)
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads(result.stdout)

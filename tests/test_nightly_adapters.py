@@ -400,12 +400,14 @@ def test_the_schedule_status_says_what_will_not_run_and_what_runs_elsewhere(fres
     assert not (fresh_home / "config" / "systemd" / "user" / "glance-nightly.timer").exists()
 
 
-def test_an_install_that_could_not_activate_exits_non_zero(fresh_home):
+def test_an_install_that_could_not_activate_exits_non_zero(fresh_home, tmp_path):
     """It printed that it wrote the files but could not activate them, and exited 0: a
     script or a user reading the code took the schedule as set."""
+    no_tools = tmp_path / "empty-bin"      # no launchctl (nor anything else) to activate with
+    no_tools.mkdir()
     done = subprocess.run([sys.executable, "-m", "align.cli", "schedule", "install", "--kind",
                            "launchd", "--json"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)      # (launchctl does not exist here)
+                          timeout=120, env=dict(os.environ, PATH=str(no_tools)))
     assert done.returncode == 1, done.stdout + done.stderr
     assert json.loads(done.stdout)["activated"] is False
 

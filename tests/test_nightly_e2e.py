@@ -78,9 +78,19 @@ def test_the_run_trained_published_and_recorded_through_the_app(run):
     assert not any((run["home"] / "training" / "snapshots").iterdir())
 
 
+def completion_logp(llm, prompt_tokens, completion_tokens):
+    """log p(completion | prompt) in llama.cpp, computed here on its own (the gate judges
+    exported files with align.gate.completion_logp: this test must not share it)."""
+    llm.reset()
+    llm.eval(list(prompt_tokens) + list(completion_tokens))
+    rows = np.asarray(llm.scores[len(prompt_tokens) - 1: llm.n_tokens - 1], dtype=np.float64)
+    logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
+    return float(logp[np.arange(len(completion_tokens)), list(completion_tokens)].sum())
+
+
 def test_llama_cpp_loads_the_adapter_and_it_raises_the_chosen_margin(run):
     from llama_cpp import Llama
-    from align.gate import completion_logp, prompt_tokens
+    from align.gate import prompt_tokens
     adapter = version_dir(run) / "adapter.gguf"
     common = dict(n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False, logits_all=True)
     base = Llama(str(run["f16"]), **common)

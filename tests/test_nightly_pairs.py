@@ -336,9 +336,10 @@ def test_a_changed_split_never_resumes_weights_that_learned_from_the_held_out_si
         thumbed_siblings(store, prompt=f"Question {i}?", texts=(f"good {i}", f"bad {i}"))
     pairs, _ = build_pairs(store.training.rows())
     model, dpo = default_model_path(), DPOSettings()
-    splits = {seed: split_by_conversation(pairs, GateConfig(seed=seed))[0] for seed in range(6)}
-    trained_on = {seed: {p.conversation_id for p in train} for seed, train in splits.items()}
-    first, other = 0, next(s for s in splits if trained_on[s] != trained_on[0])
-    assert work_folder(tmp_path, splits[first], model, dpo) != work_folder(tmp_path, splits[other], model, dpo)
-    assert work_folder(tmp_path, splits[first], model, dpo) == \
-        work_folder(tmp_path, split_by_conversation(pairs, GateConfig(seed=first))[0], model, dpo)
+    trained_on = {seed: {p.conversation_id for p in split_by_conversation(pairs, GateConfig(seed=seed))[0]}
+                  for seed in range(6)}
+    other = next(s for s in trained_on if trained_on[s] != trained_on[0])
+    folder = {seed: work_folder(tmp_path, pairs, GateConfig(seed=seed), model, dpo)
+              for seed in (0, other)}
+    assert folder[0] != folder[other]              # another split: not resumed
+    assert work_folder(tmp_path, pairs, GateConfig(seed=0), model, dpo) == folder[0]   # resumed

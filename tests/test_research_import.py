@@ -243,7 +243,8 @@ def test_a_query_without_an_id_is_dropped_and_counted(folder, tmp_path):
 
 
 def test_commands_that_only_read_make_nothing_and_bad_folders_get_one_line(home, tmp_path,
-                                                                           capsys, folder, cache):
+                                                                           capsys, folder, cache,
+                                                                           monkeypatch):
     """`align reward scores`, `import-ifllm --remove` and `reward train` made a database and
     a key in a folder Glance was never used in (or emptied by Delete everything); a study
     folder with the right columns of the wrong type was a DuckDB traceback; a missing
@@ -284,8 +285,7 @@ def test_commands_that_only_read_make_nothing_and_bad_folders_get_one_line(home,
 
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
-    import os
-    os.environ["GLANCE_HOME"] = str(a_file)             # (home's monkeypatch restores it)
+    monkeypatch.setenv("GLANCE_HOME", str(a_file))
     for argv in (["status"], ["reward", "scores"], ["import-ifllm", str(folder)]):
         code = main(argv)
         err = capsys.readouterr().err
