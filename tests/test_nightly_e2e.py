@@ -154,6 +154,7 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
     assert not report["publish"] and any("drifts too far" in r or "length" in r
                                          for r in report["reasons"]), report["reasons"]
     assert report["reward"]["published"]["slope"] > 2      # the file does 6x what the weights do
+    assert any("export does not carry" in r for r in report["reasons"]), report["reasons"]
 
     # The published weights, exported the wrong way round: the trained adapter is better,
     # the file the chat would use is worse. Judged on the weights alone, it was published.
@@ -161,7 +162,7 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
     report = evaluate(scorer, tokenizer, heldout, run["base"], tmp_path / "flipped.gguf",
                       prompts, dpo, gate_config)
     assert report["reward"]["implicit_reward_accuracy"] > 0.5
-    assert report["reward"]["published"]["implicit_reward_accuracy"] < 0.5
+    assert report["reward"]["published"]["slope"] < 0
     assert not report["publish"] and any("export does not carry" in r
                                          for r in report["reasons"]), report["reasons"]
     # And the file as published does what the weights do.
