@@ -170,10 +170,12 @@ def cmd_adapters_list(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from .adapters import AdapterConfig, adapters_dir, in_use, manifest, rollback
+    from .adapters import AdapterConfig, adapters_dir, in_use, manifest, read_active, rollback
     from .ipc import tell_app_adapters_changed
     root = adapters_dir(_data_dir())
     before = in_use(root)
+    stepped = read_active(root).get("version")     # the model line the rollback steps back in
+    rolled = ((manifest(root, stepped) or {}).get("base") or {}).get("name") if stepped else None
     try:
         active = rollback(AdapterConfig(root))
     except ValueError as error:     # nothing active: already on the base model
@@ -182,7 +184,6 @@ def cmd_rollback(args) -> int:
     tell_app_adapters_changed(_data_dir())          # an open window's label follows
     # One active version serves every model (each uses its newest version up to it): a
     # step back in one model's line can take another model's version away, said here.
-    rolled = ((manifest(root, active) or {}).get("base") or {}).get("name") if active else None
     after = in_use(root)
     also = {name: {"before": before[name], "after": after.get(name)} for name in before
             if name != rolled and before[name] != after.get(name)}
