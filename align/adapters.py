@@ -163,8 +163,7 @@ def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> d
             # The active version is another model's (one active.json for all models):
             # this model's newest kept version, not the base model. Switching to a
             # model and back hid its adapter until another night retrained it.
-            version = next((v for v in reversed(versions(root)) if _number(v) < _number(active)
-                            and same_base((manifest(root, v) or {}).get("base"), current)), None)
+            version = _newest_for(root, active, current)
             if version is None:
                 return None
             info, path = manifest(root, version), Path(root) / version / GGUF_NAME
@@ -287,12 +286,15 @@ def in_use(root: Path) -> dict[str, str | None]:
         base = (manifest(root, version) or {}).get("base")
         if base and base.get("name"):
             bases.setdefault(base["name"], base)
-    used = {}
-    for name, base in bases.items():
-        used[name] = next((v for v in reversed(versions(root)) if active is not None
-                           and _number(v) <= _number(active)
-                           and same_base((manifest(root, v) or {}).get("base"), base)), None)
-    return used
+    return {name: _newest_for(root, active, base) if active else None
+            for name, base in bases.items()}
+
+
+def _newest_for(root: Path, active: str, base: dict) -> str | None:
+    """The version chats with ``base`` answer with while ``active`` is active: ``active``
+    itself if it was trained on that model, else the newest older one that was."""
+    return next((v for v in reversed(versions(root)) if _number(v) <= _number(active)
+                 and same_base((manifest(root, v) or {}).get("base"), base)), None)
 
 
 def _older_of_the_same_model(root: Path, version: str) -> list[str]:

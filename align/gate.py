@@ -122,10 +122,8 @@ def completion_logps(llm, prompt_ids, completions) -> list[float]:
         if len(completion) > 1:
             llm.eval(completion[:-1])       # (the last token's logits predict nothing needed)
         # Row i predicts token i + 1: the prompt's last row the first completion token.
-        rows = np.asarray(llm.scores[start - 1: start - 1 + len(completion)], dtype=np.float64)
-        top = rows.max(axis=1, keepdims=True)
-        norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
-        found.append(float((rows[np.arange(len(completion)), completion] - norm).sum()))
+        logp = _log_softmax(llm.scores[start - 1: start - 1 + len(completion)])
+        found.append(float(logp[np.arange(len(completion)), completion].sum()))
     return found
 
 
@@ -198,9 +196,10 @@ def implicit_reward_report(margins: dict) -> dict:
 
 # --- 2. KL and length drift of fresh samples ------------------------------------------------
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Over the last axis: one row of logits, or one row per position."""
     logits = np.asarray(logits, dtype=np.float64)
-    top = logits.max()
-    return logits - top - np.log(np.exp(logits - top).sum())
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
 def _last_logits(llm) -> np.ndarray:

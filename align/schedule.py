@@ -343,6 +343,7 @@ def remove(config: ScheduleConfig) -> dict:
 def status(config: ScheduleConfig) -> dict:
     kind = _installed_kind(config)
     not_running = None          # why the files are there but nothing will run them
+    advice = "Run `align schedule install` again."
     if kind == "systemd":
         timer = systemd_dir() / f"{NAME}.timer"
         installed = timer.exists()
@@ -358,6 +359,7 @@ def status(config: ScheduleConfig) -> dict:
         detail = {"files": [str(cron_copy())] if installed else []}
         if installed and config.activate and not shutil.which("crontab"):
             not_running = "cron is not installed (there is no crontab command)"
+            advice = "Install cron, then run `align schedule install` again."
         elif installed and config.activate:
             ok, table = _run(["crontab", "-l"])
             if not (ok and CRON_MARK in table):
@@ -377,9 +379,7 @@ def status(config: ScheduleConfig) -> dict:
                if installed else "Nightly training is not scheduled (align schedule install).")
     elsewhere = _runs_elsewhere(kind, config) if installed else []
     if not_running:
-        message = (f"Nightly training is set up with {kind} but will not run: {not_running}. "
-                   + ("Install cron, then run `align schedule install` again."
-                      if "no crontab" in not_running else "Run `align schedule install` again."))
+        message = f"Nightly training is set up with {kind} but will not run: {not_running}. {advice}"
     elif elsewhere:
         message += (f" But {' and '.join(elsewhere)}: run `align schedule install` from this "
                     "Glance to train on this one.")

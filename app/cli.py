@@ -266,10 +266,10 @@ def cmd_doctor(args) -> int:
     except ModelError as error:
         report["model"] = {"path": None, "ok": False, "error": str(error)}
     report["data_dir"] = str(glance_home())
-    report["camera"] = camera_status()
+    chosen = None                        # the camera chosen in the window, from the store
     try:
         status, runs, scoring = _store_status()
-        report["camera"] = camera_status(status.get("gaze_camera"))   # the window's choice
+        chosen = status.get("gaze_camera")
         if scoring is not None:          # only the open window scores
             report["scoring"] = scoring
         report["database"] = {"ok": True, "encryption": status["encryption"],
@@ -279,6 +279,7 @@ def cmd_doctor(args) -> int:
         report["nightly"] = _nightly(runs)
     except StoreError as error:
         report["database"] = {"ok": False, "error": str(error)}
+    report["camera"] = camera_status(chosen)
     report["reward"] = _reward_models()
     if args.json:
         print(json.dumps(report))

@@ -160,9 +160,9 @@ class ChatEngine:
         return info
 
     def _llama(self, path: str, n_ctx: int):
-        """A llama.cpp context. Its ``chat_handler`` is then set to the template's formatter
-        (the one prompts are counted with and the nightly job trains on): left alone,
-        llama-cpp-python swaps a template it recognises (ChatML, Mistral-instruct,
+        """A llama.cpp context. The callers set its ``chat_handler`` to the template's
+        formatter (the one prompts are counted with and the nightly job trains on): left
+        alone, llama-cpp-python swaps a template it recognises (ChatML, Mistral-instruct,
         Llama-3) for a formatter of its own, whose spacing and BOS differ."""
         from llama_cpp import Llama
         return Llama(model_path=path, n_ctx=n_ctx, n_threads=self.n_threads,

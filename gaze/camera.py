@@ -65,8 +65,9 @@ def same_camera(a, b) -> bool:
 
 def camera_status(setting: str | None = None) -> dict:
     """Is there a camera, and which one gaze opens (``setting``: the window's choice)?
-    Answered without opening it (opening turns its light on)."""
-    devices = sorted(glob.glob("/dev/video*"))
+    Answered without opening it (opening turns its light on). The devices are the
+    cameras the window lists: a webcam's metadata node is not a second camera."""
+    devices = [camera.device for camera in list_cameras()]
     try:
         import cv2  # noqa: F401  (installed with the gaze extra)
         opencv = True

@@ -19,7 +19,7 @@ from feedback_store.layout import LayoutSnapshot
 
 from ..capture.hooks import GlobalPauseHotkey, GlobalPointerHook, global_hooks_available
 from ..capture.recorder import PointerRecorder
-from .layout_probe import global_rect
+from .layout_probe import corners, global_rect
 from ..session import ReplyOnScreen
 
 SETTLE_MS = 40          # layout changes are published once they stop for this long
@@ -193,9 +193,7 @@ class CaptureController(QObject):
         snapshot = replace(window.probe.snapshot(ids, clip_to=window.chat_view.viewport()),
                            conversation_id=conversation_id,
                            window_visible=window.isVisible() and not window.isMinimized(),
-                           window_rect=(float(area.left()), float(area.top()),
-                                        float(area.left() + area.width()),
-                                        float(area.top() + area.height())))
+                           window_rect=corners(area))
         for recorder in self.recorders:
             recorder.set_snapshot(snapshot)
         self.snapshot_published.emit(snapshot)

@@ -497,8 +497,12 @@ class GazeController(QObject):
     def calibration_file(self, screen: tuple[int, int, int, int] | None = None):
         """Where the calibration for ``screen`` (the window's by default) is kept, for this
         user, camera and screen layout."""
+        return self._calibration_path(screen or self._window_screen())
+
+    def _calibration_path(self, screen):
+        """``screen`` None: where calibrations were kept before they were per screen."""
         return cal.calibration_path(self.data_dir, getpass.getuser(), str(self.source),
-                                    screen_layout(), screen or self._window_screen())
+                                    screen_layout(), screen)
 
     def _load_calibration(self):
         """The calibration made on the window's screen; else one made on another screen of
@@ -510,8 +514,7 @@ class GazeController(QObject):
             found = cal.load(self.calibration_file(screen))
             if found is not None:
                 return found
-        return cal.load(cal.calibration_path(self.data_dir, getpass.getuser(), str(self.source),
-                                             screen_layout()))
+        return cal.load(self._calibration_path(None))
 
     def _store(self):
         return self.window.session.store
@@ -554,7 +557,7 @@ class GazeController(QObject):
         if self._should_track():
             self.start()
         elif was_on or (self._allowed() and self._wanted()):
-            self.label.setText("Gaze: not calibrated")
+            self.label.setText("Gaze: " + SHORT["not_calibrated"])
             self.window.statusBar().showMessage(
                 f"Gaze now uses {source}, which has no calibration yet: Gaze… → Calibrate.",
                 15000)

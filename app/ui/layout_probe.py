@@ -64,7 +64,8 @@ def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
         char_x=char_x)
 
 
-def _corners(rect: QRect) -> tuple[float, float, float, float]:
+def corners(rect: QRect) -> tuple[float, float, float, float]:
+    """A rectangle as the snapshot keeps it: (x0, y0, x1, y1), floats."""
     return (float(rect.left()), float(rect.top()), float(rect.left() + rect.width()),
             float(rect.top() + rect.height()))
 
@@ -130,11 +131,10 @@ class LayoutProbe:
             placed.append(PlacedReply(
                 geometry=self.geometry(message_id), shown_reply_id=shown_id,
                 conversation_id=conversation_id, origin=(float(origin.x()), float(origin.y())),
-                clip=(float(area.left()), float(area.top()), float(area.left() + area.width()),
-                      float(area.top() + area.height())) if not area.isEmpty() else (0, 0, 0, 0),
-                area=_corners(whole)))
+                clip=corners(area) if not area.isEmpty() else (0, 0, 0, 0),
+                area=corners(whole)))
         return LayoutSnapshot(tuple(placed), window_visible=window_visible,
-                              view=_corners(global_rect(clip_to)) if clip_to is not None else None,
+                              view=corners(global_rect(clip_to)) if clip_to is not None else None,
                               screens=tuple((float(s.geometry().x()), float(s.geometry().y()),
                                              float(s.geometry().width()), float(s.geometry().height()),
                                              float(s.devicePixelRatio()))
