@@ -60,6 +60,10 @@ class ViewportEvent(NamedTuple):
     origin_x: float | None = None
     origin_y: float | None = None
     window_visible: bool | None = None
+    # The visible text [first_offset, last_offset): the lines above are the layout's of
+    # this moment, and a re-wrap renumbers them (see traces.TraceReader._views).
+    first_offset: int | None = None
+    last_offset: int | None = None
 
 
 class ReplyAction(NamedTuple):

@@ -19,6 +19,12 @@ from .trace import GAZE, MOUSE, PairTrace, ReadingTrace, ReplyActivity
 LIVE_USER = "local"
 
 
+def _line_starts(shown: dict) -> np.ndarray:
+    """First character offset of each visual line of a showing's stored layout."""
+    layout = json.loads(shown["layout"] or "[]")
+    return np.asarray([box["start"] for box in layout] or [0], np.int32)
+
+
 class TraceReader:
     def __init__(self, store):
         self.store = store
@@ -34,7 +40,7 @@ class TraceReader:
         shown = shown or self.shown_reply(shown_reply_id)
         if shown is None:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
-        views = self._views(shown_reply_id)
+        views = self._views(shown)
         return (self.for_shown_reply(shown_reply_id, shown=shown, views=views),
                 self.activity(shown_reply_id, shown=shown, views=views))
 
@@ -46,8 +52,7 @@ class TraceReader:
         if shown is None:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
-        layout = json.loads(shown["layout"] or "[]")
-        line_starts = np.asarray([box["start"] for box in layout] or [0], np.int32)
+        line_starts = _line_starts(shown)
         pointer = self._samples("pointer_samples", "1.0", shown_reply_id)
         gaze = self._samples("gaze_samples", "coalesce(confidence, 'NaN'::DOUBLE)", shown_reply_id)
         mono = np.concatenate([pointer["mono_ns"], gaze["mono_ns"]])
@@ -55,7 +60,7 @@ class TraceReader:
                                  np.full(len(gaze["mono_ns"]), GAZE, np.uint8)])
         offset = np.concatenate([pointer["text_offset"], gaze["text_offset"]])
         missing = set()
-        visible = self._visible(self._views(shown_reply_id) if views is None else views,
+        visible = self._visible(self._views(shown) if views is None else views,
                                 mono, offset, line_starts)
         if visible is None:
             missing.add("visible")
@@ -84,11 +89,24 @@ class TraceReader:
                 "text_offset": np.asarray(result["text_offset"], np.int64),
                 "confidence": np.asarray(result["confidence"], np.float32)}
 
-    def _views(self, shown_reply_id: str) -> list[dict]:
-        """The showing's viewport events, oldest first."""
-        return self.store._rows(
-            "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown "
-            "FROM viewport_events WHERE shown_reply_id = ? ORDER BY mono_ns", (shown_reply_id,))
+    def _views(self, shown: dict) -> list[dict]:
+        """The showing's viewport events, oldest first, their lines numbered as in the
+        reply's stored (latest) layout, as its samples' lines are. An event's own lines
+        are the layout's of its moment: after a window resize re-wrapped the reply, lines
+        read before it were compared with lines numbered after it. The visible text's
+        offsets mean the same in any layout (rows from before schema 7 have none)."""
+        views = self.store._rows(
+            "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown, "
+            "first_offset, last_offset FROM viewport_events WHERE shown_reply_id = ? "
+            "ORDER BY mono_ns", (shown["id"],))
+        line_starts = _line_starts(shown)
+        for view in views:
+            if view["first_offset"] is not None and view["last_offset"] is not None:
+                first, last = np.searchsorted(
+                    line_starts, [view["first_offset"], max(view["last_offset"] - 1, view["first_offset"])],
+                    side="right") - 1
+                view["first_line"], view["last_line"] = int(max(first, 0)), int(max(last, 0))
+        return views
 
     @staticmethod
     def _visible(events, mono, offset, line_starts) -> np.ndarray | None:
@@ -120,7 +138,7 @@ class TraceReader:
             raise KeyError(f"no shown reply {shown_reply_id!r}")
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
         shift_ms = (shown["shown_mono_ns"] - zero) / 1e6
-        views = self._views(shown_reply_id) if views is None else views
+        views = self._views(shown) if views is None else views
         reply = self.store._rows("SELECT parent_id, finish_reason FROM messages WHERE id = ?",
                                  (shown["message_id"],))
         parent = reply[0]["parent_id"] if reply else None

@@ -436,3 +436,41 @@ def test_a_reply_whose_font_changes_is_measured_again(qtbot, window, store):
     after = measure(reply.id, browser).n_lines
     assert after != before
     assert window.probe.geometry(reply.id).n_lines == after
+
+
+def test_what_was_on_screen_before_a_re_wrap_is_read_in_the_reply_s_last_layout(qtbot, window, store):
+    """A trace numbers its lines by the reply's stored (latest) layout, but each viewport
+    event numbered them by the layout of its moment: after the window was made narrower,
+    the whole reply on screen before it (lines 0-3 of the wide layout) became lines 0-3
+    of the narrow one, and a point read on the reply's last words then was stored as a
+    point on a line that was not on screen."""
+    import time
+
+    from feedback_store import Message, PointerSample
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    chat = store.conversations.create(Conversation(title="Wrap"))
+    question = store.conversations.add_message(Message(chat.id, "user", "Tell me."))
+    text = "A lighthouse keeper kept the light burning every night of the year. " * 5
+    reply = store.conversations.add_message(Message(chat.id, "assistant", text, parent_id=question.id))
+    window.resize(1200, 760)
+    window.open_conversation(chat.id)
+    qtbot.waitUntil(lambda: reply.id in window.probe.message_ids(), timeout=10_000)
+    settled(qtbot, window)
+    window.capture.publish()
+    wide = window.probe.geometry(reply.id).n_lines
+    shown_id = window.session.shown_id(reply.id)
+    last_word = len(text.rstrip()) - 3
+    store.samples.submit([PointerSample(window.session.id, shown_id, chat.id, time.monotonic_ns(),
+                                        time.time_ns(), "move", x=1.0, y=1.0, text_offset=last_word)])
+    store.flush()
+    window.resize(560, 760)                         # the reply re-wraps onto more lines
+    qtbot.waitUntil(lambda: window.probe.geometry(reply.id).n_lines > wide, timeout=10_000)
+    settled(qtbot, window)
+    window.capture.publish()
+    store.flush()
+    narrow = window.probe.geometry(reply.id).n_lines
+    trace, activity = store.traces.read(shown_id)
+    assert trace.n_lines == narrow and len(trace.visible) == 1
+    assert trace.visible[0]                          # the whole reply was on screen
+    assert activity.first_line[0] == 0 and activity.last_line[0] == narrow - 1

@@ -203,17 +203,21 @@ class CaptureController(QObject):
         events, visible = [], {}
         for placed in snapshot.replies:
             message_id = placed.geometry.message_id
+            geometry = placed.geometry
             lines = placed.visible_lines() if snapshot.window_visible else None
+            # The text on screen, not only its line numbers: a re-wrap keeps the numbers
+            # of the visible lines and changes what they hold.
+            text = (int(geometry.line_start[lines[0]]), int(geometry.line_end[lines[1]])) \
+                if lines else (None, None)
             seen = (message_id, placed.shown_reply_id)
-            visible[seen], unchanged = lines, self._visible.get(seen, "?") == lines
-            if reason in ("scroll", "layout") and unchanged:
+            visible[seen] = (lines, text)
+            if reason in ("scroll", "layout") and self._visible.get(seen) == (lines, text):
                 continue
             events.append(ViewportEvent(
                 self.session.id, placed.shown_reply_id, conversation_id, now_mono, now_wall,
                 reason, lines[0] if lines else None, lines[1] if lines else None,
-                placed.origin[0], placed.origin[1], snapshot.window_visible))
+                placed.origin[0], placed.origin[1], snapshot.window_visible, *text))
             if placed.shown_reply_id and reason in ("move", "resize", "scroll"):
-                geometry = placed.geometry
                 self.session.reply_moved(ReplyOnScreen(
                     message_id, conversation_id,
                     (int(placed.origin[0]), int(placed.origin[1]),
