@@ -474,3 +474,35 @@ def test_what_was_on_screen_before_a_re_wrap_is_read_in_the_reply_s_last_layout(
     assert trace.n_lines == narrow and len(trace.visible) == 1
     assert trace.visible[0]                          # the whole reply was on screen
     assert activity.first_line[0] == 0 and activity.last_line[0] == narrow - 1
+
+
+def test_a_reply_scrolled_out_of_view_is_shown_when_it_comes_into_view(qtbot, window, store):
+    """Opening a long chat recorded every reply as shown at once, the ones far above too:
+    their showing began when the chat opened, not when the user scrolled up to them, and
+    every layout change wrote a viewport event for each of them ("nothing on screen")."""
+    import time
+
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    chat = _chat_to_scroll(window, store)
+    bar = window.chat_view.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 300, timeout=30_000)
+    bar.setValue(bar.maximum())
+    settled(qtbot, window)
+    window.capture.publish()
+    store.flush()
+    first_reply = window.tree.active_path()[1].id
+    last_reply = window.tree.active_path()[-1].id
+
+    def shown(message_id):
+        return store._rows("SELECT shown_mono_ns FROM shown_replies WHERE message_id = ?", [message_id])
+    assert shown(last_reply) and not shown(first_reply)
+    scrolled_at = time.monotonic_ns()
+    bar.setValue(0)
+    settled(qtbot, window)
+    window.capture.publish()
+    store.flush()
+    [row] = shown(first_reply)
+    assert row["shown_mono_ns"] >= scrolled_at
+    assert not store._rows("SELECT 1 FROM viewport_events WHERE shown_reply_id IS NULL "
+                           "AND conversation_id = ?", [chat.id])

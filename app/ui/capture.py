@@ -211,8 +211,9 @@ class CaptureController(QObject):
                 if lines else (None, None)
             seen = (message_id, placed.shown_reply_id)
             visible[seen] = (lines, text)
-            if reason in ("scroll", "layout") and self._visible.get(seen) == (lines, text):
-                continue
+            if reason in ("scroll", "layout") and self._visible.get(seen) == (lines, text) \
+                    or placed.shown_reply_id is None:
+                continue           # (not shown yet, or a chat that is not recorded)
             events.append(ViewportEvent(
                 self.session.id, placed.shown_reply_id, conversation_id, now_mono, now_wall,
                 reason, lines[0] if lines else None, lines[1] if lines else None,

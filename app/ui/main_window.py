@@ -553,6 +553,9 @@ class MainWindow(QMainWindow):
             geometry = placed.geometry
             if geometry.message_id not in self.tree.messages:
                 continue   # still streaming: recorded when committed
+            x0, y0, x1, y1 = placed.clip
+            if x1 <= x0 or y1 <= y0:
+                continue   # scrolled out of view: shown when it comes into view
             browser = self.probe.browser(geometry.message_id)
             self.session.reply_shown(ReplyOnScreen(
                 message_id=geometry.message_id, conversation_id=self.tree.id,
