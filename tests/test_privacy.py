@@ -44,6 +44,14 @@ def decrypted_copy(home, target):
     return target.read_bytes()
 
 
+def audited_hits(home, marker: str) -> list:
+    """Where ``marker`` is in the plaintext of any block of the data folder's database
+    files (the byte-level audit, under the key in force: the 0600 file in tests)."""
+    from feedback_store import audit
+    key = (home / "glance.key").read_text().strip()
+    return audit.find_marker(audit.decrypt_database_files(home, key), marker)
+
+
 def test_no_network_in_tests():
     from pytest_socket import SocketBlockedError
     with pytest.raises(SocketBlockedError):
@@ -121,12 +129,16 @@ def test_deleting_a_conversation_leaves_no_trace_after_compaction(service, store
     store.consent.set("pointer", True)
     store.samples.submit(rows(doomed.id, 100) + rows(kept.id, 10))
     store.flush()
-    store.delete_conversation(doomed.id)  # deletes, then rewrites the file
+    # Every block of every file, decrypted: a copy of the live rows would not show the
+    # deleted rows a DELETE leaves in the file until compaction rewrites it.
+    assert audited_hits(home, "DOOMED-MARKER-5521")       # control: seen before the delete
+    key_before = (home / "glance.key").read_bytes()
+    store.delete_conversation(doomed.id)  # deletes, then rewrites the file under a new key
     assert store.counts()["pointer_samples"] == 10
     store.close()
-    plain = decrypted_copy(home, home.parent / "plain.db")
-    assert b"DOOMED-MARKER-5521" not in plain
-    assert b"KEPT-MARKER-1234" in plain  # control: the look can see markers
+    assert (home / "glance.key").read_bytes() != key_before
+    assert audited_hits(home, "DOOMED-MARKER-5521") == []
+    assert audited_hits(home, "KEPT-MARKER-1234")          # control: the audit sees text
     assert files_contain(home, b"DOOMED-MARKER-5521") == []
 
 
@@ -412,8 +424,10 @@ def test_cli_data_and_consent_commands(home, tmp_path):
     assert status["counts"]["messages"] == 2 and "glance.db" in status["bytes"]
     exported = run_glance("data", "export", str(tmp_path / "export"), home=home)
     assert exported.returncode == 0 and (tmp_path / "export").exists()
+    assert audited_hits(home, "CLI-MARKER-889")             # control: seen before the delete
     deleted = run_glance("data", "delete", "--conversation", conversation, home=home)
     assert deleted.returncode == 0, deleted.stderr
+    assert audited_hits(home, "CLI-MARKER-889") == []      # compacted, not only deleted
     assert files_contain(home, b"CLI-MARKER-889") == []
     assert json.loads(run_glance("data", "status", "--json", home=home).stdout)["counts"]["messages"] == 0
     refused = run_glance("data", "delete", "--all", home=home)
