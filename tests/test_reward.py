@@ -3,6 +3,7 @@ study files (../shared/ifllm): a few workers' rows copied into temporary Parquet
 
 Skips with a clear message when the study data is absent, except on CI (CI=true), where
 that is a set-up failure."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -137,12 +138,24 @@ def test_cache_round_trip(folders, data, tmp_path, monkeypatch):
     monkeypatch.setattr("align.ifllm._read", parse_again)
     again = read_ifllm(folders[0])
     assert again.report == first.report == data.report
+    assert len(again.turns) == len(data.turns) > 0
+
+    def same(x, y):
+        return x == y or (isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y))
     for a, b in zip(again.turns, data.turns):
-        assert a.query_id == b.query_id
-        assert a.preference == b.preference or (np.isnan(a.preference) and np.isnan(b.preference))
-        for ta, tb in zip(a.traces, b.traces):
-            for name, array in ta.arrays().items():
-                assert np.array_equal(array, getattr(tb, name), equal_nan=array.dtype.kind == "f")
+        for field in dataclasses.fields(b):
+            if field.name in ("traces", "page"):
+                continue
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            if isinstance(y, tuple):
+                assert len(x) == len(y) and all(same(u, v) for u, v in zip(x, y)), field.name
+            else:
+                assert same(x, y), (field.name, x, y)
+        assert len(a.traces) == len(b.traces) == len(b.responses)
+        for ta, tb in zip(a.traces + (a.page,), b.traces + (b.page,)):
+            for name, array in tb.arrays().items():
+                mine = getattr(ta, name)
+                assert np.array_equal(mine, array, equal_nan=array.dtype.kind == "f"), name
 
 
 def test_not_an_ifllm_folder_is_refused(tmp_path):
