@@ -262,11 +262,12 @@ class ReplyScorer:
         """A deleted conversation's replies stop counting in the per-user history."""
         self._queue.put(("forget", conversation_id))
 
-    def wait(self, timeout: float = 30.0) -> None:
-        """Until everything submitted so far is scored (tests, shutdown)."""
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Until everything submitted so far is scored (tests, shutdown); False if that
+        took longer than ``timeout``."""
         done = threading.Event()
         self._queue.put(done)
-        done.wait(timeout)
+        return done.wait(timeout)
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -460,20 +460,22 @@ def test_no_score_without_the_personalisation_consent_or_without_a_model(store):
     session = AppSession(store)
     conversation, first, second = regenerated_pair(store)
     show_and_read(store, session, conversation.id, first.id, moves=5)     # consent, no model yet
-    session.scorer.wait()
+    assert session.scorer.wait()
     pointwise_model(model_dir(store.data_dir))
     store.consent.set("personalise", False)
     show_and_read(store, session, conversation.id, second.id, moves=30)   # a model, no consent
-    session.scorer.wait()
+    assert session.scorer.wait()
     store.flush()
     assert store.scores.for_message(first.id) == [] == store.scores.for_message(second.id)
     assert session.scorer.scored == 0 and session.scorer.errors == []
+    assert session.scorer.history is None      # the scorer read nothing: not even the history
+    assert "no_consent:personalise" not in store.consent.refused
     assert score_judge(store.training.rows()) is None
     # The store itself refuses a score without the consent, whoever computed it.
     assert not store.scores.record("s", second.id, conversation.id, first.id, "v", "pointwise", 0.9, [])
     store.flush()
     assert store.scores.for_message(second.id) == []
-    assert store.consent.refused["no_consent:personalise"] >= 1     # counted like samples
+    assert store.consent.refused["no_consent:personalise"] == 1     # counted like samples
     session.close()
 
 
