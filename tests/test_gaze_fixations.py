@@ -22,6 +22,23 @@ def test_fixations_found_in_noisy_30hz_reading_scanpaths():
         assert all(f.duration_ms >= 100 for f in found)
 
 
+def test_the_fixation_matcher_counts_only_near_overlapping_one_to_one_matches():
+    """The oracle of the test above, checked by hand: a detection counts only when it
+    overlaps a true fixation by half the shorter one and lies within the distance, and
+    each true fixation is matched once."""
+    ms = 1_000_000
+    truth = [(0, 200 * ms, 100.0, 100.0), (300 * ms, 500 * ms, 300.0, 100.0)]
+    hit = fx.Fixation(10 * ms, 190 * ms, 105.0, 100.0, 6)
+    assert fx.match([hit], truth, max_dist_px=38.0) == (1.0, 0.5)
+    far = fx.Fixation(10 * ms, 190 * ms, 160.0, 100.0, 6)           # 60 px away
+    late = fx.Fixation(150 * ms, 260 * ms, 100.0, 100.0, 4)         # overlaps 50 of 110 ms
+    twice = fx.Fixation(20 * ms, 180 * ms, 100.0, 100.0, 5)          # the same true fixation again
+    assert fx.match([far], truth, max_dist_px=38.0) == (0.0, 0.0)
+    assert fx.match([late], truth, max_dist_px=38.0) == (0.0, 0.0)
+    assert fx.match([hit, twice], truth, max_dist_px=38.0) == (0.5, 0.5)
+    assert fx.match([], truth, max_dist_px=38.0) == (0.0, 0.0)
+
+
 def test_velocity_threshold_would_invent_saccades_here():
     """Why not I-VT: on the same samples a 30°/s velocity threshold splits fixations
     (control that the scanpaths are really noisy)."""
