@@ -61,12 +61,14 @@ def test_settings_dialog_applies_to_the_next_reply_and_persists(qtbot, window, s
     assert reply.settings == SETTINGS
     assert reply.tokens <= 6 and reply.finish_reason == "length"
     # The same prompt with these settings, straight through the engine, gives the same
-    # reply: the system prompt, sampling and seed were all applied (a different system
-    # prompt or seed would change the text).
+    # reply, and without the system prompt another one: the system prompt was applied.
     direct = engine.generate(
         [{"role": "system", "content": SETTINGS["system_prompt"]},
          {"role": "user", "content": "Where is the treasure?"}], GenerationSettings(**SETTINGS))
     assert reply.content == direct.text
+    plain = engine.generate([{"role": "user", "content": "Where is the treasure?"}],
+                            GenerationSettings(**SETTINGS))
+    assert plain.text != direct.text
 
     # Persisted: the conversation keeps them, and new chats start with them, after a
     # restart of the store too. The dialog shows them again.
