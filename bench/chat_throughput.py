@@ -196,10 +196,14 @@ def ui_max_gap_ms(engine, max_tokens: int, history: int = 0) -> tuple[float, flo
                 conversation.id, "user", f"Question {turn} about bicycles?", parent_id=parent))
             parent = store.conversations.add_message(Message(
                 conversation.id, "assistant", LONG_REPLY, parent_id=question.id)).id
+        def open_it():
+            window.open_conversation(conversation.id)
+            # Until the capture has measured the opened chat (SETTLE_MS after the last
+            # layout change), which is part of opening it.
+            QTimer.singleShot(SETTLE_MS * 3, loop.quit)
         opening = GapMeter()
         opening.start()
-        QTimer.singleShot(0, lambda: window.open_conversation(conversation.id))
-        QTimer.singleShot(SETTLE_MS, loop.quit)
+        QTimer.singleShot(0, open_it)
         loop.exec()
         open_gap = opening.stop_ms()
     else:

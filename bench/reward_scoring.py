@@ -133,22 +133,24 @@ def main() -> int:
     traces = {}          # as ReplyScorer keeps them: the previous reply's trace is not read again
     history = ExampleHistory(keep=HISTORY_KEPT)   # as ReplyScorer keeps it: per-user centring
     for shown_id in shown_ids:
+        # CPU of the whole process: DuckDB answers the reads on threads of its own.
+        t0, c0 = time.perf_counter(), time.process_time()
+        score = score_shown_reply(store, model, shown_id, traces=traces, history=history)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+        assert score is not None and 0 < score["probability"] < 1
+        store.scores.record(**score)                  # as ReplyScorer does
+        # The trace read alone, after the scoring (before it, it warmed what was timed).
         t0 = time.perf_counter()
         store.traces.for_shown_reply(shown_id)
         read_wall.append((time.perf_counter() - t0) * 1000)
-        t0, c0 = time.perf_counter(), time.thread_time()
-        score = score_shown_reply(store, model, shown_id, traces=traces, history=history)
-        wall.append((time.perf_counter() - t0) * 1000)
-        cpu.append((time.thread_time() - c0) * 1000)
-        assert score is not None and 0 < score["probability"] < 1
-        store.scores.record(**score)                  # as ReplyScorer does
     assert session.scorer.scored == 0                 # nothing scored beside the measurement
     session.close()
     store.flush()
     # The next start restores the per-user history from the scored replies (once).
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0, c0 = time.perf_counter(), time.process_time()
     restored = restore_history(store, ExampleHistory(keep=HISTORY_KEPT))
-    restore_wall, restore_cpu = (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000
+    restore_wall, restore_cpu = (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
     store.close()
 
     def p95(values):

@@ -118,6 +118,9 @@ def main() -> int:
         store = FeedbackStore.open(Path(home) / "data")
         store.consent.set("pointer", True)
         fill(store, "big", args.samples)
+        stored = store.counts()["pointer_samples"]      # what was written, not what was asked
+        if stored != args.samples:
+            raise SystemExit(f"only {stored} of {args.samples} samples were stored")
         engine = ChatEngine()
         window = MainWindow(store, engine)
         window.show()
@@ -139,7 +142,7 @@ def main() -> int:
         window.close()
         engine.close()
         store.close()
-    result = {"samples": args.samples, "delete_ui_max_gap_ms": round(delete_gap, 2),
+    result = {"samples": stored, "delete_ui_max_gap_ms": round(delete_gap, 2),
               "export_ui_max_gap_ms": round(export_gap, 2), "delete_s": round(delete_s, 3),
               "export_s": round(export_s, 3), "ui_baseline_max_gap_ms": round(baseline, 2),
               "samples_left_after_delete": remaining, **listing}
