@@ -506,3 +506,70 @@ def test_a_reply_scrolled_out_of_view_is_shown_when_it_comes_into_view(qtbot, wi
     assert row["shown_mono_ns"] >= scrolled_at
     assert not store._rows("SELECT 1 FROM viewport_events WHERE shown_reply_id IS NULL "
                            "AND conversation_id = ?", [chat.id])
+
+
+def test_each_character_s_edge_is_where_qt_puts_its_cursor(qtbot):
+    """The layout is measured from the shaped glyphs of each line (one cursorToX call
+    per character cost 130 ms at 40 000 characters); Qt's own cursor position before
+    each character is the oracle, over markdown with lists, code, a table, a quote and
+    ligatures (the second character of a ligature has no glyph of its own)."""
+    from PySide6.QtGui import QTextCursor
+    from app.ui.chat_view import ReplyBrowser
+    from app.ui.layout_probe import measure
+    text = ("# Office affine\n\nSome **bold**, *italic* and `code` text, long enough to wrap "
+            "at this width: efficient fluffy offices.\n\n1. first item, long enough to wrap "
+            "around the line here\n   - nested: affine baffle\n\n```python\ndef f(x):\n"
+            "    return x * 2\n```\n\n| left | right |\n|---|---|\n| a cell | another cell |\n\n"
+            "> a quote that wraps around the line at this width, surely\n")
+    browser = ReplyBrowser()
+    qtbot.addWidget(browser)
+    browser.resize(300, 400)
+    browser.set_markdown(text)
+    browser.show()
+    qtbot.waitExposed(browser)
+    geometry = measure("m", browser)
+    document = browser.document()
+    checked = 0
+    for line_index in range(geometry.n_lines):
+        for position in range(geometry.line_start[line_index], geometry.line_end[line_index]):
+            cursor = QTextCursor(document)
+            cursor.setPosition(int(position))
+            rect = browser.cursorRect(cursor)            # viewport pixels, as the geometry's
+            if abs(rect.top() - geometry.line_top[line_index]) > geometry.line_height[line_index]:
+                continue      # (the wrap point's cursor is drawn at the next line's start)
+            assert abs(geometry.char_x[position] - rect.left()) <= 1.0, (position, text[position])
+            checked += 1
+    assert checked > 0.9 * len(geometry.text.replace("\n", ""))
+
+
+def test_words_after_an_emoji_map_to_themselves(qtbot, window, store):
+    """Qt counts positions in UTF-16 units, Python in code points: past each emoji every
+    offset of a reply was one character further on, so the pointer over a word was
+    stored as over the next (and a selection's offsets named other text)."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QTextCursor
+    from feedback_store import Message
+    from app.ui.capture import selected_offsets
+    chat = store.conversations.create(Conversation(title="Emoji"))
+    question = store.conversations.add_message(Message(chat.id, "user", "Cheer me up."))
+    text = "🌊🌊🌊 Lighthouses 🚢 guide 🚢🚢 ships home 😀 tonight."
+    reply = store.conversations.add_message(Message(chat.id, "assistant", text, parent_id=question.id))
+    window.open_conversation(chat.id)
+    qtbot.waitUntil(lambda: reply.id in window.probe.message_ids(), timeout=10_000)
+    settled(qtbot, window)
+    window.capture.publish()
+    browser = window.probe.browser(reply.id)
+    plain = browser.document().toPlainText()
+    for word in ("Lighthouses", "guide", "ships", "home", "tonight"):
+        at = plain.index(word)
+        qt_position = len(plain[:at].encode("utf-16-le")) // 2
+        cursor = QTextCursor(browser.document())
+        cursor.setPosition(qt_position)
+        rect = browser.cursorRect(cursor)
+        point = browser.viewport().mapToGlobal(QPoint(rect.left() + 3, rect.center().y()))
+        hit = window.probe.hit(point.x(), point.y())
+        assert hit is not None and hit.word == word, (word, hit)
+        cursor.setPosition(qt_position + len(word), QTextCursor.MoveMode.KeepAnchor)
+        browser.setTextCursor(cursor)
+        start, end = selected_offsets(browser)
+        assert plain[start:end] == word

@@ -19,13 +19,19 @@ from feedback_store.layout import LayoutSnapshot
 
 from ..capture.hooks import GlobalPauseHotkey, GlobalPointerHook, global_hooks_available
 from ..capture.recorder import PointerRecorder
-from .layout_probe import corners, global_rect
+from .layout_probe import corners, global_rect, text_offset
 from ..session import ReplyOnScreen
 
 SETTLE_MS = 40          # layout changes are published once they stop for this long
 IDLE_AFTER_S = 60.0     # no input for this long: the reader is away (or the screen locked)
 _QT_BUTTONS = {Qt.MouseButton.LeftButton: "left", Qt.MouseButton.RightButton: "right",
                Qt.MouseButton.MiddleButton: "middle"}
+
+
+def selected_offsets(browser) -> tuple[int, int]:
+    """A reply's selection as offsets into its plain text (as samples' offsets are)."""
+    cursor, text = browser.textCursor(), browser.document().toPlainText()
+    return text_offset(text, cursor.selectionStart()), text_offset(text, cursor.selectionEnd())
 
 
 class CaptureController(QObject):
@@ -304,7 +310,7 @@ class CaptureController(QObject):
     def _selection(self, message_id: str, browser) -> None:
         cursor = browser.textCursor()
         if cursor.hasSelection():
-            self.action("select", message_id, cursor.selectionStart(), cursor.selectionEnd())
+            self.action("select", message_id, *selected_offsets(browser))
 
     # --- Qt events ---------------------------------------------------------------------
     def eventFilter(self, watched, event) -> bool:
@@ -338,8 +344,7 @@ class CaptureController(QObject):
             for message_id in self.window.probe.message_ids():
                 browser = self.window.probe.browser(message_id)
                 if browser is watched and browser.textCursor().hasSelection():
-                    cursor = browser.textCursor()
-                    self.action("copy", message_id, cursor.selectionStart(), cursor.selectionEnd())
+                    self.action("copy", message_id, *selected_offsets(browser))
             return False
         if not isinstance(event, (QMouseEvent, QWheelEvent)):
             return False
