@@ -4,14 +4,22 @@
       v0007/adapter.gguf       what llama.cpp loads
       v0007/peft/              the same adapter for transformers (parity checks, retraining)
       v0007/manifest.json      base model, pairs, gate report, creation time
-      active.json              {"version": "v0007", "counter": 7}   (null version = base)
+      active.json              {"version": "v0007", "counter": 7,
+                                "models": {"smollm2.gguf": "v0007", "other.gguf": "v0004"}}
 
 Publishing is atomic at each step: the version is assembled in a hidden staging folder,
 renamed into place in one step, and only then ``active.json`` is replaced (written to a
 temporary file, fsynced, renamed). A reader — the chat engine checks ``active.json``
 before every reply — sees the old adapter or the new one, never half of one. Only the
-newest :attr:`AdapterConfig.keep` versions are kept (never the active one). The engine
-uses an adapter only with the base model it was trained on (name and size match).
+newest :attr:`AdapterConfig.keep` versions are kept (never one in use). The engine
+uses an adapter only with the base model it was trained on (name, size, digest).
+
+Each base model has its own version in use (``models``, by file name; null = its base):
+a publish, rollback or retirement in one model's line leaves the others' alone. (Before
+that map existed one ``version`` served all models, each using its newest version up to
+it: a file without the map, or a model missing from it, is still read that way, and the
+first write puts every model's current version in the map.) ``version`` is the version
+activated last.
 
 No torch and no database here: the app imports this module.
 """
@@ -89,8 +97,31 @@ def read_active(root: Path) -> dict:
 
 
 def _well_formed(active) -> bool:
+    models = active.get("models", {}) if isinstance(active, dict) else None
     return isinstance(active, dict) and isinstance(active.get("version"), (str, type(None))) \
-        and isinstance(active.get("counter", 0), int)
+        and isinstance(active.get("counter", 0), int) and isinstance(models, dict) \
+        and all(isinstance(v, (str, type(None))) for v in models.values())
+
+
+def _model_of(root: Path, version: str | None) -> dict | None:
+    """The base model a version was trained on, as its manifest records it."""
+    base = (manifest(root, version) or {}).get("base") if version else None
+    return base if isinstance(base, dict) and base.get("name") else None
+
+
+def version_for(root: Path, base: dict, state: dict | None = None) -> str | None:
+    """The version chats with the model ``base`` (its :func:`base_identity`) answer with,
+    None for the base model itself."""
+    root = Path(root)
+    state = read_active(root) if state is None else state
+    models = state.get("models") or {}
+    if base.get("name") in models:
+        chosen = models[base["name"]]
+        # (an updated model of the same file name is another base: its newest older
+        # version that fits, if any)
+        return _newest_for(root, chosen, base) if chosen else None
+    active = state.get("version")
+    return _newest_for(root, active, base) if active else None
 
 
 def trained_pairs(info: dict) -> int | None:
@@ -132,11 +163,12 @@ def versions(root: Path) -> list[str]:
 
 
 def list_versions(root: Path) -> list[dict]:
-    active = read_active(root).get("version")
+    """Each kept version; ``active``: some model's chats answer with it."""
+    used = set(in_use(root).values())
     out = []
     for version in versions(root):
         info = manifest(root, version) or {}
-        out.append({"version": version, "active": version == active,
+        out.append({"version": version, "active": version in used,
                     "created_wall_ns": info.get("created_wall_ns"), "base": info.get("base"),
                     "pairs": info.get("pairs"), "run_id": info.get("run_id"),
                     "gate": info.get("gate"), "path": str(Path(root) / version / GGUF_NAME)})
@@ -144,33 +176,45 @@ def list_versions(root: Path) -> list[dict]:
 
 
 def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> dict | None:
-    """The active version's manifest plus ``path`` (its GGUF), or None for the base.
-    With ``model_path``, when the active version was trained on another model: this
-    model's newest version older than it, or None."""
-    version = active = read_active(root).get("version")
+    """The manifest plus ``path`` (its GGUF) of the version chats with ``model_path``
+    answer with (without: the version activated last), or None for the base model."""
+    if model_path is None:
+        version = read_active(root).get("version")
+    else:
+        try:
+            version = version_for(root, base_identity(model_path))
+        except OSError:
+            return None
     if not version:
         return None
     info = manifest(root, version)
     path = Path(root) / version / GGUF_NAME
     if info is None or not path.exists():
         return None
-    if model_path is not None:
-        try:
-            current = base_identity(model_path)
-        except OSError:
-            return None
-        if not same_base(info.get("base"), current):
-            # The active version is another model's (one active.json for all models):
-            # this model's newest kept version, not the base model. Switching to a
-            # model and back hid its adapter until another night retrained it.
-            version = _newest_for(root, active, current)
-            if version is None:
-                return None
-            info, path = manifest(root, version), Path(root) / version / GGUF_NAME
     return dict(info, version=version, path=str(path))
 
 
 # --- writing ---------------------------------------------------------------------------------
+def _with_models(root: Path, state: dict) -> dict:
+    """``state`` with every kept model in its ``models`` map, at the version it uses
+    now (a file written before the map, or a model new to it)."""
+    models = dict(state.get("models") or {})
+    for name, version in in_use(root, state).items():
+        models.setdefault(name, version)
+    return dict(state, models=models)
+
+
+def _activate(root: Path, version: str | None, base: dict | None, counter: int | None = None) -> None:
+    """``version`` (None: the base model) in use for the model ``base``, the others as they were."""
+    state = _with_models(root, read_active(root))
+    if base is not None:
+        state["models"][base["name"]] = version
+    state["version"] = version
+    if counter is not None:
+        state["counter"] = counter
+    _write_active(root, state)
+
+
 def _write_active(root: Path, state: dict) -> None:
     root = Path(root)
     temporary = root / f".{ACTIVE_FILE}.{os.getpid()}.tmp"
@@ -243,55 +287,76 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
     except BaseException as error:
         # The number is spent either way (a record may name it): never hand it out again.
         if root.is_dir():               # (not when everything was deleted meanwhile)
-            _write_active(root, {"version": read_active(root).get("version"), "counter": number})
+            _write_active(root, dict(read_active(root), counter=number))
         if isinstance(error, FileNotFoundError) and not pending.exists():
             return None                 # retired while it was being recorded
         shutil.rmtree(pending, ignore_errors=True)
         raise
     _fsync_dir(root)
-    _write_active(root, {"version": version, "counter": number})
+    _activate(root, version, _model_of(root, version), counter=number)
     prune(config)
     return version
 
 
-def set_active(config: AdapterConfig, version: str | None) -> None:
+def set_active(config: AdapterConfig, version: str | None, model: str | None = None) -> None:
+    """Make ``version`` the one its model's chats answer with; None: the base model for
+    ``model`` (a file name; default: the model of the version activated last)."""
     root = Path(config.root)
     if version is not None and version not in versions(root):
         raise KeyError(f"No adapter version {version!r}; `align adapters list` shows them.")
-    state = read_active(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_active(root, {"version": version, "counter": state.get("counter", 0)})
+    base = _model_of(root, version) if version else _line(root, model)
+    _activate(root, version, base)
 
 
-def rollback(config: AdapterConfig) -> str | None:
-    """Make the version before the active one active (the base model when there is
-    none); returns the version now active (None = base)."""
+def models_with_versions(root: Path) -> list[str]:
+    """The base models (file names) some kept version was trained on."""
+    return sorted({base["name"] for v in versions(root) if (base := _model_of(root, v))})
+
+
+def _line(root: Path, model: str | None) -> dict | None:
+    """The base (as the newest kept version of it records it) of the model line a command
+    acts on: ``model`` by file name, else the model of the version activated last."""
+    if model is None:
+        return _model_of(root, read_active(root).get("version"))
+    return next((base for v in reversed(versions(root))
+                 if (base := _model_of(root, v)) and base["name"] == model), None)
+
+
+def rollback(config: AdapterConfig, model: str | None = None) -> str | None:
+    """Step the model ``model`` (a file name; default: the model of the version activated
+    last) back to its version before the one in use (the base model when there is none);
+    returns the version it now uses. Other models keep theirs."""
     root = Path(config.root)
-    current = read_active(root).get("version")
+    base = _line(root, model)
+    if model is not None and base is None:
+        raise KeyError(f"No adapter version was trained on {model!r}; `align adapters list` "
+                       "shows them.")
+    current = version_for(root, base) if base else None
     if current is None:
-        raise ValueError("No adapter is active: Glance already answers with the base model.")
+        raise ValueError("No adapter is active: Glance already answers with the base model"
+                         + (f" for {model}." if model else "."))
     older = _older_of_the_same_model(root, current)
     target = older[-1] if older else None
-    set_active(config, target)
+    _activate(root, target, base)
     return target
 
 
-def in_use(root: Path) -> dict[str, str | None]:
+def in_use(root: Path, state: dict | None = None) -> dict[str, str | None]:
     """For each base model some kept version was trained on (by file name): the version
     its chats answer with now (as :func:`active_adapter` picks it), None for the base."""
     root = Path(root)
-    active = read_active(root).get("version")
+    state = read_active(root) if state is None else state
     bases = {}
-    for version in versions(root):
-        base = (manifest(root, version) or {}).get("base")
-        if base and base.get("name"):
+    for version in reversed(versions(root)):          # each name's newest identity
+        base = _model_of(root, version)
+        if base:
             bases.setdefault(base["name"], base)
-    return {name: _newest_for(root, active, base) if active else None
-            for name, base in bases.items()}
+    return {name: version_for(root, base, state) for name, base in sorted(bases.items())}
 
 
 def _newest_for(root: Path, active: str, base: dict) -> str | None:
-    """The version chats with ``base`` answer with while ``active`` is active: ``active``
+    """The version chats with ``base`` answer with while ``active`` is chosen: ``active``
     itself if it was trained on that model, else the newest older one that was."""
     return next((v for v in reversed(versions(root)) if _number(v) <= _number(active)
                  and same_base((manifest(root, v) or {}).get("base"), base)), None)
@@ -306,28 +371,37 @@ def _older_of_the_same_model(root: Path, version: str) -> list[str]:
 
 
 def retire(config: AdapterConfig, version: str) -> str | None:
-    """Delete a version (e.g. it learned from a conversation since deleted). If it was
-    active, the newest older version takes over (or the base). Returns the active one."""
+    """Delete a version (e.g. it learned from a conversation since deleted). A model that
+    used it falls back to its newest older version (or its base). Returns the version
+    now activated last."""
     root = Path(config.root)
-    state = read_active(root)
-    active = state.get("version")
-    if active == version:
-        older = _older_of_the_same_model(root, version)
-        active = older[-1] if older else None
-        _write_active(root, {"version": active, "counter": state.get("counter", 0)})
+    state = _with_models(root, read_active(root))
+    older = _older_of_the_same_model(root, version)
+    replacement = older[-1] if older else None
+    changed = False
+    for name, used in state["models"].items():
+        if used == version:
+            state["models"][name] = replacement
+            changed = True
+    if state.get("version") == version:
+        state["version"] = replacement
+        changed = True
+    if changed:
+        _write_active(root, state)
     shutil.rmtree(root / version, ignore_errors=True)
     shutil.rmtree(root / f"{PENDING}{version}", ignore_errors=True)   # not yet in use
     _fsync_dir(root)
-    return active
+    return state.get("version")
 
 
 def prune(config: AdapterConfig) -> list[str]:
     root = Path(config.root)
-    active = read_active(root).get("version")
+    state = read_active(root)
+    used = {state.get("version"), *in_use(root, state).values()}
     removed = []
     kept = versions(root)
     while len(kept) > config.keep:
-        victim = next((v for v in kept if v != active), None)
+        victim = next((v for v in kept if v not in used), None)
         if victim is None:
             break
         shutil.rmtree(root / victim, ignore_errors=True)

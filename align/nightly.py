@@ -612,6 +612,7 @@ def status(data_dir: Path) -> dict:
     data_dir = Path(data_dir)
     root = adapter_files.adapters_dir(data_dir)
     out = {"data_dir": str(data_dir), "active": adapter_files.read_active(root).get("version"),
+           "in_use": adapter_files.in_use(root),
            "active_file_damaged": adapter_files.active_file_damaged(root),
            "versions": adapter_files.list_versions(root), "runs": [], "running": False}
     from .locks import job_running

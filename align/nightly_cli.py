@@ -3,7 +3,7 @@
     align --nightly [--include-imported] [--max-pairs N] [--json]
     align status [--json]
     align adapters list [--json]
-    align rollback [--json]
+    align rollback [--model FILE] [--json]
     align schedule install|remove|status [--at HH:MM] [--json]
 
 torch, trl and DuckDB are imported inside the commands, so ``align --help`` stays fast.
@@ -41,6 +41,10 @@ def register(parser: argparse.ArgumentParser, subcommands) -> None:
 
     rollback = subcommands.add_parser("rollback", help="go back to the previous adapter "
                                       "(or the base model)")
+    rollback.add_argument("--model", metavar="FILE",
+                          help="the model whose adapter to step back (its file name, as "
+                               "`align adapters list` shows it; default: the model of the "
+                               "version published or activated last)")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(func=cmd_rollback)
 
@@ -170,31 +174,28 @@ def cmd_adapters_list(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from .adapters import AdapterConfig, adapters_dir, in_use, manifest, read_active, rollback
+    from .adapters import AdapterConfig, adapters_dir, in_use, models_with_versions, rollback
     from .ipc import tell_app_adapters_changed
     root = adapters_dir(_data_dir())
     before = in_use(root)
-    stepped = read_active(root).get("version")     # the model line the rollback steps back in
-    rolled = ((manifest(root, stepped) or {}).get("base") or {}).get("name") if stepped else None
     try:
-        active = rollback(AdapterConfig(root))
+        active = rollback(AdapterConfig(root), args.model)
+    except KeyError as error:       # no version of that model
+        known = ", ".join(models_with_versions(root)) or "none"
+        print(f"align rollback: {error.args[0]} (models with versions: {known})", file=sys.stderr)
+        return 2
     except ValueError as error:     # nothing active: already on the base model
-        print(json.dumps({"active": None, "message": str(error)}) if args.json else str(error))
+        print(json.dumps({"active": None, "model": args.model, "message": str(error)})
+              if args.json else str(error))
         return 0
     tell_app_adapters_changed(_data_dir())          # an open window's label follows
-    # One active version serves every model (each uses its newest version up to it): a
-    # step back in one model's line can take another model's version away, said here.
     after = in_use(root)
-    also = {name: {"before": before[name], "after": after.get(name)} for name in before
-            if name != rolled and before[name] != after.get(name)}
+    model = next((name for name in after if before.get(name) != after[name]), args.model)
     if args.json:
-        print(json.dumps({"active": active, "also_changed": also}))
+        print(json.dumps({"active": active, "model": model}))
         return 0
-    print(f"Now using {active}" + (f" for {rolled}." if rolled else ".") if active
-          else "Now using the base model (no adapter).")
-    for name, change in also.items():
-        print(f"Also: chats with {name} now answer with "
-              f"{change['after'] or 'the base model'} (they used {change['before']}).")
+    print(f"Now using {active}" if active else "Now using the base model (no adapter)",
+          end=f" for {model}.\n" if model else ".\n")
     return 0
 
 

@@ -300,16 +300,19 @@ def cmd_doctor(args) -> int:
                               + (" (open in the Glance window, which answered)" if database["app_open"] else "")
                               if database["ok"] else database["error"]))
         if "nightly" in report:
-            last, adapter = report["nightly"]["last_run"], report["nightly"]["active_adapter"]
+            last = report["nightly"]["last_run"]
             when = ("never run (align --nightly, or align schedule install)" if last is None else
                     f"last run {last['started']} {last['status']}: {last['message']}")
             print(f"Nightly:  {when}")
             # An adapter fits the model it was trained on, and Personal can turn it off:
             # "the chat answers with it" was wrong after a switch of model or with it off.
-            print("Adapter:  " + (f"{adapter}, for {report['nightly']['adapter_model'] or 'its base model'} "
-                                  "(the chat answers with it on that model while Personal is on)"
-                                  if adapter
-                                  else "none: the chat answers with the base model"))
+            # Each model has its own version (align rollback --model steps one back).
+            used = {name: v for name, v in report["nightly"]["in_use"].items() if v}
+            print("Adapter:  " + ("; ".join(f"{v}, for {name}" for name, v in used.items())
+                                  + (" (the chat answers with it on that model" if len(used) == 1
+                                     else " (the chat answers with each on its model")
+                                  + " while Personal is on)"
+                                  if used else "none: the chat answers with the base model"))
         for task, model in report["reward"].items():
             if model is None:
                 text = ("none: replies are not scored from your reading (align reward train)"
@@ -347,7 +350,7 @@ def _store_status() -> tuple[dict, list, dict | None]:
 def _nightly(runs: list) -> dict:
     """The last nightly run (when, outcome, its one sentence) and the adapter the chat
     uses: whether the loop from reading to the model runs."""
-    from align.adapters import adapters_dir, manifest, read_active
+    from align.adapters import adapters_dir, in_use, manifest, read_active
     from feedback_store.times import local_minute
     last = None
     if runs:
@@ -357,7 +360,8 @@ def _nightly(runs: list) -> dict:
     version = read_active(adapters_dir(glance_home())).get("version")
     trained_for = ((manifest(adapters_dir(glance_home()), version) or {}).get("base") or {}).get("name") \
         if version else None
-    return {"last_run": last, "active_adapter": version, "adapter_model": trained_for}
+    return {"last_run": last, "active_adapter": version, "adapter_model": trained_for,
+            "in_use": in_use(adapters_dir(glance_home()))}
 
 
 def _reward_models() -> dict:

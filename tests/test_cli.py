@@ -118,7 +118,8 @@ def test_doctor_says_how_the_last_night_went(home):
     """One place to check that the loop runs: the last nightly run's outcome and the
     adapter the chat uses, beside the model and the reward models."""
     report = json.loads(run_glance("doctor", "--json", home=home).stdout)
-    assert report["nightly"] == {"last_run": None, "active_adapter": None, "adapter_model": None}
+    assert report["nightly"] == {"last_run": None, "active_adapter": None, "adapter_model": None,
+                                 "in_use": {}}
     text = run_glance("doctor", home=home).stdout
     assert "Nightly:  never run (align --nightly, or align schedule install)" in text
     assert "Adapter:  none: the chat answers with the base model" in text

@@ -183,7 +183,7 @@ def test_each_model_keeps_its_own_adapter_when_the_chat_switches_between_them(tm
     assert adapters.active_adapter(config.root, other)["version"] == theirs
     assert adapters.active_adapter(config.root, model)["version"] == mine     # (was None)
     assert adapters.rollback(config) is None        # the other model's line: to its base
-    mine_again = publish(config, tmp_path, model, 2)
+    publish(config, tmp_path, model, 2)
     assert adapters.rollback(config) == mine and adapters.rollback(config) is None
 
 
@@ -201,9 +201,9 @@ def test_cli_lists_and_rolls_back(tmp_path, model):
         return done.stdout
     listed = json.loads(align("adapters", "list", "--json"))["versions"]
     assert [(v["version"], v["active"]) for v in listed] == [("v0001", False), ("v0002", True)]
-    assert json.loads(align("rollback", "--json")) == {"active": "v0001", "also_changed": {}}
+    assert json.loads(align("rollback", "--json")) == {"active": "v0001", "model": "base.gguf"}
     said = align("rollback")
-    assert "base model" in said and "Also" not in said      # (the same model's line)
+    assert said == "Now using the base model (no adapter) for base.gguf.\n"
     assert json.loads(align("status", "--json"))["active"] is None
     assert "v0001" in align("adapters", "list")          # pairs shown as a number, not a dict
     (home / "adapters" / "active.json").write_text("{damaged")
@@ -413,10 +413,11 @@ def test_an_install_that_could_not_activate_exits_non_zero(fresh_home, tmp_path)
     assert json.loads(done.stdout)["activated"] is False
 
 
-def test_rollback_says_when_it_takes_another_models_version_away(tmp_path, model):
-    """One active version serves every model: with v1 (this model), v2 (another) and v3
+def test_a_rollback_steps_back_one_models_line_and_leaves_the_others_alone(tmp_path, model):
+    """One active version served every model: with v1 (this model), v2 (another) and v3
     (this model) active, the other model's chats used v2; rollback stepped this model's
-    line back to v1 and the other model's chats silently lost v2."""
+    line back to v1 and the other model's chats silently lost v2. Each model has its own
+    version in use now; ``--model`` picks the line."""
     other = tmp_path / "other.gguf"
     other.write_bytes(b"GGUF" + b"\1" * 90)
     home = tmp_path / "home"
@@ -426,15 +427,42 @@ def test_rollback_says_when_it_takes_another_models_version_away(tmp_path, model
                      {"base": adapters.base_identity(other), "pairs": {"train": 1}})
     publish(config, tmp_path, model, 3)
     assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0002"}
-    done = subprocess.run([sys.executable, "-m", "align.cli", "rollback", "--json"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env=dict(os.environ, GLANCE_HOME=str(home)))
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"active": "v0001", "also_changed": {
-        "other.gguf": {"before": "v0002", "after": None}}}
-    adapters.set_active(config, "v0003")
-    said = subprocess.run([sys.executable, "-m", "align.cli", "rollback"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
-    assert "Now using v0001 for base.gguf." in said.stdout
-    assert "Also: chats with other.gguf now answer with the base model (they used v0002)." \
-        in said.stdout, said.stdout
+
+    def align(*args, code=0):
+        done = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
+        assert done.returncode == code, done.stdout + done.stderr
+        return done
+    assert json.loads(align("rollback", "--json").stdout) == {"active": "v0001", "model": "base.gguf"}
+    assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": "v0002"}
+    assert adapters.active_adapter(config.root, other)["version"] == "v0002"
+    assert align("rollback", "--model", "other.gguf").stdout == \
+        "Now using the base model (no adapter) for other.gguf.\n"
+    assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": None}
+    assert json.loads(align("status", "--json").stdout)["in_use"] == adapters.in_use(config.root)
+    listed = {v["version"]: v["active"] for v in adapters.list_versions(config.root)}
+    assert listed == {"v0001": True, "v0002": False, "v0003": False}
+    missing = align("rollback", "--model", "nowhere.gguf", code=2)
+    assert "nowhere.gguf" in missing.stderr and "base.gguf, other.gguf" in missing.stderr
+    # A publish for one model leaves the other's choice (its base) as it is.
+    publish(config, tmp_path, model, 4)
+    assert adapters.in_use(config.root) == {"base.gguf": "v0004", "other.gguf": None}
+
+
+def test_an_active_file_from_before_the_per_model_map_is_read_as_it_was(tmp_path, model):
+    """A file with one version for all models: each model uses its newest version up to
+    it; the first write records every model's version, so nothing changes for them."""
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\1" * 90)
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
+                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish(config, tmp_path, model, 3)
+    (config.root / "active.json").write_text(json.dumps({"version": "v0002", "counter": 3}))
+    assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": "v0002"}
+    assert adapters.active_adapter(config.root, model)["version"] == "v0001"
+    assert adapters.rollback(config) is None                   # v0002's line: other.gguf
+    assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": None}
+    assert json.loads((config.root / "active.json").read_text())["models"] == \
+        {"base.gguf": "v0001", "other.gguf": None}
