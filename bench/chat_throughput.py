@@ -8,6 +8,8 @@ then the same for a turn in a conversation already holding --history messages
 (``ui_max_gap_long_ms``, measured once the opened conversation has settled on screen), and
 the largest gap while that conversation is opened and laid out (``ui_open_long_ms``);
 how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``),
+how long the capture takes to measure where each of its characters is
+(``measure_long_reply_ms``, at every re-wrap),
 and the end of such a reply streamed into the chat (``end_long_reply_ms``: the streamed
 row becomes the committed reply's row); opening a chat whose message is a pasted
 100 000-character document (``open_pasted_message_ms``: it shows its start);
@@ -20,12 +22,11 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import GapMeter, print_result  # noqa: E402
+from common import GapMeter, print_result, scratch_dir  # noqa: E402
 
 PROMPT = "Explain in detail how a bicycle works, part by part."
 SYSTEM = "You are a helpful assistant."
@@ -83,6 +84,29 @@ def show_long_reply_ms() -> float:
         app.processEvents()
         times.append((time.perf_counter() - started) * 1000)
         row.deleteLater()
+    return statistics.median(times)
+
+
+def measure_long_reply_ms() -> float:
+    """How long the capture takes to measure where each character of that reply is (on
+    the UI thread, once per rendering: at the end of a reply and at every re-wrap)."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.chat_view import ReplyBrowser
+    from app.ui.layout_probe import measure
+    app = QApplication.instance() or QApplication([])
+    browser = ReplyBrowser()
+    browser.resize(800, 600)
+    browser.set_markdown(LONG_MARKDOWN)
+    browser.show()
+    app.processEvents()
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        measure("bench", browser)
+        times.append((time.perf_counter() - started) * 1000)
+    browser.deleteLater()
     return statistics.median(times)
 
 
@@ -172,7 +196,7 @@ SETTLE_MS = 1500   # longer than capture's settle delay: the opened chat is meas
 def ui_max_gap_ms(engine, max_tokens: int, history: int = 0) -> tuple[float, float | None]:
     """The largest UI gap over one turn, and (with ``history``) over opening the chat."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-")
+    os.environ["GLANCE_HOME"] = scratch_dir("glance-bench-")
     os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
@@ -277,6 +301,7 @@ def main() -> int:
         engine, args.max_tokens, history=args.history)
     report["long_history_messages"] = args.history
     report["show_long_reply_ms"] = show_long_reply_ms()
+    report["measure_long_reply_ms"] = measure_long_reply_ms()
     report["end_long_reply_ms"] = end_long_reply_ms()
     report["open_pasted_message_ms"] = open_pasted_message_ms()
     report["fit_long_chat_first_ms"], report["fit_long_chat_next_ms"] = fit_long_chat_ms(engine)

@@ -3,7 +3,10 @@
 A stall the user feels is a gap between ticks of a 5 ms timer on the UI thread: every
 benchmark that says ``ui_*_ms`` measures the largest such gap with :class:`GapMeter`.
 """
+import atexit
 import json
+import shutil
+import tempfile
 import time
 
 
@@ -41,3 +44,11 @@ def print_result(result: dict, as_json: bool, width: int = 26) -> None:
     else:
         for key, value in result.items():
             print(f"{key:{width}} {value}")
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder removed when the benchmark exits (a data folder it made holds
+    a database, a key and, for the nightly run, a trained adapter: none of it is kept)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path

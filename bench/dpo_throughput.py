@@ -27,12 +27,12 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import scratch_dir  # noqa: E402
 IFLLM = ROOT.parent / "shared" / "ifllm" / "queries.parquet"
 SYSTEM = "You are Glance, a helpful, concise assistant."
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
@@ -76,7 +76,7 @@ def worker(kind: str, count: int, epochs: int, batch: int) -> dict:
     torch.set_num_threads(2)
     checkpoint, _ = checkpoint_path()
     data = study_pairs(count)
-    work = Path(tempfile.mkdtemp(prefix=f"dpo-bench-{kind}-"))
+    work = Path(scratch_dir(f"dpo-bench-{kind}-"))
     if kind == "glance":
         from align.dpo import DPOSettings, train_dpo
         from align.pairs import Pair
@@ -134,7 +134,7 @@ def run_worker(kind: str, args) -> dict:
 # --- a whole nightly run ---------------------------------------------------------------------
 def nightly(count: int) -> dict:
     from feedback_store import Conversation, FeedbackStore, Message
-    home = Path(tempfile.mkdtemp(prefix="nightly-bench-")) / "glance-home"
+    home = Path(scratch_dir("nightly-bench-")) / "glance-home"
     with FeedbackStore.open(home) as store:
         store.consent.set("personalise", True)
         time.sleep(0.01)

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import GapMeter  # noqa: E402
+from common import GapMeter, scratch_dir  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -236,7 +236,7 @@ def chat_beside_load(cpu_ms_per_frame: float, pairs: int, max_tokens: int) -> di
 
 def ui_gaps(path: str, cal, max_tokens: int, threads: int) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-bench-gaze-")
+    os.environ["GLANCE_HOME"] = scratch_dir("glance-bench-gaze-")
     os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication

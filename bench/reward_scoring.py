@@ -17,14 +17,13 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import print_result  # noqa: E402
+from common import print_result, scratch_dir  # noqa: E402
 
 SENTENCE = ("The river carries sediment from the mountains to the sea, and its delta grows "
             "a little every year as the water slows down. ")
@@ -85,7 +84,7 @@ def main() -> int:
     from app.session import AppSession, ReplyOnScreen
     from feedback_store import Conversation, FeedbackStore, Message
 
-    home = Path(tempfile.mkdtemp(prefix="glance-scoring-")) / "home"
+    home = Path(scratch_dir("glance-scoring-")) / "home"
     if args.model:
         model = RewardModel.load(args.model)
     else:

@@ -162,6 +162,8 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
                       prompts, dpo, gate_config)
     assert report["reward"]["implicit_reward_accuracy"] > 0.5
     assert report["reward"]["published"]["slope"] < 0
+    # (checked beside the arithmetic's noise: this adapter moves its pairs far more)
+    assert report["reward"]["published"]["checked"] == report["reward"]["published"]["pairs"]
     assert not report["publish"] and any("export does not carry" in r
                                          for r in report["reasons"]), report["reasons"]
     # And the file as published does what the weights do.

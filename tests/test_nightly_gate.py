@@ -43,3 +43,17 @@ def test_an_export_that_moves_the_pairs_the_other_way_is_refused():
     assert verdict(noisy) == (True, [])
     ok, reasons = verdict([-h for h in picked])                 # flipped
     assert not ok and any("export does not carry" in r for r in reasons), reasons
+
+    # Beside the arithmetic's own noise (llama.cpp and torch disagreeing on the base
+    # model's margins), only the pairs the weights move clearly more are checked: a
+    # weak adapter's file cannot be told from a flipped one, and is not called broken.
+    def report_with(published, noise):
+        return decide({"reward": dict(reward, published=published_report(picked, published, noise)),
+                       "drift": {"kl_per_token": 0.01, "length_ratio": 1.0}}, config)
+    weak = published_report(picked, [-h for h in picked], noise_h=[1.8, -1.6, 2.0, 1.7])
+    assert weak["checked"] == 0 and weak["slope"] is None and weak["noise_rms"] > 1.7
+    assert report_with([-h for h in picked], [1.8, -1.6, 2.0, 1.7]) == (True, [])
+    strong_noise = [0.15, -0.15, 0.15, 0.15]             # |h| ≥ 3 × its RMS on 3 of the 4
+    assert published_report(picked, [-h for h in picked], strong_noise)["checked"] == 3
+    ok, reasons = report_with([-h for h in picked], strong_noise)
+    assert not ok and any("export does not carry" in r for r in reasons), reasons
