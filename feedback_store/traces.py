@@ -99,13 +99,19 @@ class TraceReader:
             "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown, "
             "first_offset, last_offset FROM viewport_events WHERE shown_reply_id = ? "
             "ORDER BY mono_ns", (shown["id"],))
-        line_starts = _line_starts(shown)
+        layout = json.loads(shown["layout"] or "[]")
+        if not layout:
+            return views
+        line_starts = np.asarray([box["start"] for box in layout], np.int64)
+        line_ends = np.asarray([box["end"] for box in layout], np.int64)
         for view in views:
             if view["first_offset"] is not None and view["last_offset"] is not None:
-                first, last = np.searchsorted(
-                    line_starts, [view["first_offset"], max(view["last_offset"] - 1, view["first_offset"])],
-                    side="right") - 1
-                view["first_line"], view["last_line"] = int(max(first, 0)), int(max(last, 0))
+                # The line holding the first visible character; the first line reaching
+                # the end of the visible text (an empty last line ends where it starts).
+                first = np.searchsorted(line_starts, view["first_offset"], side="right") - 1
+                last = np.searchsorted(line_ends, view["last_offset"], side="left")
+                view["first_line"] = int(max(first, 0))
+                view["last_line"] = int(min(max(last, view["first_line"]), len(layout) - 1))
         return views
 
     @staticmethod

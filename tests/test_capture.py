@@ -573,3 +573,25 @@ def test_words_after_an_emoji_map_to_themselves(qtbot, window, store):
         browser.setTextCursor(cursor)
         start, end = selected_offsets(browser)
         assert plain[start:end] == word
+
+
+def test_an_empty_last_line_on_screen_is_counted_as_on_screen(store):
+    """The visible text ends where the last visible line ends; a blank line (in a code
+    block, between paragraphs) ends where it starts, and was read back as the line above."""
+    import time
+
+    from app.session import AppSession, ReplyOnScreen
+    from feedback_store import ViewportEvent
+    store.consent.set("pointer", True)
+    session = AppSession(store)
+    text = "ab\n\ncd"
+    boxes = [{"line": 0, "start": 0, "end": 2, "x": 0, "y": 0, "w": 20, "h": 10},
+             {"line": 1, "start": 3, "end": 3, "x": 0, "y": 10, "w": 0, "h": 10},
+             {"line": 2, "start": 4, "end": 6, "x": 0, "y": 20, "w": 20, "h": 10}]
+    shown_id = session.reply_shown(ReplyOnScreen("m", "c", (0, 0, 100, 30), 1.0, text, boxes))
+    session.record([ViewportEvent(session.id, shown_id, "c", time.monotonic_ns(), time.time_ns(),
+                                  "scroll", 0, 1, 0.0, 0.0, True, 0, 3)])
+    store.flush()
+    _, activity = store.traces.read(shown_id)
+    assert (activity.first_line[0], activity.last_line[0]) == (0, 1)
+    session.close()
