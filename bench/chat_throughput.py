@@ -9,7 +9,8 @@ then the same for a turn in a conversation already holding --history messages
 the largest gap while that conversation is opened and laid out (``ui_open_long_ms``);
 how long a row takes to show a 40 000-character reply with code (``show_long_reply_ms``),
 how long the capture takes to measure where each of its characters is
-(``measure_long_reply_ms``, at every re-wrap),
+(``measure_long_reply_ms``, at every re-wrap; ``measure_long_prose_ms`` for 37 000
+characters of plain paragraphs),
 and the end of such a reply streamed into the chat (``end_long_reply_ms``: the streamed
 row becomes the committed reply's row); opening a chat whose message is a pasted
 100 000-character document (``open_pasted_message_ms``: it shows its start);
@@ -87,9 +88,14 @@ def show_long_reply_ms() -> float:
     return statistics.median(times)
 
 
-def measure_long_reply_ms() -> float:
+LONG_PROSE = ("A bicycle turns the push of your legs into motion, and the gears trade speed "
+              "for force as the road climbs. ") * 350
+
+
+def measure_long_reply_ms(text: str = LONG_MARKDOWN) -> float:
     """How long the capture takes to measure where each character of that reply is (on
-    the UI thread, once per rendering: at the end of a reply and at every re-wrap)."""
+    the UI thread, once per rendering: at the end of a reply and at every re-wrap); with
+    ``LONG_PROSE``, the same for 37 000 characters of plain paragraphs (long lines)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
 
@@ -98,7 +104,7 @@ def measure_long_reply_ms() -> float:
     app = QApplication.instance() or QApplication([])
     browser = ReplyBrowser()
     browser.resize(800, 600)
-    browser.set_markdown(LONG_MARKDOWN)
+    browser.set_markdown(text)
     browser.show()
     app.processEvents()
     times = []
@@ -302,6 +308,8 @@ def main() -> int:
     report["long_history_messages"] = args.history
     report["show_long_reply_ms"] = show_long_reply_ms()
     report["measure_long_reply_ms"] = measure_long_reply_ms()
+    report["measure_long_prose_ms"] = measure_long_reply_ms(LONG_PROSE)
+    report["long_prose_chars"] = len(LONG_PROSE)
     report["end_long_reply_ms"] = end_long_reply_ms()
     report["open_pasted_message_ms"] = open_pasted_message_ms()
     report["fit_long_chat_first_ms"], report["fit_long_chat_next_ms"] = fit_long_chat_ms(engine)
