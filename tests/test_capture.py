@@ -499,11 +499,16 @@ def test_a_reply_scrolled_out_of_view_is_shown_when_it_comes_into_view(qtbot, wi
     assert shown(last_reply) and not shown(first_reply)
     scrolled_at = time.monotonic_ns()
     bar.setValue(0)
+    # At once, before the scroll settles and the chat is measured again: points over the
+    # reply now on screen belong to its showing.
+    placed = next(p for p in window.capture.recorder.snapshot.replies
+                  if p.geometry.message_id == first_reply)
+    assert placed.shown_reply_id is not None and placed.clip[3] > placed.clip[1]
     settled(qtbot, window)
     window.capture.publish()
     store.flush()
-    [row] = shown(first_reply)
-    assert row["shown_mono_ns"] >= scrolled_at
+    [row] = store._rows("SELECT id, shown_mono_ns FROM shown_replies WHERE message_id = ?", [first_reply])
+    assert row["shown_mono_ns"] >= scrolled_at and row["id"] == placed.shown_reply_id
     assert not store._rows("SELECT 1 FROM viewport_events WHERE shown_reply_id IS NULL "
                            "AND conversation_id = ?", [chat.id])
 

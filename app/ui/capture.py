@@ -166,8 +166,22 @@ class CaptureController(QObject):
         whole smooth scroll, points were mapped to where the words had been."""
         dy, self._scroll_value = value - self._scroll_value, value
         for recorder in self.recorders:
-            recorder.set_snapshot(recorder.snapshot.scrolled(dy))
+            recorder.set_snapshot(self._shown_as_they_appear(recorder.snapshot.scrolled(dy)))
         self.layout_changed("scroll")
+
+    def _shown_as_they_appear(self, snapshot):
+        """A reply scrolled into view is shown from now, not from the next measured
+        snapshot: meanwhile the points over it belonged to no showing."""
+        window = self.window
+        appearing = [placed for placed in snapshot.replies if placed.shown_reply_id is None
+                     and placed.clip[2] > placed.clip[0] and placed.clip[3] > placed.clip[1]]
+        handle = window.windowHandle()
+        if not appearing or not (handle and handle.isExposed()) or window.isMinimized():
+            return snapshot
+        window.record_shown_replies(replace(snapshot, replies=tuple(appearing)))
+        return replace(snapshot, replies=tuple(
+            replace(placed, shown_reply_id=self.session.shown_id(placed.geometry.message_id))
+            if placed.shown_reply_id is None else placed for placed in snapshot.replies))
 
     def narrow(self, keep: set[str], conversation_id: str | None) -> None:
         """At once, before the layout settles: points stop mapping to replies that are
