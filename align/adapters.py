@@ -25,11 +25,13 @@ No torch and no database here: the app imports this module.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -100,7 +102,8 @@ def _well_formed(active) -> bool:
     models = active.get("models", {}) if isinstance(active, dict) else None
     return isinstance(active, dict) and isinstance(active.get("version"), (str, type(None))) \
         and isinstance(active.get("counter", 0), int) and isinstance(models, dict) \
-        and all(isinstance(v, (str, type(None))) for v in models.values())
+        and all(isinstance(v, (str, type(None))) for v in models.values()) \
+        and isinstance(active.get("line"), (str, type(None)))
 
 
 def _model_of(root: Path, version: str | None) -> dict | None:
@@ -109,19 +112,38 @@ def _model_of(root: Path, version: str | None) -> dict | None:
     return base if isinstance(base, dict) and base.get("name") else None
 
 
+def model_key(base: dict) -> str:
+    """How ``active.json`` names a base model: its file name and digest (two different
+    models may share a file name, ``model.gguf``); the name alone for versions recorded
+    before the digest existed."""
+    digest = base.get("sample_sha256")
+    return f"{base['name']}#{digest}" if digest else base["name"]
+
+
 def version_for(root: Path, base: dict, state: dict | None = None) -> str | None:
     """The version chats with the model ``base`` (its :func:`base_identity`) answer with,
     None for the base model itself."""
     root = Path(root)
     state = read_active(root) if state is None else state
     models = state.get("models") or {}
-    if base.get("name") in models:
-        chosen = models[base["name"]]
-        # (an updated model of the same file name is another base: its newest older
-        # version that fits, if any)
-        return _newest_for(root, chosen, base) if chosen else None
-    active = state.get("version")
+    for key in (model_key(base), base.get("name")):
+        if key in models:
+            chosen = models[key]
+            # (a chosen version trained on an older file of the same name does not fit:
+            # its newest older version that does, if any)
+            return _newest_for(root, chosen, base) if chosen else None
+    active = state.get("version")          # (a file from before the map, or a new model)
     return _newest_for(root, active, base) if active else None
+
+
+def _bases(root: Path) -> dict[str, dict]:
+    """Each base model some kept version was trained on, by :func:`model_key`, newest first."""
+    found = {}
+    for version in reversed(versions(root)):
+        base = _model_of(root, version)
+        if base:
+            found.setdefault(model_key(base), base)
+    return found
 
 
 def trained_pairs(info: dict) -> int | None:
@@ -195,24 +217,63 @@ def active_adapter(root: Path, model_path: str | os.PathLike | None = None) -> d
 
 
 # --- writing ---------------------------------------------------------------------------------
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def _state_lock(root: Path):
+    """``active.json`` is read, changed and written by the nightly job (publish, prune),
+    the app (retiring what a deleted conversation taught) and ``align rollback``: one at
+    a time, or one's write undid another's. Re-entrant within a thread."""
+    depth = getattr(_held, "depth", 0)
+    if depth:
+        _held.depth = depth + 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    from feedback_store.locks import lock_file, unlock_file
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(root / ".active.lock", "a+") as handle:
+        lock_file(handle, blocking=True)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+            unlock_file(handle)
+
+
 def _with_models(root: Path, state: dict) -> dict:
-    """``state`` with every kept model in its ``models`` map, at the version it uses
-    now (a file written before the map, or a model new to it)."""
+    """``state`` with every kept model in its ``models`` map, at the version it uses now
+    (a file written before the map, or a model new to it). A missing or damaged file
+    left every model on its base until the next publish, which then gave each model its
+    newest kept version: so it still does, and the map records that."""
     models = dict(state.get("models") or {})
-    for name, version in in_use(root, state).items():
-        models.setdefault(name, version)
+    lost = not models and state.get("version") is None and (
+        not (Path(root) / ACTIVE_FILE).exists() or active_file_damaged(root))
+    kept = versions(root)
+    reading = dict(state, version=kept[-1]) if lost and kept else state
+    for key, base in _bases(root).items():
+        if key not in models and base["name"] not in models:
+            models[key] = version_for(root, base, reading)
     return dict(state, models=models)
 
 
 def _activate(root: Path, version: str | None, base: dict | None, counter: int | None = None) -> None:
-    """``version`` (None: the base model) in use for the model ``base``, the others as they were."""
-    state = _with_models(root, read_active(root))
-    if base is not None:
-        state["models"][base["name"]] = version
-    state["version"] = version
-    if counter is not None:
-        state["counter"] = counter
-    _write_active(root, state)
+    """``version`` (None: the base model) in use for the model ``base``, the others as
+    they were; ``line``: the model a plain ``align rollback`` steps back."""
+    with _state_lock(root):
+        state = _with_models(root, read_active(root))
+        if base is not None:
+            state["models"][model_key(base)] = version
+            state["line"] = model_key(base)
+        state["version"] = version
+        if counter is not None:
+            state["counter"] = counter
+        _write_active(root, state)
 
 
 def _write_active(root: Path, state: dict) -> None:
@@ -287,7 +348,8 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
     except BaseException as error:
         # The number is spent either way (a record may name it): never hand it out again.
         if root.is_dir():               # (not when everything was deleted meanwhile)
-            _write_active(root, dict(read_active(root), counter=number))
+            with _state_lock(root):
+                _write_active(root, dict(read_active(root), counter=number))
         if isinstance(error, FileNotFoundError) and not pending.exists():
             return None                 # retired while it was being recorded
         shutil.rmtree(pending, ignore_errors=True)
@@ -300,59 +362,70 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
 
 def set_active(config: AdapterConfig, version: str | None, model: str | None = None) -> None:
     """Make ``version`` the one its model's chats answer with; None: the base model for
-    ``model`` (a file name; default: the model of the version activated last)."""
+    ``model`` (a file name or path; default: :func:`line`)."""
     root = Path(config.root)
     if version is not None and version not in versions(root):
         raise KeyError(f"No adapter version {version!r}; `align adapters list` shows them.")
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    base = _model_of(root, version) if version else _line(root, model)
-    _activate(root, version, base)
+    with _state_lock(root):
+        base = _model_of(root, version) if version else line(root, model)
+        _activate(root, version, base)
 
 
 def models_with_versions(root: Path) -> list[str]:
     """The base models (file names) some kept version was trained on."""
-    return sorted({base["name"] for v in versions(root) if (base := _model_of(root, v))})
+    return sorted({base["name"] for base in _bases(root).values()})
 
 
-def _line(root: Path, model: str | None) -> dict | None:
-    """The base (as the newest kept version of it records it) of the model line a command
-    acts on: ``model`` by file name, else the model of the version activated last."""
-    if model is None:
-        return _model_of(root, read_active(root).get("version"))
-    return next((base for v in reversed(versions(root))
-                 if (base := _model_of(root, v)) and base["name"] == model), None)
+def line(root: Path, model: str | None = None) -> dict | None:
+    """The base model (as its newest kept version records it) whose line a command acts
+    on: ``model`` by file name or path, else the one published or rolled back last, else
+    the only one there is."""
+    root = Path(root)
+    bases = _bases(root)
+    if model is not None:
+        name = Path(model).name
+        return next((base for base in bases.values() if base["name"] == name), None)
+    state = read_active(root)
+    base = bases.get(state.get("line")) or _model_of(root, state.get("version"))
+    if base is None and len(bases) == 1:
+        base = next(iter(bases.values()))
+    return base
 
 
 def rollback(config: AdapterConfig, model: str | None = None) -> str | None:
-    """Step the model ``model`` (a file name; default: the model of the version activated
-    last) back to its version before the one in use (the base model when there is none);
-    returns the version it now uses. Other models keep theirs."""
+    """Step the model ``model`` (default: :func:`line`) back to its version before the one
+    in use (the base model when there is none); returns the version it now uses. Other
+    models keep theirs."""
     root = Path(config.root)
-    base = _line(root, model)
-    if model is not None and base is None:
-        raise KeyError(f"No adapter version was trained on {model!r}; `align adapters list` "
-                       "shows them.")
-    current = version_for(root, base) if base else None
-    if current is None:
-        raise ValueError("No adapter is active: Glance already answers with the base model"
-                         + (f" for {model}." if model else "."))
-    older = _older_of_the_same_model(root, current)
-    target = older[-1] if older else None
-    _activate(root, target, base)
+    with _state_lock(root):
+        base = line(root, model)
+        if base is None:
+            if model is not None:
+                raise KeyError(f"No adapter version was trained on {Path(model).name!r}.")
+            if len(_bases(root)) > 1:
+                raise KeyError("Several models have adapters: say which with --model.")
+            raise ValueError("No adapter is active: Glance already answers with the base model.")
+        current = version_for(root, base)
+        if current is None:
+            raise ValueError("No adapter is active for "
+                             f"{base['name']}: it already answers with the base model.")
+        older = _older_of_the_same_model(root, current)
+        target = older[-1] if older else None
+        _activate(root, target, base)
     return target
 
 
 def in_use(root: Path, state: dict | None = None) -> dict[str, str | None]:
-    """For each base model some kept version was trained on (by file name): the version
-    its chats answer with now (as :func:`active_adapter` picks it), None for the base."""
+    """For each base model some kept version was trained on: the version its chats answer
+    with now (as :func:`active_adapter` picks it), None for the base. Keyed by file name
+    (and the digest's start, where two models share a name)."""
     root = Path(root)
     state = read_active(root) if state is None else state
-    bases = {}
-    for version in reversed(versions(root)):          # each name's newest identity
-        base = _model_of(root, version)
-        if base:
-            bases.setdefault(base["name"], base)
-    return {name: version_for(root, base, state) for name, base in sorted(bases.items())}
+    bases = _bases(root)
+    names = [base["name"] for base in bases.values()]
+    return {(base["name"] if names.count(base["name"]) == 1
+             else f"{base['name']} ({str(base.get('sample_sha256'))[:8]})"): version_for(root, base, state)
+            for base in sorted(bases.values(), key=lambda b: b["name"])}
 
 
 def _newest_for(root: Path, active: str, base: dict) -> str | None:
@@ -375,38 +448,41 @@ def retire(config: AdapterConfig, version: str) -> str | None:
     used it falls back to its newest older version (or its base). Returns the version
     now activated last."""
     root = Path(config.root)
-    state = _with_models(root, read_active(root))
-    older = _older_of_the_same_model(root, version)
-    replacement = older[-1] if older else None
-    changed = False
-    for name, used in state["models"].items():
-        if used == version:
-            state["models"][name] = replacement
+    with _state_lock(root):
+        state = _with_models(root, read_active(root))
+        older = _older_of_the_same_model(root, version)
+        replacement = older[-1] if older else None
+        changed = False
+        for key, used in state["models"].items():
+            if used == version:
+                state["models"][key] = replacement
+                changed = True
+        if state.get("version") == version:
+            state["version"] = replacement
             changed = True
-    if state.get("version") == version:
-        state["version"] = replacement
-        changed = True
-    if changed:
-        _write_active(root, state)
-    shutil.rmtree(root / version, ignore_errors=True)
-    shutil.rmtree(root / f"{PENDING}{version}", ignore_errors=True)   # not yet in use
-    _fsync_dir(root)
+        if changed:
+            _write_active(root, state)
+        shutil.rmtree(root / version, ignore_errors=True)
+        shutil.rmtree(root / f"{PENDING}{version}", ignore_errors=True)   # not yet in use
+        _fsync_dir(root)
     return state.get("version")
 
 
 def prune(config: AdapterConfig) -> list[str]:
     root = Path(config.root)
-    state = read_active(root)
-    used = {state.get("version"), *in_use(root, state).values()}
     removed = []
-    kept = versions(root)
-    while len(kept) > config.keep:
-        victim = next((v for v in kept if v not in used), None)
-        if victim is None:
-            break
-        shutil.rmtree(root / victim, ignore_errors=True)
-        kept.remove(victim)
-        removed.append(victim)
+    with _state_lock(root):
+        state = read_active(root)
+        used = {state.get("version"), *(state.get("models") or {}).values(),
+                *in_use(root, state).values()}
+        kept = versions(root)
+        while len(kept) > config.keep:
+            victim = next((v for v in kept if v not in used), None)
+            if victim is None:
+                break
+            shutil.rmtree(root / victim, ignore_errors=True)
+            kept.remove(victim)
+            removed.append(victim)
     for stale in [*root.glob(".staging-*"), *root.glob(f"{PENDING}*")]:
         try:
             old = time.time() - stale.stat().st_mtime > 3600   # a publish that died half-way

@@ -138,7 +138,12 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(result, default=str))
         return 1 if result.get("runs_error") else 0
-    print(f"active adapter: {result['active'] or 'none (base model)'}")
+    used = result.get("in_use") or {}
+    if used:        # each model answers with its own version
+        for model, version in used.items():
+            print(f"adapter for {model}: {version or 'none (base model)'}")
+    else:
+        print("active adapter: none (base model)")
     if result.get("active_file_damaged"):
         print("  (adapters/active.json is damaged, so the chat uses the base model until "
               "the next adapter is published)")
@@ -185,8 +190,11 @@ def cmd_rollback(args) -> int:
         print(f"align rollback: {error.args[0]} (models with versions: {known})", file=sys.stderr)
         return 2
     except ValueError as error:     # nothing active: already on the base model
-        print(json.dumps({"active": None, "model": args.model, "message": str(error)})
-              if args.json else str(error))
+        others = {name: v for name, v in before.items() if v}
+        message = str(error) + "".join(f" {name} answers with {v}: align rollback --model {name}."
+                                       for name, v in others.items())
+        print(json.dumps({"active": None, "model": args.model, "message": message})
+              if args.json else message)
         return 0
     tell_app_adapters_changed(_data_dir())          # an open window's label follows
     after = in_use(root)

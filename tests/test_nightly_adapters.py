@@ -111,7 +111,7 @@ def test_a_version_is_in_use_only_after_it_is_recorded(tmp_path, model):
                          {"base": adapters.base_identity(model)}, before_activating=record)
     assert seen == [("v0002", "v0001", ["v0001"])]        # hidden and unused while recording
     assert adapters.read_active(config.root)["version"] == "v0001"
-    assert sorted(p.name for p in config.root.iterdir()) == ["active.json", "v0001"]
+    assert sorted(p.name for p in config.root.iterdir()) == [".active.lock", "active.json", "v0001"]
 
     def retired_meanwhile(version):     # a conversation it learned from was deleted
         adapters.retire(config, version)
@@ -139,7 +139,7 @@ def test_a_publish_clears_what_dead_publishes_left_and_spares_one_under_way(tmp_
     (config.root / ".staging-gone").symlink_to(config.root / "no-such-folder")
     assert publish(config, tmp_path, model, 4) == "v0004"
     assert sorted(p.name for p in config.root.iterdir()) == \
-        [f"{adapters.PENDING}v0003", ".staging-gone", "active.json", "v0001", "v0004"]
+        [".active.lock", f"{adapters.PENDING}v0003", ".staging-gone", "active.json", "v0001", "v0004"]
 
 
 def test_publishing_after_everything_was_deleted_writes_nothing(tmp_path, model):
@@ -464,5 +464,94 @@ def test_an_active_file_from_before_the_per_model_map_is_read_as_it_was(tmp_path
     assert adapters.active_adapter(config.root, model)["version"] == "v0001"
     assert adapters.rollback(config) is None                   # v0002's line: other.gguf
     assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": None}
-    assert json.loads((config.root / "active.json").read_text())["models"] == \
+    models = json.loads((config.root / "active.json").read_text())["models"]
+    assert {key.split("#")[0]: version for key, version in models.items()} == \
         {"base.gguf": "v0001", "other.gguf": None}
+
+def test_two_models_of_one_file_name_keep_their_own_versions(tmp_path, model):
+    """Two different models both called base.gguf (llama.cpp's default names repeat):
+    keyed by name alone, A's rollback wrote over B's choice and B's chats lost v2."""
+    other = tmp_path / "elsewhere" / model.name
+    other.parent.mkdir()
+    other.write_bytes(b"GGUF" + b"\2" * 60)                  # same name and size, other weights
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+    theirs = adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"B's adapter"), None,
+                              {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish(config, tmp_path, model, 3)
+    assert adapters.rollback(config) == "v0001"              # A's line (published last)
+    assert adapters.active_adapter(config.root, other)["version"] == theirs
+    assert adapters.active_adapter(config.root, model)["version"] == "v0001"
+    assert sorted(adapters.in_use(config.root).values()) == ["v0001", "v0002"]
+    listed = {v["version"]: v["active"] for v in adapters.list_versions(config.root)}
+    assert listed == {"v0001": True, "v0002": True, "v0003": False}
+
+
+def test_a_publish_after_active_json_was_lost_gives_every_model_its_newest_version(tmp_path, model):
+    """A missing or damaged active.json leaves every model on its base until the next
+    publish; that publish gave the other models back their newest versions before the
+    per-model map, and must still (not write "base" for them into the map)."""
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\1" * 90)
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
+                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish(config, tmp_path, model, 2)
+    (config.root / "active.json").write_text("{damaged")
+    assert adapters.active_adapter(config.root, other) is None          # meanwhile: the base
+    publish(config, tmp_path, model, 3)
+    assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0001"}
+
+
+def test_status_and_rollback_speak_of_each_model(tmp_path, model):
+    """With a model rolled back to its base, "active adapter: none" was printed while
+    another model still answered with its version, and a plain rollback said nothing was
+    active; with several models and no line to follow it now asks which one."""
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\1" * 90)
+    home = tmp_path / "home"
+    config = adapters.AdapterConfig(adapters.adapters_dir(home))
+    publish(config, tmp_path, model, 1)
+    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
+                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+
+    def align(*args, code=0):
+        done = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
+        assert done.returncode == code, done.stdout + done.stderr
+        return done
+    assert align("rollback", "--model", str(other)).stdout == \
+        "Now using the base model (no adapter) for other.gguf.\n"       # a path works too
+    status = align("status").stdout
+    assert "adapter for base.gguf: v0001" in status and "adapter for other.gguf: none" in status
+    said = align("rollback").stdout                                    # other.gguf's line again
+    assert "already answers with the base model" in said
+    assert "base.gguf answers with v0001: align rollback --model base.gguf." in said
+    state = json.loads((config.root / "active.json").read_text())
+    (config.root / "active.json").write_text(json.dumps({k: v for k, v in state.items()
+                                                         if k != "line"} | {"version": None}))
+    asked = align("rollback", code=2)
+    assert "Several models have adapters: say which with --model" in asked.stderr
+    assert "base.gguf, other.gguf" in asked.stderr
+
+
+def test_a_change_of_active_json_waits_for_the_one_under_way(tmp_path, model):
+    """The nightly job, the app and align rollback each read, change and write
+    active.json: one's write undid another's (a retirement read before a publish and
+    written after it took the new version away). Each waits for the lock now."""
+    import threading
+
+    from feedback_store.locks import lock_file, unlock_file
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    for n in (1, 2):
+        publish(config, tmp_path, model, n)
+    with open(config.root / ".active.lock", "a+") as held:     # another process's change
+        lock_file(held, blocking=True)
+        rolling = threading.Thread(target=adapters.rollback, args=(config,))
+        rolling.start()
+        rolling.join(timeout=1.0)
+        assert rolling.is_alive()                               # waiting, not writing
+        assert adapters.read_active(config.root)["version"] == "v0002"
+        unlock_file(held)
+    rolling.join(timeout=30)
+    assert not rolling.is_alive() and adapters.read_active(config.root)["version"] == "v0001"
