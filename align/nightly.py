@@ -564,7 +564,11 @@ def _gate_summary(report: dict) -> dict:
             "implicit_reward_accuracy": reward.get("implicit_reward_accuracy"),
             "sign_test_p": reward.get("sign_test_p"), "policy_accuracy": reward.get("policy_accuracy"),
             "base_accuracy": reward.get("base_accuracy"), "kl_per_token": drift.get("kl_per_token"),
-            "length_ratio": drift.get("length_ratio"), "reasons": report.get("reasons")}
+            "length_ratio": drift.get("length_ratio"), "reasons": report.get("reasons"),
+            # How many of the pairs the exported file was checked on moved clearly more than
+            # the arithmetic's noise: 0 means the file could not be told from the weights.
+            "file_check": {k: (reward.get("published") or {}).get(k)
+                           for k in ("pairs", "checked", "slope", "noise_rms")}}
 
 
 def work_folder(data_dir, pairs, gate, model_path, dpo) -> Path:

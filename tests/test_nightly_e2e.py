@@ -62,6 +62,9 @@ def test_the_run_trained_published_and_recorded_through_the_app(run):
     assert "Training on" in run["stderr"] and "Loading weights" not in run["stderr"], run["stderr"]
     gate = result["eval"]["reward"]
     assert gate["heldout_pairs"] >= 1 and gate["implicit_reward_accuracy"] > 0.5
+    # The version says how far its file could be checked against the weights.
+    kept = json.loads((version_dir(run) / "manifest.json").read_text())["gate"]["file_check"]
+    assert kept["pairs"] >= 1 and kept["checked"] == kept["pairs"] and kept["noise_rms"] > 0
     drift = result["eval"]["drift"]
     assert drift["kl_per_token"] <= result["eval"]["config"]["max_kl_per_token"]
     # the drift samples answer held-out prompts first; the report says how many of each
