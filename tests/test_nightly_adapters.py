@@ -33,6 +33,26 @@ def publish(config, tmp_path, model, n):
                             {"base": adapters.base_identity(model), "pairs": {"train": n}})
 
 
+def other_model(tmp_path) -> Path:
+    """A second base model (another size, other bytes)."""
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\1" * 90)
+    return other
+
+
+def publish_for(config, tmp_path, base_model) -> str:
+    return adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
+                            {"base": adapters.base_identity(base_model), "pairs": {"train": 1}})
+
+
+def align_in(home, *args, code=0):
+    """``align ARGS`` on the data folder ``home``; its exit code must be ``code``."""
+    done = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
+    assert done.returncode == code, done.stdout + done.stderr
+    return done
+
+
 def test_publish_keeps_five_versions_and_rolls_back_to_the_base(tmp_path, model):
     config = adapters.AdapterConfig(tmp_path / "adapters")
     published = [publish(config, tmp_path, model, n) for n in range(1, 8)]
@@ -173,12 +193,10 @@ def test_each_model_keeps_its_own_adapter_when_the_chat_switches_between_them(tm
     """One active.json for all models: after a night trained another model's version,
     switching back showed "No personal adapter yet" although this model's was kept, and
     rollback named a version of the other model that the chat would never use."""
-    other = tmp_path / "other.gguf"
-    other.write_bytes(b"GGUF" + b"\1" * 90)
+    other = other_model(tmp_path)
     config = adapters.AdapterConfig(tmp_path / "adapters")
     mine = publish(config, tmp_path, model, 1)
-    theirs = adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
-                              {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    theirs = publish_for(config, tmp_path, other)
     assert adapters.read_active(config.root)["version"] == theirs
     assert adapters.active_adapter(config.root, other)["version"] == theirs
     assert adapters.active_adapter(config.root, model)["version"] == mine     # (was None)
@@ -418,21 +436,16 @@ def test_a_rollback_steps_back_one_models_line_and_leaves_the_others_alone(tmp_p
     (this model) active, the other model's chats used v2; rollback stepped this model's
     line back to v1 and the other model's chats silently lost v2. Each model has its own
     version in use now; ``--model`` picks the line."""
-    other = tmp_path / "other.gguf"
-    other.write_bytes(b"GGUF" + b"\1" * 90)
+    other = other_model(tmp_path)
     home = tmp_path / "home"
     config = adapters.AdapterConfig(adapters.adapters_dir(home))
     publish(config, tmp_path, model, 1)
-    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
-                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish_for(config, tmp_path, other)
     publish(config, tmp_path, model, 3)
     assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0002"}
 
     def align(*args, code=0):
-        done = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True,
-                              text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
-        assert done.returncode == code, done.stdout + done.stderr
-        return done
+        return align_in(home, *args, code=code)
     assert json.loads(align("rollback", "--json").stdout) == {"active": "v0001", "model": "base.gguf"}
     assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": "v0002"}
     assert adapters.active_adapter(config.root, other)["version"] == "v0002"
@@ -452,12 +465,10 @@ def test_a_rollback_steps_back_one_models_line_and_leaves_the_others_alone(tmp_p
 def test_an_active_file_from_before_the_per_model_map_is_read_as_it_was(tmp_path, model):
     """A file with one version for all models: each model uses its newest version up to
     it; the first write records every model's version, so nothing changes for them."""
-    other = tmp_path / "other.gguf"
-    other.write_bytes(b"GGUF" + b"\1" * 90)
+    other = other_model(tmp_path)
     config = adapters.AdapterConfig(tmp_path / "adapters")
     publish(config, tmp_path, model, 1)
-    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
-                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish_for(config, tmp_path, other)
     publish(config, tmp_path, model, 3)
     (config.root / "active.json").write_text(json.dumps({"version": "v0002", "counter": 3}))
     assert adapters.in_use(config.root) == {"base.gguf": "v0001", "other.gguf": "v0002"}
@@ -491,11 +502,9 @@ def test_a_publish_after_active_json_was_lost_gives_every_model_its_newest_versi
     """A missing or damaged active.json leaves every model on its base until the next
     publish; that publish gave the other models back their newest versions before the
     per-model map, and must still (not write "base" for them into the map)."""
-    other = tmp_path / "other.gguf"
-    other.write_bytes(b"GGUF" + b"\1" * 90)
+    other = other_model(tmp_path)
     config = adapters.AdapterConfig(tmp_path / "adapters")
-    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
-                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish_for(config, tmp_path, other)
     publish(config, tmp_path, model, 2)
     (config.root / "active.json").write_text("{damaged")
     assert adapters.active_adapter(config.root, other) is None          # meanwhile: the base
@@ -507,19 +516,14 @@ def test_status_and_rollback_speak_of_each_model(tmp_path, model):
     """With a model rolled back to its base, "active adapter: none" was printed while
     another model still answered with its version, and a plain rollback said nothing was
     active; with several models and no line to follow it now asks which one."""
-    other = tmp_path / "other.gguf"
-    other.write_bytes(b"GGUF" + b"\1" * 90)
+    other = other_model(tmp_path)
     home = tmp_path / "home"
     config = adapters.AdapterConfig(adapters.adapters_dir(home))
     publish(config, tmp_path, model, 1)
-    adapters.publish(config, fake_adapter(tmp_path, "b.gguf", b"other adapter"), None,
-                     {"base": adapters.base_identity(other), "pairs": {"train": 1}})
+    publish_for(config, tmp_path, other)
 
     def align(*args, code=0):
-        done = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True,
-                              text=True, cwd=ROOT, timeout=120, env=dict(os.environ, GLANCE_HOME=str(home)))
-        assert done.returncode == code, done.stdout + done.stderr
-        return done
+        return align_in(home, *args, code=code)
     assert align("rollback", "--model", str(other)).stdout == \
         "Now using the base model (no adapter) for other.gguf.\n"       # a path works too
     status = align("status").stdout
