@@ -135,6 +135,17 @@ def test_doctor_says_how_the_last_night_went(home):
     assert last["status"] == "nothing_new" and last["message"].startswith("Nothing to learn yet")
     text = run_glance("doctor", home=home).stdout
     assert "Nightly:  last run " in text and "nothing_new: Nothing to learn yet" in text
+    # Each model has its own adapter version: the doctor names each.
+    from align import adapters
+    config = adapters.AdapterConfig(adapters.adapters_dir(home))
+    for name, size in (("first.gguf", 60), ("second.gguf", 90)):
+        base = home.parent / name
+        base.write_bytes(b"GGUF" + b"\0" * size)
+        (home.parent / "a.gguf").write_bytes(b"adapter for " + name.encode())
+        adapters.publish(config, home.parent / "a.gguf", None, {"base": adapters.base_identity(base)})
+    text = run_glance("doctor", home=home).stdout
+    assert "Adapter:  v0001, for first.gguf; v0002, for second.gguf (the chat answers with each " \
+        "on its model while Personal is on)" in text, text
 
 
 def test_with_glance_open_doctor_and_data_status_ask_the_window(home):

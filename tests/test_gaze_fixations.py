@@ -31,10 +31,14 @@ def test_the_fixation_matcher_counts_only_near_overlapping_one_to_one_matches():
     hit = fx.Fixation(10 * ms, 190 * ms, 105.0, 100.0, 6)
     assert fx.match([hit], truth, max_dist_px=38.0) == (1.0, 0.5)
     far = fx.Fixation(10 * ms, 190 * ms, 160.0, 100.0, 6)           # 60 px away
+    below = fx.Fixation(10 * ms, 190 * ms, 100.0, 160.0, 6)         # 60 px away, in y only
     late = fx.Fixation(150 * ms, 260 * ms, 100.0, 100.0, 4)         # overlaps 50 of 110 ms
+    inside = fx.Fixation(50 * ms, 110 * ms, 100.0, 100.0, 2)        # all of its 60 ms (of 200)
     twice = fx.Fixation(20 * ms, 180 * ms, 100.0, 100.0, 5)          # the same true fixation again
     assert fx.match([far], truth, max_dist_px=38.0) == (0.0, 0.0)
+    assert fx.match([below], truth, max_dist_px=38.0) == (0.0, 0.0)
     assert fx.match([late], truth, max_dist_px=38.0) == (0.0, 0.0)
+    assert fx.match([inside], truth, max_dist_px=38.0) == (1.0, 0.5)   # half the shorter one
     assert fx.match([hit, twice], truth, max_dist_px=38.0) == (0.5, 0.5)
     assert fx.match([], truth, max_dist_px=38.0) == (0.0, 0.0)
 

@@ -498,7 +498,23 @@ def test_two_models_of_one_file_name_keep_their_own_versions(tmp_path, model):
     assert listed == {"v0001": True, "v0002": True, "v0003": False}
 
 
-def test_a_publish_after_active_json_was_lost_gives_every_model_its_newest_version(tmp_path, model):
+def test_retiring_or_pruning_one_models_versions_leaves_the_others_alone(tmp_path, model):
+    """A retirement in one model's line, and the pruning of old versions after a run of
+    publishes for one model, keep another model's version in use."""
+    other = other_model(tmp_path)
+    config = adapters.AdapterConfig(tmp_path / "adapters", keep=3)
+    mine = [publish(config, tmp_path, model, n) for n in (1, 2)]
+    theirs = publish_for(config, tmp_path, other)                   # v0003, other's
+    adapters.retire(config, mine[-1])                               # this model: back to v0001
+    assert adapters.in_use(config.root) == {"base.gguf": mine[0], "other.gguf": theirs}
+    for n in range(4, 9):                                            # five more for this model
+        publish(config, tmp_path, model, n)
+    assert theirs in adapters.versions(config.root)                 # older than 3 kept, in use
+    assert adapters.in_use(config.root) == {"base.gguf": "v0008", "other.gguf": theirs}
+
+
+@pytest.mark.parametrize("lost", ["deleted", "damaged"])
+def test_a_publish_after_active_json_was_lost_gives_every_model_its_newest_version(tmp_path, model, lost):
     """A missing or damaged active.json leaves every model on its base until the next
     publish; that publish gave the other models back their newest versions before the
     per-model map, and must still (not write "base" for them into the map)."""
@@ -506,7 +522,10 @@ def test_a_publish_after_active_json_was_lost_gives_every_model_its_newest_versi
     config = adapters.AdapterConfig(tmp_path / "adapters")
     publish_for(config, tmp_path, other)
     publish(config, tmp_path, model, 2)
-    (config.root / "active.json").write_text("{damaged")
+    if lost == "deleted":
+        (config.root / "active.json").unlink()
+    else:
+        (config.root / "active.json").write_text("{damaged")
     assert adapters.active_adapter(config.root, other) is None          # meanwhile: the base
     publish(config, tmp_path, model, 3)
     assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0001"}
@@ -539,23 +558,48 @@ def test_status_and_rollback_speak_of_each_model(tmp_path, model):
     assert "base.gguf, other.gguf" in asked.stderr
 
 
-def test_a_change_of_active_json_waits_for_the_one_under_way(tmp_path, model):
+def test_a_change_of_active_json_waits_for_the_one_under_way(tmp_path, model, monkeypatch):
     """The nightly job, the app and align rollback each read, change and write
     active.json: one's write undid another's (a retirement read before a publish and
-    written after it took the new version away). Each waits for the lock now."""
+    written after it took the new version away). Each reads only once it holds the lock:
+    a change made while it waited is what it acts on."""
     import threading
 
-    from feedback_store.locks import lock_file, unlock_file
+    from feedback_store import locks
     config = adapters.AdapterConfig(tmp_path / "adapters")
-    for n in (1, 2):
+    for n in (1, 2, 3):
         publish(config, tmp_path, model, n)
-    with open(config.root / ".active.lock", "a+") as held:     # another process's change
-        lock_file(held, blocking=True)
-        rolling = threading.Thread(target=adapters.rollback, args=(config,))
-        rolling.start()
-        rolling.join(timeout=1.0)
-        assert rolling.is_alive()                               # waiting, not writing
-        assert adapters.read_active(config.root)["version"] == "v0002"
-        unlock_file(held)
-    rolling.join(timeout=30)
-    assert not rolling.is_alive() and adapters.read_active(config.root)["version"] == "v0001"
+    real_lock, asked = locks.lock_file, threading.Event()
+
+    def lock_file(handle, blocking):
+        if threading.current_thread() is not threading.main_thread():
+            asked.set()                       # the change under test asks for the lock
+        return real_lock(handle, blocking)
+    monkeypatch.setattr(locks, "lock_file", lock_file)
+
+    def while_another_holds_it(change, write_meanwhile):
+        with open(config.root / ".active.lock", "a+") as held:
+            real_lock(held, blocking=True)
+            asked.clear()
+            worker = threading.Thread(target=change)
+            worker.start()
+            try:
+                assert asked.wait(30)
+                adapters._held.depth = 1      # (this thread holds the lock: as the other
+                try:                          # process, it changes the file under it)
+                    write_meanwhile()
+                finally:
+                    adapters._held.depth = 0
+            finally:
+                locks.unlock_file(held)
+                worker.join(30)
+        assert not worker.is_alive()
+    # Another process rolled v0003 back to v0002 meanwhile: this rollback goes on to v0001.
+    while_another_holds_it(lambda: adapters.rollback(config),
+                           lambda: adapters._activate(config.root, "v0002", adapters._model_of(config.root, "v0002")))
+    assert adapters.active_adapter(config.root, model)["version"] == "v0001"
+    # A version published meanwhile (v0004) survives the retirement of the one in use
+    # when the retirement began (read before the publish, it put the model on its base).
+    while_another_holds_it(lambda: adapters.retire(config, "v0001"),
+                           lambda: publish(config, tmp_path, model, 4))
+    assert adapters.active_adapter(config.root, model)["version"] == "v0004"

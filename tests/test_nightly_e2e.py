@@ -64,7 +64,7 @@ def test_the_run_trained_published_and_recorded_through_the_app(run):
     assert gate["heldout_pairs"] >= 1 and gate["implicit_reward_accuracy"] > 0.5
     # The version says how far its file could be checked against the weights.
     kept = json.loads((version_dir(run) / "manifest.json").read_text())["gate"]["file_check"]
-    assert kept["pairs"] >= 1 and kept["checked"] == kept["pairs"] and kept["noise_rms"] > 0
+    assert kept["pairs"] >= 1 and 1 <= kept["checked"] <= kept["pairs"] and kept["noise_rms"] > 0
     drift = result["eval"]["drift"]
     assert drift["kl_per_token"] <= result["eval"]["config"]["max_kl_per_token"]
     # the drift samples answer held-out prompts first; the report says how many of each
@@ -165,8 +165,10 @@ def test_the_gate_refuses_the_opposite_adapter_and_an_overdriven_one(run, tmp_pa
                       prompts, dpo, gate_config)
     assert report["reward"]["implicit_reward_accuracy"] > 0.5
     assert report["reward"]["published"]["slope"] < 0
-    # (checked beside the arithmetic's noise: this adapter moves its pairs far more)
-    assert report["reward"]["published"]["checked"] == report["reward"]["published"]["pairs"]
+    # (judged on the pairs it moves at least 3x the arithmetic's noise: this adapter has some)
+    published = report["reward"]["published"]
+    strong = [h for h in published["trained_h"] if abs(h) >= 3 * published["noise_rms"]]
+    assert published["checked"] == len(strong) >= 1
     assert not report["publish"] and any("export does not carry" in r
                                          for r in report["reasons"]), report["reasons"]
     # And the file as published does what the weights do.

@@ -152,24 +152,27 @@ def test_deleting_while_samples_stream_in_loses_nothing_else(store):
     started, gate = threading.Event(), threading.Event()
     blocker = threading.Thread(target=lambda: store.writer.call(lambda con: (started.set(), gate.wait())))
     blocker.start()
-    assert started.wait(60)
-    assert store.samples.submit(rows("doomed", 10)) and store.samples.submit(rows("kept", 10))
-    queued = store.writer.queue.qsize()
     deleter = threading.Thread(target=store.delete_conversation, args=("doomed",))
-    deleter.start()
-    deadline = time.monotonic() + 60
-    while store.writer.queue.qsize() == queued and time.monotonic() < deadline:
-        time.sleep(0.001)                   # until the deletion is queued behind the gate
-    assert store.writer.queue.qsize() == queued + 1
-    # Let in at the door before the deletion was known, queued after it (the race the
-    # writer's last look is for), then refused at the door.
-    store.writer.submit_samples("pointer_samples", SAMPLE_COLUMNS["pointer_samples"],
-                                rows("doomed", 7, start=10))
-    assert store.samples.submit(rows("doomed", 5, start=20)) is False
-    assert store.samples.submit(rows("kept", 10, start=10))
-    gate.set()
-    blocker.join()
-    deleter.join()
+    try:
+        assert started.wait(60)
+        assert store.samples.submit(rows("doomed", 10)) and store.samples.submit(rows("kept", 10))
+        queued = store.writer.queue.qsize()
+        deleter.start()
+        deadline = time.monotonic() + 60
+        while store.writer.queue.qsize() == queued and time.monotonic() < deadline:
+            time.sleep(0.001)               # until the deletion is queued behind the gate
+        assert store.writer.queue.qsize() == queued + 1
+        # Let in at the door before the deletion was known, queued after it (the race the
+        # writer's last look is for), then refused at the door.
+        store.writer.submit_samples("pointer_samples", SAMPLE_COLUMNS["pointer_samples"],
+                                    rows("doomed", 7, start=10))
+        assert store.samples.submit(rows("doomed", 5, start=20)) is False
+        assert store.samples.submit(rows("kept", 10, start=10))
+    finally:
+        gate.set()                          # (a failure above must not leave the writer held)
+        blocker.join(60)
+        if deleter.ident is not None:
+            deleter.join(60)
     store.flush()
     counted = {
         r["conversation_id"]: r["n"] for r in

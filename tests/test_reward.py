@@ -156,6 +156,10 @@ def test_cache_round_trip(folders, data, tmp_path, monkeypatch):
             for name, array in tb.arrays().items():
                 mine = getattr(ta, name)
                 assert np.array_equal(mine, array, equal_nan=array.dtype.kind == "f"), name
+            assert np.array_equal(ta.line_starts, tb.line_starts)
+            for name in ("text", "missing", "estimated", "shown_reply_id", "user_id", "origin"):
+                assert getattr(ta, name) == getattr(tb, name), name
+            assert same(ta.shown_for_ms, tb.shown_for_ms)
 
 
 def test_not_an_ifllm_folder_is_refused(tmp_path):
