@@ -42,9 +42,8 @@ def register(parser: argparse.ArgumentParser, subcommands) -> None:
     rollback = subcommands.add_parser("rollback", help="go back to the previous adapter "
                                       "(or the base model)")
     rollback.add_argument("--model", metavar="FILE",
-                          help="the model whose adapter to step back (its file name, as "
-                               "`align adapters list` shows it; default: the model of the "
-                               "version published or activated last)")
+                          help="the model whose adapter to step back (its file name or "
+                               "path; default: the model published or rolled back last)")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(func=cmd_rollback)
 
