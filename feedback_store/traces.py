@@ -54,7 +54,11 @@ class TraceReader:
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
         line_starts = _line_starts(shown)
         pointer = self._samples("pointer_samples", "1.0", shown_reply_id)
-        gaze = self._samples("gaze_samples", "coalesce(confidence, 'NaN'::DOUBLE)", shown_reply_id)
+        # The eyes' raw samples only: a fixation is stored as a summary row at its end, and
+        # read as one more sample it landed among the next line's samples (a visit, a
+        # regression and dwell that were never there).
+        gaze = self._samples("gaze_samples", "coalesce(confidence, 'NaN'::DOUBLE)", shown_reply_id,
+                             "AND kind = 'raw'")
         mono = np.concatenate([pointer["mono_ns"], gaze["mono_ns"]])
         source = np.concatenate([np.full(len(pointer["mono_ns"]), MOUSE, np.uint8),
                                  np.full(len(gaze["mono_ns"]), GAZE, np.uint8)])
@@ -77,12 +81,13 @@ class TraceReader:
             shown_for_ms=(hidden - shown["shown_mono_ns"]) / 1e6 if hidden else float("nan"),
             missing=missing)
 
-    def _samples(self, table: str, confidence_sql: str, shown_reply_id: str) -> dict:
+    def _samples(self, table: str, confidence_sql: str, shown_reply_id: str,
+                 only: str = "") -> dict:
         with self.store.reading():
             result = self.store._cursor().execute(
                 f"SELECT mono_ns, coalesce(x, 'NaN'::DOUBLE) AS x, coalesce(y, 'NaN'::DOUBLE) AS y, "
                 f"coalesce(text_offset, -1) AS text_offset, {confidence_sql} AS confidence "
-                f"FROM {table} WHERE shown_reply_id = ? ORDER BY mono_ns",
+                f"FROM {table} WHERE shown_reply_id = ? {only} ORDER BY mono_ns",
                 [shown_reply_id]).fetchnumpy()
         return {"mono_ns": np.asarray(result["mono_ns"], np.int64),
                 "x": np.asarray(result["x"], np.float64), "y": np.asarray(result["y"], np.float64),

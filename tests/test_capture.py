@@ -606,3 +606,39 @@ def test_an_empty_last_line_on_screen_is_counted_as_on_screen(store):
         assert (activity.first_line[0], activity.last_line[0]) == (0, 1)
     finally:
         session.close()
+
+
+def test_a_reading_trace_holds_the_eyes_raw_samples_not_the_fixation_summaries(store):
+    """Fixations are stored beside the raw gaze samples, one row at each fixation's end;
+    read as samples they landed among the next line's and made visits and regressions."""
+    import time
+
+    from align.features import reading_features
+    from app.session import AppSession, ReplyOnScreen
+    from feedback_store import GazeSample
+    from feedback_store.trace import GAZE
+    store.consent.set("gaze", True)
+    session = AppSession(store)
+    text = "first line of text\nsecond line of text"
+    boxes = [{"line": 0, "start": 0, "end": 18, "x": 0, "y": 0, "w": 180, "h": 20},
+             {"line": 1, "start": 19, "end": 38, "x": 0, "y": 20, "w": 190, "h": 20}]
+    try:
+        shown_id = session.reply_shown(ReplyOnScreen("m", "c", (0, 0, 200, 40), 1.0, text, boxes))
+        start = time.monotonic_ns()
+
+        def gaze(i, kind, offset, duration=None):
+            return GazeSample(session.id, shown_id, "c", start + i * 33_000_000, time.time_ns(), kind,
+                              float(offset * 10), 10.0, offset, "webcam", confidence=0.9,
+                              duration_ms=duration)
+        raw = [gaze(i, "raw", i) for i in range(12)] + [gaze(i, "raw", 7 + i) for i in range(12, 24)]
+        assert store.samples.submit(raw)
+        store.flush()
+        before, _ = store.traces.read(shown_id)
+        # The first line's fixation, reported at its end: among the second line's samples.
+        assert store.samples.submit([gaze(14, "fixation", 5, duration=400.0)])
+        store.flush()
+        after, _ = store.traces.read(shown_id)
+        assert np.array_equal(after.offset, before.offset) and len(after.offset) == 24
+        assert reading_features(after, GAZE) == reading_features(before, GAZE)
+    finally:
+        session.close()
