@@ -2,17 +2,22 @@
 
     result = train_dpo(pairs, checkpoint_dir, work_dir, DPOSettings())
 
-The loss, per pair i with label-flip probability ε_i (robust DPO, Chowdhury et al. 2024,
-plus an NLL term on the chosen reply as in the IFLLM paper and RPO):
+The loss, per pair i with label-flip probability ε_i (conservative DPO, the expected DPO
+loss under a label that is wrong with probability ε_i, plus an NLL term on the chosen
+reply as in the IFLLM paper and RPO):
 
     h_i    = [log π(c_i) − log π_ref(c_i)] − [log π(r_i) − log π_ref(r_i)]
-    dpo_i  = [(1 − ε_i)·(−log σ(β h_i)) − ε_i·(−log σ(−β h_i))] / (1 − 2 ε_i)
+    dpo_i  = (1 − ε_i)·(−log σ(β h_i)) + ε_i·(−log σ(−β h_i))
     nll_i  = −log π(c_i) / |c_i|                      (mean over the chosen tokens)
     loss   = mean_i [dpo_i + λ·(1 − 2 ε_i)·nll_i]
 
 trl's ``label_smoothing`` is one ε per run; here each pair brings its own (explicit
-labels small, inferred ones up to 0.45). The NLL term is scaled by (1 − 2ε) so a coin-flip
-label teaches nothing about what to imitate.
+labels small, inferred ones up to 0.45). A noisy pair weighs less: its pull at h = 0 is
+(1 − 2ε) of a clean pair's, and it stops at σ(β h) = 1 − ε instead of pushing h on. (The
+robust DPO of Chowdhury et al. 2024, used before, divides by 1 − 2ε instead: unbiased,
+but an inferred pair at ε 0.45 pulled ten times as hard as a deliberate pick, and its
+loss had no floor, so the least certain labels drove the adapter.) The NLL term is scaled
+by (1 − 2ε) so a coin-flip label teaches nothing about what to imitate.
 
 Speed on a CPU (the same trl Trainer loop, optimiser and checkpoints; only the forward
 differs from a plain DPOTrainer):
@@ -328,12 +333,11 @@ class Scorer:
             else contextlib.nullcontext()
 
 
-def robust_dpo_loss(h, epsilon, beta: float):
-    """Per-pair robust DPO loss for margins ``h`` and flip probabilities ``epsilon``."""
+def noisy_label_dpo_loss(h, epsilon, beta: float):
+    """Per-pair DPO loss for margins ``h`` whose labels are wrong with probability
+    ``epsilon`` (conservative DPO: bounded, and a noisy pair weighs less)."""
     import torch.nn.functional as F
-    clean = -(1 - epsilon) * F.logsigmoid(beta * h)
-    flipped = -epsilon * F.logsigmoid(-beta * h)
-    return (clean - flipped) / (1 - 2 * epsilon)
+    return -(1 - epsilon) * F.logsigmoid(beta * h) - epsilon * F.logsigmoid(-beta * h)
 
 
 def pair_loss(policy, reference, counts, epsilon, beta: float, nll_weight: float):
@@ -342,7 +346,7 @@ def pair_loss(policy, reference, counts, epsilon, beta: float, nll_weight: float
     policy_c, policy_r = policy[:n], policy[n:]
     ref_c, ref_r = reference[:n], reference[n:]
     h = (policy_c - ref_c) - (policy_r - ref_r)
-    dpo = robust_dpo_loss(h, epsilon, beta)
+    dpo = noisy_label_dpo_loss(h, epsilon, beta)
     nll = -policy_c / counts[:n].clamp(min=1)
     loss = (dpo + nll_weight * (1 - 2 * epsilon) * nll).mean()
     return loss, {"h": h.detach(), "dpo": dpo.detach(), "nll": nll.detach()}
@@ -440,7 +444,7 @@ def make_trainer(pairs, checkpoint_dir: Path, work_dir: Path, settings: DPOSetti
     args = DPOConfig(
         output_dir=str(Path(work_dir) / "trainer"), per_device_train_batch_size=settings.batch_pairs,
         num_train_epochs=epochs, learning_rate=settings.learning_rate, beta=settings.beta,
-        loss_type=["robust"], max_length=None, seed=settings.seed,
+        loss_type=["sigmoid"], max_length=None, seed=settings.seed,   # (compute_loss is ours)
         use_cpu=device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
         report_to=[], logging_steps=max(1, steps_per_epoch), disable_tqdm=not progress,
         save_strategy="steps", save_steps=max(1, math.ceil(total_steps / max(1, settings.checkpoints))),

@@ -7,7 +7,7 @@ dicts for ``conversations``, ``messages``, ``feedback`` and, when asked for, ``i
 research turns. Consent, incognito and deletion were settled before the rows got here.
 
 Sources, each pair labelled (chosen ≻ rejected) with a flip probability ε — the chance
-that the label is wrong, which the robust DPO loss corrects for:
+that the label is wrong, which the DPO loss weighs pairs by (align/dpo.py):
 
 =============  ==================================================  =====================
 source         what says which reply is better                      ε
@@ -230,7 +230,7 @@ def _reward_candidates(tree: _Tree, judge: Judge | None, config: PairConfig, ski
                     skipped["reward_unsure"] += 1
                     continue
                 # Never surer than the user's own thumbs: the score is a model's guess
-                # (uncalibrated on this user), and --max-pairs and the robust DPO loss
+                # (uncalibrated on this user), and --max-pairs and the DPO loss
                 # favour the smallest ε.
                 epsilon = min(max(1.0 - judgement.sure, config.epsilon_thumbs),
                               config.max_inferred_epsilon)

@@ -5,7 +5,7 @@
 1. Training throughput. The same pairs (real LLM answers from the IFLLM study in
    ../shared/ifllm, median ≈ 1,300 characters, picked side by side), the same SmolLM2
    checkpoint, LoRA (r 8, α 16, the seven linear modules of the top half of the layers),
-   epochs, batch size, robust DPO + NLL loss, and trl's fast CPU settings (bf16 off,
+   epochs, batch size, noisy-label DPO + NLL loss, and trl's fast CPU settings (bf16 off,
    gradient checkpointing off, FACTS.md), 2 threads. Nothing is truncated on either side,
    so both see the same token sequences; tokens/s counts non-padding tokens through the
    model (trl's own ``num_tokens``) over the training loop's wall time. Each trainer runs
@@ -107,7 +107,7 @@ def worker(kind: str, count: int, epochs: int, batch: int) -> dict:
              "rejected": [{"role": "assistant", "content": d["rejected"]}]} for d in data])
         args = DPOConfig(
             output_dir=str(work), per_device_train_batch_size=batch, num_train_epochs=epochs,
-            learning_rate=1e-4, beta=0.1, loss_type=["robust", "sft"], loss_weights=[1.0, 0.2],
+            learning_rate=1e-4, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.2],
             label_smoothing=0.05, max_length=8192, use_cpu=True, bf16=False,
             gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=10**6,
             disable_tqdm=True, seed=0)

@@ -1,4 +1,4 @@
-"""The DPO stage: the trainer's loss is the robust DPO + NLL loss with each pair's own ε
+"""The DPO stage: the trainer's loss is the noisy-label DPO + NLL loss with each pair's own ε
 (matched to a hand computation), the split forward equals the plain one, an interrupted
 run resumes from its checkpoint, and the job is polite (priority, lock, battery)."""
 import importlib.util
@@ -101,7 +101,32 @@ def test_training_reshapes_a_conversation_as_the_app_does_for_its_template(check
     assert tokenizer.decode(example["chosen_ids"]).startswith("An apple.")
 
 
-def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_path):
+def test_a_noisy_pair_never_pulls_harder_than_a_clean_one_and_stops():
+    """ANCHORS: inferred labels are noisy, their weight capped. Robust DPO's division by
+    1 − 2ε made a pair at ε 0.45 pull 10× as hard as a pick at h = 0 and keep pulling
+    for ever (its loss had no floor). Here, at every margin, an uncertain pair's pull
+    towards its label is at most a clean pair's, and it stops where σ(βh) = 1 − ε."""
+    import torch
+    from align.dpo import noisy_label_dpo_loss
+    beta = 0.1
+    h = torch.linspace(-60, 60, 241, dtype=torch.float64, requires_grad=True)
+
+    def pull(epsilon):
+        loss = noisy_label_dpo_loss(h, torch.full_like(h, epsilon), beta).sum()
+        (grad,) = torch.autograd.grad(loss, h)
+        return -grad                          # > 0: towards the label
+    clean = pull(0.0)
+    for epsilon in (0.05, 0.30, 0.45):
+        noisy = pull(epsilon)
+        assert bool((noisy <= clean + 1e-12).all()), epsilon
+        assert float(noisy[120]) == pytest.approx((1 - 2 * epsilon) * float(clean[120]))   # h = 0
+        stop = math.log((1 - epsilon) / epsilon) / beta                 # σ(β h) = 1 − ε
+        assert float(pull(epsilon)[h.detach() > stop + 1].max()) < 0    # beyond it: pulled back
+    floor = noisy_label_dpo_loss(h.detach(), torch.full_like(h, 0.45), beta)
+    assert float(floor.min()) > 0                                        # bounded below
+
+
+def test_trainer_loss_is_noisy_label_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_path):
     import torch
     from align.dpo import DPOSettings, Scorer, make_trainer
 
@@ -145,7 +170,7 @@ def test_trainer_loss_is_robust_dpo_with_each_pairs_own_epsilon(checkpoint, tmp_
         (pr, _), (rr, _) = rows["r"]
         h = (pc - rc) - (pr - rr)
         e, beta = p.epsilon, 0.1
-        dpo = ((1 - e) * math.log1p(math.exp(-beta * h)) - e * math.log1p(math.exp(beta * h))) / (1 - 2 * e)
+        dpo = (1 - e) * math.log1p(math.exp(-beta * h)) + e * math.log1p(math.exp(beta * h))
         nll = -pc / count_c
         expected.append(dpo + 0.2 * (1 - 2 * e) * nll)
         assert abs(h) > 1e-3          # the margins are not trivially zero
