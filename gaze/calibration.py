@@ -690,15 +690,21 @@ class ClickRecalibrator:
         self.drift_deg, self.drift_window = drift_deg, drift_window
         self.shrink = shrink_px
         self.points: list[_Background] = []
-        self.recent_errors_deg: list[float] = []
+        # (error in degrees, when it expires): a drift is what the last clicks say now, and
+        # clicks from an hour ago said nothing about now (the flag stayed on all that time).
+        self._recent_errors: list[tuple[float, float]] = []
         self.affine = Affine()
+
+    @property
+    def recent_errors_deg(self) -> list[float]:
+        return [error for error, _ in self._recent_errors]
 
     def add(self, raw_estimate, click_xy, now: float | None = None) -> Affine:
         now = time.monotonic() if now is None else now
         raw = np.asarray(raw_estimate, float)
         click = np.asarray(click_xy, float)
         err = float(self.screen.px_to_deg(np.linalg.norm(raw - click)))
-        self.recent_errors_deg = (self.recent_errors_deg + [err])[-self.drift_window:]
+        self._recent_errors = (self._recent_errors + [(err, now + self.lifetime_s)])[-self.drift_window:]
         self.points.append(_Background(raw, click, now + self.lifetime_s))
         self.points = self.points[-self.capacity:]
         return self.refit(now)
@@ -706,6 +712,7 @@ class ClickRecalibrator:
     def expire(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self.points = [p for p in self.points if p.expires > now]
+        self._recent_errors = [(e, expires) for e, expires in self._recent_errors if expires > now]
 
     def refit(self, now: float | None = None) -> Affine:
         self.expire(now)
@@ -741,5 +748,5 @@ class ClickRecalibrator:
 
     def reset(self) -> None:
         self.points.clear()
-        self.recent_errors_deg.clear()
+        self._recent_errors.clear()
         self.affine = Affine()

@@ -215,7 +215,7 @@ def test_clicks_correct_an_offset_then_expire_and_drift_is_flagged():
     assert np.linalg.norm(corrected - clicks, axis=1).max() < 15
     assert recal.drift                        # 134 px ≈ 3.5° off before correction
     recal.expire(now=100.0)
-    assert recal.points == []
+    assert recal.points == [] and not recal.drift    # old clicks say nothing about now
     assert np.allclose(recal.refit(now=100.0).apply(raw), raw)
     fresh = C.ClickRecalibrator(SCREEN)
     for i, c in enumerate(clicks):
