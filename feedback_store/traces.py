@@ -10,6 +10,7 @@ One shown reply's trace holds its pointer samples (source MOUSE) and gaze sample
 shared tokenizer (words.py); lines from the layout stored with the reply; ``visible``
 from the viewport events (the sample's line within the visible range at that moment).
 """
+import functools
 import json
 
 import numpy as np
@@ -19,10 +20,22 @@ from .trace import GAZE, MOUSE, PairTrace, ReadingTrace, ReplyActivity
 LIVE_USER = "local"
 
 
+@functools.lru_cache(maxsize=32)
+def _lines(layout: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each visual line's first offset and end offset in a showing's stored layout (its
+    JSON, parsed once: the trace, its viewport events and its activity all need them)."""
+    boxes = json.loads(layout or "[]")
+    starts = np.asarray([box["start"] for box in boxes], np.int64)
+    ends = np.asarray([box["end"] for box in boxes], np.int64)
+    for shared in (starts, ends):          # (cached: one caller's change would be all's)
+        shared.setflags(write=False)
+    return starts, ends
+
+
 def _line_starts(shown: dict) -> np.ndarray:
     """First character offset of each visual line of a showing's stored layout."""
-    layout = json.loads(shown["layout"] or "[]")
-    return np.asarray([box["start"] for box in layout] or [0], np.int32)
+    starts, _ = _lines(shown["layout"])
+    return starts.astype(np.int32) if len(starts) else np.zeros(1, np.int32)
 
 
 class TraceReader:
@@ -104,11 +117,9 @@ class TraceReader:
             "SELECT mono_ns, first_line, last_line, coalesce(window_visible, true) AS shown, "
             "first_offset, last_offset FROM viewport_events WHERE shown_reply_id = ? "
             "ORDER BY mono_ns", (shown["id"],))
-        layout = json.loads(shown["layout"] or "[]")
-        if not layout:
+        line_starts, line_ends = _lines(shown["layout"])
+        if not len(line_starts):
             return views
-        line_starts = np.asarray([box["start"] for box in layout], np.int64)
-        line_ends = np.asarray([box["end"] for box in layout], np.int64)
         for view in views:
             if view["first_offset"] is not None and view["last_offset"] is not None:
                 # The line holding the first visible character; the first line reaching
@@ -116,7 +127,7 @@ class TraceReader:
                 first = np.searchsorted(line_starts, view["first_offset"], side="right") - 1
                 last = np.searchsorted(line_ends, view["last_offset"], side="left")
                 view["first_line"] = int(max(first, 0))
-                view["last_line"] = int(min(max(last, view["first_line"]), len(layout) - 1))
+                view["last_line"] = int(min(max(last, view["first_line"]), len(line_starts) - 1))
         return views
 
     @staticmethod
@@ -173,7 +184,7 @@ class TraceReader:
                 return (action["mono_ns"] - zero) / 1e6
             return (action["wall_ns"] - shown["shown_wall_ns"]) / 1e6 + shift_ms
         return ReplyActivity.build(
-            n_lines=max(len(json.loads(shown["layout"] or "[]")), 1),
+            n_lines=max(len(_lines(shown["layout"])[0]), 1),
             n_chars=len(shown["rendered_text"] or ""),
             views=[((v["mono_ns"] - zero) / 1e6, v["first_line"], v["last_line"], v["shown"])
                    for v in views],

@@ -166,22 +166,30 @@ class CaptureController(QObject):
         whole smooth scroll, points were mapped to where the words had been."""
         dy, self._scroll_value = value - self._scroll_value, value
         for recorder in self.recorders:
-            recorder.set_snapshot(self._shown_as_they_appear(recorder.snapshot.scrolled(dy)))
+            recorder.set_snapshot(recorder.snapshot.scrolled(dy))
+        self._show_appearing()
         self.layout_changed("scroll")
 
-    def _shown_as_they_appear(self, snapshot):
+    def _on_screen(self) -> bool:
+        """The window is drawn where the user can see it (exposed, not minimised)."""
+        window, handle = self.window, self.window.windowHandle()
+        return bool(handle and handle.isExposed()) and window.isVisible() and not window.isMinimized()
+
+    def _show_appearing(self) -> None:
         """A reply scrolled into view is shown from now, not from the next measured
         snapshot: meanwhile the points over it belonged to no showing."""
-        window = self.window
-        appearing = [placed for placed in snapshot.replies if placed.shown_reply_id is None
+        appearing = [placed for placed in self.recorder.snapshot.replies
+                     if placed.shown_reply_id is None
                      and placed.clip[2] > placed.clip[0] and placed.clip[3] > placed.clip[1]]
-        handle = window.windowHandle()
-        if not appearing or not (handle and handle.isExposed()) or window.isMinimized():
-            return snapshot
-        window.record_shown_replies(replace(snapshot, replies=tuple(appearing)))
-        return replace(snapshot, replies=tuple(
-            replace(placed, shown_reply_id=self.session.shown_id(placed.geometry.message_id))
-            if placed.shown_reply_id is None else placed for placed in snapshot.replies))
+        if not appearing or not self._on_screen():
+            return
+        self.window.record_shown_replies(replace(self.recorder.snapshot, replies=tuple(appearing)))
+        shown_id = self.session.shown_id
+        for recorder in self.recorders:
+            snapshot = recorder.snapshot
+            recorder.set_snapshot(replace(snapshot, replies=tuple(
+                replace(placed, shown_reply_id=shown_id(placed.geometry.message_id))
+                if placed.shown_reply_id is None else placed for placed in snapshot.replies)))
 
     def narrow(self, keep: set[str], conversation_id: str | None) -> None:
         """At once, before the layout settles: points stop mapping to replies that are
@@ -198,15 +206,13 @@ class CaptureController(QObject):
         """Measure (once settled and exposed), hand the snapshot to the recorder, record
         newly shown replies and their moves, and write viewport events for changes."""
         window = self.window
-        handle = window.windowHandle()
-        exposed = bool(handle and handle.isExposed()) and window.isVisible()
         reason, self._reason = self._reason, "layout"
         tree = window.tree
         if tree is None:
             return
         conversation_id = tree.id
         snapshot = window.probe.snapshot(clip_to=window.chat_view.viewport())
-        if exposed and not window.isMinimized():
+        if self._on_screen():
             window.record_shown_replies(snapshot)
         ids = {m: (self.session.shown_id(m), conversation_id) for m in window.probe.message_ids()}
         area = global_rect(window)

@@ -61,18 +61,17 @@ def code_point_at(text: str) -> np.ndarray | None:
     points: an emoji is two of the first and one of the second, so past each one every
     offset was one character further on. For each unit position 0 … n (n included), the
     code point it falls in; None when the two counts agree (text without such characters)."""
-    units = len(text.encode("utf-16-le")) // 2
-    if units == len(text):
+    points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    widths = 1 + (points > 0xFFFF).astype(np.int64)
+    if len(widths) == int(widths.sum()):
         return None
-    widths = np.fromiter((1 + (ord(c) > 0xFFFF) for c in text), np.int64, len(text))
     return np.append(np.repeat(np.arange(len(text)), widths), len(text))
 
 
 def text_offset(text: str, position: int) -> int:
     """A Qt document position (a selection's end) as an offset into its plain text."""
-    if text.isascii():
-        return position
-    return len(text.encode("utf-16-le")[:2 * max(position, 0)].decode("utf-16-le", "replace"))
+    at = code_point_at(text)
+    return position if at is None else int(at[min(max(position, 0), len(at) - 1)])
 
 
 def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
