@@ -15,6 +15,7 @@ scored replies (at most ``HISTORY_KEPT``): wall and CPU milliseconds.
 """
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -41,13 +42,25 @@ def reading_rows(session_id, shown_id, conversation_id, text, line_starts, secon
         pointer.append(PointerSample(session_id, shown_id, conversation_id, t, time.time_ns(),
                                      "move", x=100.0 + (i * 3) % 600, y=100.0 + 18 * line,
                                      text_offset=offset, source="pynput", line=line))
-    for i in range(int(seconds * 30)):
+    # Gaze: fixations of 8 frames (≈ 270 ms) stepping along the lines, 1.5 lines below the
+    # text with 6 px of noise a frame, each stored at its end as the tracker reports it;
+    # positions on the reply too (schema 8), so the trace reader assigns their lines.
+    rng = random.Random(start_ns)
+    frames = int(seconds * 30)
+    for i in range(frames):
         t = start_ns + i * 33_333_333
-        line = min(lines - 1, int(i / (seconds * 30) * lines))
-        offset = min(len(text) - 1, line_starts[line] + (i * 7) % 80)
+        fixation = i // 8
+        line = min(lines - 1, int(i / frames * lines))
+        x, y = 100.0 + (fixation * 70) % 600 + rng.gauss(0, 6), 100.0 + 18 * line + 36 + rng.gauss(0, 6)
+        under = min(lines - 1, max(0, int((y - 100.0) // 18)))     # as captured
+        offset = min(len(text) - 1, line_starts[under] + int((x - 100.0) / 600 * 90))
         gaze.append(GazeSample(session_id, shown_id, conversation_id, t, time.time_ns(), "raw",
-                               x=100.0 + (i * 7) % 600, y=100.0 + 18 * line, text_offset=offset,
-                               line=line, confidence=0.9))
+                               x=x, y=y, text_offset=offset, line=under, confidence=0.9,
+                               reply_x=x - 100.0, reply_y=y - 100.0))
+        if i % 8 == 7:
+            gaze.append(GazeSample(session_id, shown_id, conversation_id, t + 33_333_333,
+                                   time.time_ns(), "fixation", x=x, y=y, confidence=0.9,
+                                   duration_ms=8 * 33.333, reply_x=x - 100.0, reply_y=y - 100.0))
     return pointer, gaze
 
 

@@ -45,6 +45,10 @@ class GazeSample(NamedTuple):
     line: int | None = None
     confidence: float | None = None
     duration_ms: float | None = None   # fixations: how long the eyes stayed
+    # The point on the reply's text area (its own pixels, 0, 0 = top-left) when it fell
+    # on a reply: it stays true when the reply scrolls (schema 8; reading_lines.py).
+    reply_x: float | None = None
+    reply_y: float | None = None
 
 
 class ViewportEvent(NamedTuple):

@@ -15,21 +15,31 @@ import json
 
 import numpy as np
 
+from .reading_lines import assign_lines, fixation_centres, fixation_of, sample_offsets, stacked
 from .trace import GAZE, MOUSE, PairTrace, ReadingTrace, ReplyActivity
 
 LIVE_USER = "local"
 
 
 @functools.lru_cache(maxsize=32)
-def _lines(layout: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each visual line's first offset and end offset in a showing's stored layout (its
-    JSON, parsed once: the trace, its viewport events and its activity all need them)."""
+def _boxes(layout: str | None) -> dict[str, np.ndarray]:
+    """A showing's stored layout (its JSON, parsed once: the trace, its viewport events
+    and its activity all need it) as arrays: each visual line's ``start`` and ``end``
+    offsets and its screen rectangle ``x``, ``y``, ``w``, ``h``."""
     boxes = json.loads(layout or "[]")
-    starts = np.asarray([box["start"] for box in boxes], np.int64)
-    ends = np.asarray([box["end"] for box in boxes], np.int64)
-    for shared in (starts, ends):          # (cached: one caller's change would be all's)
+    arrays = {"start": np.asarray([box["start"] for box in boxes], np.int64),
+              "end": np.asarray([box["end"] for box in boxes], np.int64)}
+    for name in ("x", "y", "w", "h"):
+        arrays[name] = np.asarray([box[name] for box in boxes], np.float64)
+    for shared in arrays.values():        # (cached: one caller's change would be all's)
         shared.setflags(write=False)
-    return starts, ends
+    return arrays
+
+
+def _lines(layout: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each visual line's first offset and end offset in a showing's stored layout."""
+    boxes = _boxes(layout)
+    return boxes["start"], boxes["end"]
 
 
 def _line_starts(shown: dict) -> np.ndarray:
@@ -67,11 +77,17 @@ class TraceReader:
         zero = shown["shown_mono_ns"] if zero_mono_ns is None else zero_mono_ns
         line_starts = _line_starts(shown)
         pointer = self._samples("pointer_samples", "1.0", shown_reply_id)
-        # The eyes' raw samples only: a fixation is stored as a summary row at its end, and
-        # read as one more sample it landed among the next line's samples (a visit, a
-        # regression and dwell that were never there).
-        gaze = self._samples("gaze_samples", "coalesce(confidence, 'NaN'::DOUBLE)", shown_reply_id,
-                             "AND kind = 'raw'")
+        # The eyes' raw samples are the trace; the fixations, each stored as a summary row
+        # at its end, only say which samples rested together (read as one more sample, a
+        # fixation landed among the next line's samples: a visit, a regression and dwell
+        # that were never there).
+        eyes = self._samples("gaze_samples", "coalesce(confidence, 'NaN'::DOUBLE)", shown_reply_id,
+                             "AND kind IN ('raw', 'fixation')", gaze=True)
+        fixation = eyes.pop("fixation")
+        gaze = {name: values[~fixation] for name, values in eyes.items()}
+        gaze["text_offset"] = self._gaze_offsets(shown, gaze, {
+            "start_ns": eyes["mono_ns"][fixation] - eyes["duration_ms"][fixation] * 1e6,
+            "end_ns": eyes["mono_ns"][fixation].astype(np.float64)})
         mono = np.concatenate([pointer["mono_ns"], gaze["mono_ns"]])
         source = np.concatenate([np.full(len(pointer["mono_ns"]), MOUSE, np.uint8),
                                  np.full(len(gaze["mono_ns"]), GAZE, np.uint8)])
@@ -95,17 +111,56 @@ class TraceReader:
             missing=missing)
 
     def _samples(self, table: str, confidence_sql: str, shown_reply_id: str,
-                 only: str = "") -> dict:
+                 only: str = "", gaze: bool = False) -> dict:
+        """``gaze``: also each sample's position on the reply, whether it is a fixation's
+        summary row and the fixation's duration (NaN for raw samples)."""
+        eyes = (", coalesce(reply_x, 'NaN'::DOUBLE) AS reply_x, "
+                "coalesce(reply_y, 'NaN'::DOUBLE) AS reply_y, kind = 'fixation' AS fixation, "
+                "coalesce(duration_ms, 'NaN'::DOUBLE) AS duration_ms" if gaze else "")
         with self.store.reading():
             result = self.store._cursor().execute(
                 f"SELECT mono_ns, coalesce(x, 'NaN'::DOUBLE) AS x, coalesce(y, 'NaN'::DOUBLE) AS y, "
-                f"coalesce(text_offset, -1) AS text_offset, {confidence_sql} AS confidence "
-                f"FROM {table} WHERE shown_reply_id = ? {only} ORDER BY mono_ns",
+                f"coalesce(text_offset, -1) AS text_offset, {confidence_sql} AS confidence"
+                f"{eyes} FROM {table} WHERE shown_reply_id = ? {only} ORDER BY mono_ns",
                 [shown_reply_id]).fetchnumpy()
-        return {"mono_ns": np.asarray(result["mono_ns"], np.int64),
-                "x": np.asarray(result["x"], np.float64), "y": np.asarray(result["y"], np.float64),
-                "text_offset": np.asarray(result["text_offset"], np.int64),
-                "confidence": np.asarray(result["confidence"], np.float32)}
+        columns = {"mono_ns": np.int64, "x": np.float64, "y": np.float64, "text_offset": np.int64,
+                   "confidence": np.float32, "reply_x": np.float64, "reply_y": np.float64,
+                   "fixation": np.bool_, "duration_ms": np.float64}
+        return {name: np.asarray(values, columns[name]) for name, values in result.items()}
+
+    def _gaze_offsets(self, shown: dict, gaze: dict, fixations: dict) -> np.ndarray:
+        """The raw gaze samples' character offsets, their lines found by reading order
+        (``reading_lines``): gaze is off by a few lines, and the character under each
+        point, as mapped when it was captured, is mostly on a neighbour of the line read.
+        The tracker's fixations (time windows ``start_ns``, ``end_ns``) are placed by
+        their samples on this reply, each in the reply's pixels of its own moment, and
+        assigned lines together with the gaze's offset for this reading; their samples
+        take their line. Kept as captured where that cannot be done: rows from before
+        schema 8 (no position on the reply), fewer than two fixations, or lines side by
+        side (a table)."""
+        captured = gaze["text_offset"]
+        placed = ~np.isnan(gaze["reply_x"])
+        boxes = _boxes(shown["layout"])
+        if not placed.any() or len(boxes["start"]) == 0 or not stacked(boxes["y"], boxes["h"]):
+            return captured
+        t = gaze["mono_ns"].astype(np.float64)
+        which = fixation_of(t, fixations["start_ns"], fixations["end_ns"])
+        which[~placed] = -1
+        n_fixations = len(fixations["end_ns"])
+        cx, cy, count = fixation_centres(gaze["reply_x"], gaze["reply_y"], which, n_fixations)
+        seen = np.flatnonzero(count > 0)
+        if len(seen) < 2:
+            return captured
+        # The stored boxes are on screen where the reply was last placed (its screen_x,
+        # screen_y); the samples are on the reply's text area, wherever it was then.
+        left = boxes["x"] - (shown["screen_x"] or 0)
+        top = boxes["y"] - (shown["screen_y"] or 0)
+        found = assign_lines(cx[seen], cy[seen], top, boxes["h"], left, left + boxes["w"])
+        fixation_line = np.full(n_fixations, -1, np.int64)
+        fixation_line[seen] = found.line
+        assigned = sample_offsets(gaze["reply_x"], which, fixation_line, boxes["start"],
+                                  boxes["end"], left, left + boxes["w"])
+        return np.where(placed, assigned, captured)
 
     def _views(self, shown: dict) -> list[dict]:
         """The showing's viewport events, oldest first, their lines numbered as in the

@@ -124,7 +124,9 @@ class GazeRecorder(BatchingRecorder):
             point.mono_ns, point.wall_ns,
             point.kind, float(point.x), float(point.y), offset if offset >= 0 else None,
             "webcam", word if word >= 0 else None, line if line >= 0 else None,
-            float(point.confidence), point.duration_ms)
+            float(point.confidence), point.duration_ms,
+            float(point.x - placed.origin[0]) if placed else None,
+            float(point.y - placed.origin[1]) if placed else None)
         with self._lock:
             self.received += 1
             self._buffer.append(sample)

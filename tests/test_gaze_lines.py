@@ -1,0 +1,196 @@
+"""Line assignment of gaze (feedback_store/reading_lines.py): webcam gaze lands a few
+lines away from the line read, and reading order says which line it was."""
+import time
+
+import numpy as np
+
+from align.features import reading_features, regressions
+from feedback_store.reading_lines import assign_lines, fixation_centres, fixation_of, sample_offsets
+from feedback_store.trace import GAZE, ReadingTrace
+
+LINE_PX, CHAR_PX, CHARS, N_LINES = 20.0, 10.0, 60, 10
+SHORT_LINE, SHORT_CHARS = 6, 20          # a paragraph's last line: 20 characters
+
+
+def line_chars(line: int) -> int:
+    return SHORT_CHARS if line == SHORT_LINE else CHARS
+
+
+def layout():
+    """(top, height, left, right) of ten stacked lines, 20 px high, 600 px of text."""
+    right = np.array([line_chars(i) * CHAR_PX for i in range(N_LINES)])
+    return np.arange(N_LINES) * LINE_PX, np.full(N_LINES, LINE_PX), np.zeros(N_LINES), right
+
+
+def reading(order, rng, offset_px, noise_px):
+    """Fixation centres of someone reading the lines in ``order`` left to right, about
+    every 9 characters, the gaze ``offset_px`` below the text with ``noise_px`` of noise."""
+    xs, ys, truth = [], [], []
+    for line in order:
+        width = line_chars(line) * CHAR_PX
+        n = max(2, int(width // 90))
+        for i in range(n):
+            xs.append((i + 0.5) * width / n + rng.normal(0, 10))
+            ys.append((line + 0.5) * LINE_PX + offset_px + rng.normal(0, noise_px))
+            truth.append(line)
+    return np.array(xs), np.array(ys), np.array(truth)
+
+
+def under_point(y):
+    """The line under each point, as capture maps it (clamped to the text)."""
+    return np.clip(np.floor(np.asarray(y) / LINE_PX), 0, N_LINES - 1).astype(int)
+
+
+def visits(lines):
+    lines = np.asarray(lines)
+    return lines[np.r_[True, lines[1:] != lines[:-1]]]
+
+
+def test_fixations_a_few_lines_off_are_assigned_the_lines_read():
+    """The gaze 0–3 lines off (as a 1–2° calibration bias is) and half a line of noise
+    per fixation: the line under the point is rarely the one read, the decoded line
+    nearly always, and the offset is found."""
+    top, height, left, right = layout()
+    rng = np.random.default_rng(11)
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 7, 8, 9]
+    assigned, captured, offset_error = [], [], []
+    for _ in range(40):
+        offset = rng.normal(0, 60.0)
+        x, y, truth = reading(order, rng, offset, 0.5 * LINE_PX)
+        found = assign_lines(x, y, top, height, left, right)
+        assigned.append(np.mean(found.line == truth))
+        captured.append(np.mean(under_point(y) == truth))
+        offset_error.append(abs(found.offset_px[0] - offset))
+    assert np.mean(captured) < 0.4                      # (what the raw mapping gives)
+    assert np.mean(assigned) >= 0.9 and np.median(assigned) >= 0.95
+    assert np.mean(np.asarray(offset_error) <= LINE_PX / 2) >= 0.85
+
+
+def test_reading_back_to_an_earlier_line_is_one_regression_after_assignment():
+    top, height, left, right = layout()
+    rng = np.random.default_rng(5)
+    order = [0, 1, 2, 3, 4, 5, 2, 3]               # lines 1–6, then back to line 3
+    counted, raw = [], []
+    for _ in range(10):
+        x, y, truth = reading(order, rng, 45.0, 0.4 * LINE_PX)
+        assert regressions(visits(truth)) == 1
+        counted.append(regressions(visits(assign_lines(x, y, top, height, left, right).line)))
+        raw.append(regressions(visits(under_point(y))))
+    assert np.mean(np.asarray(counted) == 1) >= 0.9
+    assert np.mean(raw) > 2
+
+
+def test_a_long_read_is_decoded_in_windows_that_go_on_from_each_other():
+    """Sixty even lines (no short line to anchor them) read top to bottom: more fixations
+    than one window holds. Each window starts from the line the one before ended on, the
+    first from the top of the reply; otherwise a window's lines are known only relative
+    to each other, and one or two lines' shift fits as well."""
+    from feedback_store.reading_lines import WINDOW_FIXATIONS
+    n_lines = 60
+    top, height = np.arange(n_lines) * LINE_PX, np.full(n_lines, LINE_PX)
+    left, right = np.zeros(n_lines), np.full(n_lines, CHARS * CHAR_PX)
+    rng = np.random.default_rng(8)
+    xs, ys, truth = [], [], []
+    for line in range(n_lines):
+        for i in range(7):
+            xs.append((i + 0.5) * CHARS * CHAR_PX / 7 + rng.normal(0, 10))
+            ys.append((line + 0.5) * LINE_PX + 30.0 + rng.normal(0, 0.4 * LINE_PX))
+            truth.append(line)
+    assert len(truth) > WINDOW_FIXATIONS
+    found = assign_lines(np.array(xs), np.array(ys), top, height, left, right)
+    assert np.mean(found.line == np.array(truth)) >= 0.95
+    assert np.all(np.abs(found.offset_px - 30.0) <= LINE_PX / 2)
+
+
+def test_samples_take_their_fixations_line_and_the_character_at_their_x():
+    # Three lines: "abcdefghij" (0–10), an empty one (11–11), "klmno" (12–17).
+    start, end = np.array([0, 11, 12]), np.array([10, 11, 17])
+    left, right = np.zeros(3), np.array([100.0, 0.0, 50.0])
+    t = np.array([0.0, 5.0, 10.0, 12.0, 20.0, 25.0, 30.0])
+    x = np.array([5.0, 95.0, 40.0, 40.0, 40.0, 999.0, 40.0])
+    # fixations [0, 10), [10, 15) and [25, 30), given out of order
+    which = fixation_of(t, np.array([25.0, 0.0, 10.0]), np.array([30.0, 10.0, 15.0]))
+    assert which.tolist() == [1, 1, 2, 2, -1, 0, -1]       # a fixation's end is not inside
+    cx, cy, count = fixation_centres(x, x + 1, which, 3)
+    assert count.tolist() == [1, 2, 2] and cx.tolist() == [999.0, 50.0, 40.0]
+    assert cy.tolist() == [1000.0, 51.0, 41.0]
+    # on lines 1 (empty), 0 and 2: 'a', 'j'; x 40 on "klmno" is 'n' (40 of its 50 px);
+    # between fixations and on the empty line, no character
+    offsets = sample_offsets(x, which, np.array([1, 0, 2]), start, end, left, right)
+    assert offsets.tolist() == [0, 9, 16, 16, -1, -1, -1]
+
+
+def test_gaze_read_back_from_the_store_is_on_the_lines_read(store):
+    """The whole path: noisy 30 Hz gaze 2 lines below the text, the tracker's fixation
+    detector, the recorder mapping both onto a reply that scrolls mid-read, the store,
+    and the trace reader: its gaze lines are the lines read, and going back once is one
+    regression (as captured, the same samples make many)."""
+    from app.capture.recorder import GazeRecorder
+    from app.session import AppSession, ReplyOnScreen
+    from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
+    from gaze.fixations import FixationDetector
+    from gaze.points import GazePoint
+    store.consent.set("gaze", True)
+    text = "\n".join("x" * line_chars(i) for i in range(N_LINES))
+    starts = np.cumsum([0] + [line_chars(i) + 1 for i in range(N_LINES - 1)]).astype(np.int32)
+    ends = (starts + [line_chars(i) for i in range(N_LINES)]).astype(np.int32)
+    char_x = np.concatenate([np.arange(line_chars(i) + (i < N_LINES - 1)) * CHAR_PX
+                             for i in range(N_LINES)])
+    top, height, left, right = layout()
+    geometry = ReplyGeometry("m", text, starts, ends, left, top, height, right - left, char_x)
+    origin = (100.0, 300.0)
+    area = (100.0, 300.0, 700.0, 300.0 + N_LINES * LINE_PX)
+    view = (100.0, 100.0, 700.0, 700.0)
+    session = AppSession(store)
+    recorder = GazeRecorder(store, session.id)
+    try:
+        shown_id = session.reply_shown(ReplyOnScreen(
+            "m", "c", (100, 300, 600, int(N_LINES * LINE_PX)), 1.0, text,
+            geometry.line_boxes(*origin)))
+        snapshot = LayoutSnapshot((PlacedReply(geometry, shown_id, "c", origin, area, area),),
+                                  conversation_id="c", view=view)
+        recorder.set_snapshot(snapshot)
+        rng = np.random.default_rng(3)
+        order = [0, 1, 2, 3, 4, 5, 2, 3]
+        detector = FixationDetector(px_per_degree=40.0)
+        t = time.monotonic_ns()
+        scroll_px, truth = 0.0, []
+        for visit, line in enumerate(order):
+            if visit == 4:                 # the user scrolls the reply up by 3 lines
+                scroll_px = 3 * LINE_PX
+                recorder.set_snapshot(snapshot.scrolled(scroll_px))
+            width = line_chars(line) * CHAR_PX
+            for i in range(max(2, int(width // 90))):
+                local = ((i + 0.5) * width / max(2, int(width // 90)), (line + 0.5) * LINE_PX)
+                for _ in range(8):         # ≈ 250 ms at 30 Hz
+                    t += 33_000_000
+                    point = GazePoint(t, time.time_ns(), origin[0] + local[0] + rng.normal(0, 6),
+                                      origin[1] - scroll_px + local[1] + 2 * LINE_PX
+                                      + rng.normal(0, 6))
+                    truth.append((t, line))
+                    recorder.point(point)
+                    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
+                    if done is not None:
+                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
+                                                 "fixation", 1.0, done.duration_ms))
+        done = detector.flush()
+        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y, "fixation", 1.0,
+                                 done.duration_ms))
+        recorder.stop()
+        store.flush()
+        trace, _ = store.traces.read(shown_id)
+        gaze = trace.of_source(GAZE)
+        expected = dict(truth)
+        times = np.round(gaze.t_ms * 1e6).astype(np.int64) + store.traces.shown_reply(shown_id)["shown_mono_ns"]
+        read_line = np.array([expected[int(ti)] for ti in times])
+        on = gaze.line >= 0
+        assert on.mean() > 0.8 and np.mean(gaze.line[on] == read_line[on]) >= 0.95
+        assert reading_features(trace, GAZE)["regressions"] == 1
+        captured = store._rows("SELECT text_offset FROM gaze_samples WHERE kind = 'raw' ORDER BY mono_ns")
+        as_captured = ReadingTrace.build(
+            t_ms=gaze.t_ms, offset=[-1 if r["text_offset"] is None else r["text_offset"] for r in captured],
+            text=text, line_starts=starts, source=np.full(len(captured), GAZE))
+        assert reading_features(as_captured, GAZE)["regressions"] > 1
+    finally:
+        recorder.stop()
+        session.close()
