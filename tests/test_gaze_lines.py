@@ -47,23 +47,27 @@ def visits(lines):
 
 
 def test_fixations_a_few_lines_off_are_assigned_the_lines_read():
-    """The gaze 0–3 lines off (as a 1–2° calibration bias is) and half a line of noise
-    per fixation: the line under the point is rarely the one read, the decoded line
-    nearly always, and the offset is found."""
+    """The gaze 0–3 lines off (as a 1–2° calibration bias is) and half a line, then 0.8
+    of a line, of noise per fixation: the line under the point is rarely the one read,
+    the decoded line nearly always, and the offset is found. (Measured when written:
+    with the same chance of each move instead of the reading priors, 0.96 and 0.75;
+    without the x fit to each line's text, 0.92 and 0.79.)"""
     top, height, left, right = layout()
-    rng = np.random.default_rng(11)
     order = [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 7, 8, 9]
-    assigned, captured, offset_error = [], [], []
-    for _ in range(40):
-        offset = rng.normal(0, 60.0)
-        x, y, truth = reading(order, rng, offset, 0.5 * LINE_PX)
-        found = assign_lines(x, y, top, height, left, right)
-        assigned.append(np.mean(found.line == truth))
-        captured.append(np.mean(under_point(y) == truth))
-        offset_error.append(abs(found.offset_px[0] - offset))
-    assert np.mean(captured) < 0.4                      # (what the raw mapping gives)
-    assert np.mean(assigned) >= 0.9 and np.median(assigned) >= 0.95
-    assert np.mean(np.asarray(offset_error) <= LINE_PX / 2) >= 0.85
+    for noise, at_least in ((0.5, 0.975), (0.8, 0.85)):
+        rng = np.random.default_rng(11)
+        assigned, captured, offset_error = [], [], []
+        for _ in range(60):
+            offset = rng.normal(0, 60.0)
+            x, y, truth = reading(order, rng, offset, noise * LINE_PX)
+            found = assign_lines(x, y, top, height, left, right)
+            assigned.append(np.mean(found.line == truth))
+            captured.append(np.mean(under_point(y) == truth))
+            offset_error.append(abs(found.offset_px[0] - offset))
+        assert np.mean(captured) < 0.4                  # (what the raw mapping gives)
+        assert np.mean(assigned) >= at_least, (noise, np.mean(assigned))
+        if noise == 0.5:
+            assert np.mean(np.asarray(offset_error) <= LINE_PX / 2) >= 0.85
 
 
 def test_reading_back_to_an_earlier_line_is_one_regression_after_assignment():
