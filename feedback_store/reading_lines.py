@@ -46,17 +46,23 @@ class LineAssignment:
     line: np.ndarray         # int32 [fixations]: the line each was on
     offset_px: np.ndarray    # float64 [fixations]: the gaze's vertical offset found for it
     log_likelihood: float    # of the decoded paths and offsets (priors included)
+    # How much likelier the offset found is than the likeliest one a line or more away
+    # (the smallest over the windows; log-likelihood): small when the text's lines look
+    # alike and reading could be a line or more off as well.
+    margin: float = np.inf
 
 
 def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
-                 offset_sd_px: float = OFFSET_SD_PX) -> LineAssignment:
+                 offset_sd_px: float = OFFSET_SD_PX, from_start: bool = True) -> LineAssignment:
     """The most likely line of each fixation (``x``, ``y``: their centres, in reading
     order) on a layout of stacked lines (``line_top`` ascending; ``line_left`` /
     ``line_right``: each line's text extent, equal for an empty line).
 
     Decoded in windows of :data:`WINDOW_FIXATIONS`, each with its own offset (a long read
     drifts; and the work and memory, fixations × lines × offsets, stay bounded), over the
-    lines its fixations can reach within the offsets' range."""
+    lines its fixations can reach within the offsets' range. ``from_start``: the
+    fixations are a reading from its start (near the top of the reply), not from its
+    middle."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     top = np.asarray(line_top, np.float64)
@@ -70,7 +76,8 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
     width = max(float(right.max() - left.min()), float(np.median(height)))
     sweep = np.r_[False, np.diff(x) < -RETURN_SWEEP_WIDTH * width]   # into each fixation
     reach = OFFSET_RANGE_SD * offset_sd_px + 3 * NOISE_LINES * float(np.median(height))
-    total, previous = 0.0, None
+    total, previous, margin = 0.0, None, np.inf
+    top_prior = 1 / START_LINES if from_start else 0.0
     windows = -(-len(x) // WINDOW_FIXATIONS)
     for part in np.array_split(np.arange(len(x)), windows):
         band = np.flatnonzero((centre >= y[part].min() - reach) & (centre <= y[part].max() + reach))
@@ -80,20 +87,22 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
         # A later window goes on from the line the one before ended on (its lines are
         # known only relative to each other otherwise).
         came_from = None if previous is None or previous not in band else int(np.searchsorted(band, previous))
-        found, offset, score = _decode(x[part], y[part], sweep[part], top[band], height[band],
-                                       left[band], right[band], offset_sd_px, int(band[0]),
-                                       came_from)
+        found, offset, score, sure = _decode(x[part], y[part], sweep[part], top[band], height[band],
+                                       left[band], right[band], offset_sd_px,
+                                       top_prior * (band[0] + np.arange(len(band))), came_from)
         line[part], offset_px[part] = band[found], offset
-        previous, total = int(line[part][-1]), total + score
-    return LineAssignment(line, offset_px, total)
+        previous, total, margin = int(line[part][-1]), total + score, min(margin, sure)
+    return LineAssignment(line, offset_px, total, margin)
 
 
-def _decode(x, y, sweep, top, height, left, right, offset_sd_px, first_line: int,
+def _decode(x, y, sweep, top, height, left, right, offset_sd_px, start_cost,
             came_from: int | None = None):
     """Viterbi over one window of fixations (``sweep``: whether a return sweep led to
-    each) and of lines ``first_line`` on: (line per fixation, the offset,
-    log-likelihood); ``came_from``: the line (of the window) the reading was on just
-    before, None at the start of the reading."""
+    each) and of lines: (line per fixation, the offset, log-likelihood, its margin over
+    offsets a line or more away); ``came_from``:
+    the line (of the window) the reading was on just before, None at the start of the
+    reading, where ``start_cost`` (per line, in log-likelihood) says which lines a
+    reading starts on."""
     n_fix, n_lines = len(x), len(top)
     line_px = float(np.median(height)) or 1.0
     centre = top + height / 2
@@ -129,7 +138,7 @@ def _decode(x, y, sweep, top, height, left, right, offset_sd_px, first_line: int
         # Reading starts near the top: each line further down is e^(-1/START_LINES) less
         # likely to be the first read. (With text of even lines, only the edges of the
         # text otherwise tell an offset from one a line or two larger.)
-        scores[0] = emission[0] - (first_line + np.arange(n_lines))[:, None] / START_LINES
+        scores[0] = emission[0] - np.asarray(start_cost)[:, None]
     else:
         stay, step, other = kinds[0]
         start = np.full(n_lines, other)
@@ -159,7 +168,10 @@ def _decode(x, y, sweep, top, height, left, right, offset_sd_px, first_line: int
         if line > 0:
             candidates.append((previous[line - 1] + step, line - 1))
         line = path[k - 1] = max(candidates)[1]
-    return np.repeat(path, np.diff(np.r_[run_start, n_fix])), float(offsets[best]), float(total[best])
+    far = np.abs(offsets - offsets[best]) >= line_px
+    margin = float(total[best] - total[far].max()) if far.any() else np.inf
+    return (np.repeat(path, np.diff(np.r_[run_start, n_fix])), float(offsets[best]),
+            float(total[best]), margin)
 
 
 def stacked(line_top, line_height) -> bool:
@@ -216,3 +228,46 @@ def sample_offsets(x, which, fixation_line, line_start, line_end, line_left,
     at = np.minimum(first + np.floor(share * (past - first)).astype(np.int64), past - 1)
     offset[ok] = np.where(past > first, at, -1)
     return offset
+
+
+class ReadingOffsetMeter:
+    """How far below the text the gaze lands, measured while a reply is read: the
+    capture thread hands over each fixation on a reply (its place on the reply and the
+    reply's lines); every ``every`` fixations on the same rendering of a reply, the
+    last ``window`` are decoded (from the middle of a reading: no start prior) and the
+    offset found is returned when it is e^``min_margin`` times likelier than any offset
+    a line or more away (lines of even length, read in order, fit an offset a line or
+    a paragraph off about as well: then nothing is said, as the online decoder of
+    ANCHORS waits when unsure). The tracker takes it as a weak vertical calibration
+    target (``gaze.calibration.ClickRecalibrator.add_reading_offset``). Nothing is
+    stored: numbers in memory, for the calibration only."""
+
+    def __init__(self, window: int = 40, every: int = 10, min_margin: float = 3.0):
+        self.window, self.every, self.min_margin = window, every, min_margin
+        self._key = None
+        self._x: list[float] = []
+        self._y: list[float] = []
+        self._new = 0
+
+    def add(self, key, x: float, y: float, line_top, line_height, line_left,
+            line_right) -> float | None:
+        """One fixation at (``x``, ``y``) on the reply's text area; ``key`` names the
+        rendering (another reply, or a re-wrap, starts again). The offset in pixels when
+        a measurement is due, else None."""
+        if key != self._key:
+            self._key, self._x, self._y, self._new = key, [], [], 0
+        self._x = (self._x + [float(x)])[-self.window:]
+        self._y = (self._y + [float(y)])[-self.window:]
+        self._new += 1
+        if len(self._x) < self.window or self._new < self.every or len(line_top) < 2 \
+                or not stacked(line_top, line_height):
+            return None
+        self._new = 0
+        found = assign_lines(self._x, self._y, line_top, line_height, line_left, line_right,
+                             from_start=False)
+        if found.margin < self.min_margin:
+            return None          # the lines here look alike: a line off would fit as well
+        # The next measurement starts afresh: the fixations so far were seen through the
+        # correction of before this one (kept, they would ask for it again).
+        self._x, self._y = [], []
+        return float(np.median(found.offset_px))

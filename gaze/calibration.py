@@ -23,7 +23,9 @@ The mapping (see docs/gaze.md for the reasoning), :class:`GazeMapper`:
    with the camera in the screen plane that apparent turn cancels the movement to first
    order.
 4. An affine correction fitted to recent clicks (background points with expiry,
-   :class:`ClickRecalibrator`) is applied last.
+   :class:`ClickRecalibrator`) is applied last, then a vertical shift learnt from
+   reading (the lines the fixations on a reply were on, see
+   ``feedback_store.reading_lines.ReadingOffsetMeter``).
 
 ``mode="direct"`` (one regression from eye features and head angles straight to pixels,
 as face-mesh + ridge trackers do) is kept for comparison.
@@ -679,12 +681,24 @@ class ClickRecalibrator:
     uncorrected estimate just before a click and the click position form a pair. Up to
     ``capacity`` pairs are kept, each for ``lifetime_s`` (WebEyeTrack keeps 100 for 60 s);
     an affine correction pulled towards the identity is refitted on each click.
+
+    Reading as weak vertical targets (ANCHORS): a chat gets few clicks, but its replies
+    are read, and the lines the fixations were on say how far below the text the gaze
+    lands (:meth:`add_reading_offset`, measured on the corrected output). Half of each
+    measurement is added to a vertical shift applied after the affine, so a wrong line
+    now and then moves it by half a line; it is forgotten ``reading_lifetime_s`` after
+    the last measurement, and a click, which knows better, starts it again from 0.
+
     Drift: when the median error of the calibrated estimate (before this correction) at
-    the last ``drift_window`` clicks exceeds ``drift_deg``, :attr:`drift` turns on and the
-    user is asked to recalibrate: the correction hides it only while clicks keep coming."""
+    the last ``drift_window`` clicks exceeds ``drift_deg``, or reading has shifted the
+    estimate by ``drift_deg`` or more, :attr:`drift` turns on and the user is asked to
+    recalibrate: the correction hides it only while clicks and reading keep coming."""
+
+    READING_GAIN = 0.5
 
     def __init__(self, screen: ScreenGeometry, capacity: int = 100, lifetime_s: float = 60.0,
-                 drift_deg: float = 3.0, drift_window: int = 6, shrink_px: float = 4.0):
+                 drift_deg: float = 3.0, drift_window: int = 6, shrink_px: float = 4.0,
+                 reading_lifetime_s: float = 120.0):
         self.screen = screen
         self.capacity, self.lifetime_s = capacity, lifetime_s
         self.drift_deg, self.drift_window = drift_deg, drift_window
@@ -694,6 +708,9 @@ class ClickRecalibrator:
         # clicks from an hour ago said nothing about now (the flag stayed on all that time).
         self._recent_errors: list[tuple[float, float]] = []
         self.affine = Affine()
+        self.reading_lifetime_s = reading_lifetime_s
+        self.reading_dy = 0.0               # px subtracted from y after the affine
+        self._reading_expires = 0.0
 
     @property
     def recent_errors_deg(self) -> list[float]:
@@ -707,12 +724,37 @@ class ClickRecalibrator:
         self._recent_errors = (self._recent_errors + [(err, now + self.lifetime_s)])[-self.drift_window:]
         self.points.append(_Background(raw, click, now + self.lifetime_s))
         self.points = self.points[-self.capacity:]
+        self.reading_dy = 0.0
         return self.refit(now)
+
+    def add_reading_offset(self, offset_px: float, now: float | None = None) -> float:
+        """The corrected estimate was ``offset_px`` below the lines read (negative:
+        above). Returns the vertical shift now applied."""
+        now = time.monotonic() if now is None else now
+        limit = 2 * self.drift_deg * self.screen.px_per_degree
+        self.reading_dy = float(np.clip(self.reading_dy + self.READING_GAIN * offset_px,
+                                        -limit, limit))
+        self._reading_expires = now + self.reading_lifetime_s
+        return self.reading_dy
+
+    def refresh(self, now: float | None = None) -> None:
+        """Forget what has expired (called for every frame: cheap when nothing has)."""
+        now = time.monotonic() if now is None else now
+        if self.points and self.points[0].expires <= now:
+            self.refit(now)
+        elif self.reading_dy and self._reading_expires <= now:
+            self.reading_dy = 0.0
+
+    def apply(self, raw) -> np.ndarray:
+        """The corrected estimate: the clicks' affine, then reading's vertical shift."""
+        return self.affine.apply(np.asarray(raw, float)) - np.array([0.0, self.reading_dy])
 
     def expire(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self.points = [p for p in self.points if p.expires > now]
         self._recent_errors = [(e, expires) for e, expires in self._recent_errors if expires > now]
+        if self._reading_expires <= now:
+            self.reading_dy = 0.0
 
     def refit(self, now: float | None = None) -> Affine:
         self.expire(now)
@@ -742,6 +784,8 @@ class ClickRecalibrator:
 
     @property
     def drift(self) -> bool:
+        if abs(self.reading_dy) >= self.drift_deg * self.screen.px_per_degree:
+            return True
         if len(self.recent_errors_deg) < self.drift_window:
             return False
         return float(np.median(self.recent_errors_deg)) > self.drift_deg
@@ -750,3 +794,4 @@ class ClickRecalibrator:
         self.points.clear()
         self._recent_errors.clear()
         self.affine = Affine()
+        self.reading_dy = 0.0

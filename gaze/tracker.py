@@ -243,6 +243,13 @@ class GazeTracker:
             recal.add(np.median(np.array(raw), axis=0), (x, y))
         return True
 
+    def reading_offset(self, offset_px: float) -> None:
+        """Reading says the estimate lands ``offset_px`` below the lines read (from the
+        capture thread: ``feedback_store.reading_lines.ReadingOffsetMeter``)."""
+        with self._lock:
+            if self.recalibrator is not None:
+                self.recalibrator.add_reading_offset(offset_px)
+
     def stats(self) -> dict:
         lat = np.array(self.latencies_ns, float) / 1e6
         g = self._grabber
@@ -366,7 +373,7 @@ class GazeTracker:
             return False
         raw = cal.mapper.uncorrected(f.vector[None])[0]
         recal = self.recalibrator
-        x, y = recal.affine.apply(raw) if recal is not None else raw
+        x, y = recal.apply(raw) if recal is not None else raw
         screen = cal.mapper.screen
         mx, my = OFFSCREEN_MARGIN * screen.width_px, OFFSCREEN_MARGIN * screen.height_px
         if not (screen.left_px - mx <= x <= screen.left_px + screen.width_px + mx
@@ -395,8 +402,7 @@ class GazeTracker:
                 self.callback_errors += 1
         if recal is not None:
             with self._lock:            # click() adds on the UI thread
-                if recal.points and recal.points[0].expires <= time.monotonic():
-                    recal.refit()
+                recal.refresh()
         return True
 
 

@@ -223,6 +223,26 @@ def test_clicks_correct_an_offset_then_expire_and_drift_is_flagged():
     assert not fresh.drift                                  # small errors: no drift
 
 
+def test_reading_shifts_the_estimate_by_half_of_each_measurement_until_a_click_or_expiry():
+    recal = C.ClickRecalibrator(SCREEN, drift_deg=3.0, reading_lifetime_s=120.0)
+    three_deg = 3.0 * SCREEN.px_per_degree
+    assert recal.add_reading_offset(40.0, now=0.0) == 20.0     # 40 px below the lines read
+    assert recal.add_reading_offset(20.0, now=1.0) == 30.0
+    assert np.allclose(recal.apply([500.0, 300.0]), [500.0, 270.0])
+    assert not recal.drift
+    recal.refresh(now=100.0)
+    assert recal.reading_dy == 30.0                            # read a minute and a half ago
+    recal.refresh(now=121.5)
+    assert recal.reading_dy == 0.0                             # two minutes without reading
+    for t in range(20):                                        # reading says 4° off, again and again
+        recal.add_reading_offset(4.0 * SCREEN.px_per_degree, now=200.0 + t)
+    assert recal.reading_dy == pytest.approx(2 * three_deg)    # at most twice the drift limit
+    assert recal.drift                                         # …and the user is asked
+    recal.add([500.0, 300.0], [500.0, 300.0], now=230.0)       # a click knows better
+    assert recal.reading_dy == 0.0 and not recal.drift
+    assert np.allclose(recal.apply([500.0, 300.0]), [500.0, 300.0], atol=1.0)
+
+
 def test_the_real_recorder_calibrates_a_simulated_user():
     """The whole path on face-mesh landmarks: a simulated user (the astronaut's mesh,
     eyeballs with kappa, lids, pinhole camera, landmark noise as measured on MediaPipe)

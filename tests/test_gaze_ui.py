@@ -5,6 +5,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from conftest import ARTIFACTS, require
 from PySide6.QtCore import QRect
 from PySide6.QtWidgets import QApplication, QToolBar
@@ -277,6 +278,41 @@ def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, wind
     controller.overlay_action.setChecked(False)
     controller.stop()
     assert controller.tracker is None
+
+
+def test_reading_offsets_move_the_running_trackers_points(qtbot, window, tmp_path):
+    """The window hands the recorder's reading measurements to its gaze controller, and
+    the running tracker's next points move: a still face on a replayed camera gives the
+    same estimate frame after frame, until reading says it lands 40 px below the lines
+    read (half of it is taken at once)."""
+    require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
+    from app.ui import gaze_calibration as gc
+    from gaze import calibration as C
+    from gaze import synthetic
+    from test_gaze_video import still_calibration
+    assert window.gaze_recorder.on_reading_offset == window.gaze.reading_offset
+    path = synthetic.write_video(tmp_path / "still.avi", [], frames=[synthetic.base_frame()] * 40)
+    window.session.store.consent.set("gaze", True)
+    controller = gc.attach_gaze(window, source=path, data_dir=tmp_path,
+                                tracker_kw={"realtime": True, "loop": True})
+    calibration = still_calibration(path)
+    C.save(calibration, controller.calibration_file())
+    controller.calibration = C.load(controller.calibration_file())
+    received = []
+    controller.add_point_listener(received.append)
+    assert controller.start()
+    try:
+        qtbot.waitUntil(lambda: len([p for p in received if p.kind == "raw"]) >= 10, timeout=60_000)
+        before = np.median([p.y for p in received if p.kind == "raw"])
+        controller.reading_offset(40.0)
+        assert controller.tracker.recalibrator.reading_dy == 20.0
+        seen = len(received)
+        qtbot.waitUntil(lambda: len([p for p in received[seen:] if p.kind == "raw"]) >= 10,
+                        timeout=60_000)
+        after = np.median([p.y for p in received[seen + 1:] if p.kind == "raw"])
+        assert after == pytest.approx(before - 20.0, abs=2.0)
+    finally:
+        controller.stop()
 
 
 def test_turning_gaze_off_does_not_wait_for_the_camera_to_close(qtbot, window, tmp_path):

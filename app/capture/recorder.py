@@ -16,9 +16,11 @@ click or scroll arrives (then it is stored first, so a click's position is exact
 """
 import threading
 import time
+from typing import Callable
 
 from feedback_store import GazeSample, PointerSample
 from feedback_store.layout import LayoutSnapshot
+from feedback_store.reading_lines import ReadingOffsetMeter
 
 MAX_MOVE_RATE_HZ = 120
 
@@ -96,6 +98,11 @@ class GazeRecorder(BatchingRecorder):
         super().__init__(*args, **kwargs)
         self.switched_mono_ns = 0   # when the screen last moved to another conversation
         self.straddling = 0         # gaze begun before that, dropped
+        # Reading as a weak vertical calibration target: the lines the fixations on a
+        # reply were on say how far below the text the gaze lands. ``on_reading_offset``
+        # (the tracker's) gets each measurement, in pixels; nothing of it is stored.
+        self.on_reading_offset: Callable[[float], None] | None = None
+        self.reading = ReadingOffsetMeter()
 
     def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
         previous = self.snapshot.conversation_id
@@ -132,6 +139,13 @@ class GazeRecorder(BatchingRecorder):
             self._buffer.append(sample)
         if self._thread is None:
             self.start()
+        if point.kind == "fixation" and placed and self.on_reading_offset is not None:
+            geometry = placed.geometry
+            offset = self.reading.add(
+                (geometry.message_id, id(geometry)), sample.reply_x, sample.reply_y, geometry.line_top,
+                geometry.line_height, geometry.line_x, geometry.line_x + geometry.line_width)
+            if offset is not None:
+                self.on_reading_offset(offset)
 
 
 class PointerRecorder(BatchingRecorder):

@@ -598,6 +598,13 @@ class GazeController(QObject):
         return consent.is_on("gaze") and not consent.paused
 
     # --- running ---------------------------------------------------------------------------------
+    def reading_offset(self, offset_px: float) -> None:      # tracker thread (the recorder's)
+        """Reading says the estimate lands ``offset_px`` below the lines read: a weak
+        vertical calibration target for the running tracker."""
+        tracker = self.tracker
+        if tracker is not None and self.screen_widget is None:
+            tracker.reading_offset(offset_px)
+
     def add_point_listener(self, fn) -> None:
         """``fn(GazePoint)`` on the tracker's thread for every point and fixation."""
         self._listeners.append(fn)

@@ -98,6 +98,7 @@ class MainWindow(QMainWindow):
         self.capture.add_recorder(self.gaze_recorder)
         self.gaze = attach_gaze(self)
         self.gaze.add_point_listener(self.gaze_recorder.point)
+        self.gaze_recorder.on_reading_offset = self.gaze.reading_offset
         self._start_personalisation()
         self._refresh_models()
         latest = self.service.conversations()
