@@ -12,21 +12,28 @@ reply's fixations are decoded under that structure with Viterbi, jointly with th
 vertical offset of the gaze for this reading (a grid, with a prior around 0).
 
 The model, for consecutive fixations k−1 → k on lines i → j:
-- *emission*: the fixation's height is line j's centre + offset + noise (σ ≈ 0.6 line),
-  and its x lies on line j's text (a Gaussian fall-off outside it, so a fixation far
-  right of a short line or on an empty one is unlikely to be there);
+- *emission*: the fixation's height is line j's centre + offset + noise (σ 0.6, 1 or
+  1.6 lines, chosen with the offset by likelihood), and its x lies on line j's text (a
+  Gaussian fall-off outside it, so a fixation far right of a short line or on an empty
+  one is unlikely to be there);
 - *transition*: after a *return sweep* (a leftward jump of over a third of the text's
   width) the next line is likely; otherwise the same line. Any other line stays possible
-  (a regression, a skip), at a small probability shared among them.
+  (a regression, a skip), at a small probability shared among them; the first fixation
+  of a reading is near the top.
+Progressive fixations (rightwards, at about the same height) are one step ("merge",
+Špakov et al. 2019); long readings are decoded in windows that go on from each other.
+:class:`ReadingOffsetMeter` measures the offset online, for the tracker's calibration.
 
 Pure numpy, no Qt, no DuckDB. Coordinates are the reply's text area's own pixels.
-Cost: about F × B × L work for F fixations, B offsets on the grid and L lines.
+Cost: a numpy step per run of fixations, on lines × (offsets × σ) arrays: ≈ 2–3 ms for a
+minute of reading.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_LINES = 0.6        # σ of a fixation's height around its line's centre, in lines
+NOISE_LINES = (0.6, 1.0, 1.6)   # σ of a fixation's height around its line's centre, in
+                                 # lines: the likeliest for each window
 OFFSET_SD_PX = 100.0     # prior σ of the gaze's vertical offset (≈ 2.5° at 40 px/°)
 OFFSET_RANGE_SD = 2.5    # the grid spans ± this many σ of the prior
 OFFSET_STEP_LINES = 0.5
@@ -75,7 +82,7 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
     left, right = np.asarray(line_left, np.float64), np.asarray(line_right, np.float64)
     width = max(float(right.max() - left.min()), float(np.median(height)))
     sweep = np.r_[False, np.diff(x) < -RETURN_SWEEP_WIDTH * width]   # into each fixation
-    reach = OFFSET_RANGE_SD * offset_sd_px + 3 * NOISE_LINES * float(np.median(height))
+    reach = OFFSET_RANGE_SD * offset_sd_px + 3 * max(NOISE_LINES) * float(np.median(height))
     total, previous, margin = 0.0, None, np.inf
     top_prior = 1 / START_LINES if from_start else 0.0
     windows = -(-len(x) // WINDOW_FIXATIONS)
@@ -87,9 +94,9 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
         # A later window goes on from the line the one before ended on (its lines are
         # known only relative to each other otherwise).
         came_from = None if previous is None or previous not in band else int(np.searchsorted(band, previous))
-        found, offset, score, sure = _decode(x[part], y[part], sweep[part], top[band], height[band],
-                                       left[band], right[band], offset_sd_px,
-                                       top_prior * (band[0] + np.arange(len(band))), came_from)
+        found, offset, score, sure = _decode(
+            x[part], y[part], sweep[part], top[band], height[band], left[band], right[band],
+            offset_sd_px, top_prior * (band[0] + np.arange(len(band))), came_from)
         line[part], offset_px[part] = band[found], offset
         previous, total, margin = int(line[part][-1]), total + score, min(margin, sure)
     return LineAssignment(line, offset_px, total, margin)
@@ -102,20 +109,25 @@ def _decode(x, y, sweep, top, height, left, right, offset_sd_px, start_cost,
     offsets a line or more away); ``came_from``:
     the line (of the window) the reading was on just before, None at the start of the
     reading, where ``start_cost`` (per line, in log-likelihood) says which lines a
-    reading starts on."""
+    reading starts on. The noise σ is chosen with the offset, by likelihood, among
+    :data:`NOISE_LINES` (each offset and σ is a column B of the arrays below)."""
     n_fix, n_lines = len(x), len(top)
     line_px = float(np.median(height)) or 1.0
     centre = top + height / 2
-    offsets = np.arange(-OFFSET_RANGE_SD * offset_sd_px, OFFSET_RANGE_SD * offset_sd_px + 1e-9,
-                        OFFSET_STEP_LINES * line_px)
+    grid = np.arange(-OFFSET_RANGE_SD * offset_sd_px, OFFSET_RANGE_SD * offset_sd_px + 1e-9,
+                     OFFSET_STEP_LINES * line_px)
+    offsets = np.tile(grid, len(NOISE_LINES))
+    sigma = np.repeat(np.asarray(NOISE_LINES) * line_px, len(grid))
     # Emission log-likelihoods [F, L, B]: the height against each line's centre moved by
-    # each offset; the x on the line's text (0 on it, falling off outside it, in lines).
-    # (Lines before offsets: the loop below reduces over lines, faster on the first axis.)
-    # (In place: the temporaries of the plain expression cost five times as much.)
+    # each offset, a Gaussian of each σ; the x on the line's text (0 on it, falling off
+    # outside it, in lines). (Lines before columns: the loop below reduces over lines,
+    # faster on the first axis. In place: the temporaries of the plain expression cost
+    # five times as much.)
     emission = y[:, None, None] - (centre[:, None] + offsets[None, :])[None]
-    emission *= 1 / (NOISE_LINES * line_px)
+    emission *= 1 / sigma
     np.square(emission, out=emission)
     emission *= -0.5
+    emission -= np.log(sigma / line_px)       # (the density's scale: σ is chosen by it)
     outside = np.maximum(np.maximum(left[None, :] - x[:, None], x[:, None] - right[None, :]), 0)
     emission += (-0.5 * (outside / (2 * line_px)) ** 2)[:, :, None]
     # Runs of progressive fixations (each right of the one before, at about its height)

@@ -50,11 +50,11 @@ def test_fixations_a_few_lines_off_are_assigned_the_lines_read():
     """The gaze 0–3 lines off (as a 1–2° calibration bias is) and half a line, then 0.8
     of a line, of noise per fixation: the line under the point is rarely the one read,
     the decoded line nearly always, and the offset is found. (Measured when written:
-    with the same chance of each move instead of the reading priors, 0.96 and 0.75;
-    without the x fit to each line's text, 0.92 and 0.79.)"""
+    0.987 and 0.926; with the same chance of each move instead of the reading priors,
+    0.96 and 0.75; without the x fit to each line's text, 0.92 and 0.84.)"""
     top, height, left, right = layout()
     order = [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 7, 8, 9]
-    for noise, at_least in ((0.5, 0.975), (0.8, 0.85)):
+    for noise, at_least in ((0.5, 0.975), (0.8, 0.9)):
         rng = np.random.default_rng(11)
         assigned, captured, offset_error = [], [], []
         for _ in range(60):
