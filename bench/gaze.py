@@ -32,9 +32,9 @@ replays it as a camera (paced at the file's frame rate, looped). Phases:
    per 200-ms fixation); plus the direct regression (no head geometry) for comparison.
 5. Fixation detection on synthetic 30 Hz reading scanpaths: precision/recall, and the
    velocity-threshold (I-VT) baseline.
-6. Lines read on simulated users (calibrated, then sitting elsewhere, reading a reply):
-   the share of fixations whose line under the centre, and whose decoded line, is the
-   line read (``lines_read``).
+6. Lines read on simulated users (calibrated, then sitting elsewhere, reading a reply;
+   landmark noise ×1 and ×2): the share of fixations whose line under the centre, and
+   whose decoded line, is the line read (``lines_read``).
 
 The calibration used in phases 1–3 is recorded from the replay itself (targets assigned
 by frame) with its threshold raised: it exercises the pipeline; its accuracy means nothing.
@@ -480,7 +480,8 @@ def main() -> int:
     if "fixations" not in skip:
         report["fixation_detection"] = fixation_quality()
     if "lines" not in skip:
-        report["lines_read"] = lines_read(max(args.users, 6))
+        report["lines_read"] = {f"noise_{noise:g}x": lines_read(max(args.users, 6), noise)
+                                for noise in (1.0, 2.0)}
     report["load_avg_1m_at_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(report))
