@@ -118,24 +118,28 @@ def _decode(x, y, sweep, top, height, left, right, offset_sd_px, start_cost,
                      OFFSET_STEP_LINES * line_px)
     offsets = np.tile(grid, len(NOISE_LINES))
     sigma = np.repeat(np.asarray(NOISE_LINES) * line_px, len(grid))
-    # Emission log-likelihoods [F, L, B]: the height against each line's centre moved by
-    # each offset, a Gaussian of each σ; the x on the line's text (0 on it, falling off
-    # outside it, in lines). (Lines before columns: the loop below reduces over lines,
-    # faster on the first axis. In place: the temporaries of the plain expression cost
-    # five times as much.)
-    emission = y[:, None, None] - (centre[:, None] + offsets[None, :])[None]
-    emission *= 1 / sigma
-    np.square(emission, out=emission)
-    emission *= -0.5
-    emission -= np.log(sigma / line_px)       # (the density's scale: σ is chosen by it)
-    outside = np.maximum(np.maximum(left[None, :] - x[:, None], x[:, None] - right[None, :]), 0)
-    emission += (-0.5 * (outside / (2 * line_px)) ** 2)[:, :, None]
     # Runs of progressive fixations (each right of the one before, at about its height)
     # are on one line: decoded as one step, their evidence summed (as Špakov et al. 2019's
-    # "merge" does; a tenth of the steps, the loop below being the cost).
+    # "merge" does; a fifth of the steps, the loop below being the cost).
     progressive = (np.diff(x) > 0) & (np.abs(np.diff(y)) < RUN_HEIGHT_LINES * line_px)
     run_start = np.flatnonzero(np.r_[True, ~progressive])
-    emission = np.add.reduceat(emission, run_start, axis=0)
+    # Emission log-likelihoods of each run [R, L, B]: its heights against each line's
+    # centre moved by each offset, Gaussians of each σ, from the run's sums of y and y²
+    # (Σ(y − m)² = Σy² − 2mΣy + nm²); its x on the line's text (0 on it, falling off
+    # outside it, in lines). (Lines before columns: the loop below reduces over lines,
+    # faster on the first axis. In place: temporaries cost more than the arithmetic.)
+    count = np.diff(np.r_[run_start, n_fix]).astype(np.float64)[:, None, None]
+    sum_y = np.add.reduceat(y, run_start)[:, None, None]
+    sum_y2 = np.add.reduceat(y * y, run_start)[:, None, None]
+    mean = (centre[:, None] + offsets[None, :])[None]                  # [1, L, B]
+    emission = mean * count
+    emission -= 2 * sum_y
+    emission *= mean
+    emission += sum_y2
+    emission *= -0.5 / sigma ** 2
+    emission -= count * np.log(sigma / line_px)     # (the density's scale: σ is chosen by it)
+    outside = np.maximum(np.maximum(left[None, :] - x[:, None], x[:, None] - right[None, :]), 0)
+    emission += np.add.reduceat(-0.5 * (outside / (2 * line_px)) ** 2, run_start, axis=0)[:, :, None]
     n_runs = len(run_start)
     # Transition log-probabilities into run k (stay, next line, each other line).
     kinds = np.log(np.where(sweep[run_start, None], AFTER_SWEEP, AFTER_OTHER))
