@@ -33,8 +33,9 @@ replays it as a camera (paced at the file's frame rate, looped). Phases:
 5. Fixation detection on synthetic 30 Hz reading scanpaths: precision/recall, and the
    velocity-threshold (I-VT) baseline.
 6. Lines read on simulated users (calibrated, then sitting elsewhere, reading a reply;
-   landmark noise ×1 and ×2): the share of fixations whose line under the centre, and
-   whose decoded line, is the line read (``lines_read``).
+   landmark noise ×1 and ×2, and ×1 with every estimate 50 px low): the share of
+   fixations whose line under the centre, and whose decoded line, is the line read; the
+   same after three readings with reading as a calibration target (``lines_read``).
 
 The calibration used in phases 1–3 is recorded from the replay itself (targets assigned
 by frame) with its threshold raised: it exercises the pipeline; its accuracy means nothing.
@@ -379,17 +380,23 @@ def fixation_quality() -> dict:
     return out
 
 
-def lines_read(users: int, noise: float = 1.0) -> dict:
+def lines_read(users: int, noise: float = 1.0, drift_px: float = 0.0) -> dict:
     """Phase 6: which line was read, on simulated users. Each is calibrated (9 points,
     ridge), then sits elsewhere (head up to ±30/±20/±50 mm and ±5/±4/±3° from the
     calibration pose, swaying) and reads a reply of 20 lines (20 px high, five paragraphs)
     in order, going back four lines once: 7 frames per fixation, about every 9
     characters, through the mesh, the features and the calibration, then the tracker's
     fixation detector. Per fixation: the line under its centre (what capture maps) and the
-    line decoded from reading order (feedback_store.reading_lines), against the line read."""
-    from feedback_store.reading_lines import assign_lines
+    line decoded from reading order (feedback_store.reading_lines), against the line read.
+    Then the same user reads the reply three more times with reading as a calibration
+    target (the recorder's ReadingOffsetMeter and the tracker's ClickRecalibrator): the
+    line under the fixations' centres in the last of those readings. ``drift_px`` moves
+    every estimate down by that much: a drift the geometry does not know of (the
+    simulated head movements leave little vertical bias to learn)."""
+    from feedback_store.reading_lines import ReadingOffsetMeter, assign_lines
     from gaze import features as F
     from gaze import simulate as S
+    from gaze.calibration import ClickRecalibrator
     from gaze.fixations import FixationDetector
     face = S.face_in_mm(S.astronaut_face())
     scene = S.Scene(S.default_screen())
@@ -397,51 +404,73 @@ def lines_read(users: int, noise: float = 1.0) -> dict:
     line_px, n_lines, origin = 20.0, 20, (640.0, 300.0)
     ends = {3: 25, 7: 40, 12: 15, 14: 30, 19: 10}
     width = np.array([ends.get(i, 62) for i in range(n_lines)]) * 10.0
-    top = np.arange(n_lines) * line_px
+    top, height, left = np.arange(n_lines) * line_px, np.full(n_lines, line_px), np.zeros(n_lines)
     order = list(range(12)) + [8, 9] + list(range(12, n_lines))
-    under, decoded, off_lines = [], [], []
+    targets = []
+    for line in order:
+        n = max(2, int(width[line] // 90))
+        targets += [((origin[0] + (i + 0.5) * width[line] / n,
+                      origin[1] + (line + 0.5) * line_px), line) for i in range(n)]
+
+    def read(user, cal, poses, rng, recal=None, meter=None):
+        """One reading: (fixation centres on the reply [n, 2], the line read by each)."""
+        detector = FixationDetector(ppd)
+        t_ns, frames, fixations = 0, [], []
+
+        def fixation(done):
+            fixations.append(done)
+            if meter is not None:
+                offset = meter.add("reply", done.x - origin[0], done.y - origin[1], top,
+                                   height, left, width)
+                if offset is not None:
+                    recal.add_reading_offset(offset, now=t_ns / 1e9)
+        for target, line in targets:
+            for _ in range(7):
+                r, t = next(poses)
+                landmarks = scene.landmarks(user, r, t, target, rng, noise, gaze_jitter_deg=0.2)
+                f = F.extract(landmarks, cal.reference, scene.width, scene.height).vector
+                point = cal.mapper.predict(f[None])[0] + (0.0, drift_px)
+                x, y = recal.apply(point) if recal is not None else point
+                t_ns += 33_333_333
+                frames.append((t_ns, line))
+                done = detector.add(t_ns, x, y)
+                if done is not None:
+                    fixation(done)
+        done = detector.flush()
+        if done is not None:
+            fixation(done)
+        times, lines = np.array(frames).T
+        truth = np.array([np.bincount(lines[(times >= fx.start_ns) & (times < fx.end_ns)]).argmax()
+                          for fx in fixations])
+        return np.array([(fx.x - origin[0], fx.y - origin[1]) for fx in fixations]), truth
+
+    under, decoded, off_lines, under_taught, off_taught, shifts = [], [], [], [], [], []
     for seed in range(users):
         rng = np.random.default_rng(300 + seed)
         user = S.SimUser.random(rng, face)
         cal, _ = S.run_calibration(scene, user, rng, noise=noise, kinds=("ridge",))
         head = S.HeadPath(np.array([0.0, 90.0, 600.0]) + rng.uniform(-1, 1, 3) * (30, 20, 50),
                           rng.uniform(-1, 1, 3) * (5, 4, 3))
-        targets = []
-        for line in order:
-            n = max(2, int(width[line] // 90))
-            targets += [((origin[0] + (i + 0.5) * width[line] / n,
-                          origin[1] + (line + 0.5) * line_px), line) for i in range(n)]
-        detector = FixationDetector(ppd)
-        poses = head.walk(7 * len(targets), rng)
-        t_ns, frames, fixations = 0, [], []
-        for target, line in targets:
-            for _ in range(7):
-                r, t = next(poses)
-                landmarks = scene.landmarks(user, r, t, target, rng, noise, gaze_jitter_deg=0.2)
-                f = F.extract(landmarks, cal.reference, scene.width, scene.height).vector
-                x, y = cal.mapper.predict(f[None])[0]
-                t_ns += 33_333_333
-                frames.append((t_ns, line))
-                done = detector.add(t_ns, x, y)
-                if done is not None:
-                    fixations.append(done)
-        done = detector.flush()
-        fixations += [done] if done is not None else []
-        times = np.array([f[0] for f in frames])
-        lines = np.array([f[1] for f in frames])
-        truth = np.array([np.bincount(lines[(times >= fx.start_ns) & (times < fx.end_ns)]).argmax()
-                          for fx in fixations])
-        fx_x = np.array([fx.x for fx in fixations]) - origin[0]
-        fx_y = np.array([fx.y for fx in fixations]) - origin[1]
-        found = assign_lines(fx_x, fx_y, top, np.full(n_lines, line_px), np.zeros(n_lines), width)
-        under.append(np.mean(np.floor(fx_y / line_px) == truth))
+        poses = head.walk(4 * 7 * len(targets), rng)
+        centres, truth = read(user, cal, poses, rng)
+        found = assign_lines(centres[:, 0], centres[:, 1], top, height, left, width)
+        under.append(np.mean(np.floor(centres[:, 1] / line_px) == truth))
         decoded.append(np.mean(found.line == truth))
-        off_lines.append(float(np.median(np.abs(fx_y - (truth + 0.5) * line_px))) / line_px)
+        off_lines.append(float(np.median(np.abs(centres[:, 1] - (truth + 0.5) * line_px))) / line_px)
+        recal, meter = ClickRecalibrator(scene.screen), ReadingOffsetMeter()
+        for _ in range(3):
+            centres, truth = read(user, cal, poses, rng, recal, meter)
+        under_taught.append(np.mean(np.floor(centres[:, 1] / line_px) == truth))
+        off_taught.append(float(np.median(np.abs(centres[:, 1] - (truth + 0.5) * line_px))) / line_px)
+        shifts.append(round(recal.reading_dy / line_px, 2))
+    mean = lambda values: round(float(np.mean(values)), 3)          # noqa: E731
     return {"reading_users": users, "line_px": line_px,
-            "line_under_point_share": round(float(np.mean(under)), 3),
-            "line_decoded_share": round(float(np.mean(decoded)), 3),
+            "line_under_point_share": mean(under), "line_decoded_share": mean(decoded),
             "line_decoded_share_per_user": [round(float(v), 3) for v in decoded],
-            "fixation_vertical_error_lines_median": round(float(np.median(off_lines)), 2)}
+            "fixation_vertical_error_lines_median": round(float(np.median(off_lines)), 2),
+            "line_under_point_share_after_reading_3": mean(under_taught),
+            "fixation_vertical_error_lines_median_after_reading_3": round(float(np.median(off_taught)), 2),
+            "reading_shift_lines_per_user": shifts}
 
 
 def main() -> int:
@@ -480,8 +509,10 @@ def main() -> int:
     if "fixations" not in skip:
         report["fixation_detection"] = fixation_quality()
     if "lines" not in skip:
-        report["lines_read"] = {f"noise_{noise:g}x": lines_read(max(args.users, 6), noise)
-                                for noise in (1.0, 2.0)}
+        users = max(args.users, 6)
+        report["lines_read"] = {"noise_1x": lines_read(users, 1.0),
+                                "noise_2x": lines_read(users, 2.0),
+                                "noise_1x_drift_50px": lines_read(users, 1.0, drift_px=50.0)}
     report["load_avg_1m_at_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(report))
