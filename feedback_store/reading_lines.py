@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_LINES = (0.6, 1.0, 1.6)   # σ of a fixation's height around its line's centre, in
-                                 # lines: the likeliest for each window
+# σ of a fixation's height around its line's centre, in lines: the likeliest of these
+# for each window (a user whose gaze is noisier gets a wider one).
+NOISE_LINES = (0.6, 1.0, 1.6)
 OFFSET_SD_PX = 100.0     # prior σ of the gaze's vertical offset (≈ 2.5° at 40 px/°)
 OFFSET_RANGE_SD = 2.5    # the grid spans ± this many σ of the prior
 OFFSET_STEP_LINES = 0.5
@@ -43,8 +44,6 @@ AFTER_SWEEP = (0.15, 0.70, 0.15)
 AFTER_OTHER = (0.88, 0.06, 0.06)
 RUN_HEIGHT_LINES = 1.5   # a rightward step this much higher or lower ends a run
 START_LINES = 3.0        # the first fixation's line: a prior falling by e every 3 lines
-
-
 WINDOW_FIXATIONS = 300   # decoded together (≈ 1.5 minutes of reading), each with its offset
 
 
@@ -249,12 +248,13 @@ def sample_offsets(x, which, fixation_line, line_start, line_end, line_left,
 class ReadingOffsetMeter:
     """How far below the text the gaze lands, measured while a reply is read: the
     capture thread hands over each fixation on a reply (its place on the reply and the
-    reply's lines); every ``every`` fixations on the same rendering of a reply, the
-    last ``window`` are decoded (from the middle of a reading: no start prior) and the
-    offset found is returned when it is e^``min_margin`` times likelier than any offset
-    a line or more away (lines of even length, read in order, fit an offset a line or
-    a paragraph off about as well: then nothing is said, as the online decoder of
-    ANCHORS waits when unsure). The tracker takes it as a weak vertical calibration
+    reply's lines). Once ``window`` fixations on the same rendering of a reply are in,
+    and then every ``every`` more, the last ``window`` are decoded (from the middle of a
+    reading: no start prior); the offset found is returned when it is e^``min_margin``
+    times likelier than any offset a line or more away (lines of even length, read in
+    order, fit an offset a line or a paragraph off about as well: then nothing is said,
+    as the online decoder of ANCHORS waits when unsure), and the next measurement
+    starts afresh. The tracker takes it as a weak vertical calibration
     target (``gaze.calibration.ClickRecalibrator.add_reading_offset``). Nothing is
     stored: numbers in memory, for the calibration only."""
 
