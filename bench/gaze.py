@@ -420,10 +420,11 @@ def lines_read(users: int, noise: float = 1.0, drift_px: float = 0.0) -> dict:
         def fixation(done):
             fixations.append(done)
             if meter is not None:
-                offset = meter.add("reply", done.x - origin[0], done.y - origin[1], top,
-                                   height, left, width)
-                if offset is not None:
-                    recal.add_reading_offset(offset, now=t_ns / 1e9)
+                measured = meter.add("reply", done.x - origin[0], done.y - origin[1], done.end_ns,
+                                     top, height, left, width)
+                if measured is not None:
+                    recal.add_reading_offset(measured.offset_px, now=t_ns / 1e9,
+                                             since=measured.since_ns / 1e9)
         for target, line in targets:
             for _ in range(7):
                 r, t = next(poses)

@@ -29,6 +29,7 @@ Cost: a numpy step per run of fixations, on lines × (offsets × σ) arrays: ≈
 minute of reading.
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,12 +60,12 @@ class LineAssignment:
 
 
 def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
-                 offset_sd_px: float = OFFSET_SD_PX, from_start: bool = True) -> LineAssignment:
+                 from_start: bool = True) -> LineAssignment:
     """The most likely line of each fixation (``x``, ``y``: their centres, in reading
     order) on a layout of stacked lines (``line_top`` ascending; ``line_left`` /
     ``line_right``: each line's text extent, equal for an empty line).
 
-    Decoded in windows of :data:`WINDOW_FIXATIONS`, each with its own offset (a long read
+    Decoded in windows of at most :data:`WINDOW_FIXATIONS`, each with its own offset (a long read
     drifts; and the work and memory, fixations × lines × offsets, stay bounded), over the
     lines its fixations can reach within the offsets' range. ``from_start``: the
     fixations are a reading from its start (near the top of the reply), not from its
@@ -81,39 +82,48 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
     left, right = np.asarray(line_left, np.float64), np.asarray(line_right, np.float64)
     width = max(float(right.max() - left.min()), float(np.median(height)))
     sweep = np.r_[False, np.diff(x) < -RETURN_SWEEP_WIDTH * width]   # into each fixation
-    reach = OFFSET_RANGE_SD * offset_sd_px + 3 * max(NOISE_LINES) * float(np.median(height))
-    total, previous, margin = 0.0, None, np.inf
-    top_prior = 1 / START_LINES if from_start else 0.0
+    reach = OFFSET_RANGE_SD * OFFSET_SD_PX + 3 * max(NOISE_LINES) * float(np.median(height))
+    total, previous, margin, last_offset = 0.0, None, np.inf, None
     windows = -(-len(x) // WINDOW_FIXATIONS)
-    for part in np.array_split(np.arange(len(x)), windows):
+    for index, part in enumerate(np.array_split(np.arange(len(x)), windows)):
         band = np.flatnonzero((centre >= y[part].min() - reach) & (centre <= y[part].max() + reach))
         if not len(band):
             previous = None
             continue           # (no line within reach: left unassigned)
         # A later window goes on from the line the one before ended on (its lines are
-        # known only relative to each other otherwise).
+        # known only relative to each other otherwise); only the first starts near the
+        # top, and only a reading from its start.
         came_from = None if previous is None or previous not in band else int(np.searchsorted(band, previous))
+        top_prior = 1 / START_LINES if from_start and index == 0 else 0.0
+        # The offset drifts slowly: a later window's is near the one before (within a
+        # line or so), which also tells it apart from one a line off where the lines
+        # look alike and the reading jumped beyond the last window's line.
+        prior = (0.0, OFFSET_SD_PX) if last_offset is None else (last_offset, float(np.median(height)))
         found, offset, score, sure = _decode(
             x[part], y[part], sweep[part], top[band], height[band], left[band], right[band],
-            offset_sd_px, top_prior * (band[0] + np.arange(len(band))), came_from)
+            prior, top_prior * (band[0] + np.arange(len(band))), came_from)
         line[part], offset_px[part] = band[found], offset
         previous, total, margin = int(line[part][-1]), total + score, min(margin, sure)
+        last_offset = offset
     return LineAssignment(line, offset_px, total, margin)
 
 
-def _decode(x, y, sweep, top, height, left, right, offset_sd_px, start_cost,
+def _decode(x, y, sweep, top, height, left, right, offset_prior, start_cost,
             came_from: int | None = None):
     """Viterbi over one window of fixations (``sweep``: whether a return sweep led to
     each) and of lines: (line per fixation, the offset, log-likelihood, its margin over
     offsets a line or more away); ``came_from``:
     the line (of the window) the reading was on just before, None at the start of the
     reading, where ``start_cost`` (per line, in log-likelihood) says which lines a
-    reading starts on. The noise σ is chosen with the offset, by likelihood, among
+    reading starts on; ``offset_prior``: (mean, σ) of the offset's Gaussian prior. The
+    offsets searched are the same for every window (± OFFSET_RANGE_SD prior σ around 0).
+    The noise σ is chosen with the offset, by likelihood, among
     :data:`NOISE_LINES` (each offset and σ is a column B of the arrays below)."""
     n_fix, n_lines = len(x), len(top)
     line_px = float(np.median(height)) or 1.0
     centre = top + height / 2
-    grid = np.arange(-OFFSET_RANGE_SD * offset_sd_px, OFFSET_RANGE_SD * offset_sd_px + 1e-9,
+    prior_mean, prior_sd = offset_prior
+    grid = np.arange(-OFFSET_RANGE_SD * OFFSET_SD_PX, OFFSET_RANGE_SD * OFFSET_SD_PX + 1e-9,
                      OFFSET_STEP_LINES * line_px)
     offsets = np.tile(grid, len(NOISE_LINES))
     sigma = np.repeat(np.asarray(NOISE_LINES) * line_px, len(grid))
@@ -170,7 +180,7 @@ def _decode(x, y, sweep, top, height, left, right, offset_sd_px, start_cost,
         best_any += other
         np.maximum(score, best_any, out=score)
         score += emission[k]
-    total = scores[-1].max(axis=0) - 0.5 * (offsets / offset_sd_px) ** 2
+    total = scores[-1].max(axis=0) - 0.5 * ((offsets - prior_mean) / prior_sd) ** 2
     best = int(total.argmax())
     chosen = scores[:, :, best].tolist()          # (plain lists: one value at a time below)
     path = np.zeros(n_runs, np.int32)
@@ -245,6 +255,11 @@ def sample_offsets(x, which, fixation_line, line_start, line_end, line_left,
     return offset
 
 
+class ReadingOffset(NamedTuple):
+    offset_px: float   # how far below the lines read the fixations were (negative: above)
+    since_ns: int      # when the first of them ended (monotonic): what it was measured on
+
+
 class ReadingOffsetMeter:
     """How far below the text the gaze lands, measured while a reply is read: the
     capture thread hands over each fixation on a reply (its place on the reply and the
@@ -263,17 +278,19 @@ class ReadingOffsetMeter:
         self._key = None
         self._x: list[float] = []
         self._y: list[float] = []
+        self._t: list[int] = []
         self._new = 0
 
-    def add(self, key, x: float, y: float, line_top, line_height, line_left,
-            line_right) -> float | None:
-        """One fixation at (``x``, ``y``) on the reply's text area; ``key`` names the
-        rendering (another reply, or a re-wrap, starts again). The offset in pixels when
-        a measurement is due, else None."""
+    def add(self, key, x: float, y: float, t_ns: int, line_top, line_height, line_left,
+            line_right) -> ReadingOffset | None:
+        """One fixation at (``x``, ``y``) on the reply's text area, ended at ``t_ns``;
+        ``key`` names the rendering (another reply, or a re-wrap, starts again). A
+        :class:`ReadingOffset` when a measurement is due, else None."""
         if key != self._key:
-            self._key, self._x, self._y, self._new = key, [], [], 0
+            self._key, self._x, self._y, self._t, self._new = key, [], [], [], 0
         self._x = (self._x + [float(x)])[-self.window:]
         self._y = (self._y + [float(y)])[-self.window:]
+        self._t = (self._t + [int(t_ns)])[-self.window:]
         self._new += 1
         if len(self._x) < self.window or self._new < self.every or len(line_top) < 2 \
                 or not stacked(line_top, line_height):
@@ -281,9 +298,12 @@ class ReadingOffsetMeter:
         self._new = 0
         found = assign_lines(self._x, self._y, line_top, line_height, line_left, line_right,
                              from_start=False)
-        if found.margin < self.min_margin:
-            return None          # the lines here look alike: a line off would fit as well
+        if not found.margin >= self.min_margin or np.any(found.line < 0):
+            # The lines here look alike (a line off would fit as well), or some fixations
+            # were out of the lines' reach: nothing to say.
+            return None
+        measured = ReadingOffset(float(np.median(found.offset_px)), self._t[0])
         # The next measurement starts afresh: the fixations so far were seen through the
         # correction of before this one (kept, they would ask for it again).
-        self._x, self._y = [], []
-        return float(np.median(found.offset_px))
+        self._x, self._y, self._t = [], [], []
+        return measured

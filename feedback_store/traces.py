@@ -113,10 +113,12 @@ class TraceReader:
     def _samples(self, table: str, confidence_sql: str, shown_reply_id: str,
                  only: str = "", gaze: bool = False) -> dict:
         """``gaze``: also each sample's position on the reply, whether it is a fixation's
-        summary row and the fixation's duration (NaN for raw samples)."""
+        summary row, the fixation's duration (NaN for raw samples) and the line it was
+        captured on (in the layout of that moment)."""
         eyes = (", coalesce(reply_x, 'NaN'::DOUBLE) AS reply_x, "
                 "coalesce(reply_y, 'NaN'::DOUBLE) AS reply_y, kind = 'fixation' AS fixation, "
-                "coalesce(duration_ms, 'NaN'::DOUBLE) AS duration_ms" if gaze else "")
+                "coalesce(duration_ms, 'NaN'::DOUBLE) AS duration_ms, "
+                "coalesce(line, -1) AS line" if gaze else "")
         with self.store.reading():
             result = self.store._cursor().execute(
                 f"SELECT mono_ns, coalesce(x, 'NaN'::DOUBLE) AS x, coalesce(y, 'NaN'::DOUBLE) AS y, "
@@ -125,7 +127,7 @@ class TraceReader:
                 [shown_reply_id]).fetchnumpy()
         columns = {"mono_ns": np.int64, "x": np.float64, "y": np.float64, "text_offset": np.int64,
                    "confidence": np.float32, "reply_x": np.float64, "reply_y": np.float64,
-                   "fixation": np.bool_, "duration_ms": np.float64}
+                   "fixation": np.bool_, "duration_ms": np.float64, "line": np.int64}
         return {name: np.asarray(values, columns[name]) for name, values in result.items()}
 
     def _gaze_offsets(self, shown: dict, gaze: dict, fixations: dict) -> np.ndarray:
@@ -136,13 +138,22 @@ class TraceReader:
         their samples on this reply, each in the reply's pixels of its own moment, and
         assigned lines together with the gaze's offset for this reading; their samples
         take their line. Kept as captured where that cannot be done: rows from before
-        schema 8 (no position on the reply), fewer than two fixations, or lines side by
-        side (a table)."""
+        schema 8 (no position on the reply) or before the reply was last re-wrapped,
+        fewer than two fixations, or lines side by side (a table)."""
         captured = gaze["text_offset"]
         placed = ~np.isnan(gaze["reply_x"])
         boxes = _boxes(shown["layout"])
         if not placed.any() or len(boxes["start"]) == 0 or not stacked(boxes["y"], boxes["h"]):
             return captured
+        # A re-wrap (a window resize) renumbers the lines and replaces the stored layout:
+        # positions on the reply from before it were on other lines. A sample captured on
+        # one line whose character is on another line of the stored layout tells so; it
+        # and the samples before it keep their captured offsets (a character offset
+        # means the same in any layout).
+        line_now = np.searchsorted(boxes["start"], captured, side="right") - 1
+        rewrapped = np.flatnonzero((captured >= 0) & (gaze["line"] >= 0) & (line_now != gaze["line"]))
+        if len(rewrapped):
+            placed[:rewrapped[-1] + 1] = False
         t = gaze["mono_ns"].astype(np.float64)
         which = fixation_of(t, fixations["start_ns"], fixations["end_ns"])
         which[~placed] = -1

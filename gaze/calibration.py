@@ -711,6 +711,9 @@ class ClickRecalibrator:
         self.reading_lifetime_s = reading_lifetime_s
         self.reading_dy = 0.0               # px subtracted from y after the affine
         self._reading_expires = 0.0
+        # When a click, an expiry or a reset last changed the correction (monotonic s):
+        # a reading measured on fixations from before it saw another correction.
+        self._changed_at = float("-inf")
 
     @property
     def recent_errors_deg(self) -> list[float]:
@@ -724,13 +727,17 @@ class ClickRecalibrator:
         self._recent_errors = (self._recent_errors + [(err, now + self.lifetime_s)])[-self.drift_window:]
         self.points.append(_Background(raw, click, now + self.lifetime_s))
         self.points = self.points[-self.capacity:]
-        self.reading_dy = 0.0
+        self.reading_dy, self._changed_at = 0.0, now
         return self.refit(now)
 
-    def add_reading_offset(self, offset_px: float, now: float | None = None) -> float:
+    def add_reading_offset(self, offset_px: float, now: float | None = None,
+                           since: float | None = None) -> float:
         """The corrected estimate was ``offset_px`` below the lines read (negative:
-        above). Returns the vertical shift now applied."""
+        above), measured on fixations from ``since`` on (monotonic s; one from before the
+        last click, expiry or reset is ignored). Returns the vertical shift now applied."""
         now = time.monotonic() if now is None else now
+        if since is not None and since < self._changed_at:
+            return self.reading_dy
         limit = 2 * self.drift_deg * self.screen.px_per_degree
         self.reading_dy = float(np.clip(self.reading_dy + self.READING_GAIN * offset_px,
                                         -limit, limit))
@@ -743,7 +750,7 @@ class ClickRecalibrator:
         if self.points and self.points[0].expires <= now:
             self.refit(now)
         elif self.reading_dy and self._reading_expires <= now:
-            self.reading_dy = 0.0
+            self.reading_dy, self._changed_at = 0.0, now
 
     def apply(self, raw) -> np.ndarray:
         """The corrected estimate: the clicks' affine, then reading's vertical shift."""
@@ -753,8 +760,8 @@ class ClickRecalibrator:
         now = time.monotonic() if now is None else now
         self.points = [p for p in self.points if p.expires > now]
         self._recent_errors = [(e, expires) for e, expires in self._recent_errors if expires > now]
-        if self._reading_expires <= now:
-            self.reading_dy = 0.0
+        if self.reading_dy and self._reading_expires <= now:
+            self.reading_dy, self._changed_at = 0.0, now
 
     def refit(self, now: float | None = None) -> Affine:
         self.expire(now)
@@ -794,4 +801,4 @@ class ClickRecalibrator:
         self.points.clear()
         self._recent_errors.clear()
         self.affine = Affine()
-        self.reading_dy = 0.0
+        self.reading_dy, self._changed_at = 0.0, time.monotonic()

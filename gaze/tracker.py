@@ -243,12 +243,14 @@ class GazeTracker:
             recal.add(np.median(np.array(raw), axis=0), (x, y))
         return True
 
-    def reading_offset(self, offset_px: float) -> None:
-        """Reading says the estimate lands ``offset_px`` below the lines read (from the
-        capture thread: ``feedback_store.reading_lines.ReadingOffsetMeter``)."""
+    def reading_offset(self, offset_px: float, since_ns: int | None = None) -> None:
+        """Reading says the estimate lands ``offset_px`` below the lines read, measured on
+        fixations since ``since_ns`` (monotonic; from the capture thread:
+        ``feedback_store.reading_lines.ReadingOffsetMeter``)."""
         with self._lock:
             if self.recalibrator is not None:
-                self.recalibrator.add_reading_offset(offset_px)
+                self.recalibrator.add_reading_offset(
+                    offset_px, since=None if since_ns is None else since_ns / 1e9)
 
     def stats(self) -> dict:
         lat = np.array(self.latencies_ns, float) / 1e6

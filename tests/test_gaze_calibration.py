@@ -241,6 +241,9 @@ def test_reading_shifts_the_estimate_by_half_of_each_measurement_until_a_click_o
     recal.add([500.0, 300.0], [500.0, 300.0], now=230.0)       # a click knows better
     assert recal.reading_dy == 0.0 and not recal.drift
     assert np.allclose(recal.apply([500.0, 300.0]), [500.0, 300.0], atol=1.0)
+    # Fixations seen before the click saw the old shift: what they measure is not used.
+    assert recal.add_reading_offset(40.0, now=231.0, since=229.0) == 0.0
+    assert recal.add_reading_offset(40.0, now=232.0, since=230.5) == 20.0
 
 
 def test_the_real_recorder_calibrates_a_simulated_user():

@@ -237,7 +237,8 @@ def test_reading_teaches_the_tracker_where_the_lines_are():
         recorder.flush = lambda: 0        # (nothing to store: the loop is the test)
         recal = ClickRecalibrator(screen)
         shifts = [0.0]
-        recorder.on_reading_offset = lambda offset: shifts.append(recal.add_reading_offset(offset))
+        recorder.on_reading_offset = lambda measured: shifts.append(recal.add_reading_offset(
+            measured.offset_px, since=measured.since_ns / 1e9))
         recorder.set_snapshot(LayoutSnapshot((PlacedReply(geometry, "shown", "c", origin, area, area),),
                                              conversation_id="c"))
         detector = FixationDetector(screen.px_per_degree)
@@ -269,3 +270,118 @@ def test_reading_teaches_the_tracker_where_the_lines_are():
     assert np.all(np.abs(shifts) < LINE_PX / 2) and on_the_line > 0.8
     shifts, _ = read(2.5 * LINE_PX, 1, {i: 20 for i in range(4, n_lines, 5)})
     assert -LINE_PX / 2 < shifts.min() and shifts.max() < 3 * LINE_PX
+
+
+def test_a_window_after_a_jump_keeps_the_offset_it_had():
+    """A long reply of even lines: fifty lines read, then a jump beyond the last
+    window's reach to lines 85–134. The second window cannot go on from the first's last
+    line, and nothing in its lines tells one offset from another a line away; the
+    offset found before (it drifts slowly) does, and no "reading starts at the top"
+    prior applies in the middle of a reading."""
+    n_lines = 140
+    top, height = np.arange(n_lines) * LINE_PX, np.full(n_lines, LINE_PX)
+    left, right = np.zeros(n_lines), np.full(n_lines, CHARS * CHAR_PX)
+    rng = np.random.default_rng(4)
+    xs, ys, truth = [], [], []
+    for line in list(range(50)) + list(range(85, 135)):
+        for i in range(6):
+            xs.append((i + 0.5) * CHARS * CHAR_PX / 6 + rng.normal(0, 10))
+            ys.append((line + 0.5) * LINE_PX + 30.0 + rng.normal(0, 0.3 * LINE_PX))
+            truth.append(line)
+    found = assign_lines(np.array(xs), np.array(ys), top, height, left, right)
+    second = slice(300, None)
+    assert np.mean(found.line[:300] == np.array(truth[:300])) >= 0.95
+    assert np.mean(found.line[second] == np.array(truth[second])) >= 0.95
+
+
+def test_the_meter_says_nothing_of_fixations_no_line_can_reach():
+    from feedback_store.reading_lines import ReadingOffsetMeter
+    top, height, left, right = layout()
+    meter = ReadingOffsetMeter(window=30, every=5)
+    rng = np.random.default_rng(6)
+    x, y, _ = reading(list(range(N_LINES)), rng, 25.0, 0.3 * LINE_PX)
+    said = [meter.add("reply", xi, yi, k, top, height, left, right) for k, (xi, yi) in enumerate(zip(x, y))]
+    assert said[:29] == [None] * 29
+    measured = [m for m in said if m is not None]
+    assert [abs(m.offset_px - 25.0) <= LINE_PX / 2 for m in measured] == [True]
+    assert measured[0].since_ns == said.index(measured[0]) - 29     # the oldest of the 30 used
+    meter = ReadingOffsetMeter(window=30, every=5)
+    far = [meter.add("reply", xi, yi + 5000.0, k, top, height, left, right) for k, (xi, yi) in enumerate(zip(x, y))]
+    assert far == [None] * len(far)          # (it said 0 px: the lines' default offset)
+
+
+def test_gaze_from_before_a_rewrap_keeps_the_offsets_it_was_captured_with(store):
+    """The window is narrowed mid-read: the reply's 120 characters go from two lines of
+    60 to four of 30, and the stored layout is the new one. Positions on the reply from
+    before were on the old lines: decoded against the new ones, the second old line's
+    gaze (characters 60–119) became characters 30–59. Those samples keep the offsets they
+    were captured with; the samples after are decoded as usual."""
+    from app.capture.recorder import GazeRecorder
+    from app.session import AppSession, ReplyOnScreen
+    from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
+    from gaze.fixations import FixationDetector
+    from gaze.points import GazePoint
+    store.consent.set("gaze", True)
+    text = "x" * 120
+    origin = (100.0, 300.0)
+
+    def wrapped(per_line):
+        n = len(text) // per_line
+        starts = np.arange(n, dtype=np.int32) * per_line
+        return ReplyGeometry("m", text, starts, starts + per_line, np.zeros(n), np.arange(n) * LINE_PX,
+                             np.full(n, LINE_PX), np.full(n, per_line * CHAR_PX),
+                             np.tile(np.arange(per_line) * CHAR_PX, n).astype(float))
+
+    def placed(geometry, shown_id):
+        area = (origin[0], origin[1], origin[0] + 600.0, origin[1] + geometry.n_lines * LINE_PX)
+        return LayoutSnapshot((PlacedReply(geometry, shown_id, "c", origin, area, area),), conversation_id="c")
+
+    wide, narrow = wrapped(60), wrapped(30)
+    session = AppSession(store)
+    recorder = GazeRecorder(store, session.id)
+    detector = FixationDetector(px_per_degree=40.0)
+    rng = np.random.default_rng(9)
+    t = [time.monotonic_ns()]
+
+    def read(geometry):
+        for line in range(geometry.n_lines):
+            width = geometry.line_width[line]
+            for i in range(3):
+                for _ in range(8):
+                    t[0] += 33_000_000
+                    point = GazePoint(t[0], time.time_ns(),
+                                      origin[0] + (i + 0.5) * width / 3 + rng.normal(0, 3),
+                                      origin[1] + (line + 0.5) * LINE_PX + rng.normal(0, 3))
+                    recorder.point(point)
+                    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
+                    if done is not None:
+                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
+                                                 "fixation", 1.0, done.duration_ms))
+    try:
+        shown_id = session.reply_shown(ReplyOnScreen("m", "c", (100, 300, 600, 40), 1.0, text,
+                                                     wide.line_boxes(*origin)))
+        recorder.set_snapshot(placed(wide, shown_id))
+        read(wide)
+        rewrap = t[0]
+        session.reply_moved(ReplyOnScreen("m", "c", (100, 300, 300, 80), 1.0, text,
+                                          narrow.line_boxes(*origin)))
+        recorder.set_snapshot(placed(narrow, shown_id))
+        read(narrow)
+        done = detector.flush()
+        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y, "fixation", 1.0,
+                                 done.duration_ms))
+        recorder.stop()
+        store.flush()
+        trace, _ = store.traces.read(shown_id)
+        gaze = trace.of_source(GAZE)
+        rows = store._rows("SELECT mono_ns, text_offset FROM gaze_samples WHERE kind = 'raw' ORDER BY mono_ns")
+        captured = np.array([-1 if r["text_offset"] is None else r["text_offset"] for r in rows])
+        before = np.array([r["mono_ns"] <= rewrap for r in rows])
+        assert before.sum() > 30 and (captured[before] >= 60).sum() > 10
+        assert np.array_equal(gaze.offset[before], captured[before])
+        # after it, decoded on the four new lines: every line read, in order
+        lines_after = gaze.line[~before]
+        assert set(lines_after[lines_after >= 0]) == {0, 1, 2, 3}
+    finally:
+        recorder.stop()
+        session.close()

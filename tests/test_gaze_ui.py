@@ -281,16 +281,16 @@ def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, wind
 
 
 def test_reading_offsets_move_the_running_trackers_points(qtbot, window, tmp_path):
-    """The window hands the recorder's reading measurements to its gaze controller, and
-    the running tracker's next points move: a still face on a replayed camera gives the
+    """The window hands the recorder's reading measurements to its gaze controller (the
+    one attached last), and the running tracker's next points move: a still face on a replayed camera gives the
     same estimate frame after frame, until reading says it lands 40 px below the lines
     read (half of it is taken at once)."""
     require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
     from app.ui import gaze_calibration as gc
     from gaze import calibration as C
     from gaze import synthetic
+    from feedback_store.reading_lines import ReadingOffset
     from test_gaze_video import still_calibration
-    assert window.gaze_recorder.on_reading_offset == window.gaze.reading_offset
     path = synthetic.write_video(tmp_path / "still.avi", [], frames=[synthetic.base_frame()] * 40)
     window.session.store.consent.set("gaze", True)
     controller = gc.attach_gaze(window, source=path, data_dir=tmp_path,
@@ -304,7 +304,9 @@ def test_reading_offsets_move_the_running_trackers_points(qtbot, window, tmp_pat
     try:
         qtbot.waitUntil(lambda: len([p for p in received if p.kind == "raw"]) >= 10, timeout=60_000)
         before = np.median([p.y for p in received if p.kind == "raw"])
-        controller.reading_offset(40.0)
+        # Through the window's recorder, as its meter hands a measurement over (the
+        # controller it reaches is the one attached last).
+        window.gaze_recorder.on_reading_offset(ReadingOffset(40.0, time.monotonic_ns()))
         assert controller.tracker.recalibrator.reading_dy == 20.0
         seen = len(received)
         qtbot.waitUntil(lambda: len([p for p in received[seen:] if p.kind == "raw"]) >= 10,
@@ -490,6 +492,7 @@ def test_a_new_screen_layout_stops_using_the_old_calibration(qtbot, window, tmp_
     from app.ui import gaze_calibration as gc
     from gaze import calibration as C
     from gaze import synthetic
+    from feedback_store.reading_lines import ReadingOffset
     from test_gaze_video import still_calibration
     path = synthetic.write_video(tmp_path / "still.avi", [], frames=[synthetic.base_frame()] * 40)
     window.session.store.consent.set("gaze", True)

@@ -20,7 +20,7 @@ from typing import Callable
 
 from feedback_store import GazeSample, PointerSample
 from feedback_store.layout import LayoutSnapshot
-from feedback_store.reading_lines import ReadingOffsetMeter
+from feedback_store.reading_lines import ReadingOffset, ReadingOffsetMeter
 
 MAX_MOVE_RATE_HZ = 120
 
@@ -100,8 +100,8 @@ class GazeRecorder(BatchingRecorder):
         self.straddling = 0         # gaze begun before that, dropped
         # Reading as a weak vertical calibration target: the lines the fixations on a
         # reply were on say how far below the text the gaze lands. ``on_reading_offset``
-        # (the tracker's) gets each measurement, in pixels; nothing of it is stored.
-        self.on_reading_offset: Callable[[float], None] | None = None
+        # (the tracker's) gets each measurement (a ReadingOffset); nothing of it is stored.
+        self.on_reading_offset: Callable[[ReadingOffset], None] | None = None
         self.reading = ReadingOffsetMeter()
 
     def set_snapshot(self, snapshot: LayoutSnapshot) -> None:
@@ -141,11 +141,12 @@ class GazeRecorder(BatchingRecorder):
             self.start()
         if point.kind == "fixation" and placed and self.on_reading_offset is not None:
             geometry = placed.geometry
-            offset = self.reading.add(
-                (geometry.message_id, id(geometry)), sample.reply_x, sample.reply_y, geometry.line_top,
-                geometry.line_height, geometry.line_x, geometry.line_x + geometry.line_width)
-            if offset is not None:
-                self.on_reading_offset(offset)
+            measured = self.reading.add(
+                (geometry.message_id, id(geometry)), sample.reply_x, sample.reply_y, point.mono_ns,
+                geometry.line_top, geometry.line_height, geometry.line_x,
+                geometry.line_x + geometry.line_width)
+            if measured is not None:
+                self.on_reading_offset(measured)
 
 
 class PointerRecorder(BatchingRecorder):

@@ -598,12 +598,13 @@ class GazeController(QObject):
         return consent.is_on("gaze") and not consent.paused
 
     # --- running ---------------------------------------------------------------------------------
-    def reading_offset(self, offset_px: float) -> None:      # tracker thread (the recorder's)
-        """Reading says the estimate lands ``offset_px`` below the lines read: a weak
-        vertical calibration target for the running tracker."""
+    def reading_offset(self, measured) -> None:      # tracker thread (the recorder's)
+        """Reading says where the estimate lands against the lines read (a
+        ``feedback_store.reading_lines.ReadingOffset``): a weak vertical calibration
+        target for the running tracker."""
         tracker = self.tracker
         if tracker is not None and self.screen_widget is None:
-            tracker.reading_offset(offset_px)
+            tracker.reading_offset(measured.offset_px, measured.since_ns)
 
     def add_point_listener(self, fn) -> None:
         """``fn(GazePoint)`` on the tracker's thread for every point and fixation."""

@@ -98,7 +98,8 @@ class MainWindow(QMainWindow):
         self.capture.add_recorder(self.gaze_recorder)
         self.gaze = attach_gaze(self)
         self.gaze.add_point_listener(self.gaze_recorder.point)
-        self.gaze_recorder.on_reading_offset = self.gaze.reading_offset
+        # (Looked up at each call: attaching gaze again replaces the controller.)
+        self.gaze_recorder.on_reading_offset = lambda measured: self.gaze.reading_offset(measured)
         self._start_personalisation()
         self._refresh_models()
         latest = self.service.conversations()
