@@ -45,6 +45,7 @@ AFTER_SWEEP = (0.15, 0.70, 0.15)
 AFTER_OTHER = (0.88, 0.06, 0.06)
 RUN_HEIGHT_LINES = 1.5   # a rightward step this much higher or lower ends a run
 START_LINES = 3.0        # the first fixation's line: a prior falling by e every 3 lines
+OFF_SCREEN_COST = 30.0   # log-likelihood: a line not on screen, all but ruled out
 WINDOW_FIXATIONS = 300   # decoded together (≈ 1.5 minutes of reading), each with its offset
 
 
@@ -60,7 +61,7 @@ class LineAssignment:
 
 
 def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
-                 from_start: bool = True) -> LineAssignment:
+                 from_start: bool = True, on_screen=None) -> LineAssignment:
     """The most likely line of each fixation (``x``, ``y``: their centres, in reading
     order) on a layout of stacked lines (``line_top`` ascending; ``line_left`` /
     ``line_right``: each line's text extent, equal for an empty line).
@@ -69,7 +70,8 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
     drifts; and the work and memory, fixations × lines × offsets, stay bounded), over the
     lines its fixations can reach within the offsets' range. ``from_start``: the
     fixations are a reading from its start (near the top of the reply), not from its
-    middle."""
+    middle. ``on_screen``: per fixation, the first and last line that were on screen
+    ([n, 2], -1 where not known): a line off the screen was not being read."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     top = np.asarray(line_top, np.float64)
@@ -80,6 +82,7 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
         return LineAssignment(line, offset_px, 0.0)
     centre = top + height / 2
     left, right = np.asarray(line_left, np.float64), np.asarray(line_right, np.float64)
+    on_screen = np.full((len(x), 2), -1) if on_screen is None else np.asarray(on_screen)
     width = max(float(right.max() - left.min()), float(np.median(height)))
     sweep = np.r_[False, np.diff(x) < -RETURN_SWEEP_WIDTH * width]   # into each fixation
     reach = OFFSET_RANGE_SD * OFFSET_SD_PX + 3 * max(NOISE_LINES) * float(np.median(height))
@@ -99,9 +102,12 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
         # line or so), which also tells it apart from one a line off where the lines
         # look alike and the reading jumped beyond the last window's line.
         prior = (0.0, OFFSET_SD_PX) if last_offset is None else (last_offset, float(np.median(height)))
+        # Lines off the screen at a fixation's moment are all but ruled out for it.
+        first, last = on_screen[part, :1], on_screen[part, 1:]
+        off_screen = (first >= 0) & ((band[None, :] < first) | (band[None, :] > last))
         found, offset, score, sure = _decode(
             x[part], y[part], sweep[part], top[band], height[band], left[band], right[band],
-            prior, top_prior * (band[0] + np.arange(len(band))), came_from)
+            prior, top_prior * (band[0] + np.arange(len(band))), came_from, off_screen)
         line[part], offset_px[part] = band[found], offset
         previous, total, margin = int(line[part][-1]), total + score, min(margin, sure)
         last_offset = offset
@@ -109,13 +115,14 @@ def assign_lines(x, y, line_top, line_height, line_left, line_right, *,
 
 
 def _decode(x, y, sweep, top, height, left, right, offset_prior, start_cost,
-            came_from: int | None = None):
+            came_from: int | None = None, off_screen=None):
     """Viterbi over one window of fixations (``sweep``: whether a return sweep led to
     each) and of lines: (line per fixation, the offset, log-likelihood, its margin over
     offsets a line or more away); ``came_from``:
     the line (of the window) the reading was on just before, None at the start of the
     reading, where ``start_cost`` (per line, in log-likelihood) says which lines a
-    reading starts on; ``offset_prior``: (mean, σ) of the offset's Gaussian prior. The
+    reading starts on; ``off_screen``: [F, L], the lines each fixation cannot be on;
+    ``offset_prior``: (mean, σ) of the offset's Gaussian prior. The
     offsets searched are the same for every window (± OFFSET_RANGE_SD prior σ around 0).
     The noise σ is chosen with the offset, by likelihood, among
     :data:`NOISE_LINES` (each offset and σ is a column B of the arrays below)."""
@@ -148,7 +155,10 @@ def _decode(x, y, sweep, top, height, left, right, offset_prior, start_cost,
     emission *= -0.5 / sigma ** 2
     emission -= count * np.log(sigma / line_px)     # (the density's scale: σ is chosen by it)
     outside = np.maximum(np.maximum(left[None, :] - x[:, None], x[:, None] - right[None, :]), 0)
-    emission += np.add.reduceat(-0.5 * (outside / (2 * line_px)) ** 2, run_start, axis=0)[:, :, None]
+    fit = -0.5 * (outside / (2 * line_px)) ** 2
+    if off_screen is not None:
+        fit[off_screen] -= OFF_SCREEN_COST
+    emission += np.add.reduceat(fit, run_start, axis=0)[:, :, None]
     n_runs = len(run_start)
     # Transition log-probabilities into run k (stay, next line, each other line).
     kinds = np.log(np.where(sweep[run_start, None], AFTER_SWEEP, AFTER_OTHER))

@@ -85,15 +85,16 @@ class TraceReader:
                              "AND kind IN ('raw', 'fixation')", gaze=True)
         fixation = eyes.pop("fixation")
         gaze = {name: values[~fixation] for name, values in eyes.items()}
+        views = self._views(shown) if views is None else views
         gaze["text_offset"] = self._gaze_offsets(shown, gaze, {
             "start_ns": eyes["mono_ns"][fixation] - eyes["duration_ms"][fixation] * 1e6,
-            "end_ns": eyes["mono_ns"][fixation].astype(np.float64)})
+            "end_ns": eyes["mono_ns"][fixation].astype(np.float64)}, views)
         mono = np.concatenate([pointer["mono_ns"], gaze["mono_ns"]])
         source = np.concatenate([np.full(len(pointer["mono_ns"]), MOUSE, np.uint8),
                                  np.full(len(gaze["mono_ns"]), GAZE, np.uint8)])
         offset = np.concatenate([pointer["text_offset"], gaze["text_offset"]])
         missing = set()
-        visible = self._visible(self._views(shown) if views is None else views,
+        visible = self._visible(views,
                                 mono, offset, line_starts)
         if visible is None:
             missing.add("visible")
@@ -130,7 +131,7 @@ class TraceReader:
                    "fixation": np.bool_, "duration_ms": np.float64, "line": np.int64}
         return {name: np.asarray(values, columns[name]) for name, values in result.items()}
 
-    def _gaze_offsets(self, shown: dict, gaze: dict, fixations: dict) -> np.ndarray:
+    def _gaze_offsets(self, shown: dict, gaze: dict, fixations: dict, views: list) -> np.ndarray:
         """The raw gaze samples' character offsets, their lines found by reading order
         (``reading_lines``): gaze is off by a few lines, and the character under each
         point, as mapped when it was captured, is mostly on a neighbour of the line read.
@@ -139,7 +140,8 @@ class TraceReader:
         assigned lines together with the gaze's offset for this reading; their samples
         take their line. Kept as captured where that cannot be done: rows from before
         schema 8 (no position on the reply) or before the reply was last re-wrapped,
-        fewer than two fixations, or lines side by side (a table)."""
+        fewer than two fixations, or lines side by side (a table). With the viewport
+        events (``views``), a fixation's line is one that was on screen when it ended."""
         captured = gaze["text_offset"]
         placed = ~np.isnan(gaze["reply_x"])
         boxes = _boxes(shown["layout"])
@@ -166,12 +168,28 @@ class TraceReader:
         # screen_y); the samples are on the reply's text area, wherever it was then.
         left = boxes["x"] - (shown["screen_x"] or 0)
         top = boxes["y"] - (shown["screen_y"] or 0)
-        found = assign_lines(cx[seen], cy[seen], top, boxes["h"], left, left + boxes["w"])
+        on_screen = self._lines_on_screen(views, fixations["end_ns"][seen])
+        found = assign_lines(cx[seen], cy[seen], top, boxes["h"], left, left + boxes["w"],
+                             on_screen=on_screen)
         fixation_line = np.full(n_fixations, -1, np.int64)
         fixation_line[seen] = found.line
         assigned = sample_offsets(gaze["reply_x"], which, fixation_line, boxes["start"],
                                   boxes["end"], left, left + boxes["w"])
         return np.where(placed, assigned, captured)
+
+    @staticmethod
+    def _lines_on_screen(views: list, t_ns) -> np.ndarray | None:
+        """The first and last line on screen at each time ([n, 2]; -1, -1 where not
+        known), from the viewport events; None without any."""
+        if not views:
+            return None
+        times = np.asarray([view["mono_ns"] for view in views], np.float64)
+        first = np.asarray([-1 if view["first_line"] is None else view["first_line"] for view in views])
+        last = np.asarray([-1 if view["last_line"] is None else view["last_line"] for view in views])
+        at = np.searchsorted(times, np.asarray(t_ns, np.float64), side="right") - 1
+        index = np.clip(at, 0, None)
+        known = (at >= 0) & (first[index] >= 0)
+        return np.where(known[:, None], np.c_[first[index], last[index]], -1)
 
     def _views(self, shown: dict) -> list[dict]:
         """The showing's viewport events, oldest first, their lines numbered as in the

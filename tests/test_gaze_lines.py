@@ -385,3 +385,64 @@ def test_gaze_from_before_a_rewrap_keeps_the_offsets_it_was_captured_with(store)
     finally:
         recorder.stop()
         session.close()
+
+
+def test_lines_off_the_screen_are_not_read(store):
+    """A long reply of even lines scrolled to its lines 11–20, read there with the gaze
+    2.5 lines low: nothing in the text tells that offset from one a line or two away,
+    and the reading does not start at the reply's top; the viewport events do (a line
+    not on screen was not read). Without them every line came out wrong."""
+    from app.capture.recorder import GazeRecorder
+    from app.session import AppSession, ReplyOnScreen
+    from feedback_store import ViewportEvent
+    from feedback_store.layout import LayoutSnapshot, PlacedReply, ReplyGeometry
+    from gaze.fixations import FixationDetector
+    from gaze.points import GazePoint
+    store.consent.set("gaze", True)
+    store.consent.set("pointer", True)
+    n_lines, per_line = 30, CHARS
+    text = "x" * (n_lines * per_line)
+    starts = np.arange(n_lines, dtype=np.int32) * per_line
+    geometry = ReplyGeometry("m", text, starts, starts + per_line, np.zeros(n_lines),
+                             np.arange(n_lines) * LINE_PX, np.full(n_lines, LINE_PX),
+                             np.full(n_lines, per_line * CHAR_PX),
+                             np.tile(np.arange(per_line) * CHAR_PX, n_lines).astype(float))
+    origin = (100.0, 100.0 - 10 * LINE_PX)          # scrolled: line 10 at the view's top
+    area = (100.0, origin[1], 700.0, origin[1] + n_lines * LINE_PX)
+    clip = (100.0, 100.0, 700.0, 100.0 + 10 * LINE_PX)
+    session = AppSession(store)
+    recorder = GazeRecorder(store, session.id)
+    detector = FixationDetector(px_per_degree=40.0)
+    rng = np.random.default_rng(12)
+    try:
+        shown_id = session.reply_shown(ReplyOnScreen("m", "c", (100, int(origin[1]), 600, 600), 1.0,
+                                                     text, geometry.line_boxes(*origin)))
+        recorder.set_snapshot(LayoutSnapshot((PlacedReply(geometry, shown_id, "c", origin, clip, area),),
+                                             conversation_id="c"))
+        t = time.monotonic_ns()
+        session.record([ViewportEvent(session.id, shown_id, "c", t, time.time_ns(), "scroll", 10, 19,
+                                      origin[0], origin[1], True, int(starts[10]), int(starts[19] + per_line))])
+        truth = {}
+        for line in range(10, 20):
+            for i in range(6):
+                for _ in range(8):
+                    t += 33_000_000
+                    y = origin[1] + (line + 0.5) * LINE_PX + 2.5 * LINE_PX + rng.normal(0, 4)
+                    point = GazePoint(t, time.time_ns(), origin[0] + (i + 0.5) * 100 + rng.normal(0, 4), y)
+                    truth[t] = line
+                    recorder.point(point)
+                    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
+                    if done is not None:
+                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
+                                                 "fixation", 1.0, done.duration_ms))
+        recorder.stop()
+        store.flush()
+        trace, _ = store.traces.read(shown_id)
+        gaze = trace.of_source(GAZE)
+        zero = store.traces.shown_reply(shown_id)["shown_mono_ns"]
+        read_line = np.array([truth[int(round(ti * 1e6)) + zero] for ti in gaze.t_ms])
+        on = gaze.line >= 0
+        assert on.mean() > 0.6 and np.mean(gaze.line[on] == read_line[on]) >= 0.9
+    finally:
+        recorder.stop()
+        session.close()
