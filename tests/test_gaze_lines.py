@@ -46,6 +46,28 @@ def visits(lines):
     return lines[np.r_[True, lines[1:] != lines[:-1]]]
 
 
+def look(recorder, detector, point) -> None:
+    """One frame's gaze point to the recorder, and to the tracker's fixation detector,
+    whose fixations go to the recorder too (as GazeTracker emits both)."""
+    from gaze.fixations import fixation_point
+    recorder.point(point)
+    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
+    if done is not None:
+        recorder.point(fixation_point(done))
+
+
+def read_back(store, recorder, detector, shown_id):
+    """The open fixation closed, everything stored, the reply's gaze trace read back."""
+    from gaze.fixations import fixation_point
+    done = detector.flush()
+    if done is not None:
+        recorder.point(fixation_point(done))
+    recorder.stop()
+    store.flush()
+    trace, _ = store.traces.read(shown_id)
+    return trace, trace.of_source(GAZE)
+
+
 def test_fixations_a_few_lines_off_are_assigned_the_lines_read():
     """The gaze 0–3 lines off (as a 1–2° calibration bias is) and half a line, then 0.8
     of a line, of noise per fixation: the line under the point is rarely the one read,
@@ -172,18 +194,8 @@ def test_gaze_read_back_from_the_store_is_on_the_lines_read(store):
                                       origin[1] - scroll_px + local[1] + 2 * LINE_PX
                                       + rng.normal(0, 6))
                     truth.append((t, line))
-                    recorder.point(point)
-                    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
-                    if done is not None:
-                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
-                                                 "fixation", 1.0, done.duration_ms))
-        done = detector.flush()
-        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y, "fixation", 1.0,
-                                 done.duration_ms))
-        recorder.stop()
-        store.flush()
-        trace, _ = store.traces.read(shown_id)
-        gaze = trace.of_source(GAZE)
+                    look(recorder, detector, point)
+        trace, gaze = read_back(store, recorder, detector, shown_id)
         expected = dict(truth)
         times = np.round(gaze.t_ms * 1e6).astype(np.int64) + store.traces.shown_reply(shown_id)["shown_mono_ns"]
         read_line = np.array([expected[int(ti)] for ti in times])
@@ -253,11 +265,7 @@ def test_reading_teaches_the_tracker_where_the_lines_are():
                     raw = (true[0] + rng.normal(0, 6), true[1] + offset_px + rng.normal(0, 6))
                     x, y = recal.apply(raw)               # as GazeTracker._process does
                     on_line.append((line, int((y - origin[1]) // LINE_PX)))
-                    recorder.point(GazePoint(t, time.time_ns(), x, y))
-                    done = detector.add(t, x, y)
-                    if done is not None:
-                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
-                                                 "fixation", 1.0, done.duration_ms))
+                    look(recorder, detector, GazePoint(t, time.time_ns(), x, y))
         recorder.stop()
         last = np.array(on_line[-len(on_line) // 4:])
         return np.array(shifts), np.mean(last[:, 0] == last[:, 1])
@@ -352,11 +360,7 @@ def test_gaze_from_before_a_rewrap_keeps_the_offsets_it_was_captured_with(store)
                     point = GazePoint(t[0], time.time_ns(),
                                       origin[0] + (i + 0.5) * width / 3 + rng.normal(0, 3),
                                       origin[1] + (line + 0.5) * LINE_PX + rng.normal(0, 3))
-                    recorder.point(point)
-                    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
-                    if done is not None:
-                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
-                                                 "fixation", 1.0, done.duration_ms))
+                    look(recorder, detector, point)
     try:
         shown_id = session.reply_shown(ReplyOnScreen("m", "c", (100, 300, 600, 40), 1.0, text,
                                                      wide.line_boxes(*origin)))
@@ -367,13 +371,7 @@ def test_gaze_from_before_a_rewrap_keeps_the_offsets_it_was_captured_with(store)
                                           narrow.line_boxes(*origin)))
         recorder.set_snapshot(placed(narrow, shown_id))
         read(narrow)
-        done = detector.flush()
-        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y, "fixation", 1.0,
-                                 done.duration_ms))
-        recorder.stop()
-        store.flush()
-        trace, _ = store.traces.read(shown_id)
-        gaze = trace.of_source(GAZE)
+        trace, gaze = read_back(store, recorder, detector, shown_id)
         rows = store._rows("SELECT mono_ns, text_offset FROM gaze_samples WHERE kind = 'raw' ORDER BY mono_ns")
         captured = np.array([-1 if r["text_offset"] is None else r["text_offset"] for r in rows])
         before = np.array([r["mono_ns"] <= rewrap for r in rows])
@@ -430,15 +428,8 @@ def test_lines_off_the_screen_are_not_read(store):
                     y = origin[1] + (line + 0.5) * LINE_PX + 2.5 * LINE_PX + rng.normal(0, 4)
                     point = GazePoint(t, time.time_ns(), origin[0] + (i + 0.5) * 100 + rng.normal(0, 4), y)
                     truth[t] = line
-                    recorder.point(point)
-                    done = detector.add(point.mono_ns, point.x, point.y, point.wall_ns)
-                    if done is not None:
-                        recorder.point(GazePoint(done.end_ns, done.wall_end_ns, done.x, done.y,
-                                                 "fixation", 1.0, done.duration_ms))
-        recorder.stop()
-        store.flush()
-        trace, _ = store.traces.read(shown_id)
-        gaze = trace.of_source(GAZE)
+                    look(recorder, detector, point)
+        _, gaze = read_back(store, recorder, detector, shown_id)
         zero = store.traces.shown_reply(shown_id)["shown_mono_ns"]
         read_line = np.array([truth[int(round(ti * 1e6)) + zero] for ti in gaze.t_ms])
         on = gaze.line >= 0
