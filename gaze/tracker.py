@@ -51,8 +51,8 @@ MESSAGES = {
     "ended": "The video has ended.",
     "no_mediapipe": "MediaPipe is not installed (pip install 'glance[gaze]'), so gaze is "
                     "off. Glance works without it.",
-    "drift": "Gaze seems to have drifted from where you click. Choose Gaze… → Calibrate "
-             "to recalibrate.",
+    "drift": "Gaze seems to have drifted from where you click or read. Choose Gaze… → "
+             "Calibrate to recalibrate.",
     "closer": "You are much closer to the screen than during calibration; sit back or "
               "recalibrate.",
     "farther": "You are much farther from the screen than during calibration; move closer "
