@@ -3,6 +3,7 @@
 The whole suite runs with sockets blocked (pyproject addopts: --disable-socket); only
 the download test opens a loopback server.
 """
+import atexit
 import os
 import shutil
 import subprocess
@@ -13,8 +14,10 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # No test may touch the developer's own Glance folder: one that forgets the `home`
-# fixture gets this throw-away folder instead of ~/.local/share/Glance.
+# fixture gets this throw-away folder instead of ~/.local/share/Glance (removed when the
+# run ends: every run left one in /tmp).
 os.environ["GLANCE_HOME"] = tempfile.mkdtemp(prefix="glance-tests-home-")
+atexit.register(shutil.rmtree, os.environ["GLANCE_HOME"], True)
 # Headless CI has no keyring; make that explicit so every run takes the same path.
 os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 
