@@ -48,6 +48,18 @@ def _line_starts(shown: dict) -> np.ndarray:
     return starts.astype(np.int32) if len(starts) else np.zeros(1, np.int32)
 
 
+def _view_at(views: list, t_ns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The viewport event in force at each time: whether there was one yet, and its
+    first and last line on screen (-1: none) and whether the window was shown."""
+    times = np.asarray([view["mono_ns"] for view in views], np.int64)
+    first = np.asarray([-1 if view["first_line"] is None else view["first_line"] for view in views])
+    last = np.asarray([-1 if view["last_line"] is None else view["last_line"] for view in views])
+    shown = np.asarray([bool(view["shown"]) for view in views])
+    at = np.searchsorted(times, t_ns, side="right") - 1
+    index = np.clip(at, 0, None)
+    return at >= 0, first[index], last[index], shown[index]
+
+
 class TraceReader:
     def __init__(self, store):
         self.store = store
@@ -183,13 +195,8 @@ class TraceReader:
         known), from the viewport events; None without any."""
         if not views:
             return None
-        times = np.asarray([view["mono_ns"] for view in views], np.float64)
-        first = np.asarray([-1 if view["first_line"] is None else view["first_line"] for view in views])
-        last = np.asarray([-1 if view["last_line"] is None else view["last_line"] for view in views])
-        at = np.searchsorted(times, np.asarray(t_ns, np.float64), side="right") - 1
-        index = np.clip(at, 0, None)
-        known = (at >= 0) & (first[index] >= 0)
-        return np.where(known[:, None], np.c_[first[index], last[index]], -1)
+        known, first, last, _ = _view_at(views, np.asarray(t_ns).astype(np.int64))
+        return np.where((known & (first >= 0))[:, None], np.c_[first, last], -1)
 
     def _views(self, shown: dict) -> list[dict]:
         """The showing's viewport events, oldest first, their lines numbered as in the
@@ -218,19 +225,12 @@ class TraceReader:
     def _visible(events, mono, offset, line_starts) -> np.ndarray | None:
         if not events:
             return None
-        times = np.asarray([e["mono_ns"] for e in events], np.int64)
-        first = np.asarray([-1 if e["first_line"] is None else e["first_line"] for e in events])
-        last = np.asarray([-1 if e["last_line"] is None else e["last_line"] for e in events])
-        shown = np.asarray([bool(e["shown"]) for e in events])
-        at = np.searchsorted(times, mono, side="right") - 1
-        before_any = at < 0
-        at = np.clip(at, 0, len(events) - 1)
+        known, first, last, shown = _view_at(events, mono)
         line = np.searchsorted(line_starts, offset, side="right") - 1
-        on_screen = shown[at] & (first[at] >= 0)
         # A point on a line must be on a visible line; a point off the text needs only
         # some of the reply on screen.
-        within = np.where(offset >= 0, (line >= first[at]) & (line <= last[at]), True)
-        return np.where(before_any, True, on_screen & within)
+        within = np.where(offset >= 0, (line >= first) & (line <= last), True)
+        return np.where(known, shown & (first >= 0) & within, True)
 
     def activity(self, shown_reply_id: str, zero_mono_ns: int | None = None,
                  shown: dict | None = None, views: list | None = None) -> ReplyActivity:

@@ -747,10 +747,9 @@ class ClickRecalibrator:
     def refresh(self, now: float | None = None) -> None:
         """Forget what has expired (called for every frame: cheap when nothing has)."""
         now = time.monotonic() if now is None else now
-        if self.points and self.points[0].expires <= now:
-            self.refit(now)
-        elif self.reading_dy and self._reading_expires <= now:
-            self.reading_dy, self._changed_at = 0.0, now
+        if (self.points and self.points[0].expires <= now) or \
+                (self.reading_dy and self._reading_expires <= now):
+            self.refit(now)          # (expire() forgets both; the affine of the rest)
 
     def apply(self, raw) -> np.ndarray:
         """The corrected estimate: the clicks' affine, then reading's vertical shift."""
