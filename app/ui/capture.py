@@ -19,7 +19,7 @@ from feedback_store.layout import LayoutSnapshot
 
 from ..capture.hooks import GlobalPauseHotkey, GlobalPointerHook, global_hooks_available
 from ..capture.recorder import PointerRecorder
-from .layout_probe import corners, global_rect, text_offset
+from .layout_probe import corners, global_rect, text_offsets
 from ..session import ReplyOnScreen
 
 SETTLE_MS = 40          # layout changes are published once they stop for this long
@@ -31,7 +31,7 @@ _QT_BUTTONS = {Qt.MouseButton.LeftButton: "left", Qt.MouseButton.RightButton: "r
 def selected_offsets(browser) -> tuple[int, int]:
     """A reply's selection as offsets into its plain text (as samples' offsets are)."""
     cursor, text = browser.textCursor(), browser.document().toPlainText()
-    return text_offset(text, cursor.selectionStart()), text_offset(text, cursor.selectionEnd())
+    return text_offsets(text, cursor.selectionStart(), cursor.selectionEnd())
 
 
 class CaptureController(QObject):

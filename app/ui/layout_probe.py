@@ -61,6 +61,8 @@ def code_point_at(text: str) -> np.ndarray | None:
     points: an emoji is two of the first and one of the second, so past each one every
     offset was one character further on. For each unit position 0 … n (n included), the
     code point it falls in; None when the two counts agree (text without such characters)."""
+    if text.isascii():        # (the common case, told at C speed: no encoding, no arrays)
+        return None
     points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
     widths = 1 + (points > 0xFFFF).astype(np.int64)
     if len(widths) == int(widths.sum()):
@@ -68,10 +70,11 @@ def code_point_at(text: str) -> np.ndarray | None:
     return np.append(np.repeat(np.arange(len(text)), widths), len(text))
 
 
-def text_offset(text: str, position: int) -> int:
-    """A Qt document position (a selection's end) as an offset into its plain text."""
+def text_offsets(text: str, *positions: int) -> tuple[int, ...]:
+    """Qt document positions (a selection's ends) as offsets into its plain text."""
     at = code_point_at(text)
-    return position if at is None else int(at[min(max(position, 0), len(at) - 1)])
+    return tuple(position if at is None else int(at[min(max(position, 0), len(at) - 1)])
+                 for position in positions)
 
 
 def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
