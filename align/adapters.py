@@ -383,8 +383,12 @@ def line(root: Path, model: str | None = None) -> dict | None:
     root = Path(root)
     bases = _bases(root)
     if model is not None:
+        # As status names them ("model.gguf (1a2b3c4d)" where two share a file name),
+        # else by file name or path.
+        labelled = _labels(bases)
         name = Path(model).name
-        return next((base for base in bases.values() if base["name"] == name), None)
+        return next((bases[key] for key, label in labelled.items() if label == model), None) or \
+            next((base for base in bases.values() if base["name"] == name), None)
     state = read_active(root)
     base = bases.get(state.get("line")) or _model_of(root, state.get("version"))
     if base is None and len(bases) == 1:
@@ -422,10 +426,18 @@ def in_use(root: Path, state: dict | None = None) -> dict[str, str | None]:
     root = Path(root)
     state = read_active(root) if state is None else state
     bases = _bases(root)
+    labelled = _labels(bases)
+    return {labelled[key]: version_for(root, bases[key], state)
+            for key in sorted(bases, key=lambda key: labelled[key])}
+
+
+def _labels(bases: dict) -> dict:
+    """Each base model's name for people: its file name, and the start of its digest
+    where two models share a file name."""
     names = [base["name"] for base in bases.values()]
-    return {(base["name"] if names.count(base["name"]) == 1
-             else f"{base['name']} ({str(base.get('sample_sha256'))[:8]})"): version_for(root, base, state)
-            for base in sorted(bases.values(), key=lambda b: b["name"])}
+    return {key: base["name"] if names.count(base["name"]) == 1
+            else f"{base['name']} ({str(base.get('sample_sha256'))[:8]})"
+            for key, base in bases.items()}
 
 
 def _newest_for(root: Path, active: str, base: dict) -> str | None:

@@ -11,6 +11,7 @@ torch, trl and DuckDB are imported inside the commands, so ``align --help`` stay
 """
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -190,7 +191,7 @@ def cmd_rollback(args) -> int:
         return 2
     except ValueError as error:     # nothing active: already on the base model
         others = {name: v for name, v in before.items() if v}
-        message = str(error) + "".join(f" {name} answers with {v}: align rollback --model {name}."
+        message = str(error) + "".join(f" {name} answers with {v}: align rollback --model {shlex.quote(name)}."
                                        for name, v in others.items())
         print(json.dumps({"active": None, "model": args.model, "message": message})
               if args.json else message)

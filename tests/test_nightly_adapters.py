@@ -496,6 +496,13 @@ def test_two_models_of_one_file_name_keep_their_own_versions(tmp_path, model):
     assert sorted(adapters.in_use(config.root).values()) == ["v0001", "v0002"]
     listed = {v["version"]: v["active"] for v in adapters.list_versions(config.root)}
     assert listed == {"v0001": True, "v0002": True, "v0003": False}
+    # B's line, named as status names it (the file name alone picks one of the two; the
+    # rollback hint printed this name, and it was refused)
+    (label,) = [label for label, version in adapters.in_use(config.root).items() if version == theirs]
+    assert label.startswith(f"{model.name} (")
+    assert adapters.rollback(config, label) is None
+    assert adapters.active_adapter(config.root, other) is None
+    assert adapters.active_adapter(config.root, model)["version"] == "v0001"
 
 
 def test_retiring_or_pruning_one_models_versions_leaves_the_others_alone(tmp_path, model):
