@@ -463,6 +463,7 @@ def test_another_model_loads_off_the_ui_thread_and_answers_from_then_on(qtbot, w
     assert blocker.args == [None]
     assert window.engine.model_info["path"] == str(copy)
     assert window.model_picker.isEnabled() and window.model_picker.currentData() == str(copy)
+    assert window.model_label.text().startswith("Model: SmolLM2-copy.gguf · context up to ")
     window.input.clear()
     assert send_by_keyboard(qtbot, window, "Still there?").content
     with qtbot.waitSignal(window.model_loaded, timeout=120_000):    # the engine is shared

@@ -844,7 +844,11 @@ class MainWindow(QMainWindow):
         index = self.model_picker.findData(current)
         self.model_picker.setCurrentIndex(max(index, 0))
         info = self.engine.model_info or {}
-        self.model_label.setText(f"Model: {info.get('name', 'none')} · context up to {self.engine.context_limit:,} tokens")
+        # The file's name, as the picker shows it: the name a GGUF gives itself is often a
+        # training run's ("Smollm2 135M 8k Lc100K Mix1 Ep2"), so it goes in the tooltip.
+        self.model_label.setText(f"Model: {Path(info.get('path') or 'none').name} · "
+                                 f"context up to {self.engine.context_limit:,} tokens")
+        self.model_label.setToolTip(f"It calls itself “{info['name']}”." if info.get("name") else "")
 
     def _on_model_chosen(self, index: int) -> None:
         choice = self.model_picker.itemData(index)
