@@ -69,7 +69,7 @@ COLUMNS = {
 }
 OPTIONAL_FILES = ("tasks.parquet", "workers.parquet")   # copied by write_subset, never read
 FILES = (*COLUMNS, *OPTIONAL_FILES)
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 HOUR_MS = 3_600_000
 SHIFTS_H = tuple(range(-12, 13))
 # Median of the per-box estimates on the shared development folder is ~120; a round
@@ -248,17 +248,55 @@ def _sql_path(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+# The columns read as numbers, with their type in the study's release. A folder "in the
+# same format" written by another tool may hold one as text: a cell that is not a number
+# is then cleared (counted), instead of one "n/a" stopping the whole import.
+_NUMBERS = {
+    "queries.parquet": {"task_id": "BIGINT", "query_ID": "BIGINT", "likert_1": "DOUBLE",
+                        "likert_2": "DOUBLE", "preference": "DOUBLE", "adjustment": "BIGINT"},
+    "samples.parquet": {"task_id": "BIGINT", "row": "BIGINT", "x": "DOUBLE", "y": "DOUBLE",
+                        "centre_idx": "BIGINT", "validate": "BIGINT", "epoch_ms": "BIGINT"},
+}
+_TEXTS = {"queries.parquet": ("user_id",), "samples.parquet": ("worker",)}
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE")
+
+
+def _typed_view(con, view: str, directory: Path, name: str, report) -> None:
+    """``view``: the file with its number columns as numbers (cells that are not numbers
+    cleared and counted under ``repaired``) and its id columns as text."""
+    source = _sql_path(directory / name)
+    declared = {row[0].lower(): row[1] for row in con.execute(f"describe select * from {source}").fetchall()}
+    as_text = {column: kind for column, kind in _NUMBERS[name].items()
+               if declared[column.lower()].split("(")[0] not in _NUMERIC}
+    replace = [f'try_cast("{column}" as {kind}) as "{column}"' for column, kind in as_text.items()]
+    replace += [f'"{column}"::varchar as "{column}"' for column in _TEXTS[name]
+                if declared[column.lower()] != "VARCHAR"]
+    if as_text:
+        counts = con.execute("select " + ", ".join(
+            f'count("{column}"), count("{column}") - count(try_cast("{column}" as {kind}))'
+            for column, kind in as_text.items()) + f" from {source}").fetchone()
+        for i, column in enumerate(as_text):
+            present, cleared = counts[2 * i], counts[2 * i + 1]
+            if present and cleared == present:     # a column of other things, not a stray cell
+                raise duckdb.ConversionException(
+                    f"{name}'s column {column} holds no numbers (it is {declared[column.lower()]})")
+            report["repaired"][f"{name.split('.')[0]}_{column}_not_a_number_cleared"] += cleared
+    star = f"* replace ({', '.join(replace)})" if replace else "*"
+    con.execute(f"create temp view {view} as select {star} from {source}")
+
+
 def _read(directory: Path) -> IfllmData:
     con = connect()
-    queries_file = _sql_path(directory / "queries.parquet")
-    samples_file = _sql_path(directory / "samples.parquet")
     report = {"read": Counter(), "repaired": Counter(), "dropped": Counter()}
+    _typed_view(con, "queries", directory, "queries.parquet", report)
+    _typed_view(con, "samples", directory, "samples.parquet", report)
 
-    rows = con.execute(f"""
+    rows = con.execute("""
         select user_id, task_id, query_ID, coalesce(user_query, ''), coalesce(llm_response_1, ''),
                llm_response_2, likert_1, likert_2, preference, coalesce(adjustment, 0),
                epoch_ms(try_strptime(query_timestamp::varchar, '%Y-%m-%d %H:%M:%S')), llm_name_1, llm_name_2
-        from {queries_file} order by user_id, task_id, query_ID""").fetchall()
+        from queries order by user_id, task_id, query_ID""").fetchall()
     report["read"]["queries"] = len(rows)
     tasks: dict[tuple, list] = {}
     for row in rows:
@@ -282,20 +320,24 @@ def _read(directory: Path) -> IfllmData:
                     [(k[0], k[1], i, any(r[5] is not None for r in tasks[k]))
                      for i, k in enumerate(task_keys)])
     kind_case = " ".join(f"when '{name}' then {code}" for name, (code, _, _) in KINDS.items())
-    report["read"]["samples"] = con.execute(f"select count(*) from {samples_file}").fetchone()[0]
-    report["dropped"]["samples_task_without_queries"] = con.execute(f"""
-        select count(*) from {samples_file} s anti join task_index t
-        on s.worker = t.worker and s.task_id = t.task_id""").fetchone()[0]
-    report["dropped"]["samples_unknown_kind"] = con.execute(f"""
-        select count(*) from {samples_file} where kind not in ({', '.join(f"'{k}'" for k in KINDS)})
-        or kind is null""").fetchone()[0]
-    report["dropped"]["samples_without_time"] = con.execute(
-        f"select count(*) from {samples_file} where epoch_ms is null").fetchone()[0]
+    names = ", ".join(f"'{k}'" for k in KINDS)
+    known_kind = f"s.kind in ({names})"
+    # Each sample dropped counts under one reason, the first that applies (counted apart,
+    # a sample of an unknown kind and without a time was dropped twice, and the duplicates,
+    # found by subtraction, came out negative).
+    (report["read"]["samples"], report["dropped"]["samples_task_without_queries"],
+     report["dropped"]["samples_unknown_kind"],
+     report["dropped"]["samples_without_time"]) = con.execute(f"""
+        select count(*), count(*) filter (where t.ti is null),
+               count(*) filter (where t.ti is not null and not coalesce({known_kind}, false)),
+               count(*) filter (where t.ti is not null and {known_kind} and s.epoch_ms is null)
+        from samples s left join task_index t
+        on s.worker = t.worker and s.task_id = t.task_id""").fetchone()
     # One row per sample kept; pairwise abs_gaze batches (written twice) de-duplicated.
     select = f"""select t.ti, case s.kind {kind_case} end as kind_code, s.row, s.epoch_ms, s.x, s.y,
                s.centre_idx, s.validate, s."window"
-        from {samples_file} s join task_index t on s.worker = t.worker and s.task_id = t.task_id
-        where s.kind in ({', '.join(f"'{k}'" for k in KINDS)}) and s.epoch_ms is not null"""
+        from samples s join task_index t on s.worker = t.worker and s.task_id = t.task_id
+        where {known_kind} and s.epoch_ms is not null"""
     con.execute(f"""
         create temp table kept as
         {select} and not (t.pairwise and s.kind = 'abs_gaze')
@@ -307,8 +349,10 @@ def _read(directory: Path) -> IfllmData:
                coalesce(y, 'nan'::double) as y, coalesce(centre_idx, -1) as centre,
                coalesce(validate, -1)::tinyint as validate
         from kept order by ti, epoch_ms, kind_code, row""").fetchnumpy()
+    # The same rows as ``on_text`` below (a negative centre_idx is on no text): one window
+    # each, in the same order.
     windows = con.execute("""
-        select coalesce("window", '') from kept where centre_idx is not null
+        select coalesce("window", '') from kept where coalesce(centre_idx, -1) >= 0
         order by ti, epoch_ms, kind_code, row""").fetchnumpy()
     windows = next(iter(windows.values()))
     total_kept = len(columns["ti"])
@@ -350,7 +394,10 @@ def _plain(report: dict) -> dict:
             for part, counts in report.items()}
 
 
-def _query_times(rows: list, first_sample_ms: float | None, report) -> np.ndarray | None:
+def _query_times(rows: list, report) -> np.ndarray | None:
+    """The queries' times on their own clock, an unparseable one placed between its
+    neighbours (the first a second before the next: :func:`_task_turns` moves it before
+    the task's first sample once the clock shift is known)."""
     times = np.array([np.nan if r[10] is None else float(r[10]) for r in rows])
     if np.all(np.isnan(times)):
         return None
@@ -359,8 +406,7 @@ def _query_times(rows: list, first_sample_ms: float | None, report) -> np.ndarra
         before = times[:i][~np.isnan(times[:i])]
         after = times[i + 1:][~np.isnan(times[i + 1:])]
         if len(before) == 0:
-            start = after[0] - 1000.0
-            times[i] = start if first_sample_ms is None else min(start, first_sample_ms)
+            times[i] = after[0] - 1000.0
         elif len(after) == 0:
             times[i] = before[-1] + 1000.0
         else:
@@ -374,8 +420,7 @@ def _task_turns(key, rows, samples, windows, report) -> dict:
     kind = samples["kind"]
     side = _SIDE[kind]
     responses = [(r[4],) if r[5] is None else (r[4], r[5]) for r in rows]
-    first_ms = float(epoch[0]) if len(epoch) else None
-    times = _query_times(rows, first_ms, report)
+    times = _query_times(rows, report)
     task = {"key": key, "rows": rows, "responses": responses, "samples": samples,
             "shift_h": 0, "times": times}
     if times is None:
@@ -404,6 +449,11 @@ def _task_turns(key, rows, samples, windows, report) -> dict:
         if best != 0:
             report["repaired"][f"task_clock_shift_{best:+d}h"] += 1
     shown = times + task["shift_h"] * HOUR_MS
+    if rows[0][10] is None and len(epoch):
+        # The first answer's time was unparseable: it was shown before the task's first
+        # sample. (Placed so before the shift is known, on the samples' clock, it was then
+        # shifted: 4 hours off in the study's one such task.)
+        shown[0] = min(shown[0], float(epoch[0]))
     last = float(epoch[-1]) + 1.0 if len(epoch) else shown[-1]
     task["shown"] = shown
     task["end"] = np.append(shown[1:], max(last, shown[-1]))
@@ -528,6 +578,13 @@ def _fill_lines(parsed: list[dict], report) -> None:
                 report["repaired"]["boxes_wrapped_at_default_width"] += 1
 
 
+def turn_key(user_id: str, task_id: int, query_id: int) -> str:
+    """A study turn's id (its replies' are ``<id>:1``, ``<id>:2`` and ``<id>:page``): the
+    worker and task as well as the query, since another folder in the format may number
+    its queries afresh."""
+    return f"ifllm:{user_id}/{task_id}/{query_id}"
+
+
 def _build_turns(task: dict) -> list[Turn]:
     if task["times"] is None:
         return []
@@ -552,14 +609,14 @@ def _build_turns(task: dict) -> list[Turn]:
                 line_starts=wrap_line_starts(text, int(round(task["cpl"].get(s, DEFAULT_CHARS_PER_LINE)))),
                 x=x[mask], y=y[mask], source=source,
                 confidence=np.where(source == GAZE, confidence[mask], 1.0),
-                origin="imported", user_id=user, shown_reply_id=f"ifllm:{row[2]}:{s + 1}",
+                origin="imported", user_id=user, shown_reply_id=f"{turn_key(user, task_id, row[2])}:{s + 1}",
                 shown_for_ms=end - start, missing=("visible",), estimated=("line",)))
         page_mask = in_turn & (side < 0)
         page = ReadingTrace.build(
             t_ms=epoch[page_mask] - start, offset=np.full(page_mask.sum(), -1), text="",
             line_starts=np.zeros(1, np.int32), x=x[page_mask], y=y[page_mask],
             source=_SOURCE[kind[page_mask]], origin="imported", user_id=user,
-            shown_reply_id=f"ifllm:{row[2]}:page", shown_for_ms=end - start,
+            shown_reply_id=f"{turn_key(user, task_id, row[2])}:page", shown_for_ms=end - start,
             missing=("visible", "confidence"))
         turns.append(Turn(
             user_id=user, task_id=task_id, index=t, query_id=int(row[2]), query=row[3],
@@ -616,20 +673,21 @@ def _load_cache(path: Path, directory: Path) -> IfllmData:
         entry["likert"] = tuple(entry["likert"])
         entry["models"] = tuple(entry.get("models", ()))
         duration = entry["end_epoch_ms"] - entry["shown_epoch_ms"]
+        key = turn_key(entry["user_id"], entry["task_id"], entry["query_id"])
         traces = []
         for s, text in enumerate(entry["responses"]):
             part = {name: a[cut[k]:cut[k + 1]] for name, a in arrays.items()}
             traces.append(ReadingTrace.build(
                 **part, text=text, line_starts=np.asarray(line_starts[s], np.int32),
                 origin="imported", user_id=entry["user_id"],
-                shown_reply_id=f"ifllm:{entry['query_id']}:{s + 1}", shown_for_ms=duration,
+                shown_reply_id=f"{key}:{s + 1}", shown_for_ms=duration,
                 missing=("visible",), estimated=("line",)))
             k += 1
         part = {name: a[cut[k]:cut[k + 1]] for name, a in arrays.items()}
         page = ReadingTrace.build(**{**part, "confidence": None}, text="",
                                   line_starts=np.zeros(1, np.int32), origin="imported",
                                   user_id=entry["user_id"],
-                                  shown_reply_id=f"ifllm:{entry['query_id']}:page",
+                                  shown_reply_id=f"{key}:page",
                                   shown_for_ms=duration, missing=("visible",))
         k += 1
         turns.append(Turn(**entry, traces=tuple(traces), page=page))

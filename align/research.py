@@ -26,7 +26,7 @@ from feedback_store import tables
 from feedback_store.connection import transaction
 from feedback_store.trace import ReadingTrace
 
-from .ifllm import IfllmData, Turn, check_folder, present_files, read_ifllm
+from .ifllm import IfllmData, Turn, check_folder, present_files, read_ifllm, turn_key
 
 RESEARCH_TABLES = [t.name for t in tables.in_scope("research")]
 _INT_NULL = np.iinfo(np.int64).min
@@ -70,7 +70,7 @@ def _columns(data: IfllmData, import_id: str) -> dict[str, dict[str, np.ndarray]
     for turn in data.turns:
         conversation_id = f"ifllm:{turn.user_id}/{turn.task_id}"
         conversations[conversation_id] = (turn.user_id, turn.task_id, turn.clock_shift_h)
-        turn_id = f"ifllm:{turn.query_id}"
+        turn_id = turn_key(turn.user_id, turn.task_id, turn.query_id)
         turns.append((turn_id, conversation_id, turn.user_id, turn.query_id, turn.index, turn.query,
                       turn.pairwise, turn.shown_epoch_ms, turn.end_epoch_ms, turn.adjustment))
         for side, trace in enumerate(turn.traces, start=1):
@@ -200,9 +200,9 @@ def _supersede(con, conversation_ids) -> dict[str, int]:
     con.register("research_incoming", {"id": np.asarray(conversation_ids, dtype=object)})
     try:
         gone = {"research_samples": con.execute(
-            "DELETE FROM research_samples WHERE shown_reply_id IN (SELECT id FROM "
-            "research_shown_replies WHERE conversation_id IN (SELECT id FROM research_incoming))"
-        ).fetchone()[0]}
+            "DELETE FROM research_samples WHERE EXISTS (SELECT 1 FROM research_shown_replies r "
+            "WHERE r.import_id = research_samples.import_id AND r.id = research_samples.shown_reply_id "
+            "AND r.conversation_id IN (SELECT id FROM research_incoming))").fetchone()[0]}
         for table in ("research_shown_replies", "research_feedback", "research_turns"):
             gone[table] = con.execute(f"DELETE FROM {table} WHERE conversation_id IN "
                                       "(SELECT id FROM research_incoming)").fetchone()[0]
@@ -224,10 +224,14 @@ def remove_research(store, directory=None, compact: bool = True) -> dict:
     _check_schema(store)
     ids = None
     if directory:
-        ids = {row["id"] for row in store._rows(
+        made_there = {row["id"] for row in store._rows(
             "SELECT id FROM research_imports WHERE directory = ?", (str(Path(directory).resolve()),))}
-        if Path(directory).is_dir():
-            ids.add(folder_fingerprint(directory))
+        held = {row["id"] for row in store._rows("SELECT id FROM research_imports")}
+        content = folder_fingerprint(directory) if Path(directory).is_dir() else None
+        # What the folder holds now, when that was imported; the imports made from its path
+        # only when it was not (the folder changed or is gone): a folder refilled with other
+        # data and imported again named both, and removing it removed the first as well.
+        ids = {content} if content in held else made_there
 
     def delete(con):
         with transaction(con):

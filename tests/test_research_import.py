@@ -291,3 +291,111 @@ def test_commands_that_only_read_make_nothing_and_bad_folders_get_one_line(home,
         err = capsys.readouterr().err
         assert code in (1, 2) and "is a file, not a folder" in err, (argv, err)
         assert "permissions" not in err
+
+
+def rewrite(folder, target, queries_sql=None, samples_sql=None):
+    """A copy of ``folder`` whose queries / samples files are the SQL given, over the
+    originals as ``q`` / ``s``."""
+    import shutil
+    import duckdb
+    shutil.copytree(folder, target)
+    con = duckdb.connect()
+    for name, sql in (("queries", queries_sql), ("samples", samples_sql)):
+        if sql:
+            con.execute(f"CREATE VIEW {name[0]} AS SELECT * FROM '{folder / (name + '.parquet')}'")
+            con.execute(f"COPY ({sql}) TO '{target / (name + '.parquet')}' (FORMAT parquet)")
+    con.close()
+    return target
+
+
+def test_stray_cells_are_cleared_and_counted_and_every_dropped_sample_has_one_reason(
+        folder, tmp_path, cache):
+    """One "n/a" in a rating or an id column stopped the whole import; a sample of no
+    known kind and without a time was dropped twice (once per reason), so the duplicates,
+    found by subtraction, came out negative; a negative centre_idx shifted the window of
+    every later sample of the folder (2,376 offsets "moved", against 50)."""
+    from align.ifllm import read_ifllm
+    whole = read_ifllm(folder)
+    damaged = rewrite(folder, tmp_path / "damaged", queries_sql="""
+        SELECT * REPLACE (CASE WHEN query_ID = (SELECT min(query_ID) FROM q WHERE likert_1 IS NOT NULL)
+                          THEN 'n/a' ELSE likert_1::VARCHAR END AS likert_1) FROM q""",
+        samples_sql="""
+        SELECT * REPLACE (
+            CASE WHEN row_number() OVER () = 1000 THEN NULL ELSE kind END AS kind,
+            CASE WHEN row_number() OVER () = 1000 THEN NULL ELSE epoch_ms END AS epoch_ms,
+            CASE WHEN row_number() OVER () = 2000 THEN 'n/a' ELSE task_id::VARCHAR END AS task_id,
+            CASE WHEN row_number() OVER () = (SELECT min(r) FROM (SELECT row_number() OVER () AS r,
+                 centre_idx FROM s) WHERE centre_idx IS NOT NULL) THEN -1 ELSE centre_idx END AS centre_idx)
+        FROM s""")
+    data = read_ifllm(damaged)
+    assert data.report["repaired"]["queries_likert_1_not_a_number_cleared"] == 1
+    assert data.report["repaired"]["samples_task_id_not_a_number_cleared"] == 1
+    assert len(data.turns) == len(whole.turns)
+    assert sum(np.isnan(t.likert[0]) for t in data.turns) == sum(np.isnan(t.likert[0]) for t in whole.turns) + 1
+    dropped, before = data.report["dropped"], whole.report["dropped"]
+    assert dropped["samples_unknown_kind"] == before.get("samples_unknown_kind", 0) + 1
+    assert dropped.get("samples_without_time", 0) == before.get("samples_without_time", 0)
+    assert dropped["samples_task_without_queries"] == before.get("samples_task_without_queries", 0) + 1
+    assert dropped["abs_gaze_duplicate_rows"] == before["abs_gaze_duplicate_rows"]
+    moved = "sample_offset_moved_to_window"
+    assert abs(data.report["repaired"].get(moved, 0) - whole.report["repaired"].get(moved, 0)) <= 1
+
+
+def test_an_unparseable_first_timestamp_is_placed_before_the_first_sample_on_its_own_clock(
+        tmp_path, cache):
+    """The study's one query without a time (worker_998a6ee4, task 88, a task whose
+    query clock is 4 h off) was placed at the first sample on the samples' clock and then
+    shifted by the task's 4 hours: its answer's reading began 4 h after it was shown."""
+    require_ifllm()
+    from align.ifllm import read_ifllm, write_subset
+    write_subset(IFLLM, tmp_path / "one", ["worker_998a6ee4"])
+    data = read_ifllm(tmp_path / "one")
+    assert data.report["repaired"]["query_timestamp_unparseable"] == 1
+    turn = next(t for t in data.turns if t.query_id == 443)
+    assert turn.index == 0 and turn.clock_shift_h != 0
+    assert turn.end_epoch_ms - turn.shown_epoch_ms < 3_600_000
+    first = min(float(tr.t_ms[0]) for tr in (*turn.traces, turn.page) if len(tr))
+    assert 0 <= first < 60_000
+
+
+def test_folders_that_number_their_queries_alike_stay_apart(store, folder, cache, tmp_path):
+    """Row ids were the query's id alone: a second folder in the format numbering its
+    queries from the same start had its traces merged with the first's when read back,
+    and importing the first again deleted the second's samples. Removing a folder by its
+    path also removed an earlier import of other data from that path."""
+    import shutil
+    from align.ifllm import read_ifllm, write_subset
+    from align.research import import_ifllm, read_research, remove_research
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_subset(folder, first, WORKERS[:1])
+    write_subset(folder, tmp_path / "other", WORKERS[1:])
+    offset = "(SELECT min(query_ID) FROM q) - (SELECT min(query_ID) FROM '{}')".format(first / "queries.parquet")
+    rewrite(tmp_path / "other", second, queries_sql=f"SELECT * REPLACE (query_ID - ({offset}) AS query_ID) FROM q")
+    ids = [{t.query_id for t in read_ifllm(f).turns} for f in (first, second)]
+    assert ids[0] & ids[1]                                    # the two number alike
+    expected = {(t.user_id, t.query_id): t for f in (first, second) for t in read_ifllm(f).turns}
+
+    def read_back_exactly():
+        back = {(t.user_id, t.query_id): t for t in read_research(store).turns}
+        assert back.keys() == expected.keys()
+        for key, turn in expected.items():
+            for a, b in zip((*turn.traces, turn.page), (*back[key].traces, back[key].page)):
+                assert np.array_equal(a.t_ms, b.t_ms) and np.array_equal(a.offset, b.offset)
+    import_ifllm(store, first)
+    import_ifllm(store, second)
+    read_back_exactly()
+    copy = tmp_path / "first-copy"                            # another import of the first
+    shutil.copytree(first, copy)
+    (copy / "workers.parquet").unlink(missing_ok=True)
+    shutil.copy(first / "queries.parquet", copy / "queries.parquet")
+    import_ifllm(store, copy)
+    read_back_exactly()
+
+    place = tmp_path / "place"                                # one path, two contents
+    shutil.copytree(first, place)
+    import_ifllm(store, place)
+    shutil.rmtree(place)
+    shutil.copytree(second, place)
+    import_ifllm(store, place)
+    remove_research(store, place, compact=False)
+    assert {t.user_id for t in read_research(store).turns} == set(WORKERS[:1])
