@@ -385,6 +385,9 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     if not now["personalise"] and outcome["publish"]:
         outcome["publish"] = False
         outcome["reasons"].append("personalisation was turned off while it trained")
+        # Not a judgement of these pairs: once it is on again, the same pairs are worth a
+        # run (recorded with the run's fingerprint, every later night said "nothing new").
+        result["fingerprint"] = None
     return _publish_and_record(config, result, outcome, train, heldout, model_path, gone,
                                started, clock, log)
 
@@ -472,7 +475,10 @@ def _train_and_gate(config, dpo, result, train, heldout, pairs, model_path, at, 
     for other in (data_dir / WORK).glob("*") if (data_dir / WORK).is_dir() else []:
         if other != work:
             shutil.rmtree(other, ignore_errors=True)      # another pair set: cannot resume it
-    adapter_files.note_learned_from(work, {p.conversation_id for p in pairs})
+    # The user's conversations only: the app removes state that learned from one deleted
+    # since, and the study's imported ids are never in the conversations table (noted, they
+    # made every interrupted run with --include-imported start over at the next app start).
+    adapter_files.note_learned_from(work, {p.conversation_id for p in pairs if p.source != "imported"})
     log(f"Training on {len(train)} pairs ({len(heldout)} held out)…")
     trained = train_dpo(train, checkpoint, work, dpo, log=log)
     result["trained"] = True

@@ -362,6 +362,20 @@ def test_a_run_whose_personalisation_was_turned_off_while_it_trained_is_not_publ
     assert not (home / "adapters").exists() or not any((home / "adapters").glob("v*"))
     with FeedbackStore.open(home) as store:
         assert store.training.pairs_used(result["run_id"]) == []
+        store.consent.set("personalise", True)            # on again the next morning
+
+    # The same pairs are trained on the next night: the refusal did not judge them (it
+    # said "Nothing new to learn: the same 16 pairs as last time" every night after).
+    trained = []
+
+    def trained_and_refused(*args, **kwargs):
+        trained.append(True)
+        return {"publish": False, "reasons": ["the gate's stand-in refused"], "work": tmp_path / "work",
+                "gguf": None, "peft": None, "report": {}}
+    monkeypatch.setattr(nightly, "_train_and_gate", trained_and_refused)
+    again = nightly.run_nightly(nightly.NightlyConfig(data_dir=home, lower_priority=False),
+                                log=lambda m: None)
+    assert trained and again["status"] == "not_published", again
 
 
 def test_a_model_no_adapter_can_be_made_for_is_said_before_any_training(home, tmp_path):
@@ -403,6 +417,42 @@ def test_an_interrupted_runs_state_stays_for_it_to_resume_until_its_conversation
     deleted = run_glance("data", "delete", "--conversation", "doomed", "--yes", home=home)
     assert deleted.returncode == 0, deleted.stderr
     assert list((home / WORK).iterdir()) == []
+
+
+def test_an_interrupted_run_on_imported_study_pairs_too_stays_for_it_to_resume(home, monkeypatch):
+    """With --include-imported the note of what the weights learned from named the
+    study's conversations, which are never in the conversations table: at the next app
+    start the run's state looked as if it had learned from deleted chats and went."""
+    import align.dpo
+    import align.nightly as nightly
+    from nightly_support import cache_root, require_training, seed_home
+    require_training()
+    seed_home(home)
+    with FeedbackStore.open(home) as store:
+        def insert(con):
+            con.execute("INSERT INTO research_turns (import_id, id, conversation_id, user_id, query, "
+                        "turn_index) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'Which is better?', 0)")
+            for side, text in ((1, "LEFT study answer"), (2, "RIGHT study answer")):
+                con.execute("INSERT INTO research_shown_replies (import_id, id, turn_id, conversation_id,"
+                            " user_id, side, rendered_text) VALUES ('imp', ?, 't1', 'ifllm:w/1', 'w', ?, ?)",
+                            [f"t1:{side}", side, text])
+            con.execute("INSERT INTO research_feedback (import_id, turn_id, conversation_id, user_id, "
+                        "kind, side, value) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'preference', NULL, 2)")
+        store.writer.call(insert)
+    monkeypatch.setenv("GLANCE_CHECKPOINT_CACHE", str(cache_root() / "hf"))
+
+    def power_cut(*args, **kwargs):
+        raise RuntimeError("the machine went down mid-training")
+    monkeypatch.setattr(align.dpo, "train_dpo", power_cut)
+    result = nightly.run_nightly(nightly.NightlyConfig(data_dir=home, lower_priority=False,
+                                                       include_imported=True), log=lambda m: None)
+    assert result["status"] == "failed" and result["pairs"].get("imported"), result
+    [work] = list((home / nightly.WORK).iterdir())
+    store = FeedbackStore.open(home)
+    link = TrainingLink(store, model_path=lambda: "/models/chat.gguf").start()   # app start
+    link.stop()
+    store.close()
+    assert list((home / nightly.WORK).iterdir()) == [work]
 
 
 def test_an_open_window_hears_when_the_active_adapter_changes_after_the_record(home, tmp_path):
