@@ -276,11 +276,15 @@ def build_pairs(rows: dict, config: PairConfig | None = None,
     config = config or PairConfig()
     tree = _Tree(rows)
     skipped: Counter = Counter()
-    candidates = []
-    for source in (_pick_candidates, _thumb_candidates, _regenerate_candidates):
-        candidates.extend(source(tree, rows, config, skipped))
-    labelled = {frozenset((c, r)) for c, r, _, _ in candidates}
-    labelled |= _picked_ties(rows)    # the user said "equal": no model may say otherwise
+    ties = _picked_ties(rows)         # the user said "equal": no inference may say otherwise
+    candidates = list(_pick_candidates(tree, rows, config, skipped))
+    candidates.extend(_thumb_candidates(tree, rows, config, skipped))
+    for candidate in _regenerate_candidates(tree, rows, config, skipped):
+        if frozenset(candidate[:2]) in ties:    # (Compare, tie, then went on from one side)
+            skipped["regenerate_picked_tie"] += 1
+        else:
+            candidates.append(candidate)
+    labelled = {frozenset((c, r)) for c, r, _, _ in candidates} | ties
     candidates.extend(_reward_candidates(tree, judge, config, skipped, labelled))
 
     report = PairReport()

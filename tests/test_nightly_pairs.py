@@ -124,6 +124,12 @@ def test_reward_model_labels_unlabelled_siblings_with_its_confidence(consenting)
     # Two replies the user picked as a tie: the model does not order them.
     store.conversations.record_pick(c.id, a.id, b.id, 0)
     assert set(by_ids(build_pairs(store.training.rows(), judge=judge)[0])) == {(a.id, d.id)}
+    # Nor does the regenerate rule once the chat goes on from one of them (it made
+    # "b ≻ a" of the user's tie).
+    add(store, c.id, "user", "Thanks. And another?", b.id)
+    pairs, report = build_pairs(store.training.rows())
+    assert frozenset((a.id, b.id)) not in {frozenset((p.chosen_id, p.rejected_id)) for p in pairs}
+    assert report.skipped["regenerate_picked_tie"] == 1
 
 
 def test_an_explicit_label_beats_a_disagreeing_inferred_one_and_equals_cancel(consenting):
