@@ -246,13 +246,14 @@ def _state_lock(root: Path):
             unlock_file(handle)
 
 
-def _with_models(root: Path, state: dict) -> dict:
+def _with_models(root: Path, state: dict, publishing: bool = True) -> dict:
     """``state`` with every kept model in its ``models`` map, at the version it uses now
     (a file written before the map, or a model new to it). A missing or damaged file
     left every model on its base until the next publish, which then gave each model its
-    newest kept version: so it still does, and the map records that."""
+    newest kept version: so it still does (``publishing``), and the map records that.
+    Anything else (a retirement) leaves them on their base."""
     models = dict(state.get("models") or {})
-    lost = not models and state.get("version") is None and (
+    lost = publishing and not models and state.get("version") is None and (
         not (Path(root) / ACTIVE_FILE).exists() or active_file_damaged(root))
     kept = versions(root)
     reading = dict(state, version=kept[-1]) if lost and kept else state
@@ -302,6 +303,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 PENDING = ".pending-"
+# An empty file per retired version: its number was spent (the run's record names it),
+# and where active.json, which keeps the counter, was lost, the folders left were all
+# that numbered the next version: a retired number came back for a new adapter.
+RETIRED = ".retired-"
 
 
 def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info: dict,
@@ -317,8 +322,8 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
     root = Path(config.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = read_active(root)
-    existing = [_number(p.name.removeprefix(PENDING)) for p in root.iterdir()
-                if p.name.startswith("v") or p.name.startswith(PENDING)]
+    existing = [_number(p.name.removeprefix(PENDING).removeprefix(RETIRED)) for p in root.iterdir()
+                if p.name.startswith(("v", PENDING, RETIRED))]
     number = max([int(state.get("counter") or 0), *existing]) + 1
     version = f"v{number:04d}"
     pending = root / f"{PENDING}{version}"
@@ -461,7 +466,7 @@ def retire(config: AdapterConfig, version: str) -> str | None:
     now activated last."""
     root = Path(config.root)
     with _state_lock(root):
-        state = _with_models(root, read_active(root))
+        state = _with_models(root, read_active(root), publishing=False)
         older = _older_of_the_same_model(root, version)
         replacement = older[-1] if older else None
         changed = False
@@ -476,6 +481,8 @@ def retire(config: AdapterConfig, version: str) -> str | None:
             _write_active(root, state)
         shutil.rmtree(root / version, ignore_errors=True)
         shutil.rmtree(root / f"{PENDING}{version}", ignore_errors=True)   # not yet in use
+        if root.is_dir():
+            os.close(os.open(root / f"{RETIRED}{version}", os.O_WRONLY | os.O_CREAT, 0o600))
         _fsync_dir(root)
     return state.get("version")
 

@@ -534,8 +534,15 @@ def test_a_publish_after_active_json_was_lost_gives_every_model_its_newest_versi
     else:
         (config.root / "active.json").write_text("{damaged")
     assert adapters.active_adapter(config.root, other) is None          # meanwhile: the base
-    publish(config, tmp_path, model, 3)
-    assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0001"}
+    # A retirement meanwhile (a deleted conversation) keeps them there: it gave every
+    # model its newest version, as only a publish does.
+    doomed = publish(config, tmp_path, model, 3)
+    (config.root / "active.json").unlink() if lost == "deleted" else \
+        (config.root / "active.json").write_text("{damaged")
+    adapters.retire(config, doomed)
+    assert adapters.in_use(config.root) == {"base.gguf": None, "other.gguf": None}
+    publish(config, tmp_path, model, 4)      # a new number: v0003 names the retired one
+    assert adapters.in_use(config.root) == {"base.gguf": "v0004", "other.gguf": "v0001"}
 
 
 def test_status_and_rollback_speak_of_each_model(tmp_path, model):
