@@ -346,11 +346,18 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Put in place and activated under one lock: a retirement in between removed the
+    # folder, and active.json was then made to name it.
+    held = contextlib.ExitStack()
     try:
         if before_activating is not None:
             before_activating(version)
+        if not root.is_dir():           # everything was deleted meanwhile: never re-create it
+            raise FileNotFoundError(root)
+        held.enter_context(_state_lock(root))
         os.rename(pending, root / version)
     except BaseException as error:
+        held.close()
         # The number is spent either way (a record may name it): never hand it out again.
         if root.is_dir():               # (not when everything was deleted meanwhile)
             with _state_lock(root):
@@ -359,8 +366,9 @@ def publish(config: AdapterConfig, gguf_path: Path, peft_dir: Path | None, info:
             return None                 # retired while it was being recorded
         shutil.rmtree(pending, ignore_errors=True)
         raise
-    _fsync_dir(root)
-    _activate(root, version, _model_of(root, version), counter=number)
+    with held:
+        _fsync_dir(root)
+        _activate(root, version, _model_of(root, version), counter=number)
     prune(config)
     return version
 

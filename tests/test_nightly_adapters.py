@@ -617,3 +617,39 @@ def test_a_change_of_active_json_waits_for_the_one_under_way(tmp_path, model, mo
     while_another_holds_it(lambda: adapters.retire(config, "v0001"),
                            lambda: publish(config, tmp_path, model, 4))
     assert adapters.active_adapter(config.root, model)["version"] == "v0004"
+
+
+def test_a_retirement_as_a_version_is_put_in_place_waits_for_its_activation(tmp_path, model,
+                                                                             monkeypatch):
+    """The new version's folder was put in place, then the lock was taken to activate it:
+    a retirement in between (the app: a conversation it learned from deleted) removed the
+    folder, and active.json was then made to name it; the job said "Published"."""
+    import threading
+
+    from feedback_store import locks
+    config = adapters.AdapterConfig(tmp_path / "adapters")
+    publish(config, tmp_path, model, 1)
+    real_lock, real_fsync = locks.lock_file, adapters._fsync_dir
+    asked, retiring = threading.Event(), []
+
+    def lock_file(handle, blocking):
+        if threading.current_thread() is not threading.main_thread():
+            asked.set()
+        return real_lock(handle, blocking)
+
+    def fsync_dir(path):
+        real_fsync(path)
+        if (Path(path) / "v0002").is_dir() and not retiring:     # just put in place
+            retiring.append(threading.Thread(target=adapters.retire, args=(config, "v0002")))
+            retiring[0].start()
+            assert asked.wait(30)
+            retiring[0].join(1.0)       # done at once, unless it waits for the activation
+    monkeypatch.setattr(locks, "lock_file", lock_file)
+    monkeypatch.setattr(adapters, "_fsync_dir", fsync_dir)
+    publish(config, tmp_path, model, 2)
+    retiring[0].join(30)
+    state = adapters.read_active(config.root)
+    kept = adapters.versions(config.root)
+    assert kept == ["v0001"]
+    assert state["version"] in (None, *kept) and set(state["models"].values()) <= {None, *kept}
+    assert adapters.active_adapter(config.root, model)["version"] == "v0001"
