@@ -117,6 +117,21 @@ def seed_home(home: Path, topics=TOPICS[:8], settings: dict = FAST) -> dict:
     return ids
 
 
+def insert_study_pick(store) -> None:
+    """One imported study turn (conversation ``ifllm:w/1``) whose worker preferred the
+    right answer, written as ``align import-ifllm`` writes its rows."""
+    def insert(con):
+        con.execute("INSERT INTO research_turns (import_id, id, conversation_id, user_id, query, "
+                    "turn_index) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'Which is better?', 0)")
+        for side, text in ((1, "LEFT study answer"), (2, "RIGHT study answer")):
+            con.execute("INSERT INTO research_shown_replies (import_id, id, turn_id, conversation_id,"
+                        " user_id, side, rendered_text) VALUES ('imp', ?, 't1', 'ifllm:w/1', 'w', ?, ?)",
+                        [f"t1:{side}", side, text])
+        con.execute("INSERT INTO research_feedback (import_id, turn_id, conversation_id, user_id, "
+                    "kind, side, value) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'preference', NULL, 2)")
+    store.writer.call(insert)
+
+
 def job_env(home: Path, **extra) -> dict:
     env = dict(os.environ, GLANCE_HOME=str(home), GLANCE_CHECKPOINT_CACHE=str(cache_root() / "hf"))
     env.update(extra)

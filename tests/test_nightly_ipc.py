@@ -425,20 +425,11 @@ def test_an_interrupted_run_on_imported_study_pairs_too_stays_for_it_to_resume(h
     start the run's state looked as if it had learned from deleted chats and went."""
     import align.dpo
     import align.nightly as nightly
-    from nightly_support import cache_root, require_training, seed_home
+    from nightly_support import cache_root, insert_study_pick, require_training, seed_home
     require_training()
     seed_home(home)
     with FeedbackStore.open(home) as store:
-        def insert(con):
-            con.execute("INSERT INTO research_turns (import_id, id, conversation_id, user_id, query, "
-                        "turn_index) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'Which is better?', 0)")
-            for side, text in ((1, "LEFT study answer"), (2, "RIGHT study answer")):
-                con.execute("INSERT INTO research_shown_replies (import_id, id, turn_id, conversation_id,"
-                            " user_id, side, rendered_text) VALUES ('imp', ?, 't1', 'ifllm:w/1', 'w', ?, ?)",
-                            [f"t1:{side}", side, text])
-            con.execute("INSERT INTO research_feedback (import_id, turn_id, conversation_id, user_id, "
-                        "kind, side, value) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'preference', NULL, 2)")
-        store.writer.call(insert)
+        insert_study_pick(store)
     monkeypatch.setenv("GLANCE_CHECKPOINT_CACHE", str(cache_root() / "hf"))
 
     def power_cut(*args, **kwargs):
@@ -446,7 +437,8 @@ def test_an_interrupted_run_on_imported_study_pairs_too_stays_for_it_to_resume(h
     monkeypatch.setattr(align.dpo, "train_dpo", power_cut)
     result = nightly.run_nightly(nightly.NightlyConfig(data_dir=home, lower_priority=False,
                                                        include_imported=True), log=lambda m: None)
-    assert result["status"] == "failed" and result["pairs"].get("imported"), result
+    assert result["status"] == "failed" and "went down mid-training" in result["message"], result
+    assert result["pairs"].get("imported"), result
     [work] = list((home / nightly.WORK).iterdir())
     store = FeedbackStore.open(home)
     link = TrainingLink(store, model_path=lambda: "/models/chat.gguf").start()   # app start

@@ -7,6 +7,7 @@ import pytest
 
 from align.pairs import DEFAULT_SYSTEM_PROMPT, Judgement, PairConfig, build_pairs, fingerprint
 from feedback_store import Conversation, Message
+from nightly_support import insert_study_pick
 
 
 def add(store, conversation_id, role, content, parent=None):
@@ -219,16 +220,7 @@ def test_imported_research_picks_only_when_asked(consenting):
     store = consenting
     assert store._rows("SELECT 1 FROM information_schema.tables WHERE table_name = 'research_feedback'")
 
-    def insert(con):
-        con.execute("INSERT INTO research_turns (import_id, id, conversation_id, user_id, query, turn_index)"
-                    " VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'Which is better?', 0)")
-        for side, text in ((1, "LEFT study answer"), (2, "RIGHT study answer")):
-            con.execute("INSERT INTO research_shown_replies (import_id, id, turn_id, conversation_id,"
-                        " user_id, side, rendered_text) VALUES ('imp', ?, 't1', 'ifllm:w/1', 'w', ?, ?)",
-                        [f"t1:{side}", side, text])
-        con.execute("INSERT INTO research_feedback (import_id, turn_id, conversation_id, user_id, kind,"
-                    " side, value) VALUES ('imp', 't1', 'ifllm:w/1', 'w', 'preference', NULL, 2)")
-    store.writer.call(insert)
+    insert_study_pick(store)
     assert build_pairs(store.training.rows())[0] == []
     pairs, report = build_pairs(store.training.rows(include_imported=True),
                                 PairConfig(include_imported=True))
