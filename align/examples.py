@@ -124,9 +124,11 @@ def _activity_columns(did_a: dict | None, did_b: dict | None) -> dict[str, float
 
 def pair_row(pair, query: str, activity: tuple | None = None) -> tuple[dict, dict, dict]:
     """Columns of one side-by-side pair (a ≻ b direction) and the per-side features;
-    ``activity``: both sides' ``features.interaction_features`` up to the pick, if logged."""
-    fa = reply_features(pair.a, query)
-    fb = reply_features(pair.b, query)
+    ``activity``: both sides' ``features.interaction_features`` up to the pick, if logged.
+    Reading counts until the pick: the kept reply stays on screen and is read on, and
+    that reading (after the choice) would tell the model which side was chosen."""
+    fa = reply_features(pair.a.before(pair.pick_t_ms), query)
+    fb = reply_features(pair.b.before(pair.pick_t_ms), query)
     row = _text_difference(fa, fb)
     row.update(_implicit_pair_columns(fa, fb))
     row.update(_activity_columns(*(activity or (None, None))))

@@ -129,7 +129,9 @@ def reading_features(trace: ReadingTrace, source: int, min_visit_ms: float = 0.0
         "regression_rate": float(np.mean(back < 0)) if len(back) else 0.0,
         "regression_lines": float(-back[back < 0].mean()) if np.any(back < 0) else 0.0,
         "furthest": furthest / scale,
-        "mean_position": float(np.average(positions, weights=duration[on_text])),
+        # (pointer samples all at one instant weigh nothing: no time, no mean)
+        "mean_position": float(np.average(positions, weights=duration[on_text]))
+        if duration[on_text].sum() > 0 else NAN,
         "time_to_furthest": float(visit_ms[:reach].sum() / max(visit_ms.sum(), 1e-9)),
         "revisits": float(len(lines) - len(distinct)),
         "skipped_lines": float(furthest + 1 - len(distinct[distinct <= furthest])),

@@ -154,6 +154,32 @@ def test_samples_after_the_pick_are_ignored():
     assert F.decision_features(PairTrace(a, b, pick_t_ms=1000.0), MOUSE)["last_side"] == 1
 
 
+def test_a_pairs_reading_counts_until_the_pick():
+    """The kept reply stays on screen after a pick and is read on: that reading went into
+    the pair's dwell, hover and coverage (only the decision phase stopped at the pick),
+    so a live pair's columns said which side was chosen."""
+    from align.examples import pair_row
+    a, b = trace_over_lines([0, 1, 2]), trace_over_lines([0, 1, 2])
+    later = trace_over_lines([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5])
+    read_on = ReadingTrace.build(
+        t_ms=np.concatenate([a.t_ms, later.t_ms + 10_000]), offset=np.concatenate([a.offset, later.offset]),
+        text=TEXT, line_starts=STARTS, x=np.full(len(a) + len(later), 10.0),
+        y=np.full(len(a) + len(later), 5.0), source=np.full(len(a) + len(later), MOUSE), origin="live")
+    equal, _, _ = pair_row(PairTrace(a, b, pick_t_ms=5000.0), "q")
+    kept_on, _, _ = pair_row(PairTrace(read_on, b, pick_t_ms=5000.0), "q")
+    assert kept_on == pytest.approx(equal, nan_ok=True)
+    assert equal["i_d_m_dwell_ms"] == 0
+
+
+def test_pointer_samples_at_one_instant_have_no_mean_position():
+    """Their durations sum to 0: np.average raised ZeroDivisionError, and the pair's
+    row with it."""
+    same_time = ReadingTrace.build(t_ms=[5.0, 5.0], offset=[0, 10], text=TEXT, line_starts=STARTS,
+                                   x=[10.0, 10.0], y=[5.0, 5.0], source=[MOUSE, MOUSE], origin="live")
+    f = F.reading_features(same_time, MOUSE)
+    assert math.isnan(f["mean_position"]) and f["visits"] == 2
+
+
 def test_pair_difference_and_share_are_antisymmetric():
     a, b = {"dwell_ms": 1000.0, "x": 2.0}, {"dwell_ms": 100.0, "x": 5.0}
     d = F.pair_difference(a, b, log_keys={"dwell_ms"})
