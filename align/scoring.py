@@ -42,16 +42,33 @@ def model_dir(data_dir: Path) -> Path:
 
 
 def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
-    """The newest ``reward-<task>-<stamp>.json`` under ``directory`` that loads, or None."""
+    """The newest ``reward-<task>-<stamp>.json`` under ``directory`` that loads and
+    scores, or None."""
     for path in sorted(Path(directory).glob(f"reward-{task}-*.json"), reverse=True):
         try:
             model = RewardModel.load(path)
+            _score_a_blank_reply(model)
         except Exception:  # noqa: BLE001 - any file that does not load is skipped, whatever is wrong
             continue
         model.info.setdefault("version", path.stem.rsplit("-", 1)[-1])
         model.info["file"] = path.name
         return model
     return None
+
+
+def _score_a_blank_reply(model: RewardModel) -> None:
+    """Raises unless ``model`` can score: a file whose fitted parts (expected reading,
+    index scales) do not fit the columns loads, and then failed on every reply while an
+    older whole file was passed over."""
+    from feedback_store.trace import PairTrace, ReadingTrace
+    from .examples import followup_row, model_row, pair_row
+
+    blank = ReadingTrace.build(t_ms=[], offset=[], text="A reply.", line_starts=[0], origin="live")
+    row, fa, fb = followup_row(blank, blank, "", "", 0.0, 0.0) if model.task == POINTWISE \
+        else pair_row(PairTrace(blank, blank), "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.score(model_row(model, row, fa, fb))
 
 
 # A reply is read as new once, when it is first shown; that reading is what is scored, as
@@ -166,7 +183,7 @@ def recent_scores(store, limit: int = 20) -> list[dict]:
 
 
 def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int = 5,
-                      traces: dict | None = None, history=None) -> dict | None:
+                      traces: dict | None = None, history=None, record=None) -> dict | None:
     """Score one shown reply with a pointwise model; None if the store no longer has it
     or it is a later showing of a reply (only the first is scored).
     The first reply of a conversation is compared with itself (every difference zero):
@@ -175,7 +192,9 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
     the previous reply's was read when it was scored (a hidden reply's trace is final).
     ``history`` (``examples.ExampleHistory``), when given, holds the replies scored before
     this one: the per-user columns are centred on them as in training, and this reply
-    joins them. Without it every reply counts as the user's first."""
+    joins them. Without it every reply counts as the user's first. ``record(score)``,
+    when given, keeps the score: one it refuses (paused, incognito, deleted meanwhile) is
+    not kept in the history either, so the history is what a restart restores."""
     from .examples import model_row
 
     example = _example(store, shown_reply_id, {} if traces is None else traces)
@@ -189,14 +208,17 @@ def score_shown_reply(store, model: RewardModel, shown_reply_id: str, top: int =
         shown_ms = float(shown["shown_wall_ns"]) / 1e6
         features = model_row(model, row, fa, fb, order=shown_ms,
                              history=history.table if history is not None else None)
+    probability, contributions = model.score(features, top=top)
+    score = {"shown_reply_id": shown_reply_id, "message_id": shown["message_id"],
+             "conversation_id": shown["conversation_id"],
+             "previous_message_id": previous["message_id"] if previous else None,
+             "model": str(model.info.get("version")), "task": model.task,
+             "probability": probability, "contributions": contributions}
+    if record is not None and not record(score):
+        return None
     if history is not None:
         history.add(row, fa, fb, order=shown_ms, conversation_id=shown["conversation_id"])
-    probability, contributions = model.score(features, top=top)
-    return {"shown_reply_id": shown_reply_id, "message_id": shown["message_id"],
-            "conversation_id": shown["conversation_id"],
-            "previous_message_id": previous["message_id"] if previous else None,
-            "model": str(model.info.get("version")), "task": model.task,
-            "probability": probability, "contributions": contributions}
+    return score
 
 
 def restore_history(store, history) -> int:
@@ -304,7 +326,8 @@ class ReplyScorer:
                 continue
             try:
                 model = self.model()
-                if model is None or not self.store.consent.is_on("personalise"):
+                if model is None or not self.store.consent.is_on("personalise") \
+                        or self.store.consent.paused:
                     continue           # nothing to score with, or nowhere it may be kept
                 self.store.flush()     # its hidden time and last samples were only queued
                 if self.history is None:
@@ -313,7 +336,8 @@ class ReplyScorer:
                     self.restored = restore_history(self.store, history)
                     self.history = history
                 score = score_shown_reply(self.store, model, item, traces=self._traces,
-                                          history=self.history)
+                                          history=self.history,
+                                          record=lambda score: self.store.scores.record(**score))
                 for stale in list(self._traces)[:-TRACES_KEPT]:
                     del self._traces[stale]
             except Exception as error:  # noqa: BLE001 - one bad trace must not stop scoring
@@ -323,10 +347,9 @@ class ReplyScorer:
                 continue
             if score is None:
                 continue
-            if self.store.scores.record(**score):
-                self.scored += 1
-                if self.on_scored is not None:
-                    self.on_scored(score)
+            self.scored += 1
+            if self.on_scored is not None:
+                self.on_scored(score)
 
     def _forget(self, conversation_id: str) -> None:
         if self.history is not None:

@@ -153,6 +153,17 @@ def live_tables(store, rows: dict | None = None) -> dict[str, Table]:
             "pointwise": live_pointwise_table(store, rows)}
 
 
+def labels_fingerprint(table: Table | None) -> str:
+    """Which of the user's rows a model learned, and their labels: a pick changed, or a
+    labelled conversation deleted and another label given, keep the count (and the
+    nightly refresh, comparing counts, kept the model of the first word)."""
+    import hashlib
+    import json
+    rows = [] if table is None else [
+        (str(i), float(o), int(y)) for i, o, y in zip(table.ids or [""] * len(table.y), table.order, table.y)]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def train_ifllm(directory, out_dir, tasks=TASKS, feature_set: str = "text_implicit") -> dict:
     from .ifllm import read_ifllm
 
@@ -193,7 +204,7 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         if source == "ifllm" and prior is not None:
             prior = str(Path(prior).resolve())   # the nightly refresh looks for it from anywhere
         model.info.update({"source": "+".join(sources), "version": stamp, "data": prior,
-                           "live_pairs": own_rows})
+                           "live_pairs": own_rows, "live_labels": labels_fingerprint(own)})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
                          "C": model.info.get("C"), "live_pairs": model.info["live_pairs"]}
@@ -225,8 +236,11 @@ def refresh(data_dir, labels: dict | None = None) -> dict:
     try:
         labels = labels if app_open else live_tables(store)
         counts = {task: len(labels[task].y) for task in TASKS}
-        stale = [task for task in TASKS if counts[task] and (
-            newest[task] is None or newest[task].info.get("live_pairs", 0) != counts[task])]
+        def learnt(task):       # (files from before the fingerprint: by the count)
+            info = newest[task].info
+            return info["live_labels"] == labels_fingerprint(labels[task]) if "live_labels" in info \
+                else info.get("live_pairs", 0) == counts[task]
+        stale = [task for task in TASKS if counts[task] and (newest[task] is None or not learnt(task))]
         if not stale and any(counts.values()):
             return {"status": "up_to_date", "labels": counts,
                     "reason": "no new picks or thumbs since the reward models were trained"}

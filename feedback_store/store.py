@@ -317,6 +317,10 @@ class FeedbackStore:
                 for table in tables.expiring_tables():
                     removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
                                            [cutoff]).fetchone()[0]
+                # A score is made from its reply's showing and samples and goes with them:
+                # by its own time it outlived them by as long as the reply stayed on screen.
+                removed += con.execute("DELETE FROM reply_scores WHERE shown_reply_id NOT IN "
+                                       "(SELECT id FROM shown_replies)").fetchone()[0]
                 if removed:     # in the same transaction: a kill before close still compacts
                     owe_compaction(con)
             if removed:

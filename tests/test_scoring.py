@@ -10,7 +10,7 @@ import pytest
 
 from align.pairs import build_pairs
 from align.reward import RewardModel
-from align.scoring import model_dir, score_judge
+from align.scoring import model_dir, newest_model, score_judge
 from app.session import AppSession, ReplyOnScreen
 from feedback_store import Conversation, Message
 from feedback_store.samples import PointerSample, ReplyAction, ViewportEvent
@@ -83,6 +83,49 @@ def two_replies_scored(store):
     session.scorer.wait()
     assert session.scorer.errors == []
     return session, conversation, first, second
+
+
+def test_a_reply_hidden_while_collection_is_paused_is_neither_scored_nor_remembered(store):
+    """The scorer asked for the consent, not the pause: the store refused the score, and
+    the reply still joined the per-user history, which a restart then restored without it."""
+    session, conversation, first, second = two_replies_scored(store)
+    assert session.scorer.scored == 2 and len(session.scorer.history) == 2
+    third = store.conversations.add_message(Message(conversation_id=conversation.id, role="assistant",
+                                                    content=TEXT, parent_id=first.parent_id))
+    show_and_read(store, session, conversation.id, third.id, moves=30,
+                  during=lambda shown_id: store.consent.set_paused(True))
+    session.scorer.wait()
+    assert session.scorer.scored == 2 and len(session.scorer.history) == 2
+    assert store.scores.for_message(third.id) == []
+    session.close()
+
+
+def test_a_score_expires_with_the_showing_it_was_made_from(store):
+    """Scores expired by when they were made, after the reply left the screen: a reply
+    shown for a while kept its score after its showing and samples had expired."""
+    session, conversation, first, second = two_replies_scored(store)
+    store.flush()
+    [score] = store._rows("SELECT scored_wall_ns FROM reply_scores WHERE message_id = ?", (second.id,))
+    latest = max(store._rows(f"SELECT max({column}) AS t FROM {table}")[0]["t"] or 0 for table, column in
+                 (("shown_replies", "shown_wall_ns"), ("pointer_samples", "wall_ns")))
+    assert latest < score["scored_wall_ns"]            # (else this test could not fail)
+    store.apply_retention(now_wall_ns=latest + 1 + store.settings.retention_days * 86_400 * 10**9)
+    assert store.counts()["shown_replies"] == 0 and store.counts()["reply_scores"] == 0
+    session.close()
+
+
+def test_a_model_file_whose_fitted_parts_do_not_fit_is_passed_over(tmp_path):
+    """Only the coefficients were checked against the columns: a file with damaged
+    expected-reading parts loaded, was taken as the newest, and failed every reply while
+    the older whole file was passed over."""
+    from align.examples import EXPECTATION_TEXT, OBSERVED
+    whole = pointwise_model(tmp_path, stamp="20261201T000000Z")
+    data = json.loads(whole.read_text())
+    data["expected_reading"] = {"models": {name: {"ridge": 1.0, "mean": [0.0] * 2, "scale": [1.0] * 2,
+                                                  "coef": [0.0] * 2, "intercept": 0.0} for name in OBSERVED},
+                                "index_scale": {}, "observed": list(OBSERVED), "text": list(EXPECTATION_TEXT)}
+    (tmp_path / "reward-pointwise-20261202T000000Z.json").write_text(json.dumps(data))
+    assert newest_model(tmp_path).info["file"] == whole.name
 
 
 def test_a_read_reply_is_scored_against_the_one_before_and_orders_the_siblings(store):
@@ -395,10 +438,21 @@ def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, t
         assert info["live_pairs"] == 3 and info["train_rows"] == before[task]["train_rows"] + 3
         assert RewardModel.load(info["path"]).info["source"] == "ifllm+live"
     assert refresh(store.data_dir)["status"] == "up_to_date"
+    # The user changes their mind on a pick: as many labels as before, one of them other
+    # (compared by count, the models kept the first word).
+    from feedback_store import FeedbackStore
+    store = FeedbackStore.open(store.data_dir)
+    [pick] = store._rows("SELECT conversation_id, message_id, other_message_id, value FROM feedback "
+                         "WHERE kind = 'pick' ORDER BY wall_ns LIMIT 1")
+    store.conversations.record_pick(pick["conversation_id"], pick["message_id"],
+                                    pick["other_message_id"], -pick["value"])
+    store.close()
+    changed = refresh(store.data_dir)
+    assert changed["status"] == "trained" and changed["labels"] == {"pairwise": 3, "pointwise": 3}, changed
+    assert refresh(store.data_dir)["status"] == "up_to_date"
     # The study folder is gone: retraining without it would drop the prior, so it waits.
     import shutil
     shutil.rmtree(study)
-    from feedback_store import FeedbackStore
     store = FeedbackStore.open(store.data_dir)
     session = AppSession(store)
     read_pair_and_pick(store, session, 1)
