@@ -133,9 +133,9 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
         return None
     query, previous, previous_query = _reply_context(store, shown)
 
-    def read(row):
-        """The reply's reading until the user moved on, how long that was, and what else
-        they did with it meanwhile."""
+    def read(row, until_ms=math.nan):
+        """The reply's reading until the user moved on (or ``until_ms``, if that is
+        earlier), how long that was, and what else they did with it meanwhile."""
         if row["id"] in traces:
             whole, activity = traces[row["id"]]
         else:
@@ -145,14 +145,23 @@ def _example(store, shown_reply_id: str, traces: dict) -> tuple | None:
             # scrolled back to) goes on being read, and is read afresh when it is scored.
             if math.isfinite(whole.shown_for_ms):
                 traces[row["id"]] = (whole, activity)
-        until_next = activity.next_message_ms
+        until_next = min((t for t in (activity.next_message_ms, until_ms) if not math.isnan(t)),
+                         default=math.nan)
         left_first = whole.shown_for_ms <= until_next     # False while still on screen (NaN)
         if math.isfinite(until_next) and not left_first:
             return whole.before(until_next), until_next, interaction_features(activity, until_next)
         end = whole.shown_for_ms if math.isfinite(whole.shown_for_ms) else math.inf
         return whole, whole.shown_for_ms, interaction_features(activity, end)
     current, shown_for, current_did = read(shown)
-    before, before_for, before_did = read(previous) if previous else (current, shown_for, current_did)
+    if previous:
+        # The reply compared with may still be on screen when this one leaves it (Compare,
+        # the original kept): its reading counts until this one left, on the clock of its
+        # own showing. Read later (a restart, training), it had gone on: cut at the same
+        # moment, or the same reply got other columns each time.
+        left_ms = (shown["shown_wall_ns"] - previous["shown_wall_ns"]) / 1e6 + current.shown_for_ms
+        before, before_for, before_did = read(previous, left_ms)
+    else:
+        before, before_for, before_did = current, shown_for, current_did
     shown_for = shown_for if math.isfinite(shown_for) else 0.0
     before_for = before_for if math.isfinite(before_for) else shown_for
     row, fa, fb = followup_row(current, before, query, previous_query if previous else query,

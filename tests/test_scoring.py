@@ -341,6 +341,46 @@ def test_the_per_user_history_is_restored_when_the_app_starts_again(store):
     third_run.close()
 
 
+def test_a_reply_compared_with_one_still_on_screen_gets_the_same_row_after_a_restart(store):
+    """Compare, the original kept: the new reply leaves the screen first and is scored
+    while the one it is compared with is still read. That one's reading then counted until
+    the new reply's own end, and read back after a restart, until its own: the restored
+    history (and the training rows) gave the same reply other columns."""
+    from align.examples import ExampleHistory
+    from align.scoring import restore_history
+    for signal in ("pointer", "personalise"):
+        store.consent.set(signal, True)
+    pointwise_model(model_dir(store.data_dir))
+    session = AppSession(store)
+    conversation, kept, new = regenerated_pair(store)
+    layout = [{"line": 0, "start": 0, "end": len(TEXT), "x": 0, "y": 0, "w": 600, "h": 20}]
+    shown = {}
+    for message, moves in ((kept, 5), (new, 40)):
+        shown[message.id] = session.reply_shown(ReplyOnScreen(
+            message.id, conversation.id, (0, 0, 600, 20), 1.0, TEXT, layout))
+        store.flush()
+        start = time.monotonic_ns()
+        assert store.samples.submit([PointerSample(session.id, shown[message.id], conversation.id,
+                                                   start + i * 20_000_000, time.time_ns(), "move",
+                                                   x=10.0 + i, y=10.0, text_offset=(i * 3) % len(TEXT),
+                                                   line=0) for i in range(moves)])
+        time.sleep(0.3)
+    store.flush()
+    session.replies_hidden(keep={kept.id})      # the new one leaves; the original stays
+    session.scorer.wait()
+    time.sleep(0.5)                              # and is read on
+    session.replies_hidden(keep=set())
+    session.scorer.wait()
+    live = session.scorer.history.table
+    session.close()
+    store.flush()                               # (the scores were queued for the writer)
+    restored = ExampleHistory(keep=10)
+    assert restore_history(store, restored) == 2
+    rows = [np.argsort(table.order) for table in (live, restored.table)]
+    assert live.names == restored.table.names
+    assert np.allclose(live.X[rows[0]], restored.table.X[rows[1]], equal_nan=True)
+
+
 def test_restore_takes_the_newest_scored_replies_once_each(store):
     """Restoring keeps the newest ``keep`` replies, a reply scored twice counts once, and a
     reply whose trace cannot be read back is skipped without costing the others."""
