@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from feedback_store.trace import GAZE, MOUSE, PairTrace, ReadingTrace
+from feedback_store.trace import GAZE, PairTrace, ReadingTrace
 from feedback_store.words import word_spans
 
 NAN = float("nan")

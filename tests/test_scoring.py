@@ -675,7 +675,7 @@ def test_what_the_user_did_with_a_reply_besides_reading_it_becomes_model_columns
         act(shown_id, right.id, "select", 0, 10)
         act(shown_id, right.id, "select", 5, 20)     # the drag goes on: 20 characters in all
         act(shown_id, right.id, "copy", 5, 20)
-    left_shown = show_and_read(store, session, conversation.id, left.id, 5, during=on_left, lines=2)
+    show_and_read(store, session, conversation.id, left.id, 5, during=on_left, lines=2)
     right_shown = show_and_read(store, session, conversation.id, right.id, 40, during=on_right, lines=2)
     store.conversations.record_pick(conversation.id, left.id, right.id, -1)
     act(None, left.id, "copy", 0, 30)           # after the pick and the left reply's reading
