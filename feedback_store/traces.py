@@ -293,23 +293,30 @@ class TraceReader:
         """(left shown id, right shown id, the pair's zero: when the later of the two
         appeared, the pick's monotonic time) of a side-by-side pick."""
         rows = self.store._rows(
-            "SELECT message_id, other_message_id, picked_mono_ns FROM feedback "
+            "SELECT message_id, other_message_id, picked_mono_ns, wall_ns FROM feedback "
             "WHERE id = ? AND kind = 'pick'", (pick_id,))
         if not rows:
             raise KeyError(f"no pick {pick_id!r}")
         pick = rows[0]
         shown = {}
         for message_id in (pick["message_id"], pick["other_message_id"]):
+            # The showing before the pick by the wall clock: the monotonic clock starts
+            # again at each boot, and a showing of the left reply on an earlier day could
+            # look like the newest (the pair then got that day's zero).
             found = self.store._rows(
-                "SELECT id, shown_mono_ns FROM shown_replies WHERE message_id = ? "
-                "AND shown_mono_ns <= ? ORDER BY shown_mono_ns DESC LIMIT 1",
-                (message_id, pick["picked_mono_ns"]))
+                "SELECT id, shown_mono_ns, shown_wall_ns FROM shown_replies WHERE message_id = ? "
+                "AND shown_wall_ns <= ? ORDER BY shown_wall_ns DESC, id DESC LIMIT 1",
+                (message_id, pick["wall_ns"]))
             if not found:
                 raise KeyError(f"reply {message_id} of pick {pick_id} was never shown")
             shown[message_id] = found[0]
-        zero = max(s["shown_mono_ns"] for s in shown.values())
-        return (shown[pick["message_id"]]["id"], shown[pick["other_message_id"]]["id"], zero,
-                pick["picked_mono_ns"])
+        later = max(shown.values(), key=lambda s: s["shown_wall_ns"])
+        zero = later["shown_mono_ns"]
+        picked = pick["picked_mono_ns"]
+        since_wall = pick["wall_ns"] - later["shown_wall_ns"]
+        if picked is None or abs((picked - zero) - since_wall) > 10**9:
+            picked = zero + since_wall    # picked in another session (a pick changed later)
+        return shown[pick["message_id"]]["id"], shown[pick["other_message_id"]]["id"], zero, picked
 
     def for_pick(self, pick_id: str, sides: tuple | None = None) -> PairTrace:
         """Both replies of a side-by-side pick on one clock (zero: when the later of the

@@ -381,6 +381,32 @@ def test_a_reply_compared_with_one_still_on_screen_gets_the_same_row_after_a_res
     assert np.allclose(live.X[rows[0]], restored.table.X[rows[1]], equal_nan=True)
 
 
+def test_a_pick_reads_the_showings_of_its_own_day_though_the_clock_restarted(store):
+    """The showings of a pick were found by the monotonic clock, which starts again at
+    each boot: the left reply shown yesterday at a later uptime than today's pair looked
+    like the newest showing, and the pair got yesterday's zero."""
+    second, day = 10**9, 86_400 * 10**9
+    wall = 1_800_000_000 * second
+    conversation, left, right = regenerated_pair(store)
+
+    def shown(shown_id, message_id, wall_ns, mono_ns):
+        store._write("INSERT INTO shown_replies (id, session_id, message_id, conversation_id, "
+                     "shown_wall_ns, shown_mono_ns, screen_x, screen_y, width, height, "
+                     "device_pixel_ratio, rendered_text, layout) VALUES (?, 's', ?, ?, ?, ?, 0, 0, "
+                     "100, 20, 1.0, 'hi', '[]')", (shown_id, message_id, conversation.id, wall_ns, mono_ns))
+    shown("yesterday-left", left.id, wall, 150 * second)               # uptime 150 s
+    shown("today-left", left.id, wall + day + 100 * second, 100 * second)   # after a reboot
+    shown("today-right", right.id, wall + day + 100 * second, 100 * second)
+    store._write("INSERT INTO feedback (id, message_id, conversation_id, kind, value, wall_ns, "
+                 "other_message_id, picked_mono_ns) VALUES ('p', ?, ?, 'pick', 1, ?, ?, ?)",
+                 (left.id, conversation.id, wall + day + 200 * second, right.id, 200 * second))
+    assert store.traces.pick_sides("p") == ("today-left", "today-right", 100 * second, 200 * second)
+    # The same pick changed the next day, in another session: its time from the wall clock.
+    store._write("UPDATE feedback SET wall_ns = ?, picked_mono_ns = ? WHERE id = 'p'",
+                 (wall + 2 * day, 5 * second))
+    assert store.traces.for_pick("p").pick_t_ms == pytest.approx((day - 100 * second) / 1e6)
+
+
 def test_restore_takes_the_newest_scored_replies_once_each(store):
     """Restoring keeps the newest ``keep`` replies, a reply scored twice counts once, and a
     reply whose trace cannot be read back is skipped without costing the others."""
