@@ -26,7 +26,8 @@ class ReplyGeometry:
     line_top: np.ndarray     # float64 [n_lines]
     line_height: np.ndarray  # float64 [n_lines]
     line_width: np.ndarray   # float64 [n_lines] natural text width
-    char_x: np.ndarray       # float64 [len(text)] left edge of each char (same frame)
+    char_x: np.ndarray       # float64 [len(text)] left edge of each char (same frame);
+                             # along a line left to right, except in right-to-left text
     word_start: np.ndarray = field(init=False)
     word_end: np.ndarray = field(init=False)
 
@@ -48,6 +49,26 @@ class ReplyGeometry:
         stacked = bool(np.all(self.line_top[1:] >= self.line_top[:-1] + self.line_height[:-1] - 0.5)) \
             if self.n_lines > 1 else True
         object.__setattr__(self, "_stacked", stacked)
+        # A line with right-to-left text has its characters' left edges out of order
+        # (a bisection over them found the run's first character for all of its others):
+        # its characters sorted by their left edge, to search instead.
+        visual = {}
+        for line, (start, end) in enumerate(zip(self.line_start.tolist(), self.line_end.tolist())):
+            edges = self.char_x[start:end]
+            if len(edges) > 1 and np.any(edges[1:] < edges[:-1]):
+                order = np.argsort(edges, kind="stable")
+                visual[line] = (edges[order].tolist(), (start + order).tolist())
+        object.__setattr__(self, "_visual", visual)
+
+    def offset_in_line(self, line: int, x: float) -> int:
+        """The character of ``line`` (which has some) whose box holds ``x`` (the line's
+        first, left of all of them)."""
+        start, end, char_x = self._lists[4], self._lists[5], self._lists[6]
+        visual = self._visual.get(line)
+        if visual is None:
+            return max(bisect_right(char_x, x, start[line], end[line]) - 1, start[line])
+        edges, chars = visual
+        return chars[max(bisect_right(edges, x) - 1, 0)]
 
     def _line_at(self, x: float, y: float) -> int:
         """The visual line at a point: -1 none; with side-by-side lines (tables), the one
@@ -69,7 +90,7 @@ class ReplyGeometry:
         start, end = starts[line], ends[line]
         if end <= start or not lefts[line] <= x < rights[line]:
             return -1, -1, line
-        offset = max(bisect_right(char_x, x, start, end) - 1, start)
+        offset = self.offset_in_line(line, x)
         word = bisect_right(word_starts, offset) - 1
         if word < 0 or offset >= word_ends[word]:
             word = -1
@@ -213,8 +234,7 @@ class LayoutSnapshot:
                 x = local_x[position]
                 if end <= start or not (geometry.line_x[i] <= x < geometry.line_x[i] + geometry.line_width[i]):
                     continue
-                within = np.searchsorted(geometry.char_x[start:end], x, side="right") - 1
-                hit_offset[position] = start + max(int(within), 0)
+                hit_offset[position] = geometry.offset_in_line(int(i), float(x))
             offset[inside] = hit_offset
             line[inside] = line_of
             word[inside] = words.word_index(hit_offset, geometry.word_start, geometry.word_end)

@@ -44,16 +44,19 @@ def _line_char_x(line, block_start: int, start: int, end: int, left: float,
     ligature, the space where the line wraps) is asked of ``cursorToX``, as all were."""
     found = np.zeros(max(end - start, 0), dtype=bool)
     runs = line.glyphRuns(line.textStart(), line.textLength(), _GLYPHS)
-    if any(run.isRightToLeft() for run in runs):
-        runs = []          # (right-to-left text: the cursor's logical positions, as before)
     for run in runs:
         for index, point in zip(run.stringIndexes(), run.positions()):
             at = block_start + index - start
             if 0 <= at < len(found) and not found[at]:
                 char_x[start + at] = left + point.x()
                 found[at] = True
+    # In right-to-left text the cursor before a character is at its right edge: its left
+    # edge is the nearer of the cursors before and after it.
+    right_to_left = any(run.isRightToLeft() for run in runs)
     for at in np.flatnonzero(~found):
-        char_x[start + at] = left + _cursor_x(line, start + int(at) - block_start)
+        position = start + int(at) - block_start
+        x = _cursor_x(line, position)
+        char_x[start + at] = left + (min(x, _cursor_x(line, position + 1)) if right_to_left else x)
 
 
 def code_point_at(text: str) -> np.ndarray | None:
@@ -99,10 +102,13 @@ def measure(message_id: str, browser: QTextBrowser) -> ReplyGeometry:
             end = start + line.textLength()
             starts.append(start)
             ends.append(end)
-            xs.append(rect.left() + line.x() - scroll_x)
+            # Where the text is, not the line's box: a centred or right-aligned line (a
+            # table cell) or a right-to-left one starts further right than line.x().
+            natural = line.naturalTextRect()
+            xs.append(rect.left() + natural.x() - scroll_x)
             tops.append(rect.top() + line.y() - scroll_y)
             heights.append(line.height())
-            widths.append(line.naturalTextWidth())
+            widths.append(natural.width())
             _line_char_x(line, block.position(), start, min(end, units),
                          rect.left() - scroll_x, char_x)
         block = block.next()
