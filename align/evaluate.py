@@ -92,9 +92,11 @@ def fit_predict(table: Table, train_rows, test_rows, feature_set: str, symmetric
     and the fitted model."""
     X, names = full_matrix(table, train_rows)
     groups = table.groups[train_rows] if grouped_inner else np.arange(len(train_rows))
+    training = table.subset(train_rows)
     model, columns = reward.fit(X[train_rows], table.y[train_rows], groups, symmetric, names=names,
                                 task=task, seed=seed, candidates=candidates(names, feature_set),
-                                user_weight_power=user_weight_power)
+                                user_weight_power=user_weight_power,
+                                matrix_for=lambda rows: full_matrix(training, rows)[0])
     return model.predict_proba(X[test_rows][:, columns]), model
 
 

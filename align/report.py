@@ -69,7 +69,8 @@ def importances(table, feature_set: str = "text_implicit", boots: int = 200, see
     X = np.column_stack([table.X, extra])
     names = table.names + extra_names
     model, columns = reward.fit(X, table.y, table.groups, True, names=names,
-                                candidates=E.candidates(names, feature_set))
+                                candidates=E.candidates(names, feature_set),
+                                matrix_for=lambda inner: E.full_matrix(table, inner)[0])
     C = model.info["C"]
     users = np.unique(table.groups)
     rng = np.random.default_rng(seed)

@@ -182,27 +182,32 @@ def _inner_splits(y, groups, seed: int, folds: int):
 
 
 def choose(X, y, groups, symmetric: bool, candidates=None, seed: int = 0, folds: int = 3,
-           grid=C_GRID, weights=None) -> tuple[int, float]:
+           grid=C_GRID, weights=None, matrix_for=None) -> tuple[int, float]:
     """The column candidate and C with the best mean held-out log-likelihood in an inner
     cross-validation grouped by user (plain K-fold when there are too few users).
     ``candidates`` is a list of column-index lists (default: all columns); ``weights``
-    the rows' weights in the fits (default :func:`user_weights`)."""
+    the rows' weights in the fits (default :func:`user_weights`). ``matrix_for(rows)``,
+    when given, makes the matrix again with what is fitted without labels (expected
+    reading, index scales) fitted on ``rows`` only, for each inner split: fitted once on
+    all of X, an inner split's validation users had a hand in its training columns."""
     X, y, groups = np.asarray(X, float), np.asarray(y), np.asarray(groups)
     candidates = candidates or [list(range(X.shape[1]))]
     weights = user_weights(groups) if weights is None else np.asarray(weights, float)
     splits = _inner_splits(y, groups, seed, folds)
     if not splits:
         return 0, 0.1
+    matrices = [X if matrix_for is None else np.asarray(matrix_for(train), float)
+                for train, _ in splits]
     best, best_score = (0, grid[0]), -np.inf
     for k, columns in enumerate(candidates):
         for C in grid:
             scores = []
-            for train, test in splits:
+            for (train, test), Xs in zip(splits, matrices):
                 if len(np.unique(y[train])) < 2:
                     continue
-                model = fit_fixed(X[train][:, columns], y[train], C, symmetric,
+                model = fit_fixed(Xs[train][:, columns], y[train], C, symmetric,
                                   weights=weights[train])
-                p = np.clip(model.predict_proba(X[test][:, columns]), 1e-6, 1 - 1e-6)
+                p = np.clip(model.predict_proba(Xs[test][:, columns]), 1e-6, 1 - 1e-6)
                 scores.append(np.mean(y[test] * np.log(p) + (1 - y[test]) * np.log(1 - p)))
             if scores and np.mean(scores) > best_score:
                 best, best_score = (k, C), float(np.mean(scores))
@@ -210,13 +215,16 @@ def choose(X, y, groups, symmetric: bool, candidates=None, seed: int = 0, folds:
 
 
 def fit(X, y, groups, symmetric: bool, names=None, task: str = "pairwise", seed: int = 0,
-        candidates=None, user_weight_power: float = USER_WEIGHT_POWER) -> tuple[RewardModel, list[int]]:
+        candidates=None, user_weight_power: float = USER_WEIGHT_POWER,
+        matrix_for=None) -> tuple[RewardModel, list[int]]:
     """Choose the columns (among ``candidates``) and C by grouped inner CV on (X, y), then
-    fit on all of it. Returns the model (over the chosen columns) and those columns."""
+    fit on all of it. Returns the model (over the chosen columns) and those columns.
+    ``matrix_for``: see :func:`choose`."""
     names = list(names or [f"x{i}" for i in range(np.asarray(X).shape[1])])
     candidates = candidates or [list(range(len(names)))]
     weights = user_weights(groups, user_weight_power)
-    k, C = choose(X, y, groups, symmetric, candidates, seed=seed, weights=weights)
+    k, C = choose(X, y, groups, symmetric, candidates, seed=seed, weights=weights,
+                  matrix_for=matrix_for)
     columns = list(candidates[k])
     model = fit_fixed(np.asarray(X, float)[:, columns], y, C, symmetric,
                       names=[names[i] for i in columns], task=task, weights=weights)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reward
-from .evaluate import candidates
+from .evaluate import candidates, full_matrix
 from .features import interaction_features
 from .examples import (Table, _concat_tables, _table, fitted_to_dict, fold_columns,
                        pairwise_table, pointwise_table)
@@ -50,7 +50,8 @@ def train_table(table: Table, task: str, feature_set: str = "text_implicit", see
     X = np.column_stack([table.X, extra])
     names = table.names + extra_names
     model, _ = reward.fit(X, table.y, table.groups, symmetric=(task == "pairwise"), names=names,
-                          task=task, seed=seed, candidates=candidates(names, feature_set))
+                          task=task, seed=seed, candidates=candidates(names, feature_set),
+                          matrix_for=lambda inner: full_matrix(table, inner)[0])
     model.expected_reading = fitted_to_dict(fitted)
     p = model.predict_proba(X[:, [names.index(n) for n in model.names]])
     model.metrics = {"train_rows": int(len(table.y)), "train_users": int(len(np.unique(table.groups))),

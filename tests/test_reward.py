@@ -320,6 +320,39 @@ def test_a_fold_never_learns_from_its_test_workers(data):
     assert not np.allclose(moved.coef, model.coef)
 
 
+def test_the_inner_choice_fits_its_columns_without_its_validation_workers(data, monkeypatch):
+    """The columns fitted without labels (expected reading, index scales) were fitted once
+    on a fold's whole training side, then C and the columns were chosen by inner folds on
+    them: an inner fold's validation workers had a hand in its training columns. Each
+    inner fold now makes them from its own training workers, in evaluation and training."""
+    from align import evaluate, reward
+    from align.examples import pairwise_table
+    table = pairwise_table(data.pairwise_turns())
+    built, real_choose = [], reward.choose
+
+    def choose(X, y, groups, *args, matrix_for=None, **kwargs):
+        assert matrix_for is not None
+
+        def recording(rows):
+            built.append((groups, np.asarray(rows)))
+            return matrix_for(rows)
+        return real_choose(X, y, groups, *args, matrix_for=recording, **kwargs)
+    monkeypatch.setattr(reward, "choose", choose)
+    users = np.unique(table.groups)
+    test = np.flatnonzero(np.isin(table.groups, users[:2]))
+    train = np.setdiff1d(np.arange(len(table.y)), test)
+    evaluate.fit_predict(table, train, test, "text_implicit", True)
+    splits = reward._inner_splits(table.y[train], table.groups[train], 0, 3)
+    assert len(built) == len(splits) == 3
+    for (groups, rows), (inner_train, inner_test) in zip(built, splits):
+        assert np.array_equal(rows, inner_train)
+        assert not set(groups[rows]) & set(groups[inner_test])
+    built.clear()
+    from align.train import train_table
+    train_table(table, "pairwise")                   # `align reward train` chooses the same way
+    assert len(built) == 3
+
+
 def test_score_explains_with_signed_contributions():
     from align.reward import RewardModel
     model = RewardModel(task="pairwise", names=["t_words_log", "i_index_attention"],
