@@ -38,10 +38,19 @@ def _after_step(name: str) -> None:
     """Fault-injection point: tests replace this to kill the process after a step."""
 
 
+def _remove_fresh(data_dir: Path) -> None:
+    """The copy being written and DuckDB's files beside it: a kill during the copy left
+    its write-ahead log, rows under a key that was then discarded."""
+    fresh = data_dir / FRESH_FILE
+    for leftover in (fresh, *(fresh.with_name(fresh.name + suffix)
+                              for suffix in (".wal", ".checkpoint", ".recovery"))):
+        leftover.unlink(missing_ok=True)
+
+
 def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> DatabaseKey:
     """Run on the writer thread (``con`` is the write connection, ``alias`` attached)."""
     fresh = data_dir / FRESH_FILE
-    fresh.unlink(missing_ok=True)
+    _remove_fresh(data_dir)
     con.execute("CHECKPOINT")
     new_key = stage_next_key(data_dir, key.storage)
     _after_step("stage_key")
@@ -85,7 +94,7 @@ def _abandon_fresh(con, fresh: Path, data_dir: Path) -> None:
         con.execute("DETACH DATABASE IF EXISTS glance_fresh")
     except Exception:  # noqa: BLE001 - cleaning up after the error being raised
         pass
-    fresh.unlink(missing_ok=True)
+    _remove_fresh(fresh.parent)
     discard_staged_key(data_dir)
 
 
@@ -103,7 +112,7 @@ def rewrite_second_header(con, alias: str) -> None:
 def recover(data_dir: Path, path: Path, key: DatabaseKey, try_open) -> DatabaseKey:
     """Settle an interrupted compaction before the store opens. ``try_open(key_hex)``
     opens and closes the database, raising WrongKey when the key does not fit."""
-    (data_dir / FRESH_FILE).unlink(missing_ok=True)
+    _remove_fresh(data_dir)
     staged = staged_key(data_dir, key.storage)
     if staged is None:
         return key

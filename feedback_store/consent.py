@@ -17,6 +17,7 @@ class ConsentManager:
         self._decisions = self._load()
         self.paused = bool(store.settings.get("paused", False))
         self._pending: Counter = Counter()   # refusals not yet persisted
+        self.on_refused = None               # fn() asking for them to be persisted soon
         self._lock = threading.Lock()
         self._persisted = {row["reason"]: row["rows"]
                            for row in store._rows("SELECT reason, rows FROM refusals")}
@@ -62,6 +63,8 @@ class ConsentManager:
     def count_refused(self, reason: str, rows: int) -> None:
         with self._lock:
             self._pending[reason] += rows
+        if self.on_refused is not None:
+            self.on_refused()      # (the writer saves them soon, samples written or not)
 
     @property
     def refused(self) -> Counter:

@@ -79,7 +79,8 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
 # folders with what Glance puts in them. GLANCE_HOME may name a folder that also holds
 # the user's own files (a typo, or their home folder); those are never Glance's to delete.
 GLANCE_FOLDERS = {
-    "adapters": ("active.json", "v[0-9]*", ".staging-*", ".pending-*", ".active.json.*"),
+    "adapters": ("active.json", "v[0-9]*", ".staging-*", ".pending-*", ".active.json.*",
+                 ".active.lock", ".retired-*"),
     "cache": ("gguf-headers.json*", "httpfs-verified*", "hf", "*.tmp"),
     "gaze": ("calibration-*.json", "*.tmp"),
     "models": ("*.gguf", "*.gguf.part", "*.gguf.part.json"),

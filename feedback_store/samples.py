@@ -206,7 +206,8 @@ class SampleManager:
             return False
         if self.store.writer.submit_samples(table, SAMPLE_COLUMNS[table], samples):
             return True
-        self.store.consent.count_refused("queue_full", len(samples))
+        self.store.consent.count_refused("queue_full" if self.store.writer.accepting else "closed",
+                                         len(samples))
         return False
 
     def admit(self, signal: str, rows: list) -> list:

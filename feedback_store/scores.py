@@ -44,6 +44,8 @@ class ScoreManager:
             # after the door let the score in (a deletion is queued before this runs).
             if conversation_id not in deleted:
                 con.execute("INSERT INTO reply_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            else:
+                self.store.consent.count_refused("deleted", 1)
         self.store.writer.post(insert)
         return True
 

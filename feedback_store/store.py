@@ -106,6 +106,7 @@ class FeedbackStore:
         self.training = TrainingManager(self)
         self.scores = ScoreManager(self)
         self.writer.on_flush = self.consent.persist_refusals
+        self.consent.on_refused = self.writer.flush_soon
         self.writer.keep_rows = self.samples.not_deleted
         self.writer.start()
         self.closed = False

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import StoreError
 
 _STOP = object()
+_WAKE = object()      # flush_soon's wake-up: nothing to do but the timer
 _INT_NULL = np.iinfo(np.int64).min
 
 
@@ -89,6 +90,7 @@ class Writer(threading.Thread):
         self._buffer: dict[str, tuple[tuple, list[list[tuple]]]] = {}
         self._last_flush = time.monotonic()
         self._stopping = False
+        self._flush_owed = False
         self.max_queued_rows = 500_000     # ≈ 10 s at 50 k samples/s; ≈ 150 MB at most
         self._queued_rows = 0
         self._rows_lock = threading.Lock()
@@ -115,22 +117,40 @@ class Writer(threading.Thread):
             raise WriterStopped()
         self.queue.put((fn, args, None))
 
+    @property
+    def accepting(self) -> bool:
+        return self.is_alive() and not self._stopping
+
     def submit_samples(self, table: str, columns: tuple, rows: list[tuple]) -> bool:
         """Queue rows without waiting. Memory is bounded in rows, not only in queue items:
-        past ``max_queued_rows`` waiting to be written, a batch is refused and counted."""
+        past ``max_queued_rows`` waiting to be written, a batch is refused and counted.
+        Refused once the writer is closing (queued behind its stop, they were lost while
+        this said they were taken)."""
         with self._rows_lock:
+            if not self.accepting:
+                return False
             if self._queued_rows + len(rows) > self.max_queued_rows:
                 self.dropped_full += len(rows)
                 return False
+            try:
+                self.queue.put_nowait(("samples", table, columns, rows))
+            except queue.Full:
+                self.dropped_full += len(rows)
+                return False
             self._queued_rows += len(rows)
-        try:
-            self.queue.put_nowait(("samples", table, columns, rows))
             return True
+
+    def flush_soon(self) -> None:
+        """Run the flush hook (``on_flush``: the refusal counts) within a flush interval
+        even when no sample is buffered: with a consent off every sample is refused and
+        none buffered, and the counts waited in memory for the close (a kill lost them)."""
+        if self._flush_owed or not self.accepting:
+            return
+        self._flush_owed = True
+        try:
+            self.queue.put_nowait(_WAKE)
         except queue.Full:
-            with self._rows_lock:
-                self._queued_rows -= len(rows)
-            self.dropped_full += len(rows)
-            return False
+            pass                  # (the items waiting wake it as well)
 
     def flush(self) -> None:
         """Wait until every sample submitted so far is committed."""
@@ -138,7 +158,8 @@ class Writer(threading.Thread):
 
     def close(self) -> None:
         if self.is_alive():
-            self._stopping = True
+            with self._rows_lock:     # (no batch is queued behind the stop)
+                self._stopping = True
             self.queue.put(_STOP)
             self.join()
 
@@ -147,13 +168,15 @@ class Writer(threading.Thread):
         while True:
             timeout = max(0.0, self.flush_interval_s - (time.monotonic() - self._last_flush))
             try:
-                item = self.queue.get(timeout=timeout if self._buffer else None)
+                item = self.queue.get(timeout=timeout if self._buffer or self._flush_owed else None)
             except queue.Empty:
                 self._flush_samples()
                 continue
             if item is _STOP:
                 self._flush_samples()
                 return
+            if item is _WAKE:
+                continue
             try:
                 self._handle(item)
             except BaseException as error:  # noqa: BLE001 - the writer must outlive any item
@@ -182,7 +205,10 @@ class Writer(threading.Thread):
 
     def _flush_samples(self) -> None:
         self._last_flush = time.monotonic()
+        owed, self._flush_owed = self._flush_owed, False
         if not self._buffer:
+            if owed:
+                self._on_flush()
             return
         buffered, self._buffer = self._buffer, {}
         with self._rows_lock:
@@ -212,6 +238,9 @@ class Writer(threading.Thread):
                     except BaseException as second:  # noqa: BLE001
                         self._record_failure(second)
                         self.failed_rows[table] += len(good)
+        self._on_flush()
+
+    def _on_flush(self) -> None:
         if self.on_flush is not None:
             try:
                 self.on_flush(self.con)

@@ -197,10 +197,20 @@ def test_delete_everything_deletes_only_what_glance_made(stored_home, tmp_path):
     (elsewhere / "cat.jpg").write_bytes(b"cat")
     (stored_home / "models").symlink_to(elsewhere)      # a link of theirs, not Glance's folder
     glances = {"cache": "gguf-headers.json", "reward": "reward-pairwise-1.json",
-               "adapters": "active.json", "gaze": "calibration-ab12.json"}
+               "gaze": "calibration-ab12.json"}
     for folder, name in glances.items():
         (stored_home / folder).mkdir(exist_ok=True)
         (stored_home / folder / name).write_text("glance's")
+    # Adapters as Glance's own functions leave them (its lock file and a retired version's
+    # mark were not on the list, so the folder of adapters learnt from the chats stayed).
+    from align import adapters
+    config = adapters.AdapterConfig(adapters.adapters_dir(stored_home))
+    base, adapter = tmp_path / "base.gguf", tmp_path / "adapter.gguf"
+    base.write_bytes(b"GGUF" + b"\0" * 60)
+    adapter.write_bytes(b"GGUF-adapter")
+    for _ in range(2):
+        adapters.publish(config, adapter, None, {"base": adapters.base_identity(base), "pairs": {"train": 1}})
+    adapters.retire(config, "v0002")
     (stored_home / "training").mkdir(exist_ok=True)                 # a name Glance uses, but
     (stored_home / "training" / "marathon-plan.xlsx").write_text("theirs")   # the user's
     done = run_glance("data", "delete", "--all", "--yes", home=stored_home)

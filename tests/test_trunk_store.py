@@ -114,6 +114,30 @@ def test_a_call_on_a_stopped_writer_raises_instead_of_waiting(home):
     store._con.close()
 
 
+def test_samples_given_while_the_writer_closes_are_refused_not_lost(home):
+    """The queue took samples after the writer's stop: submit said True and they were
+    never written."""
+    store = FeedbackStore.open(home)
+    store.consent.set("pointer", True)
+    store.writer.close()
+    assert store.samples.submit([pointer() for _ in range(3)]) is False
+    assert store.writer.queue.qsize() == 0
+    store._con.close()
+
+
+def test_refusals_are_saved_while_every_sample_is_refused(home):
+    """The counts were saved after a flush of samples: with a consent off none is ever
+    buffered, so they waited in memory until the store closed, and a kill lost them."""
+    store = FeedbackStore.open(home)
+    assert store.samples.submit([pointer() for _ in range(5)]) is False     # no consent
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not store._rows("SELECT * FROM refusals"):
+        time.sleep(0.05)
+    assert store._rows("SELECT reason, rows FROM refusals") == [
+        {"reason": "no_consent:pointer", "rows": 5}]
+    store.close()
+
+
 def test_status_reads_encryption_and_schema_version_from_the_file(store):
     status = store.status()
     assert status["encryption"] is True
@@ -172,6 +196,11 @@ KILL_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
     compaction._after_step = after
     store = FeedbackStore.open(sys.argv[1])
+    from feedback_store import Conversation, Message
+    store.conversations.create(Conversation(title="long", id="long"))
+    for i in range(50):       # written by this process: the copy then keeps a write-ahead log
+        store.conversations.add_message(Message(conversation_id="long", role="user",
+                                                content=f"line {i} " + "x" * 200))
     store.delete_conversation("doomed")
 """)
 
@@ -187,6 +216,8 @@ def test_a_kill_after_any_compaction_step_leaves_a_database_that_opens(home, ste
                             env=dict(os.environ), capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
     with FeedbackStore.open(home) as store:
+        # Nothing of the copy stays (its write-ahead log did until the next compaction).
+        assert not [p.name for p in home.iterdir() if p.name.startswith("glance.compact.db")]
         ids = {c.id for c in store.conversations.list()}
         assert "kept" in ids and "doomed" not in ids   # the delete committed before compaction
         assert [m.content for m in store.conversations.messages("kept")] == ["kept text"]
