@@ -11,7 +11,7 @@ from typing import Callable
 
 from feedback_store import Conversation, FeedbackStore, Message, UnknownConversation
 
-from .engine import ChatEngine, EmptyPrompt, GenerationSettings, Reply
+from .engine import ChatEngine, EmptyPrompt, GenerationSettings, PromptTooLong, Reply
 
 DEFAULT_TITLE = "New chat"
 
@@ -130,10 +130,19 @@ class ChatService:
             path = tree.active_path()
             parent_id = path[-1].id if path else None
         history = self._chat_messages(tree, tree.path_to(parent_id))
-        # Against the largest context the model may get: the engine grows it when the
-        # reply is written (checked against the current one, a pasted page was refused).
-        self.engine.fit_to_context(history + [{"role": "user", "content": text}],
-                                   tree.settings().max_tokens, n_ctx=self.engine.context_limit)
+        # Against the largest context the engine can get: it grows it when the reply is
+        # written (checked against the current one, a pasted page was refused; against the
+        # model's limit, one that free memory could not hold was stored, then refused).
+        messages = history + [{"role": "user", "content": text}]
+        reachable = self.engine.reachable_context
+        try:
+            self.engine.fit_to_context(messages, tree.settings().max_tokens, n_ctx=reachable)
+        except PromptTooLong as error:
+            if reachable >= self.engine.context_limit:
+                raise
+            self.engine.fit_to_context(messages, tree.settings().max_tokens,
+                                       n_ctx=self.engine.context_limit)   # (raises if not)
+            raise PromptTooLong(error.tokens, error.room, error.system_tokens, memory_bound=True) from None
         message = Message(conversation_id=tree.id, role="user", content=text,
                           parent_id=parent_id)
         if not tree.stored:

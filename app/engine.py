@@ -75,7 +75,7 @@ class EmptyPrompt(EngineError):
 
 
 class PromptTooLong(EngineError):
-    def __init__(self, tokens: int, room: int, system_tokens: int = 0):
+    def __init__(self, tokens: int, room: int, system_tokens: int = 0, memory_bound: bool = False):
         if system_tokens * 2 >= room:      # the system prompt is what does not fit
             text = (f"The system prompt alone is {system_tokens} tokens long, and the model's "
                     f"context leaves room for {room} with the reply. Shorten the system prompt "
@@ -84,8 +84,11 @@ class PromptTooLong(EngineError):
             text = (f"This message is {tokens} tokens long, but the model's context leaves room "
                     f"for {room}. Shorten it, lower 'max tokens', or choose a model with a "
                     "longer context.")
+        if memory_bound:
+            text += (" (The model allows a longer context, but this computer has too little "
+                     "free memory for it now: closing other programs may make room.)")
         super().__init__(text)
-        self.tokens, self.room = tokens, room
+        self.tokens, self.room, self.system_tokens = tokens, room, system_tokens
 
 
 class ChatEngine:
@@ -175,6 +178,25 @@ class ChatEngine:
         trained = self.model_info.get("context_length") or self.llm.n_ctx()
         return max(self.llm.n_ctx(), min(trained, self.max_ctx))
 
+    @property
+    def reachable_context(self) -> int:
+        """The largest context the engine can grow to now: :attr:`context_limit`, less what
+        free memory cannot hold (its cache in half the memory free, at most). A message is
+        checked against this before it is stored: checked against the model's limit, a
+        pasted page was stored and then refused when the context could not grow."""
+        current, limit = self.llm.n_ctx(), self.context_limit
+        per_token = _cache_bytes_per_token(self.llm.metadata)
+        if current >= limit or per_token is None:
+            return current                 # (the cache's size cannot be told: no growth)
+        free = available_memory_bytes()
+        target = current
+        while target < limit:
+            step = min(target * 2, limit)
+            if free is not None and (step - current) * per_token > free // 2:
+                break
+            target = step
+        return target
+
     def _grow_context(self, messages: list[dict], max_tokens: int) -> None:
         """A larger context when the conversation and its reply do not fit the current
         one and the model allows more (lock held). Reloading costs about what loading
@@ -192,13 +214,7 @@ class ChatEngine:
         target = current
         while target < needed + needed // 4 and target < self.context_limit:
             target *= 2
-        target = min(target, self.context_limit)
-        per_token = _cache_bytes_per_token(self.llm.metadata)
-        free = available_memory_bytes()
-        if per_token is None:
-            return                         # the cache's size cannot be told: stay
-        while free is not None and target > current and (target - current) * per_token > free // 2:
-            target //= 2                   # (its cache in half the memory free, at most)
+        target = min(target, self.context_limit, self.reachable_context)
         if target <= current:
             return
         try:

@@ -1,4 +1,6 @@
 """Conversations, branches and persistence through ChatService, real model and store."""
+import pytest
+
 from app.chat import ChatService
 from feedback_store import FeedbackStore
 from conftest import files_contain, quick_settings
@@ -114,5 +116,28 @@ def test_a_page_longer_than_the_start_context_is_answered_in_a_larger_one(store)
         user, reply = service.send(tree, page + "\nSummarise.")
         assert reply.prompt_tokens > 2048 and reply.dropped_turns == 0
         assert engine.llm.n_ctx() > reply.prompt_tokens
+    finally:
+        engine.close()
+
+
+def test_a_page_free_memory_cannot_hold_is_refused_before_it_is_stored(store, monkeypatch):
+    """Checked against the model's limit, a page was stored and shown as sent, then
+    refused when free memory kept the context from growing, with "shorten it" as the
+    advice; Retry failed the same way. It is refused before anything is stored, and the
+    message says memory is what is short."""
+    import app.engine
+    from app.chat import ChatService
+    from app.engine import ChatEngine, PromptTooLong
+    engine = ChatEngine()
+    try:
+        monkeypatch.setattr(app.engine, "available_memory_bytes", lambda: 8 * 2**20)   # a full machine
+        assert engine.reachable_context == engine.llm.n_ctx() == 2048
+        service = ChatService(store, engine)
+        tree = service.new_conversation()
+        service.set_settings(tree, quick_settings(max_tokens=4))
+        page = " ".join(f"Line {i}: the tide came in at dawn and left at noon." for i in range(135))
+        with pytest.raises(PromptTooLong, match="too little free memory"):
+            service.send(tree, page + "\nSummarise.")
+        assert store.conversations.list() == [] and not tree.stored
     finally:
         engine.close()
