@@ -24,6 +24,9 @@ class ConversationTree:
     # An incognito chat's thumbs: in memory only, as the chat is (they were lost at the
     # next turn, when the rows are shown again from what the store has: nothing).
     memory_thumbs: dict[str, int] = field(default_factory=dict)
+    # Settings for the turns sent through this object only, never saved with the chat
+    # (`glance chat --max-tokens 3` made a new chat's every later reply 3 tokens long).
+    overrides: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -58,7 +61,7 @@ class ConversationTree:
         return self.path_to(leaf)
 
     def settings(self) -> GenerationSettings:
-        return GenerationSettings.from_dict(self.conversation.settings)
+        return GenerationSettings.from_dict({**self.conversation.settings, **self.overrides})
 
 
 class ChatService:

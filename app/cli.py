@@ -208,12 +208,11 @@ def cmd_chat(args) -> int:
         try:
             service = ChatService(store, engine)
             tree = service.open(args.conversation) if args.conversation else service.new_conversation()
-            settings = tree.settings()
-            for name in ("seed", "max_tokens", "temperature", "top_p"):
-                if getattr(args, name) is not None:
-                    setattr(settings, name, getattr(args, name))
-            settings.validate()
-            tree.conversation.settings = settings.to_dict()
+            # For this turn only: the chat keeps its own settings (the window's).
+            tree.overrides = {name: getattr(args, name) for name in
+                              ("seed", "max_tokens", "temperature", "top_p")
+                              if getattr(args, name) is not None}
+            tree.settings().validate()
             stream_to_terminal = not args.json
             cancel = threading.Event()
             on_token = (lambda piece: print(piece, end="", flush=True)) if stream_to_terminal else None

@@ -28,6 +28,12 @@ def test_chat_json_then_continue(home):
         assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
         by_id = {m.id: m for m in messages}
         assert by_id[again["message_id"]].parent_id in by_id
+        # The flags were for those turns: the chat keeps its own settings (the first
+        # turn's --max-tokens 16 and --seed 1 became the new chat's, for every later
+        # reply in the window too).
+        from app.engine import GenerationSettings
+        settings = store.conversations.get(result["conversation_id"]).settings
+        assert GenerationSettings.from_dict(settings) == GenerationSettings.from_dict({})
 
 
 def test_ctrl_c_stops_the_reply_and_keeps_it_as_the_window_does(home):
