@@ -226,7 +226,8 @@ def _last_logits(llm) -> np.ndarray:
 
 def _sample(llm, prompt, max_tokens, temperature, rng, judge=None):
     """Sample a reply token by token from ``llm``. With ``judge`` (another Llama) the
-    same tokens are fed to it in lockstep; returns (tokens, Σ log p_llm − log p_judge)."""
+    same tokens are fed to it in lockstep; returns (tokens, Σ log p_llm − log p_judge,
+    whether the reply ended by itself: an end-of-turn token, counted among the tokens)."""
     import llama_cpp
     models = [llm] + ([judge] if judge is not None else [])
     for model in models:
@@ -244,10 +245,10 @@ def _sample(llm, prompt, max_tokens, temperature, rng, judge=None):
             log_ratio += float(logp[token] - _log_softmax(_last_logits(judge) / temperature)[token])
         tokens.append(token)
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-            break
+            return tokens, log_ratio, True
         for model in models:
             model.eval([token])
-    return tokens, log_ratio
+    return tokens, log_ratio, False
 
 
 def prompt_tokens(llm, messages: list[dict]) -> list[int]:
@@ -277,18 +278,23 @@ def sample_drift(base_gguf: Path, adapter_gguf: Path, prompts: list, config: Gat
     policy = Llama(str(base_gguf), lora_path=str(adapter_gguf), **common)
     try:
         kl_sum, kl_tokens, policy_lengths, base_lengths = 0.0, 0, [], []
+        capped = {"adapter": [], "base": []}   # ran to the cap (a reply ending on its last
+                                               # allowed token ended by itself)
         room = 2048 - config.sample_tokens - 8
         for i, messages in enumerate(prompts[: config.samples]):
             tokens_in = prompt_tokens(base, list(messages))[-room:]
             # KL(π ‖ π_ref) on the adapter's own samples, scored by the base in lockstep
-            sampled, log_ratio = _sample(policy, tokens_in, config.sample_tokens,
-                                         config.temperature, np.random.default_rng(config.seed + i),
-                                         judge=base)
+            sampled, log_ratio, ended = _sample(policy, tokens_in, config.sample_tokens,
+                                                config.temperature, np.random.default_rng(config.seed + i),
+                                                judge=base)
             kl_sum += log_ratio
             kl_tokens += len(sampled)
             policy_lengths.append(len(sampled))
-            base_lengths.append(len(_sample(base, tokens_in, config.sample_tokens, config.temperature,
-                                            np.random.default_rng(config.seed + i))[0]))
+            capped["adapter"].append(not ended)
+            from_base, _, base_ended = _sample(base, tokens_in, config.sample_tokens,
+                                               config.temperature, np.random.default_rng(config.seed + i))
+            base_lengths.append(len(from_base))
+            capped["base"].append(not base_ended)
     finally:
         policy.close()
         base.close()
@@ -297,12 +303,8 @@ def sample_drift(base_gguf: Path, adapter_gguf: Path, prompts: list, config: Gat
     return {"samples": len(policy_lengths), "kl_per_token": kl_sum / kl_tokens if kl_tokens else 0.0,
             "mean_tokens_adapter": mean_policy, "mean_tokens_base": mean_base,
             "length_ratio": mean_policy / mean_base if mean_base else 1.0,
-            "capped_share_adapter": _capped_share(policy_lengths, config.sample_tokens),
-            "capped_share_base": _capped_share(base_lengths, config.sample_tokens)}
-
-
-def _capped_share(lengths, cap: int) -> float:
-    return float(np.mean([n >= cap for n in lengths])) if lengths else 0.0
+            "capped_share_adapter": float(np.mean(capped["adapter"])) if capped["adapter"] else 0.0,
+            "capped_share_base": float(np.mean(capped["base"])) if capped["base"] else 0.0}
 
 
 # --- the decision -----------------------------------------------------------------------------

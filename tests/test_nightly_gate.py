@@ -57,3 +57,24 @@ def test_an_export_that_moves_the_pairs_the_other_way_is_refused():
     assert published_report(picked, [-h for h in picked], strong_noise)["checked"] == 3
     ok, reasons = report_with([-h for h in picked], strong_noise)
     assert not ok and any("export does not carry" in r for r in reasons), reasons
+
+
+def test_a_reply_ending_on_its_last_allowed_token_is_not_counted_as_cut():
+    """A sample's length counted its end-of-turn token, and a reply that ended by itself
+    exactly at the cap was counted among those the cap cut off (the share that refuses an
+    adapter writing longer replies)."""
+    import numpy as np
+    from llama_cpp import Llama
+    from align import gate
+    from app.models import default_model_path
+    llm = Llama(str(default_model_path()), n_ctx=512, n_threads=2, verbose=False, seed=1)
+    try:
+        prompt = gate.prompt_tokens(llm, [{"role": "user", "content": "Say hello."}])
+        free, _, ended = gate._sample(llm, prompt, 200, 0.05, np.random.default_rng(0))
+        assert ended and len(free) < 200
+        at_cap, _, ended = gate._sample(llm, prompt, len(free), 0.05, np.random.default_rng(0))
+        assert at_cap == free and ended                      # its last token ends it: not cut
+        cut, _, ended = gate._sample(llm, prompt, len(free) - 1, 0.05, np.random.default_rng(0))
+        assert cut == free[:-1] and not ended
+    finally:
+        llm.close()
