@@ -32,9 +32,11 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PROTOCOL = 1
@@ -51,6 +53,10 @@ class LinkClosed(LinkError, ConnectionError):
     """The app went away mid-request (it is closing): try again."""
 
 
+class LinkUnavailable(OSError):
+    """No private place for the socket: the app serves no link, the job opens the store."""
+
+
 def socket_path(data_dir: Path) -> Path:
     """``<data dir>/nightly.sock``; when that path is too long for AF_UNIX, a 0700
     folder in the temp dir named after the data folder (both sides compute the same)."""
@@ -61,7 +67,12 @@ def socket_path(data_dir: Path) -> Path:
     digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"glance-{os.getuid()}-{digest}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
+    # Its name can be worked out by anyone: made first by another user (or a link to
+    # elsewhere), it is not ours, and every link and job failed on a PermissionError.
+    found = folder.lstat()
+    if stat.S_ISLNK(found.st_mode) or not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() \
+            or found.st_mode & 0o077:
+        raise LinkUnavailable(f"{folder} is not a private folder of this user")
     return folder / SOCKET_NAME
 
 
@@ -69,9 +80,16 @@ def send_message(sock: socket.socket, message: dict) -> None:
     sock.sendall(json.dumps(message, default=str).encode("utf-8") + b"\n")
 
 
-def read_message(sock: socket.socket) -> dict | None:
+def read_message(sock: socket.socket, deadline: float | None = None) -> dict | None:
+    """One newline-ended JSON message; ``deadline`` (``time.monotonic()``) bounds the
+    whole of it, not each read (a byte every few seconds held a reader for ever)."""
     chunks, size = [], 0
     while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LinkError("the message did not arrive in time")
+            sock.settimeout(left)
         chunk = sock.recv(65536)
         if not chunk:
             break
@@ -106,7 +124,10 @@ class AppClient:
         """A client for the app serving ``data_dir``, or None when no app answers."""
         if sys.platform == "win32":
             return None
-        client = cls(socket_path(data_dir), timeout)
+        try:
+            client = cls(socket_path(data_dir), timeout)
+        except LinkUnavailable:
+            return None
         if not client.path.exists():
             return None
         try:

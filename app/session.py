@@ -186,11 +186,11 @@ class AppSession:
         """Answer the nightly job on the data folder's private socket while the app runs
         (app/training_link.py). Returns a problem to show, or None."""
         from .training_link import TrainingLink
-        link = TrainingLink(self.store, model_path=model_path, idle_seconds=idle_seconds,
-                            on_adapters_changed=on_adapters_changed, scoring=self.scorer.state)
         try:
+            link = TrainingLink(self.store, model_path=model_path, idle_seconds=idle_seconds,
+                                on_adapters_changed=on_adapters_changed, scoring=self.scorer.state)
             self.training_link = link.start()
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError) as error:     # (OSError: ipc.LinkUnavailable too)
             return (f"The nightly personalisation cannot talk to this window ({error}); it will "
                     "wait for the database instead.")
         return None

@@ -12,6 +12,7 @@ the database for its few seconds of reading or recording.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -40,6 +41,12 @@ def tidy_training(store, data_dir: Path) -> list[str]:
     return retired
 
 
+# How long a client may take to send its request (the link answers one at a time).
+REQUEST_S = 10.0
+# The form of feedback_store.training.new_run_id(), the snapshot's file name.
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
 class TrainingLink:
     def __init__(self, store: FeedbackStore, model_path: Callable[[], str | None] | None = None,
                  idle_seconds: Callable[[], float | None] | None = None,
@@ -55,6 +62,7 @@ class TrainingLink:
         self._server: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._connection: socket.socket | None = None   # the one being answered
         self.served: list[str] = []      # operations answered (status, tests)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -77,6 +85,12 @@ class TrainingLink:
 
     def stop(self) -> None:
         self._stopping.set()
+        connection = self._connection
+        if connection is not None:       # (a client still sending: not waited for)
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._server is not None:
             # Wake the accept() at once: it polled every 0.5 s before, and closing the
             # window waited for the poll. Linux wakes it on shutdown() (EINVAL); elsewhere
@@ -140,20 +154,25 @@ class TrainingLink:
             if self._stopping.is_set():      # stop()'s own wake-up call
                 connection.close()
                 return
+            self._connection = connection
             with connection:
-                connection.settimeout(30)
+                connection.settimeout(REQUEST_S)
                 try:
                     self._answer(connection)
                 except Exception:  # noqa: BLE001 - one bad client must not stop the link
                     pass
+                finally:
+                    self._connection = None
 
     def _answer(self, connection: socket.socket) -> None:
         uid = peer_uid(connection)
         if uid is not None and uid != os.getuid():
             send_message(connection, {"ok": False, "error": "not the same user"})
             return
-        request = read_message(connection)
-        if request is None:
+        # The whole request within REQUEST_S: the link answers one client at a time, and
+        # one sending a byte every few seconds held it (every other client gave up).
+        request = read_message(connection, deadline=time.monotonic() + REQUEST_S)
+        if request is None or self._stopping.is_set():
             return
         op = request.pop("op", None)
         handler = getattr(self, f"_op_{op}", None)
@@ -173,6 +192,10 @@ class TrainingLink:
                 "idle_s": self.idle_seconds()}
 
     def _op_snapshot(self, run_id: str, include_imported: bool = False) -> dict:
+        if not RUN_ID.fullmatch(str(run_id)):
+            # A file name in the data folder: "../../glance" named the live database,
+            # which the snapshot's writer removed first.
+            raise ValueError(f"not a run id: {run_id!r}")
         retired = adapter_files.retire_stale(self.store, adapter_files.adapters_dir(self.data_dir))
         if retired and self.on_adapters_changed is not None:
             self.on_adapters_changed()

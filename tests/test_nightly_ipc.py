@@ -81,6 +81,77 @@ def test_stopping_the_link_ends_its_thread_at_once(app):
     assert not thread.is_alive() and not link.path.exists()
 
 
+def test_a_client_that_sends_slowly_does_not_hold_the_link(app, home, monkeypatch):
+    """The link answers one client at a time with a timeout per read: one sending a byte
+    every few seconds held it, every command then gave up on the app ("in use by another
+    process") and closing the window waited for it. A request now has a deadline."""
+    import socket
+    import threading
+    import app.training_link as training_link
+    from align.ipc import AppClient
+    monkeypatch.setattr(training_link, "REQUEST_S", 1.0, raising=False)
+    _, link = app
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(str(link.path))
+    done = threading.Event()
+
+    def trickle():
+        try:
+            while not done.wait(0.3):
+                slow.sendall(b" ")
+        except OSError:
+            pass                                  # the link gave up on it: as it should
+    trickler = threading.Thread(target=trickle)
+    trickler.start()
+    try:
+        assert AppClient.find(home) is not None   # answered while the trickle goes on
+    finally:
+        done.set()
+        trickler.join(10)
+        slow.close()
+
+
+def test_a_snapshot_is_only_written_under_a_run_id(app, home):
+    """The run id is the snapshot's file name: "../../glance" named the live database,
+    which the snapshot's writer removed before failing."""
+    from align.ipc import AppClient, LinkError
+    client = AppClient.find(home)
+    for bad in ("../../glance", "/tmp/elsewhere", ""):
+        with pytest.raises(LinkError, match="not a run id"):
+            client.request("snapshot", run_id=bad)
+    assert (home / "glance.db").exists()
+    store, _ = app
+    assert store.conversations.list()                 # the data is all there
+
+
+def test_a_socket_folder_another_user_made_is_not_used(tmp_path, monkeypatch):
+    """A data folder with a long path has its socket in the temp dir, in a folder whose
+    name anyone can work out: made first by another user, the app and the job used it
+    (or, not running as root, every link and job failed on a PermissionError). It is
+    refused: the app serves no link and the job opens the database itself."""
+    import hashlib
+    import tempfile
+    from align.ipc import AppClient, socket_path
+    from app.session import AppSession
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    home = tmp_path / ("a-long-folder-name-" * 5) / "Glance"
+    digest = hashlib.sha256(os.fsencode(home.resolve())).hexdigest()[:16]
+    squatted = tmp_path / "tmp" / f"glance-{os.getuid()}-{digest}"
+    squatted.mkdir(mode=0o777)
+    os.chmod(squatted, 0o777)
+    if os.getuid() == 0:
+        os.chown(squatted, 65534, 65534)               # (another user's, where we may)
+    with pytest.raises(OSError, match="not a private folder"):
+        socket_path(home)
+    assert AppClient.find(home) is None
+    with FeedbackStore.open(home) as store:
+        session = AppSession(store)
+        problem = session.start_training_link(lambda: None)
+        assert problem and "wait for the database instead" in problem
+        session.close()
+
+
 def test_app_open_the_job_asks_the_app_and_never_opens_the_file(app, home):
     store, link = app
     assert stat.S_IMODE(os.stat(link.path).st_mode) == 0o600
@@ -198,7 +269,8 @@ def test_the_snapshot_is_encrypted_under_a_key_that_never_touches_the_disk(home)
     link = TrainingLink(store).start()
     try:
         client = AppClient.find(home)
-        answer = client.request("snapshot", run_id="r1")
+        from feedback_store.training import new_run_id
+        answer = client.request("snapshot", run_id=new_run_id())
         path = Path(answer["path"])
         assert path.parent == home / "training" / "snapshots"
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
