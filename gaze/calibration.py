@@ -757,7 +757,12 @@ class ClickRecalibrator:
 
     def expire(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        self.points = [p for p in self.points if p.expires > now]
+        kept = [p for p in self.points if p.expires > now]
+        if len(kept) != len(self.points):
+            # The clicks' correction changes: a reading measured through the old one
+            # (which then pushed the estimate the wrong way) no longer counts.
+            self._changed_at = now
+        self.points = kept
         self._recent_errors = [(e, expires) for e, expires in self._recent_errors if expires > now]
         if self.reading_dy and self._reading_expires <= now:
             self.reading_dy, self._changed_at = 0.0, now

@@ -244,6 +244,12 @@ def test_reading_shifts_the_estimate_by_half_of_each_measurement_until_a_click_o
     # Fixations seen before the click saw the old shift: what they measure is not used.
     assert recal.add_reading_offset(40.0, now=231.0, since=229.0) == 0.0
     assert recal.add_reading_offset(40.0, now=232.0, since=230.5) == 20.0
+    # Nor those seen before the click's correction expired: the shift they measured was
+    # through a correction that is gone (it was applied, and pushed the estimate further).
+    expired = 230.0 + recal.lifetime_s + 1
+    recal.refresh(now=expired)                                 # the click expires
+    assert recal.add_reading_offset(40.0, now=expired + 1, since=expired - 5) == 20.0   # unchanged
+    assert recal.add_reading_offset(40.0, now=expired + 2, since=expired + 0.5) == 40.0
 
 
 def test_the_real_recorder_calibrates_a_simulated_user():
