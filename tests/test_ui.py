@@ -613,9 +613,14 @@ def test_compare_side_by_side_pick_with_the_keyboard_and_read_both_traces(qtbot,
     store.consent.set("pointer", True)
     window.capture.sync()
     original = send_by_keyboard(qtbot, window, "Name a colour.")
+    qtbot.waitUntil(lambda: window.session.shown_id(original.id) is not None, timeout=30_000)
+    first_showing = window.session.shown_id(original.id)
     with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS) as blocker:
         widget_for(window, original.id).compare_button.click()
     second = blocker.args[0]
+    # The original stays on screen as the left column: the same showing goes on (it was
+    # ended when the second reply came, and its score missed all that was read in the pair).
+    assert window.session.shown_id(original.id) == first_showing
     assert window.comparing == (original.id, second.id)
     pair = window.chat_view.pair
     assert [side.message.id for side in pair.sides] == [original.id, second.id]
@@ -745,6 +750,37 @@ def test_edit_gives_back_the_draft_it_replaced(qtbot, window, store):
     window.new_chat()                                      # another chat: the edit is over
     assert window.editing_message_id is None
     assert window.input.toPlainText() == "a half-written thought"
+
+
+def test_copies_and_edits_are_recorded_as_they_happen(qtbot, window, store):
+    """A copy from a reply's context menu was not recorded, and Ctrl+C was recorded twice
+    where the pointer is captured through Qt's events; an Edit begun and left with Esc
+    marked the reply "edited" all the same."""
+    from PySide6.QtGui import QTextCursor
+    store.consent.set("pointer", True)
+    window.capture.sync()
+    reply = send_by_keyboard(qtbot, window, "Name a fruit.")
+    browser = window.probe.browser(reply.id)
+    cursor = browser.textCursor()
+    cursor.setPosition(0)
+    cursor.setPosition(4, QTextCursor.MoveMode.KeepAnchor)
+    browser.setTextCursor(cursor)
+
+    def actions(kind):
+        store.flush()
+        return store._rows("SELECT * FROM reply_actions WHERE kind = ?", (kind,))
+    browser.copy()                                  # what the context menu's Copy does
+    assert len(actions("copy")) == 1
+    qtbot.keyClick(browser, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert len(actions("copy")) == 2                # one more, not two
+    user = window.tree.messages[reply.parent_id]
+    qtbot.mouseClick(widget_for(window, user.id).edit_button, Qt.MouseButton.LeftButton)
+    window.stop()                                   # Esc: the edit is left
+    assert actions("edit") == []
+    qtbot.mouseClick(widget_for(window, user.id).edit_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(window.reply_finished, timeout=REPLY_TIMEOUT_MS):
+        window.send()
+    assert [row["message_id"] for row in actions("edit")] == [user.id]
 
 
 def test_a_compare_left_without_a_pick_does_not_block_the_next_chat(qtbot, window, store):

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QKeyEvent, QKeySequence, QMouseEvent, QWheelEvent
+from PySide6.QtGui import QGuiApplication, QMouseEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from feedback_store import ReplyAction, ViewportEvent
@@ -326,6 +326,11 @@ class CaptureController(QObject):
         browser.viewport().setMouseTracking(True)
         browser.installEventFilter(self)
         browser.selectionChanged.connect(lambda: self._selection(message_id, browser))
+        browser.copied.connect(lambda: self._copied(message_id, browser))
+
+    def _copied(self, message_id: str, browser) -> None:
+        if browser.textCursor().hasSelection():
+            self.action("copy", message_id, *selected_offsets(browser))
 
     def _selection(self, message_id: str, browser) -> None:
         cursor = browser.textCursor()
@@ -357,14 +362,6 @@ class CaptureController(QObject):
                 # Leave also comes when the pointer moves onto a window that covers part
                 # of Glance's (another application's, or a dialog): not over a reply then.
                 self.recorder.over_window = kind == QEvent.Type.Enter
-            return False
-        if isinstance(event, QKeyEvent):
-            if event.type() != QEvent.Type.KeyPress or not event.matches(QKeySequence.StandardKey.Copy):
-                return False
-            for message_id in self.window.probe.message_ids():
-                browser = self.window.probe.browser(message_id)
-                if browser is watched and browser.textCursor().hasSelection():
-                    self.action("copy", message_id, *selected_offsets(browser))
             return False
         if not isinstance(event, (QMouseEvent, QWheelEvent)):
             return False

@@ -51,6 +51,16 @@ class ElidedLabel(QLabel):
 class ReplyBrowser(QTextBrowser):
     """Read-only rich text that grows to fit its document (the chat scrolls, not it)."""
 
+    # Its selection was copied: Ctrl+C, the context menu's Copy, or dragged out. (Qt makes
+    # the copied data here for each of them; watching for Ctrl+C missed the menu, and saw
+    # the key twice where the pointer is captured through Qt's events.)
+    copied = Signal()
+
+    def createMimeDataFromSelection(self):
+        data = super().createMimeDataFromSelection()
+        self.copied.emit()
+        return data
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setOpenExternalLinks(False)

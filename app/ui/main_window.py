@@ -360,7 +360,7 @@ class MainWindow(QMainWindow):
         waiting = [m for m, (c, _) in self._unsent_edits.items()
                    if c == self.tree.id and m in self.tree.messages]
         if waiting:
-            self.begin_edit(waiting[-1], log=False)
+            self.begin_edit(waiting[-1])
             self.statusBar().showMessage("Your unsent edit of this chat is back.", 6000)
 
     def _changed_edit(self) -> str | None:
@@ -509,6 +509,11 @@ class MainWindow(QMainWindow):
         offered a Retry (a greyed one showed, and its row was built twice)."""
         tree = self.tree
         keep = {m.id for m in tree.active_path()}
+        if self.comparing:
+            # Both sides of a pair stay on screen: the original left the active path when
+            # the second reply came, and its showing was ended (its score then missed all
+            # that was read in the pair) while it still showed as the left column.
+            keep |= set(self.comparing)
         self.capture.narrow(keep, tree.id)
         self._mark_hidden(keep=keep)
         thumbs = self.service.thumbs(tree)
@@ -600,6 +605,10 @@ class MainWindow(QMainWindow):
             return
         tree, editing = self.tree, self.editing_message_id
         self._sent_text = text
+        if editing is not None:
+            # Logged when the edit is sent: begun and left with Esc, its reply was marked
+            # "edited" all the same.
+            self.capture.action("edit", editing)
 
         def post_then_reply(**stream):
             if editing is not None:
@@ -679,11 +688,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage({1: "Kept the left reply.", -1: "Kept the right reply.",
                                       0: "A tie: kept the left reply."}[value], 4000)
 
-    def begin_edit(self, user_message_id: str, log: bool = True) -> None:
+    def begin_edit(self, user_message_id: str) -> None:
         if self.is_generating():
             return
-        if log:
-            self.capture.action("edit", user_message_id)
         if self.editing_message_id is None:      # keep the draft being typed, not an edit
             self._draft_before_edit = self.input.toPlainText()
         else:
