@@ -629,6 +629,8 @@ def test_compare_side_by_side_pick_with_the_keyboard_and_read_both_traces(qtbot,
         pass
     shown = {m: window.session.shown_id(m) for m in (original.id, second.id)}
     assert all(shown.values())
+    in_the_pair = [(box["start"], round(box["x"]), round(box["w"]))
+                   for box in window.probe.line_boxes(second.id)]
     for side in pair.sides:   # the pointer reads both columns, through the real layout
         box = window.probe.line_boxes(side.message.id)[0]
         for fraction in (0.2, 0.5, 0.8):
@@ -638,6 +640,19 @@ def test_compare_side_by_side_pick_with_the_keyboard_and_read_both_traces(qtbot,
     qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)
     assert window.comparing is None and window.chat_view.pair is None
     assert window.tree.active_path()[-1].id == second.id
+    # The kept reply now spans the chat: its stored lines are re-wrapped with it (they
+    # kept the column's width until the next move, and gaze lines are decoded from them).
+    import json
+
+    def boxes(stored):
+        return [(box["start"], round(box["x"]), round(box["w"])) for box in stored]
+
+    def stored():
+        store.flush()
+        [row] = store._rows("SELECT layout FROM shown_replies WHERE id = ?", (shown[second.id],))
+        return boxes(json.loads(row["layout"]))
+    qtbot.waitUntil(lambda: stored() == boxes(window.probe.line_boxes(second.id)), timeout=30_000)
+    assert stored() != in_the_pair                       # (it moved from the right column)
     store.flush()
     picks = store.conversations.picks(window.tree.id)
     assert [(p["left_id"], p["right_id"], p["value"]) for p in picks] == [(original.id, second.id, -1)]

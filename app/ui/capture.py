@@ -55,6 +55,7 @@ class CaptureController(QObject):
         # (message id, shown reply id) -> last visible lines: a reply shown again (its
         # chat left and reopened) is a new showing, whose first view must be written.
         self._visible: dict[tuple, tuple | None] = {}
+        self._stored_geometry: dict = {}   # showing id -> the geometry its stored lines are of
         self._reason = "layout"
         self._last_input = time.monotonic()
         self._idle = False
@@ -237,6 +238,12 @@ class CaptureController(QObject):
                 if lines else (None, None)
             seen = (message_id, placed.shown_reply_id)
             visible[seen] = (lines, text)
+            if placed.shown_reply_id and reason == "layout" \
+                    and self._stored_geometry.get(placed.shown_reply_id) is not geometry:
+                # Laid out anew where nothing moved or scrolled (the pick widening the
+                # kept reply, the splitter, Show all): its stored lines kept the old wrap
+                # until the next move, and the gaze line decoding reads them.
+                self._store_geometry(placed, conversation_id)
             if reason in ("scroll", "layout") and self._visible.get(seen) == (lines, text) \
                     or placed.shown_reply_id is None:
                 continue           # (not shown yet, or a chat that is not recorded)
@@ -245,16 +252,22 @@ class CaptureController(QObject):
                 reason, lines[0] if lines else None, lines[1] if lines else None,
                 placed.origin[0], placed.origin[1], snapshot.window_visible, *text))
             if placed.shown_reply_id and reason in ("move", "resize", "scroll"):
-                self.session.reply_moved(ReplyOnScreen(
-                    message_id, conversation_id,
-                    (int(placed.origin[0]), int(placed.origin[1]),
-                     int(placed.clip[2] - placed.clip[0]), int(geometry.line_top[-1]
-                                                               + geometry.line_height[-1])
-                     if geometry.n_lines else 0),
-                    1.0, geometry.text, geometry.line_boxes(*placed.origin)))
+                self._store_geometry(placed, conversation_id)
         self._visible = visible            # (the replies on screen now)
+        shown = {placed.shown_reply_id for placed in snapshot.replies}
+        self._stored_geometry = {k: v for k, v in self._stored_geometry.items() if k in shown}
         if events:
             self.session.record(events)
+
+    def _store_geometry(self, placed, conversation_id) -> None:
+        """The showing's stored place and lines, as on screen now."""
+        geometry = placed.geometry
+        self._stored_geometry[placed.shown_reply_id] = geometry
+        self.session.reply_moved(ReplyOnScreen(
+            geometry.message_id, conversation_id,
+            (int(placed.origin[0]), int(placed.origin[1]), int(placed.clip[2] - placed.clip[0]),
+             int(geometry.line_top[-1] + geometry.line_height[-1]) if geometry.n_lines else 0),
+            1.0, geometry.text, geometry.line_boxes(*placed.origin)))
 
     def _window_state(self, kind: str) -> None:
         # Published whether or not the pointer is recorded: gaze maps against the same
