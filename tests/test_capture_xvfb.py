@@ -128,7 +128,9 @@ def test_the_real_pointer_maps_to_the_words_under_it(xvfb_display, home, tmp_pat
     copied = [a for a in actions if a["kind"] == "copy"]
     assert selected and (selected[-1]["start_offset"], selected[-1]["end_offset"]) == \
         (clicked["start"], clicked["end"])
-    assert copied and (copied[-1]["start_offset"], copied[-1]["end_offset"]) == \
+    # One Ctrl+C, one copy: selecting alone fills X11's selection clipboard, not a copy
+    # (the copied data is made for it too), and the key is heard once.
+    assert len(copied) == 1 and (copied[-1]["start_offset"], copied[-1]["end_offset"]) == \
         (clicked["start"], clicked["end"])
     # what the reward model reads of it: the word selected (once, however often logged), copied
     assert did["copied"] == 1.0 and did["selected_chars"] == clicked["end"] - clicked["start"]

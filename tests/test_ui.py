@@ -784,7 +784,9 @@ def test_copies_and_edits_are_recorded_as_they_happen(qtbot, window, store):
     def actions(kind):
         store.flush()
         return store._rows("SELECT * FROM reply_actions WHERE kind = ?", (kind,))
-    browser.copy()                                  # what the context menu's Copy does
+    browser.copy()                                  # (programmatic: not the user's copy)
+    menu = browser.context_menu(QPoint(5, 5))       # the reply's context menu: Copy
+    next(a for a in menu.actions() if a.objectName() == "edit-copy").trigger()
     assert len(actions("copy")) == 1
     qtbot.keyClick(browser, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
     assert len(actions("copy")) == 2                # one more, not two

@@ -2,10 +2,10 @@
 import time
 
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import (QColor, QFont, QPainter, QPalette, QTextBlockFormat, QTextCursor,
-                           QTextFormat, QTextOption)
+from PySide6.QtGui import (QColor, QFont, QKeySequence, QPainter, QPalette, QTextBlockFormat,
+                           QTextCursor, QTextFormat, QTextOption)
 from PySide6.QtWidgets import (
-    QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QTextBrowser,
+    QFrame, QHBoxLayout, QLabel, QMenu, QPushButton, QScrollArea, QSizePolicy, QTextBrowser,
     QToolButton, QVBoxLayout, QWidget,
 )
 
@@ -51,15 +51,29 @@ class ElidedLabel(QLabel):
 class ReplyBrowser(QTextBrowser):
     """Read-only rich text that grows to fit its document (the chat scrolls, not it)."""
 
-    # Its selection was copied: Ctrl+C, the context menu's Copy, or dragged out. (Qt makes
-    # the copied data here for each of them; watching for Ctrl+C missed the menu, and saw
-    # the key twice where the pointer is captured through Qt's events.)
+    # Its selection was copied, with Ctrl+C or the context menu's Copy (watching the
+    # window's events for Ctrl+C missed the menu, and saw the key twice where the pointer
+    # is captured through Qt's events; the copied data is also made for X11's selection
+    # clipboard whenever text is selected, which is not a copy).
     copied = Signal()
 
-    def createMimeDataFromSelection(self):
-        data = super().createMimeDataFromSelection()
-        self.copied.emit()
-        return data
+    def keyPressEvent(self, event) -> None:
+        if event.matches(QKeySequence.StandardKey.Copy) and self.textCursor().hasSelection():
+            self.copied.emit()
+        super().keyPressEvent(event)
+
+    def context_menu(self, position) -> QMenu:
+        """Qt's own menu for this text, its Copy heard."""
+        menu = self.createStandardContextMenu(position)
+        for action in menu.actions():
+            if action.objectName() == "edit-copy":
+                action.triggered.connect(self.copied.emit)
+        return menu
+
+    def contextMenuEvent(self, event) -> None:
+        menu = self.context_menu(event.pos())
+        menu.exec(event.globalPos())
+        menu.deleteLater()
 
     def __init__(self, parent=None):
         super().__init__(parent)
