@@ -442,7 +442,13 @@ def _download_model(args) -> int:
               "and run the same command again to resume.", file=sys.stderr)
         return 1
     print()
-    info = inspect_model(path)
+    try:
+        info = inspect_model(path)
+        require_chat_template(info)     # as `models add` does: remembered, it became the start model
+    except ModelError as error:
+        print(f"glance: {error} The file is kept at {path} (`glance models add` takes it "
+              "once it is usable, or delete it).", file=sys.stderr)
+        return 2
     with FeedbackStore.open() as store:
         store.models.remember(info)
     print(f"Downloaded {info['name']} to {path}")

@@ -101,6 +101,16 @@ def download_model(repo: str, filename: str, directory: Path, revision: str = "m
     except (urllib.error.URLError, OSError) as error:
         raise DownloadError(f"Could not reach the model hub ({getattr(error, 'reason', error)}). "
                             "Check your connection and try again.") from error
+    noted_etag = (noted or {}).get("etag")
+    content_range = response.headers.get("Content-Range") if response is not None else None
+    if response is not None and response.status == 206 and (
+            (noted_etag and response.headers.get("ETag") != noted_etag)
+            or (content_range and not content_range.strip().startswith(f"bytes {have}-"))):
+        # The rest of another version of the file (a hub that ignores If-Range), or not
+        # the part asked for: appended, it made a file of two versions that still parsed.
+        response.close()
+        partial.unlink()
+        return download_model(repo, filename, directory, revision, sha256, progress, cancel)
     if response is not None:
         with response:
             if response.status == 200:

@@ -21,18 +21,24 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     stall_after: int | None = None
     resume = finish = None
 
+    etag = '"v1"'
+    honours_if_range = True    # (a hub that does not sends the rest of whatever it has now)
+
     def do_GET(self):
         self.requests.append((self.path, self.headers.get("Range")))
         if not self.path.endswith("/resolve/main/model.gguf"):
             self.send_error(404)
             return
         start = 0
-        if self.headers.get("Range"):
+        stale = self.honours_if_range and self.headers.get("If-Range") not in (None, self.etag)
+        if self.headers.get("Range") and not stale:
             start = int(self.headers["Range"].split("=")[1].rstrip("-"))
             self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
         else:
             self.send_response(200)
         body = self.payload[start:]
+        self.send_header("ETag", self.etag)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
@@ -59,6 +65,7 @@ def hub(monkeypatch):
     HubHandler.payload = default_model_path().read_bytes()
     HubHandler.requests = []
     HubHandler.stall_after = None
+    HubHandler.etag, HubHandler.honours_if_range = '"v1"', True
     HubHandler.resume, HubHandler.finish = threading.Event(), threading.Event()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -95,6 +102,26 @@ def test_cancel_then_resume(hub, tmp_path):
     assert hub.requests[-1][1] == f"bytes={kept}-"
     assert path.read_bytes() == hub.payload
     assert not partial.exists()
+
+
+def test_a_file_changed_on_the_hub_is_not_resumed_into_a_mix_of_both(hub, tmp_path):
+    """A hub that ignores If-Range sends the rest of the new version after a cancel: it
+    was appended to the old version's start, and the mix parsed as a model (same size,
+    same header)."""
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done >= 10 * 2**20:
+            cancel.set()
+    with pytest.raises(DownloadCancelled):
+        download_model("owner/repo", "model.gguf", tmp_path, progress=progress, cancel=cancel)
+    old = hub.payload
+    changed = bytearray(old)
+    for at in (5 * 2**20, len(old) - 5 * 2**20):          # before and after the cut
+        changed[at:at + 2**20] = bytes(reversed(changed[at:at + 2**20]))
+    hub.payload, hub.etag, hub.honours_if_range = bytes(changed), '"v2"', False
+    path = download_model("owner/repo", "model.gguf", tmp_path)
+    assert path.read_bytes() == hub.payload
 
 
 def test_checksum_mismatch_deletes_the_file(hub, tmp_path):

@@ -312,6 +312,17 @@ def test_missing_file_and_bad_checksum(hub, home):
     assert listed(home) == []
 
 
+def test_a_downloaded_model_without_a_chat_template_is_not_made_the_start_model(hub, home):
+    """`models add` refused such a file and `models download` remembered it, as the model
+    Glance starts with."""
+    assert b"tokenizer.chat_template" in hub.payload
+    hub.payload = hub.payload.replace(b"tokenizer.chat_template", b"tokenizer.chat_templatX")
+    result = download(home)
+    assert_clean_failure(result, "no chat template")
+    assert "The file is kept at" in result.stderr
+    assert listed(home) == []
+
+
 def test_a_downloaded_file_that_is_not_gguf_is_refused(hub, home):
     hub.payload = b"<!doctype html><title>Sign in to continue</title>" * 50
     result = download(home)
