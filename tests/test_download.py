@@ -87,14 +87,19 @@ def test_download_with_progress_and_checksum(hub, tmp_path):
     assert inspect_model(path)["architecture"] == "llama"
 
 
-def test_cancel_then_resume(hub, tmp_path):
+def cancel_at_10_mib(folder) -> None:
+    """A download of the hub's model.gguf into ``folder``, cancelled past 10 MiB."""
     cancel = threading.Event()
 
     def progress(done, total):
         if done >= 10 * 2**20:
             cancel.set()
     with pytest.raises(DownloadCancelled):
-        download_model("owner/repo", "model.gguf", tmp_path, progress=progress, cancel=cancel)
+        download_model("owner/repo", "model.gguf", folder, progress=progress, cancel=cancel)
+
+
+def test_cancel_then_resume(hub, tmp_path):
+    cancel_at_10_mib(tmp_path)
     partial = tmp_path / "model.gguf.part"
     kept = partial.stat().st_size
     assert 0 < kept < len(hub.payload)
@@ -108,13 +113,7 @@ def test_a_file_changed_on_the_hub_is_not_resumed_into_a_mix_of_both(hub, tmp_pa
     """A hub that ignores If-Range sends the rest of the new version after a cancel: it
     was appended to the old version's start, and the mix parsed as a model (same size,
     same header)."""
-    cancel = threading.Event()
-
-    def progress(done, total):
-        if done >= 10 * 2**20:
-            cancel.set()
-    with pytest.raises(DownloadCancelled):
-        download_model("owner/repo", "model.gguf", tmp_path, progress=progress, cancel=cancel)
+    cancel_at_10_mib(tmp_path)
     old = hub.payload
     changed = bytearray(old)
     for at in (5 * 2**20, len(old) - 5 * 2**20):          # before and after the cut
