@@ -97,6 +97,15 @@ def test_a_reply_hidden_while_collection_is_paused_is_neither_scored_nor_remembe
     session.scorer.wait()
     assert session.scorer.scored == 2 and len(session.scorer.history) == 2
     assert store.scores.for_message(third.id) == []
+    # Scored anyway (the scorer's own pause check passed over, as when the pause comes
+    # between that check and the store's): the store refuses, the history stays as it was.
+    from align.scoring import score_shown_reply
+    history = session.scorer.history
+    [shown] = store._rows("SELECT id FROM shown_replies WHERE message_id = ?", (third.id,))
+    assert score_shown_reply(store, session.scorer.model(), shown["id"])["probability"] > 0
+    assert score_shown_reply(store, session.scorer.model(), shown["id"],
+                             history=history, record=lambda score: store.scores.record(**score)) is None
+    assert len(history) == 2 and store.scores.for_message(third.id) == []
     session.close()
 
 
