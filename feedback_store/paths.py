@@ -1,5 +1,6 @@
 """Where Glance keeps its files. GLANCE_HOME overrides every path."""
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,11 +20,20 @@ WRITE_PROBE_PREFIX = ".write-probe-"
 # Files Glance makes at the top of its folder besides its glance.* files (the database,
 # key, lock...). (The probe's name before 2026-12-07 without its dash.)
 GLANCE_FILES = ("nightly.sock", ".write-probe")
+# The glance.* files by their exact names: the database (and the copy a compaction makes)
+# with DuckDB's files beside it, the key and the next key (and the files they are written
+# to before being linked into place), the first key's lock, the note saying the key is in
+# the keyring, the store's lock, and the temporary files atomic writes leave when killed.
+# A prefix ("glance.") also took the user's own glance.txt, or a folder glance.backup
+# with all it held, from a folder shared with them.
+_GLANCE_NAME = re.compile(r"glance\.(?:(?:compact\.)?db(?:\.wal|\.checkpoint|\.recovery)?"
+                          r"|key(?:\.next)?(?:\.\d+\.[0-9a-f]{8})?|key\.lock|keyring|lock)(?:\.tmp)?")
 
 
 def is_glance_file(name: str) -> bool:
     """Whether a file at the top of the data folder is one Glance makes."""
-    return name.startswith(("glance.", WRITE_PROBE_PREFIX)) or name in GLANCE_FILES
+    return bool(_GLANCE_NAME.fullmatch(name)) or name.startswith(WRITE_PROBE_PREFIX) \
+        or name in GLANCE_FILES
 
 
 def refuse_a_file(path: Path) -> None:

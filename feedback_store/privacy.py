@@ -96,7 +96,7 @@ def is_glance_entry(path: Path, shared: bool = False) -> bool:
     like Glance's, and ``models`` never does (a user's own models folder looks the same)."""
     name = path.name
     if is_glance_file(name):
-        return True
+        return not path.is_dir() or path.is_symlink()     # a folder is never by a file's name
     if name not in GLANCE_FOLDERS or not path.is_dir() or path.is_symlink():
         return False
     if not shared:

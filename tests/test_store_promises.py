@@ -192,6 +192,10 @@ def test_delete_everything_deletes_only_what_glance_made(stored_home, tmp_path):
     (stored_home / "thesis.txt").write_text("years of work")
     (stored_home / "notes").mkdir()
     (stored_home / "notes" / "a.md").write_text("mine")
+    # Names beginning as Glance's do (every glance.* entry went, folders with all they held)
+    (stored_home / "glance.txt").write_text("mine too")
+    (stored_home / "glance.backup").mkdir()
+    (stored_home / "glance.backup" / "glance.db").write_text("a copy the user keeps")
     elsewhere = tmp_path / "photos"
     elsewhere.mkdir()
     (elsewhere / "cat.jpg").write_bytes(b"cat")
@@ -215,12 +219,14 @@ def test_delete_everything_deletes_only_what_glance_made(stored_home, tmp_path):
     (stored_home / "training" / "marathon-plan.xlsx").write_text("theirs")   # the user's
     done = run_glance("data", "delete", "--all", "--yes", home=stored_home)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in stored_home.iterdir()) == ["models", "notes", "thesis.txt",
-                                                             "training"]
+    assert sorted(p.name for p in stored_home.iterdir()) == ["glance.backup", "glance.txt", "models",
+                                                             "notes", "thesis.txt", "training"]
+    assert (stored_home / "glance.backup" / "glance.db").exists()
     assert (stored_home / "thesis.txt").read_text() == "years of work"
     assert (stored_home / "notes" / "a.md").read_text() == "mine" and (elsewhere / "cat.jpg").exists()
     assert (stored_home / "training" / "marathon-plan.xlsx").read_text() == "theirs"
-    assert ("Left there, because Glance did not make them: models, notes, thesis.txt, training."
+    assert ("Left there, because Glance did not make them: glance.backup, glance.txt, models, "
+            "notes, thesis.txt, training."
             in done.stdout)
 
 
