@@ -113,7 +113,10 @@ def delete_everything(data_dir: Path, store=None) -> list[Path]:
     database, so it is also the way out when the key is lost. Returns what was left
     because Glance did not make it (nothing, in a folder only Glance uses)."""
     if store is not None:
-        store.close()
+        try:
+            store.close(save=False)
+        except Exception:  # noqa: BLE001 - a store that fails to close is deleted all the same
+            pass           # (whatever else holds the folder is found just below)
     data_dir = Path(data_dir)
     if not data_dir.exists():
         return []

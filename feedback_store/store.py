@@ -186,7 +186,10 @@ class FeedbackStore:
         store.apply_retention_daily()
         return store
 
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
+        """``save=False``: the files are about to be deleted, so nothing more is written
+        (no refusal counts, compaction or checkpoint): on a full disk those failed, and
+        *Delete everything* with them."""
         if self.closed:
             return
         self.closed = True
@@ -197,6 +200,8 @@ class FeedbackStore:
                 # (seen intermittently: "Cannot CHECKPOINT: there are other write
                 # transactions active" at the end of `glance data status`).
                 self._drop_cursors()
+            if not save:
+                return
             self.consent.persist_refusals(self._con)
             if self._compaction_owed:       # deleted or expired rows: crypto-erase before closing
                 self._key = compaction.rewrite(self._con, self.data_dir, self.path, self._key,

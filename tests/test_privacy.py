@@ -318,6 +318,31 @@ def test_export_to_a_full_disk_leaves_no_partial_export(home, tmp_path):
     assert list(destination.iterdir()) == []
 
 
+def test_delete_everything_on_a_full_disk_deletes_everything(home):
+    """Closing the store first saved its last rows and checkpointed: on a full disk that
+    failed, and nothing was deleted (the panel only printed the error). The files are
+    about to go: nothing more is written to them."""
+    script = textwrap.dedent(f"""
+        import os, resource, signal
+        from feedback_store import Conversation, FeedbackStore, Message
+        from feedback_store.privacy import delete_everything
+        store = FeedbackStore.open({str(home)!r})
+        store.conversations.create(Conversation(title="chat", id="c1"))
+        for j in range(200):
+            store.conversations.add_message(Message("c1", "user", "SECRET " + "x" * 2000))
+        # No file may grow past its size now, as on a full disk: the checkpoint fails.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        largest = max(entry.stat().st_size for entry in os.scandir({str(home)!r}) if entry.is_file())
+        resource.setrlimit(resource.RLIMIT_FSIZE, (largest, largest))
+        print("KEPT", delete_everything({str(home)!r}, store))
+        os._exit(0)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert "KEPT []" in result.stdout, result.stdout + result.stderr
+    assert list(home.iterdir()) == []
+
+
 def test_an_export_stopped_half_way_leaves_no_plain_copy(store, tmp_path):
     """Ctrl-C during an export left its hidden staging folder, with plain copies of the
     tables written so far; one left by a killed export stayed for good."""

@@ -350,11 +350,10 @@ class PrivacyPanel(QDialog):
                        "Delete every conversation, every recorded signal, trained adapters and "
                        "the encryption key? Glance will close. This cannot be undone."):
             return
-        from feedback_store import StoreError
         from feedback_store.privacy import delete_everything
         try:
             kept = delete_everything(self.store.data_dir, self.store)
-        except (StoreError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever it was, the user must hear of it
             # The store is closed by then: the window cannot go on with it, so it closes
             # too, saying what to do (another Glance process took the file meanwhile, say).
             QMessageBox.warning(
