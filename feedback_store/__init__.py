@@ -9,7 +9,7 @@ from .duckdb_import import without_package_metadata
 without_package_metadata()              # before anything here imports duckdb
 from .errors import (
     StoreError, DatabaseLocked, SchemaTooNew, WrongKey, MissingKey, KeyringLocked,
-    KeyringUnavailable,
+    KeyringUnavailable, KeyringKeepsKey,
     DataDirUnwritable, ConsentRequired, UnknownConversation, NoGlanceData,
 )
 from .paths import glance_home
@@ -22,5 +22,6 @@ __all__ = [
     "FeedbackStore", "Message", "Conversation", "glance_home", "SIGNALS", "Signal",
     "CONSENT_TEXT_VERSION", "PointerSample", "GazeSample", "ViewportEvent", "ReplyAction", "MalformedSample", "StoreError",
     "DatabaseLocked", "SchemaTooNew", "WrongKey", "MissingKey", "KeyringLocked", "KeyringUnavailable",
+    "KeyringKeepsKey",
     "DataDirUnwritable", "ConsentRequired", "UnknownConversation", "NoGlanceData",
 ]

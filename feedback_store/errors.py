@@ -73,6 +73,16 @@ class KeyringUnavailable(StoreError):
         )
 
 
+class KeyringKeepsKey(StoreError):
+    def __init__(self, reason: str):
+        super().__init__(
+            f"The database key is in the system keyring, which could not remove it ({reason}), "
+            "and a copy of the database (a backup) would still open with it. Nothing was "
+            "deleted. Unlock the keyring (or do this in your desktop session) and delete "
+            "everything again."
+        )
+
+
 class DataDirUnwritable(StoreError):
     def __init__(self, path, reason: str):
         super().__init__(

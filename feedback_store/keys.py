@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DamagedKey, KeyringLocked, KeyringUnavailable, MissingKey
+from .errors import DamagedKey, KeyringKeepsKey, KeyringLocked, KeyringUnavailable, MissingKey
 from .locks import lock_file, unlock_file
 
 KEYRING_SERVICE = "Glance"
@@ -90,12 +90,20 @@ def _note_key_in_keyring(data_dir: Path, in_keyring: bool) -> None:
         note.unlink(missing_ok=True)
 
 
-def _delete_keyring(data_dir: Path, staged: bool = False) -> None:
+def _delete_keyring(data_dir: Path, staged: bool = False) -> str | None:
+    """Remove the key's keyring entry; None when it is gone (or was never there), else
+    why it may still be there: the keyring was locked, or out of reach while the folder's
+    note says the key is in it. Compactions pass over that (their key is rewritten
+    anyway); *delete everything* must not (``forget_key``)."""
     keyring = _keyring()
     try:
         keyring.delete_password(KEYRING_SERVICE, _keyring_user(data_dir, staged))
-    except keyring.errors.KeyringError:
+    except keyring.errors.PasswordDeleteError:
         pass
+    except keyring.errors.KeyringError as error:
+        if isinstance(error, keyring.errors.KeyringLocked) or (data_dir / KEYRING_NOTE).exists():
+            return str(error) or type(error).__name__
+    return None
 
 
 def _write_synced(path: Path, value: str, exclusive: bool = False) -> None:
@@ -276,10 +284,14 @@ def discard_staged_key(data_dir: Path) -> None:
 
 
 def forget_key(data_dir: Path) -> None:
-    """Remove the key from wherever it is kept (used by 'delete everything')."""
+    """Remove the key from wherever it is kept (used by 'delete everything'). The keyring
+    first: if it keeps the key (``KeyringKeepsKey``: a backup of the database would still
+    open with it), nothing else has been touched."""
+    for staged in (False, True):
+        kept = _delete_keyring(data_dir, staged)
+        if kept:
+            raise KeyringKeepsKey(kept)
     for name in (KEY_FILE_NAME, NEXT_KEY_FILE_NAME):
         _shred_file(data_dir / name)
         (data_dir / name).unlink(missing_ok=True)
-    _delete_keyring(data_dir)
-    _delete_keyring(data_dir, staged=True)
     _note_key_in_keyring(data_dir, False)

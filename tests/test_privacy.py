@@ -256,6 +256,36 @@ def test_locked_keyring_is_a_clear_error(home):
         keyring.set_keyring(previous)
 
 
+def test_delete_everything_with_the_keyring_locked_deletes_nothing_and_says_so(home):
+    """The keyring's refusal was passed over: the folder went, the key stayed in the
+    keyring, and a backup of the database still opened with it, without a word."""
+    from feedback_store import KeyringKeepsKey
+    from feedback_store.privacy import delete_everything
+
+    class LockedKeyring(MemoryKeyring):
+        locked = False
+
+        def delete_password(self, service, username):
+            if self.locked:
+                raise keyring.errors.KeyringLocked("the user dismissed the unlock prompt")
+            super().delete_password(service, username)
+    previous, unlocking = keyring.get_keyring(), LockedKeyring()
+    keyring.set_keyring(unlocking)
+    try:
+        store = FeedbackStore.open(home)
+        assert unlocking.secrets and not (home / "glance.key").exists()   # the key is in the keyring
+        before = sorted(p.name for p in home.iterdir())
+        unlocking.locked = True
+        with pytest.raises(KeyringKeepsKey, match="Nothing was deleted"):
+            delete_everything(home, store)
+        assert sorted(p.name for p in home.iterdir()) == before and unlocking.secrets
+        unlocking.locked = False
+        assert delete_everything(home) == [] and list(home.iterdir()) == []
+        assert not unlocking.secrets
+    finally:
+        keyring.set_keyring(previous)
+
+
 def test_export_writes_parquet_and_manifest(service, store, tmp_path):
     tree = service.new_conversation()
     service.set_settings(tree, quick_settings())
