@@ -24,8 +24,8 @@ class ConsentManager:
 
     def _load(self) -> dict:
         rows = self.store._rows(
-            "SELECT signal, arg_max(granted, at_wall_ns) AS granted, max(at_wall_ns) AS at, "
-            "arg_max(text_version, at_wall_ns) AS text_version FROM consents GROUP BY signal")
+            "SELECT signal, arg_max(granted, seq) AS granted, arg_max(at_wall_ns, seq) AS at, "
+            "arg_max(text_version, seq) AS text_version FROM consents GROUP BY signal")
         return {row["signal"]: {"on": bool(row["granted"]), "at": row["at"],
                                 "text_version": row["text_version"]} for row in rows}
 
@@ -50,8 +50,10 @@ class ConsentManager:
         at = time.time_ns()
         # Queued: enforcement reads the in-memory decision, and samples accepted after
         # it reach the writer after this row, so no sample is stored before its consent.
-        self.store._post("INSERT INTO consents VALUES (?, ?, ?, ?)",
-                          (signal, bool(on), at, CONSENT_TEXT_VERSION))
+        # Numbered in the order made (schema 9): the wall clock can be set back.
+        self.store._post("INSERT INTO consents (signal, granted, at_wall_ns, text_version, seq) "
+                         "SELECT ?, ?, ?, ?, coalesce(max(seq), 0) + 1 FROM consents",
+                         (signal, bool(on), at, CONSENT_TEXT_VERSION))
         self._decisions[signal] = {"on": bool(on), "at": at, "text_version": CONSENT_TEXT_VERSION}
 
     def set_paused(self, paused: bool) -> None:

@@ -31,7 +31,7 @@ FOREVER = 2**63 - 1
 _ALLOWED = f"""allowed AS (
     SELECT start, stop FROM (
         SELECT granted, at_wall_ns AS start,
-               lead(at_wall_ns, 1, {FOREVER}) OVER (ORDER BY at_wall_ns) AS stop
+               lead(at_wall_ns, 1, {FOREVER}) OVER (ORDER BY seq) AS stop
         FROM consents WHERE signal = 'personalise') WHERE granted)"""
 
 

@@ -286,6 +286,25 @@ def test_delete_everything_with_the_keyring_locked_deletes_nothing_and_says_so(h
         keyring.set_keyring(previous)
 
 
+def test_a_consent_withdrawn_after_the_clock_was_set_back_stays_withdrawn(home, monkeypatch):
+    """The newest decision was the one with the latest wall-clock time: set back an hour
+    (a time correction, a dual-boot clock), a "pointer off" sorted before the "on" it
+    replaced, and after a restart the pointer was recorded again."""
+    import time as real_time
+    with FeedbackStore.open(home) as store:
+        store.consent.set("pointer", True)
+        hour_ago = real_time.time_ns() - 3600 * 10**9
+        monkeypatch.setattr("feedback_store.consent.time.time_ns", lambda: hour_ago)
+        store.consent.set("pointer", False)
+        monkeypatch.undo()
+        store.consent.set("gaze", True)
+        assert not store.consent.is_on("pointer")
+    with FeedbackStore.open(home) as store:
+        assert not store.consent.is_on("pointer") and store.consent.is_on("gaze")
+        assert store.consent.decisions()["pointer"]["at"] == hour_ago     # as it was made
+        assert store.samples.submit(rows("c", 1)) is False
+
+
 def test_export_writes_parquet_and_manifest(service, store, tmp_path):
     tree = service.new_conversation()
     service.set_settings(tree, quick_settings())

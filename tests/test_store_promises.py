@@ -271,8 +271,9 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(home):
                                                  "Everything you said, encrypted.")
         assert reply.parent_id == user.id and reply.tokens == 7 and reply.finish_reason == "stop"
         assert store.conversations.thumbs("conv-v1") == {"msg-v1-reply": 1}
-        assert store._rows("SELECT signal, granted, text_version FROM consents") == [
-            {"signal": "pointer", "granted": True, "text_version": 1}]
+        assert store._rows("SELECT signal, granted, text_version, seq FROM consents") == [
+            {"signal": "pointer", "granted": True, "text_version": 1, "seq": 1}]   # (schema 9)
+        assert store.consent.decisions()["pointer"]["on"]
         assert store.settings.retention_days == 3650
         (sample,) = store._rows("SELECT * FROM pointer_samples")
         assert (sample["x"], sample["y"], sample["text_offset"]) == (10.5, 20.5, 3)
