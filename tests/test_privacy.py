@@ -100,7 +100,7 @@ def test_decisions_carry_time_and_text_version_and_expire_with_the_text(home):
         assert decision["on"] and decision["text_version"] == CONSENT_TEXT_VERSION
         assert before <= decision["at"] <= after
         # A decision made under an older consent text no longer counts.
-        store._write("INSERT INTO consents VALUES ('pointer', true, ?, ?)",
+        store._write("INSERT INTO consents SELECT 'pointer', true, ?, ?, max(seq) + 1 FROM consents",
                      (time.time_ns(), CONSENT_TEXT_VERSION - 1))
     with FeedbackStore.open(home) as store:
         assert store.consent.needed()
