@@ -319,9 +319,21 @@ class FeedbackStore:
 
         def purge(con):
             removed = 0
+            keyed = {row[0] for row in con.execute(
+                "SELECT table_name FROM information_schema.columns WHERE column_name = 'session_id' "
+                "AND table_catalog = current_database()").fetchall()}
             with transaction(con):
                 for table in tables.expiring_tables():
-                    removed += con.execute(f"DELETE FROM {table.name} WHERE {table.expires_on} < ?",
+                    condition = f"{table.expires_on} < ?"
+                    if table.scope == "session":
+                        # A session that outlasted the period (the app left open for days)
+                        # stays while rows of it do (their own times are newer): the
+                        # privacy panel lists the samples by their session.
+                        condition += "".join(
+                            f" AND id NOT IN (SELECT session_id FROM {other.name} "
+                            "WHERE session_id IS NOT NULL)"
+                            for other in tables.expiring_tables() if other.name in keyed)
+                    removed += con.execute(f"DELETE FROM {table.name} WHERE {condition}",
                                            [cutoff]).fetchone()[0]
                 # A score is made from its reply's showing and samples and goes with them:
                 # by its own time it outlived them by as long as the reply stayed on screen.

@@ -431,6 +431,26 @@ def test_retention_removes_old_signals_only(service, store):
     assert store.counts()["pointer_samples"] == 3
 
 
+def test_a_session_longer_than_the_retention_period_stays_listed_while_its_samples_do(store):
+    """A session's row expired by its start: with the app open for days, its newer
+    samples stayed while the privacy panel's table, which lists samples by session, no
+    longer showed them."""
+    day = 86_400 * 10**9
+    store.settings.set_retention_days(7)
+    store.consent.set("pointer", True)
+    session = store.samples.start_session("test")
+    now = time.time_ns()
+    store.samples.submit([PointerSample(session, None, "c", d, now + d * day, "move", 1.0, 1.0)
+                          for d in range(3, 10)])                  # days 3 to 9 of the session
+    store.flush()
+    assert store.apply_retention(now_wall_ns=now + 9 * day) == 0    # day 9: nothing is 7 days old
+    assert [(row["id"], row["pointer"]) for row in store.samples.session_summary()] == [(session, 7)]
+    assert store.apply_retention(now_wall_ns=now + 13 * day) == 3   # days 3 to 5 go
+    assert [(row["id"], row["pointer"]) for row in store.samples.session_summary()] == [(session, 4)]
+    assert store.apply_retention(now_wall_ns=now + 30 * day) == 5   # the rest, and the session
+    assert store.samples.session_summary() == []
+
+
 def test_expired_text_is_gone_from_the_file_not_only_from_the_tables(store, home):
     """DuckDB leaves deleted rows readable in live and freed blocks: expiry deleted the
     rows, but the text of a reply shown long ago stayed in the file, readable with the
