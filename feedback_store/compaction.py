@@ -19,7 +19,9 @@ The steps, in order, each safe to be killed after:
 the old file and old key are in force (the staged key and half-written copy are
 discarded); after it the staged key opens the file and is promoted.
 """
+import errno
 import os
+import shutil
 from pathlib import Path
 
 from .connection import quote
@@ -32,6 +34,27 @@ FRESH_FILE = "glance.compact.db"
 # killed before its close leaves the next one to do it; the compacted copy never has it.
 PENDING_SETTING = "compaction_pending"
 STEPS = ("stage_key", "copy_rows", "write_fresh", "detach_old", "swap_file", "promote_key", "reattach")
+
+
+# Room kept free beyond the copy: the folder's other writers (the write-ahead log, spill
+# files) go on while it is made.
+SPARE_BYTES = 64 << 20
+
+
+def check_room(data_dir: Path, path: Path) -> None:
+    """Refuse (ENOSPC) a rewrite the disk has no room for: the checkpoint that begins it
+    writes the log into the file, and the copy needs as much again. A checkpoint that
+    fails for want of room makes DuckDB mark the open database unusable (every read
+    fails, the privacy panel too, until a restart); refused, the compaction stays owed
+    and the store goes on working."""
+    log = path.with_name(path.name + ".wal")
+    size = path.stat().st_size if path.exists() else 0
+    log_size = log.stat().st_size if log.exists() else 0
+    needed = size + 2 * log_size + SPARE_BYTES
+    free = shutil.disk_usage(data_dir).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: rewriting the database needs "
+                                    f"{needed >> 20} MiB free, {free >> 20} MiB are")
 
 
 def _after_step(name: str) -> None:
@@ -51,6 +74,7 @@ def rewrite(con, data_dir: Path, path: Path, key: DatabaseKey, alias: str) -> Da
     """Run on the writer thread (``con`` is the write connection, ``alias`` attached)."""
     fresh = data_dir / FRESH_FILE
     _remove_fresh(data_dir)
+    check_room(data_dir, path)
     con.execute("CHECKPOINT")
     new_key = stage_next_key(data_dir, key.storage)
     _after_step("stage_key")

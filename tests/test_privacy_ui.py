@@ -1,9 +1,10 @@
 """The consent dialog and privacy panel, as real Qt dialogs driven by pytest-qt."""
+import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from app.ui.privacy import ConsentDialog, PrivacyPanel
-from feedback_store import CONSENT_TEXT_VERSION, SIGNALS, PointerSample
+from feedback_store import CONSENT_TEXT_VERSION, SIGNALS, FeedbackStore, Message, PointerSample
 
 
 def test_consent_dialog_needs_a_choice_and_defaults_off(qtbot, store):
@@ -394,3 +395,36 @@ def test_on_a_small_screen_the_panel_scrolls_instead_of_squeezing_its_text(qtbot
     assert len(wrapped) >= 6
     for label in wrapped:
         assert label.height() >= label.heightForWidth(label.width()) - 1, label.text()[:40]
+
+
+def test_privacy_on_a_database_a_full_disk_made_unusable_says_what_to_do(window, monkeypatch):
+    """A checkpoint that fails for want of room makes DuckDB mark the open database
+    unusable: Privacy… then read nothing and showed nothing (the error only printed).
+    The full disk here is a file-size limit, for the checkpoint alone."""
+    import os
+    import resource
+    import signal
+    from PySide6.QtWidgets import QMessageBox
+    store = window.session.store
+    for j in range(200):
+        store.conversations.add_message(Message(conversation_id="c", role="user", content="x" * 2000))
+    largest = max(entry.stat().st_size for entry in os.scandir(store.data_dir) if entry.is_file())
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest, hard))
+    try:
+        with pytest.raises(Exception, match="Checkpoint failed"):
+            store.writer.call(lambda con: con.execute("CHECKPOINT"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    said = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: said.append(a[2]))
+    window.open_privacy()
+    assert len(said) == 1 and "free some space and start Glance again" in said[0]
+    assert "glance data delete --all --yes" in said[0]
+    window.close()
+    with pytest.raises(Exception, match="invalidated"):   # (as it would at the app's exit;
+        store.close()                                     # the next start replays the log)
+    with FeedbackStore.open(store.data_dir) as reopened:
+        assert reopened.counts()["messages"] == 200

@@ -264,6 +264,29 @@ def test_a_compaction_that_fails_leaves_the_store_working_and_is_owed(home, monk
         assert store.conversations.list() == [] and not store._compaction_owed
 
 
+def test_a_compaction_the_disk_has_no_room_for_is_not_begun(home, monkeypatch):
+    """Its first step, DuckDB's checkpoint, failed on a full disk and DuckDB then marked
+    the open database unusable: every read failed, the privacy panel would not open. With
+    too little room (as the disk reports it) the rewrite is refused before it begins: the
+    store works on and the compaction stays owed until there is room."""
+    import collections
+    from feedback_store import compaction
+    from feedback_store.errors import StoreError
+    store = FeedbackStore.open(home)
+    for name in ("first", "kept"):
+        store.conversations.create(Conversation(title=name, id=name))
+    old_key = (home / "glance.key").read_text()
+    usage = collections.namedtuple("usage", "total used free")
+    with monkeypatch.context() as disk:
+        disk.setattr(compaction.shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+        with pytest.raises(StoreError, match="needs .* MiB free, 1 MiB are"):
+            store.delete_conversation("first")
+    assert (home / "glance.key").read_text() == old_key and store._compaction_owed
+    assert [c.id for c in store.conversations.list()] == ["kept"] and store.status()["counts"]
+    store.close()                                        # room again: the owed compaction
+    assert (home / "glance.key").read_text() != old_key
+
+
 def test_no_fragment_of_the_key_stays_in_a_new_or_compacted_file(home):
     """DuckDB 1.5.5 leaves 4 characters of the key string in a new file's second header
     (tests/test_block_audit.py shows it); the store rewrites that header."""

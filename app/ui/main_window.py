@@ -1009,8 +1009,18 @@ class MainWindow(QMainWindow):
         if not self._store_free():     # it reads the counts, which wait for the rewrite
             return
         from .privacy import PrivacyPanel
-        panel = PrivacyPanel(self.session.store, self, capture_note=self.capture.describe(),
-                             on_change=self.apply_collection)
+        try:
+            panel = PrivacyPanel(self.session.store, self, capture_note=self.capture.describe(),
+                                 on_change=self.apply_collection)
+        except Exception as error:  # noqa: BLE001 - the panel reads the store; say why it cannot
+            # (A checkpoint that failed on a full disk leaves DuckDB's database unusable until
+            # it is opened again: the panel read nothing and showed nothing.)
+            QMessageBox.warning(
+                self, "Privacy",
+                f"Glance cannot read its database now ({error}). If the disk is full, free some "
+                "space and start Glance again. To delete everything without opening it, close "
+                "Glance and run `glance data delete --all --yes`.")
+            return
         self._privacy_panel = panel
         try:
             panel.exec()
