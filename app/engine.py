@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from align.templates import TemplateRefused, TemplateRules, template_rules
-from .models import (ModelError, available_memory_bytes, default_model_path, inspect_model,
+from .models import (LoadFailed, ModelError, available_memory_bytes, default_model_path, inspect_model,
                      require_chat_template)
 
 DEFAULT_SYSTEM_PROMPT = "You are Glance, a helpful, concise assistant."
@@ -131,8 +131,10 @@ class ChatEngine:
         try:
             llm = self._llama(info["path"], context)
         except Exception as error:
-            raise ModelError(f"llama.cpp could not load {Path(path).name}: {error}. "
-                             "The previous model is still in use.") from error
+            raise LoadFailed(f"llama.cpp could not load {Path(path).name}: {error}. "
+                             "The previous model is still in use. The file itself looks "
+                             "complete: if memory was short, close other programs and "
+                             "choose it again.") from error
         # The same formatter llama-cpp builds from the GGUF, so token counts match.
         eos, bos = llm.token_eos(), llm.token_bos()
         try:

@@ -4,6 +4,7 @@ No Qt here. A model is described by a plain dict (path, name, architecture,
 context_length, chat_template, size_bytes) read from the GGUF header, so the picker can
 list models without loading any weights.
 """
+import errno
 import functools
 import importlib.util
 import json
@@ -25,6 +26,12 @@ class ModelError(Exception):
 
 class NotEnoughMemory(ModelError):
     """The file is fine; the memory free now is not enough (it may be later)."""
+
+
+class LoadFailed(ModelError):
+    """llama.cpp failed on a file that passed every check of its own (complete, with a
+    chat template): memory short at that moment (a switch holds both models; a limit
+    /proc/meminfo does not show) as likely as the file, so it is not called bad."""
 
 
 def require_chat_template(info: dict) -> None:
@@ -104,6 +111,13 @@ def inspect_model(path: str | os.PathLike) -> dict:
             "or close other programs.")
     try:
         header = _header(resolved, stat)
+    except (MemoryError, OSError) as error:
+        # Reading it failed, not its bytes: no room to map it now (a memory limit that
+        # /proc/meminfo does not show), or the disk. "Damaged" offered to delete it.
+        if isinstance(error, MemoryError) or error.errno == errno.ENOMEM:
+            raise NotEnoughMemory(f"Memory ran short while reading {path.name}. Close other "
+                                  "programs and choose it again.") from error
+        raise ModelError(f"Cannot read {path}: {error.strerror or error}") from error
     except Exception as error:  # struct/unicode/our own errors: all mean a bad header
         raise ModelError(f"{path.name} is damaged or truncated ({error.__class__.__name__}: "
                          f"{error}). Download it again.") from error

@@ -76,3 +76,26 @@ def test_a_download_refused_only_for_memory_is_not_offered_for_deletion(qtbot, w
     damaged.write_bytes(b"GGUF" + b"\xff" * 64)
     assert window.switch_model(str(damaged)) is False
     assert len(asked) == 1 and "damaged.gguf" in asked[0]
+    # A complete file llama.cpp fails on because memory runs short only as it loads (a
+    # limit /proc/meminfo does not show; here the address space): not called bad either.
+    import resource
+    import shutil
+    good, unread = models / "good.gguf", models / "unread.gguf"
+    for copy in (good, unread):
+        shutil.copyfile(default_model_path(), copy)
+    inspect_model(good)                    # its header read while there was memory
+    status = open("/proc/self/status").read()
+    in_use = int(status.split("VmSize:")[1].split()[0]) * 1024
+    loaded = []
+    window.model_loaded.connect(loaded.append)
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + (40 << 20), resource.RLIM_INFINITY))
+    try:
+        # Reading the header could not map the file: that was "damaged or truncated".
+        assert window.switch_model(str(unread)) is False
+        assert "Memory ran short while reading unread.gguf" in window.last_error
+        assert window.switch_model(str(good)) is True, window.last_error
+        qtbot.waitUntil(lambda: bool(loaded), timeout=60_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert loaded[0] and "could not load good.gguf" in loaded[0] and "memory" in loaded[0]
+    assert len(asked) == 1 and good.exists() and unread.exists()

@@ -15,7 +15,7 @@ from feedback_store import FeedbackStore, Message, StoreError, glance_home
 from ..chat import ChatService, ConversationTree
 from ..engine import ChatEngine, EmptyPrompt, EngineError
 from ..memory import freeze_long_lived
-from ..models import ModelError, NotEnoughMemory, default_model_path, inspect_model
+from ..models import LoadFailed, ModelError, NotEnoughMemory, default_model_path, inspect_model
 from .chat_view import ChatView
 from .conversation_list import ConversationList, ConversationSearch
 from .dialogs import DownloadDialog, SettingsDialog
@@ -918,7 +918,8 @@ class MainWindow(QMainWindow):
             return True
         job = CallThread(self.engine.load, info["path"], parent=self)
         job.done.connect(lambda _: self._model_loaded(info, None))
-        job.failed.connect(lambda text: self._model_loaded(info, text))
+        job.failed.connect(lambda text: self._model_loaded(
+            info, text, file_bad=not isinstance(job.error, (LoadFailed, NotEnoughMemory))))
         self.model_job = job
         self.model_picker.setEnabled(False)
         self.send_button.setEnabled(False)
@@ -938,9 +939,11 @@ class MainWindow(QMainWindow):
             file.unlink()
             self.statusBar().showMessage(f"Deleted {file.name}.", 6000)
 
-    def _model_loaded(self, info: dict, error: str | None) -> None:
+    def _model_loaded(self, info: dict, error: str | None, file_bad: bool = False) -> None:
+        """``file_bad``: the load failed for the file itself (its chat template), not
+        for llama.cpp on a file that passed every check, memory short as likely
+        (``LoadFailed``): only then is deleting a download offered."""
         self.model_job = retire(self.model_job)
-        unusable = error is not None         # (not when only remembering it failed)
         if error is None:
             try:
                 self.session.remember_model(info)
@@ -948,7 +951,7 @@ class MainWindow(QMainWindow):
                 error = str(failure)
         if error:
             self._error(error)
-            if unusable:
+            if file_bad:
                 self._offer_to_delete_download(info["path"])
         else:
             self.statusBar().showMessage(f"Chatting with {info['name']} from now on.", 5000)

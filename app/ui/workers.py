@@ -44,11 +44,13 @@ class CallThread(QThread):
         super().__init__(parent)
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.cancel = threading.Event()
+        self.error: BaseException | None = None   # what ``failed`` said, for its kind
 
     def run(self) -> None:
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as error:   # (the window is busy until it hears one or other)
+            self.error = error
             self.failed.emit(str(error) or type(error).__name__)
         else:
             self.done.emit(result)
