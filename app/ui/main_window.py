@@ -1,4 +1,5 @@
 """The main window: conversation list, chat view, input box, model picker, status bar."""
+import os
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QEvent, Qt, QTimer, Signal
@@ -840,11 +841,18 @@ class MainWindow(QMainWindow):
     # --- models and settings ------------------------------------------------------------
     def _refresh_models(self) -> None:
         self.model_picker.clear()
-        default = str(default_model_path())
-        paths = [default] + [m["path"] for m in self.session.known_models() if m["path"] != default]
+        try:
+            default = str(default_model_path())
+        except ModelError:          # (a broken install; started with --model, the rest works)
+            default = None
+        paths = [default] * bool(default) + [m["path"] for m in self.session.known_models()
+                                             if m["path"] != default]
         for path in paths:
-            label = Path(path).name + ("  (default)" if path == default else "")
+            gone = not os.path.exists(path)      # (moved, deleted, a disk unplugged)
+            label = Path(path).name + ("  (default)" if path == default else "") + \
+                ("  (file missing)" if gone else "")
             self.model_picker.addItem(label, path)
+            self.model_picker.setItemData(self.model_picker.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
         self.model_picker.addItem("Add a model file…", ADD_MODEL)
         self.model_picker.addItem("Download from Hugging Face…", DOWNLOAD_MODEL)
         current = self.engine.model_info["path"] if self.engine.model_info else default
@@ -909,7 +917,13 @@ class MainWindow(QMainWindow):
             info = inspect_model(path)
         except ModelError as error:
             self._error(str(error))
-            if not isinstance(error, NotEnoughMemory):   # (a good file, memory short now)
+            if not os.path.exists(path) and path in {m["path"] for m in self.session.known_models()}:
+                # Listed, its file gone: it was chosen again and again, failing each time,
+                # and only `glance models remove` (refused while the window is open) took it off.
+                if ask(self, "Glance", f"{Path(path).name} is no longer at {path}. Remove it "
+                       "from the list of models?"):
+                    self.session.forget_model(path)
+            elif not isinstance(error, NotEnoughMemory):   # (a good file, memory short now)
                 self._offer_to_delete_download(path)
             self._refresh_models()
             return False
