@@ -113,7 +113,7 @@ def pipeline_calibration(path: str, screen):
     tracker.wait_finished(600)
     tracker.stop()
     cal = rec.fit(kinds=("ridge",), threshold_deg=180.0, min_frames_per_target=3)
-    rec.validate(cal)
+    rec.validate(cal, min_frames_per_target=3)
     return cal
 
 

@@ -172,10 +172,12 @@ def default_screen() -> ScreenGeometry:
 
 
 def record_session(scene: Scene, user: SimUser, rng: np.random.Generator, kind: str = "9",
-                   noise: float = 1.0, fps: float = 30.0, base_t=(0.0, 90.0, 600.0)):
+                   noise: float = 1.0, fps: float = 30.0, base_t=(0.0, 90.0, 600.0),
+                   seen=lambda phase, target, frame: "face"):
     """Show the calibration and validation targets to the simulated user and record the
     landmarks through the real :class:`CalibrationRecorder` (which then does the settling
-    time, blink-free frames, outlier rejection and model choice)."""
+    time, blink-free frames, outlier rejection and model choice). ``seen(phase, target,
+    frame)``: "face", "blink" (the face, marked as a blink) or "none" (no face found)."""
     from .calibration import DWELL_S, CalibrationRecorder
     rec = CalibrationRecorder(scene.screen, kind)
     path = HeadPath(np.asarray(base_t, float))
@@ -189,7 +191,9 @@ def record_session(scene: Scene, user: SimUser, rng: np.random.Generator, kind: 
             for k in range(per):
                 r, t = next(poses)
                 lm = scene.landmarks(user, r, t, target, rng, noise, gaze_jitter_deg=0.2)
-                rec.add_frame(lm, scene.width, scene.height, at=clock + k / fps)
+                state = seen(phase, i, k)
+                rec.add_frame(None if state == "none" else lm, scene.width, scene.height,
+                              blink=state == "blink", at=clock + k / fps)
             clock += DWELL_S
     return rec
 

@@ -275,6 +275,29 @@ def test_the_real_recorder_calibrates_a_simulated_user():
     assert moved_direct.mean() > 1.5 * moved.mean(), (moved.mean(), moved_direct.mean())
 
 
+def test_validation_needs_clear_views_at_every_check_point_and_counts_blinks_among_them():
+    """With the face seen at one of the four check points (even for one frame) gaze was
+    turned on, on that corner's figure alone and a NaN precision; and the blinks were
+    divided by every frame given, faces or not, so a fifth of blinks came to 14 %."""
+    require(_have("mediapipe", "skimage"), "mediapipe and scikit-image (gaze extra) needed "
+                                            "for the astronaut's face mesh")
+    from gaze import simulate as S
+    face = S.face_in_mm(S.astronaut_face())
+    scene = S.Scene(S.default_screen())
+    rng = np.random.default_rng(5)
+    user = S.SimUser.random(rng, face)
+    one_corner = S.record_session(scene, user, rng, seen=lambda phase, target, frame:
+                                  "face" if phase == "calibration" or target == 0 else "none")
+    calibration = one_corner.fit(kinds=("ridge",))
+    with pytest.raises(C.CalibrationError, match="at 3 of 4 check points"):
+        one_corner.validate(calibration)
+    # Of every ten frames two are blinks, three have no face: 2 in 7 with a face blink.
+    blinking = S.record_session(scene, user, rng, seen=lambda phase, target, frame:
+                                "blink" if frame % 10 < 2 else "none" if frame % 10 < 5 else "face")
+    report = blinking.validate(blinking.fit(kinds=("ridge",)))
+    assert report.blink_fraction == pytest.approx(2 / 7, abs=0.02)
+
+
 def test_fixation_radius_follows_the_measured_precision():
     """A user whose validation showed noisier samples gets a wider fixation radius
     (≈ 2.3 SDs per axis), never below the configured radius or above 2°."""

@@ -68,17 +68,19 @@ def still_calibration(path, threshold_deg=180.0, screen=SCREEN):
     count = [0]
 
     def listen(landmarks, w, h, blink, t):
+        if landmarks is None or blink:      # (the video's faceless parts hold no target:
+            return                          # every point needs its clear views)
         i = count[0]
         count[0] += 1
-        target = i // 4
+        target = i // 3                     # 3 frames a point: 27 of a 30-frame video
         phase = "calibration" if target < 5 else "validation"
         index = target if target < 5 else target - 5
-        if i % 4 == 0 and index < (5 if phase == "calibration" else 4):
+        if i % 3 == 0 and index < (5 if phase == "calibration" else 4):
             rec.show_target(index, phase, at=i / 30)
         rec.add_frame(landmarks, w, h, blink, at=i / 30)
     replay(path, listener=listen)
     cal = rec.fit(kinds=("ridge",), threshold_deg=threshold_deg, min_frames_per_target=3)
-    rec.validate(cal)
+    rec.validate(cal, min_frames_per_target=3)
     assert cal.enabled
     return cal
 
