@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from conftest import ARTIFACTS, require
-from PySide6.QtCore import QRect
+from PySide6.QtCore import QRect, Qt
 from PySide6.QtWidgets import QApplication, QToolBar
 
 from gaze.points import GazePoint
@@ -261,7 +261,7 @@ def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, wind
     path = synthetic.write_video(tmp_path / "still.avi", [], frames=[base] * 40)
     window.session.store.consent.set("gaze", True)
     controller = gc.attach_gaze(window, source=path, data_dir=tmp_path)
-    calibration = still_calibration(path)
+    calibration = still_calibration(path, screen=window_screen(window))
     C.save(calibration, controller.calibration_file())
     controller.calibration = C.load(controller.calibration_file())
     received = []
@@ -295,7 +295,7 @@ def test_reading_offsets_move_the_running_trackers_points(qtbot, window, tmp_pat
     window.session.store.consent.set("gaze", True)
     controller = gc.attach_gaze(window, source=path, data_dir=tmp_path,
                                 tracker_kw={"realtime": True, "loop": True})
-    calibration = still_calibration(path)
+    calibration = still_calibration(path, screen=window_screen(window))
     C.save(calibration, controller.calibration_file())
     controller.calibration = C.load(controller.calibration_file())
     received = []
@@ -331,7 +331,7 @@ def test_turning_gaze_off_does_not_wait_for_the_camera_to_close(qtbot, window, t
     window.session.store.consent.set("gaze", True)
     controller = attach_gaze(window, source=str(path), data_dir=tmp_path,
                              tracker_kw={"realtime": True, "loop": True})
-    C.save(still_calibration(path), controller.calibration_file())
+    C.save(still_calibration(path, screen=window_screen(window)), controller.calibration_file())
     controller.calibration = C.load(controller.calibration_file())
     received = []
     controller.add_point_listener(received.append)
@@ -421,7 +421,7 @@ def test_the_camera_chosen_in_the_menu_is_used_with_its_own_calibration(qtbot, w
     kw = {"data_dir": tmp_path, "tracker_kw": {"realtime": True, "loop": True}}
     window.session.store.consent.set("gaze", True)
     controller = attach_gaze(window, source=first, **kw)
-    C.save(still_calibration(first), controller.calibration_file())
+    C.save(still_calibration(first, screen=window_screen(window)), controller.calibration_file())
     controller.calibration = C.load(controller.calibration_file())
     assert controller.start()
     qtbot.waitUntil(window.camera_dot.isVisible, timeout=30_000)
@@ -498,7 +498,7 @@ def test_a_new_screen_layout_stops_using_the_old_calibration(qtbot, window, tmp_
     window.session.store.consent.set("gaze", True)
     controller = gc.attach_gaze(window, source=path, data_dir=tmp_path,
                                 tracker_kw={"realtime": True, "loop": True})
-    C.save(still_calibration(path), controller.calibration_file())
+    C.save(still_calibration(path, screen=window_screen(window)), controller.calibration_file())
     controller.calibration = C.load(controller.calibration_file())
     assert controller.start() and controller.tracker.calibration is controller.calibration
     laptop = gc.screen_layout()
@@ -562,9 +562,17 @@ def test_degrees_are_the_same_on_a_hidpi_screen():
     assert abs(2 * two["px_per_mm"] - one["px_per_mm"]) < 1e-9
 
 
-def _replayed_gaze(window, tmp_path):
+def window_screen(window):
+    """The geometry of the screen the window is on: a calibration made for another maps
+    to nothing the window uses ("Gaze: other screen")."""
+    from app.ui.gaze_calibration import screen_geometry
+    return screen_geometry(window.screen())
+
+
+def _replayed_gaze(window, tmp_path, screen=None):
     """A calibrated camera (a replayed video of a still face), gaze allowed: what
-    attach_gaze would start by itself at launch."""
+    attach_gaze would start by itself at launch. Calibrated for the window's screen,
+    or ``screen``."""
     from app.ui.gaze_calibration import screen_layout
     from gaze import calibration as C
     from gaze import synthetic
@@ -572,8 +580,8 @@ def _replayed_gaze(window, tmp_path):
     import getpass
     path = synthetic.write_video(tmp_path / "face.avi", [], frames=[synthetic.base_frame()] * 30)
     window.session.store.consent.set("gaze", True)
-    C.save(still_calibration(path), C.calibration_path(tmp_path, getpass.getuser(), str(path),
-                                                       screen_layout()))
+    C.save(still_calibration(path, screen=screen or window_screen(window)),
+           C.calibration_path(tmp_path, getpass.getuser(), str(path), screen_layout()))
     return str(path)
 
 
@@ -726,7 +734,8 @@ def test_gaze_on_another_screen_than_the_calibrated_one_says_so(qtbot, window, t
     moved to another monitor, gaze said "on" and recorded nothing."""
     require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
     from app.ui.gaze_calibration import attach_gaze
-    source = _replayed_gaze(window, tmp_path)         # calibrated for a 1920×1080 screen
+    from test_gaze_video import SCREEN
+    source = _replayed_gaze(window, tmp_path, screen=SCREEN)   # calibrated for 1920×1080
     g = window.screen().geometry()
     assert (g.x(), g.y(), g.width(), g.height()) != (0, 0, 1920, 1080)   # (offscreen's)
     gaze = attach_gaze(window, source=source, data_dir=tmp_path,
@@ -735,6 +744,15 @@ def test_gaze_on_another_screen_than_the_calibrated_one_says_so(qtbot, window, t
                     timeout=60_000)
     qtbot.waitUntil(lambda: gaze.label.text() == "Gaze: other screen", timeout=30_000)
     assert "another screen" in window.statusBar().currentMessage()
+    # ... and records nothing: the calibrated screen's mapping reached past its edge, to
+    # the window, and those points were stored; a click here was paired with an estimate
+    # there, shifting every later point.
+    points = []
+    gaze.add_point_listener(points.append)
+    frames = gaze.tracker.frames
+    qtbot.waitUntil(lambda: gaze.tracker.frames > frames + 30, timeout=60_000)
+    qtbot.mouseClick(window.input, Qt.MouseButton.LeftButton)
+    assert points == [] and gaze.tracker.recalibrator.points == []
     gaze.stop_and_wait()
 
 

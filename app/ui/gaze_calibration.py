@@ -441,6 +441,9 @@ class GazeController(QObject):
         self._last_health: Health | None = None
         self._said: set[tuple] = set()     # health messages said in the status bar once
         self._last_click = None
+        # The window is on another screen than the calibrated one (set on this thread at
+        # each poll, read on the tracker's): its points are not used meanwhile.
+        self._elsewhere = False
         self._layout = screen_layout()
         self._screen = self._window_screen()   # the screen the window is on
         self._calibrating_layout = None       # the layout a running calibration began on
@@ -617,6 +620,10 @@ class GazeController(QObject):
             # Recalibrating (the old calibration maps meanwhile): the eyes follow the dots,
             # over the replies behind the screen; stored, that was a second of "reading"
             # per dot.
+            return
+        if self._elsewhere:
+            # "Gaze: other screen" says nothing is recorded: the calibrated screen's
+            # mapping, a quarter of a screen past its edge, still reached the window there.
             return
         for fn in list(self._listeners):
             fn(point)
@@ -847,7 +854,8 @@ class GazeController(QObject):
         if self.tracker is None:
             return
         h = self.tracker.health()
-        if h.state == "ok" and self._on_another_screen():
+        self._elsewhere = self._on_another_screen()
+        if h.state == "ok" and self._elsewhere:
             # Points are kept only on the calibrated screen (the tracker drops the rest):
             # on another one, gaze said "on" and recorded nothing.
             h = Health("other_screen", OTHER_SCREEN, fps=h.fps)
@@ -902,8 +910,19 @@ class GazeController(QObject):
             key = (event.timestamp(), event.globalPosition().x(), event.globalPosition().y())
             if key != self._last_click:
                 self._last_click = key
-                self.tracker.click(key[1], key[2])
+                # Only where the calibration maps to, and not while a new one is made: a
+                # click on another screen paired with an estimate on this one shifted
+                # every later point by the screens' distance ("drifted" for a minute).
+                if self.screen_widget is None and not self._elsewhere \
+                        and self._on_calibrated_screen(key[1], key[2]):
+                    self.tracker.click(key[1], key[2])
         return False
+
+    def _on_calibrated_screen(self, x: float, y: float) -> bool:
+        if self.calibration is None:
+            return False
+        left, top, width, height = cal.screen_of(self.calibration)
+        return left <= x < left + width and top <= y < top + height
 
 
 def attach_gaze(window, source=None, data_dir=None, tracker_kw=None) -> GazeController:
