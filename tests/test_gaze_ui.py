@@ -154,15 +154,21 @@ def test_a_calibration_closed_while_it_fits_stays_closed(qtbot):
         qtbot, "5", dwell_s=0.6, move_s=0.1, settle_s=0.2, kinds=("ridge",))
     try:
         fit = widget.recorder.fit
-        fitting = threading.Event()
+        fitting, fitted = threading.Event(), threading.Event()
 
         def slow_fit(*args, **kwargs):      # the fit itself, begun a moment later
             fitting.set()
-            time.sleep(1.0)
-            return fit(*args, **kwargs)
+            time.sleep(2.0)
+            try:
+                return fit(*args, **kwargs)
+            finally:
+                fitted.set()
         widget.recorder.fit = slow_fit
         qtbot.waitUntil(fitting.is_set, timeout=60_000)
         widget.cancel()
+        # Closed at once: Esc waited for the fit (up to 10 s), the window frozen meanwhile.
+        assert results == [None] and not fitted.is_set()
+        qtbot.waitUntil(fitted.is_set, timeout=60_000)
         qtbot.wait(500)                     # room for a queued result to arrive
         assert results == [None]
         assert widget.state == "fitting" and not widget._timer.isActive()

@@ -356,7 +356,13 @@ class CalibrationScreen(QWidget):
                     signal.disconnect()
                 except (RuntimeError, TypeError):
                     pass
-            self._fit_thread.wait(10_000)
+            if self._fit_thread.isRunning():
+                # Not waited for (the window froze for as long as the fit ran, seconds on a
+                # busy machine): the application keeps it until it ends, as a thread
+                # deleted while it runs would abort the program.
+                self._fit_thread.setParent(QApplication.instance())
+                self._fit_thread.finished.connect(self._fit_thread.deleteLater)
+            self._fit_thread = None
         self.close()
         self.finished.emit(result)
 
