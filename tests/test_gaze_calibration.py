@@ -252,18 +252,23 @@ def test_reading_shifts_the_estimate_by_half_of_each_measurement_until_a_click_o
     assert recal.add_reading_offset(40.0, now=expired + 2, since=expired + 0.5) == 40.0
 
 
+def simulated_user():
+    """(gaze.simulate, a scene on a 24-inch screen, a simulated user with the astronaut's
+    face mesh, its seeded generator)."""
+    require(_have("mediapipe", "skimage"), "mediapipe and scikit-image (gaze extra) needed "
+                                            "for the astronaut's face mesh")
+    from gaze import simulate as S
+    face = S.face_in_mm(S.astronaut_face())
+    rng = np.random.default_rng(5)
+    return S, S.Scene(S.default_screen()), S.SimUser.random(rng, face), rng
+
+
 def test_the_real_recorder_calibrates_a_simulated_user():
     """The whole path on face-mesh landmarks: a simulated user (the astronaut's mesh,
     eyeballs with kappa, lids, pinhole camera, landmark noise as measured on MediaPipe)
     calibrated through CalibrationRecorder, validated on 4 fresh points, then tested with
     the head moved and turned."""
-    require(_have("mediapipe", "skimage"), "mediapipe and scikit-image (gaze extra) needed "
-                                            "for the astronaut's face mesh")
-    from gaze import simulate as S
-    face = S.face_in_mm(S.astronaut_face())
-    scene = S.Scene(S.default_screen())
-    rng = np.random.default_rng(5)
-    user = S.SimUser.random(rng, face)
+    S, scene, user, rng = simulated_user()
     cal, report = S.run_calibration(scene, user, rng, noise=1.0, kinds=("ridge",))
     assert report.accuracy_deg < 1.5 and report.passed and cal.enabled
     assert cal.comparison["mirror"] == -1.0
@@ -279,13 +284,7 @@ def test_validation_needs_clear_views_at_every_check_point_and_counts_blinks_amo
     """With the face seen at one of the four check points (even for one frame) gaze was
     turned on, on that corner's figure alone and a NaN precision; and the blinks were
     divided by every frame given, faces or not, so a fifth of blinks came to 14 %."""
-    require(_have("mediapipe", "skimage"), "mediapipe and scikit-image (gaze extra) needed "
-                                            "for the astronaut's face mesh")
-    from gaze import simulate as S
-    face = S.face_in_mm(S.astronaut_face())
-    scene = S.Scene(S.default_screen())
-    rng = np.random.default_rng(5)
-    user = S.SimUser.random(rng, face)
+    S, scene, user, rng = simulated_user()
     one_corner = S.record_session(scene, user, rng, seen=lambda phase, target, frame:
                                   "face" if phase == "calibration" or target == 0 else "none")
     calibration = one_corner.fit(kinds=("ridge",))
