@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 
 PROTOCOL = 1
+# How long a client waits for the app's hello before taking it for gone (and opening
+# the database itself, which the app holds: "in use by another process").
+HELLO_S = 5.0
 SOCKET_NAME = "nightly.sock"
 MAX_MESSAGE = 64 * 2**20
 _MAX_PATH = 100   # sun_path is 104–108 bytes depending on the platform
@@ -131,7 +134,7 @@ class AppClient:
         if not client.path.exists():
             return None
         try:
-            hello = client.request("hello", timeout=5.0)
+            hello = client.request("hello", timeout=HELLO_S)
         except (OSError, LinkError, ValueError):
             return None
         if hello.get("protocol") != PROTOCOL:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from align import adapters as adapter_files
-from align.ipc import PROTOCOL, peer_uid, read_message, send_message, socket_path
+from align.ipc import HELLO_S, PROTOCOL, peer_uid, read_message, send_message, socket_path
 from align.locks import LOCK_FILE, job_running
 from feedback_store import DatabaseLocked, FeedbackStore
 
@@ -41,8 +41,11 @@ def tidy_training(store, data_dir: Path) -> list[str]:
     return retired
 
 
-# How long a client may take to send its request (the link answers one at a time).
-REQUEST_S = 10.0
+# How long a client may take to send its request (the link answers one at a time): well
+# inside a client's wait for its hello, so one that trickles its bytes is dropped before
+# the others give up on the app (at 10 s, every command did).
+REQUEST_S = 2.0
+assert REQUEST_S < HELLO_S / 2
 # The form of feedback_store.training.new_run_id(), the snapshot's file name.
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 

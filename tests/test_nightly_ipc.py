@@ -81,16 +81,14 @@ def test_stopping_the_link_ends_its_thread_at_once(app):
     assert not thread.is_alive() and not link.path.exists()
 
 
-def test_a_client_that_sends_slowly_does_not_hold_the_link(app, home, monkeypatch):
+def test_a_client_that_sends_slowly_does_not_hold_the_link(app, home):
     """The link answers one client at a time with a timeout per read: one sending a byte
     every few seconds held it, every command then gave up on the app ("in use by another
     process") and closing the window waited for it. A request now has a deadline."""
     import socket
     import threading
-    import app.training_link as training_link
     from align.ipc import AppClient
-    monkeypatch.setattr(training_link, "REQUEST_S", 1.0, raising=False)
-    _, link = app
+    _, link = app                         # (with the link's own deadline: at 10 s, still held)
     slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     slow.connect(str(link.path))
     done = threading.Event()
@@ -150,6 +148,11 @@ def test_a_socket_folder_another_user_made_is_not_used(tmp_path, monkeypatch):
         problem = session.start_training_link(lambda: None)
         assert problem and "wait for the database instead" in problem
         session.close()
+    if os.getuid() == 0:
+        # Private (0700) but another user's: refused for its owner alone.
+        os.chmod(squatted, 0o700)
+        with pytest.raises(OSError, match="not a private folder"):
+            socket_path(home)
 
 
 def test_app_open_the_job_asks_the_app_and_never_opens_the_file(app, home):
