@@ -184,14 +184,15 @@ def test_tensor_names_shapes_and_metadata(model_type, tmp_path):
             a, b = tensors[f"blk.{i}.{name}.weight.lora_a"], tensors[f"blk.{i}.{name}.weight.lora_b"]
             # ggml order: ne[0] is the row length. A: (in → r), B: (r → out)
             assert a.shape.tolist() == [inputs, 8] and b.shape.tolist() == [8, outputs]
-        module = "self_attn.q_proj"
-        peft_b = peft_state[f"base_model.model.model.layers.{i}.{module}.lora_B.weight"]
-        written = np.asarray(tensors[f"blk.{i}.attn_q.weight.lora_b"].data).reshape(peft_b.shape)
-        if model_type == "llama":       # q/k rows in llama.cpp's rotary order
-            assert np.array_equal(written, permute_rows(peft_b, 4))
-            assert not np.array_equal(written, peft_b)
-        else:                           # NeoX rotary: written as PEFT has it
-            assert np.array_equal(written, peft_b)
+        # q's rows by the attention heads (4), k's by the key/value heads (2)
+        for module, tensor, heads in (("q_proj", "attn_q", 4), ("k_proj", "attn_k", 2)):
+            peft_b = peft_state[f"base_model.model.model.layers.{i}.self_attn.{module}.lora_B.weight"]
+            written = np.asarray(tensors[f"blk.{i}.{tensor}.weight.lora_b"].data).reshape(peft_b.shape)
+            if model_type == "llama":       # q/k rows in llama.cpp's rotary order
+                assert np.array_equal(written, permute_rows(peft_b, heads)), module
+                assert not np.array_equal(written, peft_b)
+            else:                           # NeoX rotary: written as PEFT has it
+                assert np.array_equal(written, peft_b)
         peft_a = peft_state[f"base_model.model.model.layers.{i}.self_attn.k_proj.lora_A.weight"]
         assert np.array_equal(np.asarray(tensors[f"blk.{i}.attn_k.weight.lora_a"].data), peft_a)
 

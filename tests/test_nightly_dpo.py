@@ -289,6 +289,11 @@ def test_battery_detection_reads_the_power_supplies(tmp_path):
     (tmp_path / "AC" / "online").write_text("1\n")
     assert on_battery(tmp_path) is False
     assert on_battery(tmp_path / "missing") is False
+    # No mains supply listed (some laptops): the battery's own status decides.
+    (tmp_path / "AC" / "type").write_text("Unknown\n")
+    assert on_battery(tmp_path) is True
+    (tmp_path / "BAT0" / "status").write_text("Full\n")
+    assert on_battery(tmp_path) is False
 
 
 def test_a_failed_conversion_leaves_no_copy_of_the_model_behind(tmp_path):

@@ -145,6 +145,9 @@ def test_an_explicit_label_beats_a_disagreeing_inferred_one_and_equals_cancel(co
     pairs, report = build_pairs(store.training.rows())
     assert [(p.chosen_id, p.source) for p in pairs] == [(first.id, "thumbs")]
     assert report.conflicts == 1
+    # Labels as sure of themselves (the same ε) that disagree cancel: no pair.
+    pairs, report = build_pairs(store.training.rows(), PairConfig(epsilon_regenerate=0.10))
+    assert pairs == [] and report.skipped["conflicting_labels"] == 1
     # Two picks the other way round: the later one stands.
     store.conversations.record_pick(c.id, first.id, second.id, +1)
     store.conversations.record_pick(c.id, first.id, second.id, -1)
@@ -269,7 +272,17 @@ def test_duplicates_max_pairs_and_fingerprint(consenting):
     assert fingerprint(build_pairs(store.training.rows())[0]) == first
     pairs, report = build_pairs(store.training.rows(), PairConfig(max_pairs=2))
     assert len(pairs) == 2 and report.dropped_over_max == 1
+    assert [p.prompt[-1]["content"] for p in pairs] == ["question 2", "question 1"]   # the newest
     assert fingerprint(pairs) != first
+    # The same prompt, replies and thumbs in another chat: one pair, the other a duplicate.
+    again = conversation(store, "again")
+    q = add(store, again.id, "user", "question 0")
+    good = add(store, again.id, "assistant", "same good text", q.id)
+    bad = add(store, again.id, "assistant", "same bad text", q.id)
+    store.conversations.set_thumb(again.id, good.id, 1)
+    store.conversations.set_thumb(again.id, bad.id, -1)
+    pairs, report = build_pairs(store.training.rows())
+    assert len(pairs) == 3 and report.duplicates == 1
 
 
 def test_the_run_fingerprint_changes_with_the_base_model_and_what_shapes_the_adapter(consenting, tmp_path):
@@ -295,6 +308,10 @@ def test_the_run_fingerprint_changes_with_the_base_model_and_what_shapes_the_ada
                            NightlyConfig(tmp_path, dpo=DPOSettings(threads=1, progress=True))) == stamp
     assert run_fingerprint(pairs, "/models/SmolLM2-135M.gguf",
                            NightlyConfig(tmp_path, dpo=DPOSettings(beta=0.2))) != stamp
+    # A gate loosened after a refusal: the same adapter may now pass ("nothing new" hid it).
+    from align.gate import GateConfig
+    assert run_fingerprint(pairs, "/models/SmolLM2-135M.gguf", NightlyConfig(
+        tmp_path, dpo=DPOSettings(), gate=GateConfig(max_kl_per_token=1.0))) != stamp
 
 
 def test_a_changed_system_prompt_is_something_new_and_identical_replies_are_counted(consenting):
