@@ -82,6 +82,8 @@ def test_moves_coalesce_to_120_hz_and_clicks_and_scrolls_are_never_dropped(store
     assert click["text_offset"] == 6 and click["word_index"] == 1
     assert click["shown_reply_id"] == "shown-1"
     assert recorder.received == 1000 + clicks + scrolls
+    # the move at each click's and scroll's moment is stored (the position is exact)
+    assert {r["mono_ns"] for r in rows if r["kind"] != "move"} <= {r["mono_ns"] for r in moves}
 
 
 def test_without_consent_the_recorder_stores_nothing(store):
@@ -96,7 +98,11 @@ def test_without_consent_the_recorder_stores_nothing(store):
 def test_one_point_and_many_points_map_the_same():
     snap = snapshot(clip=(100, 200, 400, 240))
     rng = np.random.default_rng(1)
-    xs, ys = rng.uniform(80, 420, 2000), rng.uniform(190, 250, 2000)
+    # Random points, and every whole pixel around the clip: its edges and the lines' are
+    # where two versions of one check part ways (< against <=).
+    grid_x, grid_y = np.meshgrid(np.arange(80, 421), np.arange(190, 251))
+    xs = np.concatenate([rng.uniform(80, 420, 2000), grid_x.ravel()]).astype(float)
+    ys = np.concatenate([rng.uniform(190, 250, 2000), grid_y.ravel()]).astype(float)
     many = snap.map(xs, ys)
     for i in range(len(xs)):
         placed, offset, word, line = snap.map_one(xs[i], ys[i])

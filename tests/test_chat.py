@@ -32,6 +32,7 @@ def test_regenerate_keeps_the_old_reply_as_sibling(service, store):
     _, first = service.send(tree, "Give me a word.")
     second = service.regenerate(tree, first.id)
     assert second.parent_id == first.parent_id
+    assert second.content != first.content      # seed + k: a new reply, not a copy
     siblings = tree.siblings(second.id)
     assert [m.id for m in siblings] == [first.id, second.id]
     assert {m.id for m in store.conversations.messages(tree.id)} >= {first.id, second.id}

@@ -21,10 +21,13 @@ def test_streamed_pieces_make_the_reply(engine):
     assert reply.model == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_same_seed_same_reply(engine):
+def test_same_seed_same_reply_and_the_seed_matters(engine):
     first = engine.generate(chat("Tell me a fact about owls."), quick_settings(seed=11))
     second = engine.generate(chat("Tell me a fact about owls."), quick_settings(seed=11))
     assert first.text == second.text
+    others = {engine.generate(chat("Tell me a fact about owls."), quick_settings(seed=seed)).text
+              for seed in (12, 13, 14)}
+    assert others - {first.text}          # another seed, another reply (not a fixed one)
 
 
 def test_cancel_stops_mid_stream(engine):

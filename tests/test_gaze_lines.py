@@ -107,17 +107,18 @@ def test_reading_back_to_an_earlier_line_is_one_regression_after_assignment():
 
 
 def test_a_long_read_is_decoded_in_windows_that_go_on_from_each_other():
-    """Sixty even lines (no short line to anchor them) read top to bottom: more fixations
-    than one window holds. Each window starts from the line the one before ended on, the
-    first from the top of the reply; otherwise a window's lines are known only relative
-    to each other, and one or two lines' shift fits as well."""
+    """Sixty even lines (no short line to anchor them) of a hundred read top to bottom:
+    more fixations than one window holds. Each window starts from the line the one before
+    ended on, the first from the top of the reply; otherwise a window's lines are known
+    only relative to each other, and one or two lines' shift fits as well. (The reading
+    stops mid-reply: the last line of the text does not anchor the later window.)"""
     from feedback_store.reading_lines import WINDOW_FIXATIONS
-    n_lines = 60
+    n_lines, read = 100, 60
     top, height = np.arange(n_lines) * LINE_PX, np.full(n_lines, LINE_PX)
     left, right = np.zeros(n_lines), np.full(n_lines, CHARS * CHAR_PX)
     rng = np.random.default_rng(8)
     xs, ys, truth = [], [], []
-    for line in range(n_lines):
+    for line in range(read):
         for i in range(7):
             xs.append((i + 0.5) * CHARS * CHAR_PX / 7 + rng.normal(0, 10))
             ys.append((line + 0.5) * LINE_PX + 30.0 + rng.normal(0, 0.4 * LINE_PX))

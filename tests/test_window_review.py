@@ -227,7 +227,7 @@ def test_every_action_has_a_key(qtbot, window, store, monkeypatch):
     assert store.conversations.get(chat) is None
 
     for key, modifiers, title in ((Qt.Key.Key_Comma, ctrl, "Chat settings"),
-                                  (Qt.Key.Key_D, ctrl | shift, None)):   # Privacy…
+                                  (Qt.Key.Key_D, ctrl | shift, "Privacy")):   # Privacy…
         back_to_the_window()
         closed = close_when_open(QApplication.activeModalWidget)
         qtbot.keyClick(window, key, modifiers)
