@@ -14,7 +14,7 @@ import keyring.errors
 import pytest
 
 from feedback_store import (
-    CONSENT_TEXT_VERSION, GazeSample, PointerSample, FeedbackStore, KeyringLocked, Message,
+    CONSENT_TEXT_VERSION, Conversation, GazeSample, PointerSample, FeedbackStore, KeyringLocked, Message,
     MissingKey, StoreError, WrongKey,
 )
 from feedback_store.connection import open_encrypted
@@ -76,7 +76,8 @@ def test_samples_need_consent_and_are_counted_by_reason(store):
     assert store.consent.refused == {"no_consent:pointer": 6, "no_consent:gaze": 3, "paused": 2}
 
 
-def test_incognito_samples_and_messages_are_refused(service, store):
+def test_incognito_samples_and_messages_are_refused(service, store, home):
+    from feedback_store import audit
     store.consent.set("pointer", True)
     tree = service.new_conversation(incognito=True)
     assert store.samples.submit(rows(tree.id, 7) + rows("other", 2))
@@ -86,6 +87,13 @@ def test_incognito_samples_and_messages_are_refused(service, store):
     assert store.samples.record_shown_reply(session_id=None, message_id="m", conversation_id=tree.id,
                                     geometry=(0, 0, 1, 1), device_pixel_ratio=1.0,
                                     rendered_text="x", layout=[]) is None
+    service.set_settings(tree, quick_settings())
+    service.send(tree, "INCOGNITO-MARKER-6610 hello")
+    assert len(tree.messages) == 2                       # the chat happened, in memory only
+    store.flush()
+    assert store.counts()["messages"] == 0 and store.counts()["conversations"] == 0
+    key = (home / "glance.key").read_text().strip()
+    assert audit.find_marker(audit.decrypt_database_files(home, key), "INCOGNITO-MARKER-6610") == []
 
 
 def test_decisions_carry_time_and_text_version_and_expire_with_the_text(home):
@@ -429,6 +437,32 @@ def test_retention_removes_old_signals_only(service, store):
     store.settings.set_retention_days(1)
     assert store.apply_retention() == 2                 # the new period applies at once
     assert store.counts()["pointer_samples"] == 3
+
+
+def test_retention_empties_every_reading_signal_table(store):
+    """Only pointer samples were made old anywhere: gaze, what was on screen, actions and
+    scores could have been kept for ever unnoticed."""
+    from feedback_store import ReplyAction, ViewportEvent, tables
+    for signal in ("pointer", "gaze", "personalise"):
+        store.consent.set(signal, True)
+    store.conversations.create(Conversation(title="kept", id="c"))
+    store.conversations.add_message(Message(conversation_id="c", role="user", content="x"))
+    session = store.samples.start_session("test")
+    shown = store.samples.record_shown_reply(session_id=session, message_id="m", conversation_id="c",
+                                             geometry=(0, 0, 1, 1), device_pixel_ratio=1.0,
+                                             rendered_text="t", layout=[])
+    store.samples.submit(rows("c", 3))
+    store.samples.submit(gaze_rows("c", 2))
+    store.samples.submit([ViewportEvent(session, shown, "c", 1, time.time_ns(), "scroll", 0, 3)])
+    store.samples.submit([ReplyAction(session, shown, "c", "m", 1, time.time_ns(), "copy", 0, 5)])
+    assert store.scores.record(shown, "m", "c", None, "v1", "pointwise", 0.6, [])
+    store.flush()
+    signal_tables = [t.name for t in tables.TABLES if t.owner in ("samples", "scores")]
+    assert all(store.counts()[name] > 0 for name in signal_tables), store.counts()
+    store.apply_retention(now_wall_ns=time.time_ns() + (store.settings.retention_days + 1) * 86_400 * 10**9)
+    counts = store.counts()
+    assert {name: counts[name] for name in signal_tables} == dict.fromkeys(signal_tables, 0)
+    assert counts["conversations"] == 1 and counts["messages"] == 1
 
 
 def test_a_session_longer_than_the_retention_period_stays_listed_while_its_samples_do(store):

@@ -1,4 +1,6 @@
 """The consent dialog and privacy panel, as real Qt dialogs driven by pytest-qt."""
+import time
+
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
@@ -55,6 +57,11 @@ def test_retention_is_applied_once_chosen_and_a_shorter_one_only_when_agreed(
     """Typing "30" over 90 passed through 3 days, and each value was applied at once: every
     reading signal older than 3 days was deleted, for good."""
     from PySide6.QtWidgets import QMessageBox
+    day = 86_400 * 10**9
+    store.consent.set("pointer", True)
+    store.samples.submit([PointerSample("s", "r", "c", 1, time.time_ns() - age * day, "move", 1.0, 1.0)
+                          for age in (60, 10)])
+    store.flush()
     asked = []
     answer = {"button": QMessageBox.StandardButton.No}
     monkeypatch.setattr(QMessageBox, "question",
@@ -70,11 +77,15 @@ def test_retention_is_applied_once_chosen_and_a_shorter_one_only_when_agreed(
     qtbot.keyClick(field, Qt.Key.Key_Return)
     assert len(asked) == 1 and "older than 30 days will be deleted" in asked[0]
     assert store.settings.retention_days == 90 and panel.retention.value() == 90   # declined
+    store.flush()
+    assert store.counts()["pointer_samples"] == 2                                  # nothing deleted
     answer["button"] = QMessageBox.StandardButton.Yes
     field.selectAll()
     qtbot.keyClicks(field, "30")
     panel.accept()                                # closed before Enter: still applied
     assert len(asked) == 2 and store.settings.retention_days == 30
+    store.flush()
+    assert store.counts()["pointer_samples"] == 1              # agreed: the 60-day-old one went
     longer = PrivacyPanel(store)
     qtbot.addWidget(longer)
     longer.show()

@@ -75,6 +75,10 @@ def test_delete_counts_and_export_follow_the_registry(store, tmp_path):
     folder = export_all(store, tmp_path / "export")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["tables"]) == {t.name for t in tables.exported_tables()}
+    counts = store.counts()
+    for table in tables.TABLES:       # all of the user's data is exported, every row (only
+        if table.scope not in ("research", "internal"):    # research data and bookkeeping stay)
+            assert manifest["tables"][table.name]["rows"] == counts[table.name], table.name
 
 
 def test_a_malformed_row_costs_only_itself_and_the_writer_keeps_going(store):
@@ -117,10 +121,28 @@ def test_a_call_on_a_stopped_writer_raises_instead_of_waiting(home):
 def test_samples_given_while_the_writer_closes_are_refused_not_lost(home):
     """The queue took samples after the writer's stop: submit said True and they were
     never written."""
+    import threading
     store = FeedbackStore.open(home)
     store.consent.set("pointer", True)
-    store.writer.close()
-    assert store.samples.submit([pointer() for _ in range(3)]) is False
+    # The writer held by a call, so its close is under way but not over (after it, the
+    # stopped thread alone refuses them).
+    started, gate = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lambda: store.writer.call(lambda con: (started.set(), gate.wait())))
+    holder.start()
+    assert started.wait(60)
+    closer = threading.Thread(target=store.writer.close)
+    try:
+        closer.start()
+        deadline = time.monotonic() + 60
+        while not store.writer._stopping and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert store.writer.is_alive()                  # really while it closes
+        assert store.samples.submit([pointer() for _ in range(3)]) is False
+        assert store.consent.refused["closed"] == 3
+    finally:
+        gate.set()
+        holder.join(60)
+        closer.join(60)
     assert store.writer.queue.qsize() == 0
     store._con.close()
 
@@ -138,13 +160,25 @@ def test_refusals_are_saved_while_every_sample_is_refused(home):
     store.close()
 
 
-def test_status_reads_encryption_and_schema_version_from_the_file(store):
+def test_status_reads_encryption_and_schema_version_from_the_file(store, tmp_path):
+    import duckdb
+    from feedback_store import migrations
+    from feedback_store.keys import DatabaseKey
     status = store.status()
     assert status["encryption"] is True
-    from feedback_store import migrations
     assert status["schema_version"] == migrations.LATEST_VERSION
     row = store._rows("SELECT max(version) AS v FROM schema_migrations")[0]
     assert status["schema_version"] == row["v"]
+    # ... from the file: a plain one (the store refuses to open one itself) says False.
+    con = duckdb.connect(":memory:")
+    con.execute(f"ATTACH '{tmp_path / 'plain.db'}' AS glance")
+    con.execute("USE glance")
+    migrations.migrate(con)
+    plain = FeedbackStore(tmp_path, con, DatabaseKey("00" * 32, "file"), 16)
+    try:
+        assert plain.encrypted() is False and plain.status()["encryption"] is False
+    finally:
+        plain.close(save=False)
 
 
 def test_refusals_persist_and_another_process_sees_them(home):
@@ -170,11 +204,15 @@ def test_a_data_folder_with_an_apostrophe_works(tmp_path):
         assert store.conversations.list() == []
 
 
-def test_compaction_rotates_the_key_and_destroys_the_old_one(home):
+def test_compaction_rotates_the_key_and_destroys_the_old_one(home, tmp_path):
     with FeedbackStore.open(home) as store:
         store.conversations.create(Conversation(title="x", id="x"))
         old_key = (home / "glance.key").read_text()
+        # A second name for the key file's blocks: what an undelete tool would find.
+        left_behind = tmp_path / "same-inode"
+        os.link(home / "glance.key", left_behind)
         store.delete_conversation("x")
+        assert left_behind.read_text() != old_key and len(left_behind.read_bytes()) >= len(old_key)
         new_key = (home / "glance.key").read_text()
         assert new_key != old_key
         assert not (home / "glance.key.next").exists()
