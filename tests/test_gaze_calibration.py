@@ -314,3 +314,37 @@ def test_fixation_radius_follows_the_measured_precision():
     assert tracker.fixation_radius(with_precision(4.0)) == 2.0
     tracker.set_calibration(with_precision(1.5))
     assert tracker.fixation_detector.radius_px == pytest.approx(1.725 * SCREEN.px_per_degree)
+
+
+def test_validation_precision_spread_per_target_and_threshold():
+    """Only accuracy and a pass 16° off were checked: precision (which sets the fixation
+    radius and is shown), the spread, the per-point figures and the threshold's edge."""
+    target = np.array([[500.0, 300.0]] * 4 + [[1400.0, 800.0]] * 4)
+    jitter = np.array([[0, 0], [6, 8], [0, 0], [6, 8]] * 2, float)
+    groups = np.array([0] * 4 + [1] * 4)
+    report = C.validation_report(target + [30.0, 40.0] + jitter, target, groups, SCREEN, 4.0)
+    assert report.precision_deg == pytest.approx(float(SCREEN.px_to_deg(10.0)))   # RMS step
+    assert report.sd_px == pytest.approx(5.0)                   # spread around the mean
+    assert report.per_target_deg == pytest.approx([float(SCREEN.px_to_deg(55.0))] * 2)
+    for degrees, passes in ((3.9, True), (4.1, False)):        # either side of 4°
+        off = target + [degrees * SCREEN.px_per_degree, 0.0]
+        assert C.validation_report(off, target, groups, SCREEN, 4.0).passed is passes
+
+
+def test_the_simpler_model_is_kept_unless_another_is_10_percent_better():
+    rng = np.random.default_rng(0)
+    features, _, groups, y = calibration_set(rng, true_mapper(), noise=0.0005)
+    _, comparison = C.fit_models(features, y, groups, SCREEN, ("ridge", "kernel"))
+    better = comparison["kernel"]["cv_error_deg"] < 0.9 * comparison["ridge"]["cv_error_deg"]
+    assert comparison["chosen"] == ("kernel" if better else "ridge")
+    assert comparison["chosen"] == "ridge"       # the truth is a ridge model: nothing beats it
+
+
+def test_a_check_point_with_a_few_views_is_not_enough():
+    """Three clear views of one check point, five needed."""
+    S, scene, user, rng = simulated_user()
+    few = S.record_session(scene, user, rng, seen=lambda phase, target, frame:
+                           "face" if phase == "calibration" or target != 0 or 14 <= frame < 17
+                           else "none")
+    with pytest.raises(C.CalibrationError, match="at 1 of 4 check points"):
+        few.validate(few.fit(kinds=("ridge",)))

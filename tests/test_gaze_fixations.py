@@ -141,10 +141,15 @@ def test_blinks_dropped_by_an_adaptive_threshold():
     ear[blinks] = 0.15
     ear[120:] = 0.22 + rng.normal(0, 0.01, 80)
     det = BlinkDetector(ratio=0.8, pad_frames=1, window_s=3.0)
-    dropped = [i for i in range(200) if det.update(float(ear[i]), i / 30)]
+    dropped, before_narrowing = [], None
+    for i in range(200):
+        if det.update(float(ear[i]), i / 30):
+            dropped.append(i)
+        if i == 119:
+            before_narrowing = det.blinks
     early = [i for i in dropped if i < 120]
     assert early == sorted(blinks + [43, 92])
-    assert det.blinks >= 2
+    assert before_narrowing == 2                 # each blink once, not each closed frame
     late = [i for i in dropped if i >= 120]
     assert late and max(late) < 170              # adapted within ≈ 1.5 s
     assert 0.2 < det.mean < 0.25
@@ -183,3 +188,22 @@ def test_a_fixation_ends_when_the_samples_stop_not_when_they_come_back():
     assert done.end_ns < last + 100_000_000
     assert det.add(last + 5_000_000_000, 900.0, 300.0) is None   # not reported twice
     assert det.expire(last + 5_100_000_000) is None               # one sample: no fixation
+
+
+def test_a_fixation_ends_at_its_last_samples_wall_time():
+    """The wall-clock end is the last sample's wall time plus one interval (the test of
+    the point compared the fixation's wall end with itself)."""
+    det = fx.FixationDetector(PPD, radius_deg=1.0, min_duration_ms=100)
+    step = 33_333_333
+    out = [det.add(i * step, 100.0, 100.0, wall_ns=1000 + i * step) for i in range(10)]
+    out += [det.add(i * step, 300.0, 100.0, wall_ns=1000 + i * step) for i in range(10, 20)]
+    f = [f for f in out if f is not None][0]
+    assert f.wall_end_ns == 1000 + 9 * step + step
+    assert fx.fixation_point(f).wall_ns == 1000 + 10 * step
+
+
+def test_small_leftward_steps_and_down_right_moves_are_other_saccades():
+    def fixation(i, x, y):
+        return fx.Fixation(i * 10, i * 10 + 5, x * PPD, y * PPD, 5)
+    path = [fixation(0, 3, 0), fixation(1, 2.7, 0), fixation(2, 4, 1.5)]   # 0.3° back; down-right
+    assert [s.kind for s in fx.saccades(path, PPD)] == ["other", "other"]

@@ -257,6 +257,22 @@ def test_overlay_draws_the_point_fixations_and_a_heatmap(qtbot):
     assert overlay.heat.max() == 0
 
 
+def test_the_overlay_on_a_second_screen_draws_rings_where_the_fixations_fell(qtbot):
+    """At (0, 0) a point's screen position and its place on the overlay are the same: one
+    not moved into the overlay's own pixels drew nothing on a second monitor. The rings
+    are drawn too (the heat alone filled the pixel the test above looks at)."""
+    from app.ui.gaze_overlay import GazeOverlay
+    overlay = GazeOverlay(QRect(1920, 0, 800, 600), px_per_degree=38.0)   # a right-hand monitor
+    qtbot.addWidget(overlay)
+    overlay.add_point(GazePoint(1, 1, 1920 + 200.0, 150.0, "fixation", 1.0, 300.0))
+    assert overlay.heat[150 // 12, 200 // 12] == overlay.heat.max() > 0
+    with_ring = overlay.grab().toImage()
+    overlay.fixations.clear()                            # the same heat, no ring
+    without = overlay.grab().toImage()
+    ring = [(200 + 21 + dx, 150) for dx in (-1, 0, 1)]    # radius 6 + 300 ms / 20
+    assert any(with_ring.pixelColor(x, y) != without.pixelColor(x, y) for x, y in ring)
+
+
 def test_points_reach_the_app_and_the_overlay_from_a_replayed_camera(qtbot, window, tmp_path):
     require(_have_vision(), "OpenCV, MediaPipe and scikit-image are needed")
     from app.ui import gaze_calibration as gc

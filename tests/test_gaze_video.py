@@ -213,6 +213,12 @@ def test_points_and_fixations_from_a_replayed_camera(vision, tmp_path):
     raw = [p for p in points if p.kind == "raw"]
     fix = [p for p in points if p.kind == "fixation"]
     assert len(raw) == 30 and len(fix) == 1
+    # It carries its samples' clocks and confidence (not 1970 and 1.0), ending one sample
+    # interval after the last, on both clocks.
+    f = fix[0]
+    assert f.wall_ns - raw[-1].wall_ns == f.mono_ns - raw[-1].mono_ns
+    assert f.confidence == pytest.approx(np.mean([p.confidence for p in raw]))
+    assert f.y == pytest.approx(np.mean([p.y for p in raw]))
     assert all(0 <= p.confidence <= 1 and p.wall_ns > 0 for p in raw)
     assert [p.mono_ns for p in raw] == sorted(p.mono_ns for p in raw)
     f = fix[0]
