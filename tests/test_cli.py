@@ -11,23 +11,28 @@ from conftest import ROOT, nightly_settings, run_glance
 
 
 def test_chat_json_then_continue(home):
-    first = run_glance("chat", "--prompt", "Hello!", "--seed", "1", "--max-tokens", "16",
-                       "--json", home=home)
-    assert first.returncode == 0, first.stderr
-    result = json.loads(first.stdout.strip().splitlines()[-1])
+    def chat(*args):
+        done = run_glance("chat", *args, "--json", home=home)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    story = "Write a long story about a lighthouse."
+    result = chat("--prompt", story, "--seed", "1", "--max-tokens", "3")
     assert {"reply", "conversation_id", "message_id", "model", "tokens", "ttft_s",
             "tokens_per_s"} <= set(result)
-    assert result["reply"] and result["tokens"] > 0
-    second = run_glance("chat", "--prompt", "And again?", "--conversation",
-                        result["conversation_id"], "--max-tokens", "8", "--json", home=home)
-    assert second.returncode == 0, second.stderr
-    again = json.loads(second.stdout.strip().splitlines()[-1])
+    # The flags reach the turn: cut at 3 tokens (the default runs on), and the same seed
+    # gives the same reply in a new chat.
+    assert result["reply"] and result["tokens"] <= 3 and result["finish_reason"] == "length"
+    assert chat("--prompt", story, "--seed", "1", "--max-tokens", "3")["reply"] == result["reply"]
+    again = chat("--prompt", "And again?", "--conversation", result["conversation_id"],
+                 "--max-tokens", "2")
     assert again["conversation_id"] == result["conversation_id"]
+    assert again["tokens"] <= 2 and again["finish_reason"] == "length"
     with FeedbackStore.open(home) as store:
         messages = store.conversations.messages(result["conversation_id"])
         assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
         by_id = {m.id: m for m in messages}
-        assert by_id[again["message_id"]].parent_id in by_id
+        question = by_id[by_id[again["message_id"]].parent_id]
+        assert question.content == "And again?" and question.parent_id == result["message_id"]
         # The flags were for those turns: the chat keeps its own settings (the first
         # turn's --max-tokens 16 and --seed 1 became the new chat's, for every later
         # reply in the window too).

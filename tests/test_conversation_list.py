@@ -129,6 +129,8 @@ def test_the_list_shows_any_change_of_order_titles_and_membership(qtbot):
         assert [view.item(i).text() for i in range(view.count())] == [c.title for c in shown]
         assert [view.item(i).isSelected() for i in range(view.count())] == [
             c.id == current for c in shown]
+        # ... and the current item, where the keyboard acts, is that chat or none
+        assert view.currentRow() == ([c.id for c in shown].index(current) if current else -1)
 
 
 def test_a_listed_chat_that_cannot_be_opened_does_not_stay_selected(qtbot, window, store):

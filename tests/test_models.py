@@ -44,14 +44,23 @@ def test_model_too_large_for_memory(tmp_path):
         inspect_model(huge)
 
 
-def test_failed_load_keeps_the_previous_model(engine, tmp_path):
-    before = engine.model_info["path"]
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"GGUF" + b"\0" * 100)
+@pytest.mark.parametrize("architecture, with_tensor", [("glance_unknown_arch", True),
+                                                       ("llama", False)])
+def test_failed_load_keeps_the_previous_model(engine, tmp_path, architecture, with_tensor):
+    """A file refused by its check, and one that passes it and fails in llama.cpp."""
+    from app.models import LoadFailed
+    from conftest import quick_settings, write_gguf
+    before = dict(engine.model_info)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\0" * 100)
     with pytest.raises(ModelError):
+        engine.load(junk)
+    assert engine.model_info == before
+    bad = write_gguf(tmp_path / "bad.gguf", architecture, with_tensor)
+    assert inspect_model(bad)["architecture"] == architecture        # its check passes
+    with pytest.raises(LoadFailed, match="previous model is still in use"):
         engine.load(bad)
-    assert engine.model_info["path"] == before
-    from conftest import quick_settings
+    assert engine.model_info == before
     reply = engine.generate([{"role": "user", "content": "Hi"}], quick_settings())
     assert reply.text
 

@@ -276,17 +276,19 @@ def test_a_cut_download_is_kept_for_resume_then_resumed(hub, home, mode):
     result = download(home)
     assert_clean_failure(result, "Start it again to resume")
     partial = home / "models" / "model.gguf.part"
-    kept = partial.stat().st_size if partial.exists() else 0
-    # A reset may discard bytes the client had not read yet; what is kept is the start.
-    assert (0 if mode == "reset" else 1) <= kept < len(hub.payload)
-    assert not partial.exists() or partial.read_bytes() == hub.payload[:kept]
+    assert partial.exists(), "the bytes received were not kept"
+    kept = partial.stat().st_size
+    # A reset may discard bytes the client had not read yet, a few MiB of socket buffers
+    # at most: the server sent half the file first, so most of it was read and is kept.
+    assert (1 << 20) <= kept < len(hub.payload)
+    assert partial.read_bytes() == hub.payload[:kept]
     assert not (home / "models" / "model.gguf").exists()
     assert listed(home) == []
 
     hub.mode = "ok"
     result = download(home, "--sha256", hashlib.sha256(hub.payload).hexdigest())
     assert result.returncode == 0, result.stderr
-    assert hub.requests[-1][1] == (f"bytes={kept}-" if kept else None)
+    assert hub.requests[-1][1] == f"bytes={kept}-"
     assert (home / "models" / "model.gguf").read_bytes() == hub.payload
 
 

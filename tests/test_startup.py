@@ -167,6 +167,30 @@ def test_app_reports_ready_and_quits(tmp_path):
     assert done.stdout.splitlines().count("glance-ready") == 1
 
 
+def test_ready_is_printed_only_once_the_window_is_usable(qtbot, store, engine, capsys,
+                                                         monkeypatch):
+    """Counted above, not timed: printed before the window was shown or had its input
+    focused, bench/startup.py would time a window nobody could type into."""
+    from PySide6.QtWidgets import QApplication
+    from app.ui.main import _announce_ready
+    from app.ui.main_window import MainWindow
+    from conftest import quick_settings
+    monkeypatch.setenv("GLANCE_PRINT_READY", "1")
+    monkeypatch.delenv("GLANCE_QUIT_WHEN_READY", raising=False)
+    store.settings.set("generation", quick_settings().to_dict())
+    window = MainWindow(store, engine)
+    qtbot.addWidget(window)
+    _announce_ready(QApplication.instance(), window)
+    qtbot.wait(300)                                   # not shown yet: not usable
+    assert "glance-ready" not in capsys.readouterr().out
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(lambda: window.input.hasFocus(), timeout=10_000)
+    qtbot.wait(100)
+    assert capsys.readouterr().out.splitlines() == ["glance-ready"]
+    window.close()
+
+
 def test_the_header_cache_is_used_across_processes_and_notices_a_rewritten_file(home, tmp_path):
     """The vocabulary walk runs once per file version: the next process reads the cached
     header (shown by planting a different name in the cache), and a rewritten file is
