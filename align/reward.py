@@ -103,7 +103,11 @@ class RewardModel:
                     expected_reading=data.get("expected_reading", {}),
                     metrics=data.get("metrics", {}), info=data.get("info", {}))
         # Refused here, not at every reply it would fail to score: the app then takes the
-        # newest model file that is whole.
+        # newest model file that is whole (and `glance doctor` names the file it skipped).
+        if not all(isinstance(part, dict) for part in
+                   (model.expected_reading, model.metrics, model.info)):
+            raise ValueError(f"{path} is damaged: its expected_reading, metrics or info is "
+                             "not a table of values")
         if not all(part.shape == (len(model.names),)
                    for part in (model.fill, model.centre, model.scale, model.coef)):
             raise ValueError(f"{path} is damaged: its parts do not match its {len(model.names)} columns")

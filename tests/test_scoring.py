@@ -824,6 +824,14 @@ def test_a_damaged_model_file_is_passed_over_for_the_newest_whole_one(tmp_path):
     with pytest.raises(ValueError, match="is damaged: its parts do not match its 2 columns"):
         RewardModel.load(tmp_path / "reward-pointwise-20261206T000000Z.json")
     assert newest_model(tmp_path).info["version"] == "20261205T000000Z"
+    # Valid JSON of the wrong shape loaded, and `glance doctor` itself then failed.
+    for part, value in (("metrics", None), ("info", []), ("expected_reading", 3)):
+        damaged = json.loads(pointwise_model(tmp_path, stamp="20261207T000000Z").read_text())
+        damaged[part] = value
+        (tmp_path / "reward-pointwise-20261207T000000Z.json").write_text(json.dumps(damaged))
+        with pytest.raises(ValueError, match="is damaged: its expected_reading, metrics or info"):
+            RewardModel.load(tmp_path / "reward-pointwise-20261207T000000Z.json")
+        assert newest_model(tmp_path).info["version"] == "20261205T000000Z"
 
 
 def test_doctor_says_how_scoring_goes_in_the_open_window(store):
