@@ -314,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from feedback_store.paths import first_not_utf8
+    wrong = first_not_utf8(args)
+    if wrong:
+        print(f"align: {wrong} holds bytes that are not UTF-8 text (a name or text in another "
+              "encoding); give it as UTF-8.", file=sys.stderr)
+        return 2
     from . import nightly_cli
     if nightly_cli.wants_nightly(args):
         if args.command is not None:       # it ran the training and ignored the command
@@ -338,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         from feedback_store.errors import permission_message
         print(f"align: {permission_message(error)}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, RuntimeError) as error:   # Ctrl-C: a traceback before
+        from feedback_store.errors import interrupted
+        if not interrupted(error):
+            raise
+        print("align: stopped (what was written is kept whole).", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from feedback_store.paths import first_not_utf8
 from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
                             glance_home)
 from feedback_store.errors import permission_message
@@ -130,6 +131,11 @@ def entry() -> int:
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # whatever Glance writes is the user's alone
     args = build_parser().parse_args(argv)
+    wrong = first_not_utf8(args)
+    if wrong:
+        print(f"glance: {wrong} holds bytes that are not UTF-8 text (a name or text in "
+              "another encoding); give it as UTF-8.", file=sys.stderr)
+        return 2
     try:
         if args.command is None:
             if sys.platform.startswith("linux") and not (
@@ -150,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as error:
         print(f"glance: {permission_message(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as error:     # Ctrl-C, also during a query
+        from feedback_store.errors import interrupted
+        if not interrupted(error):
+            raise
         return 130
 
 

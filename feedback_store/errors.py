@@ -125,3 +125,11 @@ def permission_message(error: PermissionError) -> str:
     where = error.filename or "a file Glance needs"
     return (f"no permission to use {where} ({error.strerror or error}). Fix its permissions, "
             "or set GLANCE_HOME to a folder you own.")
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is Ctrl-C: raised as KeyboardInterrupt, or, when it came during a
+    query, as DuckDB's "Query interrupted" RuntimeError (a command then said an export
+    failed for want of space, or ended in a traceback)."""
+    return isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, RuntimeError) and str(error).startswith("Query interrupted"))

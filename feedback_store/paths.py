@@ -36,6 +36,23 @@ def is_glance_file(name: str) -> bool:
         or name in GLANCE_FILES
 
 
+def first_not_utf8(args) -> str | None:
+    """The first of a command line's arguments (an argparse namespace), or GLANCE_HOME,
+    holding bytes that are not UTF-8, by name: a Latin-1 prompt, file name or folder
+    passed on (the database and the model take text only) ended in a traceback."""
+    def bad(value) -> bool:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    for name, value in vars(args).items():
+        if isinstance(value, str) and bad(value):
+            return f"--{name.replace('_', '-')}"
+    home = os.environ.get("GLANCE_HOME")
+    return "GLANCE_HOME" if home and bad(home) else None
+
+
 def refuse_a_file(path: Path) -> None:
     """A data folder that is a file (a mistyped GLANCE_HOME): said so. mkdir's "File
     exists" was reported as permissions to fix, and the lock check was a traceback."""

@@ -322,3 +322,23 @@ def test_align_beside_another_glance_command_names_it(home):
                               env=dict(os.environ, GLANCE_HOME=str(home)))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "in use by another process" in done.stderr and f"PID {os.getpid()}" in done.stderr
+
+
+def test_arguments_that_are_not_utf8_are_refused_with_a_message(home, tmp_path):
+    """A Latin-1 prompt, search, folder or GLANCE_HOME ended in a traceback (the database
+    and the model take text only)."""
+    latin1 = "Caf\xe9 cr\xe8me".encode("latin-1")
+    env = dict(os.environ, GLANCE_HOME=str(home))
+    for command in ([b"-m", b"app.cli", b"chat", b"--prompt", latin1],
+                    [b"-m", b"app.cli", b"conversations", b"--search", latin1],
+                    [b"-m", b"align.cli", b"import-ifllm", os.fsencode(tmp_path) + b"/" + latin1]):
+        done = subprocess.run([os.fsencode(sys.executable), *command], capture_output=True,
+                              env=env, cwd=ROOT, timeout=120)
+        assert done.returncode == 2, (command, done.stderr)
+        assert b"Traceback" not in done.stderr
+        assert b"holds bytes that are not UTF-8 text" in done.stderr, done.stderr
+    env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    env_bytes[b"GLANCE_HOME"] = os.fsencode(tmp_path) + b"/h" + latin1
+    done = subprocess.run([os.fsencode(sys.executable), b"-m", b"app.cli", b"doctor"],
+                          capture_output=True, env=env_bytes, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and b"GLANCE_HOME holds bytes" in done.stderr, done.stderr

@@ -401,3 +401,24 @@ def test_folders_that_number_their_queries_alike_stay_apart(store, folder, cache
     import_ifllm(store, place)
     remove_research(store, place, compact=False)
     assert {t.user_id for t in read_research(store).turns} == set(WORKERS[:1])
+
+
+def test_ctrl_c_in_an_align_command_stops_it_with_a_line_not_a_traceback(tmp_path):
+    """Ctrl-C ended every align command in a traceback (during a query, DuckDB's "Query
+    interrupted"). A long evaluation, stopped a few seconds in, wherever it is."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    require_ifllm()
+    env = dict(os.environ, GLANCE_HOME=str(tmp_path / "home"), GLANCE_CACHE_DIR=str(tmp_path / "cache"))
+    run = subprocess.Popen([sys.executable, "-m", "align.cli", "reward", "evaluate", "--ifllm",
+                            str(IFLLM), "--json"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err.decode()[-2000:]
+    assert b"Traceback" not in err and b"align: stopped" in err
