@@ -12,7 +12,7 @@ import duckdb
 
 from . import tables
 from .connection import quote, translate
-from .errors import DatabaseLocked, StoreError
+from .errors import DatabaseLocked, StoreError, interrupted
 from .keys import forget_key
 from .locks import STORE_LOCK_FILE, held_elsewhere
 from .paths import is_glance_file
@@ -66,7 +66,7 @@ def export_all(store, destination: str | os.PathLike, progress=None) -> Path:
         staging.rename(final)
     except BaseException as error:          # Ctrl-C too: no partial plain copy stays
         shutil.rmtree(staging, ignore_errors=True)
-        if not isinstance(error, Exception):
+        if not isinstance(error, Exception) or interrupted(error):   # (Ctrl-C during a query)
             raise
         reason = getattr(error, "strerror", None) or str(error)
         raise StoreError(f"Export to {destination} failed ({reason}); nothing was left "

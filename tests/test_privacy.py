@@ -412,6 +412,13 @@ def test_an_export_stopped_half_way_leaves_no_plain_copy(store, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         export_all(store, destination, progress=interrupted)
     assert list(destination.iterdir()) == []
+    # Ctrl-C during a table's query comes as DuckDB's "Query interrupted": it was "failed
+    # ... free some space", exit 2.
+    def during_a_query(done, total):
+        raise RuntimeError("Query interrupted")
+    with pytest.raises(RuntimeError, match="Query interrupted"):
+        export_all(store, destination, progress=during_a_query)
+    assert list(destination.iterdir()) == []
     killed = destination / ".glance-export-k1ll3d"    # as a kill leaves it
     killed.mkdir()
     (killed / "messages.parquet").write_text("EXPORT-MARKER-4471")
