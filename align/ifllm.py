@@ -257,7 +257,10 @@ _NUMBERS = {
     "samples.parquet": {"task_id": "BIGINT", "row": "BIGINT", "x": "DOUBLE", "y": "DOUBLE",
                         "centre_idx": "BIGINT", "validate": "BIGINT", "epoch_ms": "BIGINT"},
 }
-_TEXTS = {"queries.parquet": ("user_id",), "samples.parquet": ("worker",)}
+# Read as text whatever type another folder stored them as (answers stored as numbers
+# ended the import in a traceback).
+_TEXTS = {"queries.parquet": ("user_id", "user_query", "llm_response_1", "llm_response_2"),
+          "samples.parquet": ("worker",)}
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
             "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE")
 

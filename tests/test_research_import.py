@@ -422,3 +422,16 @@ def test_ctrl_c_in_an_align_command_stops_it_with_a_line_not_a_traceback(tmp_pat
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err.decode()[-2000:]
     assert b"Traceback" not in err and b"align: stopped" in err
+
+
+def test_answers_stored_as_numbers_are_read_as_text(folder, tmp_path, cache):
+    """Another folder in the same format stored an answer column as integers: every
+    command reading it ended in a traceback."""
+    from align.ifllm import read_ifllm
+    whole = read_ifllm(folder)
+    numbers = rewrite(folder, tmp_path / "numbers", queries_sql="""
+        SELECT * REPLACE (length(llm_response_2)::BIGINT AS llm_response_2) FROM q""")
+    data = read_ifllm(numbers)
+    assert len(data.turns) == len(whole.turns) and any(w.pairwise for w in whole.turns)
+    assert all(t.responses[1] == str(len(w.responses[1])) for t, w in zip(data.turns, whole.turns)
+               if w.pairwise)
