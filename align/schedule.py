@@ -296,11 +296,15 @@ def _runs_elsewhere(kind: str, config: ScheduleConfig) -> list[str]:
         text = raw.decode("utf-16") if kind == "windows" else raw.decode("utf-8", "replace")
     except (OSError, UnicodeDecodeError):
         return []
+    def written(value: str) -> bool:
+        # As each scheduler's file writes it: plain, escaped for XML, or quoted for a shell
+        # (a folder named with a ' was "another data folder" in cron's line).
+        return any(form in text for form in (value, escape(value), shlex.quote(value)))
     notes = []
-    if config.python not in text:
+    if not written(config.python):
         notes.append(f"it runs another Python than {config.python}")
     folder = config.environment()["GLANCE_HOME"]
-    if folder not in text and escape(folder) not in text:
+    if not written(folder):
         notes.append(f"it trains on another data folder than {folder}")
     return notes
 

@@ -406,6 +406,13 @@ def test_the_schedule_status_says_what_will_not_run_and_what_runs_elsewhere(fres
     assert written["installed"] and not written["will_run"]
     assert "no crontab" in written["message"], written["message"]
     schedule.remove(schedule.ScheduleConfig(kind="cron", activate=False))
+    # A data folder whose name holds a ' is quoted in cron's line: still this folder.
+    data_folder = os.environ["GLANCE_HOME"]
+    monkeypatch.setenv("GLANCE_HOME", str(tmp_path / "Ann's data"))
+    schedule.install(schedule.ScheduleConfig(kind="cron", activate=False))
+    assert schedule.status(schedule.ScheduleConfig(kind="cron"))["runs_elsewhere"] == []
+    schedule.remove(schedule.ScheduleConfig(kind="cron", activate=False))
+    monkeypatch.setenv("GLANCE_HOME", data_folder)
 
     schedule.install(schedule.ScheduleConfig(at="02:10", kind="systemd", activate=False))
     found = schedule.status(schedule.ScheduleConfig(activate=False))          # --kind auto
