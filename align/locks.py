@@ -44,3 +44,14 @@ class TrainingLock:
 def job_running(data_dir: Path) -> bool:
     """Whether a nightly job holds the training lock of ``data_dir`` now."""
     return held_elsewhere(Path(data_dir) / LOCK_FILE) is not None
+
+
+def as_seen_now(runs: list[dict], data_dir: Path) -> list[dict]:
+    """Runs as they stand now: one recorded as 'running' while no job holds the lock was
+    stopped (Ctrl-C, a kill, a power cut) and is shown as interrupted, as the next run
+    records it ("running" until then, in `glance doctor` and `align status`)."""
+    if not any(run["status"] == "running" for run in runs) or job_running(data_dir):
+        return runs
+    return [dict(run, status="interrupted",
+                 message=run.get("message") or "The job stopped before it finished.")
+            if run["status"] == "running" else run for run in runs]

@@ -625,7 +625,7 @@ def status(data_dir: Path) -> dict:
            "in_use": adapter_files.in_use(root),
            "active_file_damaged": adapter_files.active_file_damaged(root),
            "versions": adapter_files.list_versions(root), "runs": [], "running": False}
-    from .locks import job_running
+    from .locks import as_seen_now, job_running
     out["running"] = job_running(data_dir)
 
     def read(source):
@@ -638,7 +638,7 @@ def status(data_dir: Path) -> dict:
             store.close()
     try:
         found = _with_store(data_dir, read, 5.0, lambda m: None)
-        out["runs"], out["via"] = found["runs"], found["via"]
+        out["runs"], out["via"] = as_seen_now(found["runs"], data_dir), found["via"]
     except NoData as nothing:        # not an error: no runs yet (or none left)
         out["no_data"] = str(nothing)
     except Exception as error:  # noqa: BLE001 - status still shows the files

@@ -359,8 +359,10 @@ def _nightly(runs: list) -> dict:
     """The last nightly run (when, outcome, its one sentence) and the adapter the chat
     uses: whether the loop from reading to the model runs."""
     from align.adapters import adapters_dir, in_use, manifest, read_active
+    from align.locks import as_seen_now
     from feedback_store.times import local_minute
     last = None
+    runs = as_seen_now(runs, glance_home())
     if runs:
         run = runs[0]
         last = {"started": local_minute(run["started_wall_ns"]), "status": run["status"],

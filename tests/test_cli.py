@@ -342,3 +342,17 @@ def test_arguments_that_are_not_utf8_are_refused_with_a_message(home, tmp_path):
     done = subprocess.run([os.fsencode(sys.executable), b"-m", b"app.cli", b"doctor"],
                           capture_output=True, env=env_bytes, cwd=ROOT, timeout=120)
     assert done.returncode == 2 and b"GLANCE_HOME holds bytes" in done.stderr, done.stderr
+
+
+def test_a_nightly_run_that_was_stopped_is_not_shown_as_running(home):
+    """A job stopped by Ctrl-C or a kill left its run 'running': `glance doctor` and
+    `align status` said so until the next night's run relabelled it."""
+    with FeedbackStore.open(home) as store:
+        store.training.begin_run("20261208-004818-ecb0ec", "direct")
+    doctor = json.loads(run_glance("doctor", "--json", home=home).stdout)
+    assert doctor["nightly"]["last_run"]["status"] == "interrupted"
+    env = dict(os.environ, GLANCE_HOME=str(home))
+    status = json.loads(subprocess.run([sys.executable, "-m", "align.cli", "status", "--json"],
+                                       capture_output=True, text=True, env=env, cwd=ROOT,
+                                       timeout=120).stdout)
+    assert status["running"] is False and status["runs"][0]["status"] == "interrupted"
