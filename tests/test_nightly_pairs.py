@@ -275,12 +275,7 @@ def test_duplicates_max_pairs_and_fingerprint(consenting):
     assert [p.prompt[-1]["content"] for p in pairs] == ["question 2", "question 1"]   # the newest
     assert fingerprint(pairs) != first
     # The same prompt, replies and thumbs in another chat: one pair, the other a duplicate.
-    again = conversation(store, "again")
-    q = add(store, again.id, "user", "question 0")
-    good = add(store, again.id, "assistant", "same good text", q.id)
-    bad = add(store, again.id, "assistant", "same bad text", q.id)
-    store.conversations.set_thumb(again.id, good.id, 1)
-    store.conversations.set_thumb(again.id, bad.id, -1)
+    thumbed_siblings(store, "question 0", ("same good text", "same bad text"))
     pairs, report = build_pairs(store.training.rows())
     assert len(pairs) == 3 and report.duplicates == 1
 
