@@ -257,6 +257,14 @@ def cmd_ifllm_subset(args) -> int:
     return 0
 
 
+def _folder(text: str) -> str:
+    """A folder argument: "" (an unset shell variable) gave no holdout at all, or wrote the
+    models to the default folder, without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="align", description="Glance's on-device learning (reward model, nightly DPO).")
@@ -267,20 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     reward_commands = reward.add_subparsers(dest="reward_command", metavar="SUBCOMMAND")
     train = reward_commands.add_parser("train", help="fit and save reward models")
     prior = train.add_mutually_exclusive_group()  # one prior: a folder or what was imported
-    prior.add_argument("--ifllm", metavar="DIR",
+    prior.add_argument("--ifllm", metavar="DIR", type=_folder,
                        help="add an IFLLM-format folder as a research prior to your own picks")
     prior.add_argument("--research", action="store_true",
                        help="add the research data imported into the store (never by default)")
     train.add_argument("--task", choices=("pairwise", "pointwise", "both"), default="both")
     train.add_argument("--features", choices=("text", "implicit", "text_implicit"),
                        default="text_implicit")
-    train.add_argument("--out", metavar="DIR", help="where model files go (default: GLANCE_HOME/reward)")
+    train.add_argument("--out", metavar="DIR", type=_folder, help="where model files go (default: GLANCE_HOME/reward)")
     train.add_argument("--json", action="store_true")
     train.set_defaults(func=cmd_reward_train)
 
     evaluate = reward_commands.add_parser("evaluate", help="accuracy on unseen workers")
-    evaluate.add_argument("--ifllm", metavar="DIR", required=True, help="IFLLM-format folder")
-    evaluate.add_argument("--holdout", metavar="DIR2", help="train on DIR, test on DIR2")
+    evaluate.add_argument("--ifllm", metavar="DIR", type=_folder, required=True, help="IFLLM-format folder")
+    evaluate.add_argument("--holdout", metavar="DIR2", type=_folder, help="train on DIR, test on DIR2")
     evaluate.add_argument("--seeds", type=int, default=5)
     evaluate.add_argument("--folds", type=int, default=5)
     evaluate.add_argument("--json", action="store_true")

@@ -475,3 +475,16 @@ def test_a_holdout_that_shares_workers_is_flagged(folders, tmp_path, monkeypatch
     assert "left out of the holdout figures (0 pairs of unseen people remain)" in captured.err
     # Nobody the model trained on is scored as a holdout: here that leaves no one.
     assert result["holdout_pairs"] == 0 and "holdout" not in result["text"]
+
+
+def test_an_empty_folder_argument_is_refused(tmp_path, monkeypatch, capsys):
+    """"" (an unset shell variable) gave an evaluation without its holdout, or wrote the
+    models to the default folder, and said nothing."""
+    from align.cli import main
+    monkeypatch.setenv("GLANCE_HOME", str(tmp_path / "home"))
+    for args in (["reward", "evaluate", "--ifllm", str(tmp_path), "--holdout", ""],
+                 ["reward", "train", "--out", ""], ["reward", "train", "--ifllm", " "]):
+        with pytest.raises(SystemExit) as stopped:
+            main(args)
+        assert stopped.value.code == 2 and "must name a folder, not be empty" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()
