@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from app.models import default_model_path
+from app.models import ModelError, default_model_path, inspect_model
 from conftest import run_glance
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -177,7 +177,10 @@ def test_a_file_name_that_is_not_utf8_is_refused_with_a_message(home, tmp_path):
     odd = os.path.join(os.fsencode(tmp_path), b"mod\xe8le.gguf")
     shutil.copyfile(default_model_path(), odd)
     assert_clean_failure(run_glance("models", "add", os.fsdecode(odd), home=home),
-                         "is not valid UTF-8: rename the file")
+                         "--path holds bytes that are not UTF-8")
+    # (and where a path reaches the model check some other way, as from the window's picker)
+    with pytest.raises(ModelError, match="is not valid UTF-8: rename the file"):
+        inspect_model(os.fsdecode(odd))
 
 
 def test_a_model_that_cannot_chat_never_becomes_the_start_model_for_good(home, tmp_path):
