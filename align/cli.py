@@ -322,11 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from feedback_store.paths import first_not_utf8
-    wrong = first_not_utf8(args)
-    if wrong:
-        print(f"align: {wrong} holds bytes that are not UTF-8 text (a name or text in another "
-              "encoding); give it as UTF-8.", file=sys.stderr)
+    from feedback_store.paths import not_utf8_problem
+    problem = not_utf8_problem(args)
+    if problem:
+        print(f"align: {problem}", file=sys.stderr)
         return 2
     from . import nightly_cli
     if nightly_cli.wants_nightly(args):

@@ -9,7 +9,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from feedback_store.paths import first_not_utf8
+from feedback_store.paths import not_utf8_problem
 from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
                             glance_home)
 from feedback_store.errors import permission_message
@@ -131,10 +131,9 @@ def entry() -> int:
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # whatever Glance writes is the user's alone
     args = build_parser().parse_args(argv)
-    wrong = first_not_utf8(args)
-    if wrong:
-        print(f"glance: {wrong} holds bytes that are not UTF-8 text (a name or text in "
-              "another encoding); give it as UTF-8.", file=sys.stderr)
+    problem = not_utf8_problem(args)
+    if problem:
+        print(f"glance: {problem}", file=sys.stderr)
         return 2
     try:
         if args.command is None:

@@ -90,12 +90,10 @@ def inspect_model(path: str | os.PathLike) -> dict:
     wrong file is refused before anything is parsed.
     """
     path = Path(path).expanduser()
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        # (Bytes the file system allows; the database, which keeps the list, does not.)
+    from feedback_store.paths import is_utf8
+    if not is_utf8(str(path)):       # (the database, which keeps the list, takes text only)
         raise ModelError(f"The name of {str(path)!r} is not valid UTF-8: rename the file "
-                         "and choose it again.") from None
+                         "and choose it again.")
     if not path.exists():
         raise ModelError(f"Model file not found: {path}")
     if not path.is_file():

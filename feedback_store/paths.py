@@ -36,21 +36,26 @@ def is_glance_file(name: str) -> bool:
         or name in GLANCE_FILES
 
 
-def first_not_utf8(args) -> str | None:
-    """The first of a command line's arguments (an argparse namespace), or GLANCE_HOME,
-    holding bytes that are not UTF-8, by name: a Latin-1 prompt, file name or folder
-    passed on (the database and the model take text only) ended in a traceback."""
-    def bad(value) -> bool:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
+def is_utf8(text: str) -> bool:
+    """False for a str holding bytes the file system allowed but that are not UTF-8 (kept
+    as surrogates): the database and the model take text only."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
         return False
-    for name, value in vars(args).items():
-        if isinstance(value, str) and bad(value):
-            return f"--{name.replace('_', '-')}"
-    home = os.environ.get("GLANCE_HOME")
-    return "GLANCE_HOME" if home and bad(home) else None
+    return True
+
+
+def not_utf8_problem(args) -> str | None:
+    """What to say when one of a command line's arguments (an argparse namespace), or
+    GLANCE_HOME, is not UTF-8: a Latin-1 prompt, file name or folder passed on ended in a
+    traceback."""
+    named = [(f"--{name.replace('_', '-')}", value) for name, value in vars(args).items()]
+    for name, value in named + [("GLANCE_HOME", os.environ.get("GLANCE_HOME"))]:
+        if isinstance(value, str) and not is_utf8(value):
+            return (f"{name} holds bytes that are not UTF-8 text (a name or text in another "
+                    "encoding); give it as UTF-8.")
+    return None
 
 
 def refuse_a_file(path: Path) -> None:

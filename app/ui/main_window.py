@@ -845,8 +845,8 @@ class MainWindow(QMainWindow):
             default = str(default_model_path())
         except ModelError:          # (a broken install; started with --model, the rest works)
             default = None
-        paths = [default] * bool(default) + [m["path"] for m in self.session.known_models()
-                                             if m["path"] != default]
+        paths = ([default] if default else []) + [m["path"] for m in self.session.known_models()
+                                                  if m["path"] != default]
         for path in paths:
             gone = not os.path.exists(path)      # (moved, deleted, a disk unplugged)
             label = Path(path).name + ("  (default)" if path == default else "") + \
