@@ -184,50 +184,64 @@ def _ctrl_c_stops(cancel: threading.Event):
         signal.signal(signal.SIGINT, previous)
 
 
+def _chat_engine(store, model: str | None):
+    """The engine `glance chat` answers with: ``model``, else the start model chosen in the
+    window, with the personal adapter as the window uses it."""
+    from .engine import ChatEngine
+    try:
+        engine = ChatEngine(choose_model(store, model))
+    except ModelError as error:
+        if model:
+            raise
+        # The start model does not load (any more): as the window does, say so and
+        # use the default, which then starts (the same failure came at every chat).
+        print(f"glance: {error} Using the default model instead.", file=sys.stderr)
+        engine = ChatEngine()
+        store.models.remember(engine.model_info)
+    if model:
+        store.models.remember(engine.model_info)  # only once it has loaded
+    if (store.data_dir / "adapters").is_dir():      # (align.adapters.adapters_dir)
+        # As the window answers: with the personal adapter published for this model,
+        # unless Personal is off. The one-shot chat answered with the base model.
+        from app.session import personal_adapter_wanted
+        from align.adapters import adapters_dir
+        engine.use_adapters(adapters_dir(store.data_dir))
+        engine.set_adapter_enabled(personal_adapter_wanted(store))
+    return engine
+
+
 def cmd_chat(args) -> int:
     from .chat import ChatService
-    from .engine import ChatEngine
     if not args.prompt.strip():
         raise EmptyPrompt()
+    cancel = threading.Event()
     with FeedbackStore.open() as store:
         # Everything the user typed is checked before the model loads or a row is written.
         known = store.conversations.get(args.conversation) if args.conversation else None
         if args.conversation and known is None:
             raise UnknownConversation(args.conversation)
-        try:
-            engine = ChatEngine(choose_model(store, args.model))
-        except ModelError as error:
-            if args.model:
-                raise
-            # The start model does not load (any more): as the window does, say so and
-            # use the default, which then starts (the same failure came at every chat).
-            print(f"glance: {error} Using the default model instead.", file=sys.stderr)
-            engine = ChatEngine()
-            store.models.remember(engine.model_info)
-        if args.model:
-            store.models.remember(engine.model_info)  # only once it has loaded
-        if (store.data_dir / "adapters").is_dir():      # (align.adapters.adapters_dir)
-            # As the window answers: with the personal adapter published for this model,
-            # unless Personal is off. The one-shot chat answered with the base model.
-            from app.session import personal_adapter_wanted
-            from align.adapters import adapters_dir
-            engine.use_adapters(adapters_dir(store.data_dir))
-            engine.set_adapter_enabled(personal_adapter_wanted(store))
-        try:
-            service = ChatService(store, engine)
-            tree = service.open(args.conversation) if args.conversation else service.new_conversation()
-            # For this turn only: the chat keeps its own settings (the window's).
-            tree.overrides = {name: getattr(args, name) for name in
-                              ("seed", "max_tokens", "temperature", "top_p")
-                              if getattr(args, name) is not None}
-            tree.settings().validate()
-            stream_to_terminal = not args.json
-            cancel = threading.Event()
-            on_token = (lambda piece: print(piece, end="", flush=True)) if stream_to_terminal else None
-            with _ctrl_c_stops(cancel):
+        # From here Ctrl-C sets `cancel` rather than raising: while the model loads, Python
+        # runs only inside llama-cpp's log callback, where a KeyboardInterrupt is printed
+        # and dropped, and the whole reply then ran. The flag is looked at once it loaded.
+        with _ctrl_c_stops(cancel):
+            engine = _chat_engine(store, args.model)
+            try:
+                if cancel.is_set():
+                    print("glance: stopped while the model loaded; nothing was sent or kept.",
+                          file=sys.stderr)
+                    return 130
+                service = ChatService(store, engine)
+                tree = service.open(args.conversation) if args.conversation else service.new_conversation()
+                # For this turn only: the chat keeps its own settings (the window's).
+                tree.overrides = {name: getattr(args, name) for name in
+                                  ("seed", "max_tokens", "temperature", "top_p")
+                                  if getattr(args, name) is not None}
+                tree.settings().validate()
+                stream_to_terminal = not args.json
+                on_token = (lambda piece: print(piece, end="", flush=True)) if stream_to_terminal else None
                 user, reply = service.send(tree, args.prompt, on_token=on_token, cancel=cancel)
-        finally:
-            engine.close()
+            finally:
+                engine.close()
     if reply.finish_reason == "cancelled" and stream_to_terminal:
         print("\n(stopped: the reply so far is kept, as in the window)", end="", file=sys.stderr)
     if reply.dropped_turns:

@@ -62,6 +62,29 @@ def test_ctrl_c_stops_the_reply_and_keeps_it_as_the_window_does(home):
     assert kept.tokens < 400
 
 
+def test_ctrl_c_while_the_model_loads_stops_before_the_reply(home, monkeypatch, capsys):
+    """While llama.cpp loads a model, Python runs only inside llama-cpp's log callback, and
+    a KeyboardInterrupt raised in a ctypes callback is printed and dropped: Ctrl-C during
+    the load was lost and the whole reply ran. Here the signal lands in a real ctypes
+    callback at the start of the load, as it does in llama-cpp's."""
+    import ctypes
+    from app.cli import main as glance
+    from app.engine import ChatEngine
+    real_llama = ChatEngine._llama
+
+    def interrupted_while_loading(self, path, n_ctx):
+        ctypes.CFUNCTYPE(None)(lambda: os.kill(os.getpid(), signal.SIGINT))()
+        return real_llama(self, path, n_ctx)
+    monkeypatch.setattr(ChatEngine, "_llama", interrupted_while_loading)
+    code = glance(["chat", "--prompt", "Write a long story about a lighthouse.",
+                   "--max-tokens", "40"])
+    out, err = capsys.readouterr()
+    assert code == 130 and "stopped while the model loaded" in err and out == ""
+    with FeedbackStore.open(home) as store:
+        assert store.counts()["messages"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
