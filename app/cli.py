@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"glance: {problem}", file=sys.stderr)
         return 2
+    if args.model is not None and args.command not in (None, "chat", "doctor"):
+        # Ignored without a word, `glance --model X conversations` looked as if it listed
+        # something of X's.
+        print(f"glance: --model chooses the model of the window, `glance chat` and `glance "
+              f"doctor`; `glance {args.command}` does not use one (to list a model: "
+              "`glance models add PATH`).", file=sys.stderr)
+        return 2
     try:
         if args.command is None:
             if sys.platform.startswith("linux") and not (
@@ -281,8 +288,8 @@ def cmd_doctor(args) -> int:
             report["versions"][package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             report["versions"][package] = None
-    try:
-        report["model"] = {"path": str(default_model_path()), "ok": True}
+    try:   # the model asked for (`glance --model X doctor`), else the embedded default
+        report["model"] = {"path": str(args.model or default_model_path()), "ok": True}
         inspect_model(report["model"]["path"])
     except ModelError as error:
         report["model"] = {"path": None, "ok": False, "error": str(error)}

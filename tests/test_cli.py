@@ -103,6 +103,12 @@ def test_bad_model_is_a_clear_error(home, tmp_path):
     # own --model, left out, used to overwrite it with nothing: the default model answered).
     before = run_glance("--model", str(fake), "chat", "--prompt", "hi", home=home)
     assert before.returncode == 2 and "not a GGUF" in before.stderr
+    # The doctor checks the model asked for, not the default (it said all was well).
+    doctor = run_glance("--model", str(fake), "doctor", "--json", home=home)
+    assert doctor.returncode == 1 and "not a GGUF" in json.loads(doctor.stdout)["model"]["error"]
+    # A command that uses no model says so rather than ignoring the option.
+    listed = run_glance("--model", str(fake), "conversations", home=home)
+    assert listed.returncode == 2 and "does not use one" in listed.stderr and listed.stdout == ""
 
 
 def test_doctor_json(home, monkeypatch):
