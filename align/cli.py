@@ -6,6 +6,7 @@ line of stdout (keys: ../shared/BENCH.md).
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -210,9 +211,18 @@ def cmd_reward_evaluate(args) -> int:
 
 
 def _not_a_folder(path, flag: str) -> str | None:
+    """Why ``path`` cannot be the folder models are written to (None when it can): found
+    only when the files were written, it cost the whole fit."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         return f"{flag} {path} is a file, not a folder"
+    existing = path
+    while not existing.exists():         # the folder is made with its parents
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {path} cannot be made: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {path}: no permission to write in {existing}"
     return None
 
 
@@ -320,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As `glance`: whatever Glance writes is the user's alone. Reward models trained on a
+    # fresh GLANCE_HOME (no store opened, which sets it too) were left readable by all.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     from feedback_store.paths import not_utf8_problem

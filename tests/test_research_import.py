@@ -138,6 +138,8 @@ def test_cli_refuses_a_folder_that_is_not_ifllm_before_opening_the_store(home, t
     a_file.write_text("x")
     for argv, says in ((["reward", "train", "--ifllm", str(tmp_path / "nowhere")], "does not exist"),
                        (["reward", "train", "--out", str(a_file)], "is a file, not a folder"),
+                       (["reward", "train", "--ifllm", str(folder), "--out", str(a_file / "models")],
+                        f"cannot be made: {a_file} is a file"),
                        (["reward", "evaluate", "--ifllm", str(folder), "--holdout", str(a_file)],
                         f"{a_file} is a file, not a folder")):
         assert main(argv) == 2, argv

@@ -5,6 +5,7 @@ Skips with a clear message when the study data is absent, except on CI (CI=true)
 that is a set-up failure."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -216,10 +217,18 @@ def test_a_folder_is_read_from_the_files_and_columns_it_has(folders, data, tmp_p
 def test_train_saves_models_that_score_without_sklearn(folders, home, tmp_path, monkeypatch, capsys):
     from align.cli import main
     monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["reward", "train", "--ifllm", str(folders[0]), "--out", str(tmp_path), "--json"]) == 0
+    # The models are the user's alone (under a shell's usual umask they were readable by all:
+    # nothing in this run opens the store, which also sets it).
+    usual = os.umask(0o022)
+    try:
+        assert main(["reward", "train", "--ifllm", str(folders[0]), "--out",
+                     str(tmp_path / "models"), "--json"]) == 0
+    finally:
+        os.umask(usual)
     written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     path = Path(written["pairwise"]["path"])
     assert path.exists() and Path(written["pointwise"]["path"]).exists()
+    assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
     model = json.loads(path.read_text())
     assert model["format"] == "glance-reward" and model["format_version"] == 1
     assert len(model["names"]) == len(model["coef"]) and "train_rows" in model["metrics"]
