@@ -285,8 +285,30 @@ def _typed_view(con, view: str, directory: Path, name: str, report) -> None:
                 raise duckdb.ConversionException(
                     f"{name}'s column {column} holds no numbers (it is {declared[column.lower()]})")
             report["repaired"][f"{name.split('.')[0]}_{column}_not_a_number_cleared"] += cleared
+    if name == "queries.parquet":
+        replace.append(f'{_epoch_ms("query_timestamp", declared["query_timestamp"])} as query_timestamp')
     star = f"* replace ({', '.join(replace)})" if replace else "*"
     con.execute(f"create temp view {view} as select {star} from {source}")
+
+
+def _epoch_ms(column: str, declared: str) -> str:
+    """SQL for ``column`` as milliseconds since the epoch, whatever type the folder stored
+    it as. Only the study's own text form was read before ('%Y-%m-%d %H:%M:%S'): an ISO
+    text ('…T…', fractions, an offset) or a TIMESTAMPTZ column dropped every task, and the
+    reader then failed with a meaningless numpy message. Text is taken as the wall clock it
+    says (an offset is left out, like the study's clock; the whole-hour shift per task is
+    found from the samples either way); numbers are seconds or milliseconds since 1970."""
+    kind = declared.split("(")[0].upper()
+    quoted = f'"{column}"'
+    if kind == "TIMESTAMP WITH TIME ZONE":
+        return f"epoch_ms({quoted})"
+    if kind.startswith("TIMESTAMP") or kind == "DATE":
+        return f"epoch_ms({quoted}::timestamp)"
+    if kind in _NUMERIC or kind == "DECIMAL":
+        # below 1e11: seconds (1e11 s is the year 5138; 1e11 ms is March 1973)
+        return (f"case when abs({quoted}) < 1e11 then round({quoted} * 1000) "
+                f"else round({quoted}) end::bigint")
+    return f"epoch_ms(try_cast({quoted}::varchar as timestamp))"
 
 
 def _read(directory: Path) -> IfllmData:
@@ -298,7 +320,7 @@ def _read(directory: Path) -> IfllmData:
     rows = con.execute("""
         select user_id, task_id, query_ID, coalesce(user_query, ''), coalesce(llm_response_1, ''),
                llm_response_2, likert_1, likert_2, preference, coalesce(adjustment, 0),
-               epoch_ms(try_strptime(query_timestamp::varchar, '%Y-%m-%d %H:%M:%S')), llm_name_1, llm_name_2
+               query_timestamp, llm_name_1, llm_name_2
         from queries order by user_id, task_id, query_ID""").fetchall()
     report["read"]["queries"] = len(rows)
     tasks: dict[tuple, list] = {}
@@ -381,6 +403,11 @@ def _read(directory: Path) -> IfllmData:
 
     _fill_lines(parsed, report)
     turns = [turn for task in parsed for turn in _build_turns(task)]
+    if not turns:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in
+                            sorted(_plain(report)["dropped"].items()))
+        raise IfllmFormatError(f"{directory} holds no readable study turns (dropped: "
+                               f"{dropped or 'nothing'})")
     report["read"]["turns"] = len(turns)
     matches = [t["window_match"] for t in parsed if not np.isnan(t.get("window_match", np.nan))]
     report["read"]["pairwise_labelled"] = sum(t.pair_label is not None for t in turns)

@@ -181,19 +181,30 @@ def test_a_folder_is_read_from_the_files_and_columns_it_has(folders, data, tmp_p
     and refuses a folder that lacks a column it reads, naming it, before any fitting."""
     import shutil
     from align.cli import main
-    from align.ifllm import read_ifllm
+    from align.ifllm import IfllmFormatError, read_ifllm
     monkeypatch.setenv("GLANCE_CACHE_DIR", str(tmp_path / "cache"))
     small = folders[0]
     lean = tmp_path / "lean"
     lean.mkdir()
-    # ... and query timestamps stored as TIMESTAMP rather than text
-    sql(f"copy (select * replace (try_cast(query_timestamp as timestamp) as query_timestamp) "
-        f"from '{small}/queries.parquet') to '{lean}/queries.parquet' (format parquet)")
     sql(f"copy (select 1 as extra, * from '{small}/samples.parquet') to '{lean}/samples.parquet' (format parquet)")
-    again = read_ifllm(lean, use_cache=False)
-    assert [t.query_id for t in again.turns] == [t.query_id for t in data.turns]
-    assert [t.shown_epoch_ms for t in again.turns] == [t.shown_epoch_ms for t in data.turns]
-    assert again.report["read"]["pairwise_labelled"] == data.report["read"]["pairwise_labelled"]
+    # ... and query timestamps stored as TIMESTAMP, ISO text, TIMESTAMPTZ or epoch numbers
+    # rather than the study's text (each dropped every task but the first, and the reader
+    # then failed with "need at least one array to concatenate").
+    stamp = "try_cast(query_timestamp as timestamp)"
+    for form in (stamp, f"strftime({stamp}, '%Y-%m-%dT%H:%M:%S.%gZ')", f"timezone('UTC', {stamp})",
+                 f"epoch_ms({stamp})", f"epoch_ms({stamp}) / 1000.0"):
+        sql(f"copy (select * replace ({form} as query_timestamp) from '{small}/queries.parquet') "
+            f"to '{lean}/queries.parquet' (format parquet)")
+        again = read_ifllm(lean, use_cache=False)
+        assert [t.query_id for t in again.turns] == [t.query_id for t in data.turns], form
+        assert [t.shown_epoch_ms for t in again.turns] == [t.shown_epoch_ms for t in data.turns], form
+        assert again.report["read"]["pairwise_labelled"] == data.report["read"]["pairwise_labelled"]
+        assert again.report["repaired"] == data.report["repaired"], form
+    # No time that can be read at all: a message that says what was dropped.
+    sql(f"copy (select * replace ('soon' as query_timestamp) from '{small}/queries.parquet') "
+        f"to '{lean}/queries.parquet' (format parquet)")
+    with pytest.raises(IfllmFormatError, match="no readable study turns .*tasks_without_timestamps"):
+        read_ifllm(lean, use_cache=False)
 
     broken = tmp_path / "broken"
     broken.mkdir()
