@@ -170,17 +170,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def _ctrl_c_stops(cancel: threading.Event):
+def _ctrl_c_stops(cancel: threading.Event, say: str | None = None):
     """Ctrl-C stops the reply as Esc does in the window: the reply so far is stored and
     the conversation stays a turn-by-turn one. Raised through, it lost the reply and
     left the question unanswered (the next turn sent two user messages in a row). A
-    second Ctrl-C interrupts at once."""
+    second Ctrl-C interrupts at once. ``say``: printed at the first Ctrl-C."""
     import signal
 
     def stop(signum, frame):
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
+        if say:
+            print(say, file=sys.stderr, flush=True)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -523,18 +525,22 @@ def cmd_data(args) -> int:
         for table, rows in status["counts"].items():
             print(f"  {table:18} {rows} rows")
         return 0
-    with FeedbackStore.open() as store:
-        if args.data_command == "export":
-            folder = export_all(store, args.directory)
-            print(f"Exported to {folder}")
-        elif args.data_command == "delete":
-            if store.conversations.get(args.conversation) is None:
-                print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
-                return 2
-            from .session import delete_conversation
-            delete_conversation(store, args.conversation)
-            print(f"Deleted conversation {args.conversation} and everything derived from it "
-                  "(personal adapters that learned from it are retired).")
+    if args.data_command == "export":
+        with FeedbackStore.open() as store:
+            print(f"Exported to {export_all(store, args.directory)}")
+        return 0
+    # A deletion runs to its end: the rows go in one transaction, then the file is rewritten
+    # under a new key, which nothing can stop halfway either. Ctrl-C used to end the command
+    # with no word of what was done (it was all done).
+    with _ctrl_c_stops(threading.Event(), say="glance: finishing the deletion first (it is "
+                       "not stopped halfway)."), FeedbackStore.open() as store:
+        if store.conversations.get(args.conversation) is None:
+            print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
+            return 2
+        from .session import delete_conversation
+        delete_conversation(store, args.conversation)
+    print(f"Deleted conversation {args.conversation} and everything derived from it "
+          "(personal adapters that learned from it are retired).")
     return 0
 
 

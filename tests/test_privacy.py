@@ -585,6 +585,39 @@ def test_cli_data_and_consent_commands(home, tmp_path):
     assert list(home.iterdir()) == []
 
 
+def test_ctrl_c_during_a_conversation_delete_finishes_it_and_says_so(home):
+    """Ctrl-C during `glance data delete --conversation` ended the command with exit 130
+    and no word, though the rows were gone and the file rewritten: the user could not
+    tell whether the conversation was deleted."""
+    import os
+    import signal
+    from feedback_store.conversations import Conversation
+    with FeedbackStore.open(home) as store:
+        doomed = store.conversations.create(Conversation(title="DOOMED-MARKER-4471")).id
+        # Bulk, so the rewrite under a new key takes a while (any table is rewritten).
+        store.writer.call(lambda con: con.execute(
+            "CREATE TABLE filler AS SELECT range AS i, md5(range::varchar) AS s FROM range(1000000)"))
+    delete = subprocess.Popen([sys.executable, "-m", "app.cli", "data", "delete", "--conversation", doomed],
+                              cwd=ROOT, env=dict(os.environ, GLANCE_HOME=str(home)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    database = str(home / "glance.db")
+    while delete.poll() is None:          # the store is open: the deletion is under way
+        try:
+            if any(os.readlink(f"/proc/{delete.pid}/fd/{fd}") == database
+                   for fd in os.listdir(f"/proc/{delete.pid}/fd")):
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    delete.send_signal(signal.SIGINT)
+    out, err = delete.communicate(timeout=120)
+    assert delete.returncode == 0, err
+    assert "finishing the deletion first" in err and f"Deleted conversation {doomed}" in out
+    with FeedbackStore.open(home) as store:
+        assert store.conversations.get(doomed) is None and store._compaction_owed is False
+    assert audited_hits(home, "DOOMED-MARKER-4471") == []     # erased from the file, too
+
+
 def test_what_was_on_screen_is_not_recorded_while_collection_is_paused(store):
     """Paused, the window still recorded each reply shown, when, and (at its hiding) for
     how long: "Pause all collection" had left that out."""
