@@ -2,7 +2,8 @@
 from dataclasses import dataclass
 
 HEALTH_STATES = ("ok", "no_camera", "face_lost", "several_faces", "camera_busy",
-                 "not_calibrated", "other_screen")   # (the last: said by the window)
+                 "not_calibrated", "ended",          # (a replayed video played to its end)
+                 "other_screen")                     # (said by the window)
 
 
 @dataclass(frozen=True)

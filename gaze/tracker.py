@@ -182,7 +182,7 @@ class GazeTracker:
         if cam.state in ("no_camera", "camera_busy"):
             return Health(cam.state, cam.message, fps=fps)
         if cam.state == "ended" and not self.running:     # replays: all frames processed
-            return Health("no_camera", MESSAGES["ended"], fps=fps)
+            return Health("ended", MESSAGES["ended"], fps=fps)
         if cam.state == "opening" or self.frames == 0:
             return Health("ok" if self._enabled() else "not_calibrated", MESSAGES["starting"],
                           fps=fps)

@@ -180,6 +180,8 @@ def test_several_faces_pause_gaze_and_it_resumes(vision, tmp_path):
     tracker.add_frame_listener(listen)
     tracker.start()
     assert tracker.wait_finished(240)
+    # Played to its end, a replay says so (it said "no camera", as for a missing camera).
+    assert (tracker.health().state, tracker.health().message) == ("ended", "The video has ended.")
     tracker.stop()
     assert states[:12] == ["ok"] * 12
     assert states[12:24] == ["several_faces"] * 12

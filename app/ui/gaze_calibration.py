@@ -39,7 +39,7 @@ TIPS = ("<ul><li>Sit about an arm's length from the screen, facing it.</li>"
 MODEL_NAMES = {"ridge": "ridge", "kernel": "kernel ridge", "mlp": "small MLP"}
 SHORT = {"ok": "on", "no_camera": "no camera", "face_lost": "face not seen",
          "several_faces": "several faces", "camera_busy": "camera busy",
-         "not_calibrated": "not calibrated", "other_screen": "other screen"}
+         "not_calibrated": "not calibrated", "ended": "video ended", "other_screen": "other screen"}
 OTHER_SCREEN = ("Glance is on another screen than the one gaze was calibrated on, so no gaze "
                 "is recorded. Calibrate on this screen (Gaze… → Calibrate), or move the "
                 "window back.")
@@ -68,7 +68,7 @@ def screen_layout() -> list[dict]:
 
 # --- the calibration screen ------------------------------------------------------------------------
 def _camera_ready(health) -> bool:
-    return health.state not in ("no_camera", "camera_busy")
+    return health.state not in ("no_camera", "camera_busy", "ended")
 
 
 class CalibrationScreen(QWidget):
@@ -772,7 +772,7 @@ class GazeController(QObject):
         if self.tracker.camera_state == "opening" and time.monotonic() < deadline:
             QTimer.singleShot(100, lambda: self._continue_activate(deadline))
             return
-        if h.state in ("no_camera", "camera_busy"):
+        if h.state in ("no_camera", "camera_busy", "ended"):
             self.window.statusBar().showMessage(h.message, 15000)
             self._poll()
             return
