@@ -291,6 +291,20 @@ def decision_features(pair: PairTrace, source: int, last_s: tuple = (5.0, 15.0),
         duration = sample_durations(tr.t_ms, cap_ms)
         over = (tr.offset >= 0) | ~np.isnan(tr.x)
         parts.append((tr.t_ms[over], duration[over], np.full(over.sum(), sign)))
+    kw = dict(last_s=last_s, min_visit_ms=min_visit_ms, compare_ms=compare_ms)
+    out = _decision(parts, **kw)
+    if len(np.intersect1d(parts[0][0], parts[1][0])):
+        # Samples of both sides at one instant: whichever is put first in time order
+        # decides "last" and the visits, and a went first, so swapping a and b did not
+        # negate the values. Both orders, averaged: the result no longer depends on it.
+        other = _decision(parts[::-1], **kw)
+        out = {name: (value + other[name]) / 2 for name, value in out.items()}
+    return out
+
+
+def _decision(parts: list, last_s: tuple, min_visit_ms: float, compare_ms: float) -> dict:
+    """:func:`decision_features` of on-box samples ``parts`` ((t, duration, side) per
+    side); samples at the same instant keep the order of ``parts``."""
     t = np.concatenate([p[0] for p in parts])
     out = {"last_side": 0.0, "first_side": 0.0, "switches": 0.0, "share_second_half": 0.0,
            "share_compare": 0.0, "return_side": 0.0, "time_since_a_minus_b_s": 0.0}
@@ -319,6 +333,7 @@ def decision_features(pair: PairTrace, source: int, last_s: tuple = (5.0, 15.0),
     out["share_compare"] = _share(duration[both_seen], side[both_seen])
     settled = visit_ms >= compare_ms
     out["return_side"] = float(sides[settled][-1]) if settled.any() else 0.0
+    # A side never attended counts as last attended when the pair was shown (t = 0).
     last_a = t[side == 1].max() if np.any(side == 1) else 0.0
     last_b = t[side == -1].max() if np.any(side == -1) else 0.0
     out["time_since_a_minus_b_s"] = float((end - last_a) - (end - last_b)) / 1000.0

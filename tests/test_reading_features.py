@@ -153,6 +153,24 @@ def test_decision_phase_last_side_switches_and_recent_share():
     assert all(swapped[k] == pytest.approx(-v) for k, v in f.items() if k != "switches")
 
 
+def test_decision_phase_is_antisymmetric_when_both_sides_have_samples_at_one_instant():
+    """Samples of both sides at the same instant (two sources, or a clock's coarse ticks)
+    were ordered a first, so a decided "last": swapping a and b did not negate the values."""
+    t = np.arange(0, 4000, 100.0)
+    a = ReadingTrace.build(t_ms=t, offset=np.zeros(len(t), int), text=TEXT, line_starts=STARTS,
+                           origin="live")
+    b = ReadingTrace.build(t_ms=t[20:], offset=np.zeros(20, int), text=TEXT, line_starts=STARTS,
+                           origin="live")
+    f = F.decision_features(PairTrace(a, b, pick_t_ms=5000.0), MOUSE)
+    swapped = F.decision_features(PairTrace(b, a, pick_t_ms=5000.0), MOUSE)
+    assert swapped["switches"] == f["switches"]
+    assert all(swapped[k] == pytest.approx(-v) for k, v in f.items() if k != "switches")
+    # Once b joins, the sides alternate a sample (100 ms) at a time, too short to be a visit
+    # (150 ms): the last visit is a's opening one.
+    assert (f["last_side"], f["first_side"], f["switches"]) == (1, 1, 0)
+    assert f["share_last_5s"] == pytest.approx(40 / 60 - 0.5)
+
+
 def test_samples_after_the_pick_are_ignored():
     """b is read only after the pick (a whole reading, long enough to be a visit)."""
     a, after = trace_over_lines([0, 1, 2]), trace_over_lines([0, 1, 2])
