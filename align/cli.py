@@ -330,6 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `align` command."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        from feedback_store.paths import output_reader_gone
+        code = output_reader_gone()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     # As `glance`: whatever Glance writes is the user's alone. Reward models trained on a
     # fresh GLANCE_HOME (no store opened, which sets it too) were left readable by all.
     os.umask(0o077)

@@ -9,7 +9,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from feedback_store.paths import not_utf8_problem
+from feedback_store.paths import not_utf8_problem, output_reader_gone
 from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
                             glance_home)
 from feedback_store.errors import permission_message
@@ -119,7 +119,11 @@ def entry() -> int:
     # `glance` process hides it (DuckDB then skips the check). `align` keeps it.
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _WithoutPandas())
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = output_reader_gone()
     # Everything is written and closed by now. Python's shutdown still runs full garbage
     # collections over every object the process made (≈ 40 ms of a one-shot `glance
     # chat`, measured, bench/startup.py) only to find cycles the exit frees anyway;

@@ -1,6 +1,7 @@
 """Where Glance keeps its files. GLANCE_HOME overrides every path."""
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def output_reader_gone() -> int:
+    """After a BrokenPipeError on stdout (`glance doctor | head -1`: the reader took what
+    it wanted and closed the pipe; a traceback before): stdout goes to /dev/null, so the
+    interpreter's last flush does not fail again, and the exit code is 1, as Python's
+    documentation advises."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def not_utf8_problem(args) -> str | None:

@@ -85,6 +85,19 @@ def test_ctrl_c_while_the_model_loads_stops_before_the_reply(home, monkeypatch, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_output_into_a_closed_pipe_is_not_a_traceback(home):
+    """`glance doctor | head -1`: the reader closes the pipe before the command has
+    written all; that ended in a BrokenPipeError traceback."""
+    for command in (["app.cli", "doctor"], ["align.cli", "status"]):
+        process = subprocess.Popen([sys.executable, "-m", *command], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=dict(os.environ, GLANCE_HOME=str(home)))
+        process.stdout.close()                   # gone before anything was written
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 1, err
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
