@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from feedback_store.paths import not_utf8_problem, output_reader_gone
-from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, StoreError, UnknownConversation,
-                            glance_home)
+from feedback_store import (SIGNALS, DatabaseLocked, FeedbackStore, NoGlanceData, StoreError,
+                            UnknownConversation, glance_home)
 from feedback_store.errors import permission_message
 
 from . import __version__
@@ -227,8 +227,14 @@ def cmd_chat(args) -> int:
     from .chat import ChatService
     if not args.prompt.strip():
         raise EmptyPrompt()
+    if args.model:     # checked before the data folder is opened (or made, the first time)
+        require_chat_template(inspect_model(args.model))
     cancel = threading.Event()
-    with FeedbackStore.open() as store:
+    try:   # a conversation to continue needs data that exists: none is made to refuse it
+        opened = FeedbackStore.open_existing() if args.conversation else FeedbackStore.open()
+    except NoGlanceData:
+        raise UnknownConversation(args.conversation) from None
+    with opened as store:
         # Everything the user typed is checked before the model loads or a row is written.
         known = store.conversations.get(args.conversation) if args.conversation else None
         if args.conversation and known is None:
@@ -272,8 +278,11 @@ def cmd_chat(args) -> int:
 
 
 def cmd_conversations(args) -> int:
-    with FeedbackStore.open() as store:
-        found = store.conversations.list(args.search)
+    try:
+        with FeedbackStore.open_existing() as store:
+            found = store.conversations.list(args.search)
+    except NoGlanceData:
+        found = []
     if args.json:
         print(json.dumps([{"id": c.id, "title": c.title, "updated_wall_ns": c.updated_wall_ns}
                           for c in found]))
@@ -306,11 +315,16 @@ def cmd_doctor(args) -> int:
         chosen = status.get("gaze_camera")
         if scoring is not None:          # only the open window scores
             report["scoring"] = scoring
-        report["database"] = {"ok": True, "encryption": status["encryption"],
+        report["database"] = {"ok": True, "exists": True, "encryption": status["encryption"],
                               "key_storage": status["key_storage"],
                               "schema_version": status["schema_version"],
                               "counts": status["counts"], "app_open": status["app_open"]}
         report["nightly"] = _nightly(runs)
+    except NoGlanceData:
+        # Nothing is wrong: the first chat makes it. (The doctor made a database and a key
+        # itself, even right after Delete everything.)
+        report["database"] = {"ok": True, "exists": False}
+        report["nightly"] = _nightly([])
     except StoreError as error:
         report["database"] = {"ok": False, "error": str(error)}
     report["camera"] = camera_status(chosen)
@@ -329,10 +343,14 @@ def cmd_doctor(args) -> int:
             print(f"          gaze uses {camera['gaze_uses']} (chosen by {camera['chosen_by']}; "
                   "Gaze… → Camera in the window, or GLANCE_CAMERA=/dev/videoN, chooses another)")
         database = report["database"]
-        print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
-                              f"{database['schema_version']}"
-                              + (" (open in the Glance window, which answered)" if database["app_open"] else "")
-                              if database["ok"] else database["error"]))
+        if database["ok"] and not database["exists"]:
+            print(f"Database: none yet in {report['data_dir']} (the first chat makes it)")
+        else:
+            print("Database: " + (f"ok, encrypted, key in {database['key_storage']}, schema "
+                                  f"{database['schema_version']}"
+                                  + (" (open in the Glance window, which answered)"
+                                     if database["app_open"] else "")
+                                  if database["ok"] else database["error"]))
         if "nightly" in report:
             last = report["nightly"]["last_run"]
             when = ("never run (align --nightly, or align schedule install)" if last is None else
@@ -373,7 +391,7 @@ def _store_status() -> tuple[dict, list, dict | None]:
     the window (None without one): from the store, or, while the Glance window holds it,
     from the window over its private socket."""
     try:
-        with FeedbackStore.open() as store:
+        with FeedbackStore.open_existing() as store:
             return dict(store.status(), app_open=False), store.training.runs(1), None
     except DatabaseLocked as locked:
         from align.ipc import ask_open_app
@@ -424,42 +442,58 @@ def _reward_models() -> dict:
 def cmd_models(args) -> int:
     if args.models_command == "download":
         return _download_model(args)
-    with FeedbackStore.open() as store:
-        if args.models_command == "list":
-            # "*": the model Glance starts with (the last one used that still exists).
-            try:
-                default = str(default_model_path())
-            except ModelError as error:          # the others are listed all the same
-                default = None
-                print(f"  (no embedded default: {error})")
-            try:
-                current = choose_model(store)
-            except ModelError:
-                current = None
-            if default:
-                print(f"{'*' if current == default else ' '} {default} (embedded default)")
-            for model in store.models.list():
-                if model["path"] == default:
-                    continue
-                missing = "" if os.path.exists(model["path"]) else "  (file missing)"
-                print(f"{'*' if model['path'] == current else ' '} {model['path']}  "
-                      f"[{model['architecture']}, ctx {model['context_length']}, "
-                      f"{model['size_bytes'] / 2**20:.0f} MiB]{missing}")
-        elif args.models_command == "add":
-            info = inspect_model(args.path)
-            require_chat_template(info)        # as loading it would (it became the start model)
+    if args.models_command == "add":
+        info = inspect_model(args.path)
+        require_chat_template(info)        # as loading it would (it became the start model)
+        with FeedbackStore.open() as store:
             store.models.remember(info)
-            print(f"Added {info['name']} ({info['path']}); Glance now starts with it "
-                  "(`glance --model PATH` picks another).")
-        elif args.models_command == "remove":
-            path = str(Path(args.path).expanduser().resolve())
-            if path not in {model["path"] for model in store.models.list()}:
-                print(f"glance: {args.path} is not in the list (`glance models list`).",
-                      file=sys.stderr)
-                return 2
-            store.models.forget(path)
-            print(f"Removed {path} from the list; the file stays. Glance starts with "
-                  f"{Path(choose_model(store)).name}.")
+        print(f"Added {info['name']} ({info['path']}); Glance now starts with it "
+              "(`glance --model PATH` picks another).")
+        return 0
+    try:     # listing or removing makes no data folder (nothing was added without one)
+        with FeedbackStore.open_existing() as store:
+            return _list_or_remove_model(args, store)
+    except NoGlanceData:
+        return _list_or_remove_model(args, None)
+
+
+def _list_or_remove_model(args, store) -> int:
+    """``glance models list|remove``; ``store`` None: no data folder yet."""
+    try:
+        default = str(default_model_path())
+    except ModelError as error:          # the others are listed all the same
+        default = None
+        if args.models_command == "list":
+            print(f"  (no embedded default: {error})")
+    listed = store.models.list() if store is not None else []
+    if args.models_command == "list":
+        # "*": the model Glance starts with (the last one used that still exists).
+        try:
+            current = choose_model(store) if store is not None else default
+        except ModelError:
+            current = None
+        if default:
+            print(f"{'*' if current == default else ' '} {default} (embedded default)")
+        for model in listed:
+            if model["path"] == default:
+                continue
+            missing = "" if os.path.exists(model["path"]) else "  (file missing)"
+            print(f"{'*' if model['path'] == current else ' '} {model['path']}  "
+                  f"[{model['architecture']}, ctx {model['context_length']}, "
+                  f"{model['size_bytes'] / 2**20:.0f} MiB]{missing}")
+        return 0
+    path = str(Path(args.path).expanduser().resolve())
+    if path not in {model["path"] for model in listed}:
+        if path == default:      # listed with the others, but it comes with Glance
+            print(f"glance: {args.path} is the embedded default model, which comes with Glance "
+                  "and cannot be removed from the list (another one added becomes the start model).",
+                  file=sys.stderr)
+        else:
+            print(f"glance: {args.path} is not in the list (`glance models list`).", file=sys.stderr)
+        return 2
+    store.models.forget(path)
+    print(f"Removed {path} from the list; the file stays. Glance starts with "
+          f"{Path(choose_model(store)).name}.")
     return 0
 
 
@@ -530,14 +564,14 @@ def cmd_data(args) -> int:
             print(f"  {table:18} {rows} rows")
         return 0
     if args.data_command == "export":
-        with FeedbackStore.open() as store:
+        with FeedbackStore.open_existing() as store:
             print(f"Exported to {export_all(store, args.directory)}")
         return 0
     # A deletion runs to its end: the rows go in one transaction, then the file is rewritten
     # under a new key, which nothing can stop halfway either. Ctrl-C used to end the command
     # with no word of what was done (it was all done).
     with _ctrl_c_stops(threading.Event(), say="glance: finishing the deletion first (it is "
-                       "not stopped halfway)."), FeedbackStore.open() as store:
+                       "not stopped halfway)."), FeedbackStore.open_existing() as store:
         if store.conversations.get(args.conversation) is None:
             print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
             return 2

@@ -98,6 +98,31 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(home):
         assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def test_commands_that_only_read_or_refuse_make_no_data_folder(home, tmp_path):
+    """In a data folder Glance was never used with, or right after Delete everything, a
+    command that only reads (or refuses its arguments) made a database and a key there."""
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("nope")
+    for args, code, says in (
+            (["conversations"], 0, "No conversations yet."),
+            (["models", "list"], 0, "(embedded default)"),
+            (["models", "remove", str(fake)], 2, "not in the list"),
+            (["data", "status"], 2, "no Glance data"),
+            (["data", "export", str(tmp_path / "out")], 2, "no Glance data"),
+            (["data", "delete", "--conversation", "abc"], 2, "no Glance data"),
+            (["chat", "--prompt", "hi", "--conversation", "abc"], 2, "abc"),
+            (["chat", "--prompt", "hi", "--model", str(fake)], 2, "not a GGUF")):
+        done = run_glance(*args, home=home)
+        assert done.returncode == code, (args, done.stderr)
+        assert says in done.stdout + done.stderr, (args, done.stdout, done.stderr)
+        assert not home.exists(), args
+    assert not (tmp_path / "out").exists()
+    # The embedded default is listed, but it comes with Glance: said so, not "not in the list".
+    default = run_glance("models", "list", home=home).stdout.split()[1]
+    refused = run_glance("models", "remove", default, home=home)
+    assert refused.returncode == 2 and "embedded default" in refused.stderr
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
@@ -132,6 +157,12 @@ def test_doctor_json(home, monkeypatch):
     assert report["versions"]["llama-cpp-python"] == "0.3.36"
     assert report["model"]["ok"] and report["model"]["path"].endswith(".gguf")
     assert report["data_dir"] == str(home)
+    # A data folder Glance never used (or just emptied by Delete everything): nothing is
+    # wrong, and the doctor makes nothing there (it made a database and a key).
+    assert report["database"] == {"ok": True, "exists": False} and not home.exists()
+    assert "Database: none yet" in run_glance("doctor", home=home).stdout and not home.exists()
+    FeedbackStore.open(home).close()
+    report = json.loads(run_glance("doctor", "--json", home=home).stdout)
     assert report["database"]["ok"] and report["database"]["encryption"] is True
     assert "available" in report["camera"]
     assert report["camera"]["gaze_uses"] == "/dev/video0"     # the one gaze opens by default
@@ -332,6 +363,7 @@ def test_a_data_folder_the_account_may_not_use_gets_one_line_not_a_traceback(hom
     command says which file it may not use, in one line, and exits 1."""
     import shutil
     from conftest import require
+    FeedbackStore.open(home).close()
     assert run_glance("data", "status", home=home).returncode == 0      # it exists, with files
     os.chmod(home, 0o000)
     prefix = []
