@@ -2,7 +2,7 @@
 
     align --nightly [--include-imported] [--max-pairs N] [--json]
     align status [--json]
-    align adapters list [--json]
+    align adapters list [--json] | adapters use VERSION|base [--model FILE] [--json]
     align rollback [--model FILE] [--json]
     align schedule install|remove|status [--at HH:MM] [--json]
 
@@ -13,6 +13,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 
 def register(parser: argparse.ArgumentParser, subcommands) -> None:
@@ -38,6 +39,14 @@ def register(parser: argparse.ArgumentParser, subcommands) -> None:
     listing = versions_commands.add_parser("list", help="list the kept versions")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_adapters_list)
+    use = versions_commands.add_parser(
+        "use", help="answer with a kept version again, or with the base model ('base')")
+    use.add_argument("version", metavar="VERSION|base")
+    use.add_argument("--model", metavar="FILE",
+                     help="with 'base': the model to put back on its base (default: the "
+                          "model published or rolled back last)")
+    use.add_argument("--json", action="store_true")
+    use.set_defaults(func=cmd_adapters_use)
     versions.set_defaults(func=cmd_adapters_list, json=False)
 
     rollback = subcommands.add_parser("rollback", help="go back to the previous adapter "
@@ -175,6 +184,48 @@ def cmd_adapters_list(args) -> int:
         print(f"{'*' if version['active'] else ' '} {version['version']}  "
               f"{(version.get('base') or {}).get('name', '?')}  pairs {trained_pairs(version)}  "
               f"held-out accuracy {accuracy if accuracy is None else round(accuracy, 2)}")
+    return 0
+
+
+def cmd_adapters_use(args) -> int:
+    """A rollback could not be undone: the version stepped back from stayed unused, and the
+    next night, with nothing new to learn, published nothing."""
+    from .adapters import AdapterConfig, adapters_dir, line, manifest, models_with_versions, set_active
+    from .ipc import tell_app_adapters_changed
+    root = adapters_dir(_data_dir())
+    version = None if args.version == "base" else args.version
+    known = ", ".join(models_with_versions(root)) or "none"
+    if version is None:
+        base = line(root, args.model)
+        if base is None and known == "none":
+            message = "No adapter yet: Glance already answers with the base model."
+            print(json.dumps({"active": None, "model": None, "message": message})
+                  if args.json else message)
+            return 0
+        if base is None:
+            print("align adapters use: " + (
+                f"no adapter version was trained on {Path(args.model).name!r}" if args.model else
+                "say which model with --model") + f" (models with versions: {known})",
+                file=sys.stderr)
+            return 2
+    else:
+        base = (manifest(root, version) or {}).get("base")
+        if args.model is not None and base is not None and base.get("name") != Path(args.model).name:
+            print(f"align adapters use: {version} was trained on {base.get('name')}, not on "
+                  f"{Path(args.model).name}", file=sys.stderr)
+            return 2
+    try:
+        set_active(AdapterConfig(root), version, args.model if version is None else None)
+    except KeyError as error:       # no such version
+        print(f"align adapters use: {error.args[0]}", file=sys.stderr)
+        return 2
+    tell_app_adapters_changed(_data_dir())          # an open window's label follows
+    model = (base or {}).get("name")
+    if args.json:
+        print(json.dumps({"active": version, "model": model}))
+    else:
+        print(f"Now using {version}" if version else "Now using the base model (no adapter)",
+              end=f" for {model}.\n" if model else ".\n")
     return 0
 
 

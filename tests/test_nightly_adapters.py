@@ -464,6 +464,22 @@ def test_a_rollback_steps_back_one_models_line_and_leaves_the_others_alone(tmp_p
     assert listed == {"v0001": True, "v0002": False, "v0003": False}
     missing = align("rollback", "--model", "nowhere.gguf", code=2)
     assert "nowhere.gguf" in missing.stderr and "base.gguf, other.gguf" in missing.stderr
+    # A rollback is undone by choosing the version again (nothing could: the next night,
+    # with nothing new to learn, publishes nothing, and v0003 stayed unused for good).
+    assert align("adapters", "use", "v0003").stdout == "Now using v0003 for base.gguf.\n"
+    assert json.loads(align("adapters", "use", "v0002", "--json").stdout) == \
+        {"active": "v0002", "model": "other.gguf"}
+    assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": "v0002"}
+    assert align("adapters", "use", "base", "--model", "other.gguf").stdout == \
+        "Now using the base model (no adapter) for other.gguf.\n"
+    assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": None}
+    for args, says in ((["v0009"], "No adapter version 'v0009'"),
+                       (["v0002", "--model", "base.gguf"], "v0002 was trained on other.gguf"),
+                       (["base", "--model", "nowhere.gguf"], "nowhere.gguf")):
+        refused = align("adapters", "use", *args, code=2)
+        assert says in refused.stderr, refused.stderr
+    assert adapters.in_use(config.root) == {"base.gguf": "v0003", "other.gguf": None}
+    align("adapters", "use", "v0001")
     # A publish for one model leaves the other's choice (its base) as it is.
     publish(config, tmp_path, model, 4)
     assert adapters.in_use(config.root) == {"base.gguf": "v0004", "other.gguf": None}

@@ -186,6 +186,7 @@ INVOCATIONS = {
     ("align", "status"): [["status"], ["status", "--json"]],
     ("align", "adapters"): [["adapters"]],
     ("align", "adapters", "list"): [["adapters", "list", "--json"]],
+    ("align", "adapters", "use"): [["adapters", "use", "base", "--json"]],
     ("align", "rollback"): [["rollback", "--json"]],
     ("align", "schedule"): [["schedule", "status", "--json"]],
 }
