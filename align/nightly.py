@@ -351,7 +351,8 @@ def _run(config: NightlyConfig, dpo, result: dict, started: int, clock: float, l
     if not pairs:
         return _record(config, result, started, clock, log, status="nothing_new",
                        message="Nothing to learn yet: no reply has been preferred over another "
-                               "(pick, thumbs on two replies to one prompt, or a regenerated reply).")
+                               "(pick, thumbs on two replies to one prompt, or a regenerated reply)."
+                               + _given_while_off(rows))
     if len({p.conversation_id for p in pairs}) < 2:
         # The gate checks an adapter on conversations it was not trained on: with one,
         # either nothing is left to train on or nothing to check with, and minutes of
@@ -442,6 +443,18 @@ def _refresh_reward_models(data_dir: Path) -> dict:
                                                "the next night will do it"}
     except Exception as error:  # noqa: BLE001 - the adapter's training does not depend on it
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+
+
+def _given_while_off(rows: dict) -> str:
+    """The labels the job may not use because they were given with personalisation off
+    (the usual path: consents start off): without this, "nothing to learn" read as "you
+    never preferred anything"."""
+    counts = {row["kind"]: row["labels"] for row in rows.get("feedback_while_off", [])}
+    if not counts:
+        return ""
+    said = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(counts.items()))
+    return (f" ({said} given while personalisation was off are not used; what you give "
+            "from now on is.)")
 
 
 def _not_exportable(model_path: Path) -> str | None:

@@ -39,6 +39,14 @@ def _consented(column: str) -> str:
     return f"EXISTS (SELECT 1 FROM allowed a WHERE {column} >= a.start AND {column} < a.stop)"
 
 
+# Each label's latest word (a thumb per reply, a pick per pair of replies).
+_LATEST_FEEDBACK = """latest AS (
+        SELECT * FROM feedback QUALIFY row_number() OVER (
+            PARTITION BY kind, CASE WHEN kind = 'pick'
+                                    THEN least(message_id, other_message_id) || '|' || greatest(message_id, other_message_id)
+                                    ELSE message_id END
+            ORDER BY wall_ns DESC, id DESC) = 1)"""
+
 # name -> SELECT producing the rows (consent-filtered); the same text feeds rows() and
 # the snapshot, so both paths give the job exactly the same data.
 ROW_QUERIES = {
@@ -50,15 +58,15 @@ ROW_QUERIES = {
     # Only each label's latest word counts (a thumb per reply, a pick per pair of replies),
     # and only if that latest word was given with the consent on: a label reversed or
     # cleared while it was off must not be trained on as it was before.
-    "feedback": f"""WITH {_ALLOWED}, latest AS (
-        SELECT * FROM feedback QUALIFY row_number() OVER (
-            PARTITION BY kind, CASE WHEN kind = 'pick'
-                                    THEN least(message_id, other_message_id) || '|' || greatest(message_id, other_message_id)
-                                    ELSE message_id END
-            ORDER BY wall_ns DESC, id DESC) = 1)
+    "feedback": f"""WITH {_ALLOWED}, {_LATEST_FEEDBACK}
         SELECT f.id, f.message_id, f.other_message_id, f.conversation_id, f.kind, f.value,
                f.wall_ns
         FROM latest f WHERE {_consented('f.wall_ns')} ORDER BY f.wall_ns, f.id""",
+    # How many labels were given while personalisation was off (counts only, no content):
+    # without them "nothing to learn" read as "you never preferred anything".
+    "feedback_while_off": f"""WITH {_ALLOWED}, {_LATEST_FEEDBACK}
+        SELECT f.kind, count(*) AS labels FROM latest f
+        WHERE NOT {_consented('f.wall_ns')} GROUP BY f.kind ORDER BY f.kind""",
     "reply_scores": f"""WITH {_ALLOWED}
         SELECT s.message_id, s.conversation_id, s.previous_message_id, s.model, s.task,
                s.probability, s.scored_wall_ns

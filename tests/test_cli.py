@@ -207,7 +207,17 @@ def test_doctor_says_how_the_last_night_went(home):
     text = run_glance("doctor", home=home).stdout
     assert "Nightly:  never run (align --nightly, or align schedule install)" in text
     assert "Adapter:  none: the chat answers with the base model" in text
+    from feedback_store import Conversation, Message
     with FeedbackStore.open(home) as store:
+        # Thumbs given before the consent (it starts off): not used, and said so ("nothing
+        # to learn" alone read as "you never preferred anything").
+        chat = store.conversations.create(Conversation(title="before consent"))
+        question = store.conversations.add_message(Message(conversation_id=chat.id, role="user", content="q"))
+        for text, thumb in (("good", 1), ("bad", -1)):
+            reply = store.conversations.add_message(Message(
+                conversation_id=chat.id, role="assistant", content=text, parent_id=question.id))
+            store.conversations.set_thumb(chat.id, reply.id, thumb)
+        time.sleep(0.002)
         store.consent.set("personalise", True)
     nightly_settings(home)
     done = subprocess.run([sys.executable, "-m", "align.cli", "--nightly", "--json"],
@@ -217,6 +227,7 @@ def test_doctor_says_how_the_last_night_went(home):
     report = json.loads(run_glance("doctor", "--json", home=home).stdout)
     last = report["nightly"]["last_run"]
     assert last["status"] == "nothing_new" and last["message"].startswith("Nothing to learn yet")
+    assert "(2 thumbs given while personalisation was off are not used" in last["message"]
     text = run_glance("doctor", home=home).stdout
     assert "Nightly:  last run " in text and "nothing_new: Nothing to learn yet" in text
     # Each model has its own adapter version: the doctor names each.

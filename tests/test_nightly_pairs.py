@@ -202,6 +202,9 @@ def test_a_label_changed_while_personalisation_was_off_is_not_trained_on(consent
     time.sleep(0.002)
     pairs, _ = build_pairs(store.training.rows())
     assert pairs == []           # neither the old labels nor the ones given without consent
+    # ... and the job can say why: the latest word on each label, counted by kind.
+    assert store.training.rows()["feedback_while_off"] == [{"kind": "pick", "labels": 1},
+                                                           {"kind": "thumb", "labels": 2}]
     store.conversations.set_thumb(c.id, b.id, 1)                  # said again, with consent
     store.conversations.set_thumb(c.id, a.id, -1)
     assert [(p.chosen_id, p.source) for p in build_pairs(store.training.rows())[0]] == [(b.id, "thumbs")]
