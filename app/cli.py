@@ -266,12 +266,15 @@ def cmd_chat(args) -> int:
     if reply.dropped_turns:
         print(f"\n(note: {reply.dropped_turns} oldest turns were left out to fit the context)",
               file=sys.stderr)
+    if engine.adapter_error:       # the window says it in its status bar; here it went unsaid
+        print(f"\nglance: {engine.adapter_error}", file=sys.stderr)
     if args.json:
         print(json.dumps({
             "reply": reply.content, "conversation_id": tree.id, "message_id": reply.id,
             "model": reply.model, "tokens": reply.tokens, "ttft_s": reply.ttft_s,
             "tokens_per_s": reply.tokens_per_s, "finish_reason": reply.finish_reason,
-            "dropped_turns": reply.dropped_turns, "adapter": engine.adapter_version}))
+            "dropped_turns": reply.dropped_turns, "adapter": engine.adapter_version,
+            "adapter_error": engine.adapter_error}))
     else:
         print()
     return 0

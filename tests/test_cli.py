@@ -123,6 +123,25 @@ def test_commands_that_only_read_or_refuse_make_no_data_folder(home, tmp_path):
     assert refused.returncode == 2 and "embedded default" in refused.stderr
 
 
+def test_chat_says_when_the_personal_adapter_does_not_load(home):
+    """A damaged published adapter: the window says so in its status bar, while `glance
+    chat` answered with the base model without a word (and the doctor says it is used)."""
+    from align.adapters import base_identity
+    from app.models import default_model_path
+    FeedbackStore.open(home).close()
+    version = home / "adapters" / "v0001"
+    version.mkdir(parents=True)
+    (version / "adapter.gguf").write_bytes(b"not a GGUF file")
+    (version / "manifest.json").write_text(json.dumps({"base": base_identity(default_model_path())}))
+    (home / "adapters" / "active.json").write_text(json.dumps({"version": "v0001", "counter": 1}))
+    done = run_glance("chat", "--prompt", "hi", "--max-tokens", "2", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["adapter"] is None
+    assert "could not load the personal adapter v0001" in result["adapter_error"]
+    assert "could not load the personal adapter v0001" in done.stderr
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
