@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -156,6 +157,7 @@ def cmd_import_ifllm(args) -> int:
         print(f"align import-ifllm: {problem}", file=sys.stderr)
         return 2
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    began_wall_ns = time.time_ns()
     try:
         # Removing from a folder without a database: nothing to remove (opening made one).
         with (FeedbackStore.open_existing() if args.remove else FeedbackStore.open()) as store:
@@ -168,6 +170,15 @@ def cmd_import_ifllm(args) -> int:
     except (StoreError, ResearchSchemaMissing, ValueError) as error:
         print(f"align import-ifllm: {error}", file=sys.stderr)
         return 2                        # (as every align command refusing its input or a held database)
+    except KeyboardInterrupt:
+        # Once its one transaction is handed to the store's writer the import is finished,
+        # not stopped halfway (the store's close waits for it): "stopped" misled.
+        if args.remove or not _imported(args.directory, began_wall_ns):
+            raise
+        print(f"align import-ifllm: Ctrl-C came while {args.directory} was being written; the "
+              "import was finished, not stopped halfway (`align import-ifllm --remove DIR` "
+              "takes it out).", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps(result))
     elif args.remove and not any(result["removed"].values()):
@@ -208,6 +219,18 @@ def cmd_reward_evaluate(args) -> int:
     else:
         print(json.dumps(result, indent=1))
     return 0
+
+
+def _imported(directory, since_wall_ns: int) -> bool:
+    """Whether the study folder ``directory`` (as it is now) was imported since ``since_wall_ns``."""
+    from feedback_store import FeedbackStore, NoGlanceData
+    from .research import folder_fingerprint, imports
+    try:
+        with FeedbackStore.open_existing() as store:
+            return any(row["id"] == folder_fingerprint(directory)
+                       and row["imported_wall_ns"] >= since_wall_ns for row in imports(store))
+    except NoGlanceData:
+        return False
 
 
 def _not_a_folder(path, flag: str) -> str | None:

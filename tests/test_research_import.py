@@ -426,6 +426,33 @@ def test_ctrl_c_in_an_align_command_stops_it_with_a_line_not_a_traceback(tmp_pat
     assert b"Traceback" not in err and b"align: stopped" in err
 
 
+def test_ctrl_c_while_an_import_is_written_says_it_was_finished(folder, home, cache, capsys):
+    """Once the import's transaction is with the store's writer it runs to its end (the
+    store's close waits for it), yet Ctrl-C then printed "stopped" and exit 130: the user
+    believed nothing was imported. Here Ctrl-C comes as the first rows are written."""
+    import os
+    import signal
+    import align.research
+    from align.cli import main
+    from align.research import read_research
+    from feedback_store import FeedbackStore
+    real_insert = align.research._insert
+    sent = []
+
+    def insert_then_ctrl_c(*args):
+        if not sent:                         # (on the writer's thread: the main one waits)
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return real_insert(*args)
+    align.research._insert = insert_then_ctrl_c
+    try:
+        assert main(["import-ifllm", str(folder)]) == 0
+    finally:
+        align.research._insert = real_insert
+    assert sent and "the import was finished, not stopped halfway" in capsys.readouterr().err
+    with FeedbackStore.open(home) as store:
+        assert {t.user_id for t in read_research(store).turns} == set(WORKERS)
+
+
 def test_answers_stored_as_numbers_are_read_as_text(folder, tmp_path, cache):
     """Another folder in the same format stored an answer column as integers: every
     command reading it ended in a traceback."""
