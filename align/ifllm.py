@@ -734,8 +734,17 @@ def write_subset(source, target, workers, exclude: bool = False) -> dict:
     if target.exists() and (target.resolve() == source.resolve() or any(target.iterdir())):
         raise ValueError(f"{target} is not empty (or is the source folder): a subset is "
                          "written into a new or empty folder, so nothing is overwritten.")
-    target.mkdir(parents=True, exist_ok=True)
     con = connect()
+    present = {row[0] for row in con.execute(
+        f"select user_id::varchar from {_sql_path(source / 'queries.parquet')} union "
+        f"select worker::varchar from {_sql_path(source / 'samples.parquet')}").fetchall()}
+    unknown = sorted(set(workers) - present)
+    if unknown:        # (a mistyped id was left out without a word)
+        con.close()
+        raise ValueError(f"not in {source}: {', '.join(unknown[:5])}"
+                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                         + "; nothing was written")
+    target.mkdir(parents=True, exist_ok=True)
     con.execute("create temp table chosen (worker varchar)")
     con.executemany("insert into chosen values (?)", [(w,) for w in sorted(set(workers))])
     test = "not in" if exclude else "in"

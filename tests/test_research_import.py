@@ -219,7 +219,11 @@ def test_a_subset_never_overwrites_a_folder(folder, tmp_path):
             write_subset(folder, target, WORKERS[:1])
     assert {p.name: p.stat().st_size for p in folder.iterdir()} == before
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
-    empty = write_subset(folder, tmp_path / "nobody", ["no-such-worker"])
+    # A worker id not in the folder (a typo) was left out without a word: refused.
+    with pytest.raises(ValueError, match="not in .*: no-such-worker; nothing was written"):
+        write_subset(folder, tmp_path / "nobody", [WORKERS[0], "no-such-worker"])
+    assert not (tmp_path / "nobody").exists()
+    empty = write_subset(folder, tmp_path / "nobody", WORKERS, exclude=True)
     assert empty["queries"] == 0 and "the subset is empty" in empty["warning"]
     from align.ifllm import IfllmFormatError, read_ifllm
     with pytest.raises(IfllmFormatError, match="holds no study turns"):     # not a DuckDB error
