@@ -214,11 +214,36 @@ def cmd_reward_evaluate(args) -> int:
         print(f"align reward evaluate: warning: {result['holdout_shared_workers']} workers of "
               f"{args.holdout} are also in {args.ifllm}; they were left out of the holdout "
               f"figures ({result['holdout_pairs']} pairs of unseen people remain)", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(json.dumps(result, indent=1))
+    print(json.dumps(result) if args.json else _evaluation_table(result))
     return 0
+
+
+def _evaluation_table(result: dict) -> str:
+    """`align reward evaluate` without --json: the accuracies as a table (it printed the
+    whole JSON object, indented, either way)."""
+    def cell(entry: dict | None) -> str:
+        if not entry or entry.get("mean") is None:
+            return "-"
+        spread = f" ± {entry['sd']:.3f}" if entry.get("sd") is not None else ""
+        return f"{entry['mean']:.3f}{spread}"
+    columns = (("grouped", "grouped by worker"), ("ungrouped", "ungrouped"),
+               ("holdout", "holdout"), ("within_user", "within user"))
+    lines = []
+    for title, block in ((f"pairwise: {result['pairs']} pairs from {result['workers']} workers",
+                          result),
+                         (f"pointwise: {result['pointwise']['rows']} turns, majority class "
+                          f"{result['pointwise']['majority'] or 0:.3f}", result["pointwise"])):
+        lines += ["", title] if lines else [title]
+        if "skipped" in block:
+            lines.append(f"  not evaluated: {block['skipped']}")
+            continue
+        lines.append(f"  {'':15}" + "".join(f"{label:>20}" for _, label in columns))
+        for feature_set in ("text", "implicit", "text_implicit"):
+            lines.append(f"  {feature_set:15}" + "".join(
+                f"{cell(block[feature_set].get(key)):>20}" for key, _ in columns))
+    lines.append("(accuracy, mean ± sd over folds, within user over users; --json prints "
+                 "every figure)")
+    return "\n".join(lines)
 
 
 def _imported(directory, since_wall_ns: int) -> bool:

@@ -243,10 +243,14 @@ def evaluate(data_dir, holdout_dir=None, seeds: int = 5, folds: int = 5, progres
     pair_other = unseen(pair, pairwise_table(other.pairwise_turns())) if other else None
     point_other = unseen(point, pointwise_table(other.pointwise_pairs())) if other else None
     result = {"pairs": int(len(pair.y)), "workers": workers}
-    result.update(public(evaluate_task(pair, pair_other, True, seeds, folds, progress=progress)))
+    def said_of(task):    # which task a progress line is about ("text grouped" came twice)
+        return (lambda message: progress(f"{task}: {message}")) if progress else None
+    result.update(public(evaluate_task(pair, pair_other, True, seeds, folds,
+                                       progress=said_of("pairwise"))))
     point_workers = len(np.unique(point.groups))
     if point_workers >= folds and len(np.unique(point.y)) == 2:
-        point_result = public(evaluate_task(point, point_other, False, seeds, folds, progress=progress))
+        point_result = public(evaluate_task(point, point_other, False, seeds, folds,
+                                            progress=said_of("pointwise")))
     else:
         point_result = {"skipped": f"{len(point.y)} labelled pointwise turns from {point_workers} "
                                    f"workers: too few for {folds} grouped folds"}

@@ -495,6 +495,16 @@ def test_a_holdout_that_shares_workers_is_flagged(folders, tmp_path, monkeypatch
     assert "left out of the holdout figures (0 pairs of unseen people remain)" in captured.err
     # Nobody the model trained on is scored as a holdout: here that leaves no one.
     assert result["holdout_pairs"] == 0 and "holdout" not in result["text"]
+    # Without --json: a table (the whole object was printed, indented), and each progress
+    # line says its task ("text grouped" came twice, pairwise and pointwise alike).
+    assert main(["reward", "evaluate", "--ifllm", small, "--seeds", "1", "--folds", "3"]) == 0
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert table[0] == f"pairwise: {result['pairs']} pairs from {result['workers']} workers"
+    row = next(line for line in table if line.strip().startswith("text_implicit"))
+    assert row.split()[1] == f"{result['text_implicit']['grouped']['mean']:.3f}"
+    assert any(line.startswith("pointwise: ") for line in table) and "{" not in captured.out
+    assert "pairwise: text grouped: " in captured.err and "pointwise: text grouped: " in captured.err
 
 
 def test_an_empty_folder_argument_is_refused(tmp_path, monkeypatch, capsys):
