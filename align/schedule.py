@@ -357,6 +357,15 @@ def status(config: ScheduleConfig) -> dict:
         when = _systemd_time(timer) if installed else None
         if installed and config.activate and shutil.which("systemctl") and not ok:
             not_running = f"systemctl --user is-active says {active or 'nothing'!r}"
+            advice = "Run `align schedule install --kind systemd` again."
+            if "bus" in active.lower():
+                # No user session (a server, a container, ssh without lingering): installing
+                # again fails the same way, and auto finds neither systemd nor cron here.
+                not_running = ("systemd's user manager cannot be reached (no user session "
+                               f"bus: {active!r})")
+                advice = ("Run it from a desktop session, or let your user's timers run without "
+                          "one (`loginctl enable-linger`), then `align schedule install --kind "
+                          "systemd` again; or `align schedule remove` and install with cron.")
     elif kind == "cron":
         installed = cron_copy().exists()
         when = _cron_time(cron_copy().read_text()) if installed else None

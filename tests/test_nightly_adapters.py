@@ -300,6 +300,23 @@ def test_the_schedule_names_the_data_folder_as_resolved_when_installed(fresh_hom
     assert f'Environment="GLANCE_HOME={fresh_home / "my-glance"}"' in service
 
 
+def test_a_timer_systemd_cannot_start_for_want_of_a_session_says_what_to_do(fresh_home, tmp_path,
+                                                                          monkeypatch):
+    """Without a user session bus (a server, ssh), status said "Run `align schedule
+    install` again", which fails the same way (and auto then finds neither systemd nor cron)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text("#!/bin/sh\necho 'Failed to connect to bus: No medium found' >&2\nexit 1\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    installed = schedule.install(schedule.ScheduleConfig(kind="systemd"))
+    assert not installed["activated"]
+    said = schedule.status(schedule.ScheduleConfig(kind="systemd"))
+    assert not said["will_run"] and "no user session bus" in said["message"], said
+    assert "loginctl enable-linger" in said["message"] and "--kind systemd" in said["message"]
+    schedule.remove(schedule.ScheduleConfig(kind="systemd"))
+
+
 def test_cron_line_goes_into_the_users_crontab_and_comes_out_again(fresh_home, tmp_path, monkeypatch):
     # crontab is the system's tool: a stand-in that keeps the table in a file.
     bin_dir = tmp_path / "bin"
