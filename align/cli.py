@@ -78,8 +78,12 @@ def cmd_reward_train(args) -> int:
             if "skipped" in info:
                 print(f"{task}: not trained: {info['skipped']}")
                 continue
+            why = ""
+            if not info["live_pairs"]:      # (a bare "0 of them your own" left the user guessing)
+                why = (": personalisation is off (glance consent set personalise on)" if consent_off
+                       else ": a label counts once its replies were shown and read in the window")
             print(f"{task}: {info['path']} ({info['train_rows']} examples from "
-                  f"{info['train_users']} users, {info['live_pairs']} of them your own, "
+                  f"{info['train_users']} users, {info['live_pairs']} of them your own{why}, "
                   f"{info['columns']} columns, C={info['C']})")
     return 0
 

@@ -22,8 +22,9 @@ from .examples import (Table, _concat_tables, _table, fitted_to_dict, fold_colum
 
 TASKS = ("pairwise", "pointwise")
 NO_DATA = {
-    "pairwise": "no side-by-side picks of yours yet (Compare, then Alt+1 / Alt+2) and no "
-                "research prior (--ifllm DIR or --research)",
+    "pairwise": "no side-by-side picks of yours with their reading yet (Compare in the "
+                "window, then Alt+1 / Alt+2: a pick counts once both replies were shown and "
+                "read there) and no research prior (--ifllm DIR or --research)",
     "pointwise": "no reply of yours was picked or thumbed against the reply shown just "
                  "before it yet, and no research prior (--ifllm DIR or --research)",
 }

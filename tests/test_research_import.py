@@ -152,6 +152,7 @@ def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp
     train` learns from it only with --research; without it there is nothing to learn."""
     from align.cli import main
     from align.ifllm import write_subset
+    from feedback_store import FeedbackStore
     from test_reward import WORKERS as MORE_WORKERS
     folder = tmp_path / "study"
     write_subset(IFLLM, folder, MORE_WORKERS)
@@ -166,6 +167,16 @@ def test_reward_training_uses_imported_research_only_when_asked(home, cache, tmp
     model = json.loads(open(written["pairwise"]["path"]).read())
     assert model["info"]["source"] == "research" and model["info"]["live_pairs"] == 0
     assert model["metrics"]["train_users"] >= 2          # the study workers, not one "user"
+    # Said in words, with why none of the examples are the user's (a bare "0 of them your
+    # own" left them guessing); then with the consent on and nothing read in the window.
+    assert main(["reward", "train", "--research", "--task", "pairwise", "--out", str(out)]) == 0
+    assert ("0 of them your own: personalisation is off (glance consent set personalise on)"
+            in capsys.readouterr().out)
+    with FeedbackStore.open(home) as store:
+        store.consent.set("personalise", True)
+    assert main(["reward", "train", "--research", "--task", "pairwise", "--out", str(out)]) == 0
+    assert "0 of them your own: a label counts once its replies were shown and read" in \
+        capsys.readouterr().out
 
 
 def test_the_nightly_refresh_keeps_the_imported_study_as_prior_and_stops_when_it_is_removed(
