@@ -278,7 +278,7 @@ def test_commands_that_only_read_make_nothing_and_bad_folders_get_one_line(home,
     assert main(["import-ifllm", "--remove"]) == 0
     assert "no study data is imported" in capsys.readouterr().out
     assert main(["reward", "train", "--out", str(tmp_path / "models")]) == 2
-    assert "no side-by-side picks of yours yet" in capsys.readouterr().err
+    assert "no side-by-side picks of yours with their reading yet" in capsys.readouterr().err
     assert main(["reward", "train", "--research", "--out", str(tmp_path / "models")]) == 2
     assert "No study data is imported" in capsys.readouterr().err
     assert not home.exists()                            # nothing made for any of them
