@@ -56,6 +56,40 @@ def newest_model(directory: Path, task: str = POINTWISE) -> RewardModel | None:
     return None
 
 
+KEPT_MODELS = 3       # files per task: the newest, and two to fall back on if it is damaged
+
+
+def prune_models(directory: Path, task: str) -> list[str]:
+    """Remove all but the newest :data:`KEPT_MODELS` model files of ``task`` (every
+    training wrote one more, and none went)."""
+    paths = sorted(Path(directory).glob(f"reward-{task}-*.json"), reverse=True)
+    for path in paths[KEPT_MODELS:]:
+        path.unlink(missing_ok=True)
+    return [path.name for path in paths[KEPT_MODELS:]]
+
+
+def retire_models(directory: Path, forgotten: set[str]) -> list[str]:
+    """Remove the model files that learned from any of ``forgotten`` (the ids of a deleted
+    conversation and of its picks: ``info.live_ids`` lists the user's rows a model learned,
+    pick ids and conversation ids); a file from before that list that learned from the
+    user's labels goes too, as nothing says which. The study prior alone stays. Deleting a
+    conversation deletes what was derived from it: adapters were retired, these models
+    (fitted to its picks and reading) were kept. The scorer follows the files."""
+    removed = []
+    for path in sorted(Path(directory).glob("reward-*-*.json")):
+        try:
+            info = json.loads(path.read_text()).get("info") or {}
+        except (OSError, ValueError, AttributeError):
+            continue                     # not ours to judge: passed over by the loader too
+        if not info.get("live_pairs"):
+            continue
+        learned = info.get("live_ids")
+        if learned is None or forgotten & set(map(str, learned)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def _score_a_blank_reply(model: RewardModel) -> None:
     """Raises unless ``model`` can score: a file whose fitted parts (expected reading,
     index scales) do not fit the columns loads, and then failed on every reply while an

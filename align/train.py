@@ -16,6 +16,7 @@ import numpy as np
 
 from . import reward
 from .evaluate import candidates, full_matrix
+from .scoring import prune_models
 from .features import interaction_features
 from .examples import (Table, _concat_tables, _table, fitted_to_dict, fold_columns,
                        pairwise_table, pointwise_table)
@@ -206,8 +207,12 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
         if source == "ifllm" and prior is not None:
             prior = str(Path(prior).resolve())   # the nightly refresh looks for it from anywhere
         model.info.update({"source": "+".join(sources), "version": stamp, "data": prior,
-                           "live_pairs": own_rows, "live_labels": labels_fingerprint(own)})
+                           "live_pairs": own_rows, "live_labels": labels_fingerprint(own),
+                           # which of the user's rows (pick or conversation ids, no content):
+                           # deleting their conversation retires the file (scoring.retire_models)
+                           "live_ids": sorted({str(i) for i in own.ids}) if own_rows else []})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
+        prune_models(out_dir, task)
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
                          "C": model.info.get("C"), "live_pairs": model.info["live_pairs"]}
     if all("skipped" in info for info in written.values()):

@@ -4,6 +4,7 @@ features (only with the personalisation consent, gone with its conversation), an
 nightly pairs use it to order siblings nobody labelled."""
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -535,6 +536,42 @@ def test_the_nightly_refresh_retrains_on_new_labels_with_the_same_prior(store, t
     store.close()
     done = refresh(store.data_dir)
     assert done["status"] == "skipped" and "is gone" in done["reason"]
+
+
+def test_deleting_a_conversation_retires_the_reward_models_that_learned_from_it(store, tmp_path,
+                                                                               monkeypatch):
+    """Deleting a conversation retired the adapters that learned from it, but the reward
+    models fitted to its picks and reading stayed (and every training added one more file,
+    none ever went). The study-only models stay; three files a task are kept."""
+    from align.scoring import KEPT_MODELS
+    from align.train import refresh, train_ifllm
+    from app.session import delete_conversation
+    from feedback_store import FeedbackStore
+    study, before, session = models_on_a_study_subset_then_picks(store, tmp_path, monkeypatch)
+    session.close()
+    picked = [row["conversation_id"] for row in store._rows(
+        "SELECT conversation_id FROM feedback WHERE kind = 'pick' ORDER BY wall_ns")]
+    store.close()
+    directory = model_dir(store.data_dir)
+    time.sleep(1.1)                       # (file names carry the second they were written)
+    assert refresh(store.data_dir)["status"] == "trained"
+    learned = {path.name for path in directory.glob("reward-*.json")} - \
+        {Path(info["path"]).name for info in before.values()}
+    assert len(learned) == 2
+    for name in learned:
+        info = json.loads((directory / name).read_text())["info"]
+        assert info["live_pairs"] == 3 and info["live_ids"]
+    store = FeedbackStore.open(store.data_dir)
+    delete_conversation(store, picked[1])
+    store.close()
+    kept = {path.name for path in directory.glob("reward-*.json")}
+    assert kept == {Path(info["path"]).name for info in before.values()}   # the study's alone
+    # Training over and over keeps the newest three of each task.
+    for _ in range(KEPT_MODELS + 1):
+        time.sleep(1.1)
+        train_ifllm(study, directory)
+    for task in ("pairwise", "pointwise"):
+        assert len(list(directory.glob(f"reward-{task}-*.json"))) == KEPT_MODELS
 
 
 @pytest.mark.timeout(900)
