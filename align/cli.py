@@ -129,11 +129,15 @@ def cmd_reward_scores(args) -> int:
             against = f"against another reply to it, “{start(score['previous'])}”"
         else:
             against = f"against the reply before it, “{start(score['previous'])}”"
+        # With nothing before it, "better" has nothing to be better than: the model's
+        # satisfaction with it, read on its own.
+        verdict = ("P(satisfied, read on its own)" if not score["previous_message_id"]
+                   else "P(this one better)")
         print(f"{local_minute(score['scored_wall_ns'])}  {score['title'] or 'Untitled'}\n"
               f"  you asked “{start(score['prompt'])}”\n"
               f"  this reply “{start(score['reply'])}”\n"
               f"  {against}\n"
-              f"  P(this one better) = {score['probability']:.2f}  (model {score['model']})")
+              f"  {verdict} = {score['probability']:.2f}  (model {score['model']})")
         moved = [f"{value:+.2f} {column_words(name)}" for name, value in score["contributions"]
                  if round(value, 2)]
         if moved:

@@ -847,6 +847,11 @@ def test_align_reward_scores_shows_what_the_model_made_of_each_reply_open_or_clo
     assert "against another reply to it, “Bees dance" in out     # the one it replaced
     assert "P(this one better) = 0." in out and "pointer dwell" in out
     assert first.id not in out and "i_d_m_dwell_ms" not in out
+    # The first reply of its conversation has nothing to be "better" than.
+    assert main(["reward", "scores", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    first_said = out[out.index("the first reply of its conversation"):]
+    assert "P(satisfied, read on its own) = 0." in first_said and "better" not in first_said
     assert main(["reward", "scores", "--limit", "0"]) == 2
     assert "--limit must be between 1 and 100000" in capsys.readouterr().err
 
