@@ -1,7 +1,7 @@
 """Every table of the database, declared once with its owner and privacy scope.
 
 Deletion, retention, export and counts are derived from this list, so a new table
-cannot be forgotten by any of them: `tests/test_tables.py` fails when the schema holds
+cannot be forgotten by any of them: `tests/test_trunk_store.py::test_every_table_in_the_schema_is_declared_once` fails when the schema holds
 a table that is not declared here.
 
 Scopes:
