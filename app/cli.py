@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check versions, model, data dir, camera, database, last night, reward models")
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--model", default=argparse.SUPPRESS, help="as `glance --model`: check this model")
 
     models = commands.add_parser("models", help="list, add or download models")
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -263,6 +264,9 @@ def cmd_chat(args) -> int:
                 engine.close()
     if reply.finish_reason == "cancelled" and stream_to_terminal:
         print("\n(stopped: the reply so far is kept, as in the window)", end="", file=sys.stderr)
+    elif reply.finish_reason == "length" and stream_to_terminal:
+        print("\n(cut at the token limit: --max-tokens, or the chat's own setting)", end="",
+              file=sys.stderr)
     if reply.dropped_turns:
         print(f"\n(note: {reply.dropped_turns} oldest turns were left out to fit the context)",
               file=sys.stderr)
@@ -277,6 +281,9 @@ def cmd_chat(args) -> int:
             "adapter_error": engine.adapter_error}))
     else:
         print()
+        if not args.conversation:      # how to go on with it (--json gives conversation_id)
+            print(f"(glance chat --conversation {tree.id} --prompt … continues this chat)",
+                  file=sys.stderr)
     return 0
 
 

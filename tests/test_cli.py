@@ -142,6 +142,21 @@ def test_chat_says_when_the_personal_adapter_does_not_load(home):
     assert "could not load the personal adapter v0001" in done.stderr
 
 
+def test_a_plain_chat_says_how_to_go_on_and_when_it_was_cut(home):
+    """Without --json, nothing said which conversation the reply went to (to continue it)
+    or that the reply had stopped at the token limit rather than ended."""
+    done = run_glance("chat", "--prompt", "Write a long story about a lighthouse.",
+                      "--max-tokens", "3", home=home)
+    assert done.returncode == 0, done.stderr
+    with FeedbackStore.open(home) as store:
+        [conversation] = store.conversations.list()
+    assert "cut at the token limit" in done.stderr
+    assert f"glance chat --conversation {conversation.id} --prompt" in done.stderr
+    again = run_glance("chat", "--prompt", "Go on.", "--conversation", conversation.id,
+                       "--max-tokens", "3", home=home)
+    assert again.returncode == 0 and "--conversation" not in again.stderr   # it knows the id
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
@@ -161,8 +176,9 @@ def test_bad_model_is_a_clear_error(home, tmp_path):
     before = run_glance("--model", str(fake), "chat", "--prompt", "hi", home=home)
     assert before.returncode == 2 and "not a GGUF" in before.stderr
     # The doctor checks the model asked for, not the default (it said all was well).
-    doctor = run_glance("--model", str(fake), "doctor", "--json", home=home)
-    assert doctor.returncode == 1 and "not a GGUF" in json.loads(doctor.stdout)["model"]["error"]
+    for args in (["--model", str(fake), "doctor", "--json"], ["doctor", "--model", str(fake), "--json"]):
+        doctor = run_glance(*args, home=home)
+        assert doctor.returncode == 1 and "not a GGUF" in json.loads(doctor.stdout)["model"]["error"]
     # A command that uses no model says so rather than ignoring the option.
     listed = run_glance("--model", str(fake), "conversations", home=home)
     assert listed.returncode == 2 and "does not use one" in listed.stderr and listed.stdout == ""
