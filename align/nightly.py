@@ -258,7 +258,11 @@ def _with_store(data_dir: Path, action, wait_s: float, log):
             if time.monotonic() > deadline:
                 raise
             if not told:
-                log(f"Waiting for the database ({error}); retrying…")
+                # The error's first sentence says who holds it; the rest ("close it and
+                # try again") is advice to a person, while here the job waits by itself.
+                held = str(error).split(". ")[0].rstrip(".")
+                log(f"Waiting for the database ({held}); trying again every second for up to "
+                    f"{max(0, deadline - time.monotonic()):.0f} s…")
                 told = True
             time.sleep(1.0)
 

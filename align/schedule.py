@@ -19,7 +19,8 @@ Windows       a Task Scheduler XML (%LOCALAPPDATA%\\Glance),         ``StartWhen
 The command is this Python running ``-m align.cli --nightly --skip-on-battery``, with
 GLANCE_HOME passed along when set. Activation uses the system's own tool
 (systemctl, crontab, launchctl, schtasks); when that tool is missing the files are still
-written and the result says what is left to do.
+written and the result says what is left to do, except for cron: without `crontab` nothing
+is written (a copy of the line would make `status` say "scheduled" where nothing runs).
 """
 from __future__ import annotations
 
@@ -221,8 +222,9 @@ def _write(path: Path, data: bytes | str) -> None:
 def _crontab_without_ours() -> tuple[list[str], bool]:
     ok, text = _run(["crontab", "-l"])
     if not ok and "not found" in text and shutil.which("crontab") is None:
-        raise ScheduleError("Neither systemd nor cron is available: install cron, or run "
-                            "`align --nightly` from your own scheduler.")
+        raise ScheduleError("cron is not installed (there is no crontab command), and systemd's "
+                            "user timers are not available here: install cron, or run "
+                            "`align --nightly` from your own scheduler. Nothing was written.")
     lines = text.splitlines() if ok else []
     return [line for line in lines if CRON_MARK not in line], any(CRON_MARK in l for l in lines)
 
