@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextmanager
 def _ctrl_c_stops(cancel: threading.Event, say: str | None = None):
-    """Ctrl-C stops the reply as Esc does in the window: the reply so far is stored and
-    the conversation stays a turn-by-turn one. Raised through, it lost the reply and
-    left the question unanswered (the next turn sent two user messages in a row). A
-    second Ctrl-C interrupts at once. ``say``: printed at the first Ctrl-C."""
+    """The first Ctrl-C sets ``cancel`` (and prints ``say``) instead of raising; a second
+    interrupts at once. In `glance chat` it stops the reply as Esc does in the window: the
+    reply so far is stored and the conversation stays a turn-by-turn one (raised through,
+    it lost the reply and left the question unanswered: the next turn sent two user
+    messages in a row). In `glance data delete` the deletion finishes."""
     import signal
 
     def stop(signum, frame):
@@ -588,7 +589,7 @@ def cmd_data(args) -> int:
         from .session import delete_conversation
         delete_conversation(store, args.conversation)
     print(f"Deleted conversation {args.conversation} and everything derived from it "
-          "(personal adapters that learned from it are retired).")
+          "(personal adapters and reward models that learned from it are retired).")
     return 0
 
 
