@@ -502,6 +502,16 @@ def test_a_rollback_steps_back_one_models_line_and_leaves_the_others_alone(tmp_p
     assert adapters.in_use(config.root) == {"base.gguf": "v0004", "other.gguf": None}
 
 
+def test_adapter_commands_in_a_data_folder_never_used_make_nothing(tmp_path):
+    """`align rollback` in a data folder Glance was never used with made an adapters
+    folder (its lock file) to say there was nothing to roll back."""
+    home = tmp_path / "home"
+    for args in (["rollback"], ["adapters", "use", "base"], ["adapters", "list"], ["status"]):
+        said = align_in(home, *args)
+        assert "base model" in said.stdout or "never" in said.stdout, (args, said.stdout)
+        assert not (home / "adapters").exists(), args
+
+
 def test_an_active_file_from_before_the_per_model_map_is_read_as_it_was(tmp_path, model):
     """A file with one version for all models: each model uses its newest version up to
     it; the first write records every model's version, so nothing changes for them."""
