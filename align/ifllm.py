@@ -738,6 +738,7 @@ def write_subset(source, target, workers, exclude: bool = False) -> dict:
     present = {row[0] for row in con.execute(
         f"select user_id::varchar from {_sql_path(source / 'queries.parquet')} union "
         f"select worker::varchar from {_sql_path(source / 'samples.parquet')}").fetchall()}
+    workers = [str(worker) for worker in workers]     # (a JSON list of numbers)
     unknown = sorted(set(workers) - present)
     if unknown:        # (a mistyped id was left out without a word)
         con.close()

@@ -7,7 +7,9 @@ tables of the same form (``examples.pairwise_table`` / ``pointwise_table``); liv
 and study turns are rows of one table, grouped by user for the model's own
 cross-validation.
 """
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,11 +215,33 @@ def train_data(data, out_dir, tasks=TASKS, feature_set: str = "text_implicit",
                            "live_ids": sorted({str(i) for i in own.ids}) if own_rows else []})
         path = model.save(out_dir / f"reward-{task}-{stamp}.json")
         prune_models(out_dir, task)
+        if data is not None:
+            _write_prior(out_dir, source, prior)
         written[task] = {"path": str(path), "columns": len(model.names), **model.metrics,
                          "C": model.info.get("C"), "live_pairs": model.info["live_pairs"]}
     if all("skipped" in info for info in written.values()):
         raise ValueError("; ".join(f"{task}: {info['skipped']}" for task, info in written.items()))
     return written
+
+
+PRIOR_FILE = "reward-prior.json"
+
+
+def _write_prior(out_dir: Path, source: str, data: str | None) -> None:
+    """Which prior the models were trained with, kept beside them: a conversation deleted
+    retires every model that learned from its labels, and the nightly refresh, which read
+    the prior from the newest model, then trained without it for good."""
+    temporary = out_dir / (PRIOR_FILE + ".tmp")
+    temporary.write_text(json.dumps({"source": source, "data": data}))
+    os.replace(temporary, out_dir / PRIOR_FILE)
+
+
+def _recorded_prior(directory: Path) -> dict:
+    try:
+        prior = json.loads((Path(directory) / PRIOR_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return prior if isinstance(prior, dict) else {}
 
 
 def refresh(data_dir, labels: dict | None = None) -> dict:
@@ -237,6 +261,11 @@ def refresh(data_dir, labels: dict | None = None) -> dict:
     sources = " ".join(str(m.info.get("source", "")) for m in newest.values() if m is not None)
     folders = {m.info.get("data") for m in newest.values()
                if m is not None and "ifllm" in str(m.info.get("source", ""))} - {None}
+    if "ifllm" not in sources and "research" not in sources:    # (models retired, or none)
+        prior = _recorded_prior(directory)
+        sources += " " + str(prior.get("source") or "")
+        if prior.get("source") == "ifllm" and prior.get("data"):
+            folders = {prior["data"]}
     app_open = labels is not None
     store = None if app_open else FeedbackStore.open(data_dir)
     research = None

@@ -66,7 +66,7 @@ ROW_QUERIES = {
     # without them "nothing to learn" read as "you never preferred anything".
     "feedback_while_off": f"""WITH {_ALLOWED}, {_LATEST_FEEDBACK}
         SELECT f.kind, count(*) AS labels FROM latest f
-        WHERE NOT {_consented('f.wall_ns')} GROUP BY f.kind ORDER BY f.kind""",
+        WHERE f.value <> 0 AND NOT {_consented('f.wall_ns')} GROUP BY f.kind ORDER BY f.kind""",
     "reply_scores": f"""WITH {_ALLOWED}
         SELECT s.message_id, s.conversation_id, s.previous_message_id, s.model, s.task,
                s.probability, s.scored_wall_ns
@@ -128,7 +128,11 @@ def read_snapshot(path: Path, key_hex: str) -> dict:
     """The rows an app wrote with :meth:`TrainingManager.write_snapshot`."""
     con = open_encrypted(Path(path), key_hex, read_only=True)
     try:
-        rows = {name: _fetch(con, f"SELECT * FROM {name}") for name in (*ROW_QUERIES, "imported")}
+        # A table an app started before an upgrade did not write reads as empty.
+        present = {row[0] for row in con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        rows = {name: _fetch(con, f"SELECT * FROM {name}") if name in present else []
+                for name in (*ROW_QUERIES, "imported")}
         meta = _fetch(con, "SELECT * FROM snapshot_info")[0]
     finally:
         con.close()

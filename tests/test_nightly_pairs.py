@@ -197,6 +197,7 @@ def test_a_label_changed_while_personalisation_was_off_is_not_trained_on(consent
     store.conversations.set_thumb(c.id, a.id, -1)                 # the user changed their mind
     store.conversations.set_thumb(c.id, b.id, 1)
     store.conversations.record_pick(c.id, right.id, left.id, +1)  # sides swapped, right kept
+    store.conversations.set_thumb(c.id, left.id, 0)               # a thumb cleared: no label
     time.sleep(0.002)
     store.consent.set("personalise", True)
     time.sleep(0.002)
@@ -356,3 +357,23 @@ def test_a_changed_split_never_resumes_weights_that_learned_from_the_held_out_si
               for seed in (0, other)}
     assert folder[0] != folder[other]              # another split: not resumed
     assert work_folder(tmp_path, pairs, GateConfig(seed=0), model, dpo) == folder[0]   # resumed
+
+
+def test_a_snapshot_from_an_app_started_before_an_upgrade_is_read(consenting, tmp_path):
+    """The job reads what the open app wrote: an app started before the job was upgraded
+    writes the tables it knew (no feedback_while_off), and the job failed on the missing
+    table (CatalogException) instead of reading it as empty."""
+    import secrets
+    from feedback_store.connection import open_encrypted
+    from feedback_store.training import read_snapshot
+    store = consenting
+    thumbed_siblings(store)
+    key = secrets.token_hex(32)
+    path = tmp_path / "snapshot.db"
+    store.training.write_snapshot(path, key)
+    con = open_encrypted(path, key)
+    con.execute("DROP TABLE feedback_while_off")
+    con.close()
+    rows = read_snapshot(path, key)
+    assert rows["feedback_while_off"] == [] and len(rows["feedback"]) == 2
+    assert [p.source for p in build_pairs(rows)[0]] == ["thumbs"]

@@ -234,6 +234,8 @@ def test_a_subset_never_overwrites_a_folder(folder, tmp_path):
     with pytest.raises(ValueError, match="not in .*: no-such-worker; nothing was written"):
         write_subset(folder, tmp_path / "nobody", [WORKERS[0], "no-such-worker"])
     assert not (tmp_path / "nobody").exists()
+    with pytest.raises(ValueError, match="not in .*: 1234; nothing"):   # a JSON list of numbers
+        write_subset(folder, tmp_path / "nobody", [1234, WORKERS[0]])
     empty = write_subset(folder, tmp_path / "nobody", WORKERS, exclude=True)
     assert empty["queries"] == 0 and "the subset is empty" in empty["warning"]
     from align.ifllm import IfllmFormatError, read_ifllm

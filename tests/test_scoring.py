@@ -555,17 +555,32 @@ def test_deleting_a_conversation_retires_the_reward_models_that_learned_from_it(
     directory = model_dir(store.data_dir)
     time.sleep(1.1)                       # (file names carry the second they were written)
     assert refresh(store.data_dir)["status"] == "trained"
-    learned = {path.name for path in directory.glob("reward-*.json")} - \
+    learned = {path.name for path in directory.glob("reward-*-*.json")} - \
         {Path(info["path"]).name for info in before.values()}
     assert len(learned) == 2
     for name in learned:
         info = json.loads((directory / name).read_text())["info"]
         assert info["live_pairs"] == 3 and info["live_ids"]
     store = FeedbackStore.open(store.data_dir)
+    # A conversation none of them learned from: the ids are matched, nothing goes.
+    unrelated = store.conversations.create(Conversation(title="unrelated")).id
+    delete_conversation(store, unrelated)
+    assert {path.name for path in directory.glob("reward-*-*.json")} == \
+        learned | {Path(info["path"]).name for info in before.values()}
     delete_conversation(store, picked[1])
     store.close()
-    kept = {path.name for path in directory.glob("reward-*.json")}
+    kept = {path.name for path in directory.glob("reward-*-*.json")}
     assert kept == {Path(info["path"]).name for info in before.values()}   # the study's alone
+    # With the study-only files gone too (pruned away by later trainings), the nightly
+    # refresh still knows the prior (it read it from the newest model, and trained on
+    # the user's two remaining picks alone: too few, so nothing, for good).
+    for path in kept:
+        (directory / path).unlink()
+    time.sleep(1.1)
+    again = refresh(store.data_dir)
+    assert again["status"] == "trained", again
+    for task in ("pairwise", "pointwise"):
+        assert RewardModel.load(again["written"][task]["path"]).info["source"] == "ifllm+live"
     # Training over and over keeps the newest three of each task.
     for _ in range(KEPT_MODELS + 1):
         time.sleep(1.1)
