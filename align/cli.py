@@ -256,13 +256,13 @@ def _evaluation_table(result: dict) -> str:
 
 def _imported(directory, since_wall_ns: int) -> bool:
     """Whether the study folder ``directory`` (as it is now) was imported since ``since_wall_ns``."""
-    from feedback_store import FeedbackStore, NoGlanceData
+    from feedback_store import FeedbackStore, StoreError
     from .research import folder_fingerprint, imports
     try:
         with FeedbackStore.open_existing() as store:
             return any(row["id"] == folder_fingerprint(directory)
                        and row["imported_wall_ns"] >= since_wall_ns for row in imports(store))
-    except NoGlanceData:
+    except StoreError:     # none, or still held (a second Ctrl-C stopped the close): not known
         return False
 
 

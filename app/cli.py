@@ -225,6 +225,19 @@ def _chat_engine(store, model: str | None):
     return engine
 
 
+def _printer(cancel: threading.Event):
+    """Prints the reply as it streams. Its reader gone (`glance chat … | head -c 20`), the
+    reply stops as Ctrl-C stops it, kept so far: the BrokenPipeError lost it and left the
+    question unanswered (the next turn sent two user messages in a row)."""
+    def show(piece):
+        try:
+            print(piece, end="", flush=True)
+        except BrokenPipeError:
+            output_reader_gone()
+            cancel.set()
+    return show
+
+
 def cmd_chat(args) -> int:
     from .chat import ChatService
     if not args.prompt.strip():
@@ -259,7 +272,7 @@ def cmd_chat(args) -> int:
                                   if getattr(args, name) is not None}
                 tree.settings().validate()
                 stream_to_terminal = not args.json
-                on_token = (lambda piece: print(piece, end="", flush=True)) if stream_to_terminal else None
+                on_token = _printer(cancel) if stream_to_terminal else None
                 user, reply = service.send(tree, args.prompt, on_token=on_token, cancel=cancel)
             finally:
                 engine.close()
@@ -581,13 +594,14 @@ def cmd_data(args) -> int:
     # A deletion runs to its end: the rows go in one transaction, then the file is rewritten
     # under a new key, which nothing can stop halfway either. Ctrl-C used to end the command
     # with no word of what was done (it was all done).
-    with _ctrl_c_stops(threading.Event(), say="glance: finishing the deletion first (it is "
-                       "not stopped halfway)."), FeedbackStore.open_existing() as store:
+    with FeedbackStore.open_existing() as store:
         if store.conversations.get(args.conversation) is None:
             print(f"glance: no conversation with id {args.conversation}.", file=sys.stderr)
             return 2
         from .session import delete_conversation
-        delete_conversation(store, args.conversation)
+        with _ctrl_c_stops(threading.Event(), say="glance: finishing the deletion first (it "
+                           "is not stopped halfway)."):
+            delete_conversation(store, args.conversation)
     print(f"Deleted conversation {args.conversation} and everything derived from it "
           "(personal adapters and reward models that learned from it are retired).")
     return 0

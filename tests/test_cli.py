@@ -157,6 +157,26 @@ def test_a_plain_chat_says_how_to_go_on_and_when_it_was_cut(home):
     assert again.returncode == 0 and "--conversation" not in again.stderr   # it knows the id
 
 
+def test_a_reply_whose_reader_went_away_is_kept_as_a_stopped_one(home):
+    """`glance chat … | head -c 20`: the pipe closed mid-reply, the BrokenPipeError lost
+    the reply and left the question unanswered."""
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "chat", "--prompt", "Write a long story about a lighthouse.",
+         "--max-tokens", "400", "--seed", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env=dict(os.environ, GLANCE_HOME=str(home)))
+    printed = chat.stdout.read(20)                     # the reply is streaming
+    chat.stdout.close()
+    err = chat.stderr.read().decode()
+    chat.wait(timeout=120)
+    assert "Traceback" not in err, err
+    with FeedbackStore.open(home) as store:
+        [conversation] = store.conversations.list()
+        messages = store.conversations.messages(conversation.id)
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[1].finish_reason == "cancelled" and messages[1].tokens < 400
+    assert messages[1].content.startswith(printed.decode().strip()[:10])
+
+
 def test_empty_prompt_is_refused(home):
     result = run_glance("chat", "--prompt", "   ", home=home)
     assert result.returncode == 2
