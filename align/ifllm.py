@@ -69,7 +69,7 @@ COLUMNS = {
 }
 OPTIONAL_FILES = ("tasks.parquet", "workers.parquet")   # copied by write_subset, never read
 FILES = (*COLUMNS, *OPTIONAL_FILES)
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 HOUR_MS = 3_600_000
 SHIFTS_H = tuple(range(-12, 13))
 # Median of the per-box estimates on the shared development folder is ~120; a round
@@ -295,9 +295,10 @@ def _epoch_ms(column: str, declared: str) -> str:
     """SQL for ``column`` as milliseconds since the epoch, whatever type the folder stored
     it as. Only the study's own text form was read before ('%Y-%m-%d %H:%M:%S'): an ISO
     text ('…T…', fractions, an offset) or a TIMESTAMPTZ column dropped every task, and the
-    reader then failed with a meaningless numpy message. Text is taken as the wall clock it
-    says (an offset is left out, like the study's clock; the whole-hour shift per task is
-    found from the samples either way); numbers are seconds or milliseconds since 1970."""
+    reader then failed with a meaningless numpy message. Text with a UTC offset (or Z) is
+    that instant; text without one is the wall clock it says, as the study's own (the
+    whole-hour shift per task is found from the samples); numbers are seconds or
+    milliseconds since 1970."""
     kind = declared.split("(")[0].upper()
     quoted = f'"{column}"'
     if kind == "TIMESTAMP WITH TIME ZONE":
@@ -308,7 +309,13 @@ def _epoch_ms(column: str, declared: str) -> str:
         # below 1e11: seconds (1e11 s is the year 5138; 1e11 ms is March 1973)
         return (f"case when abs({quoted}) < 1e11 then round({quoted} * 1000) "
                 f"else round({quoted}) end::bigint")
-    return f"epoch_ms(try_cast({quoted}::varchar as timestamp))"
+    text = f"{quoted}::varchar"
+    # (an offset read as wall clock put a +05:30 folder's turns at the wrong times: a
+    # half-hour is no whole-hour shift, and a task without on-text samples keeps none)
+    offset = r"'\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$'"
+    return (f"case when regexp_matches({text}, {offset}) "
+            f"then epoch_ms(try_cast({text} as timestamptz)) "
+            f"else epoch_ms(try_cast({text} as timestamp)) end")
 
 
 def _read(directory: Path) -> IfllmData:

@@ -192,6 +192,7 @@ def test_a_folder_is_read_from_the_files_and_columns_it_has(folders, data, tmp_p
     # then failed with "need at least one array to concatenate").
     stamp = "try_cast(query_timestamp as timestamp)"
     for form in (stamp, f"strftime({stamp}, '%Y-%m-%dT%H:%M:%S.%gZ')", f"timezone('UTC', {stamp})",
+                 f"strftime({stamp} + interval 330 minute, '%Y-%m-%dT%H:%M:%S+05:30')",
                  f"epoch_ms({stamp})", f"epoch_ms({stamp}) / 1000.0"):
         sql(f"copy (select * replace ({form} as query_timestamp) from '{small}/queries.parquet') "
             f"to '{lean}/queries.parquet' (format parquet)")
