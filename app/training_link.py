@@ -30,11 +30,13 @@ SNAPSHOTS = Path("training") / "snapshots"
 
 
 def tidy_training(store, data_dir: Path) -> list[str]:
-    """Retire adapters trained on conversations deleted since, and (when no job is running)
-    remove leftover snapshots and unfinished training state that learned from them (the
+    """Retire adapters and reward models trained on conversations deleted since, and (when
+    no job is running) remove leftover snapshots and unfinished training state that learned from them (the
     rest stays for the next run to resume). Returns the versions retired. The window (its
     link) and ``glance data delete`` both come here."""
     retired = adapter_files.retire_stale(store, adapter_files.adapters_dir(data_dir))
+    from align.scoring import model_dir, retire_models_of_deleted
+    retire_models_of_deleted(store, model_dir(data_dir))
     if not job_running(data_dir):
         shutil.rmtree(Path(data_dir) / SNAPSHOTS, ignore_errors=True)
         adapter_files.remove_stale_work(store, Path(data_dir) / "training" / "work")

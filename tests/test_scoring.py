@@ -589,6 +589,24 @@ def test_deleting_a_conversation_retires_the_reward_models_that_learned_from_it(
         assert len(list(directory.glob(f"reward-{task}-*.json"))) == KEPT_MODELS
 
 
+def test_a_reward_model_written_after_its_conversation_was_deleted_is_retired(store):
+    """A model is fitted for a while after its labels are read: one trained while a
+    conversation was deleted landed after the deletion retired the others, and kept it.
+    The check that follows every deletion and every start removes it."""
+    from app.training_link import tidy_training
+    kept = store.conversations.create(Conversation(title="kept")).id
+    directory = model_dir(store.data_dir)
+    directory.mkdir()
+    for name, ids in (("reward-pointwise-20261208T000001Z.json", [kept]),
+                      ("reward-pointwise-20261208T000002Z.json", [kept, "deleted-meanwhile"]),
+                      ("reward-pairwise-20261208T000001Z.json", None)):    # (before the list)
+        info = {"live_pairs": 3, **({"live_ids": ids} if ids is not None else {})}
+        (directory / name).write_text(json.dumps({"info": info}))
+    tidy_training(store, store.data_dir)
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "reward-pairwise-20261208T000001Z.json", "reward-pointwise-20261208T000001Z.json"]
+
+
 @pytest.mark.timeout(900)
 def test_with_glance_open_the_app_hands_over_the_labels_for_the_reward_models(store, tmp_path,
                                                                               monkeypatch):
