@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", choices=("pairwise", "pointwise", "both"), default="both")
     train.add_argument("--features", choices=("text", "implicit", "text_implicit"),
                        default="text_implicit")
-    train.add_argument("--out", metavar="DIR", type=_folder, help="where model files go (default: GLANCE_HOME/reward)")
+    train.add_argument("--out", metavar="DIR", type=_folder,
+                       help="where model files go (default: GLANCE_HOME/reward); the newest 3 "
+                            "per task there are kept, older ones removed")
     train.add_argument("--json", action="store_true")
     train.set_defaults(func=cmd_reward_train)
 

@@ -233,6 +233,10 @@ def cmd_rollback(args) -> int:
     from .adapters import AdapterConfig, adapters_dir, in_use, models_with_versions, rollback
     from .ipc import tell_app_adapters_changed
     root = adapters_dir(_data_dir())
+    if not root.is_dir() and args.model is not None:    # (its lock made the folder)
+        print(f"align rollback: No adapter version was trained on {Path(args.model).name!r}. "
+              "(models with versions: none)", file=sys.stderr)
+        return 2
     if not root.is_dir():     # (its lock file made the folder, in a data folder never used)
         message = "No adapter is active: Glance already answers with the base model."
         print(json.dumps({"active": None, "model": args.model, "message": message})

@@ -222,8 +222,8 @@ def _write(path: Path, data: bytes | str) -> None:
 def _crontab_without_ours() -> tuple[list[str], bool]:
     ok, text = _run(["crontab", "-l"])
     if not ok and "not found" in text and shutil.which("crontab") is None:
-        raise ScheduleError("cron is not installed (there is no crontab command), and systemd's "
-                            "user timers are not available here: install cron, or run "
+        raise ScheduleError("cron is not installed (there is no crontab command): install it, "
+                            "use `--kind systemd` where systemd's user timers work, or run "
                             "`align --nightly` from your own scheduler. Nothing was written.")
     lines = text.splitlines() if ok else []
     return [line for line in lines if CRON_MARK not in line], any(CRON_MARK in l for l in lines)

@@ -261,7 +261,7 @@ def cmd_chat(args) -> int:
             engine = _chat_engine(store, args.model)
             try:
                 if cancel.is_set():
-                    print("glance: stopped while the model loaded; nothing was sent or kept.",
+                    print("glance: stopped while the model loaded; nothing was sent.",
                           file=sys.stderr)
                     return 130
                 service = ChatService(store, engine)
@@ -573,7 +573,12 @@ def cmd_data(args) -> int:
                   f"{', '.join(path.name for path in kept)}.")
         return 0
     if args.data_command == "status":
-        status, _, _ = _store_status()
+        try:
+            status, _, _ = _store_status()
+        except NoGlanceData:     # nothing is wrong: the first chat makes it (doctor says so too)
+            print(json.dumps({"data_dir": str(glance_home()), "exists": False}) if args.json else
+                  f"No Glance data in {glance_home()} yet (the first chat makes it).")
+            return 0
         if args.json:
             print(json.dumps(status))
             return 0

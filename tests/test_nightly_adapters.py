@@ -510,6 +510,8 @@ def test_adapter_commands_in_a_data_folder_never_used_make_nothing(tmp_path):
         said = align_in(home, *args)
         assert "base model" in said.stdout or "never" in said.stdout, (args, said.stdout)
         assert not (home / "adapters").exists(), args
+    missing = align_in(home, "rollback", "--model", "nowhere.gguf", code=2)   # as with adapters
+    assert "nowhere.gguf" in missing.stderr and not (home / "adapters").exists()
 
 
 def test_an_active_file_from_before_the_per_model_map_is_read_as_it_was(tmp_path, model):
