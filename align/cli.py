@@ -56,7 +56,8 @@ def cmd_reward_train(args) -> int:
         except DatabaseLocked as locked:
             if args.research:
                 raise
-            live = _labels_from_app(locked)  # Glance is open: it computes them
+            live, consent_on = _labels_from_app(locked)  # Glance is open: it computes them
+            consent_off = not consent_on
         except NoGlanceData:
             if args.research:
                 raise StoreError("No study data is imported (align import-ifllm DIR), and no "
@@ -145,12 +146,13 @@ def cmd_reward_scores(args) -> int:
     return 0
 
 
-def _labels_from_app(locked: Exception) -> dict:
-    """The user's labelled rows, computed by the open app."""
+def _labels_from_app(locked: Exception) -> tuple[dict, bool]:
+    """The user's labelled rows, computed by the open app, and whether personalisation is on."""
     from feedback_store.paths import glance_home
     from .ipc import ask_open_app
     from .nightly import labels_from_app
-    return ask_open_app(glance_home(), labels_from_app, "your labels", locked)
+    return ask_open_app(glance_home(), lambda client: labels_from_app(client, with_consent=True),
+                        "your labels", locked)
 
 
 def cmd_import_ifllm(args) -> int:

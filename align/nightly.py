@@ -426,12 +426,14 @@ def _plain(settings) -> dict:
     return {k: v for k, v in dataclasses.asdict(settings).items() if k not in _OPERATIONAL}
 
 
-def labels_from_app(client: AppClient) -> dict:
+def labels_from_app(client: AppClient, with_consent: bool = False):
     """The user's labelled rows for the reward models (``train.live_tables``), computed by
-    the open app: they need reading traces, which the snapshot does not carry."""
+    the open app: they need reading traces, which the snapshot does not carry.
+    ``with_consent``: (the rows, whether personalisation is on there)."""
     from .examples import Table
     answer = client.request("reward_labels")
-    return {task: Table.from_json(answer[task]) for task in ("pairwise", "pointwise")}
+    tables = {task: Table.from_json(answer[task]) for task in ("pairwise", "pointwise")}
+    return (tables, answer.get("consent_on", True)) if with_consent else tables
 
 
 def _refresh_reward_models(data_dir: Path) -> dict:

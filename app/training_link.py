@@ -219,7 +219,10 @@ class TrainingLink:
         """The user's labelled rows for the reward models (consented only), computed here
         because they need the reading traces in the database this app holds."""
         from align.train import live_tables
-        return {task: table.to_json() for task, table in live_tables(self.store).items()}
+        # (with the consent: without it `align reward train` gave the wrong reason for
+        # using none of the user's rows)
+        return {**{task: table.to_json() for task, table in live_tables(self.store).items()},
+                "consent_on": self.store.consent.is_on("personalise")}
 
     def _op_status(self) -> dict:
         """``store.status()`` and the last nightly run, for `glance data status` and

@@ -648,6 +648,16 @@ def test_with_glance_open_the_app_hands_over_the_labels_for_the_reward_models(st
         assert done.returncode == 0, done.stderr
         written = json.loads(done.stdout.strip().splitlines()[-1])
         assert written["pairwise"]["live_pairs"] == 3 and written["pointwise"]["live_pairs"] == 3
+        # Personalisation turned off in the open window: none of the user's rows, and the
+        # reason said is that one (it said they had to be read in the window).
+        store.consent.set("personalise", False)
+        done = subprocess.run([sys.executable, "-m", "align.cli", "reward", "train", "--ifllm",
+                               str(study), "--task", "pairwise", "--out", str(tmp_path / "off")],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env=dict(os.environ, GLANCE_HOME=str(store.data_dir),
+                                       GLANCE_CACHE_DIR=str(tmp_path / "cache")))
+        assert done.returncode == 0, done.stderr
+        assert "0 of them your own: personalisation is off" in done.stdout, done.stdout
     finally:
         link.stop()
         session.close()
