@@ -151,8 +151,7 @@ def _labels_from_app(locked: Exception) -> tuple[dict, bool]:
     from feedback_store.paths import glance_home
     from .ipc import ask_open_app
     from .nightly import labels_from_app
-    return ask_open_app(glance_home(), lambda client: labels_from_app(client, with_consent=True),
-                        "your labels", locked)
+    return ask_open_app(glance_home(), labels_from_app, "your labels", locked)
 
 
 def cmd_import_ifllm(args) -> int:

@@ -426,14 +426,14 @@ def _plain(settings) -> dict:
     return {k: v for k, v in dataclasses.asdict(settings).items() if k not in _OPERATIONAL}
 
 
-def labels_from_app(client: AppClient, with_consent: bool = False):
+def labels_from_app(client: AppClient) -> tuple[dict, bool]:
     """The user's labelled rows for the reward models (``train.live_tables``), computed by
-    the open app: they need reading traces, which the snapshot does not carry.
-    ``with_consent``: (the rows, whether personalisation is on there)."""
+    the open app: they need reading traces, which the snapshot does not carry; and
+    whether personalisation is on there."""
     from .examples import Table
     answer = client.request("reward_labels")
-    tables = {task: Table.from_json(answer[task]) for task in ("pairwise", "pointwise")}
-    return (tables, answer.get("consent_on", True)) if with_consent else tables
+    return ({task: Table.from_json(answer[task]) for task in ("pairwise", "pointwise")},
+            answer.get("consent_on", True))
 
 
 def _refresh_reward_models(data_dir: Path) -> dict:
@@ -443,7 +443,7 @@ def _refresh_reward_models(data_dir: Path) -> dict:
     from .train import refresh
     try:
         client = AppClient.find(data_dir)
-        return refresh(data_dir, labels_from_app(client) if client is not None else None)
+        return refresh(data_dir, labels_from_app(client)[0] if client is not None else None)
     except (DatabaseLocked, LinkClosed):
         return {"status": "skipped", "reason": "Glance was opened or closed meanwhile; "
                                                "the next night will do it"}

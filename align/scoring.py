@@ -68,44 +68,30 @@ def prune_models(directory: Path, task: str) -> list[str]:
     return [path.name for path in paths[KEPT_MODELS:]]
 
 
-def retire_models_of_deleted(store, directory: Path) -> list[str]:
-    """Remove the model files whose ``live_ids`` name a conversation or pick that is no
-    longer stored. A model is fitted for seconds to minutes after its labels are read: one
-    trained while a conversation was deleted was written after the deletion retired the
-    others, and kept what it learned. Checked with the adapters (``tidy_training``: after
-    a deletion and at every app start); files without the list are left to
-    :func:`retire_models`."""
-    learned = set()
-    for path in Path(directory).glob("reward-*-*.json"):
-        try:
-            learned |= set(map(str, (json.loads(path.read_text()).get("info") or {})
-                               .get("live_ids") or []))
-        except (OSError, ValueError, AttributeError, TypeError):
-            continue
-    if not learned:
-        return []
-    present = {c.id for c in store.conversations.list()} | \
-        {pick["id"] for pick in store.conversations.picks()}
-    return retire_models(directory, learned - present, unlisted=False) if learned - present else []
-
-
-def retire_models(directory: Path, forgotten: set[str], unlisted: bool = True) -> list[str]:
-    """Remove the model files that learned from any of ``forgotten`` (the ids of a deleted
-    conversation and of its picks: ``info.live_ids`` lists the user's rows a model learned,
-    pick ids and conversation ids); a file from before that list that learned from the
-    user's labels goes too, as nothing says which. The study prior alone stays. Deleting a
-    conversation deletes what was derived from it: adapters were retired, these models
-    (fitted to its picks and reading) were kept. The scorer follows the files."""
-    removed = []
+def retire_models(store, directory: Path, unlisted: bool = False) -> list[str]:
+    """Remove the model files that learned from a conversation or pick no longer stored
+    (``info.live_ids`` lists the user's rows a model learned: pick and conversation ids).
+    Deleting a conversation deletes what was derived from it: adapters were retired, these
+    models (fitted to its picks and reading) were kept. Run with the adapters' check
+    (``tidy_training``: after a deletion and at every app start), so a model fitted while
+    a conversation was deleted, and written after, goes too. ``unlisted`` (at a deletion):
+    also a file from before that list that learned from the user's labels, as nothing says
+    which. The study prior alone stays; the scorer follows the files."""
+    learned = {}
     for path in sorted(Path(directory).glob("reward-*-*.json")):
         try:
             info = json.loads(path.read_text()).get("info") or {}
-        except (OSError, ValueError, AttributeError):
+            if info.get("live_pairs"):
+                ids = info.get("live_ids")
+                learned[path] = None if ids is None else set(map(str, ids))
+        except (OSError, ValueError, AttributeError, TypeError):
             continue                     # not ours to judge: passed over by the loader too
-        if not info.get("live_pairs"):
-            continue
-        learned = info.get("live_ids")
-        if (learned is None and unlisted) or forgotten & set(map(str, learned or ())):
+    listed = set().union(*(ids for ids in learned.values() if ids))
+    present = ({c.id for c in store.conversations.list()}
+               | {pick["id"] for pick in store.conversations.picks()}) if listed else set()
+    removed = []
+    for path, ids in learned.items():
+        if (ids is None and unlisted) or (ids and ids - present):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed

@@ -67,19 +67,14 @@ def delete_conversation(store: FeedbackStore, conversation_id: str, training_lin
     """Delete a conversation (store: rows, compaction under a new key), then retire every
     reward model and personal adapter that learned from it (docs/nightly.md §8). The
     window and ``glance data delete`` both come here."""
-    # The ids reward models list for the user's rows it holds: a conversation's own, and
-    # its picks' (read before they go).
-    forgotten = {conversation_id} | {pick["id"] for pick in store.conversations.picks(conversation_id)}
     try:
         store.delete_conversation(conversation_id)
     finally:    # deleted even when its compaction failed: no adapter may keep it either
-        from align.scoring import model_dir, retire_models
-        retire_models(model_dir(store.data_dir), forgotten)
         if training_link is not None:
-            training_link.tidy()          # also tells the window the active version changed
+            training_link.tidy(deleted=True)  # also tells the window the active version changed
         else:                             # (glance data delete: the window is not open)
             from .training_link import tidy_training
-            tidy_training(store, store.data_dir)
+            tidy_training(store, store.data_dir, deleted=True)
 
 
 def personal_adapter_wanted(store) -> bool:

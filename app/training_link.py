@@ -29,14 +29,14 @@ from feedback_store import DatabaseLocked, FeedbackStore
 SNAPSHOTS = Path("training") / "snapshots"
 
 
-def tidy_training(store, data_dir: Path) -> list[str]:
+def tidy_training(store, data_dir: Path, deleted: bool = False) -> list[str]:
     """Retire adapters and reward models trained on conversations deleted since, and (when
-    no job is running) remove leftover snapshots and unfinished training state that learned from them (the
-    rest stays for the next run to resume). Returns the versions retired. The window (its
-    link) and ``glance data delete`` both come here."""
+    no job is running) remove leftover snapshots and unfinished training state that
+    learned from them (the rest stays for the next run to resume). Returns the versions retired. The window (its
+    link) and ``glance data delete`` both come here (``deleted``: a conversation was)."""
     retired = adapter_files.retire_stale(store, adapter_files.adapters_dir(data_dir))
-    from align.scoring import model_dir, retire_models_of_deleted
-    retire_models_of_deleted(store, model_dir(data_dir))
+    from align.scoring import model_dir, retire_models
+    retire_models(store, model_dir(data_dir), unlisted=deleted)
     if not job_running(data_dir):
         shutil.rmtree(Path(data_dir) / SNAPSHOTS, ignore_errors=True)
         adapter_files.remove_stale_work(store, Path(data_dir) / "training" / "work")
@@ -138,10 +138,10 @@ class TrainingLink:
     def job_running(self) -> bool:
         return job_running(self.data_dir)
 
-    def tidy(self) -> list[str]:
+    def tidy(self, deleted: bool = False) -> list[str]:
         """:func:`tidy_training`, and the window hears of adapters retired. Call after
-        deleting a conversation; runs at start too."""
-        retired = tidy_training(self.store, self.data_dir)
+        deleting a conversation (``deleted``); runs at start too."""
+        retired = tidy_training(self.store, self.data_dir, deleted)
         if retired and self.on_adapters_changed is not None:
             self.on_adapters_changed()
         return retired

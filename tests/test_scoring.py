@@ -631,7 +631,7 @@ def test_with_glance_open_the_app_hands_over_the_labels_for_the_reward_models(st
         # The rows that crossed the socket are the rows the store gives.
         from align.nightly import labels_from_app
         from align.ipc import AppClient
-        handed = labels_from_app(AppClient.find(store.data_dir))
+        handed, _ = labels_from_app(AppClient.find(store.data_dir))
         for task in ("pairwise", "pointwise"):
             assert handed[task].names == expected[task].names
             assert np.array_equal(handed[task].X, expected[task].X, equal_nan=True)
